@@ -1,0 +1,1 @@
+"""phxq.client — see DESIGN.md §2."""

@@ -1,0 +1,1 @@
+"""phxq.consumer — see DESIGN.md §2."""

@@ -1,0 +1,147 @@
+"""The phxq exception tree.
+
+Every error a caller can see is a :class:`PhxqError`. Each class has a stable wire ``code`` so
+an error raised in a daemon travels as ``(code, message, data)`` and is raised as the same class
+on the client (see :func:`from_wire`).
+
+::
+
+    PhxqError
+    ├── ProtocolError          malformed frame or message (the peer's fault)
+    ├── ClientError            bad request from a caller
+    │   ├── UnknownTopic
+    │   ├── MessageTooLarge
+    │   └── BadArgument
+    ├── NotMaster(hint)        retry at ``hint``; the client follows it automatically
+    ├── Unavailable            no majority / timed out; retry is safe with the same dedup id
+    ├── StaleToken             a fencing token older than the current owner's
+    ├── LockHeld(holder)       the lock is held by someone else (lock service)
+    ├── VersionMismatch        a compare-and-set saw another version (lock service KV)
+    └── StorageError           corrupt or unwritable log; the replica stops serving that group
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class PhxqError(Exception):
+    """Base of every phxq error. ``data`` is a small msgpack-able dict of extra fields."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str = "", data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = dict(data or {})
+
+    def to_wire(self) -> tuple[str, str, dict[str, Any]]:
+        return (self.code, self.message, self.data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, data={self.data!r})"
+
+
+class ProtocolError(PhxqError):
+    """A malformed frame or message: the peer's fault. The connection may be closed."""
+
+    code = "protocol"
+
+
+class ClientError(PhxqError):
+    """A bad request from a caller. Retrying the same request will fail the same way."""
+
+    code = "client"
+
+
+class UnknownTopic(ClientError):
+    code = "unknown_topic"
+
+
+class MessageTooLarge(ClientError):
+    code = "message_too_large"
+
+
+class BadArgument(ClientError):
+    code = "bad_argument"
+
+
+class NotMaster(PhxqError):
+    """This replica is not the master of the group. ``hint`` is the likely master's address
+    (or node id as a string), or ``None`` when unknown."""
+
+    code = "not_master"
+
+    def __init__(
+        self, message: str = "", data: dict[str, Any] | None = None, *, hint: str | None = None
+    ) -> None:
+        data = dict(data or {})
+        if hint is not None:
+            data["hint"] = hint
+        super().__init__(message or f"not master (hint={data.get('hint')})", data)
+
+    @property
+    def hint(self) -> str | None:
+        hint = self.data.get("hint")
+        return hint if isinstance(hint, str) else None
+
+
+class Unavailable(PhxqError):
+    """No majority, or the request timed out. The outcome may be unknown: retrying with the
+    same dedup id is safe."""
+
+    code = "unavailable"
+
+
+class StaleToken(PhxqError):
+    """A fencing token older than the one the current owner committed with."""
+
+    code = "stale_token"
+
+
+class LockHeld(PhxqError):
+    """The lock is held by another owner (``data['holder']``)."""
+
+    code = "lock_held"
+
+
+class VersionMismatch(PhxqError):
+    """A compare-and-set expected a version the key no longer has (``data['version']``)."""
+
+    code = "version_mismatch"
+
+
+class StorageError(PhxqError):
+    """The log is corrupt or cannot be written. The replica stops serving the group."""
+
+    code = "storage"
+
+
+def _all_subclasses(cls: type[PhxqError]) -> list[type[PhxqError]]:
+    out: list[type[PhxqError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_classes() -> dict[str, type[PhxqError]]:
+    """Every error class by wire code (the base included)."""
+    classes = {PhxqError.code: PhxqError}
+    for cls in _all_subclasses(PhxqError):
+        classes[cls.code] = cls
+    return classes
+
+
+def from_wire(code: object, message: object, data: object) -> PhxqError:
+    """Rebuild an error received as ``(code, message, data)``. Unknown codes become
+    :class:`PhxqError` with the code kept in ``data['code']``; never raises."""
+    msg = message if isinstance(message, str) else repr(message)
+    extra: dict[str, Any] = dict(data) if isinstance(data, dict) else {}
+    cls = error_classes().get(code) if isinstance(code, str) else None
+    if cls is None:
+        extra["code"] = code if isinstance(code, str) else repr(code)
+        return PhxqError(msg, extra)
+    if cls is NotMaster:
+        return NotMaster(msg, extra)
+    return cls(msg, extra)

@@ -1,0 +1,1 @@
+"""phxq.lock — see DESIGN.md §2."""

@@ -1,0 +1,1 @@
+"""phxq.net — see DESIGN.md §2."""

@@ -1,0 +1,1 @@
+"""phxq.paxos — see DESIGN.md §2."""

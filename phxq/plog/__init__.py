@@ -1,0 +1,1 @@
+"""phxq.plog — see DESIGN.md §2."""

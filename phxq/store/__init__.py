@@ -1,0 +1,1 @@
+"""phxq.store — see DESIGN.md §2."""
