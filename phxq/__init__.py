@@ -1,8 +1,11 @@
 """phxq: a strongly consistent, highly available distributed queue on Multi-Paxos.
 
-The public surface is what ``__all__`` lists (see DESIGN.md §10). Client classes are added here
-as they land; everything else is internal.
+The public surface is what ``__all__`` lists (see DESIGN.md §10): the clients, the message
+and ack types, and the error tree. Everything else is internal. The client classes are loaded
+on first use, so ``import phxq.paxos`` (or any core module) does not pull in the network stack.
 """
+
+from typing import Any
 
 from phxq.errors import (
     BadArgument,
@@ -21,18 +24,32 @@ from phxq.errors import (
 
 __version__ = "0.1.0"
 
+_LAZY = {"Ack", "Client", "Message", "SyncClient"}
+
 __all__ = [
+    "Ack",
     "BadArgument",
+    "Client",
     "ClientError",
     "LockHeld",
+    "Message",
     "MessageTooLarge",
     "NotMaster",
     "PhxqError",
     "ProtocolError",
     "StaleToken",
     "StorageError",
+    "SyncClient",
     "Unavailable",
     "UnknownTopic",
     "VersionMismatch",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import phxq.client
+
+        return getattr(phxq.client, name)
+    raise AttributeError(f"module 'phxq' has no attribute {name!r}")

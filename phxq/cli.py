@@ -1,16 +1,276 @@
-"""The ``phxq`` command line: a thin click skin over the library (STYLE.md §12)."""
+"""The ``phxq`` command line: a thin click skin over the library (STYLE.md §12).
+
+Every command parses its arguments, builds a client or a daemon, calls one function and prints
+the result (human text by default, ``--json`` for scripts). Errors print one line and exit 1.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
 from phxq import __version__
+from phxq.config import ClusterConfig, load_config
+from phxq.errors import PhxqError
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="cluster TOML file",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
+
+
+def _load(path: Path) -> ClusterConfig:
+    try:
+        return load_config(path)
+    except PhxqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror}") from exc
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    from phxq.net.loop import run
+
+    try:
+        return run(coro)
+    except PhxqError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
+
+
+def _setup_logging(prefix: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {prefix} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve_until_signal(start: Callable[[], Any]) -> None:
+    """Run the async context manager ``start()`` until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with start():
+        await stop.wait()
 
 
 @click.group()
 @click.version_option(__version__, prog_name="phxq")
 def cli() -> None:
     """phxq: a strongly consistent distributed queue on Multi-Paxos."""
+
+
+# ------------------------------------------------------------------------------- daemons
+
+
+@cli.command()
+@config_option
+@click.option("--node", "node_id", type=int, required=True, help="this store's id in the config")
+def store(config_path: Path, node_id: int) -> None:
+    """Run one store daemon."""
+    from phxq.store.node import StoreNode
+
+    cfg = _load(config_path)
+    _setup_logging(f"store{node_id}")
+    _run(_serve_until_signal(lambda: StoreNode(cfg, node_id)))
+
+
+@cli.command()
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("./phxq-data"),
+              show_default=True, help="data directory (cluster.toml is written here)")
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+def dev(data: Path, nodes: int) -> None:
+    """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
+    from phxq.devcluster import ProcessCluster, write_dev_config
+
+    config_path = data / "cluster.toml"
+    if config_path.exists():
+        click.echo(f"resuming the cluster in {data} ({config_path})")
+    else:
+        write_dev_config(data, nodes=nodes)
+    cluster = ProcessCluster(config_path.resolve())
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        cluster.start()
+        cluster.wait_ready(timeout=60)
+        stores = ",".join(cluster.store_addresses)
+        click.echo(f"phxq dev: {len(cluster.store_addresses)} stores ready: {stores}")
+        click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
+        click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
+        click.echo(f"      phxq tail --config {config_path} orders --group demo")
+        click.echo("Ctrl-C to stop.")
+        while not stop:
+            for proc in cluster.procs.values():
+                if proc.popen is not None and proc.popen.poll() is not None:
+                    raise click.ClickException(
+                        f"{proc.role} {proc.node} exited ({proc.popen.returncode}); see {cluster.log_dir}"
+                    )
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except (TimeoutError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        click.echo("stopping...")
+        cluster.stop()
+
+
+# ------------------------------------------------------------------------------- clients
+
+
+@cli.command()
+@config_option
+@click.argument("topic")
+@click.argument("payload", required=False)
+@click.option("--key", default=None, help="message key (same key, same queue)")
+@click.option("--dedup-id", default=None, help="idempotency id; a retry with it is stored once")
+@click.option("--header", "headers", multiple=True, help="NAME=VALUE, repeatable")
+@json_option
+def enqueue(config_path: Path, topic: str, payload: str | None, key: str | None,
+            dedup_id: str | None, headers: tuple[str, ...], as_json: bool) -> None:
+    """Enqueue one message (PAYLOAD, or stdin when PAYLOAD is - or absent)."""
+    from phxq.client import Client
+
+    cfg = _load(config_path)
+    data = sys.stdin.buffer.read() if payload in (None, "-") else payload.encode()
+    hdrs = {}
+    for h in headers:
+        name, sep, value = h.partition("=")
+        if not sep:
+            raise click.BadParameter(f"header {h!r} is not NAME=VALUE")
+        hdrs[name] = value
+
+    async def go() -> Any:
+        async with Client([s.addr for s in cfg.stores]) as client:
+            return await client.enqueue(topic, data, key=key, dedup_id=dedup_id, headers=hdrs)
+
+    ack = _run(go())
+    if as_json:
+        click.echo(json.dumps({"topic": ack.topic, "queue": ack.queue, "offset": ack.offset,
+                               "duplicate": ack.duplicate}))
+    else:
+        click.echo(f"enqueued {topic} queue={ack.queue} offset={ack.offset}"
+                   + (" (duplicate)" if ack.duplicate else ""))
+
+
+@cli.command()
+@config_option
+@click.argument("topic")
+@click.option("--group", required=True, help="consumer group whose cursor to start from")
+@click.option("--from-start", is_flag=True, help="start at the beginning instead of the cursor")
+@click.option("--count", type=int, default=None, help="exit after this many messages")
+@click.option("--poll", type=float, default=0.2, show_default=True, help="seconds between polls")
+@json_option
+def tail(config_path: Path, topic: str, group: str, from_start: bool, count: int | None,
+         poll: float, as_json: bool) -> None:
+    """Print messages as they arrive (read-only: commits nothing)."""
+    from phxq.client import Client
+
+    cfg = _load(config_path)
+    spec = cfg.topics_by_name.get(topic)
+    if spec is None:
+        raise click.ClickException(f"unknown topic {topic!r}")
+
+    async def go() -> None:
+        seen = 0
+        async with Client([s.addr for s in cfg.stores]) as client:
+            after: dict[int, int | None] = {}
+            for q in range(spec.queues):
+                after[q] = None if from_start else await client.cursor(group, topic, queue=q)
+            while count is None or seen < count:
+                got = 0
+                for q in range(spec.queues):
+                    for m in await client.dequeue(None, topic, queue=q, after=after[q], limit=100):
+                        after[q] = m.offset
+                        got += 1
+                        seen += 1
+                        if as_json:
+                            click.echo(json.dumps({"queue": q, "offset": m.offset, "key": m.key,
+                                                   "payload": m.payload.decode(errors="replace"),
+                                                   "headers": m.headers, "enqueued_at": m.enqueued_at}))
+                        else:
+                            click.echo(f"q{q} @{m.offset} key={m.key} {m.payload!r}")
+                        if count is not None and seen >= count:
+                            return
+                if not got:
+                    await asyncio.sleep(poll)
+
+    _run(go())
+
+
+# --------------------------------------------------------------------------------- admin
+
+
+@cli.group()
+def admin() -> None:
+    """Operate a cluster: status, lag, replay, limits."""
+
+
+@admin.command()
+@config_option
+@json_option
+def status(config_path: Path, as_json: bool) -> None:
+    """Groups, the master of each, chosen instance per replica, disk."""
+    from phxq.net.rpc import RpcPool
+
+    cfg = _load(config_path)
+
+    async def go() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with RpcPool() as pool:
+            for s in cfg.stores:
+                try:
+                    out[str(s.id)] = await pool.call(s.addr, "status", {}, timeout=2.0)
+                except PhxqError as exc:
+                    out[str(s.id)] = {"error": f"{type(exc).__name__}: {exc.message}"}
+        return out
+
+    result = _run(go())
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    for node, st in result.items():
+        if "error" in st:
+            click.echo(f"store {node}: DOWN ({st['error']})")
+            continue
+        masters = sum(1 for g in st["groups"] if g["is_master"])
+        disk = sum(g["disk_bytes"] for g in st["groups"])
+        bad = [g["group"] for g in st["groups"] if g["failed"] or g["diverged"] or g["needs_repair"]]
+        click.echo(f"store {node} {st['address']}: masters of {masters} groups, disk {disk} B"
+                   + (f", UNHEALTHY groups {bad}" if bad else ""))
+    click.echo("group  master  chosen per store")
+    groups = cfg.cluster.groups
+    for g in range(groups):
+        row = []
+        master = None
+        for node, st in result.items():
+            if "error" in st:
+                row.append(f"{node}:-")
+                continue
+            info = st["groups"][g]
+            master = master or info["master"]
+            row.append(f"{node}:{info['chosen_up_to']}")
+        click.echo(f"{g:5d}  {master!s:>6}  " + " ".join(row))
 
 
 def main() -> None:

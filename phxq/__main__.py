@@ -1,0 +1,3 @@
+from phxq.cli import main
+
+main()

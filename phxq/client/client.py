@@ -1,0 +1,370 @@
+"""The producer/reader client: ``phxq.Client`` (async) and ``phxq.SyncClient``.
+
+What it promises (DESIGN.md §5, §10):
+
+- **Routing.** On first use it fetches the cluster map (``meta`` RPC: groups, nodes, topics,
+  masters) from any reachable store, maps ``key -> queue -> group -> master`` and sends each
+  request straight to the group's master. ``NotMaster(hint)`` updates the master cache and the
+  request is re-sent at once; ``Unavailable`` is retried with exponential backoff until
+  ``retry_timeout`` runs out.
+- **Retries never duplicate.** Every message gets a dedup id (the caller's, or a fresh random
+  one), and a retry re-sends the same ids, so the store answers a retried enqueue with the
+  original offset and stores it once.
+- **Adaptive batching.** While a request to a group is in flight, further ``enqueue`` calls for
+  that group queue up and leave together in the next request as soon as it returns: at low load
+  each message goes at once, at high load batches grow by themselves. No linger timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable, UnknownTopic
+from phxq.net.rpc import RpcPool
+from phxq.store.routing import group_for_queue, queue_for_key
+
+log = logging.getLogger("phxq.client")
+
+MAX_REQUEST_MESSAGES = 4096
+MAX_REQUEST_BYTES = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An acknowledged enqueue: the message is chosen (durable on a majority)."""
+
+    topic: str
+    queue: int
+    offset: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message read back from a queue."""
+
+    topic: str
+    queue: int
+    offset: int
+    payload: bytes
+    key: str | None
+    headers: dict[str, str]
+    enqueued_at: float
+
+
+@dataclass(slots=True)
+class _Pending:
+    queue: int
+    wire: list[Any]  # [payload, key, headers, dedup_id]
+    future: asyncio.Future[Ack]
+
+
+@dataclass(slots=True)
+class _GroupSender:
+    """The adaptive batcher of one (topic, group): one request in flight, the rest queue."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    in_flight: bool = False
+
+
+@dataclass(slots=True)
+class ClusterMap:
+    groups: int
+    nodes: dict[int, str]
+    topics: dict[str, int]
+    masters: dict[int, int]
+
+    @classmethod
+    def from_wire(cls, data: Any) -> ClusterMap:
+        try:
+            return cls(
+                groups=int(data["groups"]),
+                nodes={int(k): str(v) for k, v in data["nodes"].items()},
+                topics={str(k): int(v) for k, v in data["topics"].items()},
+                masters={int(k): int(v) for k, v in data["masters"].items() if v is not None},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Unavailable(f"malformed cluster map: {exc!r}") from exc
+
+
+class Client:
+    """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        request_timeout: float = 5.0,
+        retry_timeout: float = 15.0,
+        batching: bool = True,
+    ) -> None:
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if not addresses:
+            raise BadArgument("Client needs at least one store address")
+        self._seeds = list(addresses)
+        self._pool = RpcPool()
+        self._request_timeout = request_timeout
+        self._retry_timeout = retry_timeout
+        self._batching = batching
+        self._map: ClusterMap | None = None
+        self._map_lock = asyncio.Lock()
+        self._senders: dict[tuple[str, int], _GroupSender] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Client:
+        await self.cluster_map()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._pool.close()
+
+    # ----------------------------------------------------------------- cluster map and routing
+
+    async def cluster_map(self, *, refresh: bool = False) -> ClusterMap:
+        """The cluster map, fetched from any reachable store (cached)."""
+        if self._map is not None and not refresh:
+            return self._map
+        async with self._map_lock:
+            if self._map is not None and not refresh:
+                return self._map
+            last: PhxqError | None = None
+            seeds = list(self._map.nodes.values()) if self._map else []
+            for addr in dict.fromkeys([*self._seeds, *seeds]):
+                try:
+                    data = await self._pool.call(addr, "meta", {}, timeout=self._request_timeout)
+                except PhxqError as exc:
+                    last = exc
+                    continue
+                self._map = ClusterMap.from_wire(data)
+                return self._map
+            raise Unavailable(f"no store reachable at {self._seeds}: {last}")
+
+    def _queue_of(self, cmap: ClusterMap, topic: str, key: str | None, queue: int | None) -> int:
+        queues = cmap.topics.get(topic)
+        if queues is None:
+            raise UnknownTopic(f"unknown topic {topic!r}")
+        if queue is not None:
+            if not isinstance(queue, int) or not 0 <= queue < queues:
+                raise BadArgument(f"queue must be an int in [0, {queues}), got {queue!r}")
+            return queue
+        if key is None:
+            return random.randrange(queues)
+        return queue_for_key(key, queues)
+
+    def _master_addr(self, cmap: ClusterMap, group: int) -> str:
+        node = cmap.masters.get(group)
+        if node is not None and node in cmap.nodes:
+            return cmap.nodes[node]
+        # Unknown master: ask the preferred one (group % N); it answers or redirects.
+        ids = sorted(cmap.nodes)
+        return cmap.nodes[ids[group % len(ids)]]
+
+    def _learn_hint(self, cmap: ClusterMap, group: int, exc: NotMaster) -> None:
+        hint = exc.hint
+        for node, addr in cmap.nodes.items():
+            if addr == hint:
+                cmap.masters[group] = node
+                return
+        cmap.masters.pop(group, None)
+
+    async def _call_master(self, topic: str, group: int, method: str, params: Any) -> Any:
+        """Call ``method`` on the master of ``group``, following NotMaster and retrying
+        Unavailable with backoff until ``retry_timeout``."""
+        deadline = time.monotonic() + self._retry_timeout
+        backoff = 0.02
+        while True:
+            cmap = await self.cluster_map()
+            addr = self._master_addr(cmap, group)
+            try:
+                return await self._pool.call(addr, method, params, timeout=self._request_timeout)
+            except NotMaster as exc:
+                self._learn_hint(cmap, group, exc)
+                if exc.hint is None:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+            except Unavailable:
+                cmap.masters.pop(group, None)
+                if time.monotonic() + backoff > deadline:
+                    raise
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 0.5)
+                # A dead master may have vanished from the map we hold; refresh lazily.
+                try:
+                    await self.cluster_map(refresh=True)
+                except Unavailable:
+                    pass
+            if time.monotonic() > deadline:
+                raise Unavailable(f"group {group}: no master answered within {self._retry_timeout}s")
+
+    # --------------------------------------------------------------------------- enqueue
+
+    async def enqueue(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        queue: int | None = None,
+        dedup_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Ack:
+        """Enqueue one message; returns once it is chosen (durable on a majority)."""
+        futures = await self._submit(topic, [(payload, key, queue, dedup_id, headers)])
+        return await futures[0]
+
+    async def enqueue_many(
+        self, topic: str, messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]]
+    ) -> list[Ack]:
+        """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in order."""
+        items = []
+        for m in messages:
+            if not isinstance(m, tuple) or len(m) not in (2, 3):
+                raise BadArgument("enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples")
+            items.append((m[0], m[1], None, m[2] if len(m) == 3 else None, None))
+        futures = await self._submit(topic, items)
+        return list(await asyncio.gather(*futures))
+
+    async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
+        if not isinstance(topic, str):
+            raise BadArgument("topic must be a str")
+        cmap = await self.cluster_map()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Ack]] = []
+        touched: set[tuple[str, int]] = set()
+        for payload, key, queue, dedup_id, headers in items:
+            if not isinstance(payload, (bytes, bytearray, memoryview)):
+                raise BadArgument("payload must be bytes")
+            if key is not None and not isinstance(key, str):
+                raise BadArgument("key must be a str or None")
+            if dedup_id is not None and not isinstance(dedup_id, str):
+                raise BadArgument("dedup_id must be a str or None")
+            if headers is not None and not (
+                isinstance(headers, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+            ):
+                raise BadArgument("headers must be a dict of str to str")
+            q = self._queue_of(cmap, topic, key, queue)
+            group = group_for_queue(q, cmap.groups)
+            fut: asyncio.Future[Ack] = loop.create_future()
+            wire = [bytes(payload), key, dict(headers or {}), dedup_id or uuid.uuid4().hex]
+            sender = self._senders.setdefault((topic, group), _GroupSender())
+            sender.pending.append(_Pending(q, wire, fut))
+            touched.add((topic, group))
+            futures.append(fut)
+        for topic_group in touched:
+            self._kick(*topic_group)
+        return futures
+
+    def _kick(self, topic: str, group: int) -> None:
+        sender = self._senders[(topic, group)]
+        if sender.pending and (not sender.in_flight or not self._batching):
+            sender.in_flight = True
+            task = asyncio.get_running_loop().create_task(self._send_loop(topic, group, sender))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send_loop(self, topic: str, group: int, sender: _GroupSender) -> None:
+        try:
+            while sender.pending:
+                batch, size = [], 0
+                while sender.pending and len(batch) < MAX_REQUEST_MESSAGES:
+                    nbytes = len(sender.pending[0].wire[0]) + 64
+                    if batch and size + nbytes > MAX_REQUEST_BYTES:
+                        break
+                    batch.append(sender.pending.pop(0))
+                    size += nbytes
+                await self._send_batch(topic, group, batch)
+                if not self._batching:
+                    break
+        finally:
+            sender.in_flight = False
+            if sender.pending:
+                self._kick(topic, group)
+
+    async def _send_batch(self, topic: str, group: int, batch: list[_Pending]) -> None:
+        by_queue: dict[int, list[_Pending]] = {}
+        for p in batch:
+            by_queue.setdefault(p.queue, []).append(p)
+        params = {"topic": topic, "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()]}
+        try:
+            reply = await self._call_master(topic, group, "enqueue", params)
+            for (q, ps), results in zip(by_queue.items(), reply, strict=True):
+                for p, (offset, duplicate) in zip(ps, results, strict=True):
+                    if not p.future.done():
+                        p.future.set_result(Ack(topic, q, int(offset), bool(duplicate)))
+        except Exception as exc:  # every waiter must learn the outcome; none is left hanging
+            if not isinstance(exc, PhxqError):
+                exc = Unavailable(f"malformed enqueue reply: {exc!r}")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+
+    # --------------------------------------------------------------------- read and commit
+
+    async def dequeue(
+        self,
+        group: str | None,
+        topic: str,
+        *,
+        queue: int,
+        after: int | None = None,
+        limit: int = 100,
+    ) -> list[Message]:
+        """Messages of one queue in offset order, after ``after`` (or after the consumer group's
+        committed cursor when ``after`` is None and ``group`` is given; else from the start)."""
+        cmap = await self.cluster_map()
+        q = self._queue_of(cmap, topic, None, queue)
+        params = {"group": group, "topic": topic, "queue": q, "after": after, "limit": limit}
+        rows = await self._call_master(topic, group_for_queue(q, cmap.groups), "dequeue", params)
+        return [Message(topic, q, int(o), bytes(p), k, dict(h), float(t)) for o, p, k, h, t in rows]
+
+    async def commit(self, group: str, topic: str, *, queue: int, offset: int, token: int) -> None:
+        """Commit the consumer group's cursor (the last processed offset) through Paxos.
+        Raises ``StaleToken`` if a newer lock holder already committed."""
+        cmap = await self.cluster_map()
+        q = self._queue_of(cmap, topic, None, queue)
+        params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
+        await self._call_master(topic, group_for_queue(q, cmap.groups), "commit", params)
+
+    async def cursor(self, group: str, topic: str, *, queue: int) -> int | None:
+        """The committed cursor of (consumer group, topic, queue), or None if never committed."""
+        cmap = await self.cluster_map()
+        q = self._queue_of(cmap, topic, None, queue)
+        params = {"group": group, "topic": topic, "queue": q}
+        result = await self._call_master(topic, group_for_queue(q, cmap.groups), "cursor", params)
+        return None if result is None else int(result)
+
+    async def seek(
+        self, group: str, topic: str, *, queue: int, offset: int | None = None, time: float | None = None
+    ) -> int | None:
+        """Move the consumer group's cursor of one queue (one-shot, recorded in the log) to just
+        before ``offset`` or the first message enqueued at or after ``time`` (wall clock).
+        Returns the new cursor."""
+        cmap = await self.cluster_map()
+        q = self._queue_of(cmap, topic, None, queue)
+        params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
+        result = await self._call_master(topic, group_for_queue(q, cmap.groups), "seek", params)
+        return None if result is None else int(result)
+
+    async def status(self, addr: str | None = None) -> dict[str, Any]:
+        """One store's status (groups, masters, chosen/applied per group, disk); by default the
+        lowest-numbered store's."""
+        if addr is None:
+            cmap = await self.cluster_map()
+            addr = cmap.nodes[min(cmap.nodes)]
+        result: dict[str, Any] = await self._pool.call(addr, "status", {}, timeout=self._request_timeout)
+        return result

@@ -1,0 +1,64 @@
+"""``phxq.SyncClient``: the async :class:`~phxq.client.client.Client` for scripts.
+
+It runs the async client on an event loop in a private thread and blocks on each call; the
+method names and arguments are the async client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from phxq.client.client import Ack, Client, Message
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """Blocking client: ``with phxq.SyncClient(addrs) as c: c.enqueue("orders", b"x")``."""
+
+    def __init__(self, addresses: Sequence[str], **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="phxq-sync", daemon=True)
+        self._thread.start()
+        self._client = Client(addresses, **options)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> SyncClient:
+        self._run(self._client.cluster_map())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._run(self._client.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+    def enqueue(self, topic: str, payload: bytes, **kwargs: Any) -> Ack:
+        return self._run(self._client.enqueue(topic, payload, **kwargs))
+
+    def enqueue_many(self, topic: str, messages: Any) -> list[Ack]:
+        return self._run(self._client.enqueue_many(topic, messages))
+
+    def dequeue(self, group: str | None, topic: str, **kwargs: Any) -> list[Message]:
+        return self._run(self._client.dequeue(group, topic, **kwargs))
+
+    def commit(self, group: str, topic: str, **kwargs: Any) -> None:
+        self._run(self._client.commit(group, topic, **kwargs))
+
+    def cursor(self, group: str, topic: str, **kwargs: Any) -> int | None:
+        return self._run(self._client.cursor(group, topic, **kwargs))
+
+    def seek(self, group: str, topic: str, **kwargs: Any) -> int | None:
+        return self._run(self._client.seek(group, topic, **kwargs))
+
+    def status(self, addr: str | None = None) -> dict[str, Any]:
+        return self._run(self._client.status(addr))

@@ -1,0 +1,229 @@
+"""Run a local cluster of real daemon processes: what ``phxq dev`` and the integration tests use.
+
+:func:`write_dev_config` writes a cluster TOML for N stores (and N lock nodes) on 127.0.0.1;
+:class:`ProcessCluster` starts each daemon as its own ``python -m phxq ...`` process, waits
+until every group has a master, and can SIGKILL / SIGSTOP / SIGCONT / restart single nodes.
+Processes are always stopped by :meth:`ProcessCluster.stop` (also on ``with`` exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from phxq.config import ClusterConfig, load_config
+from phxq.errors import PhxqError
+from phxq.net.rpc import RpcPool
+
+DEV_TOPICS = (("orders", 8), ("orders.dlq", 1))
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that were free on 127.0.0.1 a moment ago."""
+    socks, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def write_dev_config(
+    data: Path,
+    *,
+    nodes: int = 3,
+    store_ports: list[int] | None = None,
+    lock_ports: list[int] | None = None,
+    groups: int = 16,
+    extra: str = "",
+    cluster_options: str = "",
+) -> Path:
+    """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
+    ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks)."""
+    data.mkdir(parents=True, exist_ok=True)
+    store_ports = store_ports or [7101 + i for i in range(nodes)]
+    lock_ports = lock_ports or [7201 + i for i in range(nodes)]
+    lines = ["[cluster]", f"groups = {groups}", cluster_options, ""]
+    for i, port in enumerate(store_ports, start=1):
+        lines += ["[[store]]", f"id = {i}", f'addr = "127.0.0.1:{port}"', f'dc = "dc{i}"',
+                  f'data = "store{i}"', ""]
+    for i, port in enumerate(lock_ports, start=1):
+        lines += ["[[lock]]", f"id = {i}", f'addr = "127.0.0.1:{port}"', f'dc = "dc{i}"',
+                  f'data = "lock{i}"', ""]
+    for name, queues in DEV_TOPICS:
+        lines += ["[[topic]]", f'name = "{name}"', f"queues = {queues}", 'retention = "7d"',
+                  "max_message_bytes = 1048576", ""]
+    path = data / "cluster.toml"
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+@dataclass
+class _Proc:
+    role: str
+    node: str
+    popen: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    stopped: bool = False
+
+
+@dataclass
+class ProcessCluster:
+    """Real daemon processes for one cluster config (stores; lock nodes when ``locks``)."""
+
+    config_path: Path
+    locks: bool = False
+    log_dir: Path | None = None
+    procs: dict[tuple[str, str], _Proc] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config: ClusterConfig = load_config(self.config_path)
+        self.log_dir = self.log_dir or self.config_path.parent / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def store_addresses(self) -> list[str]:
+        return [s.addr for s in self.config.stores]
+
+    def store_address(self, node: int) -> str:
+        return self.config.store(node).addr
+
+    def __enter__(self) -> ProcessCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------------- processes
+
+    def start(self) -> None:
+        for s in self.config.stores:
+            self.start_node("store", str(s.id))
+        if self.locks:
+            for lk in self.config.locks:
+                self.start_node("lock", str(lk.id))
+
+    def start_node(self, role: str, node: str) -> None:
+        proc = self.procs.setdefault((role, node), _Proc(role, node))
+        if proc.popen is not None and proc.popen.poll() is None:
+            return
+        assert self.log_dir is not None
+        proc.log = open(self.log_dir / f"{role}{node}.log", "ab")  # noqa: SIM115 (kept for the process's life)
+        flag = "--node" if role in ("store", "lock") else "--id"
+        cmd = [sys.executable, "-m", "phxq", role, "--config", str(self.config_path), flag, node]
+        proc.popen = subprocess.Popen(cmd, stdout=proc.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        proc.stopped = False
+
+    def signal(self, role: str, node: str, sig: signal.Signals) -> None:
+        proc = self.procs[(role, node)]
+        assert proc.popen is not None
+        proc.popen.send_signal(sig)
+        if sig == signal.SIGKILL:
+            proc.popen.wait()
+
+    def kill(self, node: int, role: str = "store") -> None:
+        self.signal(role, str(node), signal.SIGKILL)
+
+    def pause(self, node: int, role: str = "store") -> None:
+        self.signal(role, str(node), signal.SIGSTOP)
+
+    def resume(self, node: int, role: str = "store") -> None:
+        self.signal(role, str(node), signal.SIGCONT)
+
+    def restart(self, node: int, role: str = "store") -> None:
+        self.start_node(role, str(node))
+
+    def alive(self, node: int, role: str = "store") -> bool:
+        proc = self.procs.get((role, str(node)))
+        return bool(proc and proc.popen and proc.popen.poll() is None)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.popen is not None and proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.popen.send_signal(signal.SIGCONT)
+                    proc.popen.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            if proc.popen is None:
+                continue
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+            if proc.log is not None:
+                proc.log.close()
+
+    def logs(self, role: str = "store", node: int | None = None, tail: int = 60) -> str:
+        """The last lines of the daemons' logs, for failure messages."""
+        assert self.log_dir is not None
+        out = []
+        for path in sorted(self.log_dir.glob(f"{role}{node if node is not None else '*'}.log")):
+            lines = path.read_text(errors="replace").splitlines()[-tail:]
+            out.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(out)
+
+    # -------------------------------------------------------------------------- readiness
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until every store answers and every group has a master all live stores agree on."""
+        asyncio.run(self.wait_ready_async(timeout))
+
+    async def wait_ready_async(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        async with RpcPool() as pool:
+            while time.monotonic() < deadline:
+                for proc in self.procs.values():
+                    if proc.popen is not None and proc.popen.poll() is not None and not proc.stopped:
+                        code = proc.popen.returncode
+                        if code not in (-signal.SIGKILL, -signal.SIGTERM):
+                            raise RuntimeError(
+                                f"{proc.role} {proc.node} exited with {code}\n"
+                                + self.logs(proc.role, int(proc.node))
+                            )
+                try:
+                    last = await self._masters(pool)
+                    if last is True:
+                        return
+                except PhxqError as exc:
+                    last = exc
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"cluster not ready after {timeout}s: {last}\n{self.logs()}")
+
+    async def _masters(self, pool: RpcPool) -> Any:
+        live = [s for s in self.config.stores if self.alive(s.id)]
+        views = []
+        for s in live:
+            meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
+            views.append(meta["masters"])
+        groups = self.config.cluster.groups
+        for g in range(groups):
+            seen = {v.get(str(g)) for v in views}
+            if len(seen) != 1 or None in seen:
+                return f"group {g}: masters seen {seen}"
+            (master,) = seen
+            if not self.alive(int(master)):
+                return f"group {g}: master {master} is not alive"
+        return True
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("PHXQ_DATA", "./phxq-data"))

@@ -1,0 +1,57 @@
+"""Every Prometheus metric phxq exports, in one place (STYLE.md §13).
+
+Each daemon process owns one :data:`REGISTRY`; :func:`serve` exposes it over HTTP at
+``metrics_addr`` (``GET /metrics``). Metric names are part of the operator surface: keep them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry()
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+ENQUEUE_LATENCY = Histogram(
+    "phxq_enqueue_latency_seconds",
+    "Time from receiving an enqueue request to its instance being chosen and applied (master)",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ENQUEUED = Counter(
+    "phxq_enqueued_messages_total", "Messages acked to producers", ["topic"], registry=REGISTRY
+)
+BATCH_ITEMS = Histogram(
+    "phxq_batch_items",
+    "Items per chosen Paxos instance",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    registry=REGISTRY,
+)
+INSTANCES_IN_FLIGHT = Gauge(
+    "phxq_instances_in_flight", "Unchosen instances in flight per group", ["group"], registry=REGISTRY
+)
+FSYNC_LATENCY = Histogram(
+    "phxq_fsync_latency_seconds", "fdatasync latency of the PLog writer", buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CATCHUP_LAG = Gauge(
+    "phxq_catchup_lag_instances", "Known chosen minus learned instances per group", ["group"],
+    registry=REGISTRY,
+)
+MASTERS_HELD = Gauge("phxq_masters_held", "Groups this node is master of", registry=REGISTRY)
+DIVERGENCE = Counter(
+    "phxq_divergence_total", "Chain checksum mismatches detected", ["group"], registry=REGISTRY
+)
+STORAGE_FAILURES = Counter(
+    "phxq_storage_failures_total", "Groups that stopped serving on a storage error", ["group"],
+    registry=REGISTRY,
+)
+
+
+def serve(addr: str) -> None:
+    """Serve ``REGISTRY`` at ``http://addr/metrics`` from a background thread."""
+    host, port = addr.rsplit(":", 1)
+    start_http_server(int(port), addr=host, registry=REGISTRY)

@@ -1,0 +1,319 @@
+"""One node's replica of one Paxos group: the sans-I/O core wired to the PLog and the network.
+
+A :class:`GroupReplica` owns a :class:`~phxq.paxos.PaxosNode`, the group's
+:class:`~phxq.plog.GroupLog` and the applied state machine (e.g. ``StoreState``). It executes
+the core's effects:
+
+- ``Send`` goes out through ``send(to, encoded_message)`` (fire-and-forget; Paxos tolerates loss);
+- ``Persist`` goes to the PLog; only when the records are durable (fdatasync) is the core told
+  (``on_persisted``), so no promise or accept reply ever leaves before its record is on disk;
+- ``Learned`` is applied to the state machine *through the PLog's indexer* (one path for
+  recovery and live operation: the indexer applies the instance and returns its index entries),
+  and the local proposers waiting on it get their per-item apply results;
+- ``ProposalFailed`` fails the waiters with ``NotMaster`` or ``Unavailable`` (outcome unknown:
+  retry with the same dedup id);
+- ``ServeCatchup`` reads chosen values from the PLog off the event loop and answers.
+
+This module knows nothing of queues: the store and the lock daemon both use it with their own
+state machine (an :class:`Applier`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from phxq.errors import NotMaster, PhxqError, StorageError, Unavailable
+from phxq.paxos import (
+    AcceptRecord,
+    Ballot,
+    CatchupReply,
+    ChosenEntry,
+    Divergence,
+    GroupConfig,
+    Learned,
+    PaxosNode,
+    Persist,
+    PromiseRecord,
+    ProposalFailed,
+    RecoveredState,
+    RoleChanged,
+    Send,
+    ServeCatchup,
+    decode_batch,
+    encode_message,
+)
+from phxq.plog import GroupLog, LogWriter
+
+log = logging.getLogger("phxq.replica")
+
+CATCHUP_MAX_BYTES = 4 << 20
+
+
+class Applier(Protocol):
+    """The replicated state machine a group applies its chosen instances to."""
+
+    def apply(self, instance: int, items: Sequence[bytes]) -> list[Any]:
+        """Apply one chosen instance (in order, once); one result per item."""
+        ...
+
+    def index_entries(self, instance: int, items: Sequence[bytes]) -> list[tuple[Any, int, float]]:
+        """The PLog index entries of the instance just applied."""
+        ...
+
+
+class GroupReplica:
+    """One group's replica on this node. Create with :meth:`open`."""
+
+    def __init__(
+        self,
+        config: GroupConfig,
+        glog: GroupLog,
+        state: Applier,
+        send: Callable[[int, bytes], None],
+        *,
+        propose_timeout: float,
+        address_of: Callable[[int], str | None],
+    ) -> None:
+        self.config = config
+        self.group = config.group
+        self.glog = glog
+        self.state = state
+        self._send = send
+        self._address_of = address_of
+        self._propose_timeout = propose_timeout
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._next_pid = 1
+        self._last_results: tuple[int, list[Any]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.failed: StorageError | None = None
+        self.diverged: Divergence | None = None
+        self.paxos: PaxosNode  # set by open()
+
+    @classmethod
+    async def open(
+        cls,
+        config: GroupConfig,
+        directory: Any,
+        writer: LogWriter,
+        state: Applier,
+        send: Callable[[int, bytes], None],
+        *,
+        propose_timeout: float = 5.0,
+        address_of: Callable[[int], str | None] = lambda node: None,
+        segment_bytes: int = 64 << 20,
+    ) -> GroupReplica:
+        replica = cls.__new__(cls)
+        indexer = replica._indexer
+        glog = await GroupLog.open(
+            directory, config.group, writer, segment_bytes=segment_bytes, indexer=indexer
+        )
+        cls.__init__(
+            replica,
+            config,
+            glog,
+            state,
+            send,
+            propose_timeout=propose_timeout,
+            address_of=address_of,
+        )
+        rec = glog.recovered
+        recovered = RecoveredState(
+            promised=Ballot(*rec.promised),
+            max_round=rec.max_round,
+            accepted={i: (Ballot(*b), v) for i, (b, v) in rec.accepted.items()},
+            chosen_up_to=rec.chosen_up_to,
+            checksum=rec.checksum,
+        )
+        replica.paxos = PaxosNode(config, recovered, time.monotonic())
+        if rec.damaged:
+            log.error("group %d: damaged log ranges %s; not serving them", config.group, rec.damaged)
+        return replica
+
+    # ------------------------------------------------------------------ the indexer seam
+
+    def _indexer(self, instance: int, value: bytes) -> Iterable[tuple[Any, int, float]]:
+        """Called by the PLog for every chosen instance, in order, at recovery and on
+        ``append_chosen``: applies it to the state machine and returns its index entries."""
+        items = decode_batch(value)
+        results = self.state.apply(instance, items)
+        self._last_results = (instance, results)
+        return self.state.index_entries(instance, items)
+
+    # ---------------------------------------------------------------------------- inputs
+
+    def on_message(self, msg: Any) -> None:
+        if self.failed is None:
+            self.execute(self.paxos.on_message(msg, time.monotonic()))
+
+    def on_tick(self, now: float) -> None:
+        if self.failed is None:
+            self.execute(self.paxos.on_tick(now))
+
+    def next_deadline(self) -> float | None:
+        return self.paxos.next_deadline()
+
+    async def propose(self, item: bytes) -> Any:
+        """Propose one item; returns its apply result once chosen and applied here."""
+        if self.failed is not None:
+            raise self.failed
+        if not self.paxos.is_master:
+            raise NotMaster(hint=self.master_address())
+        pid = self._next_pid
+        self._next_pid += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[pid] = future
+        self.execute(self.paxos.propose(pid, item, time.monotonic()))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._propose_timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"group {self.group}: not chosen within {self._propose_timeout}s (outcome unknown; "
+                "retry with the same dedup id)"
+            ) from None
+        finally:
+            self._waiters.pop(pid, None)
+
+    def master_address(self) -> str | None:
+        master = self.paxos.master
+        return None if master is None else self._address_of(master)
+
+    @property
+    def serving(self) -> bool:
+        """True when this replica is master and has applied everything chosen before it became
+        master, so its applied state (cursors, dedup, queue index) is current."""
+        return self.failed is None and self.paxos.is_master and self.paxos.ready
+
+    # --------------------------------------------------------------------------- effects
+
+    def execute(self, effects: list[Any]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._send(effect.to, encode_message(effect.msg))
+            elif isinstance(effect, Persist):
+                self._persist(effect)
+            elif isinstance(effect, Learned):
+                self._learn(effect)
+            elif isinstance(effect, ProposalFailed):
+                self._fail(effect)
+            elif isinstance(effect, ServeCatchup):
+                self._spawn(self._serve_catchup(effect))
+            elif isinstance(effect, RoleChanged):
+                log.info(
+                    "group %d: %s (master=%s ballot=%s)",
+                    self.group,
+                    "became master" if effect.is_master else "follower",
+                    effect.master,
+                    effect.ballot,
+                )
+            elif isinstance(effect, Divergence):
+                self.diverged = effect
+                log.critical(
+                    "group %d: DIVERGENCE at instance %d: local checksum %x, peer %d has %x",
+                    self.group,
+                    effect.instance,
+                    effect.local_checksum,
+                    effect.peer,
+                    effect.remote_checksum,
+                )
+
+    def _persist(self, effect: Persist) -> None:
+        future: asyncio.Future[None] | None = None
+        for record in effect.records:
+            if isinstance(record, PromiseRecord):
+                future = self.glog.append_promise((record.ballot.round, record.ballot.node))
+            elif isinstance(record, AcceptRecord):
+                b = record.ballot
+                future = self.glog.append_accept(record.instance, (b.round, b.node), record.value)
+        token = effect.token
+        if future is None:
+            self.execute(self.paxos.on_persisted(token, time.monotonic()))
+            return
+        # Records of one group are made durable in submission order, so the last one's
+        # completion means all of them are on disk.
+        future.add_done_callback(lambda f: self._persisted(token, f))
+
+    def _persisted(self, token: int, future: asyncio.Future[None]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._storage_failed(exc)
+            return
+        if self.failed is None:
+            self.execute(self.paxos.on_persisted(token, time.monotonic()))
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = exc if isinstance(exc, StorageError) else StorageError(str(exc))
+            log.error("group %d: storage failed, replica stops serving: %s", self.group, exc)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(self.failed)
+
+    def _learn(self, effect: Learned) -> None:
+        ballot = None if effect.ballot is None else (effect.ballot.round, effect.ballot.node)
+        self._last_results = None
+        written = self.glog.append_chosen(effect.instance, ballot, effect.checksum, effect.value)
+        written.add_done_callback(self._chosen_written)
+        if self._last_results is None or self._last_results[0] != effect.instance:
+            raise AssertionError("the PLog did not index a chosen instance synchronously")
+        results = self._last_results[1]
+        for pid, result in zip(effect.proposals, results, strict=False):
+            future = self._waiters.get(pid)
+            if future is not None and not future.done():
+                future.set_result(result)
+
+    def _chosen_written(self, future: asyncio.Future[None]) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._storage_failed(exc)
+
+    def _fail(self, effect: ProposalFailed) -> None:
+        hint = None if effect.master_hint is None else self._address_of(effect.master_hint)
+        for pid in effect.pids:
+            future = self._waiters.get(pid)
+            if future is None or future.done():
+                continue
+            if effect.reason == "not_master":
+                future.set_exception(NotMaster(hint=hint))
+            else:
+                future.set_exception(
+                    Unavailable(
+                        f"group {self.group}: master changed while proposing (outcome unknown; "
+                        "retry with the same dedup id)",
+                        {"hint": hint},
+                    )
+                )
+
+    async def _serve_catchup(self, effect: ServeCatchup) -> None:
+        try:
+            records = await self.glog.read_chosen(
+                effect.from_instance, effect.max_count, CATCHUP_MAX_BYTES
+            )
+        except PhxqError as exc:
+            log.warning("group %d: cannot serve catch-up from %d: %s", self.group, effect.from_instance, exc)
+            return
+        entries = tuple(ChosenEntry(r.instance, r.value, r.checksum) for r in records)
+        reply = CatchupReply(
+            group=self.group,
+            sender=self.config.node_id,
+            entries=entries,
+            chosen_up_to=self.paxos.chosen_up_to,
+        )
+        self._send(effect.to, encode_message(reply))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"group {self.group}: replica shutting down"))
+        await self.glog.close()

@@ -1,0 +1,231 @@
+"""The store's RPC handlers: validate a request, turn it into log entries or index reads.
+
+Every handler validates its params before touching anything: a bad request fails with a typed
+``ClientError`` and nothing is proposed. Results of proposals come from the state machine's
+apply (dedup and fencing are decided there, identically on every replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from phxq.errors import BadArgument, MessageTooLarge, PhxqError, StorageError
+from phxq.paxos import decode_batch
+from phxq.store import state as st
+from phxq.store.entries import CommitEntry, EnqueueEntry, Message, ReplayEntry, decode_entry, encode_entry
+from phxq.store.routing import make_offset, split_offset
+
+if TYPE_CHECKING:
+    from phxq.store.node import StoreNode
+
+MAX_DEQUEUE = 10_000
+MAX_HEADERS = 64
+
+
+def _str(params: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
+    value = params.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadArgument(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int(params: dict[str, Any], name: str, *, optional: bool = False, minimum: int = 0) -> int | None:
+    value = params.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise BadArgument(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _message(raw: Any, max_bytes: int) -> Message:
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise BadArgument("each message must be [payload, key, headers, dedup_id]")
+    payload, key, headers, dedup_id = raw
+    if not isinstance(payload, bytes):
+        raise BadArgument("payload must be bytes")
+    if len(payload) > max_bytes:
+        raise MessageTooLarge(f"payload of {len(payload)} bytes exceeds max_message_bytes={max_bytes}")
+    if key is not None and not isinstance(key, str):
+        raise BadArgument("key must be a string or nil")
+    if dedup_id is not None and (not isinstance(dedup_id, str) or len(dedup_id) > 256):
+        raise BadArgument("dedup_id must be a string of at most 256 characters or nil")
+    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise BadArgument(f"headers must be a map of at most {MAX_HEADERS} string pairs")
+    return Message(payload=payload, key=key, headers=headers, dedup_id=dedup_id)
+
+
+async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any]]]:
+    topic = _str(params, "topic")
+    assert topic is not None
+    spec = node.cluster.topics_by_name.get(topic)
+    batches = params.get("batches")
+    if not isinstance(batches, list) or not batches:
+        raise BadArgument("batches must be a non-empty list of [queue, messages]")
+    replica = None
+    entries: list[bytes] = []
+    now = time.time()
+    for batch in batches:
+        if not isinstance(batch, list) or len(batch) != 2 or not isinstance(batch[1], list):
+            raise BadArgument("each batch must be [queue, [message, ...]]")
+        queue, raw_messages = batch
+        r = node.replica_for(topic, queue)
+        if replica is not None and r is not replica:
+            raise BadArgument("all queues of one enqueue request must be in the same group")
+        replica = r
+        assert spec is not None
+        messages = tuple(_message(m, spec.max_message_bytes) for m in raw_messages)
+        if not messages:
+            raise BadArgument("a batch must hold at least one message")
+        entries.append(encode_entry(EnqueueEntry(topic, queue, messages, now)))
+    assert replica is not None
+    replica = node.master_replica(topic, batches[0][0])
+    # Proposed in the same loop iteration, the entries ride in as few instances as the window allows.
+    results = await asyncio.gather(*(replica.propose(e) for e in entries))
+    out: list[list[list[Any]]] = []
+    for result in results:
+        done = _enqueued(result)
+        out.append([[o, d] for o, d in zip(done.offsets, done.duplicates, strict=True)])
+    return out
+
+
+def _enqueued(result: Any) -> st.Enqueued:
+    if isinstance(result, st.Rejected):
+        raise result.error
+    if not isinstance(result, st.Enqueued):
+        raise StorageError(f"unexpected apply result {result!r}")
+    return result
+
+
+async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
+    group = _str(params, "group", optional=True)
+    topic = _str(params, "topic")
+    queue = params.get("queue")
+    after = _int(params, "after", optional=True)
+    limit = _int(params, "limit", minimum=1)
+    assert topic is not None and limit is not None
+    # `local` reads this replica's applied prefix whatever its role (tools and tests comparing
+    # replicas); ordinary reads go to the master, whose applied state is current.
+    replica = node.replica_for(topic, queue) if params.get("local") else node.master_replica(topic, queue)
+    if after is None and group is not None:
+        after = replica.state.cursor(group, topic, queue)
+    positions = replica.glog.positions((topic, queue), None if after is None else split_offset(after), min(limit, MAX_DEQUEUE))
+    rows: list[list[Any]] = []
+    cache: dict[int, list[tuple[float, Message]]] = {}
+    for instance, index in positions:
+        flat = cache.get(instance)
+        if flat is None:
+            flat = _flatten(await replica.glog.read_value(instance))
+            cache[instance] = flat
+        if index >= len(flat):
+            raise StorageError(f"index points past instance {instance} ({index} >= {len(flat)})")
+        enqueued_at, msg = flat[index]
+        rows.append([make_offset(instance, index), msg.payload, msg.key, msg.headers, enqueued_at])
+    return rows
+
+
+def _flatten(value: bytes) -> list[tuple[float, Message]]:
+    """Every message of a chosen instance, in index order (see StoreState.apply)."""
+    flat: list[tuple[float, Message]] = []
+    for item in decode_batch(value):
+        try:
+            entry = decode_entry(item)
+        except PhxqError:
+            continue
+        if isinstance(entry, EnqueueEntry):
+            flat.extend((entry.enqueued_at, m) for m in entry.messages)
+    return flat
+
+
+async def commit(node: StoreNode, params: dict[str, Any]) -> int:
+    group = _str(params, "group")
+    topic = _str(params, "topic")
+    queue = params.get("queue")
+    offset = _int(params, "offset")
+    token = _int(params, "token")
+    assert group is not None and topic is not None and offset is not None and token is not None
+    replica = node.master_replica(topic, queue)
+    result = await replica.propose(encode_entry(CommitEntry(group, topic, queue, offset, token)))
+    if isinstance(result, st.Rejected):
+        raise result.error
+    return offset
+
+
+async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
+    group = _str(params, "group")
+    topic = _str(params, "topic")
+    queue = params.get("queue")
+    assert group is not None and topic is not None
+    replica = node.master_replica(topic, queue)
+    return replica.state.cursor(group, topic, queue)
+
+
+async def seek(node: StoreNode, params: dict[str, Any]) -> int:
+    group = _str(params, "group")
+    topic = _str(params, "topic")
+    queue = params.get("queue")
+    offset = _int(params, "offset", optional=True)
+    when = params.get("time")
+    assert group is not None and topic is not None
+    replica = node.master_replica(topic, queue)
+    if (offset is None) == (when is None):
+        raise BadArgument("seek takes exactly one of offset or time")
+    if offset is None:
+        if not isinstance(when, (int, float)) or isinstance(when, bool):
+            raise BadArgument(f"time must be a number (seconds since the epoch), got {when!r}")
+        instance = replica.glog.instance_at_time(float(when))
+        target = replica.paxos.chosen_up_to + 1 if instance is None else instance
+        offset = make_offset(target, 0)
+    # The cursor is "last processed": to deliver `offset` next, set it just below.
+    new_cursor = max(offset - 1, 0)
+    entry = ReplayEntry(group, topic, queue, new_cursor, uuid.uuid4().hex)
+    result = await replica.propose(encode_entry(entry))
+    if isinstance(result, st.Rejected):
+        raise result.error
+    return new_cursor
+
+
+async def meta(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
+    return node.meta()
+
+
+async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
+    groups = []
+    for g, r in node.replicas.items():
+        p = r.paxos
+        groups.append(
+            {
+                "group": g,
+                "master": p.master,
+                "is_master": p.is_master,
+                "ballot": [p.ballot.round, p.ballot.node],
+                "chosen_up_to": p.chosen_up_to,
+                "known_chosen": p.known_chosen,
+                "checksum": p.checksum,
+                "first_instance": r.glog.first_instance,
+                "disk_bytes": r.glog.disk_bytes(),
+                "failed": None if r.failed is None else r.failed.message,
+                "diverged": None if r.diverged is None else r.diverged.instance,
+                "needs_repair": r.glog.needs_repair,
+            }
+        )
+    return {"node": node.node_id, "address": node.address, "started_at": node.started_at, "groups": groups}
+
+
+HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
+    "meta": meta,
+    "enqueue": enqueue,
+    "dequeue": dequeue,
+    "commit": commit,
+    "cursor": cursor,
+    "seek": seek,
+    "status": status,
+}
