@@ -1,0 +1,211 @@
+"""A fault-injecting Transport wrapper, driven by a seeded RNG and a small control object.
+
+Public API::
+
+    faults = Faults(seed=1)                     # one control object, shared by many transports
+    pool = RpcPool(transport_factory=faults.factory(inner_factory))   # or faults.wrap(transport)
+
+    faults.drop_rate = 0.1        # each frame (either direction) is lost with this probability
+    faults.duplicate_rate = 0.1   # each outgoing NOTIFY is delivered twice (requests never are)
+    faults.delay = 0.005          # outgoing frames are held this long ...
+    faults.jitter = 0.002         # ... plus uniform(0, jitter); order is kept, like TCP
+    faults.block_send = True      # one-way partition: frames sent by the wrapped end vanish
+    faults.block_recv = True      # one-way partition: frames arriving at the wrapped end vanish
+    faults.stall()                # hold every frame both ways, connections stay open
+    faults.unstall()              # release held frames, in order
+    faults.sever()                # close every wrapped connection now
+    faults.heal()                 # clear every fault (rates, delay, partitions, stall)
+    faults.stats                  # FaultStats(sent, dropped, duplicated, delayed)
+
+Frames are judged whole (msgpack bodies), so faults never corrupt framing: a dropped request
+simply never arrives and the caller's timeout fires. Every random choice comes from
+``random.Random(seed)``, so a single-task test replays exactly from its seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from phxq.errors import Unavailable
+from phxq.net.frames import NOTIFY, frame_kind
+from phxq.net.transport import Transport, TransportFactory, check_size
+
+
+@dataclass(slots=True)
+class FaultStats:
+    sent: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    delayed: int = 0
+
+
+class Faults:
+    """Fault settings shared by every :class:`FaultyTransport` made from it."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.drop_rate = 0.0
+        self.duplicate_rate = 0.0
+        self.delay = 0.0
+        self.jitter = 0.0
+        self.block_send = False
+        self.block_recv = False
+        self.stats = FaultStats()
+        self._stalled = False
+        self._unstalled = asyncio.Event()
+        self._unstalled.set()
+        self._transports: set[FaultyTransport] = set()
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled
+
+    def stall(self) -> None:
+        self._stalled = True
+        self._unstalled.clear()
+
+    def unstall(self) -> None:
+        self._stalled = False
+        self._unstalled.set()
+        for transport in list(self._transports):
+            transport._release()
+
+    def sever(self) -> None:
+        for transport in list(self._transports):
+            transport.close()
+
+    def heal(self) -> None:
+        self.drop_rate = self.duplicate_rate = self.delay = self.jitter = 0.0
+        self.block_send = self.block_recv = False
+        self.unstall()
+
+    def wrap(self, transport: Transport) -> FaultyTransport:
+        return FaultyTransport(transport, self)
+
+    def factory(self, inner: TransportFactory) -> Callable[[str], Awaitable[Transport]]:
+        async def connect(addr: str) -> Transport:
+            return self.wrap(await inner(addr))
+
+        return connect
+
+    def _lose(self) -> bool:
+        if self.drop_rate > 0.0 and self.rng.random() < self.drop_rate:
+            self.stats.dropped += 1
+            return True
+        return False
+
+
+class FaultyTransport:
+    """Wraps a Transport and applies the faults of its :class:`Faults` to every frame."""
+
+    def __init__(self, inner: Transport, faults: Faults) -> None:
+        self.inner = inner
+        self.faults = faults
+        self.max_frame = inner.max_frame
+        # outgoing frames waiting for a stall or a delay to end, with the loop time they are due
+        self._held: list[tuple[float, bytes]] = []
+        self._release_at = 0.0  # outgoing frames are released in order, never earlier than this
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        faults._transports.add(self)
+
+    @property
+    def peer(self) -> str:
+        return self.inner.peer
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self.inner.closed
+
+    @property
+    def buffered(self) -> int:
+        return self.inner.buffered + sum(len(body) for _, body in self._held)
+
+    def send(self, body: bytes) -> None:
+        if self.closed:
+            raise Unavailable(f"connection to {self.peer} is closed")
+        check_size(body, self.max_frame)
+        faults = self.faults
+        if faults.block_send or faults._lose():
+            if faults.block_send:
+                faults.stats.dropped += 1
+            return
+        copies = 1
+        if (
+            faults.duplicate_rate > 0.0
+            and frame_kind(body) == NOTIFY
+            and faults.rng.random() < faults.duplicate_rate
+        ):
+            faults.stats.duplicated += 1
+            copies = 2
+        if faults.delay > 0.0 or faults.jitter > 0.0:
+            loop = asyncio.get_running_loop()
+            at = loop.time() + faults.delay + faults.rng.uniform(0.0, faults.jitter)
+            self._release_at = max(self._release_at, at)  # never overtake an earlier frame
+            faults.stats.delayed += copies
+            self._held.extend([(self._release_at, body)] * copies)
+            if self._timer is None:
+                self._timer = loop.call_at(self._held[0][0], self._on_timer)
+            return
+        if faults.stalled or self._held:
+            self._held.extend([(0.0, body)] * copies)
+            return
+        for _ in range(copies):
+            self.inner.send(body)
+        faults.stats.sent += copies
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._release()
+
+    def _release(self) -> None:
+        """Send every held frame that is due, in order; re-arm the timer for the rest."""
+        if self.faults.stalled or self._timer is not None or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = 0
+        for at, body in self._held:
+            if at > now:
+                self._timer = loop.call_at(at, self._on_timer)
+                break
+            self.inner.send(body)
+            due += 1
+        del self._held[:due]
+        self.faults.stats.sent += due
+
+    async def recv(self) -> bytes:
+        faults = self.faults
+        while True:
+            body = await self.inner.recv()
+            if faults.stalled:
+                await faults._unstalled.wait()
+            if self._closing:
+                raise Unavailable(f"connection to {self.peer} is closed")
+            if faults.block_recv:
+                faults.stats.dropped += 1
+                continue
+            if faults._lose():
+                continue
+            return body
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._held.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.faults._transports.discard(self)
+        self.inner.close()
+
+    async def wait_closed(self) -> None:
+        await self.inner.wait_closed()

@@ -1,0 +1,216 @@
+"""The RPC server: serves framed msgpack requests and notifications on TCP or any Transport.
+
+Public API::
+
+    Handler = Callable[[str, Any], Awaitable[Any]]     # (method, params) -> result
+    NotifyHandler = Callable[[str, Any], None]         # sync; must not block
+
+    server = RpcServer(handler, notify_handler=None, max_frame=MAX_FRAME_DEFAULT,
+                       max_inflight=256)
+    await server.start(host, port)      # port 0 = ephemeral; then server.address / server.port
+    server.accept(transport)            # also serve an already connected Transport (memory, faulty)
+    server.connections                  # number of connections being served
+    await server.close()                # or: async with RpcServer(...) as server
+
+Promises:
+
+- Each request runs in its own task, at most ``max_inflight`` per connection (the connection
+  is not read while at the limit); responses go out as they finish, possibly out of order,
+  and responses finished in the same loop iteration share one write.
+- A ``PhxqError`` raised by the handler reaches the caller as the same class (code, message,
+  data). Any other exception is logged and reaches the caller as ``PhxqError("internal error
+  ...")``. A result that cannot be encoded, or is larger than ``max_frame``, becomes an error
+  reply. Unknown methods are the handler's business (it raises ``BadArgument``).
+- Notifications are passed to ``notify_handler`` synchronously, in arrival order, on the
+  reader; exceptions from it are logged and swallowed. Without a handler they are ignored.
+- Bad input never takes the server down: a framed but malformed body gets an ERROR reply
+  (with the request id when it can be recovered, else a nil id) and the connection goes on;
+  an oversized length or broken framing gets an ERROR with a nil id, then the connection is
+  closed. Every other connection is unaffected.
+- After a client half-closes, requests already received are still answered, then the
+  connection is closed. ``close()`` stops accepting, cancels in-flight handlers and closes
+  every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from phxq.errors import MessageTooLarge, PhxqError, ProtocolError, Unavailable
+from phxq.net.frames import (
+    MAX_FRAME_DEFAULT,
+    Notify,
+    Request,
+    decode_body,
+    encode_exception,
+    encode_response,
+    request_id_of,
+)
+from phxq.net.transport import TcpTransport, Transport, format_addr
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, Any], Awaitable[Any]]
+NotifyHandler = Callable[[str, Any], None]
+
+
+class RpcServer:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        notify_handler: NotifyHandler | None = None,
+        max_frame: int = MAX_FRAME_DEFAULT,
+        max_inflight: int = 256,
+    ) -> None:
+        self._handler = handler
+        self._notify_handler = notify_handler
+        self.max_frame = max_frame
+        self.max_inflight = max_inflight
+        self._server: asyncio.Server | None = None
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._request_tasks: set[asyncio.Task[None]] = set()
+        self._transports: set[Transport] = set()
+        self._closing = False
+        self.address = ""
+        self.port = 0
+
+    async def __aenter__(self) -> RpcServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._transports)
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TcpTransport(self.max_frame, on_connected=self.accept), host, port
+        )
+        sockname = self._server.sockets[0].getsockname()
+        self.port = int(sockname[1])
+        self.address = format_addr(str(sockname[0]), self.port)
+
+    def accept(self, transport: Transport) -> None:
+        """Serve ``transport`` until it closes (in a task owned by this server)."""
+        if self._closing:
+            transport.close()
+            return
+        self._transports.add(transport)
+        task = asyncio.get_running_loop().create_task(self._serve(transport))
+        self._conn_tasks.add(task)
+        task.add_done_callback(self._conn_tasks.discard)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._request_tasks):
+            task.cancel()
+        for transport in list(self._transports):
+            transport.close()
+        for task in list(self._conn_tasks):
+            task.cancel()
+        pending = [*self._conn_tasks, *self._request_tasks]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _serve(self, transport: Transport) -> None:
+        inflight: set[asyncio.Task[None]] = set()
+        slot_free = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            self._request_tasks.discard(task)
+            slot_free.set()
+
+        try:
+            while True:
+                try:
+                    body = await transport.recv()
+                except ProtocolError as exc:
+                    log.warning("rpc: closing connection from %s: %s", transport.peer, exc)
+                    self._reply(transport, encode_exception(None, exc))
+                    return
+                except Unavailable:
+                    while inflight:  # half-closed by the client: answer what it already sent
+                        slot_free.clear()
+                        await slot_free.wait()
+                    return
+                try:
+                    frame = decode_body(body)
+                except ProtocolError as exc:
+                    self._reply(transport, encode_exception(request_id_of(body), exc))
+                    continue
+                if type(frame) is Request:
+                    while len(inflight) >= self.max_inflight:
+                        slot_free.clear()
+                        await slot_free.wait()
+                    task = loop.create_task(self._run(transport, frame))
+                    inflight.add(task)
+                    self._request_tasks.add(task)
+                    task.add_done_callback(finished)
+                elif type(frame) is Notify:
+                    self._on_notify(frame)
+                else:
+                    error = ProtocolError(f"a server does not accept {type(frame).__name__} frames")
+                    self._reply(transport, encode_exception(None, error))
+        finally:
+            self._transports.discard(transport)
+            transport.close()
+
+    def _on_notify(self, frame: Notify) -> None:
+        if self._notify_handler is None:
+            return
+        try:
+            self._notify_handler(frame.method, frame.params)
+        except Exception:
+            log.exception("rpc: notify handler failed on %r", frame.method)
+
+    async def _run(self, transport: Transport, request: Request) -> None:
+        try:
+            result = await self._handler(request.method, request.params)
+        except PhxqError as exc:
+            body = encode_exception(request.id, exc)
+        except Exception as exc:
+            log.exception("rpc: handler failed on %r", request.method)
+            internal = PhxqError(f"internal error in {request.method}: {type(exc).__name__}: {exc}")
+            body = encode_exception(request.id, internal)
+        else:
+            try:
+                body = encode_response(request.id, result)
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error("rpc: result of %r is not msgpack-able: %s", request.method, exc)
+                internal = PhxqError(f"internal error in {request.method}: unencodable result")
+                body = encode_exception(request.id, internal)
+            if len(body) > transport.max_frame:
+                too_large = MessageTooLarge(
+                    f"response to {request.method} is {len(body)} bytes, "
+                    f"above the frame limit {transport.max_frame}",
+                    {"size": len(body), "max": transport.max_frame},
+                )
+                body = encode_exception(request.id, too_large)
+        self._reply(transport, body)
+        if transport.buffered > (1 << 20):
+            await transport.drain()
+
+    @staticmethod
+    def _reply(transport: Transport, body: bytes) -> None:
+        if transport.closed:
+            return
+        try:
+            transport.send(body)
+        except PhxqError as exc:
+            log.debug("rpc: reply to %s not sent: %s", transport.peer, exc)
