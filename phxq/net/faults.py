@@ -17,7 +17,8 @@ Public API::
     faults.heal()                 # clear every fault (rates, delay, partitions, stall)
     faults.stats                  # FaultStats(sent, dropped, duplicated, delayed)
 
-Frames are judged whole (msgpack bodies), so faults never corrupt framing: a dropped request
+Outgoing frames are judged when sent; incoming ones when ``recv()`` takes them (RPC readers
+always wait in ``recv()``, so that is as they arrive). Frames are judged whole (msgpack bodies), so faults never corrupt framing: a dropped request
 simply never arrives and the caller's timeout fires. Every random choice comes from
 ``random.Random(seed)``, so a single-task test replays exactly from its seed.
 """
