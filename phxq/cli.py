@@ -273,6 +273,34 @@ def status(config_path: Path, as_json: bool) -> None:
         click.echo(f"{g:5d}  {master!s:>6}  " + " ".join(row))
 
 
+@cli.command()
+@config_option
+@click.argument("mode", type=click.Choice(["latency", "throughput"]), default="latency")
+@click.option("--topic", default="orders", show_default=True)
+@click.option("--count", type=int, default=5000, show_default=True, help="latency: measured enqueues")
+@click.option("--seconds", type=float, default=5.0, show_default=True, help="throughput: duration")
+@click.option("--outstanding", type=int, default=64, show_default=True, help="throughput: concurrency")
+@click.option("--size", type=int, default=100, show_default=True, help="payload bytes")
+@click.option("--no-batching", is_flag=True, help="throughput: one request per message")
+@json_option
+def bench(config_path: Path, mode: str, topic: str, count: int, seconds: float, outstanding: int,
+          size: int, no_batching: bool, as_json: bool) -> None:
+    """Measure enqueue latency (sequential) or throughput (concurrent) against a cluster."""
+    from phxq import benchmark
+
+    cfg = _load(config_path)
+    addrs = [s.addr for s in cfg.stores]
+    if mode == "latency":
+        result = _run(benchmark.latency(addrs, topic=topic, count=count, size=size))
+    else:
+        result = _run(benchmark.throughput(addrs, topic=topic, outstanding=outstanding,
+                                           seconds=seconds, size=size, batching=not no_batching))
+    if as_json:
+        click.echo(json.dumps({**result.to_json(), "environment": benchmark.environment()}))
+    else:
+        click.echo(result.line())
+
+
 def main() -> None:
     cli()
 
