@@ -57,8 +57,6 @@ class Faults:
         self.block_recv = False
         self.stats = FaultStats()
         self._stalled = False
-        self._unstalled = asyncio.Event()
-        self._unstalled.set()
         self._transports: set[FaultyTransport] = set()
 
     @property
@@ -67,11 +65,9 @@ class Faults:
 
     def stall(self) -> None:
         self._stalled = True
-        self._unstalled.clear()
 
     def unstall(self) -> None:
         self._stalled = False
-        self._unstalled.set()
         for transport in list(self._transports):
             transport._release()
 
@@ -112,6 +108,7 @@ class FaultyTransport:
         self._release_at = 0.0  # outgoing frames are released in order, never earlier than this
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._unstall_waiter: asyncio.Future[None] | None = None  # a recv() held by a stall
         faults._transports.add(self)
 
     @property
@@ -163,8 +160,13 @@ class FaultyTransport:
         self._timer = None
         self._release()
 
+    def _wake_receiver(self) -> None:
+        if self._unstall_waiter is not None and not self._unstall_waiter.done():
+            self._unstall_waiter.set_result(None)
+
     def _release(self) -> None:
         """Send every held frame that is due, in order; re-arm the timer for the rest."""
+        self._wake_receiver()
         if self.faults.stalled or self._timer is not None or self.closed:
             return
         loop = asyncio.get_running_loop()
@@ -183,8 +185,12 @@ class FaultyTransport:
         faults = self.faults
         while True:
             body = await self.inner.recv()
-            if faults.stalled:
-                await faults._unstalled.wait()
+            while faults.stalled and not self._closing:
+                self._unstall_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._unstall_waiter
+                finally:
+                    self._unstall_waiter = None
             if self._closing:
                 raise Unavailable(f"connection to {self.peer} is closed")
             if faults.block_recv:
@@ -202,6 +208,7 @@ class FaultyTransport:
             return
         self._closing = True
         self._held.clear()
+        self._wake_receiver()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -167,7 +167,14 @@ class RpcPool:
             return conn
         if peer.connecting is None:
             peer.connecting = self._start_connect(addr, peer)
-        return await asyncio.shield(peer.connecting)
+        attempt = peer.connecting
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if attempt.cancelled() and not (current and current.cancelling()):
+                raise Unavailable("rpc pool is closed") from None  # close() cancelled the attempt
+            raise
 
     def _start_connect(self, addr: str, peer: _Peer) -> asyncio.Task[_Connection]:
         task = asyncio.get_running_loop().create_task(self._connect(addr, peer))

@@ -152,3 +152,16 @@ async def test_dropped_requests_time_out_and_sever_fails_pending_calls_then_reco
         assert await pool.call("n:1", "echo", 3) == 3
         assert pool.stats.connects == 2
         gate.set()
+
+
+async def test_sever_wakes_a_receiver_held_by_a_stall() -> None:
+    faults, a, b = wrapped()
+    faults.stall()
+    b.send(b"held")
+    incoming = asyncio.ensure_future(a.recv())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not incoming.done()
+    faults.sever()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(incoming, 5)

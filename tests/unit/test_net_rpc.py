@@ -345,3 +345,18 @@ async def test_notifies_beyond_the_send_buffer_are_dropped_and_counted() -> None
         faults.unstall()
         sent = pool.stats.notifies_sent
         await eventually(lambda: len(service.notes) == sent, "the buffered notifies")
+
+
+async def test_a_call_waiting_for_a_connection_fails_unavailable_when_the_pool_closes() -> None:
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def hanging_connect(addr: str) -> Any:
+        return await never
+
+    pool = RpcPool(connect_timeout=10, transport_factory=hanging_connect)
+    call = asyncio.ensure_future(pool.call("slow:1", "echo", 1))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await pool.close()
+    with pytest.raises(Unavailable, match="closed"):
+        await call
