@@ -1,0 +1,270 @@
+"""The store's log entries: the items of a chosen Paxos batch, and their msgpack codec.
+
+Public API::
+
+    Message(payload: bytes, key: str | None, headers: dict[str, str], dedup_id: str | None)
+    EnqueueEntry(topic: str, queue: int, messages: tuple[Message, ...], enqueued_at: float)
+    CommitEntry(consumer_group: str, topic: str, queue: int, offset: int, token: int)
+    ReplayEntry(consumer_group: str, topic: str, queue: int, offset: int, replay_id: str)
+    Entry = EnqueueEntry | CommitEntry | ReplayEntry
+
+    encode_entry(entry: Entry) -> bytes
+    decode_entry(data: bytes) -> Entry                # ProtocolError on anything malformed
+    instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Message]]
+
+Meanings:
+
+- ``EnqueueEntry.enqueued_at`` is the wall-clock time (seconds since the epoch) the master
+  stamped when it proposed the entry; every replica uses this value, never its own clock
+  (dedup windows and replay-by-time are decided from it).
+- A cursor (``CommitEntry.offset``) is the offset of the *last processed* message; the next
+  read is "after" it. ``token`` is the fencing token of the lock that owns the (group, queue).
+- ``ReplayEntry`` is an admin one-shot that sets the cursor anywhere (back included) regardless
+  of tokens; it takes effect once per ``replay_id``.
+
+Wire form: ``msgpack([tag, field, ...])`` with ``use_bin_type`` (payloads are bin, text is str);
+a message is ``[payload, key, headers, dedup_id]``. Decoding checks every type and range, and no
+byte string makes it raise anything but :class:`phxq.errors.ProtocolError` (fuzzed).
+
+``instance_messages(items)`` is the single definition of message ordinals inside a chosen
+instance: every message of every *decodable* ``EnqueueEntry`` item, in item order. The ordinal
+in that list is the ``index`` of the message's offset (duplicates and rejected entries included,
+so readers need no apply state to map an offset back to its message).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+import msgpack
+
+from phxq.errors import PhxqError, ProtocolError
+
+__all__ = [
+    "CommitEntry",
+    "EnqueueEntry",
+    "Entry",
+    "Message",
+    "ReplayEntry",
+    "decode_entry",
+    "encode_entry",
+    "instance_messages",
+]
+
+_TAG_ENQUEUE: Final = 1
+_TAG_COMMIT: Final = 2
+_TAG_REPLAY: Final = 3
+_MAX_U64: Final = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message as stored: the producer's payload, routing key, headers and dedup id."""
+
+    payload: bytes
+    key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    dedup_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueEntry:
+    """Messages appended to one queue of a topic, stamped by the master at proposal time."""
+
+    topic: str
+    queue: int
+    messages: tuple[Message, ...]
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommitEntry:
+    """A consumer's progress: ``offset`` is the last processed message, under lock ``token``."""
+
+    consumer_group: str
+    topic: str
+    queue: int
+    offset: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayEntry:
+    """An admin one-shot that moves a cursor to ``offset`` (back included), once per id."""
+
+    consumer_group: str
+    topic: str
+    queue: int
+    offset: int
+    replay_id: str
+
+
+Entry: TypeAlias = EnqueueEntry | CommitEntry | ReplayEntry
+
+
+# ----------------------------------------------------------------------------------- encode
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """The wire bytes of ``entry`` (see the module docstring)."""
+    fields: list[Any]
+    if isinstance(entry, EnqueueEntry):
+        fields = [
+            _TAG_ENQUEUE,
+            entry.topic,
+            entry.queue,
+            [[m.payload, m.key, m.headers, m.dedup_id] for m in entry.messages],
+            float(entry.enqueued_at),
+        ]
+    elif isinstance(entry, CommitEntry):
+        fields = [
+            _TAG_COMMIT,
+            entry.consumer_group,
+            entry.topic,
+            entry.queue,
+            entry.offset,
+            entry.token,
+        ]
+    elif isinstance(entry, ReplayEntry):
+        fields = [
+            _TAG_REPLAY,
+            entry.consumer_group,
+            entry.topic,
+            entry.queue,
+            entry.offset,
+            entry.replay_id,
+        ]
+    else:
+        raise TypeError(f"not a store log entry: {entry!r}")
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
+# ----------------------------------------------------------------------------------- decode
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"{what}: expected a non-empty string, got {type(value).__name__}")
+    return value
+
+
+def _opt_text(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what}: expected a string or nil, got {type(value).__name__}")
+    return value
+
+
+def _uint(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_U64:
+        raise ProtocolError(f"{what}: expected an unsigned integer, got {value!r:.40}")
+    return value
+
+
+def _message(raw: Any, position: int) -> Message:
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise ProtocolError(f"message {position}: expected [payload, key, headers, dedup_id]")
+    payload, key, headers, dedup_id = raw
+    if not isinstance(payload, bytes):
+        raise ProtocolError(f"message {position}: payload must be bin")
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ProtocolError(f"message {position}: headers must map strings to strings")
+    return Message(
+        payload=payload,
+        key=_opt_text(key, f"message {position} key"),
+        headers=headers,
+        dedup_id=_opt_text(dedup_id, f"message {position} dedup_id"),
+    )
+
+
+def _enqueue(fields: list[Any]) -> EnqueueEntry:
+    if len(fields) != 5:
+        raise ProtocolError(f"enqueue entry: expected 5 fields, got {len(fields)}")
+    _, topic, queue, raw_messages, enqueued_at = fields
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise ProtocolError("enqueue entry: messages must be a non-empty array")
+    if (
+        not isinstance(enqueued_at, (float, int))
+        or isinstance(enqueued_at, bool)
+        or not math.isfinite(enqueued_at)
+    ):
+        raise ProtocolError(f"enqueue entry: enqueued_at must be a finite number: {enqueued_at!r}")
+    return EnqueueEntry(
+        topic=_text(topic, "enqueue entry topic"),
+        queue=_uint(queue, "enqueue entry queue"),
+        messages=tuple(_message(m, i) for i, m in enumerate(raw_messages)),
+        enqueued_at=float(enqueued_at),
+    )
+
+
+def _commit(fields: list[Any]) -> CommitEntry:
+    if len(fields) != 6:
+        raise ProtocolError(f"commit entry: expected 6 fields, got {len(fields)}")
+    _, group, topic, queue, offset, token = fields
+    return CommitEntry(
+        consumer_group=_text(group, "commit entry consumer_group"),
+        topic=_text(topic, "commit entry topic"),
+        queue=_uint(queue, "commit entry queue"),
+        offset=_uint(offset, "commit entry offset"),
+        token=_uint(token, "commit entry token"),
+    )
+
+
+def _replay(fields: list[Any]) -> ReplayEntry:
+    if len(fields) != 6:
+        raise ProtocolError(f"replay entry: expected 6 fields, got {len(fields)}")
+    _, group, topic, queue, offset, replay_id = fields
+    return ReplayEntry(
+        consumer_group=_text(group, "replay entry consumer_group"),
+        topic=_text(topic, "replay entry topic"),
+        queue=_uint(queue, "replay entry queue"),
+        offset=_uint(offset, "replay entry offset"),
+        replay_id=_text(replay_id, "replay entry replay_id"),
+    )
+
+
+_DECODERS: dict[int, Callable[[list[Any]], Entry]] = {
+    _TAG_ENQUEUE: _enqueue,
+    _TAG_COMMIT: _commit,
+    _TAG_REPLAY: _replay,
+}
+
+
+def decode_entry(data: bytes) -> Entry:
+    """The entry encoded in ``data``. Raises :class:`ProtocolError` (only) if malformed."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"log entry must be bytes, got {type(data).__name__}")
+    try:
+        fields = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise ProtocolError(f"undecodable log entry: {type(exc).__name__}: {exc}") from None
+    if not isinstance(fields, list) or not fields:
+        raise ProtocolError("log entry must be a non-empty array")
+    tag = fields[0]
+    decoder = _DECODERS.get(tag) if isinstance(tag, int) and not isinstance(tag, bool) else None
+    if decoder is None:
+        raise ProtocolError(f"unknown log entry tag {tag!r:.40}")
+    return decoder(fields)
+
+
+def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Message]]:
+    """Every message of a chosen instance with its entry; list position = offset index.
+
+    Undecodable items and non-enqueue entries contribute nothing; every message of every
+    decodable ``EnqueueEntry`` counts (see the module docstring)."""
+    out: list[tuple[EnqueueEntry, Message]] = []
+    for item in items:
+        try:
+            entry = decode_entry(item)
+        except PhxqError:
+            continue
+        if isinstance(entry, EnqueueEntry):
+            out.extend((entry, m) for m in entry.messages)
+    return out
