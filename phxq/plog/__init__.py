@@ -1,1 +1,71 @@
-"""phxq.plog — see DESIGN.md §2."""
+"""phxq.plog — the durable Paxos log that is the queue storage (DESIGN.md §4).
+
+Imports nothing of phxq but :mod:`phxq.errors`; ballots are plain ``(round, node)`` int pairs.
+
+Public API::
+
+    writer = LogWriter(fsync=os.fdatasync)        # one per process; one writer thread
+    async with writer: ...                        # or: await writer.start(); await writer.close()
+        writer.submit(segment_file, record) -> asyncio.Future[None]   # internal, used by GroupLog
+        writer.batches / fsyncs / records / bytes_written / fsync_seconds; writer.on_fsync(sec)
+
+    glog = await GroupLog.open(directory, group, writer, segment_bytes=64 << 20, indexer=None)
+    glog.recovered: RecoveredLog   # promised, max_round, accepted{i: (ballot, value)} above
+                                   # chosen_up_to, chosen_up_to, checksum, first_instance,
+                                   # damaged [(lo, hi)], corrupt [(file, start, end)], torn_bytes
+    glog.append_promise(ballot) -> Future[None]                    # durable when resolved
+    glog.append_accept(instance, ballot, value) -> Future[None]
+    glog.append_chosen(instance, ballot | None, checksum, value) -> Future[None]
+        # instance must be chosen_up_to + 1; indexes synchronously (calls the indexer)
+    await glog.read_chosen(from_instance, max_count, max_bytes) -> list[ChosenRecord]
+    await glog.read_value(instance) -> bytes
+    glog.positions(queue_key, after: (instance, index) | None, limit) -> [(instance, index)]
+    glog.instance_at_time(t) -> int | None
+    glog.retention_floor(keep_from=, max_age=, max_bytes=, now_wall=) -> (instance, forced)
+    await glog.truncate_below(instance) -> first retained instance
+    glog.chosen_up_to, glog.checksum, glog.first_instance, glog.needs_repair, glog.damaged,
+    glog.failed (StorageError | None), glog.disk_bytes()
+    await glog.close()
+
+    Indexer = Callable[[int, bytes], Iterable[tuple[Hashable, int, float]]]
+        # (instance, chosen value) -> (queue_key, index, enqueue_time_wall) per message
+
+Guarantees:
+
+- **Persist, then reply.** A future from ``append_*`` resolves only after the record was written
+  and ``fdatasync``\\ ed by the writer thread; records of one group become durable in the order
+  they were appended (so the last future of a group resolving means all before it are durable).
+- **Group commit.** Every record queued while the writer was busy goes out in the next batch:
+  one ``pwrite`` and one ``fdatasync`` per touched segment file, whatever the number of records.
+  With one file per group, a batch touching G groups costs G ``fdatasync`` calls (run back to
+  back in the writer thread; on ext4 they mostly share one journal commit) — see the bench.
+- **Errors.** ENOSPC/EIO on write or sync: that batch's waiters get ``StorageError``, the group
+  is ``failed`` and never acks again; synced bytes are never rewritten.
+- **Recovery** (in a thread): torn tail truncated and logged; corruption in the middle reported
+  (``needs_repair``, ``damaged``), never skipped silently and never served; reads re-check the
+  CRC of every record and raise ``StorageError`` rather than return bad bytes.
+- **Reads** run on one reader thread per process (recently chosen values come from an in-memory
+  tail cache); the per-queue index answers ``positions`` without touching other queues' data.
+- **Truncation** deletes whole segments only, after a durable TRUNCATED record; instance numbers
+  are never reused.
+
+Modules: ``records`` (frame format, CRC32C and why), ``writer`` (group commit), ``recovery``
+(start-up scan and tail/corruption rules), ``index`` (queue and time indexes), ``group``.
+"""
+
+from phxq.plog.group import ChosenRecord, GroupLog
+from phxq.plog.index import INDEX_BITS, QueueIndex, TimeIndex
+from phxq.plog.recovery import Indexer, RecoveredLog
+from phxq.plog.writer import LogWriter, SegmentFile
+
+__all__ = [
+    "INDEX_BITS",
+    "ChosenRecord",
+    "GroupLog",
+    "Indexer",
+    "LogWriter",
+    "QueueIndex",
+    "RecoveredLog",
+    "SegmentFile",
+    "TimeIndex",
+]

@@ -1,0 +1,484 @@
+"""``GroupLog``: one Paxos group's durable log in one directory (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, final
+
+from phxq.errors import BadArgument, StorageError
+from phxq.plog.index import QueueIndex, TimeIndex
+from phxq.plog.records import (
+    HEADER_SIZE,
+    Kind,
+    encode_accept,
+    encode_checkpoint,
+    encode_chosen_mark,
+    encode_chosen_value,
+    encode_promise,
+    encode_truncated,
+    parse_at,
+)
+from phxq.plog.recovery import (
+    ChosenLoc,
+    Indexer,
+    RecoveredLog,
+    index_instance,
+    recover,
+    segment_name,
+    value_of,
+)
+from phxq.plog.writer import LogWriter, SegmentFile
+
+__all__ = ["ChosenRecord", "GroupLog"]
+
+log = logging.getLogger("phxq.plog")
+
+Ballot = tuple[int, int]
+TAIL_CACHE_BYTES: Final = 8 << 20
+_CHECKPOINT_ROOM: Final = 4 * HEADER_SIZE + 64
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenRecord:
+    """One chosen instance as read back from the log."""
+
+    instance: int
+    value: bytes
+    checksum: int
+
+
+def _failed(error: StorageError) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+@final
+class GroupLog:
+    """The durable log of one group. Create with :meth:`open`; all methods run on the loop."""
+
+    def __init__(self) -> None:  # use GroupLog.open()
+        self.directory = Path()
+        self.group = 0
+        self.recovered = RecoveredLog()
+        self.chosen_up_to = 0
+        self.first_instance = 1
+        self.checksum = 0
+        self.damaged: list[tuple[int, int]] = []
+        self._writer: LogWriter
+        self._indexer: Indexer | None = None
+        self._segment_bytes = 64 << 20
+        self._segments: list[SegmentFile] = []
+        self._by_number: dict[int, SegmentFile] = {}
+        self._chosen: list[ChosenLoc] = []
+        self._accepted: dict[int, dict[Ballot, tuple[int, int, int, bytes]]] = {}
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._promised: Ballot = (0, 0)
+        self._max_round = 0
+        self._queues = QueueIndex()
+        self._times = TimeIndex()
+        self._corrupt_segments: set[str] = set()
+        self._read_fds: dict[int, int] = {}  # reader thread only
+        self._closed = False
+        self.failed: StorageError | None = None
+
+    # ------------------------------------------------------------------------- opening
+
+    @classmethod
+    async def open(
+        cls,
+        directory: Path,
+        group: int,
+        writer: LogWriter,
+        *,
+        segment_bytes: int = 64 << 20,
+        indexer: Indexer | None = None,
+    ) -> GroupLog:
+        """Recover the group from ``directory`` (created if missing) in a worker thread: the
+        indexer is called for every retained chosen instance, in order, from that thread."""
+        if segment_bytes < 4096:
+            raise ValueError("segment_bytes must be at least 4096")
+        self = cls()
+        self.directory = Path(directory)
+        self.group = group
+        self._writer = writer
+        self._indexer = indexer
+        self._segment_bytes = segment_bytes
+        r = await asyncio.to_thread(recover, self.directory, indexer)
+        rec = r.recovered
+        self.recovered = rec
+        self.chosen_up_to, self.checksum = rec.chosen_up_to, rec.checksum
+        self.first_instance = rec.first_instance
+        self.damaged = list(rec.damaged)
+        self._corrupt_segments = {name for name, _, _ in rec.corrupt}
+        self._promised, self._max_round = rec.promised, rec.max_round
+        self._chosen, self._queues, self._times = r.chosen, r.queues, r.times
+        for info in r.segments:
+            f = SegmentFile(info.path, info.number, info.size, existing=True, written_end=info.end)
+            f.max_instance = info.max_instance
+            f.sealed = True
+            self._segments.append(f)
+            self._by_number[info.number] = f
+        for i, ballots in r.accepted_locs.items():
+            top = max(ballots)
+            self._accepted[i] = {
+                b: (*loc, rec.accepted[i][1]) for b, loc in ballots.items() if b == top
+            }
+        if self._segments:
+            self._segments[-1].sealed = False
+            self._segments[-1].predecessor = self._segments[-2] if len(self._segments) > 1 else None
+            if self._segments[-1].append_pos == 0:
+                self._checkpoint(self._segments[-1])
+        else:
+            self._roll(0)
+        if rec.corrupt or rec.damaged:
+            log.error(
+                "group %d (%s): needs repair: corrupt %s, damaged instances %s",
+                group,
+                self.directory,
+                rec.corrupt,
+                rec.damaged,
+            )
+        return self
+
+    # ---------------------------------------------------------------------------- state
+
+    @property
+    def needs_repair(self) -> bool:
+        """True while chosen instances must be re-learned or corrupt bytes remain on disk."""
+        return bool(self.damaged or self._corrupt_segments)
+
+    def disk_bytes(self) -> int:
+        """Bytes allocated by the group's segment files (preallocated size)."""
+        return sum(f.size for f in self._segments)
+
+    # -------------------------------------------------------------------------- appends
+
+    def _active(self) -> SegmentFile:
+        return self._segments[-1]
+
+    def _append(self, record: bytes) -> tuple[asyncio.Future[None], int, int]:
+        """Queue ``record``; returns (durable future, segment number, offset)."""
+        f = self._active()
+        if not f.room(len(record)):
+            f = self._roll(len(record))
+        future, offset = self._writer.append(f, record)
+        if f.failed is not None and self.failed is None:
+            self.failed = f.failed
+        return future, f.number, offset
+
+    def _roll(self, need: int) -> SegmentFile:
+        old = self._segments[-1] if self._segments else None
+        number = 0 if old is None else old.number + 1
+        size = max(self._segment_bytes, need + _CHECKPOINT_ROOM)
+        f = SegmentFile(self.directory / segment_name(number), number, size, predecessor=old)
+        if old is not None:
+            old.sealed = True
+        self._segments.append(f)
+        self._by_number[number] = f
+        self._checkpoint(f)
+        return f
+
+    def _checkpoint(self, f: SegmentFile) -> None:
+        record = encode_checkpoint(
+            self.chosen_up_to, self.checksum, self._promised, self._max_round, self.first_instance
+        )
+        self._writer.append(f, record)
+
+    def _check_open(self) -> StorageError | None:
+        if self._closed:
+            return StorageError(f"group {self.group}: log closed")
+        if self.failed is None and self._segments and self._segments[-1].failed is not None:
+            self.failed = self._segments[-1].failed
+        return self.failed
+
+    def append_promise(self, ballot: Ballot) -> asyncio.Future[None]:
+        """Persist "promised ``ballot``"; the future resolves once it is durable."""
+        error = self._check_open()
+        if error is not None:
+            return _failed(error)
+        self._promised = max(self._promised, ballot)
+        self._max_round = max(self._max_round, ballot[0])
+        return self._append(encode_promise(ballot))[0]
+
+    def append_accept(self, instance: int, ballot: Ballot, value: bytes) -> asyncio.Future[None]:
+        """Persist "accepted ``value`` at ``ballot`` for ``instance``" (durable when resolved)."""
+        error = self._check_open()
+        if error is not None:
+            return _failed(error)
+        record = encode_accept(instance, ballot, value)
+        future, number, offset = self._append(record)
+        self._promised = max(self._promised, ballot)
+        self._max_round = max(self._max_round, ballot[0])
+        if instance > self.chosen_up_to:
+            self._accepted.setdefault(instance, {})[ballot] = (number, offset, len(record), value)
+        seg = self._by_number[number]
+        seg.max_instance = max(seg.max_instance, instance)
+        return future
+
+    def append_chosen(
+        self, instance: int, ballot: Ballot | None, checksum: int, value: bytes
+    ) -> asyncio.Future[None]:
+        """Record that ``instance`` (== chosen_up_to + 1) is chosen with ``value``. Writes a small
+        mark when this log holds the accept (instance, ballot) with the same value, else the
+        value. Indexes the instance (calls the indexer) before returning."""
+        error = self._check_open()
+        if error is not None:
+            return _failed(error)
+        if instance != self.chosen_up_to + 1:
+            raise ValueError(
+                f"group {self.group}: chosen instance {instance} out of order "
+                f"(chosen_up_to={self.chosen_up_to})"
+            )
+        accepted = self._accepted.pop(instance, {})
+        held = accepted.get(ballot) if ballot is not None else None
+        if held is not None and ballot is not None and (held[3] is value or held[3] == value):
+            future, number, _ = self._append(encode_chosen_mark(instance, ballot, checksum))
+            loc: ChosenLoc = (held[0], held[1], held[2], checksum)
+        else:
+            record = encode_chosen_value(instance, ballot or (0, 0), checksum, value)
+            future, number, offset = self._append(record)
+            loc = (number, offset, len(record), checksum)
+        seg = self._by_number[number]
+        seg.max_instance = max(seg.max_instance, instance)
+        if ballot is not None:
+            self._max_round = max(self._max_round, ballot[0])
+        self._chosen.append(loc)
+        self.chosen_up_to = instance
+        self.checksum = checksum
+        self._cache_put(instance, value)
+        if self.damaged:
+            self.damaged = [(lo, hi) for lo, hi in self.damaged if hi > instance]
+            self.damaged = [(max(lo, instance + 1), hi) for lo, hi in self.damaged]
+        if self._indexer is not None:
+            index_instance(self._indexer, self._queues, self._times, instance, value)
+        return future
+
+    def _cache_put(self, instance: int, value: bytes) -> None:
+        self._cache[instance] = value
+        self._cache_bytes += len(value)
+        while self._cache_bytes > TAIL_CACHE_BYTES and self._cache:
+            oldest = next(iter(self._cache))
+            if not self._durable(oldest):
+                break
+            self._cache_bytes -= len(self._cache.pop(oldest))
+
+    def _durable(self, instance: int) -> bool:
+        number, offset, length, _ = self._chosen[instance - self.first_instance]
+        return offset + length <= self._by_number[number].durable_end
+
+    # ---------------------------------------------------------------------------- reads
+
+    def _check_readable(self, instance: int) -> None:
+        if instance < self.first_instance:
+            raise StorageError(
+                f"group {self.group}: instance {instance} is truncated "
+                f"(first retained {self.first_instance})",
+                {"reason": "truncated", "first_instance": self.first_instance},
+            )
+        for lo, hi in self.damaged:
+            if lo <= instance <= hi:
+                raise StorageError(
+                    f"group {self.group}: instance {instance} is in a damaged range {lo}..{hi}",
+                    {"reason": "damaged", "range": [lo, hi]},
+                )
+
+    async def read_value(self, instance: int) -> bytes:
+        """The chosen value of ``instance``, checked against its CRC; never blocks the loop."""
+        records = await self.read_chosen(instance, 1, 0)
+        if not records:
+            raise BadArgument(
+                f"group {self.group}: instance {instance} is not chosen here yet "
+                f"(chosen_up_to={self.chosen_up_to})"
+            )
+        return records[0].value
+
+    async def read_chosen(
+        self, from_instance: int, max_count: int, max_bytes: int
+    ) -> list[ChosenRecord]:
+        """Chosen instances from ``from_instance`` on, contiguous, at most ``max_count`` and about
+        ``max_bytes`` (always at least one if any). StorageError for a truncated or damaged
+        range, or a record that fails its CRC (the range is then marked damaged)."""
+        if self._closed:
+            raise StorageError(f"group {self.group}: log closed")
+        self._check_readable(from_instance)
+        last = min(self.chosen_up_to, from_instance + max_count - 1)
+        wanted: list[tuple[int, ChosenLoc]] = []
+        total = 0
+        for i in range(from_instance, last + 1):
+            loc = self._chosen[i - self.first_instance]
+            if wanted and total + loc[2] > max_bytes:
+                break
+            wanted.append((i, loc))
+            total += loc[2]
+        cached = {i: self._cache[i] for i, _ in wanted if i in self._cache}
+        to_read = [(i, loc) for i, loc in wanted if i not in cached]
+        if to_read:
+            paths = {loc[0]: self._by_number[loc[0]].path for _, loc in to_read}
+            try:
+                found = await self._writer.read(lambda: self._read_blocking(to_read, paths))
+            except StorageError as exc:
+                bad = exc.data.get("instance")
+                if isinstance(bad, int) and not any(lo <= bad <= hi for lo, hi in self.damaged):
+                    self.damaged.append((bad, bad))
+                    log.error("group %d: %s", self.group, exc.message)
+                raise
+            cached.update(found)
+        return [ChosenRecord(i, cached[i], loc[3]) for i, loc in wanted]
+
+    def _read_blocking(
+        self, wanted: list[tuple[int, ChosenLoc]], paths: dict[int, Path]
+    ) -> dict[int, bytes]:
+        """Reader thread: pread and CRC-check each record."""
+        out: dict[int, bytes] = {}
+        for instance, (number, offset, length, _) in wanted:
+            try:
+                fd = self._read_fds.get(number)
+                if fd is None:
+                    fd = self._read_fds[number] = os.open(paths[number], os.O_RDONLY)
+                buf = os.pread(fd, length, offset)
+            except OSError as exc:
+                raise StorageError(
+                    f"group {self.group}: cannot read instance {instance}: {exc}",
+                    {"instance": instance},
+                ) from exc
+            r = parse_at(memoryview(buf), 0)
+            if r is None or r.length != length or r.kind not in (Kind.ACCEPT, Kind.CHOSEN_VALUE):
+                raise StorageError(
+                    f"group {self.group}: record of instance {instance} failed its check "
+                    f"({paths[number].name} @ {offset})",
+                    {"instance": instance},
+                )
+            if r.instance != instance:
+                raise StorageError(
+                    f"group {self.group}: record at {offset} holds instance {r.instance}, "
+                    f"not {instance}",
+                    {"instance": instance},
+                )
+            out[instance] = value_of(buf, 0, length)
+        return out
+
+    def positions(
+        self, queue_key: Hashable, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, int]]:
+        """(instance, index) of ``queue_key``'s messages strictly after ``after``, in order."""
+        return self._queues.positions(queue_key, after, limit)
+
+    def instance_at_time(self, t: float) -> int | None:
+        """The first instance whose first enqueue time is >= ``t`` (None if none yet)."""
+        instance = self._times.instance_at(t)
+        if instance is not None and instance < self.first_instance:
+            return self.first_instance
+        return instance
+
+    # ------------------------------------------------------------------------ truncation
+
+    def retention_floor(
+        self,
+        *,
+        keep_from: int,
+        max_age: float | None,
+        max_bytes: int | None,
+        now_wall: float,
+    ) -> tuple[int, bool]:
+        """Where to truncate: ``(instance, forced)``.
+
+        ``keep_from`` is the lowest instance any consumer group still needs. With no retention
+        limits, everything below it may go. With limits, retention decides alone: whole closed
+        segments whose newest message is older than ``max_age``, and the oldest segments while the
+        group exceeds ``max_bytes``, expire (consumed data inside the limits is kept, for
+        replay). ``forced`` is True when that cuts into what a consumer still needs; the caller
+        logs and counts it."""
+        top = self.chosen_up_to + 1
+        if max_age is None and max_bytes is None:
+            return min(max(keep_from, self.first_instance), top), False
+        floor = self.first_instance
+        sealed = self._segments[:-1]
+        reach = 0
+        total = self.disk_bytes()
+        for f in sealed:
+            reach = max(reach, f.max_instance)
+            newest = self._times.time_of_last_below(reach + 1)
+            expired = max_age is not None and newest is not None and newest < now_wall - max_age
+            over = max_bytes is not None and total > max_bytes
+            if not (expired or over):
+                break
+            total -= f.size
+            floor = max(floor, reach + 1)
+        floor = min(floor, top)
+        return floor, floor > keep_from
+
+    async def truncate_below(self, instance: int) -> int:
+        """Delete whole closed segments that hold nothing at or above ``instance`` (clamped to
+        chosen_up_to + 1). A TRUNCATED record is made durable first. Returns the new
+        ``first_instance``."""
+        floor = min(instance, self.chosen_up_to + 1)
+        doomed: list[SegmentFile] = []
+        for f in self._segments[:-1]:
+            if f.max_instance >= floor or f.data or f.durable_end < f.append_pos:
+                break
+            doomed.append(f)
+        if not doomed:
+            return self.first_instance
+        new_first = max(self.first_instance, max(f.max_instance for f in doomed) + 1)
+        error = self._check_open()
+        if error is not None:
+            raise error
+        await self._append(encode_truncated(new_first))[0]
+        drop = new_first - self.first_instance
+        del self._chosen[:drop]
+        self.first_instance = new_first
+        for i in [i for i in self._cache if i < new_first]:
+            self._cache_bytes -= len(self._cache.pop(i))
+        self._queues.drop_below(new_first)
+        self._times.drop_below(new_first)
+        del self._segments[: len(doomed)]
+        for f in doomed:
+            del self._by_number[f.number]
+            self._corrupt_segments.discard(f.path.name)
+        self._segments[0].predecessor = None
+        await self._writer.read(lambda: self._delete_blocking(doomed))
+        log.info(
+            "group %d: truncated %d segments; first retained instance %d",
+            self.group,
+            len(doomed),
+            new_first,
+        )
+        return new_first
+
+    def _delete_blocking(self, doomed: list[SegmentFile]) -> None:
+        for f in doomed:
+            fd = self._read_fds.pop(f.number, None)
+            if fd is not None:
+                os.close(fd)
+            f.path.unlink(missing_ok=True)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def close(self) -> None:
+        """Stop accepting appends and release read handles; queued writes still complete."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._segments:
+            self._segments[-1].sealed = True
+
+        def release() -> None:
+            for fd in self._read_fds.values():
+                os.close(fd)
+            self._read_fds.clear()
+
+        try:
+            await self._writer.read(release)
+        except StorageError:
+            release()

@@ -1,0 +1,331 @@
+"""Start-up recovery of one group directory (runs in a worker thread, never on the loop).
+
+:func:`recover` reads every segment (``mmap``, zero-copy), checks every record's CRC, and
+rebuilds the acceptor state, the locations of chosen values and, through the store's indexer,
+the per-queue and time indexes.
+
+How a bad record is classified (see ``writer``: every batch header starts a write whose
+predecessors were all synced):
+
+- nothing but zeros after it in its segment, and nothing after it in later segments: the clean
+  end of the log;
+- garbage after it, but **no valid batch header** anywhere after it: a torn tail (the last,
+  unsynced batch, possibly written out of order by page writeback). It is zeroed out (logged)
+  and later segments, which can then only hold parts of that same unsynced batch, are deleted;
+- a valid batch header after it: the bad bytes had been synced, so this is corruption in the
+  middle of the log. It is never skipped silently: the region is reported in
+  :attr:`RecoveredLog.corrupt`, the log is ``needs_repair``, and ``chosen_up_to`` stops before
+  the first chosen instance that may be missing; instances from there to the next surviving
+  chosen one are reported in :attr:`RecoveredLog.damaged` and are not served until they are
+  learned again (ordinary catch-up; ``append_chosen`` rewrites them).
+
+A corrupted *last* batch whose bytes had been synced is indistinguishable from a torn write and
+is truncated like one; the replica then relies on its peers for that batch (the same as losing a
+disk).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import re
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from phxq.plog.index import QueueIndex, TimeIndex
+from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, parse_at
+
+__all__ = ["ChosenLoc", "RecoveredLog", "Recovery", "SegmentInfo", "recover", "segment_name"]
+
+log = logging.getLogger("phxq.plog")
+
+Ballot = tuple[int, int]
+Indexer = Callable[[int, bytes], Iterable[tuple[Hashable, int, float]]]
+ChosenLoc = tuple[int, int, int, int]  # (segment number, record offset, record length, checksum)
+
+_SEGMENT = re.compile(r"^(\d{10})\.plog$")
+_CHUNK = 1 << 20
+
+
+def segment_name(number: int) -> str:
+    return f"{number:010d}.plog"
+
+
+@dataclass(slots=True)
+class RecoveredLog:
+    """What a restarted replica must know (the Paxos core's ``RecoveredState`` plus damage).
+
+    ``accepted`` holds, for instances above ``chosen_up_to``, the highest-ballot accepted value.
+    ``promised`` is the highest ballot this replica promised *or accepted* (accepting b implies
+    promising b). ``damaged`` are inclusive instance ranges that must be re-learned before they
+    are served; ``corrupt`` lists (segment file, start offset, end offset) of bad bytes found in
+    the middle of the log."""
+
+    promised: Ballot = (0, 0)
+    max_round: int = 0
+    accepted: dict[int, tuple[Ballot, bytes]] = field(default_factory=dict)
+    chosen_up_to: int = 0
+    checksum: int = 0
+    first_instance: int = 1
+    damaged: list[tuple[int, int]] = field(default_factory=list)
+    corrupt: list[tuple[str, int, int]] = field(default_factory=list)
+    torn_bytes: int = 0
+
+
+@dataclass(slots=True)
+class SegmentInfo:
+    number: int
+    path: Path
+    size: int
+    end: int  # append position: just after the last valid record
+    max_instance: int = 0
+
+
+@dataclass(slots=True)
+class Recovery:
+    """Everything :class:`GroupLog` needs to resume: the public summary plus internal state."""
+
+    recovered: RecoveredLog
+    segments: list[SegmentInfo]
+    chosen: list[ChosenLoc]  # locations of first_instance .. chosen_up_to
+    accepted_locs: dict[int, dict[Ballot, tuple[int, int, int]]]  # above chosen_up_to
+    queues: QueueIndex
+    times: TimeIndex
+
+
+def _nonzero_end(buf: mmap.mmap, start: int) -> int:
+    """End of the last non-zero byte at or after ``start`` (``start`` if all zeros)."""
+    end = len(buf)
+    while end > start:
+        lo = max(start, end - _CHUNK)
+        chunk = buf[lo:end]
+        stripped = chunk.rstrip(b"\0")
+        if stripped:
+            return lo + len(stripped)
+        end = lo
+    return start
+
+
+def _list_segments(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for entry in directory.iterdir():
+        m = _SEGMENT.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), entry))
+    return sorted(found)
+
+
+def _map(path: Path) -> mmap.mmap | None:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return None
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _has_header(buf: mmap.mmap | None, start: int) -> int:
+    """Offset of the next valid batch header at or after ``start``, or -1."""
+    if buf is None:
+        return -1
+    at = buf.find(BATCH_RECORD, start)
+    return at
+
+
+def recover(directory: Path, indexer: Indexer | None) -> Recovery:
+    """Scan ``directory`` (created if missing) and rebuild the group's state. Blocking."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = _list_segments(directory)
+    maps = [_map(p) for _, p in files]
+    try:
+        return _scan(directory, files, maps, indexer)
+    finally:
+        for m in maps:
+            if m is not None:
+                m.close()
+
+
+def _scan(
+    directory: Path,
+    files: list[tuple[int, Path]],
+    maps: list[mmap.mmap | None],
+    indexer: Indexer | None,
+) -> Recovery:
+    rec = RecoveredLog()
+    segments: list[SegmentInfo] = []
+    chosen: dict[int, ChosenLoc] = {}
+    accepts: dict[int, dict[Ballot, tuple[int, int, int]]] = {}
+    base: tuple[int, int] | None = None  # (chosen_up_to, checksum) from the first checkpoint
+    floor = 1
+    max_instance_seen = 0
+    promised = (0, 0)
+    max_round = 0
+    mark_missing: list[int] = []
+    stop_at: int | None = None
+    parsed_any = False
+
+    for pos_in_list, ((number, path), buf) in enumerate(zip(files, maps, strict=True)):
+        size = 0 if buf is None else len(buf)
+        info = SegmentInfo(number, path, size, 0)
+        segments.append(info)
+        if buf is None:
+            continue
+        view = memoryview(buf)
+        try:
+            pos = 0
+            while pos < size:
+                r = parse_at(view, pos)
+                if r is None:
+                    garbage_end = _nonzero_end(buf, pos)
+                    if garbage_end <= pos:
+                        break  # clean end of this segment
+                    nxt = _has_header(buf, pos + 1)
+                    later = any(_has_header(m, 0) >= 0 for m in maps[pos_in_list + 1 :])
+                    if nxt < 0 and not later:
+                        _truncate_tail(path, pos, garbage_end)
+                        rec.torn_bytes += garbage_end - pos
+                        stop_at = pos_in_list
+                        break
+                    bad_end = nxt if nxt >= 0 else garbage_end
+                    rec.corrupt.append((path.name, pos, bad_end))
+                    log.error(
+                        "plog %s: corrupt bytes %d..%d in %s (synced data followed by valid "
+                        "batches): needs repair",
+                        directory,
+                        pos,
+                        bad_end,
+                        path.name,
+                    )
+                    if nxt < 0:
+                        pos = size
+                        break
+                    pos = nxt
+                    continue
+                parsed_any = True
+                kind = r.kind
+                inst = r.instance
+                if kind == Kind.ACCEPT:
+                    accepts.setdefault(inst, {})[r.ballot] = (number, r.offset, r.length)
+                    promised = max(promised, r.ballot)
+                    max_round = max(max_round, r.ballot[0])
+                    max_instance_seen = max(max_instance_seen, inst)
+                    info.max_instance = max(info.max_instance, inst)
+                elif kind == Kind.CHOSEN or kind == Kind.CHOSEN_VALUE:
+                    max_round = max(max_round, r.ballot[0])
+                    max_instance_seen = max(max_instance_seen, inst)
+                    info.max_instance = max(info.max_instance, inst)
+                    if inst not in chosen:
+                        if kind == Kind.CHOSEN_VALUE:
+                            chosen[inst] = (number, r.offset, r.length, r.checksum)
+                        else:
+                            loc = accepts.get(inst, {}).get(r.ballot)
+                            if loc is None:
+                                mark_missing.append(inst)
+                            else:
+                                chosen[inst] = (*loc, r.checksum)
+                elif kind == Kind.PROMISE:
+                    promised = max(promised, r.ballot)
+                    max_round = max(max_round, r.ballot[0])
+                elif kind == Kind.CHECKPOINT:
+                    checksum, cp_round, cp_first = r.checkpoint()
+                    promised = max(promised, r.ballot)
+                    max_round = max(max_round, cp_round, r.ballot[0])
+                    floor = max(floor, cp_first)
+                    if base is None:
+                        base = (inst, checksum)
+                elif kind == Kind.TRUNCATED:
+                    floor = max(floor, inst)
+                pos += r.length
+            info.end = pos
+        finally:
+            view.release()
+        if stop_at is not None:
+            break
+
+    if stop_at is not None:
+        for _, path in files[stop_at + 1 :]:
+            log.warning("plog %s: deleting %s (part of the torn last batch)", directory, path)
+            path.unlink()
+        _fsync_dir(directory)
+
+    if base is None:
+        if parsed_any or rec.corrupt:
+            rec.corrupt.append((segments[0].path.name, 0, 0))
+        lowest = min(chosen, default=floor)
+        base = (max(floor, lowest) - 1, 0)
+    c, checksum = base
+    while c + 1 in chosen:
+        c += 1
+        checksum = chosen[c][3]
+    first = max(floor, 1)
+    if first > c + 1:  # cannot happen unless the log was tampered with; never serve a hole
+        rec.corrupt.append(("<truncation floor above chosen>", first, c + 1))
+        first = c + 1
+    rec.chosen_up_to, rec.checksum, rec.first_instance = c, checksum, first
+    rec.promised, rec.max_round = promised, max_round
+
+    above = [i for i in chosen if i > c]
+    missing_marks = [i for i in mark_missing if i >= first and i not in chosen]
+    if rec.corrupt or above or missing_marks:
+        lo = c + 1
+        hi = min(above) - 1 if above else max(lo, max_instance_seen)
+        if hi >= lo:
+            rec.damaged.append((lo, hi))
+
+    accepted_locs = {i: b for i, b in accepts.items() if i > c}
+    by_number = {number: m for (number, _), m in zip(files, maps, strict=False)}
+    for i, ballots in accepted_locs.items():
+        ballot = max(ballots)
+        number, off, length = ballots[ballot]
+        m = by_number[number]
+        assert m is not None
+        rec.accepted[i] = (ballot, value_of(m, off, length))
+
+    locs = [chosen[i] for i in range(first, c + 1)]
+    queues, times = QueueIndex(), TimeIndex()
+    if indexer is not None:
+        for i, (number, off, length, _) in enumerate(locs, start=first):
+            m = by_number[number]
+            assert m is not None
+            index_instance(indexer, queues, times, i, value_of(m, off, length))
+    return Recovery(rec, segments, locs, accepted_locs, queues, times)
+
+
+def value_of(buf: mmap.mmap | bytes, offset: int, length: int) -> bytes:
+    """The value bytes of an ACCEPT or CHOSEN_VALUE record already checked at ``offset``."""
+    extra = 8 if buf[offset + 8] == Kind.CHOSEN_VALUE else 0
+    return bytes(buf[offset + HEADER_SIZE + extra : offset + length])
+
+
+def index_instance(
+    indexer: Indexer, queues: QueueIndex, times: TimeIndex, instance: int, value: bytes
+) -> None:
+    """Run the store's indexer on one chosen instance and record its entries."""
+    entries = list(indexer(instance, value))
+    if entries:
+        queues.add(instance, entries)
+        times.add(instance, min(t for _, _, t in entries))
+
+
+def _truncate_tail(path: Path, start: int, end: int) -> None:
+    log.warning(
+        "plog: torn tail in %s: zeroing %d bytes at %d (never-synced last batch)",
+        path,
+        end - start,
+        start,
+    )
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, bytes(end - start), start)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,404 @@
+"""Group commit: one writer thread per process makes every queued record durable.
+
+The event loop appends framed records to a :class:`SegmentFile` (:meth:`SegmentFile.append`:
+a lock, two list appends, and — only when the file had nothing queued — one wake-up of the
+writer). The writer thread repeatedly
+
+1. takes *everything* queued on every file since its last pass (one batch);
+2. writes each file's records with one ``pwrite`` (the loop already chose their offsets);
+3. calls ``fdatasync`` once per touched file (a file that succeeds a rolled-over segment of the
+   same group is written only after its predecessor's sync, so a later segment never holds data
+   newer than an unsynced older one);
+4. resolves every waiter of the batch with a single ``loop.call_soon_threadsafe``.
+
+No ``fsync`` ever runs on the event loop, and no record costs a thread hop of its own.
+
+**Batch headers.** When a file had nothing queued, the loop puts the constant
+``records.BATCH_RECORD`` in front of the new record, and the writer always takes a file's whole
+queue at once, so every batch header starts a write whose predecessor writes were already synced.
+Recovery relies on exactly this: a valid batch header after a bad record proves the bad record had
+been synced (mid-log corruption); no header after it means it was in the last, unsynced batch (a
+torn tail).
+
+**Preallocation.** A new segment gets ``posix_fallocate`` for its full size (``ENOSPC`` shows up
+at roll-over, and the file size never changes again), and the writer zero-fills ahead of the
+write position (``ZERO_AHEAD``) so appends overwrite already-written blocks: on ext4 an
+``fdatasync`` after writing into fallocated-but-unwritten extents costs ~2.4x more (0.34 vs 0.14
+ms on this machine) because it must also journal the extent conversion.
+
+**Errors.** If ``pwrite`` or ``fdatasync`` fails (``ENOSPC``, ``EIO``), every waiter of that file
+in the batch gets :class:`~phxq.errors.StorageError`, the file is marked ``failed`` and nothing
+more is ever written to it (after a failed ``fdatasync`` the kernel may have dropped the dirty
+pages, so its state is unknown). Bytes already synced are never touched again.
+
+Metrics (plain attributes, read by ``phxq.metrics``): ``batches``, ``fsyncs``, ``records``,
+``bytes_written``, ``fsync_seconds``; ``on_fsync(seconds)`` is called (in the writer thread) after
+every ``fdatasync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Final, TypeVar
+
+from phxq.errors import StorageError
+from phxq.plog.records import BATCH_RECORD
+
+__all__ = ["LogWriter", "SegmentFile"]
+
+log = logging.getLogger("phxq.plog")
+
+ZERO_AHEAD: Final = 1 << 20
+_ZERO_LOW: Final = 256 << 10
+_ZEROS: Final = bytes(ZERO_AHEAD)
+_T = TypeVar("_T")
+
+
+class SegmentFile:
+    """One segment file of one group, as the writer sees it.
+
+    Loop side: :meth:`append` (offsets are chosen by the caller, the :class:`GroupLog`, which
+    tracks ``size`` and its own append position). Writer side: everything else. ``durable_end``
+    is the end of the bytes known to be on disk (written and synced)."""
+
+    def __init__(
+        self,
+        path: Path,
+        number: int,
+        size: int,
+        *,
+        predecessor: SegmentFile | None = None,
+        existing: bool = False,
+        written_end: int = 0,
+    ) -> None:
+        self.path = path
+        self.number = number
+        self.size = size
+        self.max_instance = 0
+        self.append_pos = written_end  # loop: end of everything queued
+        self.predecessor = predecessor
+        self.existing = existing
+        self.lock = threading.Lock()
+        self.data: list[bytes] = []
+        self.futures: list[asyncio.Future[None] | None] = []
+        self.failed: StorageError | None = None
+        self.sealed = False  # no more appends after what is queued
+        self.fd: int | None = None
+        self.write_pos = written_end  # writer: end of what it has written
+        self.durable_end = written_end
+        self.zeroed_to = written_end if existing else 0
+
+    def append(self, writer: LogWriter, record: bytes, future: asyncio.Future[None] | None) -> int:
+        """Queue one record (loop thread) right after everything queued before; returns its
+        offset. The caller checks ``room`` first."""
+        with self.lock:
+            fresh = not self.data
+            if fresh:
+                self.data.append(BATCH_RECORD)
+                self.futures.append(None)
+                self.append_pos += len(BATCH_RECORD)
+            offset = self.append_pos
+            self.data.append(record)
+            self.futures.append(future)
+            self.append_pos += len(record)
+        if fresh:
+            writer._ready(self)
+        return offset
+
+    def room(self, length: int) -> bool:
+        """Whether a record of ``length`` bytes still fits (counting a possible batch header)."""
+        return self.append_pos + len(BATCH_RECORD) + length <= self.size
+
+    def take(self) -> tuple[list[bytes], list[asyncio.Future[None] | None]]:
+        with self.lock:
+            data, futures = self.data, self.futures
+            self.data, self.futures = [], []
+        return data, futures
+
+    def __repr__(self) -> str:
+        return f"SegmentFile({self.path.name}, durable_end={self.durable_end})"
+
+
+_Resolved = list[tuple[list[asyncio.Future[None] | None], StorageError | None]]
+
+
+class LogWriter:
+    """The process's PLog writer: one thread, group commit. See the module docstring.
+
+    ``fsync`` and ``pwrite`` are syscall seams for tests (count calls, inject ``OSError``)."""
+
+    def __init__(
+        self,
+        *,
+        fsync: Callable[[int], None] = os.fdatasync,
+        pwrite: Callable[[int, memoryview, int], int] = os.pwrite,
+        on_fsync: Callable[[float], None] | None = None,
+    ) -> None:
+        self._fsync = fsync
+        self._pwrite = pwrite
+        self.on_fsync = on_fsync
+        self._queue: deque[SegmentFile] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self.batches = 0
+        self.fsyncs = 0
+        self.records = 0
+        self.bytes_written = 0
+        self.fsync_seconds = 0.0
+
+    # ---------------------------------------------------------------- life cycle (loop side)
+
+    async def __aenter__(self) -> LogWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the writer thread (bound to the running loop)."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._stopping = False
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="plog-reader")
+        self._thread = threading.Thread(target=self._run, name="plog-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Drain: everything queued before this call is written, synced and resolved, then the
+        thread exits and every file is closed."""
+        if self._thread is None or self._stopped is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        await asyncio.shield(self._stopped)
+        self._thread.join()
+        self._thread = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True)
+            self._reader = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stopping
+
+    def _ready(self, file: SegmentFile) -> None:
+        self._queue.append(file)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def submit(self, file: SegmentFile, record: bytes) -> asyncio.Future[None]:
+        """Queue ``record`` on ``file``; the future resolves (on the loop) once it is durable, or
+        fails with StorageError. FIFO per file."""
+        return self.append(file, record)[0]
+
+    def append(self, file: SegmentFile, record: bytes) -> tuple[asyncio.Future[None], int]:
+        """:meth:`submit`, also returning the record's offset in ``file`` (-1 if not queued)."""
+        if self._loop is None or self._stopping:
+            raise StorageError("the PLog writer is not running")
+        future: asyncio.Future[None] = self._loop.create_future()
+        if file.failed is not None:
+            future.set_exception(file.failed)
+            return future, -1
+        return future, file.append(self, record, future)
+
+    async def read(self, fn: Callable[[], _T]) -> _T:
+        """Run a blocking read on the process's reader thread (never on the loop)."""
+        if self._reader is None:
+            raise StorageError("the PLog writer is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+    # ------------------------------------------------------------------- the writer thread
+
+    def _run(self) -> None:
+        open_files: set[SegmentFile] = set()
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                files: list[SegmentFile] = []
+                while True:
+                    try:
+                        f = self._queue.popleft()
+                    except IndexError:
+                        break
+                    if f not in files:
+                        files.append(f)
+                if files:
+                    self._commit(files, open_files)
+                elif self._stopping:
+                    break
+                self._close_sealed(open_files)
+        finally:
+            for f in open_files:
+                self._close_fd(f)
+            assert self._loop is not None and self._stopped is not None
+            stopped = self._stopped
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(_set_done, stopped)
+
+    def _commit(self, files: list[SegmentFile], open_files: set[SegmentFile]) -> None:
+        taken = {f: f.take() for f in files}
+        resolved: _Resolved = []
+        pending = list(files)
+        while pending:
+            # A file whose predecessor is in this batch waits for the predecessor's sync.
+            wave = [f for f in pending if f.predecessor not in pending]
+            pending = [f for f in pending if f not in wave]
+            synced: list[SegmentFile] = []
+            for f in wave:
+                data, futures = taken[f]
+                error = self._write(f, data, open_files)
+                if error is None:
+                    synced.append(f)
+                    self.records += len(data) - 1
+                else:
+                    resolved.append((futures, error))
+            for f in synced:
+                error = self._sync(f)
+                resolved.append((taken[f][1], error))
+                if error is None:
+                    f.durable_end = f.write_pos
+        self.batches += 1
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(_resolve, resolved)
+        for f in files:
+            if f.failed is None and f.zeroed_to < f.write_pos + _ZERO_LOW:
+                self._zero_ahead(f)
+
+    def _write(
+        self, f: SegmentFile, data: list[bytes], open_files: set[SegmentFile]
+    ) -> StorageError | None:
+        if f.failed is not None:
+            return f.failed
+        try:
+            if f.fd is None:
+                self._open(f)
+                open_files.add(f)
+            assert f.fd is not None
+            view = memoryview(b"".join(data))
+            offset = f.write_pos
+            while view:
+                n = self._pwrite(f.fd, view, offset)
+                if n <= 0:
+                    raise OSError(f"pwrite returned {n}")
+                view = view[n:]
+                offset += n
+            self.bytes_written += offset - f.write_pos
+            f.write_pos = offset
+        except OSError as exc:
+            return self._fail(f, "write", exc)
+        return None
+
+    def _sync(self, f: SegmentFile) -> StorageError | None:
+        assert f.fd is not None
+        start = time.perf_counter()
+        try:
+            self._fsync(f.fd)
+        except OSError as exc:
+            return self._fail(f, "fdatasync", exc)
+        elapsed = time.perf_counter() - start
+        self.fsyncs += 1
+        self.fsync_seconds += elapsed
+        if self.on_fsync is not None:
+            self.on_fsync(elapsed)
+        return None
+
+    def _fail(self, f: SegmentFile, op: str, exc: OSError) -> StorageError:
+        error = StorageError(
+            f"{op} failed on {f.path}: {exc}", {"path": str(f.path), "errno": exc.errno}
+        )
+        f.failed = error
+        log.error("plog: %s; no further writes to this segment", error.message)
+        # Anything queued after the failing batch is failed too, never written.
+        _, futures = f.take()
+        if futures:
+            assert self._loop is not None
+            late: _Resolved = [(futures, error)]
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(_resolve, late)
+        return error
+
+    def _open(self, f: SegmentFile) -> None:
+        if f.existing:
+            f.fd = os.open(f.path, os.O_RDWR)
+            return
+        fd = os.open(f.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        f.fd = fd
+        os.posix_fallocate(fd, 0, f.size)
+        self._zero_ahead(f, sync=False)
+        self._fsync(fd)
+        dir_fd = os.open(f.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        f.existing = True
+
+    def _zero_ahead(self, f: SegmentFile, *, sync: bool = True) -> None:
+        """Write zeros ahead of the write position (never over written data: the writer is the
+        only thread that writes, and it writes below ``write_pos`` only)."""
+        if f.fd is None:
+            return
+        start = max(f.zeroed_to, f.write_pos)
+        end = min(f.size, start + ZERO_AHEAD)
+        if end <= start:
+            return
+        try:
+            os.pwrite(f.fd, memoryview(_ZEROS)[: end - start], start)
+            if sync:
+                self._fsync(f.fd)
+            f.zeroed_to = end
+        except OSError as exc:
+            # Zero-filling is an optimisation; a real write will report the problem.
+            log.warning("plog: zero-fill of %s failed: %s", f.path, exc)
+
+    def _close_sealed(self, open_files: set[SegmentFile]) -> None:
+        for f in [f for f in open_files if f.sealed and not f.data]:
+            self._close_fd(f)
+            open_files.discard(f)
+
+    @staticmethod
+    def _close_fd(f: SegmentFile) -> None:
+        if f.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(f.fd)
+            f.fd = None
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _resolve(resolved: _Resolved) -> None:
+    for futures, error in resolved:
+        for future in futures:
+            if future is None or future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
