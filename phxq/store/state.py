@@ -1,0 +1,441 @@
+"""The store's replicated state machine for one Paxos group: pure, deterministic, no I/O.
+
+Every replica of a group feeds every chosen instance, in instance order, to its
+:class:`StoreState`; because the decisions below depend only on the log (never on a local
+clock, randomness or arrival order), every replica reaches the same decisions and the same
+state (DESIGN §3.1 "decisions inside the log are made at apply time").
+
+Public API::
+
+    StoreState(group: int, *, dedup_window: float, applied_up_to: int = 0)
+    .apply(instance: int, items: Sequence[bytes]) -> list[ApplyResult]   # one result per item
+    .index_entries(instance: int, items: Sequence[bytes]) -> list[IndexEntry]
+    .cursor(consumer_group: str, topic: str, queue: int) -> int | None
+    .cursors() -> dict[CursorKey, tuple[int, int]]          # (cg, topic, queue) -> (offset, token)
+    .end_offset(topic: str, queue: int) -> int | None       # offset of the queue's last message
+    .stats -> Mapping[QueueKey, int]                        # messages ever stored per (topic, queue)
+    .applied_up_to: int                                     # last applied instance (0: none)
+    .forget_below(instance: int) -> None                    # the log below was truncated
+    .snapshot() -> bytes;  StoreState.restore(data: bytes) -> StoreState
+
+    ApplyResult = Enqueued(offsets, duplicates) | Committed(offset) | Rejected(error)
+    IndexEntry  = ((topic, queue), index, enqueued_at)
+
+Rules applied to each item of an instance (``items`` = the decoded batch; a no-op has none):
+
+- **Ordinals.** Messages get ``index`` = their ordinal among every message of every decodable
+  ``EnqueueEntry`` of the instance (:func:`phxq.store.entries.instance_messages`), and offset
+  ``make_offset(instance, index)``. An entry whose messages would reach index 2**20 is
+  ``Rejected(BadArgument)`` and stores nothing (its ordinals are still consumed).
+- **Dedup.** A message whose ``dedup_id`` (scoped per topic, within this group) was stored by
+  an entry whose ``enqueued_at`` is at most ``dedup_window`` seconds before this entry's (or
+  after it: master clocks may step back) is not stored again: its result carries the
+  *original* offset with ``duplicate=True`` and it gets no index entry. Remembered ids expire
+  by the entries' ``enqueued_at`` (the highest seen so far), never by a local clock.
+- **Fencing.** A ``CommitEntry`` whose token is below the highest token applied for its
+  ``(consumer_group, topic, queue)`` is ``Rejected(StaleToken)``. Otherwise it sets the cursor,
+  except that it may not move the cursor backwards or past the queue's last stored message
+  (``Rejected(BadArgument)``); committing the current cursor again is accepted.
+- **Replay.** A ``ReplayEntry`` sets the cursor to its offset (back, forward, past the end),
+  ignoring and keeping the token, once per ``replay_id``: applying the same id again changes
+  nothing and answers ``Committed(<offset set the first time>)``. The last
+  ``REPLAYS_REMEMBERED`` ids are remembered.
+- **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
+  stops the replica. Rejected items change nothing.
+
+Only ``apply`` changes state. Applying an instance ``<= applied_up_to`` changes nothing and
+answers ``Rejected(StorageError)`` for each item; skipping an instance raises ``StorageError``
+(the state would silently miss history, e.g. cursors).
+
+**Rebuilding the PLog queue index at start-up without double-applying.** ``index_entries`` is
+a function of the instance's items plus the positions apply decided *not* to index (duplicates
+and rejected entries), which the state records per instance (rare, so small) and keeps in its
+snapshot until :meth:`forget_below` says that part of the log is gone. So recovery is: restore
+the latest snapshot (or start empty), then for each retained chosen instance in order call
+``apply`` (a no-op for instances the snapshot already covers) and then ``index_entries``
+(exact for every instance from ``forget_below``'s bound up to ``applied_up_to``). The runtime's
+indexer can therefore do "apply, then index_entries" for every instance, live or recovering.
+A runtime that truncates the log must persist a snapshot covering the truncated part first.
+
+Every replica of a group must run with the same ``dedup_window`` (it is cluster config); a
+restored state keeps the window of its snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TypeAlias
+
+import msgpack
+
+from phxq.errors import BadArgument, PhxqError, ProtocolError, StaleToken, StorageError
+from phxq.store.entries import (
+    CommitEntry,
+    EnqueueEntry,
+    ReplayEntry,
+    decode_entry,
+    instance_messages,
+)
+from phxq.store.routing import MAX_MESSAGES_PER_INSTANCE, make_offset
+
+__all__ = [
+    "REPLAYS_REMEMBERED",
+    "ApplyResult",
+    "Committed",
+    "CursorKey",
+    "Enqueued",
+    "IndexEntry",
+    "QueueKey",
+    "Rejected",
+    "StoreState",
+]
+
+REPLAYS_REMEMBERED = 4096
+
+QueueKey: TypeAlias = tuple[str, int]
+CursorKey: TypeAlias = tuple[str, str, int]
+IndexEntry: TypeAlias = tuple[QueueKey, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """An ``EnqueueEntry`` was applied: per message, its offset (the original one for a
+    duplicate) and whether it was a duplicate (not stored again)."""
+
+    offsets: tuple[int, ...]
+    duplicates: tuple[bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A commit or replay was applied; ``offset`` is the cursor it set."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Rejected:
+    """The item was not applied and changed nothing; ``error`` is what the proposer raises.
+
+    Two rejections are equal when their errors have the same class, message and data (so
+    results of two replicas compare equal)."""
+
+    error: PhxqError
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rejected):
+            return NotImplemented
+        a, b = self.error, other.error
+        return type(a) is type(b) and a.message == b.message and a.data == b.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ApplyResult: TypeAlias = Enqueued | Committed | Rejected
+
+
+class StoreState:
+    """Cursors, dedup window and per-queue counters of one group (see the module docstring)."""
+
+    def __init__(self, group: int, *, dedup_window: float, applied_up_to: int = 0) -> None:
+        if not isinstance(dedup_window, (int, float)) or not dedup_window >= 0:
+            raise BadArgument(f"dedup_window must be a number >= 0, got {dedup_window!r}")
+        if applied_up_to < 0:
+            raise BadArgument(f"applied_up_to must be >= 0, got {applied_up_to}")
+        self.group = group
+        self.dedup_window = float(dedup_window)
+        self.applied_up_to = applied_up_to
+        self._cursors: dict[CursorKey, tuple[int, int]] = {}
+        self._replays: OrderedDict[str, int] = OrderedDict()
+        # (topic, dedup_id) -> (offset, enqueued_at) of the stored original; _window_order holds
+        # (enqueued_at, topic, dedup_id, offset) in apply order, for expiry.
+        self._window: dict[tuple[str, str], tuple[int, float]] = {}
+        self._window_order: deque[tuple[float, str, str, int]] = deque()
+        self._latest_enqueued_at = -math.inf
+        self._end: dict[QueueKey, int] = {}
+        self._enqueued: dict[QueueKey, int] = {}
+        # instance -> indexes of its messages that are not in the queue index
+        self._unindexed: dict[int, tuple[int, ...]] = {}
+        self._unindexed_floor = applied_up_to + 1
+        self._last_index: tuple[int, list[IndexEntry]] | None = None
+
+    # ------------------------------------------------------------------------- queries
+
+    def cursor(self, consumer_group: str, topic: str, queue: int) -> int | None:
+        """The committed cursor (last processed offset), or ``None`` if never set."""
+        entry = self._cursors.get((consumer_group, topic, queue))
+        return None if entry is None else entry[0]
+
+    def cursors(self) -> dict[CursorKey, tuple[int, int]]:
+        """A copy of every cursor: ``(consumer_group, topic, queue) -> (offset, token)``."""
+        return dict(self._cursors)
+
+    def end_offset(self, topic: str, queue: int) -> int | None:
+        """The offset of the last message stored in ``(topic, queue)``, or ``None``."""
+        return self._end.get((topic, queue))
+
+    @property
+    def stats(self) -> Mapping[QueueKey, int]:
+        """Messages ever stored (duplicates excluded) per ``(topic, queue)``; read-only view."""
+        return MappingProxyType(self._enqueued)
+
+    # --------------------------------------------------------------------------- apply
+
+    def apply(self, instance: int, items: Sequence[bytes]) -> list[ApplyResult]:
+        """Apply chosen ``instance`` (the next one, exactly once); one result per item."""
+        if instance <= self.applied_up_to:
+            error = StorageError(f"group {self.group}: instance {instance} already applied")
+            return [Rejected(error) for _ in items]
+        if instance != self.applied_up_to + 1:
+            raise StorageError(
+                f"group {self.group}: instance {instance} applied after {self.applied_up_to}; "
+                "the instances in between are missing"
+            )
+        results: list[ApplyResult] = []
+        index_entries: list[IndexEntry] = []
+        unindexed: list[int] = []
+        next_index = 0
+        for item in items:
+            try:
+                entry = decode_entry(item)
+            except ProtocolError as exc:
+                results.append(Rejected(exc))
+                continue
+            if isinstance(entry, EnqueueEntry):
+                count = len(entry.messages)
+                if next_index + count > MAX_MESSAGES_PER_INSTANCE:
+                    unindexed.extend(range(next_index, next_index + count))
+                    results.append(
+                        Rejected(
+                            BadArgument(
+                                f"instance {instance} holds more than "
+                                f"{MAX_MESSAGES_PER_INSTANCE} messages"
+                            )
+                        )
+                    )
+                else:
+                    results.append(
+                        self._enqueue(instance, next_index, entry, index_entries, unindexed)
+                    )
+                next_index += count
+            elif isinstance(entry, CommitEntry):
+                results.append(self._commit(entry))
+            else:
+                results.append(self._replay(entry))
+        self.applied_up_to = instance
+        if unindexed:
+            self._unindexed[instance] = tuple(unindexed)
+        self._last_index = (instance, index_entries)
+        return results
+
+    def _enqueue(
+        self,
+        instance: int,
+        first_index: int,
+        entry: EnqueueEntry,
+        index_entries: list[IndexEntry],
+        unindexed: list[int],
+    ) -> Enqueued:
+        queue_key = (entry.topic, entry.queue)
+        at = entry.enqueued_at
+        offsets: list[int] = []
+        duplicates: list[bool] = []
+        for index, message in enumerate(entry.messages, start=first_index):
+            if message.dedup_id is not None:
+                dedup_key = (entry.topic, message.dedup_id)
+                original = self._window.get(dedup_key)
+                if original is not None and at - original[1] <= self.dedup_window:
+                    offsets.append(original[0])
+                    duplicates.append(True)
+                    unindexed.append(index)
+                    continue
+            offset = make_offset(instance, index)
+            if message.dedup_id is not None:
+                self._window[dedup_key] = (offset, at)
+                self._window_order.append((at, entry.topic, message.dedup_id, offset))
+            offsets.append(offset)
+            duplicates.append(False)
+            index_entries.append((queue_key, index, at))
+            self._end[queue_key] = offset
+            self._enqueued[queue_key] = self._enqueued.get(queue_key, 0) + 1
+        self._expire(at)
+        return Enqueued(tuple(offsets), tuple(duplicates))
+
+    def _expire(self, enqueued_at: float) -> None:
+        if enqueued_at > self._latest_enqueued_at:
+            self._latest_enqueued_at = enqueued_at
+        horizon = self._latest_enqueued_at - self.dedup_window
+        order = self._window_order
+        while order and order[0][0] < horizon:
+            _, topic, dedup_id, offset = order.popleft()
+            live = self._window.get((topic, dedup_id))
+            if live is not None and live[0] == offset:  # else superseded by a later original
+                del self._window[(topic, dedup_id)]
+
+    def _commit(self, entry: CommitEntry) -> ApplyResult:
+        key = (entry.consumer_group, entry.topic, entry.queue)
+        current = self._cursors.get(key)
+        where = f"{entry.consumer_group}/{entry.topic}/{entry.queue}"
+        if current is not None and entry.token < current[1]:
+            return Rejected(
+                StaleToken(
+                    f"{where}: token {entry.token} is older than {current[1]}",
+                    {"token": entry.token, "current": current[1]},
+                )
+            )
+        if current is not None and entry.offset < current[0]:
+            return Rejected(
+                BadArgument(
+                    f"{where}: commit {entry.offset} would move the cursor back from "
+                    f"{current[0]} (use a replay)",
+                    {"cursor": current[0]},
+                )
+            )
+        moves = current is None or entry.offset != current[0]
+        end = self._end.get((entry.topic, entry.queue))
+        if moves and (end is None or entry.offset > end):
+            return Rejected(
+                BadArgument(
+                    f"{where}: commit {entry.offset} is past the queue's last message {end}",
+                    {"end": end},
+                )
+            )
+        self._cursors[key] = (entry.offset, entry.token)
+        return Committed(entry.offset)
+
+    def _replay(self, entry: ReplayEntry) -> ApplyResult:
+        done = self._replays.get(entry.replay_id)
+        if done is not None:
+            return Committed(done)
+        key = (entry.consumer_group, entry.topic, entry.queue)
+        current = self._cursors.get(key)
+        self._cursors[key] = (entry.offset, 0 if current is None else current[1])
+        self._replays[entry.replay_id] = entry.offset
+        if len(self._replays) > REPLAYS_REMEMBERED:
+            self._replays.popitem(last=False)
+        return Committed(entry.offset)
+
+    # -------------------------------------------------------------------- queue index
+
+    def index_entries(self, instance: int, items: Sequence[bytes]) -> list[IndexEntry]:
+        """``((topic, queue), index, enqueued_at)`` of every message of applied ``instance``
+        that was stored (duplicates and rejected entries excluded), in index order.
+
+        Exact for any instance in ``[forget_below bound, applied_up_to]`` given that
+        instance's items; raises ``StorageError`` outside that range."""
+        last = self._last_index
+        if last is not None and last[0] == instance:
+            return list(last[1])
+        if not self._unindexed_floor <= instance <= self.applied_up_to:
+            raise StorageError(
+                f"group {self.group}: cannot index instance {instance}: state covers "
+                f"[{self._unindexed_floor}, {self.applied_up_to}]"
+            )
+        skip = set(self._unindexed.get(instance, ()))
+        return [
+            ((entry.topic, entry.queue), index, entry.enqueued_at)
+            for index, (entry, _) in enumerate(instance_messages(items))
+            if index not in skip
+        ]
+
+    def forget_below(self, instance: int) -> None:
+        """The log below ``instance`` is gone: drop what only indexing it needed."""
+        if instance <= self._unindexed_floor:
+            return
+        self._unindexed_floor = instance
+        for old in [i for i in self._unindexed if i < instance]:
+            del self._unindexed[old]
+
+    # ----------------------------------------------------------------------- snapshot
+
+    def snapshot(self) -> bytes:
+        """Canonical bytes of the whole state (cursors, dedup window, replay ids, counters,
+        unindexed positions, ``applied_up_to``): states that will make the same decisions
+        give equal bytes, whichever way they were reached."""
+        window = [
+            [at, topic, dedup_id, offset]
+            for at, topic, dedup_id, offset in self._window_order
+            if self._window.get((topic, dedup_id), (None,))[0] == offset
+        ]
+        body = [
+            _SNAPSHOT_VERSION,
+            self.group,
+            self.dedup_window,
+            self.applied_up_to,
+            self._latest_enqueued_at,
+            [[*key, off, tok] for key, (off, tok) in sorted(self._cursors.items())],
+            [[rid, off] for rid, off in self._replays.items()],
+            window,
+            [[*key, off] for key, off in sorted(self._end.items())],
+            [[*key, n] for key, n in sorted(self._enqueued.items())],
+            [[i, list(idx)] for i, idx in sorted(self._unindexed.items())],
+            self._unindexed_floor,
+        ]
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        return packed
+
+    @classmethod
+    def restore(cls, data: bytes) -> StoreState:
+        """The state :meth:`snapshot` captured. ``ProtocolError`` if ``data`` is malformed
+        (it may come from a peer)."""
+        try:
+            body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        except Exception as exc:  # msgpack raises many unrelated types on garbage
+            raise ProtocolError(f"undecodable store snapshot: {type(exc).__name__}") from None
+        if not isinstance(body, list) or len(body) != 12 or body[0] != _SNAPSHOT_VERSION:
+            raise ProtocolError("not a version-1 store snapshot")
+        (_, group, window_s, applied, latest, cursors, replays, window, ends, counts,
+         unindexed, floor) = body  # fmt: skip
+        if not isinstance(window_s, float) or not window_s >= 0:
+            raise ProtocolError("snapshot: bad dedup_window")
+        state = cls(_uint(group), dedup_window=window_s, applied_up_to=_uint(applied))
+        if not isinstance(latest, float) or math.isnan(latest):
+            raise ProtocolError("snapshot: bad latest enqueue time")
+        state._latest_enqueued_at = latest
+        for cg, topic, queue, off, tok in _rows(cursors, 5):
+            state._cursors[(_text(cg), _text(topic), _uint(queue))] = (_uint(off), _uint(tok))
+        for rid, off in _rows(replays, 2):
+            state._replays[_text(rid)] = _uint(off)
+        for at, topic, dedup_id, off in _rows(window, 4):
+            if not isinstance(at, float) or not math.isfinite(at):
+                raise ProtocolError("snapshot: bad dedup window time")
+            key = (_text(topic), _text(dedup_id))
+            state._window[key] = (_uint(off), at)
+            state._window_order.append((at, key[0], key[1], _uint(off)))
+        for topic, queue, off in _rows(ends, 3):
+            state._end[(_text(topic), _uint(queue))] = _uint(off)
+        for topic, queue, n in _rows(counts, 3):
+            state._enqueued[(_text(topic), _uint(queue))] = _uint(n)
+        for instance, indexes in _rows(unindexed, 2):
+            if not isinstance(indexes, list):
+                raise ProtocolError("snapshot: bad unindexed positions")
+            state._unindexed[_uint(instance)] = tuple(_uint(i) for i in indexes)
+        state._unindexed_floor = _uint(floor)
+        return state
+
+
+_SNAPSHOT_VERSION = 1
+
+
+def _uint(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"snapshot: expected an unsigned integer, got {value!r:.40}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"snapshot: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _rows(value: object, width: int) -> list[list[object]]:
+    if not isinstance(value, list) or not all(
+        isinstance(row, list) and len(row) == width for row in value
+    ):
+        raise ProtocolError(f"snapshot: expected an array of {width}-element arrays")
+    return value
