@@ -1,0 +1,98 @@
+"""Writing a cluster config back as TOML (see :mod:`phxq.config`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tomli_w
+
+from phxq.config.model import ClusterConfig, format_duration, format_size
+
+
+def _compact(table: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def _opt(value: Any, fmt: Any) -> Any:
+    return None if value is None else fmt(value)
+
+
+def _rate(value: float | None) -> int | float | None:
+    if value is None:
+        return None
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def dump_config(cfg: ClusterConfig) -> str:
+    """``cfg`` as TOML, every key explicit (unset optional keys are left out); parsing it
+    back gives an equal config."""
+    c = cfg.cluster
+    doc: dict[str, Any] = {
+        "cluster": {
+            "groups": c.groups,
+            "dedup_window": format_duration(c.dedup_window),
+            "paxos_window": c.paxos_window,
+            "heartbeat_interval": format_duration(c.heartbeat_interval),
+            "lease": format_duration(c.lease),
+        }
+    }
+    for kind, nodes in (("store", cfg.stores), ("lock", cfg.locks)):
+        if nodes:
+            doc[kind] = [
+                _compact(
+                    {
+                        "id": n.id,
+                        "addr": n.addr,
+                        "dc": n.dc,
+                        "data": str(n.data),
+                        "metrics_addr": n.metrics_addr,
+                    }
+                )
+                for n in nodes
+            ]
+    if cfg.topics:
+        doc["topic"] = [
+            _compact(
+                {
+                    "name": t.name,
+                    "queues": t.queues,
+                    "retention": format_duration(t.retention),
+                    "retention_bytes": _opt(t.retention_bytes, format_size),
+                    "max_message_bytes": format_size(t.max_message_bytes),
+                }
+            )
+            for t in cfg.topics
+        ]
+    if cfg.consumer_groups:
+        doc["consumer_group"] = [
+            _compact(
+                {
+                    "name": g.name,
+                    "topic": g.topic,
+                    "handler": g.handler,
+                    "rate_limit": _rate(g.rate_limit),
+                    "rate_limit_bytes": _opt(g.rate_limit_bytes, format_size),
+                    "max_attempts": g.max_attempts,
+                    "on_failure": g.on_failure,
+                    "dead_letter": g.dead_letter,
+                    "ordering": g.ordering,
+                    "concurrency": g.concurrency,
+                    "handler_timeout": format_duration(g.handler_timeout),
+                }
+            )
+            for g in cfg.consumer_groups
+        ]
+    return _render(doc)
+
+
+def _render(doc: dict[str, Any]) -> str:
+    """Block-style TOML: ``[cluster]`` then one ``[[kind]]`` header per table, in order."""
+    out: list[str] = []
+    for section, body in doc.items():
+        tables = body if isinstance(body, list) else [body]
+        header = f"[[{section}]]" if isinstance(body, list) else f"[{section}]"
+        for table in tables:
+            out.append(header)
+            out.extend(tomli_w.dumps({key: value}).strip() for key, value in table.items())
+            out.append("")
+    return "\n".join(out)

@@ -1,0 +1,329 @@
+"""Reading and validating the cluster TOML file (see :mod:`phxq.config`)."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+
+from phxq.config.model import (
+    DEFAULTS,
+    DLQ_SUFFIX,
+    MESSAGE_BYTES_LIMIT,
+    ClusterConfig,
+    ClusterSettings,
+    ConfigError,
+    ConsumerGroupConfig,
+    NodeConfig,
+    TopicConfig,
+    _split_addr,
+    format_size,
+    parse_duration,
+    parse_size,
+)
+
+# -------------------------------------------------------------------------------- parsing
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+class _Table:
+    """One TOML table being read: typed getters with defaults, and the error context."""
+
+    def __init__(self, source: str, path: str, kind: str, raw: object) -> None:
+        self.source, self.path, self.kind = source, path, kind
+        if not isinstance(raw, dict):
+            self.fail(f"expected a table, got {_show(raw)}")
+        self.raw: dict[str, Any] = raw  # type: ignore[assignment]
+        self.read: set[str] = set()
+
+    def fail(self, problem: str, key: str | None = None) -> None:
+        where = self.path if key is None else f"{self.path}.{key}" if self.path else key
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{self.source}: {prefix}{problem}", {"key": where})
+
+    def get(self, key: str, required: bool = False) -> Any:
+        self.read.add(key)
+        if key in self.raw:
+            return self.raw[key]
+        if required:
+            self.fail("required key is missing", key)
+        return DEFAULTS.get(f"{self.kind}.{key}")
+
+    def convert(self, key: str, what: str, convert: Any, required: bool = False) -> Any:
+        value = self.get(key, required)
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except ValueError as exc:
+            self.fail(f"{exc.args[0] if exc.args else what}, got {_show(value)}", key)
+
+    def integer(self, key: str, minimum: int = 1, required: bool = False) -> Any:
+        def check(value: object) -> int:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+                return value
+            raise ValueError(
+                "expected a positive integer"
+                if minimum == 1
+                else f"expected an integer >= {minimum}"
+            )
+
+        return self.convert(key, "", check, required)
+
+    def text(self, key: str, pattern: re.Pattern[str] | None = None, required: bool = False) -> Any:
+        def check(value: object) -> str:
+            if isinstance(value, str) and value and (pattern is None or pattern.fullmatch(value)):
+                return value
+            raise ValueError(_TEXT_RULES.get(pattern, "expected a non-empty string"))
+
+        return self.convert(key, "", check, required)
+
+    def choice(self, key: str, options: tuple[str, ...]) -> Any:
+        def check(value: object) -> str:
+            if isinstance(value, str) and value in options:
+                return value
+            raise ValueError("expected one of " + ", ".join(_show(o) for o in options))
+
+        return self.convert(key, "", check)
+
+    def duration(self, key: str, positive: bool = True) -> Any:
+        seconds = self.convert(key, "", parse_duration)
+        if positive and seconds == 0:
+            self.fail("must be longer than 0", key)
+        return seconds
+
+    def size(self, key: str) -> Any:
+        size = self.convert(key, "", parse_size)
+        if size == 0:
+            self.fail("must be larger than 0", key)
+        return size
+
+    def addr(self, key: str, required: bool = False) -> Any:
+        def check(value: object) -> str:
+            if not isinstance(value, str):
+                raise ValueError('expected "host:port"')
+            _split_addr(value)
+            return value
+
+        return self.convert(key, "", check, required)
+
+    def rate(self, key: str) -> Any:
+        def check(value: object) -> float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rate = float(value)
+                if math.isfinite(rate) and rate > 0:
+                    return rate
+            raise ValueError("expected a positive number per second")
+
+        return self.convert(key, "", check)
+
+    def done(self) -> None:
+        for key in self.raw:
+            if key not in self.read:
+                near = difflib.get_close_matches(key, sorted(self.read), n=1)
+                hint = f' (did you mean "{near[0]}"?)' if near else ""
+                self.fail(f"unknown key{hint}", key)
+
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_HANDLER_RE: Final = re.compile(
+    r"https?://[^\s/?#]+\S*|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+)
+_TEXT_RULES: Final[dict[re.Pattern[str] | None, str]] = {
+    _NAME_RE: "expected a name of 1-249 letters, digits, '.', '_' or '-'",
+    _HANDLER_RE: 'expected "http(s)://host/path" or "package.module:function"',
+}
+_SECTIONS: Final = ("cluster", "store", "lock", "topic", "consumer_group")
+
+
+def _array(source: str, doc: dict[str, Any], name: str) -> list[object]:
+    value = doc.get(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{source}: {name}: expected an array of tables ([[{name}]]), got {_show(value)}",
+            {"key": name},
+        )
+    return value
+
+
+def _node(source: str, kind: str, i: int, raw: object, base_dir: Path | None) -> NodeConfig:
+    t = _Table(source, f"{kind}[{i}]", "node", raw)
+    data = Path(os.path.expanduser(t.text("data", required=True)))
+    if base_dir is not None and not data.is_absolute():
+        data = Path(os.path.normpath(base_dir / data))
+    node = NodeConfig(
+        id=t.integer("id", required=True),
+        addr=t.addr("addr", required=True),
+        dc=t.text("dc"),
+        data=data,
+        metrics_addr=t.addr("metrics_addr"),
+    )
+    t.done()
+    return node
+
+
+def _topic(source: str, i: int, raw: object) -> TopicConfig:
+    t = _Table(source, f"topic[{i}]", "topic", raw)
+    topic = TopicConfig(
+        name=t.text("name", _NAME_RE, required=True),
+        queues=t.integer("queues", required=True),
+        retention=t.duration("retention"),
+        max_message_bytes=t.size("max_message_bytes"),
+        retention_bytes=t.size("retention_bytes"),
+    )
+    if topic.max_message_bytes > MESSAGE_BYTES_LIMIT:
+        t.fail(f"must be at most {format_size(MESSAGE_BYTES_LIMIT)}", "max_message_bytes")
+    t.done()
+    return topic
+
+
+def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConfig, _Table]:
+    t = _Table(source, f"consumer_group[{i}]", "consumer_group", raw)
+    group = ConsumerGroupConfig(
+        name=t.text("name", _NAME_RE, required=True),
+        topic=t.text("topic", required=True),
+        handler=t.text("handler", _HANDLER_RE, required=True),
+        rate_limit=t.rate("rate_limit"),
+        rate_limit_bytes=t.size("rate_limit_bytes"),
+        max_attempts=t.integer("max_attempts"),
+        on_failure=t.choice("on_failure", ("dead_letter", "block")),
+        dead_letter=t.text("dead_letter", _NAME_RE),
+        ordering=t.choice("ordering", ("strict", "per_key")),
+        concurrency=t.integer("concurrency"),
+        handler_timeout=t.duration("handler_timeout"),
+    )
+    if group.concurrency > 1 and group.ordering != "per_key":
+        t.fail('above 1 needs ordering = "per_key" (strict order is one at a time)', "concurrency")
+    if group.on_failure == "block" and group.dead_letter is not None:
+        t.fail('is set but on_failure = "block" never dead-letters', "dead_letter")
+    t.done()
+    return group, t
+
+
+def _claim(source: str, seen: dict[object, str], value: object, path: str) -> None:
+    if value in seen:
+        raise ConfigError(
+            f"{source}: {path}: {_show(value)} is already used by {seen[value]}", {"key": path}
+        )
+    seen[value] = path
+
+
+def parse_config(
+    text: str, source: str = "<string>", *, base_dir: Path | None = None
+) -> ClusterConfig:
+    """Parse and validate a cluster config. Relative ``data`` paths are resolved against
+    ``base_dir`` when given (kept as written otherwise). Raises :class:`ConfigError`."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    for key in doc:
+        if key not in _SECTIONS:
+            near = difflib.get_close_matches(key, _SECTIONS, n=1)
+            hint = f' (did you mean "{near[0]}"?)' if near else ""
+            raise ConfigError(f"{source}: {key}: unknown section{hint}", {"key": key})
+
+    t = _Table(source, "cluster", "cluster", doc.get("cluster", {}))
+    settings = ClusterSettings(
+        groups=t.integer("groups"),
+        dedup_window=t.duration("dedup_window", positive=False),
+        paxos_window=t.integer("paxos_window"),
+        heartbeat_interval=t.duration("heartbeat_interval"),
+        lease=t.duration("lease"),
+    )
+    if settings.lease < 2 * settings.heartbeat_interval:
+        t.fail("must be at least 2 heartbeat_intervals", "lease")
+    t.done()
+
+    stores = [
+        _node(source, "store", i, r, base_dir) for i, r in enumerate(_array(source, doc, "store"))
+    ]
+    locks = [
+        _node(source, "lock", i, r, base_dir) for i, r in enumerate(_array(source, doc, "lock"))
+    ]
+    if not stores:
+        raise ConfigError(f"{source}: store: at least one [[store]] is required", {"key": "store"})
+    addresses: dict[object, str] = {}
+    data_dirs: dict[object, str] = {}
+    for kind, nodes in (("store", stores), ("lock", locks)):
+        ids: dict[object, str] = {}
+        for i, node in enumerate(nodes):
+            _claim(source, ids, node.id, f"{kind}[{i}].id")
+            _claim(source, addresses, node.addr, f"{kind}[{i}].addr")
+            _claim(source, data_dirs, str(node.data), f"{kind}[{i}].data")
+            if node.metrics_addr is not None:
+                _claim(source, addresses, node.metrics_addr, f"{kind}[{i}].metrics_addr")
+
+    topics = [_topic(source, i, r) for i, r in enumerate(_array(source, doc, "topic"))]
+    names: dict[object, str] = {}
+    for i, topic in enumerate(topics):
+        _claim(source, names, topic.name, f"topic[{i}].name")
+    by_name = {topic.name: topic for topic in topics}
+
+    groups: list[ConsumerGroupConfig] = []
+    group_names: dict[object, str] = {}
+    for i, raw in enumerate(_array(source, doc, "consumer_group")):
+        group, t = _consumer_group(source, i, raw)
+        _claim(source, group_names, group.name, f"consumer_group[{i}].name")
+        spec = by_name.get(group.topic)
+        if spec is None:
+            t.fail(f"no [[topic]] named {_show(group.topic)}", "topic")
+        assert spec is not None
+        if group.on_failure == "dead_letter":
+            if group.dead_letter is None:
+                group = replace(group, dead_letter=group.topic + DLQ_SUFFIX)
+                if group.dead_letter not in by_name:  # declared implicitly, like the source
+                    dlq = replace(spec, name=group.topic + DLQ_SUFFIX)
+                    topics.append(dlq)
+                    by_name[dlq.name] = dlq
+            dlq_spec = by_name.get(group.dead_letter or "")
+            if dlq_spec is None:
+                t.fail(f"no [[topic]] named {_show(group.dead_letter)}", "dead_letter")
+            elif dlq_spec.name == group.topic:
+                t.fail("must differ from the topic it serves", "dead_letter")
+            elif dlq_spec.max_message_bytes < spec.max_message_bytes:
+                t.fail(
+                    f"topic {_show(dlq_spec.name)} has max_message_bytes "
+                    f"{dlq_spec.max_message_bytes} < {spec.max_message_bytes} of "
+                    f"{_show(spec.name)}: dead letters would not fit",
+                    "dead_letter",
+                )
+        groups.append(group)
+    return ClusterConfig(
+        cluster=settings,
+        stores=tuple(stores),
+        locks=tuple(locks),
+        topics=tuple(topics),
+        consumer_groups=tuple(groups),
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
+    """Read and validate the config file at ``path`` (relative ``data`` paths are resolved
+    against its directory). Raises :class:`ConfigError` (unreadable files included)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    return parse_config(text, str(path), base_dir=path.absolute().parent)
