@@ -31,7 +31,8 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   an entry whose ``enqueued_at`` is at most ``dedup_window`` seconds before this entry's (or
   after it: master clocks may step back) is not stored again: its result carries the
   *original* offset with ``duplicate=True`` and it gets no index entry. Remembered ids expire
-  by the entries' ``enqueued_at`` (the highest seen so far), never by a local clock.
+  by the entries' ``enqueued_at`` (the highest seen so far), never by a local clock. A
+  ``dedup_window`` of 0 disables dedup.
 - **Fencing.** A ``CommitEntry`` whose token is below the highest token applied for its
   ``(consumer_group, topic, queue)`` is ``Rejected(StaleToken)``. Otherwise it sets the cursor,
   except that it may not move the cursor backwards or past the queue's last stored message
@@ -244,8 +245,9 @@ class StoreState:
         at = entry.enqueued_at
         offsets: list[int] = []
         duplicates: list[bool] = []
+        dedup = self.dedup_window > 0
         for index, message in enumerate(entry.messages, start=first_index):
-            if message.dedup_id is not None:
+            if dedup and message.dedup_id is not None:
                 dedup_key = (entry.topic, message.dedup_id)
                 original = self._window.get(dedup_key)
                 if original is not None and at - original[1] <= self.dedup_window:
@@ -254,7 +256,7 @@ class StoreState:
                     unindexed.append(index)
                     continue
             offset = make_offset(instance, index)
-            if message.dedup_id is not None:
+            if dedup and message.dedup_id is not None:
                 self._window[dedup_key] = (offset, at)
                 self._window_order.append((at, entry.topic, message.dedup_id, offset))
             offsets.append(offset)

@@ -140,6 +140,13 @@ def test_duplicates_inside_one_entry_point_at_the_first_copy() -> None:
     ]
 
 
+def test_a_zero_window_disables_dedup() -> None:
+    log = Log(StoreState(0, dedup_window=0))
+    assert log.apply(enq("t", 0, "x", "x")) == [
+        Enqueued((make_offset(1, 0), make_offset(1, 1)), (False, False))
+    ]
+
+
 def test_dedup_ids_are_scoped_per_topic() -> None:
     log = Log()
     log.apply(enq("t", 0, "x"))
