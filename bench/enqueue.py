@@ -20,7 +20,9 @@ from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--count", type=int, default=5000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--levels", default="1,16,64,256")
@@ -30,7 +32,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="phxq-bench-") as tmp:
         ports = free_ports(6)
-        config = write_dev_config(Path(tmp), groups=args.groups, store_ports=ports[:3], lock_ports=ports[3:])
+        config = write_dev_config(
+            Path(tmp), groups=args.groups, store_ports=ports[:3], lock_ports=ports[3:]
+        )
         with ProcessCluster(config) as cluster:
             cluster.wait_ready(60)
             addrs = cluster.store_addresses
@@ -38,21 +42,28 @@ def main() -> None:
             print(results[-1].line(), flush=True)
             for level in [int(x) for x in args.levels.split(",")]:
                 for batching in (True, False):
-                    r = asyncio.run(benchmark.throughput(addrs, outstanding=level, seconds=args.seconds,
-                                                         batching=batching))
+                    r = asyncio.run(
+                        benchmark.throughput(
+                            addrs, outstanding=level, seconds=args.seconds, batching=batching
+                        )
+                    )
                     results.append(r)
                     print(r.line(), r.params, flush=True)
     env = benchmark.environment()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"enqueue-{env['commit']}.json"
-    path.write_text(json.dumps({"environment": env, "results": [r.to_json() for r in results]}, indent=2))
+    path.write_text(
+        json.dumps({"environment": env, "results": [r.to_json() for r in results]}, indent=2)
+    )
     print(f"\nwrote {path}\n")
     print("| run | outstanding | batching | msgs/s | p50 ms | p99 ms | p99.9 ms | max ms |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         lat = r.latency_ms
-        print(f"| {r.name} | {r.params.get('outstanding')} | {r.params.get('batching', '-')} | "
-              f"{r.msgs_per_s:,.0f} | {lat['p50']:.3f} | {lat['p99']:.3f} | {lat['p99.9']:.3f} | {lat['max']:.3f} |")
+        print(
+            f"| {r.name} | {r.params.get('outstanding')} | {r.params.get('batching', '-')} | "
+            f"{r.msgs_per_s:,.0f} | {lat['p50']:.3f} | {lat['p99']:.3f} | {lat['p99.9']:.3f} | {lat['max']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

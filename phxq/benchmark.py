@@ -54,7 +54,11 @@ def _summary(hist: HdrHistogram) -> dict[str, float]:
 
 
 async def latency(
-    addresses: list[str], *, topic: str = "orders", count: int = 5000, warmup: int = 500,
+    addresses: list[str],
+    *,
+    topic: str = "orders",
+    count: int = 5000,
+    warmup: int = 500,
     size: int = 100,
 ) -> Result:
     """Sequential enqueues of ``size``-byte messages, one outstanding at a time."""
@@ -69,13 +73,25 @@ async def latency(
             await client.enqueue(topic, payload, key=f"k{i % 64}")
             hist.record_value(max(1, int((time.perf_counter() - t0) * 1e6)))
         elapsed = time.perf_counter() - t_start
-    return Result("latency", count, elapsed, count / elapsed, _summary(hist),
-                  {"size": size, "warmup": warmup, "outstanding": 1})
+    return Result(
+        "latency",
+        count,
+        elapsed,
+        count / elapsed,
+        _summary(hist),
+        {"size": size, "warmup": warmup, "outstanding": 1},
+    )
 
 
 async def throughput(
-    addresses: list[str], *, topic: str = "orders", outstanding: int = 64, seconds: float = 5.0,
-    size: int = 100, batching: bool = True, warmup: float = 1.0,
+    addresses: list[str],
+    *,
+    topic: str = "orders",
+    outstanding: int = 64,
+    seconds: float = 5.0,
+    size: int = 100,
+    batching: bool = True,
+    warmup: float = 1.0,
 ) -> Result:
     """``outstanding`` concurrent producers for ``seconds`` (after ``warmup`` seconds)."""
     payload = os.urandom(size)
@@ -102,17 +118,26 @@ async def throughput(
             measuring = True
             return time.perf_counter()
 
-        results = await asyncio.gather(start_measuring(), *(producer(n) for n in range(outstanding)))
+        results = await asyncio.gather(
+            start_measuring(), *(producer(n) for n in range(outstanding))
+        )
         elapsed = time.perf_counter() - results[0]
-    return Result("throughput", done, elapsed, done / elapsed, _summary(hist),
-                  {"size": size, "outstanding": outstanding, "batching": batching})
+    return Result(
+        "throughput",
+        done,
+        elapsed,
+        done / elapsed,
+        _summary(hist),
+        {"size": size, "outstanding": outstanding, "batching": batching},
+    )
 
 
 def environment() -> dict[str, Any]:
     """What the figures were measured on: commit, machine, Python."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {

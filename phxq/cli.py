@@ -90,8 +90,13 @@ def store(config_path: Path, node_id: int) -> None:
 
 
 @cli.command()
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=Path("./phxq-data"),
-              show_default=True, help="data directory (cluster.toml is written here)")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("./phxq-data"),
+    show_default=True,
+    help="data directory (cluster.toml is written here)",
+)
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 def dev(data: Path, nodes: int) -> None:
     """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
@@ -146,8 +151,15 @@ def dev(data: Path, nodes: int) -> None:
 @click.option("--dedup-id", default=None, help="idempotency id; a retry with it is stored once")
 @click.option("--header", "headers", multiple=True, help="NAME=VALUE, repeatable")
 @json_option
-def enqueue(config_path: Path, topic: str, payload: str | None, key: str | None,
-            dedup_id: str | None, headers: tuple[str, ...], as_json: bool) -> None:
+def enqueue(
+    config_path: Path,
+    topic: str,
+    payload: str | None,
+    key: str | None,
+    dedup_id: str | None,
+    headers: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Enqueue one message (PAYLOAD, or stdin when PAYLOAD is - or absent)."""
     from phxq.client import Client
 
@@ -166,11 +178,21 @@ def enqueue(config_path: Path, topic: str, payload: str | None, key: str | None,
 
     ack = _run(go())
     if as_json:
-        click.echo(json.dumps({"topic": ack.topic, "queue": ack.queue, "offset": ack.offset,
-                               "duplicate": ack.duplicate}))
+        click.echo(
+            json.dumps(
+                {
+                    "topic": ack.topic,
+                    "queue": ack.queue,
+                    "offset": ack.offset,
+                    "duplicate": ack.duplicate,
+                }
+            )
+        )
     else:
-        click.echo(f"enqueued {topic} queue={ack.queue} offset={ack.offset}"
-                   + (" (duplicate)" if ack.duplicate else ""))
+        click.echo(
+            f"enqueued {topic} queue={ack.queue} offset={ack.offset}"
+            + (" (duplicate)" if ack.duplicate else "")
+        )
 
 
 @cli.command()
@@ -181,8 +203,15 @@ def enqueue(config_path: Path, topic: str, payload: str | None, key: str | None,
 @click.option("--count", type=int, default=None, help="exit after this many messages")
 @click.option("--poll", type=float, default=0.2, show_default=True, help="seconds between polls")
 @json_option
-def tail(config_path: Path, topic: str, group: str, from_start: bool, count: int | None,
-         poll: float, as_json: bool) -> None:
+def tail(
+    config_path: Path,
+    topic: str,
+    group: str,
+    from_start: bool,
+    count: int | None,
+    poll: float,
+    as_json: bool,
+) -> None:
     """Print messages as they arrive (read-only: commits nothing)."""
     from phxq.client import Client
 
@@ -205,9 +234,18 @@ def tail(config_path: Path, topic: str, group: str, from_start: bool, count: int
                         got += 1
                         seen += 1
                         if as_json:
-                            click.echo(json.dumps({"queue": q, "offset": m.offset, "key": m.key,
-                                                   "payload": m.payload.decode(errors="replace"),
-                                                   "headers": m.headers, "enqueued_at": m.enqueued_at}))
+                            click.echo(
+                                json.dumps(
+                                    {
+                                        "queue": q,
+                                        "offset": m.offset,
+                                        "key": m.key,
+                                        "payload": m.payload.decode(errors="replace"),
+                                        "headers": m.headers,
+                                        "enqueued_at": m.enqueued_at,
+                                    }
+                                )
+                            )
                         else:
                             click.echo(f"q{q} @{m.offset} key={m.key} {m.payload!r}")
                         if count is not None and seen >= count:
@@ -255,9 +293,13 @@ def status(config_path: Path, as_json: bool) -> None:
             continue
         masters = sum(1 for g in st["groups"] if g["is_master"])
         disk = sum(g["disk_bytes"] for g in st["groups"])
-        bad = [g["group"] for g in st["groups"] if g["failed"] or g["diverged"] or g["needs_repair"]]
-        click.echo(f"store {node} {st['address']}: masters of {masters} groups, disk {disk} B"
-                   + (f", UNHEALTHY groups {bad}" if bad else ""))
+        bad = [
+            g["group"] for g in st["groups"] if g["failed"] or g["diverged"] or g["needs_repair"]
+        ]
+        click.echo(
+            f"store {node} {st['address']}: masters of {masters} groups, disk {disk} B"
+            + (f", UNHEALTHY groups {bad}" if bad else "")
+        )
     click.echo("group  master  chosen per store")
     groups = cfg.cluster.groups
     for g in range(groups):
@@ -277,14 +319,27 @@ def status(config_path: Path, as_json: bool) -> None:
 @config_option
 @click.argument("mode", type=click.Choice(["latency", "throughput"]), default="latency")
 @click.option("--topic", default="orders", show_default=True)
-@click.option("--count", type=int, default=5000, show_default=True, help="latency: measured enqueues")
+@click.option(
+    "--count", type=int, default=5000, show_default=True, help="latency: measured enqueues"
+)
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="throughput: duration")
-@click.option("--outstanding", type=int, default=64, show_default=True, help="throughput: concurrency")
+@click.option(
+    "--outstanding", type=int, default=64, show_default=True, help="throughput: concurrency"
+)
 @click.option("--size", type=int, default=100, show_default=True, help="payload bytes")
 @click.option("--no-batching", is_flag=True, help="throughput: one request per message")
 @json_option
-def bench(config_path: Path, mode: str, topic: str, count: int, seconds: float, outstanding: int,
-          size: int, no_batching: bool, as_json: bool) -> None:
+def bench(
+    config_path: Path,
+    mode: str,
+    topic: str,
+    count: int,
+    seconds: float,
+    outstanding: int,
+    size: int,
+    no_batching: bool,
+    as_json: bool,
+) -> None:
     """Measure enqueue latency (sequential) or throughput (concurrent) against a cluster."""
     from phxq import benchmark
 
@@ -293,8 +348,16 @@ def bench(config_path: Path, mode: str, topic: str, count: int, seconds: float, 
     if mode == "latency":
         result = _run(benchmark.latency(addrs, topic=topic, count=count, size=size))
     else:
-        result = _run(benchmark.throughput(addrs, topic=topic, outstanding=outstanding,
-                                           seconds=seconds, size=size, batching=not no_batching))
+        result = _run(
+            benchmark.throughput(
+                addrs,
+                topic=topic,
+                outstanding=outstanding,
+                seconds=seconds,
+                size=size,
+                batching=not no_batching,
+            )
+        )
     if as_json:
         click.echo(json.dumps({**result.to_json(), "environment": benchmark.environment()}))
     else:

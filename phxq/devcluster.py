@@ -59,14 +59,32 @@ def write_dev_config(
     lock_ports = lock_ports or [7201 + i for i in range(nodes)]
     lines = ["[cluster]", f"groups = {groups}", cluster_options, ""]
     for i, port in enumerate(store_ports, start=1):
-        lines += ["[[store]]", f"id = {i}", f'addr = "127.0.0.1:{port}"', f'dc = "dc{i}"',
-                  f'data = "store{i}"', ""]
+        lines += [
+            "[[store]]",
+            f"id = {i}",
+            f'addr = "127.0.0.1:{port}"',
+            f'dc = "dc{i}"',
+            f'data = "store{i}"',
+            "",
+        ]
     for i, port in enumerate(lock_ports, start=1):
-        lines += ["[[lock]]", f"id = {i}", f'addr = "127.0.0.1:{port}"', f'dc = "dc{i}"',
-                  f'data = "lock{i}"', ""]
+        lines += [
+            "[[lock]]",
+            f"id = {i}",
+            f'addr = "127.0.0.1:{port}"',
+            f'dc = "dc{i}"',
+            f'data = "lock{i}"',
+            "",
+        ]
     for name, queues in DEV_TOPICS:
-        lines += ["[[topic]]", f'name = "{name}"', f"queues = {queues}", 'retention = "7d"',
-                  "max_message_bytes = 1048576", ""]
+        lines += [
+            "[[topic]]",
+            f'name = "{name}"',
+            f"queues = {queues}",
+            'retention = "7d"',
+            "max_message_bytes = 1048576",
+            "",
+        ]
     path = data / "cluster.toml"
     path.write_text("\n".join(lines) + extra)
     return path
@@ -79,6 +97,7 @@ class _Proc:
     popen: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
     stopped: bool = False
+    paused: bool = False
 
 
 @dataclass
@@ -126,8 +145,9 @@ class ProcessCluster:
         proc.log = open(self.log_dir / f"{role}{node}.log", "ab")  # noqa: SIM115 (kept for the process's life)
         flag = "--node" if role in ("store", "lock") else "--id"
         cmd = [sys.executable, "-m", "phxq", role, "--config", str(self.config_path), flag, node]
-        proc.popen = subprocess.Popen(cmd, stdout=proc.log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        proc.popen = subprocess.Popen(
+            cmd, stdout=proc.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         proc.stopped = False
 
     def signal(self, role: str, node: str, sig: signal.Signals) -> None:
@@ -142,16 +162,19 @@ class ProcessCluster:
 
     def pause(self, node: int, role: str = "store") -> None:
         self.signal(role, str(node), signal.SIGSTOP)
+        self.procs[(role, str(node))].paused = True
 
     def resume(self, node: int, role: str = "store") -> None:
         self.signal(role, str(node), signal.SIGCONT)
+        self.procs[(role, str(node))].paused = False
 
     def restart(self, node: int, role: str = "store") -> None:
         self.start_node(role, str(node))
 
     def alive(self, node: int, role: str = "store") -> bool:
+        """Running and not paused (SIGSTOP)."""
         proc = self.procs.get((role, str(node)))
-        return bool(proc and proc.popen and proc.popen.poll() is None)
+        return bool(proc and proc.popen and proc.popen.poll() is None and not proc.paused)
 
     def stop(self, timeout: float = 10.0) -> None:
         for proc in self.procs.values():
@@ -192,7 +215,11 @@ class ProcessCluster:
         async with RpcPool() as pool:
             while time.monotonic() < deadline:
                 for proc in self.procs.values():
-                    if proc.popen is not None and proc.popen.poll() is not None and not proc.stopped:
+                    if (
+                        proc.popen is not None
+                        and proc.popen.poll() is not None
+                        and not proc.stopped
+                    ):
                         code = proc.popen.returncode
                         if code not in (-signal.SIGKILL, -signal.SIGTERM):
                             raise RuntimeError(

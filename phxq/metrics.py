@@ -11,8 +11,24 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 REGISTRY = CollectorRegistry()
 
 _LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 ENQUEUE_LATENCY = Histogram(
@@ -31,14 +47,21 @@ BATCH_ITEMS = Histogram(
     registry=REGISTRY,
 )
 INSTANCES_IN_FLIGHT = Gauge(
-    "phxq_instances_in_flight", "Unchosen instances in flight per group", ["group"], registry=REGISTRY
+    "phxq_instances_in_flight",
+    "Unchosen instances in flight per group",
+    ["group"],
+    registry=REGISTRY,
 )
 FSYNC_LATENCY = Histogram(
-    "phxq_fsync_latency_seconds", "fdatasync latency of the PLog writer", buckets=_LATENCY_BUCKETS,
+    "phxq_fsync_latency_seconds",
+    "fdatasync latency of the PLog writer",
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 CATCHUP_LAG = Gauge(
-    "phxq_catchup_lag_instances", "Known chosen minus learned instances per group", ["group"],
+    "phxq_catchup_lag_instances",
+    "Known chosen minus learned instances per group",
+    ["group"],
     registry=REGISTRY,
 )
 MASTERS_HELD = Gauge("phxq_masters_held", "Groups this node is master of", registry=REGISTRY)
@@ -46,7 +69,9 @@ DIVERGENCE = Counter(
     "phxq_divergence_total", "Chain checksum mismatches detected", ["group"], registry=REGISTRY
 )
 STORAGE_FAILURES = Counter(
-    "phxq_storage_failures_total", "Groups that stopped serving on a storage error", ["group"],
+    "phxq_storage_failures_total",
+    "Groups that stopped serving on a storage error",
+    ["group"],
     registry=REGISTRY,
 )
 

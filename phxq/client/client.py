@@ -18,6 +18,7 @@ What it promises (DESIGN.md §5, §10):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ log = logging.getLogger("phxq.client")
 
 MAX_REQUEST_MESSAGES = 4096
 MAX_REQUEST_BYTES = 4 << 20
+META_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,7 @@ class Client:
         self,
         addresses: Sequence[str],
         *,
-        request_timeout: float = 5.0,
+        request_timeout: float = 2.0,
         retry_timeout: float = 15.0,
         batching: bool = True,
     ) -> None:
@@ -145,7 +147,8 @@ class Client:
             seeds = list(self._map.nodes.values()) if self._map else []
             for addr in dict.fromkeys([*self._seeds, *seeds]):
                 try:
-                    data = await self._pool.call(addr, "meta", {}, timeout=self._request_timeout)
+                    # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
+                    data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
                 except PhxqError as exc:
                     last = exc
                     continue
@@ -203,12 +206,12 @@ class Client:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 0.5)
                 # A dead master may have vanished from the map we hold; refresh lazily.
-                try:
+                with contextlib.suppress(Unavailable):
                     await self.cluster_map(refresh=True)
-                except Unavailable:
-                    pass
             if time.monotonic() > deadline:
-                raise Unavailable(f"group {group}: no master answered within {self._retry_timeout}s")
+                raise Unavailable(
+                    f"group {group}: no master answered within {self._retry_timeout}s"
+                )
 
     # --------------------------------------------------------------------------- enqueue
 
@@ -227,13 +230,17 @@ class Client:
         return await futures[0]
 
     async def enqueue_many(
-        self, topic: str, messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]]
+        self,
+        topic: str,
+        messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]],
     ) -> list[Ack]:
         """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in order."""
         items = []
         for m in messages:
             if not isinstance(m, tuple) or len(m) not in (2, 3):
-                raise BadArgument("enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples")
+                raise BadArgument(
+                    "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
+                )
             items.append((m[0], m[1], None, m[2] if len(m) == 3 else None, None))
         futures = await self._submit(topic, items)
         return list(await asyncio.gather(*futures))
@@ -299,7 +306,10 @@ class Client:
         by_queue: dict[int, list[_Pending]] = {}
         for p in batch:
             by_queue.setdefault(p.queue, []).append(p)
-        params = {"topic": topic, "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()]}
+        params = {
+            "topic": topic,
+            "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()],
+        }
         try:
             reply = await self._call_master(topic, group, "enqueue", params)
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
@@ -349,7 +359,13 @@ class Client:
         return None if result is None else int(result)
 
     async def seek(
-        self, group: str, topic: str, *, queue: int, offset: int | None = None, time: float | None = None
+        self,
+        group: str,
+        topic: str,
+        *,
+        queue: int,
+        offset: int | None = None,
+        time: float | None = None,
     ) -> int | None:
         """Move the consumer group's cursor of one queue (one-shot, recorded in the log) to just
         before ``offset`` or the first message enqueued at or after ``time`` (wall clock).
@@ -366,5 +382,7 @@ class Client:
         if addr is None:
             cmap = await self.cluster_map()
             addr = cmap.nodes[min(cmap.nodes)]
-        result: dict[str, Any] = await self._pool.call(addr, "status", {}, timeout=self._request_timeout)
+        result: dict[str, Any] = await self._pool.call(
+            addr, "status", {}, timeout=self._request_timeout
+        )
         return result

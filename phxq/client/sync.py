@@ -21,7 +21,9 @@ class SyncClient:
 
     def __init__(self, addresses: Sequence[str], **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="phxq-sync", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="phxq-sync", daemon=True
+        )
         self._thread.start()
         self._client = Client(addresses, **options)
 

@@ -102,11 +102,14 @@ class GroupReplica:
         state: Applier,
         send: Callable[[int, bytes], None],
         *,
-        propose_timeout: float = 5.0,
+        propose_timeout: float = 1.5,
         address_of: Callable[[int], str | None] = lambda node: None,
         segment_bytes: int = 64 << 20,
     ) -> GroupReplica:
         replica = cls.__new__(cls)
+        # Recovery replays every retained chosen instance through the indexer, which applies
+        # it to `state`: the state must be in place before the log is opened.
+        replica.state = state
         indexer = replica._indexer
         glog = await GroupLog.open(
             directory, config.group, writer, segment_bytes=segment_bytes, indexer=indexer
@@ -130,7 +133,9 @@ class GroupReplica:
         )
         replica.paxos = PaxosNode(config, recovered, time.monotonic())
         if rec.damaged:
-            log.error("group %d: damaged log ranges %s; not serving them", config.group, rec.damaged)
+            log.error(
+                "group %d: damaged log ranges %s; not serving them", config.group, rec.damaged
+            )
         return replica
 
     # ------------------------------------------------------------------ the indexer seam
@@ -293,7 +298,9 @@ class GroupReplica:
                 effect.from_instance, effect.max_count, CATCHUP_MAX_BYTES
             )
         except PhxqError as exc:
-            log.warning("group %d: cannot serve catch-up from %d: %s", self.group, effect.from_instance, exc)
+            log.warning(
+                "group %d: cannot serve catch-up from %d: %s", self.group, effect.from_instance, exc
+            )
             return
         entries = tuple(ChosenEntry(r.instance, r.value, r.checksum) for r in records)
         reply = CatchupReply(

@@ -13,10 +13,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq.errors import BadArgument, MessageTooLarge, PhxqError, StorageError
+from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.paxos import decode_batch
 from phxq.store import state as st
-from phxq.store.entries import CommitEntry, EnqueueEntry, Message, ReplayEntry, decode_entry, encode_entry
+from phxq.store.entries import (
+    CommitEntry,
+    EnqueueEntry,
+    Message,
+    ReplayEntry,
+    encode_entry,
+    instance_messages,
+)
 from phxq.store.routing import make_offset, split_offset
 
 if TYPE_CHECKING:
@@ -35,7 +42,9 @@ def _str(params: dict[str, Any], name: str, *, optional: bool = False) -> str | 
     return value
 
 
-def _int(params: dict[str, Any], name: str, *, optional: bool = False, minimum: int = 0) -> int | None:
+def _int(
+    params: dict[str, Any], name: str, *, optional: bool = False, minimum: int = 0
+) -> int | None:
     value = params.get(name)
     if value is None and optional:
         return None
@@ -51,13 +60,17 @@ def _message(raw: Any, max_bytes: int) -> Message:
     if not isinstance(payload, bytes):
         raise BadArgument("payload must be bytes")
     if len(payload) > max_bytes:
-        raise MessageTooLarge(f"payload of {len(payload)} bytes exceeds max_message_bytes={max_bytes}")
+        raise MessageTooLarge(
+            f"payload of {len(payload)} bytes exceeds max_message_bytes={max_bytes}"
+        )
     if key is not None and not isinstance(key, str):
         raise BadArgument("key must be a string or nil")
     if dedup_id is not None and (not isinstance(dedup_id, str) or len(dedup_id) > 256):
         raise BadArgument("dedup_id must be a string of at most 256 characters or nil")
-    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    if (
+        not isinstance(headers, dict)
+        or len(headers) > MAX_HEADERS
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
     ):
         raise BadArgument(f"headers must be a map of at most {MAX_HEADERS} string pairs")
     return Message(payload=payload, key=key, headers=headers, dedup_id=dedup_id)
@@ -114,10 +127,14 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     assert topic is not None and limit is not None
     # `local` reads this replica's applied prefix whatever its role (tools and tests comparing
     # replicas); ordinary reads go to the master, whose applied state is current.
-    replica = node.replica_for(topic, queue) if params.get("local") else node.master_replica(topic, queue)
+    replica = (
+        node.replica_for(topic, queue) if params.get("local") else node.master_replica(topic, queue)
+    )
     if after is None and group is not None:
         after = replica.state.cursor(group, topic, queue)
-    positions = replica.glog.positions((topic, queue), None if after is None else split_offset(after), min(limit, MAX_DEQUEUE))
+    positions = replica.glog.positions(
+        (topic, queue), None if after is None else split_offset(after), min(limit, MAX_DEQUEUE)
+    )
     rows: list[list[Any]] = []
     cache: dict[int, list[tuple[float, Message]]] = {}
     for instance, index in positions:
@@ -133,16 +150,8 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
 
 
 def _flatten(value: bytes) -> list[tuple[float, Message]]:
-    """Every message of a chosen instance, in index order (see StoreState.apply)."""
-    flat: list[tuple[float, Message]] = []
-    for item in decode_batch(value):
-        try:
-            entry = decode_entry(item)
-        except PhxqError:
-            continue
-        if isinstance(entry, EnqueueEntry):
-            flat.extend((entry.enqueued_at, m) for m in entry.messages)
-    return flat
+    """Every message of a chosen instance, in index order (the state machine's definition)."""
+    return [(entry.enqueued_at, m) for entry, m in instance_messages(decode_batch(value))]
 
 
 async def commit(node: StoreNode, params: dict[str, Any]) -> int:
@@ -217,7 +226,12 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
                 "needs_repair": r.glog.needs_repair,
             }
         )
-    return {"node": node.node_id, "address": node.address, "started_at": node.started_at, "groups": groups}
+    return {
+        "node": node.node_id,
+        "address": node.address,
+        "started_at": node.started_at,
+        "groups": groups,
+    }
 
 
 HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {

@@ -1,0 +1,84 @@
+"""Fixtures that start real store processes on ephemeral 127.0.0.1 ports in a temp directory
+and always stop them, even when the test fails."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
+from phxq.errors import PhxqError
+from phxq.net.rpc import RpcPool
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ProcessCluster]]:
+    clusters: list[ProcessCluster] = []
+
+    def make(nodes: int = 3, groups: int = 4, locks: bool = False, **kw: Any) -> ProcessCluster:
+        ports = free_ports(2 * nodes)
+        path = write_dev_config(
+            tmp_path / f"c{len(clusters)}",
+            nodes=nodes,
+            groups=groups,
+            store_ports=ports[:nodes],
+            lock_ports=ports[nodes:],
+            **kw,
+        )
+        cluster = ProcessCluster(path, locks=locks)
+        clusters.append(cluster)
+        cluster.start()
+        cluster.wait_ready(timeout=30)
+        return cluster
+
+    yield make
+    for c in clusters:
+        c.stop()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
+    return make_cluster()
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await check()
+            if last:
+                return last
+        except PhxqError as exc:
+            last = exc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+async def group_master(pool: RpcPool, cluster: ProcessCluster, group: int) -> int:
+    """The store id every live store agrees is master of ``group``."""
+
+    async def agreed() -> int | None:
+        seen = set()
+        for s in cluster.config.stores:
+            if cluster.alive(s.id):
+                meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
+                seen.add(meta["masters"].get(str(group)))
+        return int(seen.pop()) if len(seen) == 1 and None not in seen else None
+
+    result: int = await wait_until(agreed, 20, f"an agreed master of group {group}")
+    return result
+
+
+async def replica_views(pool: RpcPool, cluster: ProcessCluster) -> dict[int, dict[str, Any]]:
+    views = {}
+    for s in cluster.config.stores:
+        if cluster.alive(s.id):
+            views[s.id] = await pool.call(s.addr, "status", {}, timeout=2.0)
+    return views
