@@ -48,6 +48,7 @@ def write_dev_config(
     nodes: int = 3,
     store_ports: list[int] | None = None,
     lock_ports: list[int] | None = None,
+    metrics_ports: list[int] | None = None,
     groups: int = 16,
     extra: str = "",
     cluster_options: str = "",
@@ -65,8 +66,10 @@ def write_dev_config(
             f'addr = "127.0.0.1:{port}"',
             f'dc = "dc{i}"',
             f'data = "store{i}"',
-            "",
         ]
+        if metrics_ports:
+            lines.append(f'metrics_addr = "127.0.0.1:{metrics_ports[i - 1]}"')
+        lines.append("")
     for i, port in enumerate(lock_ports, start=1):
         lines += [
             "[[lock]]",

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from phxq import metrics
 from phxq.config import ClusterConfig, NodeConfig
 from phxq.errors import BadArgument, NotMaster, ProtocolError, StorageError, UnknownTopic
 from phxq.net.rpc import RpcPool, RpcServer
@@ -77,7 +78,7 @@ class StoreNode:
     async def start(self) -> None:
         data = Path(self.node.data)
         data.mkdir(parents=True, exist_ok=True)
-        self._writer = LogWriter()
+        self._writer = LogWriter(on_fsync=metrics.FSYNC_LATENCY.observe)
         await self._writer.start()
         c = self.cluster.cluster
         for group in range(c.groups):
@@ -101,6 +102,8 @@ class StoreNode:
         host, port = self.node.addr.rsplit(":", 1)
         await self._server.start(self._host or host, int(port))
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop())
+        if self.node.metrics_addr:
+            metrics.serve(self.node.metrics_addr)
         log.info("store %d serving %d groups on %s", self.node_id, c.groups, self._server.address)
 
     async def close(self) -> None:
@@ -151,6 +154,7 @@ class StoreNode:
                     deadline = replica.next_deadline()
                 if deadline is not None:
                     soonest = min(soonest, deadline)
+            metrics.MASTERS_HELD.set(sum(r.paxos.is_master for r in self.replicas.values()))
             self._wake.clear()
             delay = max(0.0, soonest - time.monotonic())
             with contextlib.suppress(TimeoutError):

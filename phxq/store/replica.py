@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from phxq import metrics
 from phxq.errors import NotMaster, PhxqError, StorageError, Unavailable
 from phxq.paxos import (
     AcceptRecord,
@@ -216,6 +217,7 @@ class GroupReplica:
                 )
             elif isinstance(effect, Divergence):
                 self.diverged = effect
+                metrics.DIVERGENCE.labels(str(self.group)).inc()
                 log.critical(
                     "group %d: DIVERGENCE at instance %d: local checksum %x, peer %d has %x",
                     self.group,
@@ -252,6 +254,7 @@ class GroupReplica:
     def _storage_failed(self, exc: BaseException) -> None:
         if self.failed is None:
             self.failed = exc if isinstance(exc, StorageError) else StorageError(str(exc))
+            metrics.STORAGE_FAILURES.labels(str(self.group)).inc()
             log.error("group %d: storage failed, replica stops serving: %s", self.group, exc)
         for future in self._waiters.values():
             if not future.done():
@@ -265,6 +268,8 @@ class GroupReplica:
         if self._last_results is None or self._last_results[0] != effect.instance:
             raise AssertionError("the PLog did not index a chosen instance synchronously")
         results = self._last_results[1]
+        metrics.BATCH_ITEMS.observe(len(results))
+        metrics.CATCHUP_LAG.labels(str(self.group)).set(self.paxos.known_chosen - effect.instance)
         for pid, result in zip(effect.proposals, results, strict=False):
             future = self._waiters.get(pid)
             if future is not None and not future.done():

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from phxq import metrics
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.paxos import decode_batch
 from phxq.store import state as st
@@ -101,11 +102,14 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
         entries.append(encode_entry(EnqueueEntry(topic, queue, messages, now)))
     assert replica is not None
     replica = node.master_replica(topic, batches[0][0])
+    started = time.perf_counter()
     # Proposed in the same loop iteration, the entries ride in as few instances as the window allows.
     results = await asyncio.gather(*(replica.propose(e) for e in entries))
+    metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
     out: list[list[list[Any]]] = []
     for result in results:
         done = _enqueued(result)
+        metrics.ENQUEUED.labels(topic).inc(len(done.offsets) - sum(done.duplicates))
         out.append([[o, d] for o, d in zip(done.offsets, done.duplicates, strict=True)])
     return out
 

@@ -250,3 +250,31 @@ async def test_garbage_on_the_port_leaves_the_daemon_serving(cluster: ProcessClu
         ack = await client.enqueue(TOPIC, b"still alive", queue=1)
         msgs = await client.dequeue(None, TOPIC, queue=1, limit=10)
         assert [m.payload for m in msgs] == [b"still alive"] and msgs[0].offset == ack.offset
+
+
+@pytest.fixture
+def metrics_cluster(make_cluster: Any) -> tuple[ProcessCluster, list[int]]:
+    from phxq.devcluster import free_ports
+
+    ports = free_ports(3)
+    return make_cluster(metrics_ports=ports), ports
+
+
+async def test_each_store_serves_prometheus_metrics(metrics_cluster: Any) -> None:
+    import aiohttp
+
+    cluster, ports = metrics_cluster
+    async with phxq.Client(cluster.store_addresses) as client:
+        ack = await client.enqueue(TOPIC, b"measured", queue=0)
+        cmap = await client.cluster_map()
+    master_addr = cmap.nodes[cmap.masters[group_for_queue(0, cmap.groups)]]
+    port = ports[cluster.store_addresses.index(master_addr)]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    assert ack.offset > 0
+    assert 'phxq_enqueued_messages_total{topic="orders"} 1.0' in text
+    assert "phxq_enqueue_latency_seconds_count 1.0" in text
+    assert "phxq_fsync_latency_seconds_count" in text
