@@ -247,9 +247,12 @@ class LogWriter:
                         files.append(f)
                 if files:
                     self._commit(files, open_files)
-                elif self._stopping:
-                    break
                 self._close_sealed(open_files)
+                # Checked after every pass, not only on an empty one: close()'s wake-up may have
+                # been cleared above while this pass still had files to commit, and waiting
+                # again would then never return (a deadlock seen in CI).
+                if self._stopping and not self._queue:
+                    break
         finally:
             for f in open_files:
                 self._close_fd(f)

@@ -158,3 +158,15 @@ async def test_fsync_never_runs_on_the_event_loop_thread(tmp_path: Path) -> None
         await asyncio.gather(*(glog.append_accept(i, (1, 1), b"v") for i in range(1, 50)))
         await glog.close()
     assert threads and loop_thread not in threads
+
+
+async def test_close_never_hangs_when_stop_races_a_commit(tmp_path: Path) -> None:
+    # Regression: close() used to hang when its wake-up arrived while the writer thread was
+    # between waking and taking its batch (the wake-up was cleared and never re-sent).
+    for round_ in range(200):
+        writer = LogWriter()
+        await writer.start()
+        glog = await GroupLog.open(tmp_path / f"g{round_}", 0, writer, segment_bytes=1 << 16)
+        futures = [glog.append_accept(i, (1, 1), b"v") for i in range(1, 4)]
+        await asyncio.wait_for(writer.close(), 5)
+        assert all(f.done() and f.exception() is None for f in futures)
