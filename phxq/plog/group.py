@@ -70,6 +70,7 @@ class GroupLog:
         self.chosen_up_to = 0
         self.first_instance = 1
         self.checksum = 0
+        self._floor_checksum = 0
         self.damaged: list[tuple[int, int]] = []
         self._writer: LogWriter
         self._indexer: Indexer | None = None
@@ -80,6 +81,7 @@ class GroupLog:
         self._accepted: dict[int, dict[Ballot, tuple[int, int, int, bytes]]] = {}
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_bytes = 0
+        self._cache_limit = TAIL_CACHE_BYTES
         self._promised: Ballot = (0, 0)
         self._max_round = 0
         self._queues = QueueIndex()
@@ -100,6 +102,7 @@ class GroupLog:
         *,
         segment_bytes: int = 64 << 20,
         indexer: Indexer | None = None,
+        tail_cache_bytes: int = TAIL_CACHE_BYTES,
     ) -> GroupLog:
         """Recover the group from ``directory`` (created if missing) in a worker thread: the
         indexer is called for every retained chosen instance, in order, from that thread."""
@@ -111,11 +114,13 @@ class GroupLog:
         self._writer = writer
         self._indexer = indexer
         self._segment_bytes = segment_bytes
+        self._cache_limit = tail_cache_bytes
         r = await asyncio.to_thread(recover, self.directory, indexer)
         rec = r.recovered
         self.recovered = rec
         self.chosen_up_to, self.checksum = rec.chosen_up_to, rec.checksum
         self.first_instance = rec.first_instance
+        self._floor_checksum = rec.floor_checksum
         self.damaged = list(rec.damaged)
         self._corrupt_segments = {name for name, _, _ in rec.corrupt}
         self._promised, self._max_round = rec.promised, rec.max_round
@@ -188,7 +193,12 @@ class GroupLog:
 
     def _checkpoint(self, f: SegmentFile) -> None:
         record = encode_checkpoint(
-            self.chosen_up_to, self.checksum, self._promised, self._max_round, self.first_instance
+            self.chosen_up_to,
+            self.checksum,
+            self._promised,
+            self._max_round,
+            self.first_instance,
+            self._floor_checksum,
         )
         self._writer.append(f, record)
 
@@ -264,7 +274,7 @@ class GroupLog:
     def _cache_put(self, instance: int, value: bytes) -> None:
         self._cache[instance] = value
         self._cache_bytes += len(value)
-        while self._cache_bytes > TAIL_CACHE_BYTES and self._cache:
+        while self._cache_bytes > self._cache_limit and self._cache:
             oldest = next(iter(self._cache))
             if not self._durable(oldest):
                 break
@@ -425,14 +435,16 @@ class GroupLog:
             if f.max_instance >= floor or f.data or f.durable_end < f.append_pos:
                 break
             doomed.append(f)
-        if not doomed:
+        if not doomed or max(f.max_instance for f in doomed) < self.first_instance:
             return self.first_instance
         new_first = max(self.first_instance, max(f.max_instance for f in doomed) + 1)
         error = self._check_open()
         if error is not None:
             raise error
-        await self._append(encode_truncated(new_first))[0]
+        floor_checksum = self._chosen[new_first - 1 - self.first_instance][3]
+        await self._append(encode_truncated(new_first, floor_checksum))[0]
         drop = new_first - self.first_instance
+        self._floor_checksum = floor_checksum
         del self._chosen[:drop]
         self.first_instance = new_first
         for i in [i for i in self._cache if i < new_first]:

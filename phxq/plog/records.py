@@ -28,14 +28,16 @@ Kinds and payloads:
                 corruption in the middle.
 ``CHECKPOINT``  first record of every segment: the group's state when the segment was opened
                 (instance = chosen_up_to, ballot = promised, payload = checksum u64, max_round
-                u64, first_instance u64), so a segment can be read without the ones before it.
+                u64, first_instance u64, checksum at first_instance - 1 u64), so a segment can
+                be read without the ones before it.
 ``PROMISE``     ballot = promised ballot.
 ``ACCEPT``      instance, ballot, payload = value.
 ``CHOSEN``      a mark: instance chosen with the value of this log's ACCEPT(instance, ballot);
                 payload = chain checksum u64.
 ``CHOSEN_VALUE``  instance chosen with this value (learned without a local accept); ballot may be
                 (0, 0); payload = chain checksum u64 + value.
-``TRUNCATED``   instance = the new lowest retained instance.
+``TRUNCATED``   instance = the new lowest retained instance; payload = the chain checksum of
+                the instance just below it u64.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ _HEADER = struct.Struct("<IIBQQI")
 HEADER_SIZE = _HEADER.size  # 29
 _LEN = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_CHECKPOINT = struct.Struct("<QQQ")
+_CHECKPOINT = struct.Struct("<QQQQ")
 MAX_RECORD = (1 << 32) - 1
 
 
@@ -115,18 +117,23 @@ def encode_chosen_value(instance: int, ballot: Ballot, checksum: int, value: byt
 
 
 def encode_checkpoint(
-    chosen_up_to: int, checksum: int, promised: Ballot, max_round: int, first_instance: int
+    chosen_up_to: int,
+    checksum: int,
+    promised: Ballot,
+    max_round: int,
+    first_instance: int,
+    floor_checksum: int,
 ) -> bytes:
     return encode(
         Kind.CHECKPOINT,
         chosen_up_to,
         promised,
-        _CHECKPOINT.pack(checksum, max_round, first_instance),
+        _CHECKPOINT.pack(checksum, max_round, first_instance, floor_checksum),
     )
 
 
-def encode_truncated(first_instance: int) -> bytes:
-    return encode(Kind.TRUNCATED, first_instance, (0, 0))
+def encode_truncated(first_instance: int, floor_checksum: int) -> bytes:
+    return encode(Kind.TRUNCATED, first_instance, (0, 0), _U64.pack(floor_checksum))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,16 +165,17 @@ class Record:
         extra = 8 if self.kind == Kind.CHOSEN_VALUE else 0
         return self.offset + HEADER_SIZE + extra
 
-    def checkpoint(self) -> tuple[int, int, int]:
-        """(checksum, max_round, first_instance) of a CHECKPOINT record."""
-        a, b, c = _CHECKPOINT.unpack_from(self.payload, 0)
-        return int(a), int(b), int(c)
+    def checkpoint(self) -> tuple[int, int, int, int]:
+        """(checksum, max_round, first_instance, floor checksum) of a CHECKPOINT record."""
+        a, b, c, d = _CHECKPOINT.unpack_from(self.payload, 0)
+        return int(a), int(b), int(c), int(d)
 
 
 _MIN_PAYLOAD = {
     Kind.CHOSEN: 8,
     Kind.CHOSEN_VALUE: 8,
     Kind.CHECKPOINT: _CHECKPOINT.size,
+    Kind.TRUNCATED: 8,
 }
 
 

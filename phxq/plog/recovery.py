@@ -72,6 +72,7 @@ class RecoveredLog:
     damaged: list[tuple[int, int]] = field(default_factory=list)
     corrupt: list[tuple[str, int, int]] = field(default_factory=list)
     torn_bytes: int = 0
+    floor_checksum: int = 0  # chain checksum of first_instance - 1
 
 
 @dataclass(slots=True)
@@ -157,7 +158,7 @@ def _scan(
     chosen: dict[int, ChosenLoc] = {}
     accepts: dict[int, dict[Ballot, tuple[int, int, int]]] = {}
     base: tuple[int, int] | None = None  # (chosen_up_to, checksum) from the first checkpoint
-    floor = 1
+    floor, floor_checksum = 1, 0
     max_instance_seen = 0
     promised = (0, 0)
     max_round = 0
@@ -228,14 +229,15 @@ def _scan(
                     promised = max(promised, r.ballot)
                     max_round = max(max_round, r.ballot[0])
                 elif kind == Kind.CHECKPOINT:
-                    checksum, cp_round, cp_first = r.checkpoint()
+                    checksum, cp_round, cp_first, cp_floor_sum = r.checkpoint()
                     promised = max(promised, r.ballot)
                     max_round = max(max_round, cp_round, r.ballot[0])
-                    floor = max(floor, cp_first)
+                    if cp_first > floor:
+                        floor, floor_checksum = cp_first, cp_floor_sum
                     if base is None:
                         base = (inst, checksum)
-                elif kind == Kind.TRUNCATED:
-                    floor = max(floor, inst)
+                elif kind == Kind.TRUNCATED and inst > floor:
+                    floor, floor_checksum = inst, r.checksum
                 pos += r.length
             info.end = pos
         finally:
@@ -255,6 +257,8 @@ def _scan(
         lowest = min(chosen, default=floor)
         base = (max(floor, lowest) - 1, 0)
     c, checksum = base
+    if floor - 1 > c:  # everything below a durable truncation floor was chosen
+        c, checksum = floor - 1, floor_checksum
     while c + 1 in chosen:
         c += 1
         checksum = chosen[c][3]
@@ -263,6 +267,12 @@ def _scan(
         rec.corrupt.append(("<truncation floor above chosen>", first, c + 1))
         first = c + 1
     rec.chosen_up_to, rec.checksum, rec.first_instance = c, checksum, first
+    if first - 1 == floor - 1:
+        rec.floor_checksum = floor_checksum
+    elif first - 1 in chosen:
+        rec.floor_checksum = chosen[first - 1][3]
+    elif first - 1 == base[0]:
+        rec.floor_checksum = base[1]
     rec.promised, rec.max_round = promised, max_round
 
     above = [i for i in chosen if i > c]
