@@ -294,6 +294,10 @@ class LogWriter:
     def _write(
         self, f: SegmentFile, data: list[bytes], open_files: set[SegmentFile]
     ) -> StorageError | None:
+        if f.failed is None and f.predecessor is not None and f.predecessor.failed is not None:
+            # Never write past a segment whose data may not be on disk: a later segment's batch
+            # header would make recovery take the torn predecessor for mid-log corruption.
+            f.failed = f.predecessor.failed
         if f.failed is not None:
             return f.failed
         try:
