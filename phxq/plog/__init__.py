@@ -49,6 +49,14 @@ Guarantees:
 - **Truncation** deletes whole segments only, after a durable TRUNCATED record; instance numbers
   are never reused.
 
+Measured on this 2-core VM (``python -m bench.bench_plog``; raw pwrite 4 KiB + fdatasync:
+p50 0.10-0.12 ms zero-filled, 0.14-0.21 ms fallocated): 64 concurrent writers of 100 B on one
+group: 80-110k durable records/s (≈61 records per fdatasync, p50 0.5-0.7 ms, p99 1.2-2 ms; CPU
+bound in Python, the fsync is ~15% of a batch); 1 writer: ~4.3k/s, p50 0.22 ms. 64 writers over
+16 groups: ~30k/s (100 B), since each batch costs 16 fdatasyncs (fanned out: ~1 ms). 4 KiB x 64
+writers, 1 group: ~40k/s (160 MiB/s). Start-up of a 1 GiB log (263k instances of ~4 KiB, 10.5M
+messages indexed): 3.4 s scan+CRC alone, 8.2 s with the indexer decoding every message.
+
 Modules: ``records`` (frame format, CRC32C and why), ``writer`` (group commit), ``recovery``
 (start-up scan and tail/corruption rules), ``index`` (queue and time indexes), ``group``.
 """
