@@ -287,7 +287,8 @@ class Client:
     async def _send_loop(self, topic: str, group: int, sender: _GroupSender) -> None:
         try:
             while sender.pending:
-                batch, size = [], 0
+                batch: list[_Pending] = []
+                size = 0
                 while sender.pending and len(batch) < MAX_REQUEST_MESSAGES:
                     nbytes = len(sender.pending[0].wire[0]) + 64
                     if batch and size + nbytes > MAX_REQUEST_BYTES:
