@@ -162,7 +162,9 @@ _SCHEMA: dict[type[Any], tuple[int, str]] = {
 _FIELDS: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(cls.__dataclass_fields__) for cls in _SCHEMA
 }
-_BY_TAG: dict[int, tuple[type[Any], str]] = {tag: (cls, kinds) for cls, (tag, kinds) in _SCHEMA.items()}
+_BY_TAG: dict[int, tuple[type[Any], str]] = {
+    tag: (cls, kinds) for cls, (tag, kinds) in _SCHEMA.items()
+}
 
 
 def _enc(kind: str, value: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 from phxq.errors import PhxqError
 from phxq.paxos import proposer
+from phxq.paxos.acceptor import Acceptor
 from phxq.paxos.ballot import Ballot
 from phxq.paxos.config import GroupConfig, RecoveredState
 from phxq.paxos.effects import (
@@ -35,7 +36,6 @@ from phxq.paxos.effects import (
     Send,
     ServeCatchup,
 )
-from phxq.paxos.acceptor import Acceptor
 from phxq.paxos.learner import Learner
 from phxq.paxos.messages import (
     Accept,
@@ -95,6 +95,7 @@ class PaxosNode:
         self._master_seen = now
         self._election_at = now + self._timeout
         self._takeover_at = now
+        self._last_tick = now
         # phase 1
         self._from = 0
         self._promises: dict[int, tuple[AcceptedEntry, ...]] = {}
@@ -150,11 +151,17 @@ class PaxosNode:
         return self.learner.diverged
 
     def next_deadline(self) -> float | None:
-        deadlines = [self._election_at]
         if self.role is Role.MASTER:
             deadlines = [self._heartbeat_at]
         elif self.role is Role.CANDIDATE:
-            deadlines.append(self._phase1_deadline)
+            deadlines = [self._phase1_deadline]
+        else:
+            deadlines = [self._election_at]
+            if self.config.rank == 0 and self._master is not None:
+                # the preferred node polls for "caught up, take the group back"
+                deadlines.append(
+                    max(self._takeover_at, self._last_tick + self.config.heartbeat_interval)
+                )
         if self.learner.catchup_peer is not None:
             deadlines.append(self.learner.catchup_deadline)
         return min(deadlines)
@@ -199,6 +206,7 @@ class PaxosNode:
 
     def on_tick(self, now: float) -> list[Effect]:
         out: list[Effect] = []
+        self._last_tick = now
         if self.role is Role.MASTER:
             self._master_tick(now, out)
         elif self.role is Role.CANDIDATE and now >= self._phase1_deadline:
@@ -365,7 +373,9 @@ class PaxosNode:
                 else:
                     self._abandon(now, now + self._timeout, out)
         elif not (b == acceptor.promised and msg.sender == b.node):
-            self._send(msg.sender, Reject(self.config.group, self.node_id, b, acceptor.promised), out)
+            self._send(
+                msg.sender, Reject(self.config.group, self.node_id, b, acceptor.promised), out
+            )
             return
         promise = Promise(
             self.config.group,
@@ -421,7 +431,9 @@ class PaxosNode:
             for instance, slot in window.inflight.items():
                 if slot.sent_at <= resend_before:  # retransmit to peers that did not vote
                     slot.sent_at = now
-                    acc = Accept(self.config.group, self.node_id, self._ballot, instance, slot.value)
+                    acc = Accept(
+                        self.config.group, self.node_id, self._ballot, instance, slot.value
+                    )
                     for peer in self._peers:
                         if peer not in slot.votes:
                             out.append(Send(peer, acc))
@@ -467,7 +479,9 @@ class PaxosNode:
         acceptor = self.acceptor
         b, i = msg.ballot, msg.instance
         if not acceptor.can_accept(b):
-            self._send(msg.sender, Reject(self.config.group, self.node_id, b, acceptor.promised), out)
+            self._send(
+                msg.sender, Reject(self.config.group, self.node_id, b, acceptor.promised), out
+            )
             return
         self._max_round = max(self._max_round, b.round)
         self._note_master(msg.sender, b, now, out)
@@ -532,13 +546,17 @@ class PaxosNode:
             return
         learner.catchup_peer = peer
         learner.catchup_deadline = now + self.config.lease / 2
-        req = CatchupRequest(self.config.group, self.node_id, learner.chosen_up_to + 1, CATCHUP_BATCH)
+        req = CatchupRequest(
+            self.config.group, self.node_id, learner.chosen_up_to + 1, CATCHUP_BATCH
+        )
         self._send(peer, req, out)
 
     def _on_catchup_request(self, msg: CatchupRequest, now: float, out: list[Effect]) -> None:
         cup = self.learner.chosen_up_to
         if msg.from_instance <= cup and not self.learner.diverged:
-            out.append(ServeCatchup(msg.sender, msg.from_instance, min(msg.max_count, CATCHUP_BATCH)))
+            out.append(
+                ServeCatchup(msg.sender, msg.from_instance, min(msg.max_count, CATCHUP_BATCH))
+            )
         else:
             self._send(msg.sender, CatchupReply(self.config.group, self.node_id, (), cup), out)
 
@@ -576,7 +594,9 @@ class PaxosNode:
             start = prev = chosen[0]
             for i in [*chosen[1:], -1]:
                 if i != prev + 1:
-                    self._broadcast(Chosen(self.config.group, self.node_id, self._ballot, start, prev), out)
+                    self._broadcast(
+                        Chosen(self.config.group, self.node_id, self._ballot, start, prev), out
+                    )
                     start = i
                 prev = i
         self._emit_learned(self.learner.drain(), out)

@@ -63,8 +63,9 @@ class Window:
         """Assign the next instance if the window has room and there is something to send."""
         if not self.has_room():
             return None
+        pids: tuple[int, ...] = ()
         if self.reproposals:
-            value, pids = self.reproposals.popleft(), ()
+            value = self.reproposals.popleft()
         elif self.pending:
             c = self.config
             room = c.window_bytes - self.inflight_bytes
