@@ -4,14 +4,19 @@
 by ``run()``; every ``Persist`` completes at once (or is held while ``hold_persists`` is set,
 see ``complete_persists``); ``ServeCatchup`` is answered from the node's learned log. Learned
 effects are collected per node in ``learned[node] -> list[Learned]`` and proposal outcomes in
-``acked`` (pid -> instance) and ``failed`` (pid -> reason). ``elect(node)`` makes a node master
+``acked`` (pid -> instance) and ``failed`` (pid -> reason). ``down`` nodes neither tick nor
+talk; ``isolated`` nodes tick but every message to or from them is lost. ``elect(node)`` makes a node master
 by advancing the virtual clock past its election timeout. Not used in production code.
+
+Effect-list helpers for tests: ``sent(effects, MessageType, to=None)`` -> the messages sent,
+``of(effects, EffectType)`` -> the effects of a type, ``persist_all(node, effects, now)``
+completes every ``Persist`` in the list and returns what that released.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, TypeVar
 
 from phxq.paxos.config import GroupConfig
 from phxq.paxos.effects import (
@@ -24,6 +29,30 @@ from phxq.paxos.effects import (
 )
 from phxq.paxos.messages import CatchupReply, ChosenEntry, Message
 from phxq.paxos.node import PaxosNode
+
+T = TypeVar("T")
+
+
+def sent(effects: list[Any], kind: type[T], to: int | None = None) -> list[T]:
+    """The messages of type ``kind`` sent in ``effects`` (to ``to``, if given)."""
+    return [
+        e.msg
+        for e in effects
+        if isinstance(e, Send) and isinstance(e.msg, kind) and (to is None or e.to == to)
+    ]
+
+
+def of(effects: list[Any], kind: type[T]) -> list[T]:
+    """The effects of type ``kind``."""
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def persist_all(node: PaxosNode, effects: list[Any], now: float = 0.0) -> list[Any]:
+    """Complete every Persist in ``effects`` in order; returns the effects that released."""
+    out: list[Any] = []
+    for p in of(effects, Persist):
+        out.extend(node.on_persisted(p.token, now))
+    return out
 
 
 class LoopbackCluster:
@@ -40,7 +69,8 @@ class LoopbackCluster:
         self.learned: dict[int, list[Learned]] = {m: [] for m in members}
         self.acked: dict[int, int] = {}
         self.failed: dict[int, str] = {}
-        self.down: set[int] = set()
+        self.down: set[int] = set()  # crashed-like: no ticks, no messages
+        self.isolated: set[int] = set()  # running (ticks) but cut off from every peer
         self.hold_persists = False
         self.held: dict[int, list[Persist]] = {m: [] for m in members}
         self.effects: dict[int, list[Effect]] = {m: [] for m in members}
@@ -85,10 +115,10 @@ class LoopbackCluster:
     def run(self, max_messages: int = 1_000_000) -> int:
         """Deliver queued messages (and those they cause) until the network is quiet."""
         delivered = 0
-        inbox, nodes, down = self.inbox, self.nodes, self.down
+        inbox, nodes, down, cut = self.inbox, self.nodes, self.down, self.isolated
         while inbox and delivered < max_messages:
             to, msg = inbox.popleft()
-            if to in down or msg.sender in down:
+            if to in down or msg.sender in down or to in cut or msg.sender in cut:
                 continue
             delivered += 1
             self.execute(to, nodes[to].on_message(msg, self.now))

@@ -1,0 +1,157 @@
+"""Wire codec, batch values and chain checksums of the Paxos core."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phxq.errors import ProtocolError
+from phxq.paxos import (
+    Accept,
+    Accepted,
+    AcceptedEntry,
+    Ballot,
+    CatchupReply,
+    CatchupRequest,
+    Chosen,
+    ChosenEntry,
+    Heartbeat,
+    HeartbeatAck,
+    Prepare,
+    Promise,
+    Reject,
+    chain_checksum,
+    decode_batch,
+    decode_message,
+    encode_batch,
+    encode_message,
+)
+
+u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+inst = st.integers(min_value=1, max_value=(1 << 64) - 1)
+ballots = st.builds(Ballot, u64, u64)
+blobs = st.binary(max_size=64)
+hdr = {"group": u64, "sender": u64}
+
+messages = st.one_of(
+    st.builds(Prepare, **hdr, ballot=ballots, from_instance=inst),
+    st.builds(
+        Promise,
+        **hdr,
+        ballot=ballots,
+        from_instance=inst,
+        accepted=st.lists(st.builds(AcceptedEntry, inst, ballots, blobs), max_size=4).map(tuple),
+        chosen_up_to=u64,
+    ),
+    st.builds(Reject, **hdr, ballot=ballots, promised=ballots),
+    st.builds(Accept, **hdr, ballot=ballots, instance=inst, value=blobs),
+    st.builds(Accepted, **hdr, ballot=ballots, instance=inst),
+    st.builds(Heartbeat, **hdr, ballot=ballots, chosen_up_to=u64, checksum=u64),
+    st.builds(HeartbeatAck, **hdr, ballot=ballots, chosen_up_to=u64),
+    st.builds(CatchupRequest, **hdr, from_instance=inst, max_count=u64),
+    st.builds(
+        CatchupReply,
+        **hdr,
+        entries=st.lists(st.builds(ChosenEntry, inst, blobs, u64), max_size=4).map(tuple),
+        chosen_up_to=u64,
+    ),
+)
+
+
+@given(messages)
+def test_every_message_round_trips(msg: object) -> None:
+    assert decode_message(encode_message(msg)) == msg  # type: ignore[arg-type]
+
+
+@given(ballots, inst, inst)
+def test_chosen_round_trips_when_first_le_last(ballot: Ballot, a: int, b: int) -> None:
+    msg = Chosen(group=1, sender=2, ballot=ballot, first=min(a, b), last=max(a, b))
+    assert decode_message(encode_message(msg)) == msg
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200))
+def test_random_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_message(data)
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500)
+@given(st.integers(min_value=0, max_value=12), st.lists(msgpack_values, max_size=7))
+def test_well_formed_msgpack_with_wrong_shapes_raises_protocol_error(
+    tag: int, fields: list[object]
+) -> None:
+    data = msgpack.packb([tag, *fields], use_bin_type=True)
+    with contextlib.suppress(ProtocolError):
+        decode_message(data)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [4, 1, 2, [1, 1], 0, b"v"],  # instance 0
+        [4, 1, 2, [1, 1], 5, "text"],  # value not bytes
+        [4, 1, 2, [1, True], 5, b"v"],  # bool is not an int
+        [4, 1, -2, [1, 1], 5, b"v"],  # negative sender
+        [4, 1, 2, [1, 1], 5],  # missing field
+        [6, 1, 2, [1, 1], 9, 3],  # Chosen first > last
+        [99, 1, 2],  # unknown tag
+        {"tag": 4},  # not an array
+    ],
+)
+def test_malformed_messages_are_rejected(raw: object) -> None:
+    with pytest.raises(ProtocolError):
+        decode_message(msgpack.packb(raw, use_bin_type=True))
+
+
+def test_truncated_message_is_rejected() -> None:
+    data = encode_message(
+        Accept(group=1, sender=2, ballot=Ballot(3, 2), instance=9, value=b"x" * 50)
+    )
+    for cut in range(len(data)):
+        with pytest.raises(ProtocolError):
+            decode_message(data[:cut])
+
+
+@given(st.lists(st.binary(max_size=50), max_size=20))
+def test_batches_round_trip_and_empty_is_the_noop(items: list[bytes]) -> None:
+    value = encode_batch(items)
+    assert decode_batch(value) == items
+    assert (value == b"") == (not items)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=1, max_size=100))
+def test_bad_batch_values_raise_protocol_error(value: bytes) -> None:
+    try:
+        items = decode_batch(value)
+    except ProtocolError:
+        return
+    assert all(isinstance(i, bytes) for i in items) and items
+
+
+def test_chain_checksum_is_a_64_bit_chain_over_instance_and_value() -> None:
+    c1 = chain_checksum(0, 1, b"a")
+    assert 0 <= c1 < 1 << 64
+    assert chain_checksum(c1, 2, b"b") != chain_checksum(c1, 2, b"c")
+    assert chain_checksum(c1, 2, b"b") != chain_checksum(c1, 3, b"b")
+    assert chain_checksum(0, 1, b"a") == c1  # deterministic
+    assert chain_checksum(c1, 2, b"b") != chain_checksum(chain_checksum(0, 1, b"x"), 2, b"b")

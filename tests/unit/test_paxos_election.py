@@ -1,0 +1,104 @@
+"""Election and lease rules: preferred master g % N, staggered takeover, stickiness, taking the
+group back, stepping down without a majority. Safety never depends on these timings."""
+
+from __future__ import annotations
+
+from phxq.paxos import (
+    Ballot,
+    GroupConfig,
+    PaxosNode,
+    Persist,
+    Prepare,
+    Promise,
+    Reject,
+    RoleChanged,
+)
+from phxq.paxos.testing import LoopbackCluster, of, persist_all, sent
+
+
+def test_preferred_master_is_group_modulo_members() -> None:
+    members = (1, 2, 3)
+    assert [
+        GroupConfig(group=g, node_id=1, members=members).preferred_master for g in range(4)
+    ] == [1, 2, 3, 1]
+    assert GroupConfig(group=4, node_id=2, members=members).rank == 0
+    assert GroupConfig(group=4, node_id=3, members=members).rank == 1
+
+
+def test_cluster_elects_the_preferred_node() -> None:
+    for group, expected in [(0, 1), (1, 2), (2, 3)]:
+        c = LoopbackCluster(3, group=group)
+        c.elect(expected)
+        assert c.master() == expected
+        assert all(n.master == expected for n in c.nodes.values())
+
+
+def test_elections_are_staggered_by_rank() -> None:
+    lease = 1.0
+    n2 = PaxosNode(GroupConfig(group=0, node_id=2, members=(1, 2, 3), lease=lease), None, 0.0)
+    n3 = PaxosNode(GroupConfig(group=0, node_id=3, members=(1, 2, 3), lease=lease), None, 0.0)
+    assert n2.next_deadline() == lease + lease / 2
+    assert n3.next_deadline() == lease + lease
+    assert not of(n3.on_tick(1.6), Persist)
+    assert of(n2.on_tick(1.6), Persist)
+
+
+def test_next_live_node_takes_over_after_the_lease_and_preferred_takes_it_back() -> None:
+    c = LoopbackCluster(3)
+    c.elect(1)
+    c.down.add(1)
+    c.elect(2)
+    c.propose(2, 1, b"while away")
+    c.run()
+    c.down.discard(1)
+    for _ in range(40):
+        c.tick(0.1)
+    assert c.master() == 1
+    assert c.nodes[1].chosen_up_to == c.nodes[2].chosen_up_to
+
+
+def test_acceptor_that_hears_a_live_master_rejects_a_rival() -> None:
+    c = LoopbackCluster(3)
+    c.elect(1)
+    rival = Prepare(group=0, sender=3, ballot=Ballot(99, 3), from_instance=1)
+    effects = c.nodes[2].on_message(rival, c.now)
+    assert sent(effects, Reject, to=3) and not of(effects, Persist)
+
+
+def test_acceptor_promises_the_preferred_node_even_with_a_live_master() -> None:
+    c = LoopbackCluster(3, group=1)  # preferred master is node 2
+    c.nodes[3].on_tick(0.0)
+    c.down.add(2)
+    c.elect(3)
+    c.down.discard(2)
+    prep = Prepare(group=1, sender=2, ballot=Ballot(50, 2), from_instance=1)
+    effects = c.nodes[1].on_message(prep, c.now)
+    assert sent(persist_all(c.nodes[1], effects), Promise, to=2)
+
+
+def test_master_without_a_majority_steps_down_after_the_lease() -> None:
+    c = LoopbackCluster(3)
+    c.elect(1)
+    c.down.update({2, 3})
+    changes = []
+    for _ in range(30):
+        c.tick(0.1)
+        changes += of(c.effects[1], RoleChanged)
+    assert not c.nodes[1].is_master
+    assert any(not rc.is_master for rc in changes)
+
+
+def test_a_rejoining_node_with_a_stale_high_ballot_does_not_strand_the_group() -> None:
+    c = LoopbackCluster(3)
+    c.elect(1)
+    c.isolated.add(3)
+    for _ in range(40):
+        c.tick(0.1)  # node 3 campaigns alone, raising its ballot
+    assert c.nodes[3].promised > c.nodes[1].ballot
+    c.isolated.discard(3)
+    for _ in range(60):
+        c.tick(0.1)
+    master = c.master()
+    c.propose(master, 7, b"after")
+    c.run()
+    assert 7 in c.acked
