@@ -17,6 +17,7 @@ ballot, and leases (``lease``, stickiness, staggered elections by ``config.rank`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from phxq.paxos.base import CATCHUP_BATCH, TRANSITIONS, IllegalTransition, Role
@@ -147,11 +148,11 @@ class PaxosNode(MasterMixin):
             return
         self._max_round = max(self._max_round, b.round)
         self._note_master(msg.sender, b, now, out)
-        reply = Send(msg.sender, Accepted(self.config.group, self.node_id, b, i))
         if i <= self.learner.chosen_up_to:
-            # Already chosen (so any value proposed for it is that value): vote, keep nothing.
-            self._after_durable(reply, out)
+            # Already learned here: no vote without a durable record. The master learns it
+            # through catch-up (our HeartbeatAck tells it how far we are).
             return
+        reply = Send(msg.sender, Accepted(self.config.group, self.node_id, b, i))
         if acceptor.accept(i, b, msg.value):
             self._persist((AcceptRecord(i, b, msg.value),), out)
         self._after_durable(reply, out)
@@ -217,9 +218,13 @@ class PaxosNode(MasterMixin):
                 # Learned through another path while still in flight: same value by Paxos.
                 slot = window.remove(effect.instance)
                 assert slot is not None
-                if slot.pids and slot.value != effect.value:
+                if slot.pids and slot.value == effect.value and not effect.proposals:
+                    effect = dataclasses.replace(effect, proposals=slot.pids)
+                elif slot.pids and slot.value != effect.value:
                     out.append(ProposalFailed(slot.pids, "unknown", None))
             out.append(effect)
+        if window is not None and learned:
+            window.skip_learned(self.learner.chosen_up_to)
 
     def _finish(self, now: float, out: list[Effect]) -> None:
         """Common tail of every input: announce, learn, refill the window, catch up."""

@@ -82,6 +82,14 @@ class Window:
         self.inflight_bytes += len(value)
         return instance, slot
 
+    def skip_learned(self, chosen_up_to: int) -> None:
+        """Never assign an instance already learned (e.g. through catch-up while re-proposing):
+        its re-proposal is dropped; queued client items just move to later instances."""
+        while self.next_instance <= chosen_up_to:
+            if self.reproposals:
+                self.reproposals.popleft()
+            self.next_instance += 1
+
     def remove(self, instance: int) -> Slot | None:
         slot = self.inflight.pop(instance, None)
         if slot is not None:

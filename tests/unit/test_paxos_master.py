@@ -211,3 +211,27 @@ def test_master_heartbeats_carry_its_learned_position() -> None:
     effects = c.nodes[1].on_tick(c.now + 1.0)
     hb = sent(effects, Heartbeat, to=2)[0]
     assert (hb.chosen_up_to, hb.checksum) == (c.nodes[1].chosen_up_to, c.nodes[1].checksum)
+
+
+def test_window_never_assigns_an_instance_already_learned() -> None:
+    from phxq.paxos.proposer import Window
+
+    w = Window(GroupConfig(group=0, node_id=1, members=(1, 2, 3)), 5, [b"r5", b"r6", b"r7"])
+    w.pending.append((1, b"client"))
+    w.skip_learned(6)
+    first, second = w.take_next(0.0), w.take_next(0.0)
+    assert first is not None and (first[0], first[1].value) == (7, b"r7")
+    assert second is not None and (second[0], second[1].pids) == (8, (1,))
+
+
+def test_in_flight_proposal_learned_through_catchup_is_still_acked() -> None:
+    from phxq.paxos import CatchupReply, ChosenEntry, chain_checksum
+
+    n1 = node(1)
+    elect(n1, {2: ()})
+    effects = n1.propose(9, b"mine", 1.3)
+    value = of(effects, Persist)[0].records[0].value  # type: ignore[union-attr]
+    entry = ChosenEntry(1, value, chain_checksum(0, 1, value))
+    reply = CatchupReply(group=G, sender=2, entries=(entry,), chosen_up_to=1)
+    (learned,) = of(n1.on_message(reply, 1.4), Learned)
+    assert learned.proposals == (9,)
