@@ -11,9 +11,10 @@ at most one value chosen per instance (ground truth: a majority of *durable* Acc
 one ballot); every learned value is that chosen value, learned strictly in order, once, with the
 right chain checksum; no item is chosen in two instances; an acked item is at its instance; an
 item whose every attempt failed with ``not_master`` is never chosen. After the chaos, the network
-heals and every node restarts; within bounded virtual time all client requests must be resolved,
-fresh items must be acked, and all replicas must converge on the same ``chosen_up_to`` and
-checksum covering every chosen instance.
+heals and every node restarts (in ~30% of runs a random minority stays crashed for good); within
+bounded virtual time all client requests must be resolved, fresh items must be acked, and all
+live replicas must converge on the same ``chosen_up_to`` and checksum covering every chosen
+instance.
 
 ``bug`` plants a known defect to prove the checker catches it: ``"forget_promise"`` (restart
 forgets the promised ballot and accepted values) or ``"reply_before_persist"``.
@@ -132,6 +133,7 @@ class Sim:
         self.gave_up: set[int] = set()
         self.hint: int | None = None
         self.masters_seen: set[int] = set()
+        self.kept_down: set[int] = set()
         for m in self.members:
             self._start(m)
         self._push(self.rng.expovariate(1 / client_interval), "client", ())
@@ -337,15 +339,21 @@ class Sim:
                 del self.outstanding[pid]
                 self.unknown.add(pid)
 
-    def heal(self) -> None:
-        """End of chaos: reconnect everything, no loss, restart every crashed node."""
+    def heal(self, keep_down: int = 0) -> None:
+        """End of chaos: reconnect everything, no loss; restart every crashed node except
+        ``keep_down`` of them (at most a minority), which stay crashed for good."""
+        assert keep_down <= self.n - self.majority
         self.chaos = False
         self.side = {m: 0 for m in self.members}
         self.drop_rate = self.dup_rate = 0.0
+        self.kept_down = set(self.rng.sample(self.members, keep_down))
         for m in self.members:
-            if self.nodes[m].paxos is None:
+            sn = self.nodes[m]
+            if m in self.kept_down and sn.paxos is not None:
+                self.crash(m)
+            elif m not in self.kept_down and sn.paxos is None:
                 self._start(m)
-        self.trace.append(f"{self.now:.4f} HEAL")
+        self.trace.append(f"{self.now:.4f} HEAL (kept down: {sorted(self.kept_down)})")
 
     # ------------------------------------------------------------------------- loop
 
@@ -401,7 +409,8 @@ class Sim:
         """``steps`` steps of chaos, then heal and require convergence within ``settle`` s."""
         while self.steps < steps:
             self.step()
-        self.heal()
+        keep_down = self.rng.randint(1, self.n - self.majority) if self.rng.random() < 0.3 else 0
+        self.heal(keep_down)
         deadline = self.now + settle
         fresh: list[int] = []
         next_fresh = self.now + 1.0  # after every lease/election timeout has had its chance
@@ -418,10 +427,15 @@ class Sim:
     def converged(self, fresh: list[int]) -> bool:
         if self.outstanding or not all(pid in self.acked for pid in fresh):
             return False
-        views = {
-            (len(sn.learned), sn.paxos.checksum if sn.paxos else -1) for sn in self.nodes.values()
+        return len(set(self.live_views().values())) == 1
+
+    def live_views(self) -> dict[int, tuple[int, int]]:
+        """(chosen_up_to, checksum) of every running replica."""
+        return {
+            m: (len(sn.learned), sn.paxos.checksum)
+            for m, sn in self.nodes.items()
+            if sn.paxos is not None
         }
-        return len(views) == 1
 
     def check_final(self, fresh: list[int]) -> None:
         if self.outstanding:
@@ -429,14 +443,11 @@ class Sim:
         missing = [pid for pid in fresh if pid not in self.acked]
         if not fresh or missing:
             self.fail(f"LIVENESS: fresh items not acked after heal: {missing or 'none proposed'}")
-        views = {
-            m: (len(sn.learned), sn.paxos.checksum if sn.paxos else None)
-            for m, sn in self.nodes.items()
-        }
+        views = self.live_views()
         if len(set(views.values())) != 1:
-            self.fail(f"LIVENESS: replicas did not converge: {views}")
+            self.fail(f"LIVENESS: live replicas did not converge: {views}")
         top = max(self.chosen, default=0)
-        common = len(self.nodes[1].learned)
+        common = min(cup for cup, _ in views.values())
         if top > common:
             self.fail(f"LIVENESS: instance {top} was chosen but replicas stopped at {common}")
         for pid in self.gave_up:
