@@ -2,7 +2,7 @@
 
 - default (CI): ``CI_SEEDS`` seeds of ``--sim-steps`` (default ``DEFAULT_STEPS``) steps;
 - ``--sim-seeds N``: seeds ``0..N-1``; ``--sim-seed N``: exactly seed N (replay a failure);
-- tests marked ``slow`` here run only when ``-m`` selects them (``pytest tests/sim -m slow``).
+- tests marked ``slow`` (3000 seeds per size) run with ``pytest tests/sim -m slow``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,3 @@ def sim_steps(request: pytest.FixtureRequest) -> int:
     steps = request.config.getoption("--sim-steps")
     return DEFAULT_STEPS if steps is None else steps
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if "tests/sim/" in item.nodeid.replace("\\", "/") and "slow" in item.keywords:
-            item.add_marker(skip)
