@@ -133,10 +133,14 @@ class GroupReplica:
             checksum=rec.checksum,
         )
         replica.paxos = PaxosNode(config, recovered, time.monotonic())
-        if rec.damaged:
-            log.error(
-                "group %d: damaged log ranges %s; not serving them", config.group, rec.damaged
+        if glog.needs_repair:
+            # A corrupt region may have held a promise: voting now could break it. The replica
+            # stops serving (and voting in) this group until it is repaired (issue 9).
+            replica.failed = StorageError(
+                f"group {config.group}: damaged log ranges {rec.damaged}; needs repair",
+                {"damaged": [list(r) for r in rec.damaged]},
             )
+            log.error("group %d: damaged log %s: not serving or voting", config.group, rec.damaged)
         return replica
 
     # ------------------------------------------------------------------ the indexer seam
