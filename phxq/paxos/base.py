@@ -185,9 +185,11 @@ class NodeBase:
         self._election_at = now + self._timeout
 
     def _higher_ballot_seen(self, ballot: Ballot, now: float, out: list[Effect]) -> None:
-        """An acceptor promised a ballot above ours: stop leading, retry soon."""
+        """An acceptor promised a ballot above ours: stop leading and retry soon -- unless the
+        ballot is the preferred node's (it is taking its group back: do not duel with it)."""
         self._max_round = max(self._max_round, ballot.round)
-        retry = now + self.config.heartbeat_interval
+        yielding = ballot.node == self.config.preferred_master
+        retry = now + (self._timeout if yielding else self.config.heartbeat_interval)
         if self.role is Role.MASTER and ballot > self._ballot:
             self._step_down(now, out, hint=None)
             self._election_at = retry

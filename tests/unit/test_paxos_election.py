@@ -102,3 +102,22 @@ def test_a_rejoining_node_with_a_stale_high_ballot_does_not_strand_the_group() -
     c.propose(master, 7, b"after")
     c.run()
     assert 7 in c.acked
+
+
+def test_preferred_node_takes_its_group_back_under_continuous_load() -> None:
+    c = LoopbackCluster(3)
+    c.elect(1)
+    c.down.add(1)
+    c.elect(2)
+    c.down.discard(1)
+    pid = 0
+    for _ in range(100):
+        for node in (1, 2, 3):
+            if c.nodes[node].is_master:
+                pid += 1
+                c.propose(node, pid, b"load")
+        c.run()
+        c.tick(0.05)
+    assert c.master() == 1
+    assert len(c.acked) > pid // 2
+    assert set(c.acked) | set(c.failed) == set(range(1, pid + 1))  # every proposal answered
