@@ -26,4 +26,3 @@ def sim_seeds(request: pytest.FixtureRequest) -> list[int]:
 def sim_steps(request: pytest.FixtureRequest) -> int:
     steps = request.config.getoption("--sim-steps")
     return DEFAULT_STEPS if steps is None else steps
-
