@@ -23,8 +23,6 @@ Any node answers ``meta`` and ``status``; the others are master-only and a follo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -33,18 +31,15 @@ from typing import Any
 
 from phxq import metrics
 from phxq.config import ClusterConfig, NodeConfig
-from phxq.errors import BadArgument, NotMaster, ProtocolError, StorageError, UnknownTopic
-from phxq.net.rpc import RpcPool, RpcServer
-from phxq.paxos import GroupConfig, decode_message
-from phxq.plog import LogWriter
+from phxq.errors import BadArgument, NotMaster, StorageError, UnknownTopic
+from phxq.net.rpc import RpcServer
 from phxq.store import service
+from phxq.store.host import PaxosHost
 from phxq.store.replica import GroupReplica
 from phxq.store.routing import group_for_queue
 from phxq.store.state import StoreState
 
 log = logging.getLogger("phxq.store")
-
-TICK_MAX_SLEEP = 0.01
 
 
 class StoreNode:
@@ -55,14 +50,21 @@ class StoreNode:
         self.node: NodeConfig = cluster.store(node_id)
         self.node_id = node_id
         self._addresses = {s.id: s.addr for s in cluster.stores}
-        self._members = tuple(sorted(self._addresses))
         self._host = host
-        self.replicas: dict[int, GroupReplica] = {}
-        self._writer: LogWriter | None = None
-        self._pool = RpcPool()
-        self._server = RpcServer(self._handle, notify_handler=self._on_notify)
-        self._tick_task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        c = cluster.cluster
+        self.paxos_host = PaxosHost(
+            node_id,
+            self._addresses,
+            Path(self.node.data),
+            groups=c.groups,
+            window=c.paxos_window,
+            heartbeat_interval=c.heartbeat_interval,
+            lease=c.lease,
+            state_for=lambda group: StoreState(group, dedup_window=c.dedup_window),
+            name="store",
+        )
+        self.replicas = self.paxos_host.replicas
+        self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
         self.started_at = time.time()
         self.instance_id = uuid.uuid4().hex[:8]
 
@@ -76,89 +78,25 @@ class StoreNode:
         await self.close()
 
     async def start(self) -> None:
-        data = Path(self.node.data)
-        data.mkdir(parents=True, exist_ok=True)
-        self._writer = LogWriter(on_fsync=metrics.FSYNC_LATENCY.observe)
-        await self._writer.start()
-        c = self.cluster.cluster
-        for group in range(c.groups):
-            gcfg = GroupConfig(
-                group=group,
-                node_id=self.node_id,
-                members=self._members,
-                window=c.paxos_window,
-                heartbeat_interval=c.heartbeat_interval,
-                lease=c.lease,
-            )
-            state = StoreState(group, dedup_window=c.dedup_window)
-            self.replicas[group] = await GroupReplica.open(
-                gcfg,
-                data / f"g{group:04d}",
-                self._writer,
-                state,
-                self._send,
-                address_of=self._addresses.get,
-            )
+        await self.paxos_host.start()
         host, port = self.node.addr.rsplit(":", 1)
         await self._server.start(self._host or host, int(port))
-        self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop())
         if self.node.metrics_addr:
             metrics.serve(self.node.metrics_addr)
-        log.info("store %d serving %d groups on %s", self.node_id, c.groups, self._server.address)
+        log.info(
+            "store %d serving %d groups on %s",
+            self.node_id,
+            self.cluster.cluster.groups,
+            self._server.address,
+        )
 
     async def close(self) -> None:
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
         await self._server.close()
-        for replica in self.replicas.values():
-            await replica.close()
-        await self._pool.close()
-        if self._writer is not None:
-            await self._writer.close()
+        await self.paxos_host.close()
 
     @property
     def address(self) -> str:
         return self._server.address
-
-    # --------------------------------------------------------------------- paxos plumbing
-
-    def _send(self, to: int, payload: bytes) -> None:
-        addr = self._addresses.get(to)
-        if addr is not None and to != self.node_id:
-            self._pool.notify(addr, "px", payload)
-
-    def _on_notify(self, method: str, params: Any) -> None:
-        if method != "px" or not isinstance(params, bytes):
-            return  # unknown notifications are ignored: notify has no reply channel
-        try:
-            msg = decode_message(params)
-        except ProtocolError as exc:
-            log.warning("store %d: dropped malformed paxos message: %s", self.node_id, exc)
-            return
-        replica = self.replicas.get(msg.group)
-        if replica is None or msg.sender not in self._addresses:
-            return
-        replica.on_message(msg)
-        self._wake.set()
-
-    async def _tick_loop(self) -> None:
-        while True:
-            now = time.monotonic()
-            soonest = now + TICK_MAX_SLEEP
-            for replica in self.replicas.values():
-                deadline = replica.next_deadline()
-                if deadline is not None and deadline <= now:
-                    replica.on_tick(now)
-                    deadline = replica.next_deadline()
-                if deadline is not None:
-                    soonest = min(soonest, deadline)
-            metrics.MASTERS_HELD.set(sum(r.paxos.is_master for r in self.replicas.values()))
-            self._wake.clear()
-            delay = max(0.0, soonest - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
 
     # ----------------------------------------------------------------------------- RPC
 
@@ -185,7 +123,7 @@ class StoreNode:
         if not isinstance(params, dict):
             raise BadArgument(f"{method}: params must be a map")
         result = await handler(self, params)
-        self._wake.set()
+        self.paxos_host.wake()
         return result
 
     def meta(self) -> dict[str, Any]:

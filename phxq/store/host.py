@@ -1,0 +1,150 @@
+"""The Paxos runtime one daemon process shares by all its groups: the store and the lock daemon.
+
+A :class:`PaxosHost` owns, for one node:
+
+- one :class:`~phxq.plog.LogWriter` (one writer thread, group commit across every group);
+- one :class:`~phxq.store.replica.GroupReplica` per group, each with the state machine that
+  ``state_for(group)`` builds (``StoreState`` for the store, the lock state for the lock daemon);
+- the Paxos traffic between peers: one-way ``px`` notifications through an
+  :class:`~phxq.net.rpc.RpcPool` (fire-and-forget: Paxos tolerates loss);
+- the tick loop that drives leases, heartbeats, elections and retries. It sleeps until the
+  soonest deadline of any group (at most ``TICK_MAX_SLEEP``) or until :meth:`wake` is called
+  after an input that may have moved a deadline.
+
+The daemon around it owns the RPC server; it routes ``px`` notifications to :meth:`on_notify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from phxq import metrics
+from phxq.errors import ProtocolError
+from phxq.net.rpc import RpcPool
+from phxq.paxos import GroupConfig, decode_message
+from phxq.plog import LogWriter
+from phxq.store.replica import Applier, GroupReplica
+
+log = logging.getLogger("phxq.host")
+
+TICK_MAX_SLEEP = 0.01
+
+
+class PaxosHost:
+    """Every group's replica on one node, their log writer, peer traffic and tick loop."""
+
+    def __init__(
+        self,
+        node_id: int,
+        addresses: Mapping[int, str],
+        data: Path,
+        *,
+        groups: int,
+        window: int,
+        heartbeat_interval: float,
+        lease: float,
+        state_for: Callable[[int], Applier],
+        propose_timeout: float = 1.5,
+        name: str = "node",
+    ) -> None:
+        self.node_id = node_id
+        self.addresses = dict(addresses)
+        self.members = tuple(sorted(self.addresses))
+        self.data = data
+        self.groups = groups
+        self._window = window
+        self._heartbeat = heartbeat_interval
+        self._lease = lease
+        self._state_for = state_for
+        self._propose_timeout = propose_timeout
+        self._name = name
+        self.replicas: dict[int, GroupReplica] = {}
+        self.writer: LogWriter | None = None
+        self._pool = RpcPool()
+        self._tick_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open (and recover) every group's log and start the tick loop."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.writer = LogWriter(on_fsync=metrics.FSYNC_LATENCY.observe)
+        await self.writer.start()
+        for group in range(self.groups):
+            gcfg = GroupConfig(
+                group=group,
+                node_id=self.node_id,
+                members=self.members,
+                window=self._window,
+                heartbeat_interval=self._heartbeat,
+                lease=self._lease,
+            )
+            self.replicas[group] = await GroupReplica.open(
+                gcfg,
+                self.data / f"g{group:04d}",
+                self.writer,
+                self._state_for(group),
+                self.send,
+                propose_timeout=self._propose_timeout,
+                address_of=self.addresses.get,
+            )
+        self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def close(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        for replica in self.replicas.values():
+            await replica.close()
+        await self._pool.close()
+        if self.writer is not None:
+            await self.writer.close()
+
+    def wake(self) -> None:
+        """Run the tick loop now (an input may have moved a deadline)."""
+        self._wake.set()
+
+    # --------------------------------------------------------------------- paxos plumbing
+
+    def send(self, to: int, payload: bytes) -> None:
+        addr = self.addresses.get(to)
+        if addr is not None and to != self.node_id:
+            self._pool.notify(addr, "px", payload)
+
+    def on_notify(self, method: str, params: Any) -> None:
+        """The RPC server's notify handler: Paxos messages from peers."""
+        if method != "px" or not isinstance(params, bytes):
+            return  # unknown notifications are ignored: notify has no reply channel
+        try:
+            msg = decode_message(params)
+        except ProtocolError as exc:
+            log.warning("%s %d: dropped malformed paxos message: %s", self._name, self.node_id, exc)
+            return
+        replica = self.replicas.get(msg.group)
+        if replica is None or msg.sender not in self.addresses:
+            return
+        replica.on_message(msg)
+        self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            soonest = now + TICK_MAX_SLEEP
+            for replica in self.replicas.values():
+                deadline = replica.next_deadline()
+                if deadline is not None and deadline <= now:
+                    replica.on_tick(now)
+                    deadline = replica.next_deadline()
+                if deadline is not None:
+                    soonest = min(soonest, deadline)
+            metrics.MASTERS_HELD.set(sum(r.paxos.is_master for r in self.replicas.values()))
+            self._wake.clear()
+            delay = max(0.0, soonest - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
