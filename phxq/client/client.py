@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable, UnknownTopic
@@ -184,16 +185,20 @@ class Client:
                 return
         cmap.masters.pop(group, None)
 
-    async def _call_master(self, topic: str, group: int, method: str, params: Any) -> Any:
+    async def _call_master(
+        self, topic: str, group: int, method: str, params: Any, *, extra_time: float = 0.0
+    ) -> Any:
         """Call ``method`` on the master of ``group``, following NotMaster and retrying
-        Unavailable with backoff until ``retry_timeout``."""
-        deadline = time.monotonic() + self._retry_timeout
+        Unavailable with backoff until ``retry_timeout``. ``extra_time`` is added to each
+        call's timeout (for a long poll)."""
+        timeout = self._request_timeout + extra_time
+        deadline = time.monotonic() + self._retry_timeout + extra_time
         backoff = 0.02
         while True:
             cmap = await self.cluster_map()
             addr = self._master_addr(cmap, group)
             try:
-                return await self._pool.call(addr, method, params, timeout=self._request_timeout)
+                return await self._pool.call(addr, method, params, timeout=timeout)
             except NotMaster as exc:
                 self._learn_hint(cmap, group, exc)
                 if exc.hint is None:
@@ -334,21 +339,47 @@ class Client:
         queue: int,
         after: int | None = None,
         limit: int = 100,
+        wait: float = 0.0,
     ) -> list[Message]:
         """Messages of one queue in offset order, after ``after`` (or after the consumer group's
-        committed cursor when ``after`` is None and ``group`` is given; else from the start)."""
+        committed cursor when ``after`` is None and ``group`` is given; else from the start).
+        With ``wait`` (seconds, at most 60), an empty read long-polls: it returns as soon as a
+        message arrives, or ``[]`` when ``wait`` has passed."""
         cmap = await self.cluster_map()
         q = self._queue_of(cmap, topic, None, queue)
-        params = {"group": group, "topic": topic, "queue": q, "after": after, "limit": limit}
-        rows = await self._call_master(topic, group_for_queue(q, cmap.groups), "dequeue", params)
+        params: dict[str, Any] = {
+            "group": group,
+            "topic": topic,
+            "queue": q,
+            "after": after,
+            "limit": limit,
+        }
+        if wait:
+            params["wait"] = wait
+        rows = await self._call_master(
+            topic, group_for_queue(q, cmap.groups), "dequeue", params, extra_time=wait
+        )
         return [Message(topic, q, int(o), bytes(p), k, dict(h), float(t)) for o, p, k, h, t in rows]
 
-    async def commit(self, group: str, topic: str, *, queue: int, offset: int, token: int) -> None:
+    async def commit(
+        self,
+        group: str,
+        topic: str,
+        *,
+        queue: int,
+        offset: int,
+        token: int,
+        expect: int | EllipsisType | None = ...,
+    ) -> None:
         """Commit the consumer group's cursor (the last processed offset) through Paxos.
-        Raises ``StaleToken`` if a newer lock holder already committed."""
+        Raises ``StaleToken`` if a newer lock holder already committed. With ``expect`` (an
+        offset, or None for "no cursor yet") the commit is a compare-and-set: it raises
+        ``VersionMismatch`` if the cursor is anything else (e.g. an admin replay moved it)."""
         cmap = await self.cluster_map()
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
+        if expect is not ...:
+            params["expect"] = expect
         await self._call_master(topic, group_for_queue(q, cmap.groups), "commit", params)
 
     async def cursor(self, group: str, topic: str, *, queue: int) -> int | None:

@@ -4,7 +4,8 @@ Public API::
 
     Message(payload: bytes, key: str | None, headers: dict[str, str], dedup_id: str | None)
     EnqueueEntry(topic: str, queue: int, messages: tuple[Message, ...], enqueued_at: float)
-    CommitEntry(consumer_group: str, topic: str, queue: int, offset: int, token: int)
+    CommitEntry(consumer_group: str, topic: str, queue: int, offset: int, token: int,
+                check: bool = False, expect: int | None = None)
     ReplayEntry(consumer_group: str, topic: str, queue: int, offset: int, replay_id: str)
     Entry = EnqueueEntry | CommitEntry | ReplayEntry
 
@@ -19,6 +20,8 @@ Meanings:
   (dedup windows and replay-by-time are decided from it).
 - A cursor (``CommitEntry.offset``) is the offset of the *last processed* message; the next
   read is "after" it. ``token`` is the fencing token of the lock that owns the (group, queue).
+  With ``check`` the commit is a compare-and-set: it applies only if the cursor is ``expect``
+  (``None``: no cursor yet), so an owner never overwrites an admin replay it has not seen.
 - ``ReplayEntry`` is an admin one-shot that sets the cursor anywhere (back included) regardless
   of tokens; it takes effect once per ``replay_id``.
 
@@ -89,6 +92,8 @@ class CommitEntry:
     queue: int
     offset: int
     token: int
+    check: bool = False
+    expect: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,8 @@ def encode_entry(entry: Entry) -> bytes:
             entry.offset,
             entry.token,
         ]
+        if entry.check:
+            fields.append([entry.expect])
     elif isinstance(entry, ReplayEntry):
         fields = [
             _TAG_REPLAY,
@@ -205,15 +212,24 @@ def _enqueue(fields: list[Any]) -> EnqueueEntry:
 
 
 def _commit(fields: list[Any]) -> CommitEntry:
-    if len(fields) != 6:
-        raise ProtocolError(f"commit entry: expected 6 fields, got {len(fields)}")
-    _, group, topic, queue, offset, token = fields
+    if len(fields) not in (6, 7):
+        raise ProtocolError(f"commit entry: expected 6 or 7 fields, got {len(fields)}")
+    _, group, topic, queue, offset, token = fields[:6]
+    check = len(fields) == 7
+    expect: int | None = None
+    if check:
+        cas = fields[6]
+        if not isinstance(cas, list) or len(cas) != 1:
+            raise ProtocolError(f"commit entry: expect must be a 1-element array: {cas!r}")
+        expect = None if cas[0] is None else _uint(cas[0], "commit entry expect")
     return CommitEntry(
         consumer_group=_text(group, "commit entry consumer_group"),
         topic=_text(topic, "commit entry topic"),
         queue=_uint(queue, "commit entry queue"),
         offset=_uint(offset, "commit entry offset"),
         token=_uint(token, "commit entry token"),
+        check=check,
+        expect=expect,
     )
 
 

@@ -10,8 +10,10 @@ RPC methods (params and results are msgpack maps/lists; errors are ``PhxqError``
 meta       ``{}`` -> ``{groups, nodes{id: addr}, topics{name: queues}, masters{group: id}}``
 enqueue    ``{topic, batches: [[queue, [[payload, key, headers, dedup_id], ...]], ...]}``;
            every queue in one group -> per batch ``[[offset, duplicate], ...]``
-dequeue    ``{group, topic, queue, after, limit}`` -> ``[[offset, payload, key, headers, t]]``
-commit     ``{group, topic, queue, offset, token}`` -> ``offset``
+dequeue    ``{group, topic, queue, after, limit, wait?}`` -> ``[[offset, payload, key, headers,
+           t]]``; with ``wait`` (seconds) an empty read long-polls until a message arrives
+commit     ``{group, topic, queue, offset, token, expect?}`` -> ``offset``; with ``expect``
+           (an offset or nil) the cursor must currently be ``expect`` (``VersionMismatch``)
 cursor     ``{group, topic, queue}`` -> ``offset | None``
 seek       ``{group, topic, queue, offset | time}`` -> new cursor (one-shot replay entry)
 status     ``{}`` -> this node's view of every group

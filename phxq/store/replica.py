@@ -21,6 +21,7 @@ state machine (an :class:`Applier`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -92,6 +93,7 @@ class GroupReplica:
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed: StorageError | None = None
         self.diverged: Divergence | None = None
+        self._applied_event = asyncio.Event()  # replaced (after being set) on every apply
         self.paxos: PaxosNode  # set by open()
 
     @classmethod
@@ -187,6 +189,11 @@ class GroupReplica:
         finally:
             self._waiters.pop(pid, None)
 
+    async def wait_applied(self, timeout: float) -> None:
+        """Return when this replica applies its next chosen instance, or after ``timeout``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._applied_event.wait(), timeout)
+
     def master_address(self) -> str | None:
         master = self.paxos.master
         return None if master is None else self._address_of(master)
@@ -272,6 +279,8 @@ class GroupReplica:
         if self._last_results is None or self._last_results[0] != effect.instance:
             raise AssertionError("the PLog did not index a chosen instance synchronously")
         results = self._last_results[1]
+        self._applied_event.set()
+        self._applied_event = asyncio.Event()
         metrics.BATCH_ITEMS.observe(len(results))
         metrics.CATCHUP_LAG.labels(str(self.group)).set(self.paxos.known_chosen - effect.instance)
         for pid, result in zip(effect.proposals, results, strict=False):

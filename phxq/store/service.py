@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from phxq.store.node import StoreNode
 
 MAX_DEQUEUE = 10_000
+MAX_WAIT = 60.0  # seconds a dequeue may long-poll
 MAX_HEADERS = 64
 
 
@@ -128,6 +129,9 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     queue = params.get("queue")
     after = _int(params, "after", optional=True)
     limit = _int(params, "limit", minimum=1)
+    wait = params.get("wait", 0) or 0
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_WAIT:
+        raise BadArgument(f"wait must be a number of seconds in [0, {MAX_WAIT}], got {wait!r}")
     assert topic is not None and limit is not None
     # `local` reads this replica's applied prefix whatever its role (tools and tests comparing
     # replicas); ordinary reads go to the master, whose applied state is current.
@@ -136,9 +140,15 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     )
     if after is None and group is not None:
         after = replica.state.cursor(group, topic, queue)
-    positions = replica.glog.positions(
-        (topic, queue), None if after is None else split_offset(after), min(limit, MAX_DEQUEUE)
-    )
+    start = None if after is None else split_offset(after)
+    positions = replica.glog.positions((topic, queue), start, min(limit, MAX_DEQUEUE))
+    deadline = time.monotonic() + float(wait)
+    while not positions and (remaining := deadline - time.monotonic()) > 0:
+        # Long poll: sleep until this replica applies another instance (or the wait ends).
+        await replica.wait_applied(remaining)
+        if not params.get("local"):
+            replica = node.master_replica(topic, queue)  # NotMaster if it stepped down meanwhile
+        positions = replica.glog.positions((topic, queue), start, min(limit, MAX_DEQUEUE))
     rows: list[list[Any]] = []
     cache: dict[int, list[tuple[float, Message]]] = {}
     for instance, index in positions:
@@ -165,8 +175,11 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     offset = _int(params, "offset")
     token = _int(params, "token")
     assert group is not None and topic is not None and offset is not None and token is not None
+    check = "expect" in params  # present (even as nil): compare-and-set on the cursor
+    expect = _int(params, "expect", optional=True) if check else None
     replica = node.master_replica(topic, queue)
-    result = await replica.propose(encode_entry(CommitEntry(group, topic, queue, offset, token)))
+    entry = CommitEntry(group, topic, queue, offset, token, check=check, expect=expect)
+    result = await replica.propose(encode_entry(entry))
     if isinstance(result, st.Rejected):
         raise result.error
     return offset

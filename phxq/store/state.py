@@ -36,7 +36,9 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
 - **Fencing.** A ``CommitEntry`` whose token is below the highest token applied for its
   ``(consumer_group, topic, queue)`` is ``Rejected(StaleToken)``. Otherwise it sets the cursor,
   except that it may not move the cursor backwards or past the queue's last stored message
-  (``Rejected(BadArgument)``); committing the current cursor again is accepted.
+  (``Rejected(BadArgument)``); committing the current cursor again is accepted. A commit with
+  ``check`` whose ``expect`` is not the current cursor is ``Rejected(VersionMismatch)`` (an
+  owner's compare-and-set, so it never overwrites a replay it has not seen).
 - **Replay.** A ``ReplayEntry`` sets the cursor to its offset (back, forward, past the end),
   ignoring and keeping the token, once per ``replay_id``: applying the same id again changes
   nothing and answers ``Committed(<offset set the first time>)``. The last
@@ -73,7 +75,14 @@ from typing import TypeAlias
 
 import msgpack
 
-from phxq.errors import BadArgument, PhxqError, ProtocolError, StaleToken, StorageError
+from phxq.errors import (
+    BadArgument,
+    PhxqError,
+    ProtocolError,
+    StaleToken,
+    StorageError,
+    VersionMismatch,
+)
 from phxq.store.entries import (
     CommitEntry,
     EnqueueEntry,
@@ -287,6 +296,14 @@ class StoreState:
                 StaleToken(
                     f"{where}: token {entry.token} is older than {current[1]}",
                     {"token": entry.token, "current": current[1]},
+                )
+            )
+        if entry.check and (None if current is None else current[0]) != entry.expect:
+            return Rejected(
+                VersionMismatch(
+                    f"{where}: cursor is {None if current is None else current[0]}, "
+                    f"not {entry.expect} (moved by a replay?)",
+                    {"cursor": None if current is None else current[0]},
                 )
             )
         if current is not None and entry.offset < current[0]:

@@ -278,3 +278,40 @@ async def test_each_store_serves_prometheus_metrics(metrics_cluster: Any) -> Non
     assert 'phxq_enqueued_messages_total{topic="orders"} 1.0' in text
     assert "phxq_enqueue_latency_seconds_count 1.0" in text
     assert "phxq_fsync_latency_seconds_count" in text
+
+
+async def test_a_long_poll_dequeue_returns_when_a_message_arrives(cluster: ProcessCluster) -> None:
+    async with phxq.Client(cluster.store_addresses) as client:
+        first = await client.enqueue(TOPIC, b"before", queue=2)
+        started = time.monotonic()
+        assert await client.dequeue(None, TOPIC, queue=2, after=first.offset, wait=0.3) == []
+        assert time.monotonic() - started >= 0.25  # it did wait
+        reader = asyncio.ensure_future(
+            client.dequeue(None, TOPIC, queue=2, after=first.offset, wait=20)
+        )
+        await asyncio.sleep(0.2)
+        assert not reader.done()
+        second = await client.enqueue(TOPIC, b"after", queue=2)
+        msgs = await asyncio.wait_for(reader, 10)  # far below the 20 s wait: woken by the apply
+        assert [(m.offset, m.payload) for m in msgs] == [(second.offset, b"after")]
+        with pytest.raises(phxq.BadArgument):
+            await client.dequeue(None, TOPIC, queue=2, wait=-1)
+
+
+async def test_a_compare_and_set_commit_never_overwrites_an_unseen_replay(
+    cluster: ProcessCluster,
+) -> None:
+    async with phxq.Client(cluster.store_addresses) as client:
+        acks = [await client.enqueue(TOPIC, f"r{i}".encode(), queue=4) for i in range(5)]
+        await client.commit("billing", TOPIC, queue=4, offset=acks[1].offset, token=3, expect=None)
+        await client.seek("billing", TOPIC, queue=4, offset=acks[0].offset)  # admin replay
+        with pytest.raises(phxq.VersionMismatch):  # the owner still believes acks[1]
+            await client.commit(
+                "billing", TOPIC, queue=4, offset=acks[3].offset, token=3, expect=acks[1].offset
+            )
+        cursor = await client.cursor("billing", TOPIC, queue=4)
+        assert cursor == acks[0].offset - 1
+        await client.commit(
+            "billing", TOPIC, queue=4, offset=acks[2].offset, token=3, expect=cursor
+        )
+        assert await client.cursor("billing", TOPIC, queue=4) == acks[2].offset

@@ -44,6 +44,16 @@ entries = st.one_of(
         enqueued_at=st.floats(allow_nan=False, allow_infinity=False),
     ),
     st.builds(CommitEntry, consumer_group=text, topic=text, queue=u64, offset=u64, token=u64),
+    st.builds(
+        CommitEntry,
+        consumer_group=text,
+        topic=text,
+        queue=u64,
+        offset=u64,
+        token=u64,
+        check=st.just(True),
+        expect=st.none() | u64,
+    ),
     st.builds(ReplayEntry, consumer_group=text, topic=text, queue=u64, offset=u64, replay_id=text),
 )
 
@@ -102,6 +112,10 @@ def _fields(*fields: object) -> bytes:
         b"",
         b"\xc1",
         _fields(2, "g", "t", 0, 1, 1) + b"\x00",  # trailing bytes
+        _fields(2, "g", "t", 0, 1, 1, 5),  # expect not wrapped in an array
+        _fields(2, "g", "t", 0, 1, 1, [-1]),  # negative expect
+        _fields(2, "g", "t", 0, 1, 1, [1, 2]),  # two expects
+        _fields(2, "g", "t", 0, 1, 1, [None], 0),  # too many fields
     ],
 )
 def test_malformed_entries_raise_protocol_error(raw: bytes) -> None:

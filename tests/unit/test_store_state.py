@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phxq.errors import BadArgument, ProtocolError, StaleToken, StorageError
+from phxq.errors import BadArgument, ProtocolError, StaleToken, StorageError, VersionMismatch
 from phxq.store import state as state_module
 from phxq.store.entries import CommitEntry, EnqueueEntry, Message, ReplayEntry, encode_entry
 from phxq.store.routing import make_offset
@@ -228,6 +228,25 @@ def test_cursors_are_kept_per_consumer_group_topic_and_queue() -> None:
     log.apply(commit(offsets[1], 9, group="a"), commit(offsets[0], 1, group="b"))
     assert log.state.cursor("a", "t", 0) == offsets[1]
     assert log.state.cursor("b", "t", 0) == offsets[0]
+
+
+def test_a_compare_and_set_commit_applies_only_over_the_expected_cursor() -> None:
+    log = Log()
+    offsets = _queue_with_messages(log, 3)
+
+    def cas(offset: int, expect: int | None) -> bytes:
+        return encode_entry(CommitEntry("g", "t", 0, offset, 1, check=True, expect=expect))
+
+    assert log.apply(cas(offsets[0], None)) == [Committed(offsets[0])]
+    error = error_of(log.apply(cas(offsets[1], None))[0])
+    assert isinstance(error, VersionMismatch)
+    assert error.data == {"cursor": offsets[0]}
+    assert log.apply(cas(offsets[1], offsets[0])) == [Committed(offsets[1])]
+    # an owner that has not seen a replay cannot overwrite it
+    log.apply(replay(offsets[0], "r"))
+    assert isinstance(error_of(log.apply(cas(offsets[2], offsets[1]))[0]), VersionMismatch)
+    assert log.state.cursor("g", "t", 0) == offsets[0]
+    assert log.apply(cas(offsets[2], offsets[0])) == [Committed(offsets[2])]
 
 
 # ----------------------------------------------------------------------------------- replay
