@@ -79,6 +79,21 @@ class Learner:
         self.chosen_ballot.pop(instance, None)
         return Learned(instance, value, checksum, ballot, pids)
 
+    def jump(self, instance: int, checksum: int) -> None:
+        """Everything up to ``instance`` was learned out of band (a snapshot from a peer whose
+        log no longer holds those instances): continue learning from ``instance + 1``."""
+        if instance <= self.chosen_up_to:
+            return
+        self.chosen_up_to = instance
+        self.checksum = checksum
+        self.note_known(instance)
+        self.recent = {instance: checksum}
+        for i in [i for i in self.ready if i <= instance]:
+            del self.ready[i]
+        for i in [i for i in self.chosen_ballot if i <= instance]:
+            del self.chosen_ballot[i]
+        self.catchup_peer = None
+
     def check(self, instance: int, remote: int, peer: int) -> Divergence | None:
         """Compare a peer's checksum at ``instance`` with ours, when we still remember ours."""
         local = self.recent.get(instance)

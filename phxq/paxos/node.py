@@ -111,6 +111,21 @@ class PaxosNode(MasterMixin):
         self._finish(now, out)
         return out
 
+    def install_snapshot(self, instance: int, checksum: int, now: float) -> list[Effect]:
+        """The runtime installed a peer's snapshot covering every instance up to ``instance``
+        (whose chain checksum is ``checksum``) because the peers' logs no longer hold them:
+        learn on from ``instance + 1``. Ignored by a master (it is never that far behind) and
+        when ``instance`` is not ahead of ``chosen_up_to``. Accepted values above ``instance``
+        are kept: they are votes this acceptor may have given."""
+        if self.role is Role.MASTER or instance <= self.learner.chosen_up_to:
+            return []
+        self.learner.jump(instance, checksum)
+        for i in [i for i in self.acceptor.accepted if i <= instance]:
+            self.acceptor.trim(i)
+        out: list[Effect] = []
+        self._finish(now, out)
+        return out
+
     def _on_prepare(self, msg: Prepare, now: float, out: list[Effect]) -> None:
         acceptor = self.acceptor
         b = msg.ballot

@@ -159,3 +159,32 @@ def test_a_replica_that_missed_everything_catches_up_through_heartbeats() -> Non
         c.tick(0.05)
     assert c.nodes[3].chosen_up_to == c.nodes[1].chosen_up_to
     assert c.nodes[3].checksum == c.nodes[1].checksum
+
+
+def test_an_installed_snapshot_jumps_the_learner_and_keeps_votes_above_it() -> None:
+    n = follower()
+    entries = chain([b"v%d" % i for i in range(1, 21)])
+    accept(n, 3, b"v3")  # a vote below the snapshot: forgotten
+    accept(n, 15, b"v15")  # a vote above it: kept (it may have counted in a majority)
+    hb = Heartbeat(group=G, sender=1, ballot=B, chosen_up_to=20, checksum=entries[19].checksum)
+    (req,) = sent(n.on_message(hb, 0.2), CatchupRequest, to=1)
+    assert req.from_instance == 1
+    out = n.install_snapshot(10, entries[9].checksum, 0.3)
+    assert (n.chosen_up_to, n.checksum) == (10, entries[9].checksum)
+    assert 3 not in n.acceptor.accepted and 15 in n.acceptor.accepted
+    (req,) = sent(out, CatchupRequest)  # catch-up resumes above the snapshot
+    assert req.from_instance == 11
+    learned = of(n.on_message(CatchupReply(G, 1, tuple(entries[10:]), 20), 0.4), Learned)
+    assert [e.instance for e in learned] == list(range(11, 21))
+    assert n.checksum == entries[19].checksum  # the chain verified across the jump
+    assert n.install_snapshot(5, entries[4].checksum, 0.5) == []  # behind: ignored
+    assert n.chosen_up_to == 20
+
+
+def test_a_master_ignores_a_snapshot() -> None:
+    cluster = LoopbackCluster(3)
+    cluster.elect(1)
+    master = cluster.nodes[1]
+    before = (master.chosen_up_to, master.checksum)
+    assert master.install_snapshot(99, 1234, 5.0) == []
+    assert (master.chosen_up_to, master.checksum) == before
