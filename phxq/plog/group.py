@@ -425,6 +425,56 @@ class GroupLog:
         floor = min(floor, top)
         return floor, floor > keep_from
 
+    def truncation_point(self, instance: int) -> int:
+        """The ``first_instance`` that :meth:`truncate_below` (``instance``) would leave now: the
+        caller persists a snapshot of its state at that point minus one before truncating."""
+        floor = min(instance, self.chosen_up_to + 1)
+        top = 0
+        for f in self._segments[:-1]:
+            if f.max_instance >= floor or f.data or f.durable_end < f.append_pos:
+                break
+            top = max(top, f.max_instance)
+        return max(self.first_instance, top + 1)
+
+    async def reset_to(self, instance: int, checksum: int) -> None:
+        """Continue the log after ``instance`` (chain checksum ``checksum``), which is ahead of
+        ``chosen_up_to``: every instance up to it was learned out of band (a peer's snapshot,
+        which the caller persisted first). A durable TRUNCATED record makes recovery start
+        there; accept records above ``instance`` are kept (they are votes), older segments are
+        deleted as far as they hold nothing above ``instance``."""
+        if instance <= self.chosen_up_to:
+            raise ValueError(
+                f"group {self.group}: reset to {instance} is not ahead of {self.chosen_up_to}"
+            )
+        error = self._check_open()
+        if error is not None:
+            raise error
+        await self._append(encode_truncated(instance + 1, checksum))[0]
+        self.chosen_up_to = instance
+        self.checksum = checksum
+        self.first_instance = instance + 1
+        self._floor_checksum = checksum
+        self._chosen.clear()
+        self._cache.clear()
+        self._cache_bytes = 0
+        self._queues.drop_below(instance + 1)
+        self._times.drop_below(instance + 1)
+        for i in [i for i in self._accepted if i <= instance]:
+            del self._accepted[i]
+        self.damaged = [(max(lo, instance + 1), hi) for lo, hi in self.damaged if hi > instance]
+        log.warning(
+            "group %d: log reset to continue after instance %d (snapshot from a peer)",
+            self.group,
+            instance,
+        )
+        doomed: list[SegmentFile] = []
+        for f in self._segments[:-1]:
+            if f.max_instance > instance or f.data or f.durable_end < f.append_pos:
+                break
+            doomed.append(f)
+        if doomed:
+            await self._drop_segments(doomed)
+
     async def truncate_below(self, instance: int) -> int:
         """Delete whole closed segments that hold nothing at or above ``instance`` (clamped to
         chosen_up_to + 1). A TRUNCATED record is made durable first. Returns the new
@@ -451,12 +501,7 @@ class GroupLog:
             self._cache_bytes -= len(self._cache.pop(i))
         self._queues.drop_below(new_first)
         self._times.drop_below(new_first)
-        del self._segments[: len(doomed)]
-        for f in doomed:
-            del self._by_number[f.number]
-            self._corrupt_segments.discard(f.path.name)
-        self._segments[0].predecessor = None
-        await self._writer.read(lambda: self._delete_blocking(doomed))
+        await self._drop_segments(doomed)
         log.info(
             "group %d: truncated %d segments; first retained instance %d",
             self.group,
@@ -464,6 +509,15 @@ class GroupLog:
             new_first,
         )
         return new_first
+
+    async def _drop_segments(self, doomed: list[SegmentFile]) -> None:
+        """Forget and delete the oldest segments ``doomed`` (a prefix of the closed ones)."""
+        del self._segments[: len(doomed)]
+        for f in doomed:
+            del self._by_number[f.number]
+            self._corrupt_segments.discard(f.path.name)
+        self._segments[0].predecessor = None
+        await self._writer.read(lambda: self._delete_blocking(doomed))
 
     def _delete_blocking(self, doomed: list[SegmentFile]) -> None:
         for f in doomed:

@@ -212,6 +212,48 @@ async def test_truncate_deletes_whole_segments_below_and_survives_restart(tmp_pa
         await glog.close()
 
 
+async def test_truncation_point_predicts_where_truncation_stops(tmp_path: Path) -> None:
+    async with LogWriter() as w:
+        glog = await open_log(tmp_path, w, seg=8192)
+        await fill(glog, 200)
+        assert glog.truncation_point(1) == 1
+        point = glog.truncation_point(120)
+        assert 1 < point <= 120
+        assert await glog.truncate_below(120) == point == glog.first_instance
+        assert glog.truncation_point(120) == point  # nothing more to drop below 120
+        await glog.close()
+
+
+async def test_reset_to_a_snapshot_point_keeps_votes_above_it_and_survives_restart(
+    tmp_path: Path,
+) -> None:
+    async with LogWriter() as w:
+        glog = await open_log(tmp_path, w, seg=8192)
+        await fill(glog, 150)  # several segments
+        await glog.append_accept(500, (4, 2), b"a vote above the snapshot")
+        await glog.append_accept(300, (4, 2), b"a vote below it")
+        with pytest.raises(ValueError):
+            await glog.reset_to(100, 1)  # not ahead of chosen_up_to
+        await glog.reset_to(400, 4400)
+        assert (glog.chosen_up_to, glog.checksum, glog.first_instance) == (400, 4400, 401)
+        assert glog.positions(("orders", 0), None, 1000) == []
+        with pytest.raises(StorageError):
+            await glog.read_value(150)
+        await glog.append_accept(401, (4, 2), batch(1, 2, 5000.0))
+        await glog.append_chosen(401, (4, 2), 4411, batch(1, 2, 5000.0))
+        assert (await glog.read_chosen(401, 10, 1 << 20))[0].value == batch(1, 2, 5000.0)
+        assert len(_segments(tmp_path)) <= 2  # the old segments below 400 are gone
+        await glog.close()
+    async with LogWriter() as w:
+        glog = await open_log(tmp_path, w, seg=8192)
+        rec = glog.recovered
+        assert (rec.first_instance, rec.chosen_up_to, rec.checksum) == (401, 401, 4411)
+        assert rec.accepted == {500: ((4, 2), b"a vote above the snapshot")}
+        assert rec.promised == (4, 2) and not glog.needs_repair
+        assert glog.positions(("orders", 1), None, 10) == [(401, 0), (401, 1)]
+        await glog.close()
+
+
 async def test_truncating_everything_chosen_keeps_chosen_up_to(tmp_path: Path) -> None:
     async with LogWriter() as w:
         glog = await open_log(tmp_path, w, seg=8192)
