@@ -436,12 +436,15 @@ class GroupLog:
             top = max(top, f.max_instance)
         return max(self.first_instance, top + 1)
 
-    async def reset_to(self, instance: int, checksum: int) -> None:
+    async def reset_to(self, instance: int, checksum: int) -> bool:
         """Continue the log after ``instance`` (chain checksum ``checksum``), which is ahead of
         ``chosen_up_to``: every instance up to it was learned out of band (a peer's snapshot,
         which the caller persisted first). A durable TRUNCATED record makes recovery start
-        there; accept records above ``instance`` are kept (they are votes), older segments are
-        deleted as far as they hold nothing above ``instance``."""
+        there; accept records above ``instance`` are kept (they are votes). Returns False, and
+        changes nothing in memory, if ``chosen_up_to`` reached ``instance`` meanwhile. The
+        in-memory switch happens at once when the record is durable (no await after it), so the
+        caller can switch its own state in the same step; old segments go at the next
+        :meth:`truncate_below`."""
         if instance <= self.chosen_up_to:
             raise ValueError(
                 f"group {self.group}: reset to {instance} is not ahead of {self.chosen_up_to}"
@@ -450,6 +453,8 @@ class GroupLog:
         if error is not None:
             raise error
         await self._append(encode_truncated(instance + 1, checksum))[0]
+        if instance <= self.chosen_up_to:
+            return False  # learned that far by ordinary means while the record was written
         self.chosen_up_to = instance
         self.checksum = checksum
         self.first_instance = instance + 1
@@ -467,13 +472,7 @@ class GroupLog:
             self.group,
             instance,
         )
-        doomed: list[SegmentFile] = []
-        for f in self._segments[:-1]:
-            if f.max_instance > instance or f.data or f.durable_end < f.append_pos:
-                break
-            doomed.append(f)
-        if doomed:
-            await self._drop_segments(doomed)
+        return True
 
     async def truncate_below(self, instance: int) -> int:
         """Delete whole closed segments that hold nothing at or above ``instance`` (clamped to
@@ -485,7 +484,10 @@ class GroupLog:
             if f.max_instance >= floor or f.data or f.durable_end < f.append_pos:
                 break
             doomed.append(f)
-        if not doomed or max(f.max_instance for f in doomed) < self.first_instance:
+        if not doomed:
+            return self.first_instance
+        if max(f.max_instance for f in doomed) < self.first_instance:
+            await self._drop_segments(doomed)  # left over by reset_to: already below the floor
             return self.first_instance
         new_first = max(self.first_instance, max(f.max_instance for f in doomed) + 1)
         error = self._check_open()

@@ -234,7 +234,7 @@ async def test_reset_to_a_snapshot_point_keeps_votes_above_it_and_survives_resta
         await glog.append_accept(300, (4, 2), b"a vote below it")
         with pytest.raises(ValueError):
             await glog.reset_to(100, 1)  # not ahead of chosen_up_to
-        await glog.reset_to(400, 4400)
+        assert await glog.reset_to(400, 4400)
         assert (glog.chosen_up_to, glog.checksum, glog.first_instance) == (400, 4400, 401)
         assert glog.positions(("orders", 0), None, 1000) == []
         with pytest.raises(StorageError):
@@ -242,7 +242,9 @@ async def test_reset_to_a_snapshot_point_keeps_votes_above_it_and_survives_resta
         await glog.append_accept(401, (4, 2), batch(1, 2, 5000.0))
         await glog.append_chosen(401, (4, 2), 4411, batch(1, 2, 5000.0))
         assert (await glog.read_chosen(401, 10, 1 << 20))[0].value == batch(1, 2, 5000.0)
-        assert len(_segments(tmp_path)) <= 2  # the old segments below 400 are gone
+        before = len(_segments(tmp_path))
+        assert await glog.truncate_below(401) == 401
+        assert len(_segments(tmp_path)) < before  # the old segments below 400 are gone
         await glog.close()
     async with LogWriter() as w:
         glog = await open_log(tmp_path, w, seg=8192)
@@ -299,4 +301,20 @@ async def test_retention_floor_by_consumers_time_and_size(tmp_path: Path) -> Non
         assert floor > 1 and not forced
         first = await glog.truncate_below(floor)
         assert glog.disk_bytes() <= 3 * 8192 and first == floor
+        await glog.close()
+
+
+async def test_a_reset_survives_a_crash_before_old_segments_are_deleted(tmp_path: Path) -> None:
+    async with LogWriter() as w:
+        glog = await open_log(tmp_path, w, seg=8192)
+        await fill(glog, 150)
+        await glog.append_accept(170, (4, 2), b"vote")
+        assert await glog.reset_to(160, 1760)
+        await glog.close()  # "crash": the old segments are still on disk
+    async with LogWriter() as w:
+        glog = await open_log(tmp_path, w, seg=8192)
+        rec = glog.recovered
+        assert (rec.first_instance, rec.chosen_up_to, rec.checksum) == (161, 160, 1760)
+        assert rec.accepted == {170: ((4, 2), b"vote")} and not glog.needs_repair
+        assert glog.positions(("orders", 0), None, 1000) == []
         await glog.close()
