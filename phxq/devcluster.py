@@ -52,6 +52,7 @@ def write_dev_config(
     groups: int = 16,
     extra: str = "",
     cluster_options: str = "",
+    topic_retention: str = "7d",
 ) -> Path:
     """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
     ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks)."""
@@ -84,7 +85,7 @@ def write_dev_config(
             "[[topic]]",
             f'name = "{name}"',
             f"queues = {queues}",
-            'retention = "7d"',
+            f'retention = "{topic_retention}"',
             "max_message_bytes = 1048576",
             "",
         ]

@@ -74,6 +74,15 @@ STORAGE_FAILURES = Counter(
     ["group"],
     registry=REGISTRY,
 )
+RETENTION_FORCED = Counter(
+    "phxq_retention_forced_total",
+    "Truncations by retention that dropped messages a consumer group had not consumed",
+    ["group"],
+    registry=REGISTRY,
+)
+FIRST_INSTANCE = Gauge(
+    "phxq_first_instance", "First instance retained in the group's log", ["group"], registry=REGISTRY
+)
 
 
 def serve(addr: str) -> None:

@@ -21,7 +21,9 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
 =================  ===========================================================================
 [cluster]          groups (16) Paxos groups; dedup_window ("5m") idempotent-producer window,
                    0 disables; paxos_window (8) instances in flight per group;
-                   heartbeat_interval ("100ms"); lease ("1s", at least 2 heartbeats)
+                   heartbeat_interval ("100ms"); lease ("1s", at least 2 heartbeats);
+                   segment_bytes ("64MiB") PLog segment size (the unit of truncation);
+                   retention_interval ("10s") how often stores apply retention
 [[store]],         id* (int >= 1, unique per kind); addr* "host:port" (unique among every
 [[lock]]           listening address); data* directory (unique); dc ("default") data center;
                    metrics_addr (none) "host:port" for the Prometheus endpoint

@@ -34,6 +34,8 @@ def dump_config(cfg: ClusterConfig) -> str:
             "paxos_window": c.paxos_window,
             "heartbeat_interval": format_duration(c.heartbeat_interval),
             "lease": format_duration(c.lease),
+            "segment_bytes": format_size(c.segment_bytes),
+            "retention_interval": format_duration(c.retention_interval),
         }
     }
     for kind, nodes in (("store", cfg.stores), ("lock", cfg.locks)):

@@ -23,6 +23,8 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "cluster.paxos_window": 8,
         "cluster.heartbeat_interval": "100ms",
         "cluster.lease": "1s",
+        "cluster.segment_bytes": "64MiB",
+        "cluster.retention_interval": "10s",
         "node.dc": "default",
         "topic.retention": "7d",
         "topic.max_message_bytes": "1MiB",
@@ -142,6 +144,8 @@ class ClusterSettings:
     paxos_window: int = _default("cluster.paxos_window")
     heartbeat_interval: float = _default_duration("cluster.heartbeat_interval")
     lease: float = _default_duration("cluster.lease")
+    segment_bytes: int = _default_size("cluster.segment_bytes")
+    retention_interval: float = _default_duration("cluster.retention_interval")
 
 
 @dataclass(frozen=True, slots=True)

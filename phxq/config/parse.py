@@ -247,7 +247,11 @@ def parse_config(
         paxos_window=t.integer("paxos_window"),
         heartbeat_interval=t.duration("heartbeat_interval"),
         lease=t.duration("lease"),
+        segment_bytes=t.size("segment_bytes"),
+        retention_interval=t.duration("retention_interval"),
     )
+    if settings.segment_bytes < 4096:
+        t.fail("must be at least 4KiB", "segment_bytes")
     if settings.lease < 2 * settings.heartbeat_interval:
         t.fail("must be at least 2 heartbeat_intervals", "lease")
     t.done()

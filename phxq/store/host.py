@@ -52,6 +52,8 @@ class PaxosHost:
         state_for: Callable[[int], Applier],
         propose_timeout: float = 1.5,
         name: str = "node",
+        restore_state: Callable[[int, bytes], Applier] | None = None,
+        segment_bytes: int = 64 << 20,
     ) -> None:
         self.node_id = node_id
         self.addresses = dict(addresses)
@@ -64,11 +66,14 @@ class PaxosHost:
         self._state_for = state_for
         self._propose_timeout = propose_timeout
         self._name = name
+        self._restore_state = restore_state
+        self._segment_bytes = segment_bytes
         self.replicas: dict[int, GroupReplica] = {}
         self.writer: LogWriter | None = None
         self._pool = RpcPool()
         self._tick_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         """Open (and recover) every group's log and start the tick loop."""
@@ -92,10 +97,15 @@ class PaxosHost:
                 self.send,
                 propose_timeout=self._propose_timeout,
                 address_of=self.addresses.get,
+                segment_bytes=self._segment_bytes,
+                snapshots=None if self._restore_state is None else _Snapshots(self, group),
             )
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -117,8 +127,17 @@ class PaxosHost:
         if addr is not None and to != self.node_id:
             self._pool.notify(addr, "px", payload)
 
+    def send_snapshot(self, to: int, group: int, data: bytes) -> None:
+        addr = self.addresses.get(to)
+        if addr is not None and to != self.node_id:
+            self._pool.notify(addr, "snap", [group, data])
+
     def on_notify(self, method: str, params: Any) -> None:
-        """The RPC server's notify handler: Paxos messages from peers."""
+        """The RPC server's notify handler: Paxos messages (``px``) and snapshots (``snap``,
+        ``[group, encoded snapshot]``) from peers."""
+        if method == "snap":
+            self._on_snapshot(params)
+            return
         if method != "px" or not isinstance(params, bytes):
             return  # unknown notifications are ignored: notify has no reply channel
         try:
@@ -131,6 +150,29 @@ class PaxosHost:
             return
         replica.on_message(msg)
         self._wake.set()
+
+    def _on_snapshot(self, params: Any) -> None:
+        if not (isinstance(params, list) and len(params) == 2 and isinstance(params[1], bytes)):
+            log.warning(
+                "%s %d: dropped a malformed snapshot notification", self._name, self.node_id
+            )
+            return
+        replica = self.replicas.get(params[0]) if isinstance(params[0], int) else None
+        if replica is None:
+            return
+        task = asyncio.get_running_loop().create_task(replica.install_snapshot(params[1]))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "%s %d: snapshot install failed",
+                self._name,
+                self.node_id,
+                exc_info=task.exception(),
+            )
 
     async def _tick_loop(self) -> None:
         while True:
@@ -148,3 +190,21 @@ class PaxosHost:
             delay = max(0.0, soonest - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+
+class _Snapshots:
+    """A group's :class:`~phxq.store.replica.SnapshotSupport` on this host."""
+
+    def __init__(self, host: PaxosHost, group: int) -> None:
+        self._host = host
+        self._group = group
+
+    def fresh(self) -> Applier:
+        return self._host._state_for(self._group)
+
+    def restore(self, data: bytes) -> Applier:
+        assert self._host._restore_state is not None
+        return self._host._restore_state(self._group, data)
+
+    def send(self, to: int, group: int, data: bytes) -> None:
+        self._host.send_snapshot(to, group, data)

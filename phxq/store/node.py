@@ -25,6 +25,8 @@ Any node answers ``meta`` and ``status``; the others are master-only and a follo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -33,12 +35,12 @@ from typing import Any
 
 from phxq import metrics
 from phxq.config import ClusterConfig, NodeConfig
-from phxq.errors import BadArgument, NotMaster, StorageError, UnknownTopic
+from phxq.errors import BadArgument, NotMaster, PhxqError, StorageError, UnknownTopic
 from phxq.net.rpc import RpcServer
 from phxq.store import service
 from phxq.store.host import PaxosHost
 from phxq.store.replica import GroupReplica
-from phxq.store.routing import group_for_queue
+from phxq.store.routing import group_for_queue, split_offset
 from phxq.store.state import StoreState
 
 log = logging.getLogger("phxq.store")
@@ -63,8 +65,12 @@ class StoreNode:
             heartbeat_interval=c.heartbeat_interval,
             lease=c.lease,
             state_for=lambda group: StoreState(group, dedup_window=c.dedup_window),
+            restore_state=lambda group, data: StoreState.restore(data),
+            segment_bytes=c.segment_bytes,
             name="store",
         )
+        self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
+        self._retention_task: asyncio.Task[None] | None = None
         self.replicas = self.paxos_host.replicas
         self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
         self.started_at = time.time()
@@ -85,6 +91,7 @@ class StoreNode:
         await self._server.start(self._host or host, int(port))
         if self.node.metrics_addr:
             metrics.serve(self.node.metrics_addr)
+        self._retention_task = asyncio.get_running_loop().create_task(self._retention_loop())
         log.info(
             "store %d serving %d groups on %s",
             self.node_id,
@@ -93,12 +100,94 @@ class StoreNode:
         )
 
     async def close(self) -> None:
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
         await self._server.close()
         await self.paxos_host.close()
 
     @property
     def address(self) -> str:
         return self._server.address
+
+    # ------------------------------------------------------------------------- retention
+
+    def _retention_limits(self, group: int) -> tuple[float | None, int | None]:
+        """(max age, max bytes) of ``group``'s log: the most generous of the topics with a
+        queue in it (age: the longest retention; bytes: the sum of the queues' limits, None if
+        any is unlimited)."""
+        groups = self.cluster.cluster.groups
+        ages: list[float] = []
+        total: int | None = 0
+        for topic in self.cluster.topics:
+            queues = sum(1 for q in range(topic.queues) if group_for_queue(q, groups) == group)
+            if not queues:
+                continue
+            ages.append(topic.retention)
+            if topic.retention_bytes is None or total is None:
+                total = None
+            else:
+                total += topic.retention_bytes * queues
+        if not ages:  # no queue lives here: only no-ops, keep them as long as any topic
+            return max((t.retention for t in self.cluster.topics), default=None), None
+        return max(ages), total
+
+    def keep_from(self, group: int) -> int:
+        """The lowest instance some consumer group of a queue in ``group`` has not consumed."""
+        replica = self.replicas[group]
+        glog = replica.glog
+        keep = glog.chosen_up_to + 1
+        groups = self.cluster.cluster.groups
+        for cg in self.cluster.consumer_groups:
+            spec = self.cluster.topics_by_name.get(cg.topic)
+            if spec is None:
+                continue
+            for q in range(group, spec.queues, groups):
+                cursor = replica.state.cursor(cg.name, cg.topic, q)
+                after = None if cursor is None else split_offset(cursor)
+                nxt = glog.positions((cg.topic, q), after, 1)
+                if nxt:
+                    keep = min(keep, nxt[0][0])
+        return keep
+
+    async def apply_retention(self) -> None:
+        """One retention pass over every group (see ``GroupLog.retention_floor``): truncate
+        what expired, after persisting a snapshot of the state it leaves behind."""
+        for group, replica in self.replicas.items():
+            if replica.failed is not None:
+                continue
+            max_age, max_bytes = self._retention[group]
+            keep = self.keep_from(group)
+            floor, forced = replica.glog.retention_floor(
+                keep_from=keep, max_age=max_age, max_bytes=max_bytes, now_wall=time.time()
+            )
+            if floor <= replica.glog.first_instance:
+                continue
+            try:
+                first = await replica.compact(floor)
+            except PhxqError as exc:
+                log.error("group %d: retention could not truncate: %s", group, exc)
+                continue
+            metrics.FIRST_INSTANCE.labels(str(group)).set(first)
+            if forced and first > keep:
+                metrics.RETENTION_FORCED.labels(str(group)).inc()
+                log.warning(
+                    "group %d: retention dropped instances %d..%d before every consumer group "
+                    "consumed them",
+                    group,
+                    keep,
+                    first - 1,
+                )
+
+    async def _retention_loop(self) -> None:
+        interval = self.cluster.cluster.retention_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.apply_retention()
+            except Exception:  # a bug here must not stop the daemon; it is logged loudly
+                log.exception("store %d: retention pass failed", self.node_id)
 
     # ----------------------------------------------------------------------------- RPC
 

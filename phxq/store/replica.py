@@ -25,10 +25,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from phxq import metrics
-from phxq.errors import NotMaster, PhxqError, StorageError, Unavailable
+from phxq.errors import NotMaster, PhxqError, ProtocolError, StorageError, Unavailable
 from phxq.paxos import (
     AcceptRecord,
     Ballot,
@@ -49,10 +50,18 @@ from phxq.paxos import (
     encode_message,
 )
 from phxq.plog import GroupLog, LogWriter
+from phxq.store.snapshot import (
+    Snapshot,
+    decode_snapshot,
+    encode_snapshot,
+    read_snapshot,
+    write_snapshot,
+)
 
 log = logging.getLogger("phxq.replica")
 
 CATCHUP_MAX_BYTES = 4 << 20
+SNAPSHOT_RESEND = 2.0  # seconds before the same peer gets our snapshot again
 
 
 class Applier(Protocol):
@@ -67,6 +76,29 @@ class Applier(Protocol):
         ...
 
 
+class SnapshotSupport(Protocol):
+    """What a replica needs to snapshot its state machine, truncate its log and move state
+    between replicas. The state machine then also has ``applied_up_to``, ``snapshot()`` and
+    ``forget_below(instance)`` (see ``StoreState``)."""
+
+    def fresh(self) -> Any:
+        """An empty state machine (as of instance 0)."""
+        ...
+
+    def restore(self, data: bytes) -> Any:
+        """The state machine from its ``snapshot()`` bytes (``ProtocolError`` if malformed)."""
+        ...
+
+    def send(self, to: int, group: int, data: bytes) -> None:
+        """Send an encoded snapshot to node ``to`` (fire-and-forget)."""
+        ...
+
+
+def _apply_records(state: Any, records: Sequence[Any]) -> None:
+    for r in records:
+        state.apply(r.instance, decode_batch(r.value))
+
+
 class GroupReplica:
     """One group's replica on this node. Create with :meth:`open`."""
 
@@ -79,6 +111,7 @@ class GroupReplica:
         *,
         propose_timeout: float,
         address_of: Callable[[int], str | None],
+        snapshots: SnapshotSupport | None = None,
     ) -> None:
         self.config = config
         self.group = config.group
@@ -94,6 +127,9 @@ class GroupReplica:
         self.failed: StorageError | None = None
         self.diverged: Divergence | None = None
         self._applied_event = asyncio.Event()  # replaced (after being set) on every apply
+        self.snapshots = snapshots
+        self._snapshot_lock = asyncio.Lock()  # one compaction or snapshot install at a time
+        self._snapshot_sent: dict[int, float] = {}  # peer -> when we last sent it our snapshot
         self.paxos: PaxosNode  # set by open()
 
     @classmethod
@@ -108,10 +144,22 @@ class GroupReplica:
         propose_timeout: float = 1.5,
         address_of: Callable[[int], str | None] = lambda node: None,
         segment_bytes: int = 64 << 20,
+        snapshots: SnapshotSupport | None = None,
     ) -> GroupReplica:
         replica = cls.__new__(cls)
         # Recovery replays every retained chosen instance through the indexer, which applies
-        # it to `state`: the state must be in place before the log is opened.
+        # it to `state`: the state must be in place before the log is opened, restored from
+        # the group's snapshot when it has one (the log below it may be gone).
+        snap: Snapshot | None = None
+        problem: StorageError | None = None
+        if snapshots is not None:
+            try:
+                snap = await asyncio.to_thread(read_snapshot, Path(directory))
+                if snap is not None:
+                    state = snapshots.restore(snap.state)
+            except (StorageError, ProtocolError) as exc:
+                problem = StorageError(f"group {config.group}: unusable snapshot: {exc}")
+                snap = None
         replica.state = state
         indexer = replica._indexer
         glog = await GroupLog.open(
@@ -125,17 +173,32 @@ class GroupReplica:
             send,
             propose_timeout=propose_timeout,
             address_of=address_of,
+            snapshots=snapshots,
         )
         rec = glog.recovered
+        if snap is not None and snap.instance > glog.chosen_up_to:
+            # A snapshot install from a peer was cut off before its log record: finish it.
+            await glog.reset_to(snap.instance, snap.checksum)
+        base = 0 if snap is None else snap.instance
+        if problem is None and snapshots is not None and glog.first_instance - 1 > base:
+            problem = StorageError(
+                f"group {config.group}: the log starts at {glog.first_instance} but the "
+                f"snapshot covers only up to {base}: needs a snapshot from a peer"
+            )
         recovered = RecoveredState(
             promised=Ballot(*rec.promised),
             max_round=rec.max_round,
-            accepted={i: (Ballot(*b), v) for i, (b, v) in rec.accepted.items()},
-            chosen_up_to=rec.chosen_up_to,
-            checksum=rec.checksum,
+            accepted={
+                i: (Ballot(*b), v) for i, (b, v) in rec.accepted.items() if i > glog.chosen_up_to
+            },
+            chosen_up_to=glog.chosen_up_to,
+            checksum=glog.checksum,
         )
         replica.paxos = PaxosNode(config, recovered, time.monotonic())
-        if glog.needs_repair:
+        if problem is not None:
+            replica.failed = problem
+            log.error("%s: not serving or voting", problem.message)
+        elif glog.needs_repair:
             # A corrupt region may have held a promise: voting now could break it. The replica
             # stops serving (and voting in) this group until it is repaired (issue 9).
             replica.failed = StorageError(
@@ -274,7 +337,11 @@ class GroupReplica:
     def _learn(self, effect: Learned) -> None:
         ballot = None if effect.ballot is None else (effect.ballot.round, effect.ballot.node)
         self._last_results = None
-        written = self.glog.append_chosen(effect.instance, ballot, effect.checksum, effect.value)
+        # Not urgent: the client is answered once the instance is chosen (durably accepted by a
+        # majority); a chosen mark lost in a crash is learned again from peers.
+        written = self.glog.append_chosen(
+            effect.instance, ballot, effect.checksum, effect.value, urgent=False
+        )
         written.add_done_callback(self._chosen_written)
         if self._last_results is None or self._last_results[0] != effect.instance:
             raise AssertionError("the PLog did not index a chosen instance synchronously")
@@ -316,6 +383,9 @@ class GroupReplica:
                 effect.from_instance, effect.max_count, CATCHUP_MAX_BYTES
             )
         except PhxqError as exc:
+            if isinstance(exc, StorageError) and exc.data.get("reason") == "truncated":
+                await self._send_snapshot(effect.to)
+                return
             log.warning(
                 "group %d: cannot serve catch-up from %d: %s", self.group, effect.from_instance, exc
             )
@@ -328,6 +398,98 @@ class GroupReplica:
             chosen_up_to=self.paxos.chosen_up_to,
         )
         self._send(effect.to, encode_message(reply))
+
+    # ------------------------------------------------------------ snapshots and truncation
+
+    async def _send_snapshot(self, to: int) -> None:
+        """``to`` asked for instances our log no longer holds: send it our snapshot (the state
+        at our first_instance - 1); it then catches up on the retained log from there."""
+        now = time.monotonic()
+        if self.snapshots is None or now - self._snapshot_sent.get(to, -1e9) < SNAPSHOT_RESEND:
+            return
+        self._snapshot_sent[to] = now
+        try:
+            snap = await asyncio.to_thread(read_snapshot, self.glog.directory)
+        except StorageError as exc:
+            log.error("group %d: cannot send a snapshot to %d: %s", self.group, to, exc)
+            return
+        if snap is None:
+            return
+        log.info("group %d: sending node %d our snapshot at %d", self.group, to, snap.instance)
+        self.snapshots.send(to, self.group, encode_snapshot(snap))
+
+    async def install_snapshot(self, data: bytes) -> bool:
+        """Install a peer's snapshot when our log is behind it (see :meth:`_send_snapshot`):
+        persist it, restart the log after it, switch state and learner in one step."""
+        if self.snapshots is None or self.failed is not None:
+            return False
+        async with self._snapshot_lock:
+            try:
+                snap = decode_snapshot(data)
+                state = self.snapshots.restore(snap.state)
+            except ProtocolError as exc:
+                log.warning("group %d: ignored a malformed snapshot: %s", self.group, exc)
+                return False
+            if snap.instance <= self.glog.chosen_up_to or self.paxos.is_master:
+                return False
+            await asyncio.to_thread(write_snapshot, self.glog.directory, snap)
+            if snap.instance <= self.glog.chosen_up_to:
+                return False
+            if not await self.glog.reset_to(snap.instance, snap.checksum):
+                return False
+            self.state = state  # no await between the log reset and here
+            self.execute(
+                self.paxos.install_snapshot(snap.instance, snap.checksum, time.monotonic())
+            )
+            log.warning("group %d: installed a peer's snapshot at %d", self.group, snap.instance)
+            await self.glog.truncate_below(snap.instance + 1)  # drop the old segments
+            return True
+
+    async def compact(self, floor: int) -> int:
+        """Truncate the log below ``floor`` as far as whole segments allow, after persisting the
+        state as of the new first instance - 1 (the previous snapshot plus the instances that go).
+        Returns the first retained instance."""
+        if self.snapshots is None or self.failed is not None:
+            return self.glog.first_instance
+        async with self._snapshot_lock:
+            glog = self.glog
+            point = glog.truncation_point(floor)
+            if point <= glog.first_instance:
+                return glog.first_instance
+            base = glog.first_instance - 1
+            snap = await asyncio.to_thread(read_snapshot, glog.directory)
+            if snap is None and base == 0:
+                state: Any = self.snapshots.fresh()
+                checksum = 0
+            elif snap is not None and snap.instance >= base:
+                state = self.snapshots.restore(snap.state)
+                checksum = snap.checksum
+            else:
+                raise StorageError(f"group {self.group}: no snapshot at {base} to compact from")
+            if state.applied_up_to >= point - 1:
+                # A snapshot at or past the point is already durable (a crash came between
+                # writing it and truncating): it covers what goes.
+                first = await glog.truncate_below(point)
+                self._forget_below(first)
+                return first
+            nxt = state.applied_up_to + 1
+            while nxt < point:
+                records = await glog.read_chosen(nxt, point - nxt, CATCHUP_MAX_BYTES)
+                if not records:
+                    raise StorageError(f"group {self.group}: cannot read {nxt} to compact")
+                await asyncio.to_thread(_apply_records, state, records)
+                checksum = records[-1].checksum
+                nxt = records[-1].instance + 1
+            new = Snapshot(point - 1, checksum, state.snapshot())
+            await asyncio.to_thread(write_snapshot, glog.directory, new)
+            first = await glog.truncate_below(point)
+            self._forget_below(first)
+            return first
+
+    def _forget_below(self, first: int) -> None:
+        forget = getattr(self.state, "forget_below", None)
+        if forget is not None:
+            forget(first)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

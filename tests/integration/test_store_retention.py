@@ -1,0 +1,93 @@
+"""Retention with real processes: the log is truncated behind a durable snapshot, a restarted
+store recovers from it, and a replica that fell behind every peer's truncation point catches
+up from a peer's snapshot plus the retained log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import phxq
+from phxq.devcluster import ProcessCluster
+from phxq.net.rpc import RpcPool
+
+from .conftest import replica_views, wait_until
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "orders"
+OPTIONS = 'segment_bytes = "8KiB"\nretention_interval = "200ms"'
+
+
+async def fill(client: phxq.Client, n: int, tag: str) -> list[phxq.Ack]:
+    payload = b"x" * 300
+    return [
+        await client.enqueue(TOPIC, payload + f"{tag}{i}".encode(), queue=i % 8) for i in range(n)
+    ]
+
+
+async def group0(pool: RpcPool, cluster: ProcessCluster, node: int) -> dict[str, Any]:
+    status = await pool.call(cluster.store_address(node), "status", {}, timeout=2.0)
+    group: dict[str, Any] = status["groups"][0]
+    return group
+
+
+@pytest.fixture
+def short_retention(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
+    return make_cluster(groups=1, cluster_options=OPTIONS, topic_retention="1s")
+
+
+async def test_truncation_snapshot_recovery_and_snapshot_transfer(
+    short_retention: ProcessCluster,
+) -> None:
+    cluster = short_retention
+    async with phxq.Client(cluster.store_addresses) as client, RpcPool() as pool:
+        early = await client.enqueue(TOPIC, b"keep-once", queue=1, dedup_id="early-1")
+        acks = await fill(client, 60, "a")
+        await client.commit("billing", TOPIC, queue=3, offset=acks[3].offset, token=5)
+        cluster.kill(3)
+        behind = (await group0(pool, cluster, 1))["chosen_up_to"]
+
+        async def truncated_past_node3() -> bool:
+            await fill(client, 10, "b")  # keep rolling segments so old ones seal and age
+            firsts = [(await group0(pool, cluster, n))["first_instance"] for n in (1, 2)]
+            return min(firsts) > behind + 1
+
+        await wait_until(truncated_past_node3, 40, "stores 1 and 2 truncate past node 3")
+
+        # a retried enqueue is still deduplicated: the dedup window lives in the snapshot
+        again = await client.enqueue(TOPIC, b"keep-once", queue=1, dedup_id="early-1")
+        assert again.duplicate and again.offset == early.offset
+
+        cluster.restart(3)
+
+        async def converged() -> bool:
+            views = await replica_views(pool, cluster)
+            marks = {
+                (v["groups"][0]["chosen_up_to"], v["groups"][0]["checksum"]) for v in views.values()
+            }
+            return len(views) == 3 and len(marks) == 1
+
+        await wait_until(converged, 30, "node 3 catches up through a snapshot")
+        node3 = await group0(pool, cluster, 3)
+        assert node3["failed"] is None and node3["first_instance"] > behind + 1
+        assert "installed a peer's snapshot" in cluster.logs("store", 3, tail=400)
+
+        # node 3's state came with the snapshot: same cursor, same messages after it
+        async def local_read(node: int) -> list[Any]:
+            params = {"group": "billing", "topic": TOPIC, "queue": 3, "local": True, "limit": 1000}
+            return list(await pool.call(cluster.store_address(node), "dequeue", params, timeout=2))
+
+        assert await local_read(3) == await local_read(1)
+
+        # a store restarted after truncating recovers from its own snapshot
+        cluster.kill(1)
+        cluster.restart(1)
+        await wait_until(converged, 30, "node 1 recovers from its snapshot and rejoins")
+        assert (await group0(pool, cluster, 1))["failed"] is None
+        assert await local_read(1) == await local_read(3)
+        assert await client.cursor("billing", TOPIC, queue=3) == acks[3].offset
+        after = await client.enqueue(TOPIC, b"keep-once", queue=1, dedup_id="early-1")
+        assert after.duplicate and after.offset == early.offset
