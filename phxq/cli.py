@@ -268,7 +268,7 @@ def admin() -> None:
 @config_option
 @json_option
 def status(config_path: Path, as_json: bool) -> None:
-    """Groups, the master of each, chosen instance per replica, disk."""
+    """Groups, the master of each, chosen instance per replica, disk, consumer lag."""
     from phxq.net.rpc import RpcPool
 
     cfg = _load(config_path)
@@ -313,6 +313,13 @@ def status(config_path: Path, as_json: bool) -> None:
             master = master or info["master"]
             row.append(f"{node}:{info['chosen_up_to']}")
         click.echo(f"{g:5d}  {master!s:>6}  " + " ".join(row))
+    lags = [row for st in result.values() for row in st.get("consumers", [])]
+    if lags:
+        click.echo("consumer group  topic  queue  cursor  lag (messages)")
+        for row in sorted(lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
+            click.echo(
+                f"{row['group']}  {row['topic']}  {row['queue']}  {row['cursor']}  {row['lag']}"
+            )
 
 
 @cli.command()

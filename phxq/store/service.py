@@ -25,7 +25,7 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
-from phxq.store.routing import make_offset, split_offset
+from phxq.store.routing import group_for_queue, make_offset, split_offset
 
 if TYPE_CHECKING:
     from phxq.store.node import StoreNode
@@ -248,7 +248,40 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "address": node.address,
         "started_at": node.started_at,
         "groups": groups,
+        "consumers": _consumer_lag(node),
     }
+
+
+LAG_COUNT_LIMIT = 1_000_000  # lag is counted exactly up to this many messages per queue
+
+
+def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
+    """Cursor and lag (messages after the cursor) of every configured consumer group on every
+    queue whose group this node masters (its applied state is current there)."""
+    rows: list[dict[str, Any]] = []
+    groups = node.cluster.cluster.groups
+    for cg in node.cluster.consumer_groups:
+        spec = node.cluster.topics_by_name.get(cg.topic)
+        if spec is None:
+            continue
+        for q in range(spec.queues):
+            replica = node.replicas[group_for_queue(q, groups)]
+            if not replica.serving:
+                continue
+            cursor = replica.state.cursor(cg.name, cg.topic, q)
+            after = None if cursor is None else split_offset(cursor)
+            lag = len(replica.glog.positions((cg.topic, q), after, LAG_COUNT_LIMIT))
+            rows.append(
+                {
+                    "group": cg.name,
+                    "topic": cg.topic,
+                    "queue": q,
+                    "cursor": cursor,
+                    "end": replica.state.end_offset(cg.topic, q),
+                    "lag": lag,
+                }
+            )
+    return rows
 
 
 HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {

@@ -4,6 +4,9 @@ up from a peer's snapshot plus the retained log."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -91,3 +94,38 @@ async def test_truncation_snapshot_recovery_and_snapshot_transfer(
         assert await client.cursor("billing", TOPIC, queue=3) == acks[3].offset
         after = await client.enqueue(TOPIC, b"keep-once", queue=1, dedup_id="early-1")
         assert after.duplicate and after.offset == early.offset
+
+
+BILLING = '\n[[consumer_group]]\nname = "billing"\ntopic = "orders"\nhandler = "http://127.0.0.1:9/hook"\n'
+
+
+@pytest.fixture
+def with_billing(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
+    return make_cluster(groups=2, extra=BILLING)
+
+
+async def test_admin_status_reports_consumer_lag_per_queue(with_billing: ProcessCluster) -> None:
+    cluster = with_billing
+    async with phxq.Client(cluster.store_addresses) as client:
+        acks = [await client.enqueue(TOPIC, b"m%d" % i, queue=3) for i in range(8)]
+        await client.enqueue(TOPIC, b"other", queue=4)
+        await client.commit("billing", TOPIC, queue=3, offset=acks[4].offset, token=1)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "phxq",
+        "admin",
+        "status",
+        "--config",
+        str(cluster.config_path),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    rows = [r for st in json.loads(out).values() for r in st.get("consumers", [])]
+    by_queue = {r["queue"]: r for r in rows if r["group"] == "billing"}
+    assert sorted(by_queue) == list(range(8))  # every queue reported once, by its master
+    assert (by_queue[3]["cursor"], by_queue[3]["lag"]) == (acks[4].offset, 3)
+    assert (by_queue[4]["cursor"], by_queue[4]["lag"]) == (None, 1)
+    assert by_queue[0]["lag"] == 0
