@@ -31,6 +31,7 @@ __all__ = [
     "BadArgument",
     "Client",
     "ClientError",
+    "LockClient",
     "LockHeld",
     "Message",
     "MessageTooLarge",
@@ -48,6 +49,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "LockClient":
+        import phxq.lock.client
+
+        return phxq.lock.client.LockClient
     if name in _LAZY:
         import phxq.client
 

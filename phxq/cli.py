@@ -90,6 +90,20 @@ def store(config_path: Path, node_id: int) -> None:
 
 
 @cli.command()
+@config_option
+@click.option(
+    "--node", "node_id", type=int, required=True, help="this lock node's id in the config"
+)
+def lock(config_path: Path, node_id: int) -> None:
+    """Run one lock daemon (lease locks and the versioned KV)."""
+    from phxq.lock.node import LockNode
+
+    cfg = _load(config_path)
+    _setup_logging(f"lock{node_id}")
+    _run(_serve_until_signal(lambda: LockNode(cfg, node_id)))
+
+
+@cli.command()
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -107,7 +121,7 @@ def dev(data: Path, nodes: int) -> None:
         click.echo(f"resuming the cluster in {data} ({config_path})")
     else:
         write_dev_config(data, nodes=nodes)
-    cluster = ProcessCluster(config_path.resolve())
+    cluster = ProcessCluster(config_path.resolve(), locks=True)
     stop = False
 
     def _stop(*_: object) -> None:
@@ -120,6 +134,8 @@ def dev(data: Path, nodes: int) -> None:
         cluster.wait_ready(timeout=60)
         stores = ",".join(cluster.store_addresses)
         click.echo(f"phxq dev: {len(cluster.store_addresses)} stores ready: {stores}")
+        locks = ",".join(cluster.lock_addresses)
+        click.echo(f"          {len(cluster.lock_addresses)} lock nodes ready: {locks}")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --group demo")

@@ -125,6 +125,10 @@ class ProcessCluster:
     def store_address(self, node: int) -> str:
         return self.config.store(node).addr
 
+    @property
+    def lock_addresses(self) -> list[str]:
+        return [lk.addr for lk in self.config.locks]
+
     def __enter__(self) -> ProcessCluster:
         self.start()
         return self
@@ -232,6 +236,8 @@ class ProcessCluster:
                             )
                 try:
                     last = await self._masters(pool)
+                    if last is True and self.locks:
+                        last = await self._lock_master(pool)
                     if last is True:
                         return
                 except PhxqError as exc:
@@ -253,6 +259,40 @@ class ProcessCluster:
             (master,) = seen
             if not self.alive(int(master)):
                 return f"group {g}: master {master} is not alive"
+        return True
+
+    def wait_locks_ready(self, timeout: float = 30.0) -> None:
+        """Block until the live lock nodes agree on a live master that serves (its epoch is
+        applied). For clusters whose lock nodes were started without stores."""
+        asyncio.run(self.wait_locks_ready_async(timeout))
+
+    async def wait_locks_ready_async(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        async with RpcPool() as pool:
+            while time.monotonic() < deadline:
+                try:
+                    last = await self._lock_master(pool)
+                    if last is True:
+                        return
+                except PhxqError as exc:
+                    last = exc
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"lock nodes not ready after {timeout}s: {last}\n{self.logs('lock')}")
+
+    async def _lock_master(self, pool: RpcPool) -> Any:
+        live = [lk for lk in self.config.locks if self.alive(lk.id, "lock")]
+        if not live:
+            return "no live lock node"
+        metas = {lk.id: await pool.call(lk.addr, "meta", {}, timeout=1.0) for lk in live}
+        seen = {m["master"] for m in metas.values()}
+        if len(seen) != 1 or None in seen:
+            return f"lock masters seen {seen}"
+        (master,) = seen
+        if master not in metas:
+            return f"lock master {master} is not alive"
+        if not metas[master]["serving"]:
+            return f"lock master {master} is not serving yet"
         return True
 
 

@@ -23,6 +23,8 @@ Public API::
     glog.instance_at_time(t) -> int | None
     glog.retention_floor(keep_from=, max_age=, max_bytes=, now_wall=) -> (instance, forced)
     await glog.truncate_below(instance) -> first retained instance
+    glog.truncation_point(instance) -> the first instance truncate_below would leave now
+    await glog.reset_to(instance, checksum) -> bool   # continue after a peer's snapshot
     glog.chosen_up_to, glog.checksum, glog.first_instance, glog.needs_repair, glog.damaged,
     glog.failed (StorageError | None), glog.disk_bytes()
     await glog.close()

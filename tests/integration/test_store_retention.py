@@ -129,3 +129,36 @@ async def test_admin_status_reports_consumer_lag_per_queue(with_billing: Process
     assert (by_queue[3]["cursor"], by_queue[3]["lag"]) == (acks[4].offset, 3)
     assert (by_queue[4]["cursor"], by_queue[4]["lag"]) == (None, 1)
     assert by_queue[0]["lag"] == 0
+
+
+@pytest.fixture
+def small_segments(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
+    return make_cluster(groups=1, cluster_options='segment_bytes = "8KiB"')
+
+
+async def test_a_replica_with_a_corrupt_log_neither_serves_nor_votes(
+    small_segments: ProcessCluster,
+) -> None:
+    cluster = small_segments
+    async with phxq.Client(cluster.store_addresses, retry_timeout=3.0) as client, RpcPool() as pool:
+        await fill(client, 80, "c")
+        cluster.kill(3)
+        segments = sorted((cluster.config.store(3).data / "g0000").glob("*.plog"))
+        assert len(segments) >= 2, segments
+        with open(segments[0], "r+b") as f:  # flip one byte in the middle of an older segment
+            f.seek(3000)
+            byte = f.read(1)
+            f.seek(3000)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        cluster.restart(3)
+
+        async def reports_damage() -> dict[str, Any] | None:
+            g = await group0(pool, cluster, 3)
+            return g if g["needs_repair"] and g["failed"] else None
+
+        await wait_until(reports_damage, 20, "node 3 reports its damaged log")
+        await fill(client, 5, "d")  # nodes 1 and 2 are a majority: the cluster serves
+        cluster.kill(2)
+        with pytest.raises(phxq.Unavailable):  # node 3 must not vote with node 1
+            await fill(client, 1, "e")
+        assert (await group0(pool, cluster, 3))["failed"]

@@ -1,0 +1,307 @@
+"""The lock service client: ``phxq.LockClient`` (async).
+
+::
+
+    async with LockClient(["127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"]) as locks:
+        token = await locks.acquire(name, owner, ttl)       # LockHeld if someone else holds it
+        await locks.renew(name, owner, token)                # LockHeld / StaleToken when lost
+        await locks.release(name, owner, token)
+        info = await locks.get(name)                         # None or LockInfo(owner, token, expires_in)
+        value, version = await locks.kv_get(key)             # (None, 0) when absent
+        version = await locks.kv_put(key, value, expect_version=None, ttl=None)
+        await locks.kv_delete(key, expect_version=None)
+        entries = await locks.kv_list(prefix)                # {key: (value, version)}
+        value, version = await locks.kv_wait(key, after_version, timeout)
+        async with locks.hold(name, owner, ttl) as lease:    # renewed in the background
+            lease.token; lease.lost                          # lost: an asyncio.Event
+
+What it promises:
+
+- **Routing.** Requests go to the lock master. ``NotMaster(hint)`` is followed at once;
+  ``Unavailable`` (no master yet, a dead node, an outcome unknown) is retried on the next node
+  with backoff until ``retry_timeout``. Retries are safe: acquire and renew are idempotent for
+  the holder, and release / kv_put / kv_delete carry a request id the service deduplicates.
+- **Leases are counted on the client's own clock**, from when the request that granted or
+  renewed them was *sent*, and a little short of the ttl (``ttl * (1 - DRIFT_RATE)``) so a
+  master whose clock runs somewhat fast never expires a lease the client still believes in.
+- ``hold(name, owner, ttl)`` acquires (``LockHeld`` if taken), renews every ``ttl / 3`` and
+  sets ``lease.lost`` **at once** when a renewal is refused (LockHeld / StaleToken) or when no
+  renewal could be confirmed before the local deadline. Leaving the block releases the lock
+  (best effort) and sets ``lost`` too: from then on the owner must not act on the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from phxq.errors import (
+    BadArgument,
+    LockHeld,
+    NotMaster,
+    PhxqError,
+    StaleToken,
+    StorageError,
+    Unavailable,
+)
+from phxq.lock.state import DRIFT_RATE, LockInfo
+from phxq.net.rpc import RpcPool
+
+__all__ = ["Lease", "LockClient", "LockInfo"]
+
+log = logging.getLogger("phxq.lock.client")
+
+RENEW_RETRY = 0.1  # seconds between renewal attempts after a failed one
+RELEASE_BUDGET = 2.0  # seconds leaving hold() may spend releasing
+
+
+def local_ttl(ttl: float) -> float:
+    """How long the client trusts a lease granted or renewed with ``ttl``, from the send time."""
+    return ttl * (1 - DRIFT_RATE)
+
+
+@dataclass(eq=False)
+class Lease:
+    """A lock held by :meth:`LockClient.hold`. ``valid_until`` is on the local monotonic clock."""
+
+    name: str
+    owner: str
+    ttl: float
+    token: int
+    valid_until: float
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str | None = None
+
+    @property
+    def expires_in(self) -> float:
+        return self.valid_until - time.monotonic()
+
+
+class LockClient:
+    """Async client of the lock service (see the module docstring)."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        request_timeout: float = 2.0,
+        retry_timeout: float = 15.0,
+    ) -> None:
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if not addresses:
+            raise BadArgument("LockClient needs at least one lock node address")
+        self._seeds = list(addresses)
+        self._next = 0
+        self._master: str | None = None
+        self._pool = RpcPool()
+        self._request_timeout = request_timeout
+        self._retry_timeout = retry_timeout
+
+    async def __aenter__(self) -> LockClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # ----------------------------------------------------------------------- transport
+
+    async def call(
+        self,
+        method: str,
+        params: Any | Callable[[], Any],
+        *,
+        extra_time: float = 0.0,
+        deadline: float | None = None,
+    ) -> Any:
+        """Call ``method`` on the lock master, following ``NotMaster`` and retrying
+        ``Unavailable`` until ``retry_timeout`` (or ``deadline``, local monotonic). ``params``
+        may be a callable, evaluated per attempt."""
+        give_up = time.monotonic() + self._retry_timeout + extra_time
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        backoff = 0.02
+        redirects = 0
+        last: PhxqError | None = None
+        while True:
+            addr = self._master or self._seeds[self._next % len(self._seeds)]
+            timeout = min(self._request_timeout + extra_time, give_up - time.monotonic())
+            if timeout <= 0:
+                raise Unavailable(f"no lock master answered in time (last error: {last!r})")
+            try:
+                return await self._pool.call(
+                    addr, method, params() if callable(params) else params, timeout=timeout
+                )
+            except NotMaster as exc:
+                last = exc
+                if exc.hint is not None and exc.hint != addr and redirects < 3:
+                    self._master = exc.hint
+                    redirects += 1
+                    continue
+                self._forget(addr)
+            except (Unavailable, StorageError) as exc:
+                last = exc
+                self._forget(addr)
+            redirects = 0
+            pause = min(backoff * (0.5 + random.random()), give_up - time.monotonic())
+            if pause > 0:
+                await asyncio.sleep(pause)
+            backoff = min(backoff * 2, 0.5)
+
+    def _forget(self, addr: str) -> None:
+        if self._master == addr or self._master is None:
+            self._next += 1
+        self._master = None
+
+    # -------------------------------------------------------------------------- locks
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> int:
+        """Acquire (or, as its owner, extend) the lock; its fencing token. ``LockHeld``."""
+        token: int = await self.call("acquire", {"name": name, "owner": owner, "ttl": ttl})
+        return token
+
+    async def renew(self, name: str, owner: str, token: int) -> int:
+        """Extend the lease by its ttl. ``LockHeld`` / ``StaleToken`` when it was lost."""
+        result: int = await self.call("renew", {"name": name, "owner": owner, "token": token})
+        return result
+
+    async def release(self, name: str, owner: str, token: int) -> bool:
+        """Release the lease; ``False`` if it was not held any more."""
+        params = {"name": name, "owner": owner, "token": token, "rid": os.urandom(16)}
+        return bool(await self.call("release", params))
+
+    async def get(self, name: str) -> LockInfo | None:
+        row = await self.call("get", {"name": name})
+        return None if row is None else LockInfo(row[0], row[1], row[2])
+
+    def hold(self, name: str, owner: str, ttl: float) -> _Hold:
+        """``async with locks.hold(name, owner, ttl) as lease:`` (see the module docstring)."""
+        return _Hold(self, name, owner, ttl)
+
+    # ----------------------------------------------------------------------------- KV
+
+    async def kv_get(self, key: str) -> tuple[Any, int]:
+        value, version = await self.call("kv_get", {"key": key})
+        return value, version
+
+    async def kv_put(
+        self,
+        key: str,
+        value: Any,
+        expect_version: int | None = None,
+        ttl: float | None = None,
+    ) -> int:
+        """Store ``value``; the new version. ``expect_version`` makes it a compare-and-set
+        (``0``: the key must be absent); ``VersionMismatch`` otherwise. With ``ttl`` the entry
+        expires unless put again in time."""
+        params = {
+            "key": key,
+            "value": value,
+            "expect_version": expect_version,
+            "ttl": ttl,
+            "rid": os.urandom(16),
+        }
+        version: int = await self.call("kv_put", params)
+        return version
+
+    async def kv_delete(self, key: str, expect_version: int | None = None) -> bool:
+        params = {"key": key, "expect_version": expect_version, "rid": os.urandom(16)}
+        return bool(await self.call("kv_delete", params))
+
+    async def kv_list(self, prefix: str = "") -> dict[str, tuple[Any, int]]:
+        rows = await self.call("kv_list", {"prefix": prefix})
+        return {k: (v[0], v[1]) for k, v in rows.items()}
+
+    async def kv_wait(self, key: str, after_version: int, timeout: float) -> tuple[Any, int]:
+        """The key's ``(value, version)`` once its version is above ``after_version`` (or it is
+        deleted, when ``after_version > 0``), or after ``timeout`` seconds."""
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
+            raise BadArgument(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        end = time.monotonic() + timeout
+
+        def params() -> dict[str, Any]:
+            remaining = min(max(0.0, end - time.monotonic()), 60.0)
+            return {"key": key, "after_version": after_version, "timeout": remaining}
+
+        value, version = await self.call("kv_wait", params, extra_time=timeout)
+        return value, version
+
+
+class _Hold:
+    """The async context manager behind :meth:`LockClient.hold`."""
+
+    def __init__(self, client: LockClient, name: str, owner: str, ttl: float) -> None:
+        self._client = client
+        self._name = name
+        self._owner = owner
+        self._ttl = ttl
+        self._task: asyncio.Task[None] | None = None
+        self.lease: Lease | None = None
+
+    async def __aenter__(self) -> Lease:
+        sent = time.monotonic()
+        token = await self._client.acquire(self._name, self._owner, self._ttl)
+        lease = Lease(self._name, self._owner, self._ttl, token, sent + local_ttl(self._ttl))
+        self.lease = lease
+        self._task = asyncio.get_running_loop().create_task(self._keep(lease, sent))
+        return lease
+
+    async def __aexit__(self, *exc: object) -> None:
+        lease = self.lease
+        assert lease is not None and self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if not lease.lost.is_set():
+            try:
+                await asyncio.wait_for(
+                    self._client.release(lease.name, lease.owner, lease.token), RELEASE_BUDGET
+                )
+            except (PhxqError, TimeoutError) as exc:
+                # Not fatal: the lease expires by itself after its ttl; releasing only hands
+                # the lock over sooner. The caller's own exception (if any) matters more.
+                log.warning("lock %r: release failed (expires by itself): %s", lease.name, exc)
+            self._lose(lease, "released")
+
+    def _lose(self, lease: Lease, reason: str) -> None:
+        if not lease.lost.is_set():
+            lease.reason = reason
+            lease.lost.set()
+
+    async def _keep(self, lease: Lease, sent: float) -> None:
+        interval = self._ttl / 3
+        next_at = sent + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            sent = time.monotonic()
+            if sent >= lease.valid_until:
+                self._lose(lease, "no renewal confirmed before the lease expired")
+                return
+            params = {"name": lease.name, "owner": lease.owner, "token": lease.token}
+            try:
+                await asyncio.wait_for(
+                    self._client.call("renew", params, deadline=lease.valid_until),
+                    lease.valid_until - sent,
+                )
+            except (LockHeld, StaleToken) as exc:
+                self._lose(lease, f"{type(exc).__name__}: {exc.message}")
+                return
+            except (TimeoutError, Unavailable, NotMaster, StorageError) as exc:
+                log.info("lock %r: renewal not confirmed yet: %r", lease.name, exc)
+                next_at = min(time.monotonic() + RENEW_RETRY, lease.valid_until)
+                continue
+            except PhxqError as exc:
+                self._lose(lease, f"renewal failed: {type(exc).__name__}: {exc.message}")
+                return
+            lease.valid_until = max(lease.valid_until, sent + local_ttl(self._ttl))
+            next_at = sent + interval
