@@ -165,7 +165,13 @@ class Runner:
         a = self.args
         if case.name == "latency":
             return await benchmark.run_latency(
-                send, count=a.count, warmup=a.warmup_count, size=case.size, cpu=meter, system=system
+                send,
+                count=a.count,
+                warmup=a.warmup_count,
+                size=case.size,
+                cpu=meter,
+                system=system,
+                max_seconds=a.latency_seconds,
             )
         return await benchmark.run_throughput(
             send,
@@ -193,13 +199,16 @@ class Runner:
 
 
 def _paired(phxq_cases: list[Case], nats_cases: list[Case]) -> list[tuple[str, Case]]:
-    """Alternate phxq and peer cases (phxq first), each list in its own order."""
+    """phxq's cases in order, each followed at once by the peer's case of the same workload
+    (name, size, outstanding) if it has one; then the peer's cases left over."""
+    left = {c.key(): c for c in nats_cases}
     out: list[tuple[str, Case]] = []
-    for i in range(max(len(phxq_cases), len(nats_cases))):
-        if i < len(phxq_cases):
-            out.append(("phxq", phxq_cases[i]))
-        if i < len(nats_cases):
-            out.append(("nats", nats_cases[i]))
+    for case in phxq_cases:
+        out.append(("phxq", case))
+        peer = left.pop(case.key(), None)
+        if peer is not None:
+            out.append(("nats", peer))
+    out += [("nats", c) for c in nats_cases if c.key() in left]
     return out
 
 
@@ -257,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 with phxq_cluster(base, groups) as cluster:
                     for case in cases:
                         run_loop(runner.phxq_case(cluster, groups, case))
+    env["load_avg_after"] = benchmark.environment()["load_avg"]
     return {
         "environment": env,
         "settings": {
@@ -267,6 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "count": args.count,
             "warmup_count": args.warmup_count,
+            "latency_max_s": args.latency_seconds,
             "topic_queues": QUEUES,
             "replicas": 3,
             "wall_s": round(time.monotonic() - started, 1),
@@ -318,7 +329,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"({env['event_loop']}), data on {env.get('data_fs', '?')}, load average before "
         f"{env['load_avg']}. 3 replicas on 127.0.0.1, fdatasync before ack; throughput runs "
         f"{s['seconds']} s after {s['warmup_s']} s warm-up; latency {s['count']} sequential "
-        f"after {s['warmup_count']} warm-up. Peer: {report['peer']['status']}. "
+        f"(at most {s['latency_max_s']} s) after {s['warmup_count']} warm-up. Load average "
+        f"after {env.get('load_avg_after', '?')}. Peer: {report['peer']['status']}. "
         f"Wall time {s['wall_s']} s.",
         "",
         benchmark.markdown_table(report["runs"]),
@@ -365,6 +377,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=float, default=None, help="throughput warm-up s (default 1)")
     ap.add_argument("--count", type=int, default=None, help="latency: measured enqueues (3000)")
     ap.add_argument("--warmup-count", type=int, default=None, help="latency: warm-up (300)")
+    ap.add_argument(
+        "--latency-seconds", type=float, default=None, help="latency: stop early after (15)"
+    )
     ap.add_argument("--sizes", type=_ints, default=None, help="bytes (default 100,1024,16384)")
     ap.add_argument("--levels", type=_ints, default=None, help="outstanding (1,16,64,256)")
     ap.add_argument("--groups", type=_ints, default=None, help="Paxos groups (16,1,64)")
@@ -385,6 +400,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "warmup": 0.3 if quick else 1.0,
         "count": 200 if quick else 3000,
         "warmup_count": 20 if quick else 300,
+        "latency_seconds": 5.0 if quick else 15.0,
         "sizes": [100] if quick else [100, 1024, 16384],
         "levels": [16] if quick else [1, 16, 64, 256],
         "groups": [4] if quick else [16, 1, 64],

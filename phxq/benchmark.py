@@ -18,7 +18,8 @@ on the client side with ``time.perf_counter`` from the call to the ack, so a fig
 client library, the network round trips and the majority's fdatasync.
 
 - Latency: ``warmup`` enqueues that are not recorded, then ``count`` sequential enqueues (one
-  outstanding) into an HDR histogram (1 us .. 60 s, 3 significant digits).
+  outstanding; fewer if ``max_seconds`` runs out first) into an HDR histogram (1 us .. 60 s,
+  3 significant digits).
 - Throughput: ``outstanding`` producers, each with one enqueue in flight, run for ``warmup``
   seconds unrecorded, then for ``seconds``; an enqueue counts when its ack arrives inside the
   measured window, so msgs/s = acks in the window / ``seconds``. Producers stop issuing at the
@@ -148,8 +149,10 @@ async def run_latency(
     size: int = 100,
     cpu: CpuMeter | None = None,
     system: str = "phxq",
+    max_seconds: float | None = None,
 ) -> Result:
-    """Sequential sends of ``size``-byte payloads, one outstanding at a time."""
+    """Sequential sends of ``size``-byte payloads, one outstanding at a time; stops early (with
+    fewer than ``count``) once the measured part has run ``max_seconds``."""
     payload = os.urandom(size)
     keys = _keys(64)
     hist = _histogram()
@@ -159,8 +162,13 @@ async def run_latency(
     perf = time.perf_counter
     before = cpu.snapshot() if cpu else {}
     t_start = perf()
+    stop_at = t_start + max_seconds if max_seconds else float("inf")
+    sent = 0
     for i in range(count):
         t0 = perf()
+        if t0 >= stop_at:
+            break
+        sent += 1
         try:
             await send(payload, keys[i % 64])
         except Exception:  # counted and reported: a benchmark measures, it does not stop
@@ -169,14 +177,17 @@ async def run_latency(
         hist.record_value(max(1, int((perf() - t0) * 1e6)))
     elapsed = perf() - t_start
     cpu_s = CpuMeter.delta(before, cpu.snapshot()) if cpu else {}
-    done = count - errors
+    done = sent - errors
+    params: dict[str, Any] = {"size": size, "warmup": warmup, "outstanding": 1}
+    if max_seconds:
+        params["max_seconds"] = max_seconds
     return Result(
         "latency",
         done,
         elapsed,
         done / elapsed,
         _summary(hist),
-        {"size": size, "warmup": warmup, "outstanding": 1},
+        params,
         system=system,
         errors=errors,
         cpu_s=cpu_s,
