@@ -284,6 +284,74 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
     return rows
 
 
+def _time(params: dict[str, Any], name: str) -> float | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise BadArgument(f"{name} must be seconds since the epoch, got {value!r}")
+    return float(value)
+
+
+RECONCILE_LIMIT = 10_000_000  # messages of one queue counted per window
+
+
+async def reconcile(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
+    """This replica's own view of one queue in a time window (any node answers; the admin
+    tool compares the replicas): messages stored, and how many of them each consumer group's
+    cursor has passed; plus the group's chosen prefix and chain checksum. The window is
+    resolved at instance granularity through the time index (first enqueue time per instance).
+    """
+    topic = _str(params, "topic")
+    queue = params.get("queue")
+    since, until = _time(params, "since"), _time(params, "until")
+    groups = params.get("groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise BadArgument(f"groups must be a list of consumer group names, got {groups!r}")
+    assert topic is not None
+    replica = node.replica_for(topic, queue)
+    glog = replica.glog
+    top = glog.chosen_up_to + 1
+    lo = glog.first_instance if since is None else (glog.instance_at_time(since) or top)
+    hi = top if until is None else (glog.instance_at_time(until) or top)
+    after = (lo - 1, (1 << 20) - 1) if lo > 1 else None
+    inside = [p for p in glog.positions((topic, queue), after, RECONCILE_LIMIT) if p[0] < hi]
+    consumers = {}
+    for cg in groups:
+        cursor = replica.state.cursor(cg, topic, queue)
+        cut = None if cursor is None else split_offset(cursor)
+        consumed = 0 if cut is None else sum(1 for p in inside if p <= cut)
+        consumers[cg] = {"cursor": cursor, "consumed": consumed}
+    return {
+        "node": node.node_id,
+        "group": replica.group,
+        "chosen_up_to": glog.chosen_up_to,
+        "first_instance": glog.first_instance,
+        "window": [lo, hi],
+        "truncated": since is not None and lo <= glog.first_instance and glog.first_instance > 1,
+        "enqueued": len(inside),
+        "consumers": consumers,
+        "failed": None if replica.failed is None else replica.failed.message,
+    }
+
+
+async def checksum(node: StoreNode, params: dict[str, Any]) -> int | None:
+    """The chain checksum of ``group`` at ``instance`` on this replica (None if not held)."""
+    group = _int(params, "group")
+    instance = _int(params, "instance", minimum=1)
+    assert group is not None and instance is not None
+    replica = node.replicas.get(group)
+    if replica is None:
+        raise BadArgument(f"no group {group}")
+    glog = replica.glog
+    if instance == glog.chosen_up_to:
+        return glog.checksum
+    if not glog.first_instance <= instance < glog.chosen_up_to:
+        return None
+    records = await glog.read_chosen(instance, 1, 1 << 30)
+    return records[0].checksum if records else None
+
+
 HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
     "meta": meta,
     "enqueue": enqueue,
@@ -292,4 +360,6 @@ HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
     "cursor": cursor,
     "seek": seek,
     "status": status,
+    "reconcile": reconcile,
+    "checksum": checksum,
 }
