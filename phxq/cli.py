@@ -91,6 +91,30 @@ def store(config_path: Path, node_id: int) -> None:
 
 @cli.command()
 @config_option
+@click.option("--id", "name", required=True, help="this consumer's name (unique per cluster)")
+@click.option(
+    "--weight",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="share of pairs vs. other consumers",
+)
+@click.option("--metrics-addr", default=None, help="host:port to serve Prometheus /metrics on")
+def consumer(config_path: Path, name: str, weight: float, metrics_addr: str | None) -> None:
+    """Run one consumer daemon (delivers every [[consumer_group]] of the config)."""
+    from phxq.consumer.daemon import ConsumerDaemon
+
+    cfg = _load(config_path)
+    _setup_logging(f"consumer-{name}")
+    _run(
+        _serve_until_signal(
+            lambda: ConsumerDaemon(cfg, name, weight=weight, metrics_addr=metrics_addr)
+        )
+    )
+
+
+@cli.command()
+@config_option
 @click.option(
     "--node", "node_id", type=int, required=True, help="this lock node's id in the config"
 )
@@ -300,8 +324,12 @@ def status(config_path: Path, as_json: bool) -> None:
         return out
 
     result = _run(go())
+    from phxq.consumer import admin as consumer_admin
+
+    ownership = _run(consumer_admin.consumer_status(cfg))  # None without consumer groups
     if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
+        shown = result if ownership is None else {**result, "ownership": ownership}
+        click.echo(json.dumps(shown, indent=2, default=str))
         return
     for node, st in result.items():
         if "error" in st:
@@ -336,6 +364,150 @@ def status(config_path: Path, as_json: bool) -> None:
             click.echo(
                 f"{row['group']}  {row['topic']}  {row['queue']}  {row['cursor']}  {row['lag']}"
             )
+    for line in consumer_admin.format_ownership(ownership) if ownership is not None else []:
+        click.echo(line)
+
+
+def _group_option(required: bool = True) -> Callable[[Any], Any]:
+    return click.option("--group", required=required, help="consumer group name")
+
+
+def _print_json_or(as_json: bool, data: Any, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@admin.command()
+@config_option
+@_group_option(required=False)
+@json_option
+def lag(config_path: Path, group: str | None, as_json: bool) -> None:
+    """Cursor and lag (messages not yet consumed) of every consumer group and queue."""
+    from phxq.client import Client
+    from phxq.consumer import admin as consumer_admin
+
+    cfg = _load(config_path)
+
+    async def go() -> Any:
+        async with Client([s.addr for s in cfg.stores]) as client:
+            return await consumer_admin.lag(cfg, client, group=group)
+
+    rows = _run(go())
+    lines = ["consumer group  topic  queue  cursor  end  lag"]
+    lines += [f"{r.group}  {r.topic}  {r.queue}  {r.cursor}  {r.end}  {r.lag}" for r in rows]
+    _print_json_or(as_json, [r.to_json() for r in rows], lines)
+
+
+@admin.command()
+@config_option
+@_group_option()
+@click.option("--since", default=None, help="epoch seconds, a duration ago (5m), or ISO time")
+@click.option("--offset", type=int, default=None, help="replay from this offset (needs --queue)")
+@click.option("--queue", "queues", type=int, multiple=True, help="only these queues (repeatable)")
+@json_option
+def replay(
+    config_path: Path,
+    group: str,
+    since: str | None,
+    offset: int | None,
+    queues: tuple[int, ...],
+    as_json: bool,
+) -> None:
+    """Deliver a consumer group's messages again from a time or offset (once, every owner)."""
+    from phxq.client import Client
+    from phxq.consumer import admin as consumer_admin
+
+    cfg = _load(config_path)
+
+    async def go() -> Any:
+        when = None if since is None else consumer_admin.parse_since(since)
+        async with Client([s.addr for s in cfg.stores]) as client:
+            return await consumer_admin.replay(
+                cfg, client, group, since=when, offset=offset, queues=list(queues) or None
+            )
+
+    cursors = _run(go())
+    lines = [f"{group} queue {q}: cursor now {c}" for q, c in cursors.items()]
+    _print_json_or(as_json, {str(q): c for q, c in cursors.items()}, lines)
+
+
+@admin.command()
+@config_option
+@_group_option()
+@click.option("--rate", type=float, default=None, help="messages/s for the whole group")
+@click.option("--bytes", "bytes_rate", default=None, help="bytes/s for the whole group (512KiB)")
+@click.option("--unlimited", is_flag=True, help="no messages/s limit")
+@click.option("--reset", is_flag=True, help="back to the config's limits")
+@json_option
+def limit(
+    config_path: Path,
+    group: str,
+    rate: float | None,
+    bytes_rate: str | None,
+    unlimited: bool,
+    reset: bool,
+    as_json: bool,
+) -> None:
+    """Change a consumer group's rate limit at runtime (consumers apply it within a second)."""
+    from phxq.config import parse_size
+    from phxq.consumer import admin as consumer_admin
+
+    cfg = _load(config_path)
+    changes: dict[str, Any] = {}
+    if rate is not None or unlimited:
+        changes["messages"] = None if unlimited else rate
+    if bytes_rate is not None:
+        try:
+            changes["bytes_per_s"] = None if bytes_rate == "none" else parse_size(bytes_rate)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bytes") from exc
+    if not changes and not reset:
+        raise click.UsageError("give --rate, --bytes, --unlimited or --reset")
+
+    async def go() -> Any:
+        async with consumer_admin.open_locks(cfg) as locks:
+            return await consumer_admin.set_limit(locks, cfg, group, reset=reset, **changes)
+
+    now = _run(go())
+    lines = [f"{group}: {now['messages']} messages/s, {now['bytes']} bytes/s ({now['source']})"]
+    _print_json_or(as_json, now, lines)
+
+
+@admin.command()
+@config_option
+@_group_option()
+def pause(config_path: Path, group: str) -> None:
+    """Stop delivering a consumer group's messages (in-flight ones finish)."""
+    from phxq.consumer import admin as consumer_admin
+
+    cfg = _load(config_path)
+
+    async def go() -> None:
+        async with consumer_admin.open_locks(cfg) as locks:
+            await consumer_admin.pause(locks, cfg, group)
+
+    _run(go())
+    click.echo(f"{group}: paused")
+
+
+@admin.command()
+@config_option
+@_group_option()
+def resume(config_path: Path, group: str) -> None:
+    """Resume a paused consumer group; also retries queues stopped by on_failure=block."""
+    from phxq.consumer import admin as consumer_admin
+
+    cfg = _load(config_path)
+
+    async def go() -> None:
+        async with consumer_admin.open_locks(cfg) as locks:
+            await consumer_admin.resume(locks, cfg, group)
+
+    _run(go())
+    click.echo(f"{group}: resumed")
 
 
 @cli.command()

@@ -85,6 +85,63 @@ FIRST_INSTANCE = Gauge(
 )
 
 
+# --------------------------------------------------------------------- consumer tier
+
+CONSUMER_DELIVERED = Counter(
+    "phxq_consumer_delivered_total",
+    "Handler attempts started (every retry counts)",
+    ["group"],
+    registry=REGISTRY,
+)
+CONSUMER_ACKED = Counter(
+    "phxq_consumer_acked_total", "Messages a handler acked", ["group"], registry=REGISTRY
+)
+CONSUMER_FAILED = Counter(
+    "phxq_consumer_failed_total",
+    "Handler attempts that failed (error, non-2xx, timeout)",
+    ["group"],
+    registry=REGISTRY,
+)
+CONSUMER_DEAD_LETTERED = Counter(
+    "phxq_consumer_dead_lettered_total",
+    "Messages moved to the dead-letter topic after max_attempts",
+    ["group"],
+    registry=REGISTRY,
+)
+CONSUMER_HANDLER_LATENCY = Histogram(
+    "phxq_consumer_handler_latency_seconds",
+    "Duration of one handler attempt",
+    ["group"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "phxq_consumer_lag_messages",
+    "Messages after the committed cursor that this consumer has read (a lower bound when the "
+    "pair is further behind than its read-ahead window)",
+    ["group", "topic", "queue"],
+    registry=REGISTRY,
+)
+CONSUMER_PAIRS_OWNED = Gauge(
+    "phxq_consumer_pairs_owned",
+    "Pairs whose lock this consumer holds",
+    ["group"],
+    registry=REGISTRY,
+)
+CONSUMER_BLOCKED = Gauge(
+    "phxq_consumer_blocked",
+    "1 while a pair is stopped on a message that exhausted max_attempts (on_failure=block)",
+    ["group", "topic", "queue"],
+    registry=REGISTRY,
+)
+CONSUMER_LEASES_LOST = Counter(
+    "phxq_consumer_leases_lost_total",
+    "Pair locks lost while owned (the pair stopped at once)",
+    ["group"],
+    registry=REGISTRY,
+)
+
+
 def serve(addr: str) -> None:
     """Serve ``REGISTRY`` at ``http://addr/metrics`` from a background thread."""
     host, port = addr.rsplit(":", 1)

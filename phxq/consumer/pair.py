@@ -1,0 +1,575 @@
+"""One (consumer group, topic, queue) pair inside a consumer daemon: the lock-guarded ordered
+pull loop.
+
+Public API::
+
+    PairWorker(pair, runtime, *, client, locks, owner, timings, paxos_group, rng)
+    await worker.run()        # acquire -> own -> (drain) -> release; returns when done
+    worker.drain()            # hand the pair over: finish in-flight work, commit, release
+    worker.state              # Ownership
+    worker.committed, worker.token, worker.blocked
+
+**Ownership** is an explicit state machine (STYLE.md §2)::
+
+    UNOWNED --run()--> ACQUIRING --lock granted--> OWNED --drain()--> DRAINING --> RELEASED
+                           |                         |
+                           +--drain() / error--------+--lease lost / fenced / error--> RELEASED
+
+A worker processes its pair only in OWNED/DRAINING, i.e. only while it holds the pair's lock
+(``cg/<group>/<topic>/<queue>``), and every cursor commit carries that lock's fencing token.
+When the lease is lost (``lease.lost``) or a commit answers ``StaleToken``, the loop is
+cancelled at once: nothing is committed after a loss, and the in-flight handler call is
+abandoned (its message is redelivered by the next owner: at-least-once).
+
+**The loop** reads the queue after the committed cursor (``dequeue`` with a long poll), keeps
+up to ``read_ahead`` messages in a :class:`~phxq.consumer.window.DeliveryWindow`, hands them to
+the handler in order (``strict``), or per key with up to ``concurrency`` in flight
+(``per_key``), pacing each start through the group's rate limiter, and commits the contiguous
+prefix of finished messages. Commits are batched: one at a time, sent once ``commit_every``
+messages are waiting or the oldest waited ``commit_interval``, and always before a handoff.
+
+Every commit is a compare-and-set on the cursor (``expect`` = the cursor this owner committed
+last). ``VersionMismatch`` means someone else moved the cursor, i.e. an admin replay: the owner
+lets in-flight deliveries finish, drops what it read ahead and continues from the store's
+cursor. An idle owner checks the cursor after every empty long poll, so a replay is picked up
+within ``long_poll`` seconds even when nothing is being committed. (If the commit's outcome was
+unknown and it did land, the re-read cursor equals the target: that counts as success.)
+
+**Failures.** A failed attempt is retried after :func:`~phxq.consumer.pacing.backoff_delay`
+(the message keeps its place: strict order holds). After ``max_attempts`` the message is
+enqueued to the group's dead-letter topic, with dedup id ``dlq/<group>/<topic>/<queue>/<offset>``
+so a retried or repeated dead-lettering stores it once (within the cluster's dedup window), its
+key and headers plus ``phxq-dlq-*`` headers (origin, attempts, last error); then it counts as
+done. With ``on_failure = "block"`` the pair stops instead: it commits what precedes the
+message, logs an error, sets ``phxq_consumer_blocked``, keeps its lock and waits until
+``phxq admin resume`` (retry from the message) or ``phxq admin replay`` (continue from the new
+cursor, e.g. past the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from phxq import metrics
+from phxq.client import Client, Message
+from phxq.consumer.assign import Pair, pair_lock_name
+from phxq.consumer.group import GroupRuntime, Timings
+from phxq.consumer.handlers import Delivery, Outcome
+from phxq.consumer.locking import Lease, LockApi
+from phxq.consumer.pacing import backoff_delay
+from phxq.consumer.window import DeliveryWindow
+from phxq.errors import (
+    BadArgument,
+    ClientError,
+    LockHeld,
+    PhxqError,
+    StaleToken,
+    Unavailable,
+    VersionMismatch,
+)
+from phxq.store.routing import split_offset
+
+log = logging.getLogger("phxq.consumer")
+
+FETCH_LIMIT = 256
+MAX_ERROR_HEADER = 512
+
+
+class Ownership(enum.Enum):
+    UNOWNED = "unowned"
+    ACQUIRING = "acquiring"
+    OWNED = "owned"
+    DRAINING = "draining"
+    RELEASED = "released"
+
+
+_TRANSITIONS: dict[Ownership, frozenset[Ownership]] = {
+    Ownership.UNOWNED: frozenset({Ownership.ACQUIRING, Ownership.RELEASED}),
+    Ownership.ACQUIRING: frozenset({Ownership.OWNED, Ownership.RELEASED}),
+    Ownership.OWNED: frozenset({Ownership.DRAINING, Ownership.RELEASED}),
+    Ownership.DRAINING: frozenset({Ownership.RELEASED}),
+    Ownership.RELEASED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: the worker tried an ownership transition the table does not allow."""
+
+
+class Result(enum.Enum):
+    ACKED = "acked"
+    DEAD_LETTERED = "dead_lettered"
+    BLOCKED = "blocked"
+    ABANDONED = "abandoned"  # handoff during the backoff: not done, the next owner retries
+
+
+_UNSET: Any = object()
+
+
+@dataclass(slots=True)
+class _Fetched:
+    messages: list[Message]
+    probe: Any  # the store cursor (int or None) after an empty read; _UNSET: not probed
+    commit_seq: int  # commits finished when the read started (a probe is stale if it moved)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``event``; True if it is set."""
+    if event.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+    return event.is_set()
+
+
+class PairWorker:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        pair: Pair,
+        runtime: GroupRuntime,
+        *,
+        client: Client,
+        locks: LockApi,
+        owner: str,
+        timings: Timings,
+        paxos_group: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.pair = pair
+        self.group, self.topic, self.queue = pair
+        self.runtime = runtime
+        self.lock_name = pair_lock_name(pair)
+        self._client = client
+        self._locks = locks
+        self._owner = owner
+        self._t = timings
+        self._paxos_group = paxos_group
+        self._rng = rng or random.Random()
+        self._drain = asyncio.Event()
+        cfg = runtime.config
+        capacity = max(timings.read_ahead, cfg.concurrency * 8)
+        self._window = DeliveryWindow(cfg.ordering, cfg.concurrency, capacity)
+        self._messages: dict[int, Message] = {}
+        self.state = Ownership.UNOWNED
+        self.token: int | None = None
+        self.committed: int | None = None  # the cursor as this owner last committed / read it
+        self._done_upto: int | None = None  # highest offset the cursor may move to
+        self._committed_count = 0  # window.advanced as of the last commit
+        self._oldest_uncommitted: float | None = None
+        self._commit_seq = 0
+        self._commit_retry_at = 0.0
+        self._resync_to: Any = _UNSET
+        self.blocked: int | None = None
+        self._unblock_seen = 0
+        self._labels = (self.group, self.topic, str(self.queue))
+
+    def __repr__(self) -> str:
+        return f"PairWorker({self.lock_name}, {self.state.value})"
+
+    def _to(self, state: Ownership) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.lock_name}: {self.state.value} -> {state.value}")
+        self.state = state
+
+    @property
+    def draining(self) -> bool:
+        return self._drain.is_set()
+
+    def drain(self) -> None:
+        """Hand the pair over: finish in-flight messages, commit, release. Idempotent."""
+        self._drain.set()
+        if self.state is Ownership.OWNED:
+            self._to(Ownership.DRAINING)
+
+    # -------------------------------------------------------------------------- ownership
+
+    async def run(self) -> None:
+        """Own the pair until drained, the lease is lost, or an error stops it."""
+        self._to(Ownership.ACQUIRING)
+        try:
+            while not self._drain.is_set():
+                acquired = False
+                try:
+                    async with self._locks.hold(
+                        self.lock_name, self._owner, self._t.lock_ttl
+                    ) as lease:
+                        acquired = True
+                        self._to(Ownership.DRAINING if self._drain.is_set() else Ownership.OWNED)
+                        metrics.CONSUMER_PAIRS_OWNED.labels(self.group).inc()
+                        try:
+                            await self._own(lease)
+                        finally:
+                            metrics.CONSUMER_PAIRS_OWNED.labels(self.group).dec()
+                    return
+                except (LockHeld, StaleToken) as exc:
+                    if acquired:  # the release on the way out failed: the lease was gone already
+                        log.info("%s: release after loss: %s", self.lock_name, exc.message)
+                        return
+                except Unavailable as exc:
+                    if acquired:
+                        raise
+                    log.warning("%s: lock service unavailable: %s", self.lock_name, exc.message)
+                await _wait_event(self._drain, self._t.acquire_retry)
+        finally:
+            metrics.CONSUMER_LAG.labels(*self._labels).set(0)
+            metrics.CONSUMER_BLOCKED.labels(*self._labels).set(0)
+            self._to(Ownership.RELEASED)
+
+    async def _own(self, lease: Lease) -> None:
+        self.token = lease.token
+        log.info("%s: owned with token %d", self.lock_name, lease.token)
+        loop_task = asyncio.create_task(self._pull_loop(), name=f"pull {self.lock_name}")
+        lost = asyncio.create_task(lease.lost.wait(), name=f"lease {self.lock_name}")
+        try:
+            done, _ = await asyncio.wait({loop_task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (loop_task, lost):
+                task.cancel()
+            # Their outcomes are read below; cancellation is how they end here.
+            await asyncio.gather(loop_task, lost, return_exceptions=True)
+        if loop_task in done and not loop_task.cancelled():
+            try:
+                loop_task.result()  # re-raise what stopped the loop, if anything
+            except StaleToken as exc:
+                metrics.CONSUMER_LEASES_LOST.labels(self.group).inc()
+                log.warning(
+                    "%s: fenced by a newer owner (%s); stopped", self.lock_name, exc.message
+                )
+                return
+            log.info("%s: handed over at cursor %s", self.lock_name, self.committed)
+        else:
+            metrics.CONSUMER_LEASES_LOST.labels(self.group).inc()
+            log.warning(
+                "%s: lease lost; stopped at once (cursor %s)", self.lock_name, self.committed
+            )
+
+    # ------------------------------------------------------------------------------ loop
+
+    async def _pull_loop(self) -> None:
+        self._resync(await self._client.cursor(self.group, self.topic, queue=self.queue))
+        fetch: asyncio.Task[_Fetched] | None = None
+        commit: asyncio.Task[None] | None = None
+        inflight: dict[asyncio.Task[Result], int] = {}
+        drain_wait = asyncio.create_task(self._drain.wait())
+        try:
+            while True:
+                stopping = (
+                    self._drain.is_set()
+                    or self._resync_to is not _UNSET
+                    or self.blocked is not None
+                )
+                if stopping and fetch is not None:
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, PhxqError):
+                        await fetch  # the read is moot; a failure of it too
+                    fetch = None
+                if not stopping and not self.runtime.settings.paused:
+                    await self._dispatch(inflight)
+                if (
+                    fetch is None
+                    and not stopping
+                    and self._window.room > 0
+                    and len(self._messages) < self._window.capacity
+                ):
+                    fetch = asyncio.create_task(self._fetch(commit is None))
+                if commit is None and self._resync_to is _UNSET and self._commit_due(stopping):
+                    assert self._done_upto is not None
+                    commit = asyncio.create_task(
+                        self._commit(self._done_upto, self._window.advanced)
+                    )
+                if stopping and not inflight and commit is None:
+                    if self._drain.is_set():
+                        if self._done_upto == self.committed:
+                            return
+                        await asyncio.sleep(self._t.commit_interval)  # commit failed: retry
+                        continue
+                    if self._resync_to is not _UNSET:
+                        self._resync(self._resync_to)
+                        continue
+                    await self._wait_blocked()
+                    continue
+                waiters: set[asyncio.Future[Any]] = set(inflight)
+                waiters.update(t for t in (fetch, commit) if t is not None)
+                if not self._drain.is_set():
+                    waiters.add(drain_wait)
+                done, _ = await asyncio.wait(
+                    waiters, timeout=self._timeout(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if fetch is not None and fetch in done:
+                    self._on_fetched(fetch.result(), commit is None)
+                    fetch = None
+                if commit is not None and commit in done:
+                    commit.result()  # StaleToken propagates: fenced, stop now
+                    commit = None
+                for task in [t for t in inflight if t in done]:
+                    self._on_delivered(inflight.pop(task), task.result())
+                metrics.CONSUMER_LAG.labels(*self._labels).set(
+                    len(self._window) + self._uncommitted
+                )
+        finally:
+            pending = [t for t in (fetch, commit, drain_wait, *inflight) if t is not None]
+            for task in pending:
+                task.cancel()
+            # Cancelled on the way out (handoff finished, loss, or error): outcomes are moot.
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _timeout(self) -> float | None:
+        timeouts = []
+        if self._done_upto != self.committed:
+            start = self._oldest_uncommitted or time.monotonic()
+            due = max(start + self._t.commit_interval, self._commit_retry_at)
+            timeouts.append(max(0.0, due - time.monotonic()))
+        if self.runtime.settings.paused:
+            timeouts.append(self._t.settings_poll)
+        return min(timeouts) if timeouts else None
+
+    async def _dispatch(self, inflight: dict[asyncio.Task[Result], int]) -> None:
+        while (offset := self._window.next_ready()) is not None:
+            message = self._messages[offset]
+            delay = self.runtime.limiter.reserve(len(message.payload))
+            if delay > 0 and await _wait_event(self._drain, delay):
+                return  # handing over: the slot stays unfinished, so the cursor stops before it
+            task = asyncio.create_task(self._deliver(message))
+            inflight[task] = offset
+
+    async def _fetch(self, commit_idle: bool) -> _Fetched:
+        seq = self._commit_seq
+        after = self._window.last_added if self._window.last_added is not None else self.committed
+        limit = min(self._window.room, FETCH_LIMIT)
+        probe = _UNSET
+        try:
+            messages = await self._client.dequeue(
+                None, self.topic, queue=self.queue, after=after, limit=limit, wait=self._t.long_poll
+            )
+            if not messages and commit_idle:
+                probe = await self._client.cursor(self.group, self.topic, queue=self.queue)
+        except Unavailable as exc:
+            # The client already retried for its retry_timeout; keep the lock and try again.
+            log.warning("%s: read failed: %s", self.lock_name, exc.message)
+            await asyncio.sleep(self._t.long_poll)
+            messages = []
+        return _Fetched(messages, probe, seq)
+
+    def _on_fetched(self, fetched: _Fetched, commit_idle: bool) -> None:
+        if fetched.messages:
+            self._window.add((m.offset, m.key) for m in fetched.messages)
+            self._messages.update((m.offset, m) for m in fetched.messages)
+            return
+        if (
+            fetched.probe is not _UNSET
+            and commit_idle
+            and fetched.commit_seq == self._commit_seq
+            and self._done_upto == self.committed
+            and fetched.probe != self.committed
+        ):
+            log.info(
+                "%s: cursor moved to %s (replay); continuing from there",
+                self.lock_name,
+                fetched.probe,
+            )
+            self._resync_to = fetched.probe
+
+    def _on_delivered(self, offset: int, result: Result) -> None:
+        if result is Result.BLOCKED:
+            self.blocked = offset
+            self._unblock_seen = self.runtime.settings.unblock
+            metrics.CONSUMER_BLOCKED.labels(*self._labels).set(1)
+            log.error(
+                "%s: offset %d failed %d attempts; the queue is BLOCKED (on_failure=block) until "
+                "`phxq admin resume` or `phxq admin replay`",
+                self.lock_name,
+                offset,
+                self.runtime.config.max_attempts,
+            )
+            return
+        if result is Result.ABANDONED:
+            return
+        self._window.finish(offset)
+        self._messages.pop(offset, None)
+        advanced = self._window.advance()
+        if advanced is not None:
+            if self._oldest_uncommitted is None:
+                self._oldest_uncommitted = time.monotonic()
+            self._done_upto = advanced
+
+    @property
+    def _uncommitted(self) -> int:
+        """Finished messages the cursor has not been committed past yet."""
+        return self._window.advanced - self._committed_count
+
+    # ---------------------------------------------------------------------------- commits
+
+    def _commit_due(self, stopping: bool) -> bool:
+        if self._done_upto is None or self._done_upto == self.committed:
+            return False
+        now = time.monotonic()
+        if now < self._commit_retry_at:
+            return False
+        if stopping or self._uncommitted >= self._t.commit_every:
+            return True
+        start = self._oldest_uncommitted or now
+        return now - start >= self._t.commit_interval
+
+    async def _commit(self, target: int, count: int) -> None:
+        assert self.token is not None
+        try:
+            await self._client.commit(
+                self.group,
+                self.topic,
+                queue=self.queue,
+                offset=target,
+                token=self.token,
+                expect=self.committed,
+            )
+        except VersionMismatch:
+            current = await self._client.cursor(self.group, self.topic, queue=self.queue)
+            if current != target:
+                log.info(
+                    "%s: cursor moved to %s (replay); continuing from there",
+                    self.lock_name,
+                    current,
+                )
+                self._resync_to = current
+                return
+        except (Unavailable, BadArgument) as exc:
+            # Unavailable: no store master right now; BadArgument: the store refused the target
+            # (e.g. its log was truncated under us). Either way: retry later from what we hold.
+            log.warning("%s: commit of %d failed: %s", self.lock_name, target, exc.message)
+            self._commit_retry_at = time.monotonic() + max(self._t.commit_interval, 0.2)
+            return
+        self._commit_seq += 1
+        self.committed = target
+        self._committed_count = max(self._committed_count, count)
+        self._oldest_uncommitted = time.monotonic() if self._uncommitted else None
+
+    def _resync(self, cursor: int | None) -> None:
+        """Continue from ``cursor`` (the store's): forget everything read ahead."""
+        self.committed = self._done_upto = cursor
+        self._window.clear()
+        self._messages.clear()
+        self._committed_count = self._window.advanced
+        self._oldest_uncommitted = None
+        self._resync_to = _UNSET
+        if self.blocked is not None:
+            self.blocked = None
+            metrics.CONSUMER_BLOCKED.labels(*self._labels).set(0)
+
+    async def _wait_blocked(self) -> None:
+        """Blocked: wait for `admin resume` (retry the message) or a replay (new cursor)."""
+        while not self._drain.is_set():
+            if self.runtime.settings.unblock != self._unblock_seen:
+                log.info("%s: resumed; retrying offset %s", self.lock_name, self.blocked)
+                self._resync(self.committed)
+                return
+            current = await self._client.cursor(self.group, self.topic, queue=self.queue)
+            if current != self.committed:
+                log.info("%s: cursor moved to %s; unblocked", self.lock_name, current)
+                self._resync(current)
+                return
+            await _wait_event(self._drain, self._t.blocked_probe)
+
+    # --------------------------------------------------------------------------- delivery
+
+    def _message_id(self, offset: int) -> str:
+        instance, index = split_offset(offset)
+        return f"{self._paxos_group}-{instance}-{index}"
+
+    async def _deliver(self, message: Message) -> Result:
+        cfg = self.runtime.config
+        outcome = Outcome(False, "not attempted")
+        attempt = 0
+        for attempt in range(1, cfg.max_attempts + 1):
+            delivery = Delivery(
+                consumer_group=self.group,
+                topic=self.topic,
+                queue=self.queue,
+                offset=message.offset,
+                message_id=self._message_id(message.offset),
+                payload=message.payload,
+                key=message.key,
+                headers=message.headers,
+                enqueued_at=message.enqueued_at,
+                attempt=attempt,
+            )
+            metrics.CONSUMER_DELIVERED.labels(self.group).inc()
+            started = time.perf_counter()
+            outcome = await self.runtime.handler(delivery)
+            metrics.CONSUMER_HANDLER_LATENCY.labels(self.group).observe(
+                time.perf_counter() - started
+            )
+            if outcome.ok:
+                metrics.CONSUMER_ACKED.labels(self.group).inc()
+                return Result.ACKED
+            metrics.CONSUMER_FAILED.labels(self.group).inc()
+            log.info(
+                "%s: offset %d attempt %d/%d failed: %s",
+                self.lock_name,
+                message.offset,
+                attempt,
+                cfg.max_attempts,
+                outcome.reason,
+            )
+            if attempt == cfg.max_attempts:
+                break
+            delay = backoff_delay(
+                attempt,
+                base=self._t.backoff_base,
+                cap=self._t.backoff_cap,
+                jitter=self._rng.random(),
+            )
+            if await _wait_event(self._drain, delay):
+                return Result.ABANDONED
+        if cfg.on_failure == "block":
+            return Result.BLOCKED
+        return await self._dead_letter(message, outcome, attempt)
+
+    async def _dead_letter(self, message: Message, outcome: Outcome, attempts: int) -> Result:
+        dlq = self.runtime.config.dead_letter
+        assert dlq is not None  # the config fills it in whenever on_failure = "dead_letter"
+        origin = {
+            "phxq-dlq-group": self.group,
+            "phxq-dlq-topic": self.topic,
+            "phxq-dlq-queue": str(self.queue),
+            "phxq-dlq-offset": str(message.offset),
+            "phxq-dlq-attempts": str(attempts),
+            "phxq-dlq-error": outcome.reason[:MAX_ERROR_HEADER],
+        }
+        headers = {**message.headers, **origin}
+        dedup_id = f"dlq/{self.group}/{self.topic}/{self.queue}/{message.offset}"
+        while True:
+            try:
+                await self._client.enqueue(
+                    dlq, message.payload, key=message.key, headers=headers, dedup_id=dedup_id
+                )
+                break
+            except Unavailable as exc:
+                log.warning(
+                    "%s: dead-lettering offset %d: %s", self.lock_name, message.offset, exc.message
+                )
+                if await _wait_event(self._drain, 1.0):
+                    return Result.ABANDONED
+            except ClientError:
+                if headers == origin:
+                    raise
+                # The original headers plus ours broke a store limit: keep ours, which say
+                # where the message came from.
+                headers = origin
+        metrics.CONSUMER_DEAD_LETTERED.labels(self.group).inc()
+        log.warning(
+            "%s: offset %d dead-lettered to %s after %d attempts (%s)",
+            self.lock_name,
+            message.offset,
+            dlq,
+            attempts,
+            outcome.reason,
+        )
+        return Result.DEAD_LETTERED
