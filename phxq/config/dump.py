@@ -48,6 +48,7 @@ def dump_config(cfg: ClusterConfig) -> str:
                         "dc": n.dc,
                         "data": str(n.data),
                         "metrics_addr": n.metrics_addr,
+                        "peers": {str(k): v for k, v in n.peers} if n.peers else None,
                     }
                 )
                 for n in nodes
@@ -95,6 +96,15 @@ def _render(doc: dict[str, Any]) -> str:
         header = f"[[{section}]]" if isinstance(body, list) else f"[{section}]"
         for table in tables:
             out.append(header)
-            out.extend(tomli_w.dumps({key: value}).strip() for key, value in table.items())
+            out.extend(_line(key, value) for key, value in table.items())
             out.append("")
     return "\n".join(out)
+
+
+def _line(key: str, value: Any) -> str:
+    """``key = value``; a table value (``peers``) inline, since a sub-table header here would
+    end the ``[[kind]]`` table it belongs to."""
+    if isinstance(value, dict):
+        pairs = (_line(k, v) for k, v in value.items())
+        return f"{tomli_w.dumps({key: 0}).split('=')[0].strip()} = {{ {', '.join(pairs)} }}"
+    return tomli_w.dumps({key: value}).strip()

@@ -157,6 +157,8 @@ class NodeConfig:
     dc: str
     data: Path
     metrics_addr: str | None = None
+    # (peer id, address this node dials it at), sorted; stores only. Empty: the peers' addr.
+    peers: tuple[tuple[int, str], ...] = ()
 
     @property
     def host(self) -> str:

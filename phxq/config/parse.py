@@ -174,9 +174,32 @@ def _node(source: str, kind: str, i: int, raw: object, base_dir: Path | None) ->
         dc=t.text("dc"),
         data=data,
         metrics_addr=t.addr("metrics_addr"),
+        peers=_peers(t) if kind == "store" else (),
     )
     t.done()
     return node
+
+
+def _peers(t: _Table) -> tuple[tuple[int, str], ...]:
+    """``peers = { "2" = "host:port" }``: where this store dials other stores (ids checked
+    against the [[store]] list by :func:`parse_config`)."""
+    raw = t.get("peers")
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        t.fail(f'expected a table such as {{ "2" = "host:port" }}, got {_show(raw)}', "peers")
+    peers = []
+    for key, value in raw.items():
+        if not key.isdigit() or int(key) < 1:
+            t.fail("keys must be store ids (positive integers)", f"peers.{key}")
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            _split_addr(value)
+        except ValueError:
+            t.fail(f'expected "host:port", got {_show(value)}', f"peers.{key}")
+        peers.append((int(key), value))
+    return tuple(sorted(peers))
 
 
 def _topic(source: str, i: int, raw: object) -> TopicConfig:
@@ -274,6 +297,14 @@ def parse_config(
             _claim(source, data_dirs, str(node.data), f"{kind}[{i}].data")
             if node.metrics_addr is not None:
                 _claim(source, addresses, node.metrics_addr, f"{kind}[{i}].metrics_addr")
+    store_ids = {s.id for s in stores}
+    for i, node in enumerate(stores):
+        for peer, _ in node.peers:
+            if peer == node.id or peer not in store_ids:
+                what = "this store itself" if peer == node.id else "no [[store]] has this id"
+                raise ConfigError(
+                    f"{source}: store[{i}].peers.{peer}: {what}", {"key": f"store[{i}].peers"}
+                )
 
     topics = [_topic(source, i, r) for i, r in enumerate(_array(source, doc, "topic"))]
     names: dict[object, str] = {}
