@@ -54,9 +54,13 @@ class PaxosHost:
         name: str = "node",
         restore_state: Callable[[int, bytes], Applier] | None = None,
         segment_bytes: int = 64 << 20,
+        dial: Mapping[int, str] | None = None,
     ) -> None:
         self.node_id = node_id
         self.addresses = dict(addresses)
+        # Where peers are dialed: ``addresses`` unless overridden (a proxy in between); master
+        # hints for clients keep using ``addresses``.
+        self._dial = {**self.addresses, **(dial or {})}
         self.members = tuple(sorted(self.addresses))
         self.data = data
         self.groups = groups
@@ -123,12 +127,12 @@ class PaxosHost:
     # --------------------------------------------------------------------- paxos plumbing
 
     def send(self, to: int, payload: bytes) -> None:
-        addr = self.addresses.get(to)
+        addr = self._dial.get(to)
         if addr is not None and to != self.node_id:
             self._pool.notify(addr, "px", payload)
 
     def send_snapshot(self, to: int, group: int, data: bytes) -> None:
-        addr = self.addresses.get(to)
+        addr = self._dial.get(to)
         if addr is not None and to != self.node_id:
             self._pool.notify(addr, "snap", [group, data])
 

@@ -68,6 +68,7 @@ class StoreNode:
             restore_state=lambda group, data: StoreState.restore(data),
             segment_bytes=c.segment_bytes,
             name="store",
+            dial=dict(self.node.peers),
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._retention_task: asyncio.Task[None] | None = None
