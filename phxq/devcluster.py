@@ -106,12 +106,14 @@ class _Proc:
 
 @dataclass
 class ProcessCluster:
-    """Real daemon processes for one cluster config (stores; lock nodes when ``locks``)."""
+    """Real daemon processes for one cluster config (stores; lock nodes when ``locks``;
+    a consumer daemon per name in ``consumers``)."""
 
     config_path: Path
     locks: bool = False
     log_dir: Path | None = None
     procs: dict[tuple[str, str], _Proc] = field(default_factory=dict)
+    consumers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.config: ClusterConfig = load_config(self.config_path)
@@ -144,6 +146,8 @@ class ProcessCluster:
         if self.locks:
             for lk in self.config.locks:
                 self.start_node("lock", str(lk.id))
+        for name in self.consumers:
+            self.start_node("consumer", name)
 
     def start_node(self, role: str, node: str) -> None:
         proc = self.procs.setdefault((role, node), _Proc(role, node))
@@ -185,6 +189,7 @@ class ProcessCluster:
         return bool(proc and proc.popen and proc.popen.poll() is None and not proc.paused)
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.stop_consumers(timeout)  # first, so they hand over while stores and locks still run
         for proc in self.procs.values():
             if proc.popen is not None and proc.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -202,7 +207,25 @@ class ProcessCluster:
             if proc.log is not None:
                 proc.log.close()
 
-    def logs(self, role: str = "store", node: int | None = None, tail: int = 60) -> str:
+    def stop_consumers(self, timeout: float = 10.0) -> None:
+        """SIGTERM every consumer daemon (a clean handoff: commit, release) and wait for it."""
+        consumers = [p for p in self.procs.values() if p.role == "consumer" and p.popen]
+        for proc in consumers:
+            assert proc.popen is not None
+            if proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.popen.send_signal(signal.SIGCONT)
+                    proc.popen.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in consumers:
+            assert proc.popen is not None
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+    def logs(self, role: str = "store", node: int | str | None = None, tail: int = 60) -> str:
         """The last lines of the daemons' logs, for failure messages."""
         assert self.log_dir is not None
         out = []
@@ -232,7 +255,7 @@ class ProcessCluster:
                         if code not in (-signal.SIGKILL, -signal.SIGTERM):
                             raise RuntimeError(
                                 f"{proc.role} {proc.node} exited with {code}\n"
-                                + self.logs(proc.role, int(proc.node))
+                                + self.logs(proc.role, proc.node)
                             )
                 try:
                     last = await self._masters(pool)

@@ -18,6 +18,7 @@ Public API::
     X-Phxq-Topic, X-Phxq-Queue, X-Phxq-Offset, X-Phxq-Attempt (1 for the first delivery),
     X-Phxq-Enqueued-At  seconds since the epoch (the store's clock at enqueue)
     X-Phxq-Key          only when the message has a key
+    X-Phxq-Consumer     the delivering consumer daemon, "<name>#<incarnation>"
     <name>: <value>     each message header as it is, except that a name HTTP reserves (Host,
                         Content-Length, Content-Type, Transfer-Encoding, Connection, Expect,
                         Te, Trailer, Upgrade) or one starting with "X-Phxq-" or that is not an
@@ -87,6 +88,7 @@ class Delivery:
     headers: dict[str, str]
     enqueued_at: float
     attempt: int
+    consumer: str = ""  # the delivering consumer daemon ("<name>#<incarnation>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,8 @@ def http_headers(delivery: Delivery) -> dict[str, str]:
         "X-Phxq-Attempt": str(delivery.attempt),
         "X-Phxq-Enqueued-At": repr(delivery.enqueued_at),
     }
+    if delivery.consumer:
+        out["X-Phxq-Consumer"] = _header_value(delivery.consumer)
     if delivery.key is not None:
         out["X-Phxq-Key"] = _header_value(delivery.key)
     for name, value in delivery.headers.items():

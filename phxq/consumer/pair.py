@@ -499,6 +499,7 @@ class PairWorker:
                 headers=message.headers,
                 enqueued_at=message.enqueued_at,
                 attempt=attempt,
+                consumer=self._owner,
             )
             metrics.CONSUMER_DELIVERED.labels(self.group).inc()
             started = time.perf_counter()
