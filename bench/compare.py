@@ -6,8 +6,9 @@
 One row per case (system, run, groups, size, outstanding, batching) that any file has; for each
 file the columns msgs/s, p50 and p99.9 (ms), and with two or more files the last file's msgs/s
 and p50 relative to the first's (``x1.50`` = 1.5 times the first). A case a file lacks shows
-``-``. Reads the output of ``bench.run_all`` (``runs``) and the older ``bench.enqueue`` files
-(``results``). Columns are named ``<label>@<commit>`` (the file name when those are absent).
+``-``. Reads the output of ``bench.run_all`` (``runs``), the older ``bench.enqueue`` files
+(``results``) and single ``phxq bench --json`` results. Columns are named ``<label>@<commit>``
+(the file name when those are absent).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def load(path: Path) -> tuple[str, list[dict[str, Any]]]:
     except (OSError, json.JSONDecodeError) as exc:
         raise SystemExit(f"{path}: cannot read benchmark JSON: {exc}") from exc
     runs = data.get("runs", data.get("results")) if isinstance(data, dict) else None
+    if runs is None and isinstance(data, dict) and "latency_ms" in data:
+        runs = [data]  # one ``phxq bench --json`` result
     if not isinstance(runs, list):
         raise SystemExit(f"{path}: no 'runs' list: not a benchmark result file")
     env = data.get("environment", {})

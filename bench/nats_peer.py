@@ -208,7 +208,7 @@ class NatsCluster:
                     "server": varz.get("server_name"),
                     "version": varz.get("version"),
                     "sync_always": cfg.get("sync_always", False),
-                    "store_dir": cfg.get("store_dir"),
+                    "file_store": bool(cfg.get("store_dir")),
                 }
             )
         return out
