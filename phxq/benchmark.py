@@ -242,7 +242,8 @@ async def run_throughput(
         await asyncio.sleep(max(0.0, window_end - perf()))
         return CpuMeter.delta(before, cpu.snapshot())
 
-    cpu_s, *_ = await asyncio.gather(meter(), *(producer(n) for n in range(outstanding)))
+    results = await asyncio.gather(meter(), *(producer(n) for n in range(outstanding)))
+    cpu_s = results[0] or {}
     return Result(
         "throughput",
         done,
