@@ -169,13 +169,18 @@ class Client:
             return random.randrange(queues)
         return queue_for_key(key, queues)
 
-    def _master_addr(self, cmap: ClusterMap, group: int) -> str:
+    def _master_addr(self, cmap: ClusterMap, group: int, avoid: set[str] | None = None) -> str:
         node = cmap.masters.get(group)
         if node is not None and node in cmap.nodes:
             return cmap.nodes[node]
-        # Unknown master: ask the preferred one (group % N); it answers or redirects.
+        # Unknown master: ask the preferred one (group % N); it answers or redirects. Skip the
+        # nodes in `avoid` (unreachable, or knew no master: a store cut off from its peers
+        # answers NotMaster without a hint forever, while the others know the new master).
         ids = sorted(cmap.nodes)
-        return cmap.nodes[ids[group % len(ids)]]
+        order = [cmap.nodes[ids[(group + i) % len(ids)]] for i in range(len(ids))]
+        if avoid is not None and all(a in avoid for a in order):
+            avoid.clear()
+        return next(a for a in order if avoid is None or a not in avoid)
 
     def _learn_hint(self, cmap: ClusterMap, group: int, exc: NotMaster) -> None:
         hint = exc.hint
@@ -194,17 +199,20 @@ class Client:
         timeout = self._request_timeout + extra_time
         deadline = time.monotonic() + self._retry_timeout + extra_time
         backoff = 0.02
+        avoid: set[str] = set()
         while True:
             cmap = await self.cluster_map()
-            addr = self._master_addr(cmap, group)
+            addr = self._master_addr(cmap, group, avoid)
             try:
                 return await self._pool.call(addr, method, params, timeout=timeout)
             except NotMaster as exc:
                 self._learn_hint(cmap, group, exc)
                 if exc.hint is None:
+                    avoid.add(addr)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
             except Unavailable:
+                avoid.add(addr)
                 cmap.masters.pop(group, None)
                 if time.monotonic() + backoff > deadline:
                     raise
