@@ -136,7 +136,9 @@ async def failover_trial(
     return elapsed
 
 
-async def run(args: argparse.Namespace, addresses: list[str], cluster: ProcessCluster | None):
+async def run(
+    args: argparse.Namespace, addresses: list[str], cluster: ProcessCluster | None
+) -> dict[str, Any]:
     result: dict[str, Any] = {"ttl": args.ttl, "drift_margin": drift_margin(args.ttl)}
     result["latency"] = await latencies(addresses, args.count)
     trials = [

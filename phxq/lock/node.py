@@ -17,6 +17,10 @@ What the runtime adds to the pure state machine:
   gets ``Unavailable`` (retry: acquire and renew are idempotent for the holder).
 - **Sweeps.** When a lease or KV ttl entry is due (on the master's clock) the master proposes a
   ``Sweep``, so expiry becomes a log event that wakes ``kv_wait`` watchers.
+- **Compaction.** Every ``cluster.retention_interval`` the node snapshots its state and drops
+  whole log segments below the last ``KEEP_INSTANCES`` instances (renewals and heartbeats
+  would otherwise grow the log, and the restart time, forever). A follower behind every peer's
+  log start receives a snapshot.
 - **Reads** (``get``, ``kv_get``, ``kv_list``, ``kv_wait``) are served by the master from its
   applied state, only while it is serving in its own epoch. That relies on the Paxos master
   lease: a deposed master stops within one lease of losing its majority, so a read can be stale
@@ -48,10 +52,12 @@ log = logging.getLogger("phxq.lock")
 KEEPER_INTERVAL = 0.02  # seconds between checks for "propose my epoch" / "sweep due"
 EPOCH_WAIT = 1.0  # how long a request waits for a new master's epoch before Unavailable
 SWEEP_MIN_INTERVAL = 0.05
+KEEP_INSTANCES = 10_000  # recent instances kept in the log when compacting (for catch-up)
 
 
 class _WatchedState:
-    """The Applier given to the replica: applies to the state, then wakes KV watchers."""
+    """The Applier given to the replica: applies to the state, then (when it is the replica's
+    live state, not a copy being built for a snapshot) wakes KV watchers and epoch waiters."""
 
     def __init__(self, state: LockState, node: LockNode) -> None:
         self.state = state
@@ -60,11 +66,23 @@ class _WatchedState:
     def apply(self, instance: int, items: Any) -> list[Any]:
         epoch = self.state.epoch
         results = self.state.apply(instance, items)
-        self._node._changed(self.state.drain_changed(), epoch != self.state.epoch)
+        changed = self.state.drain_changed()
+        if self._node._is_live(self):
+            self._node._changed(changed, epoch != self.state.epoch)
         return results
 
     def index_entries(self, instance: int, items: Any) -> list[tuple[Any, int, float]]:
         return self.state.index_entries(instance, items)
+
+    @property
+    def applied_up_to(self) -> int:
+        return self.state.applied_up_to
+
+    def snapshot(self) -> bytes:
+        return self.state.snapshot()
+
+    def forget_below(self, instance: int) -> None:
+        self.state.forget_below(instance)
 
 
 class LockNode:
@@ -76,8 +94,6 @@ class LockNode:
         self.node_id = node_id
         self.addresses = {n.id: n.addr for n in cluster.locks}
         self._host = host
-        self.state = LockState()
-        self._applier = _WatchedState(self.state, self)
         c = cluster.cluster
         self.paxos_host = PaxosHost(
             node_id,
@@ -87,7 +103,9 @@ class LockNode:
             window=c.paxos_window,
             heartbeat_interval=c.heartbeat_interval,
             lease=c.lease,
-            state_for=lambda group: self._applier,
+            state_for=lambda group: _WatchedState(LockState(), self),
+            restore_state=lambda group, data: _WatchedState(LockState.restore(data), self),
+            segment_bytes=c.segment_bytes,
             name="lock",
         )
         self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
@@ -97,6 +115,9 @@ class LockNode:
         self._sweeping = False
         self._last_sweep = 0.0
         self._keeper: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
+        self._compact_interval = c.retention_interval
+        self.keep_instances = KEEP_INSTANCES
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---------------------------------------------------------------------- life cycle
@@ -110,17 +131,20 @@ class LockNode:
 
     async def start(self) -> None:
         await self.paxos_host.start()
-        self._keeper = asyncio.get_running_loop().create_task(self._keep())
+        loop = asyncio.get_running_loop()
+        self._keeper = loop.create_task(self._keep())
+        self._compactor = loop.create_task(self._compact_loop())
         host, port = self.node.addr.rsplit(":", 1)
         await self._server.start(self._host or host, int(port))
         log.info("lock %d serving on %s", self.node_id, self._server.address)
 
     async def close(self) -> None:
         await self._server.close()
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
+        for task in (self._keeper, self._compactor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -133,6 +157,36 @@ class LockNode:
     @property
     def replica(self) -> GroupReplica:
         return self.paxos_host.replicas[0]
+
+    @property
+    def state(self) -> LockState:
+        """The replica's live state (a snapshot install from a peer replaces it)."""
+        applier = self.replica.state
+        assert isinstance(applier, _WatchedState)
+        return applier.state
+
+    def _is_live(self, applier: _WatchedState) -> bool:
+        replica = self.paxos_host.replicas.get(0)
+        return replica is not None and replica.state is applier
+
+    # ----------------------------------------------------------------------- compaction
+
+    async def _compact_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._compact_interval)
+            try:
+                await self.compact()
+            except PhxqError as exc:
+                log.error("lock %d: log compaction failed: %s", self.node_id, exc)
+
+    async def compact(self) -> int:
+        """Snapshot the state and drop whole log segments below the last ``keep_instances``
+        chosen instances (kept for followers catching up). The first retained instance."""
+        replica = self.replica
+        floor = replica.paxos.chosen_up_to + 1 - self.keep_instances
+        if floor <= replica.glog.first_instance:
+            return replica.glog.first_instance
+        return await replica.compact(floor)
 
     # --------------------------------------------------------------------------- epochs
 
@@ -177,7 +231,9 @@ class LockNode:
 
     async def _propose_epoch(self, epoch: Epoch) -> None:
         try:
-            await self.replica.propose(encode_entry(EpochStart(epoch, time.monotonic())))
+            result = await self.replica.propose(encode_entry(EpochStart(epoch, time.monotonic())))
+            if isinstance(result, PhxqError):
+                raise result
             log.info("lock %d: epoch %s started", self.node_id, epoch)
         except PhxqError as exc:
             log.warning("lock %d: epoch %s not started: %s", self.node_id, epoch, exc)

@@ -13,6 +13,8 @@ Public API::
     .next_expiry() -> float | None               # soonest lease/KV expiry (current epoch clock)
     .drain_changed() -> list[str]                # KV keys changed since the last drain
     .locks_held / .kv_keys                       # sizes, for status
+    .snapshot() -> bytes;  LockState.restore(data) -> LockState   # ProtocolError if malformed
+    .forget_below(instance) -> None              # the log below was truncated (nothing to do)
 
     drift_margin(ttl) -> float                   # what a new master adds to an inherited lease
     make_token(instance, index) -> int           # instance << 20 | index
@@ -58,6 +60,10 @@ clock, and ``t`` is later than the request's send time, from which the client co
 (slightly shorter: see :mod:`phxq.lock.client`) lease. Epochs are ordered by ballot, so an
 epoch entry of an older master that reaches the log late is refused, and operations it
 proposed are refused too. No decision ever compares times of two machines.
+
+**Snapshots** hold everything ``apply`` depends on (epoch, times, leases, KV, remembered request
+ids), so a replica restored from one and fed the rest of the log reaches the same state; the
+lock daemon uses them to truncate its log.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ from phxq.errors import (
     StorageError,
     Unavailable,
     VersionMismatch,
+    from_wire,
 )
 from phxq.lock.entries import (
     Acquire,
@@ -113,6 +120,7 @@ MAX_KV_BYTES: Final = 8 << 20  # keys + values: kv_list of everything still fits
 
 _LEASE: Final = 0
 _KV: Final = 1
+_SNAPSHOT_VERSION: Final = 1
 
 
 def drift_margin(ttl: float) -> float:
@@ -418,6 +426,66 @@ class LockState:
     def drain_changed(self) -> list[str]:
         changed, self._changed = self._changed, []
         return changed
+
+    # ------------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> bytes:
+        rids = [
+            [rid, ["err", *r.to_wire()] if isinstance(r, PhxqError) else ["ok", r]]
+            for rid, r in self._rids.items()
+        ]
+        body = [
+            _SNAPSHOT_VERSION,
+            None if self.epoch is None else list(self.epoch),
+            self.epoch_started_at,
+            self.now,
+            self.applied_up_to,
+            [[n, x.owner, x.token, x.ttl, x.expires_at] for n, x in self._leases.items()],
+            [[k, x.value, x.version, x.size, x.ttl, x.expires_at] for k, x in self._kv.items()],
+            rids,
+        ]
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        return packed
+
+    @classmethod
+    def restore(cls, data: bytes) -> LockState:
+        """The state saved by :meth:`snapshot`; ``ProtocolError`` if ``data`` is not one."""
+        try:
+            body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            version, epoch, started, now, applied, leases, kvs, rids = body
+            if version != _SNAPSHOT_VERSION:
+                raise ValueError(f"unknown snapshot version {version!r}")
+            state = cls()
+            state.epoch = None if epoch is None else (int(epoch[0]), int(epoch[1]))
+            state.epoch_started_at = None if started is None else float(started)
+            state.now = float(now)
+            state.applied_up_to = int(applied)
+            for name, owner, token, ttl, expires_at in leases:
+                state._leases[str(name)] = _Lease(
+                    str(owner), int(token), float(ttl), float(expires_at)
+                )
+            for key, value, ver, size, ttl, expires_at in kvs:
+                state._kv[str(key)] = _KvEntry(
+                    value,
+                    int(ver),
+                    int(size),
+                    None if ttl is None else float(ttl),
+                    None if expires_at is None else float(expires_at),
+                )
+                state._kv_bytes += int(size)
+            for rid, (kind, *result) in rids:
+                state._rids[bytes(rid)] = from_wire(*result) if kind == "err" else result[0]
+        except Exception as exc:  # malformed input raises many types; all mean "not a snapshot"
+            raise ProtocolError(f"malformed lock state snapshot: {exc!r:.200}") from None
+        state._expiries = [(x.expires_at, _LEASE, n) for n, x in state._leases.items()]
+        state._expiries += [
+            (x.expires_at, _KV, k) for k, x in state._kv.items() if x.expires_at is not None
+        ]
+        heapq.heapify(state._expiries)
+        return state
+
+    def forget_below(self, instance: int) -> None:
+        """Nothing in the lock state refers to old instances (tokens are just numbers)."""
 
     @property
     def locks_held(self) -> int:

@@ -198,3 +198,28 @@ def test_limits_are_enforced_at_apply(log: Log, monkeypatch: pytest.MonkeyPatch)
     assert isinstance(log.one(Acquire(A, 1000.0, "q2", "a", 1.0)), BadArgument)
     assert isinstance(log.one(KvPut(A, 1000.0, "k", "x" * 30)), BadArgument)
     assert log.state.kv_get("k", 1000.0) == (None, 0)
+
+
+def test_snapshot_restores_everything_apply_depends_on(log: Log) -> None:
+    token = log.one(Acquire(A, 1000.0, "q", "a", 5.0))
+    log.one(KvPut(A, 1000.0, "members/a", {"load": [1, 2]}, None, 3.0, b"r1"))
+    log.one(KvPut(A, 1000.0, "k", b"\x00", 0, None, b"r2"))
+    failed = log.one(KvPut(A, 1000.0, "k", 1, 0, None, b"r3"))
+    assert isinstance(failed, VersionMismatch)
+    copy = Log()
+    copy.state = LockState.restore(log.state.snapshot())
+    copy.instance = log.instance
+    assert copy.state.snapshot() == log.state.snapshot()
+    for replica in (log, copy):
+        assert isinstance(replica.one(Acquire(A, 1001.0, "q", "b", 1.0)), LockHeld)
+        assert replica.one(Renew(A, 1001.0, "q", "a", token)) == token
+        again = replica.one(KvPut(A, 1001.0, "k", 1, 0, None, b"r3"))  # a retried request
+        assert isinstance(again, VersionMismatch) and again.data == failed.data
+        assert replica.state.next_expiry() == 1003.0
+    assert copy.state.snapshot() == log.state.snapshot()
+
+
+@pytest.mark.parametrize("data", [b"", b"\x93\x01\x02\x03", b"garbage", b"\x98" + b"\xc0" * 8])
+def test_a_malformed_snapshot_is_a_protocol_error(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        LockState.restore(data)
