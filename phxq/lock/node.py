@@ -38,6 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from phxq import metrics
 from phxq.config import ClusterConfig, NodeConfig
 from phxq.errors import BadArgument, NotMaster, PhxqError, StorageError, Unavailable
 from phxq.lock import service
@@ -136,6 +137,8 @@ class LockNode:
         self._compactor = loop.create_task(self._compact_loop())
         host, port = self.node.addr.rsplit(":", 1)
         await self._server.start(self._host or host, int(port))
+        if self.node.metrics_addr:
+            metrics.serve(self.node.metrics_addr)
         log.info("lock %d serving on %s", self.node_id, self._server.address)
 
     async def close(self) -> None:
