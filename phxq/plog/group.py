@@ -169,12 +169,14 @@ class GroupLog:
     def _active(self) -> SegmentFile:
         return self._segments[-1]
 
-    def _append(self, record: bytes) -> tuple[asyncio.Future[None], int, int]:
+    def _append(
+        self, record: bytes, *, urgent: bool = True
+    ) -> tuple[asyncio.Future[None], int, int]:
         """Queue ``record``; returns (durable future, segment number, offset)."""
         f = self._active()
         if not f.room(len(record)):
             f = self._roll(len(record))
-        future, offset = self._writer.append(f, record)
+        future, offset = self._writer.append(f, record, urgent=urgent)
         if f.failed is not None and self.failed is None:
             self.failed = f.failed
         return future, f.number, offset
@@ -186,6 +188,7 @@ class GroupLog:
         f = SegmentFile(self.directory / segment_name(number), number, size, predecessor=old)
         if old is not None:
             old.sealed = True
+            self._writer.kick(old)  # its lazy records go before anything of the new segment
         self._segments.append(f)
         self._by_number[number] = f
         self._checkpoint(f)
@@ -234,11 +237,20 @@ class GroupLog:
         return future
 
     def append_chosen(
-        self, instance: int, ballot: Ballot | None, checksum: int, value: bytes
+        self,
+        instance: int,
+        ballot: Ballot | None,
+        checksum: int,
+        value: bytes,
+        *,
+        urgent: bool = True,
     ) -> asyncio.Future[None]:
         """Record that ``instance`` (== chosen_up_to + 1) is chosen with ``value``. Writes a small
         mark when this log holds the accept (instance, ballot) with the same value, else the
-        value. Indexes the instance (calls the indexer) before returning."""
+        value. Indexes the instance (calls the indexer) before returning. With ``urgent=False``
+        the record costs no ``fdatasync`` of its own: it is made durable with the group's next
+        urgent record (or after the writer's ``lazy_delay``), for callers that need it durable
+        only eventually (a chosen instance lost in a crash is learned again from peers)."""
         error = self._check_open()
         if error is not None:
             return _failed(error)
@@ -250,11 +262,12 @@ class GroupLog:
         accepted = self._accepted.pop(instance, {})
         held = accepted.get(ballot) if ballot is not None else None
         if held is not None and ballot is not None and (held[3] is value or held[3] == value):
-            future, number, _ = self._append(encode_chosen_mark(instance, ballot, checksum))
+            mark = encode_chosen_mark(instance, ballot, checksum)
+            future, number, _ = self._append(mark, urgent=urgent)
             loc: ChosenLoc = (held[0], held[1], held[2], checksum)
         else:
             record = encode_chosen_value(instance, ballot or (0, 0), checksum, value)
-            future, number, offset = self._append(record)
+            future, number, offset = self._append(record, urgent=urgent)
             loc = (number, offset, len(record), checksum)
         seg = self._by_number[number]
         seg.max_instance = max(seg.max_instance, instance)

@@ -16,6 +16,13 @@ writer). The writer thread repeatedly
 
 No ``fsync`` ever runs on the event loop, and no record costs a thread hop of its own.
 
+**Lazy records.** A record appended with ``urgent=False`` (the store's chosen marks: nothing
+waits on their durability, a lost one is learned again from peers) does not wake the writer: it
+rides along with the file's next urgent record, or is written and synced ``lazy_delay`` seconds
+later if none comes. So a chosen mark never costs an ``fdatasync`` of its own, and an accept never
+waits behind one. Sealing a segment (:meth:`LogWriter.kick`) flushes its lazy records at once, so
+a later segment is never written while an earlier one still holds unwritten records.
+
 **Batch headers.** When a file had nothing queued, the loop puts the constant
 ``records.BATCH_RECORD`` in front of the new record, and the writer always takes a file's whole
 queue at once, so every batch header starts a write whose predecessor writes were already synced.
@@ -94,6 +101,8 @@ class SegmentFile:
         self.lock = threading.Lock()
         self.data: list[bytes] = []
         self.futures: list[asyncio.Future[None] | None] = []
+        self.queued = False  # in the writer's queue (its data will be taken in a coming pass)
+        self.lazy_since = 0.0  # monotonic time its oldest lazy-only data was queued, 0 if none
         self.failed: StorageError | None = None
         self.sealed = False  # no more appends after what is queued
         self.fd: int | None = None
@@ -101,12 +110,18 @@ class SegmentFile:
         self.durable_end = written_end
         self.zeroed_to = written_end if existing else 0
 
-    def append(self, writer: LogWriter, record: bytes, future: asyncio.Future[None] | None) -> int:
+    def append(
+        self,
+        writer: LogWriter,
+        record: bytes,
+        future: asyncio.Future[None] | None,
+        urgent: bool = True,
+    ) -> int:
         """Queue one record (loop thread) right after everything queued before; returns its
-        offset. The caller checks ``room`` first."""
+        offset. The caller checks ``room`` first. A non-urgent record waits for the next urgent
+        one (or ``lazy_delay``)."""
         with self.lock:
-            fresh = not self.data
-            if fresh:
+            if not self.data:
                 self.data.append(BATCH_RECORD)
                 self.futures.append(None)
                 self.append_pos += len(BATCH_RECORD)
@@ -114,8 +129,16 @@ class SegmentFile:
             self.data.append(record)
             self.futures.append(future)
             self.append_pos += len(record)
-        if fresh:
+            ready = urgent and not self.queued
+            lazy = not urgent and not self.queued and not self.lazy_since
+            if ready:
+                self.queued = True
+            elif lazy:
+                self.lazy_since = time.monotonic()
+        if ready:
             writer._ready(self)
+        elif lazy:
+            writer._lazy.append(self)
         return offset
 
     def room(self, length: int) -> bool:
@@ -126,6 +149,8 @@ class SegmentFile:
         with self.lock:
             data, futures = self.data, self.futures
             self.data, self.futures = [], []
+            self.queued = False
+            self.lazy_since = 0.0
         return data, futures
 
     def __repr__(self) -> str:
@@ -147,11 +172,14 @@ class LogWriter:
         pwrite: Callable[[int, memoryview, int], int] = os.pwrite,
         on_fsync: Callable[[float], None] | None = None,
         sync_threads: int = 8,
+        lazy_delay: float = 0.5,
     ) -> None:
         self._fsync = fsync
         self._pwrite = pwrite
         self.on_fsync = on_fsync
+        self.lazy_delay = lazy_delay
         self._queue: deque[SegmentFile] = deque()
+        self._lazy: deque[SegmentFile] = deque()  # files holding only lazy records (maybe stale)
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -225,15 +253,27 @@ class LogWriter:
         fails with StorageError. FIFO per file."""
         return self.append(file, record)[0]
 
-    def append(self, file: SegmentFile, record: bytes) -> tuple[asyncio.Future[None], int]:
-        """:meth:`submit`, also returning the record's offset in ``file`` (-1 if not queued)."""
+    def append(
+        self, file: SegmentFile, record: bytes, *, urgent: bool = True
+    ) -> tuple[asyncio.Future[None], int]:
+        """:meth:`submit`, also returning the record's offset in ``file`` (-1 if not queued).
+        ``urgent=False``: see "Lazy records" in the module docstring."""
         if self._loop is None or self._stopping:
             raise StorageError("the PLog writer is not running")
         future: asyncio.Future[None] = self._loop.create_future()
         if file.failed is not None:
             future.set_exception(file.failed)
             return future, -1
-        return future, file.append(self, record, future)
+        return future, file.append(self, record, future, urgent)
+
+    def kick(self, file: SegmentFile) -> None:
+        """Write (and sync) ``file``'s lazy records in the next pass, without waiting."""
+        with file.lock:
+            ready = bool(file.data) and not file.queued
+            if ready:
+                file.queued = True
+        if ready:
+            self._ready(file)
 
     async def read(self, fn: Callable[[], _T]) -> _T:
         """Run a blocking read on the process's reader thread (never on the loop)."""
@@ -247,7 +287,8 @@ class LogWriter:
         open_files: set[SegmentFile] = set()
         try:
             while True:
-                self._wake.wait()
+                # A timeout, not a wake-up per lazy record: lazy records must not cost a hop.
+                self._wake.wait(self.lazy_delay / 2)
                 self._wake.clear()
                 files: list[SegmentFile] = []
                 while True:
@@ -257,13 +298,15 @@ class LogWriter:
                         break
                     if f not in files:
                         files.append(f)
+                if self._lazy:
+                    self._take_due_lazy(files)
                 if files:
                     self._commit(files, open_files)
                 self._close_sealed(open_files)
                 # Checked after every pass, not only on an empty one: close()'s wake-up may have
                 # been cleared above while this pass still had files to commit, and waiting
                 # again would then never return (a deadlock seen in CI).
-                if self._stopping and not self._queue:
+                if self._stopping and not self._queue and not self._lazy:
                     break
         finally:
             for f in open_files:
@@ -272,6 +315,24 @@ class LogWriter:
             stopped = self._stopped
             with contextlib.suppress(RuntimeError):  # loop already closed
                 self._loop.call_soon_threadsafe(_set_done, stopped)
+
+    def _take_due_lazy(self, files: list[SegmentFile]) -> None:
+        """Add to ``files`` every lazy-only file whose oldest record waited ``lazy_delay`` (every
+        one when stopping); keep the others for a later pass."""
+        due_before = time.monotonic() - self.lazy_delay
+        keep: list[SegmentFile] = []
+        for _ in range(len(self._lazy)):
+            f = self._lazy.popleft()
+            with f.lock:
+                since = f.lazy_since
+                due = since and (self._stopping or since <= due_before)
+            if not since or f in files:
+                continue  # taken meanwhile by an urgent pass (or listed twice)
+            if due:
+                files.append(f)
+            else:
+                keep.append(f)
+        self._lazy.extend(keep)
 
     def _commit(self, files: list[SegmentFile], open_files: set[SegmentFile]) -> None:
         taken = {f: f.take() for f in files}
