@@ -8,8 +8,10 @@ A :class:`PaxosHost` owns, for one node:
 - the Paxos traffic between peers: one-way ``px`` notifications through an
   :class:`~phxq.net.rpc.RpcPool` (fire-and-forget: Paxos tolerates loss);
 - the tick loop that drives leases, heartbeats, elections and retries. It sleeps until the
-  soonest deadline of any group (at most ``TICK_MAX_SLEEP``) or until :meth:`wake` is called
-  after an input that may have moved a deadline.
+  soonest deadline of any group (at most ``TICK_MAX_SLEEP``). After every input a replica
+  processes, only that replica's deadline is compared with the loop's next wake-up (the loop is
+  woken only when it moved earlier), so ordinary traffic never costs a scan of every group;
+  :meth:`wake` forces a scan.
 
 The daemon around it owns the RPC server; it routes ``px`` notifications to :meth:`on_notify`.
 """
@@ -33,7 +35,7 @@ from phxq.store.replica import Applier, GroupReplica
 
 log = logging.getLogger("phxq.host")
 
-TICK_MAX_SLEEP = 0.01
+TICK_MAX_SLEEP = 0.05
 
 
 class PaxosHost:
@@ -77,6 +79,8 @@ class PaxosHost:
         self._pool = RpcPool()
         self._tick_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._next_tick = 0.0  # when the tick loop runs next (monotonic)
+        self._masters_held = -1
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -104,6 +108,8 @@ class PaxosHost:
                 segment_bytes=self._segment_bytes,
                 snapshots=None if self._restore_state is None else _Snapshots(self, group),
             )
+        for replica in self.replicas.values():
+            replica.after_input = self._deadline_moved
         self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop())
 
     async def close(self) -> None:
@@ -123,6 +129,11 @@ class PaxosHost:
     def wake(self) -> None:
         """Run the tick loop now (an input may have moved a deadline)."""
         self._wake.set()
+
+    def _deadline_moved(self, replica: GroupReplica) -> None:
+        deadline = replica.next_deadline()
+        if deadline is not None and deadline < self._next_tick:
+            self._wake.set()
 
     # --------------------------------------------------------------------- paxos plumbing
 
@@ -153,7 +164,6 @@ class PaxosHost:
         if replica is None or msg.sender not in self.addresses:
             return
         replica.on_message(msg)
-        self._wake.set()
 
     def _on_snapshot(self, params: Any) -> None:
         if not (isinstance(params, list) and len(params) == 2 and isinstance(params[1], bytes)):
@@ -189,7 +199,11 @@ class PaxosHost:
                     deadline = replica.next_deadline()
                 if deadline is not None:
                     soonest = min(soonest, deadline)
-            metrics.MASTERS_HELD.set(sum(r.paxos.is_master for r in self.replicas.values()))
+            held = sum(r.paxos.is_master for r in self.replicas.values())
+            if held != self._masters_held:
+                self._masters_held = held
+                metrics.MASTERS_HELD.set(held)
+            self._next_tick = soonest
             self._wake.clear()
             delay = max(0.0, soonest - time.monotonic())
             with contextlib.suppress(TimeoutError):

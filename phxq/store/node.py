@@ -214,9 +214,8 @@ class StoreNode:
             raise BadArgument(f"unknown method {method!r}")
         if not isinstance(params, dict):
             raise BadArgument(f"{method}: params must be a map")
-        result = await handler(self, params)
-        self.paxos_host.wake()
-        return result
+        # No tick-loop wake-up here: every replica input reports a moved deadline itself.
+        return await handler(self, params)
 
     def meta(self) -> dict[str, Any]:
         return {

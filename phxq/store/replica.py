@@ -99,6 +99,10 @@ def _apply_records(state: Any, records: Sequence[Any]) -> None:
         state.apply(r.instance, decode_batch(r.value))
 
 
+def _ignore(replica: GroupReplica) -> None:
+    pass
+
+
 class GroupReplica:
     """One group's replica on this node. Create with :meth:`open`."""
 
@@ -127,6 +131,8 @@ class GroupReplica:
         self.failed: StorageError | None = None
         self.diverged: Divergence | None = None
         self._applied_event = asyncio.Event()  # replaced (after being set) on every apply
+        # Called after every input the core processed (its next deadline may have moved).
+        self.after_input: Callable[[GroupReplica], None] = _ignore
         self.snapshots = snapshots
         self._snapshot_lock = asyncio.Lock()  # one compaction or snapshot install at a time
         self._snapshot_sent: dict[int, float] = {}  # peer -> when we last sent it our snapshot
@@ -270,6 +276,10 @@ class GroupReplica:
     # --------------------------------------------------------------------------- effects
 
     def execute(self, effects: list[Any]) -> None:
+        self._execute(effects)
+        self.after_input(self)
+
+    def _execute(self, effects: list[Any]) -> None:
         for effect in effects:
             if isinstance(effect, Send):
                 self._send(effect.to, encode_message(effect.msg))
