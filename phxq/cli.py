@@ -138,14 +138,19 @@ def lock(config_path: Path, node_id: int) -> None:
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 def dev(data: Path, nodes: int) -> None:
     """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
-    from phxq.devcluster import ProcessCluster, write_dev_config
+    from phxq.devcluster import (
+        DEV_CONSUMER,
+        DEV_CONSUMER_GROUPS,
+        ProcessCluster,
+        write_dev_config,
+    )
 
     config_path = data / "cluster.toml"
     if config_path.exists():
         click.echo(f"resuming the cluster in {data} ({config_path})")
     else:
-        write_dev_config(data, nodes=nodes)
-    cluster = ProcessCluster(config_path.resolve(), locks=True)
+        write_dev_config(data, nodes=nodes, extra=DEV_CONSUMER_GROUPS)
+    cluster = ProcessCluster(config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,))
     stop = False
 
     def _stop(*_: object) -> None:
@@ -160,6 +165,7 @@ def dev(data: Path, nodes: int) -> None:
         click.echo(f"phxq dev: {len(cluster.store_addresses)} stores ready: {stores}")
         locks = ",".join(cluster.lock_addresses)
         click.echo(f"          {len(cluster.lock_addresses)} lock nodes ready: {locks}")
+        click.echo(f"          consumer {DEV_CONSUMER!r} delivers group 'log' to its log")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --group demo")

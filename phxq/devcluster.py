@@ -25,6 +25,14 @@ from phxq.errors import PhxqError
 from phxq.net.rpc import RpcPool
 
 DEV_TOPICS = (("orders", 8), ("orders.dlq", 1))
+# What `phxq dev` adds to its config: one consumer group, delivered by its consumer daemon.
+DEV_CONSUMER_GROUPS = """
+[[consumer_group]]
+name = "log"
+topic = "orders"
+handler = "phxq.consumer.demo:log_message"
+"""
+DEV_CONSUMER = "dev"
 
 
 def free_ports(count: int) -> list[int]:

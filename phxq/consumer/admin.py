@@ -8,7 +8,8 @@ Public API (``client`` is a :class:`phxq.Client`, ``locks`` a lock client, see
     await replay(cfg, client, group, since=None | offset=None, queues=None) -> {queue: cursor}
     await set_limit(locks, cfg, group, messages=..., bytes_per_s=..., reset=False) -> dict
     await pause(locks, cfg, group);  await resume(locks, cfg, group)
-    await ownership(cfg, locks) -> {"members": {...}, "pairs": [...]}
+    await ownership(cfg, locks) -> {"members": {name: weight}, "serving": {name: [group]},
+                                    "pairs": [...]}
     parse_since(text, now=None) -> float          # epoch seconds
     open_locks(cfg) -> async context manager of phxq.lock.LockClient
 
@@ -41,6 +42,7 @@ from phxq.config import ClusterConfig, ConsumerGroupConfig, parse_duration
 from phxq.consumer.assign import pair_lock_name, pairs_of
 from phxq.consumer.settings import (
     MEMBERS_PREFIX,
+    member_groups,
     members,
     paused_key,
     rate_key,
@@ -216,8 +218,11 @@ async def resume(locks: Any, cfg: ClusterConfig, group: str) -> None:
 
 
 async def ownership(cfg: ClusterConfig, locks: Any) -> dict[str, Any]:
-    """Live consumers (weight) and, per pair, the lock holder and its fencing token."""
-    live = members(await locks.kv_list(MEMBERS_PREFIX))
+    """Live consumers (weight, consumer groups served) and, per pair, the lock holder and its
+    fencing token."""
+    entries = await locks.kv_list(MEMBERS_PREFIX)
+    live = members(entries)
+    serving = {m: None if g is None else sorted(g) for m, g in member_groups(entries).items()}
     pairs = []
     for pair in pairs_of(cfg.consumer_groups, {t.name: t.queues for t in cfg.topics}):
         info = await locks.get(pair_lock_name(pair))
@@ -231,7 +236,7 @@ async def ownership(cfg: ClusterConfig, locks: Any) -> dict[str, Any]:
                 "expires_in": None if info is None else round(info.expires_in, 3),
             }
         )
-    return {"members": live, "pairs": pairs}
+    return {"members": live, "serving": serving, "pairs": pairs}
 
 
 @contextlib.asynccontextmanager

@@ -3,11 +3,12 @@
 ``async with ConsumerDaemon(cfg, "c1") as daemon:`` connects to the stores (``phxq.Client``)
 and the lock service (``phxq.lock.LockClient``, or the ``locks`` given), and then runs:
 
-- **heartbeat**: every ``heartbeat`` s it puts ``consumers/<name>`` = ``{weight, owner, pairs,
-  since}`` with ``ttl = member_ttl``, so a consumer that dies (SIGKILL) leaves the member list
-  within ``member_ttl``;
+- **heartbeat**: every ``heartbeat`` s it puts ``consumers/<name>`` = ``{weight, groups, owner,
+  pairs, since}`` with ``ttl = member_ttl``, so a consumer that dies (SIGKILL) leaves the member
+  list within ``member_ttl``;
 - **rebalance**: every ``rebalance`` s it lists the members, computes the assignment
-  (:func:`~phxq.consumer.assign.assign`, the same on every consumer) and starts a worker for
+  (:func:`~phxq.consumer.assign.assign`, the same on every consumer; each consumer group's pairs
+  go only to the members that serve that group, i.e. have it in their config) and starts a worker for
   each pair assigned to it (the worker waits for the pair's lock, which the previous owner
   releases after its handoff, or which expires ``lock_ttl`` after that owner died) and drains
   each worker whose pair moved away. It always counts itself as a member (it is alive), so a
@@ -24,7 +25,8 @@ key is deleted first so the others start asking for the pairs, then every worker
 in-flight messages, commits and releases its lock (bounded by ``drain_timeout``, after which the
 workers are cancelled and their leases simply expire).
 
-A worker that ends with an unexpected error is logged with its traceback and restarted by the
+Start-up waits (retrying) for the stores and the lock service to answer. A worker that ends
+with an unexpected error is logged with its traceback and restarted by the
 next rebalance after ``restart_delay``: a bad pair never stops the daemon.
 """
 
@@ -36,8 +38,9 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from phxq import metrics
 from phxq.client import Client
@@ -51,18 +54,24 @@ from phxq.consumer.settings import (
     MEMBERS_PREFIX,
     SETTINGS_PREFIX,
     group_settings,
+    member_groups,
     member_key,
     members,
 )
-from phxq.errors import BadArgument, PhxqError
+from phxq.errors import BadArgument, PhxqError, Unavailable
 from phxq.store.routing import group_for_queue
 
 log = logging.getLogger("phxq.consumer")
+T = TypeVar("T")
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
+
+
+def _serves(groups: frozenset[str] | None, group: str) -> bool:
+    return groups is None or group in groups
 
 
 @dataclass(slots=True)
@@ -123,9 +132,21 @@ class ConsumerDaemon:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until it succeeds: daemons may start before the stores or lock nodes
+        serve (``phxq dev`` starts everything at once), so waiting is not an error."""
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except Unavailable as exc:
+                log.warning("consumer %s: waiting for %s: %s", self.name, what, exc.message)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     async def start(self) -> None:
         self._client = Client([s.addr for s in self.cluster.stores])
-        cmap = await self._client.cluster_map()
+        cmap = await self._retry("the stores", self._client.cluster_map)
         if self._locks is None:
             from phxq.lock import LockClient
 
@@ -135,7 +156,7 @@ class ConsumerDaemon:
             import aiohttp
 
             self._http = aiohttp.ClientSession()
-        settings = await self._read_settings()
+        settings = await self._retry("the lock service", self._read_settings)
         for group in self.cluster.consumer_groups:
             handler = make_handler(group.handler, timeout=group.handler_timeout, session=self._http)
             self._runtimes[group.name] = GroupRuntime(
@@ -144,7 +165,7 @@ class ConsumerDaemon:
         self._paxos_groups = cmap.groups
         if self._metrics_addr:
             metrics.serve(self._metrics_addr)
-        await self._heartbeat()
+        await self._retry("the lock service", self._heartbeat)
         self._main = asyncio.create_task(self._serve(), name=f"consumer {self.name}")
         log.info(
             "consumer %s (%s) serving %d pairs of %d consumer groups",
@@ -189,6 +210,7 @@ class ConsumerDaemon:
     async def _heartbeat(self) -> None:
         value = {
             "weight": self.weight,
+            "groups": sorted(self._runtimes),
             "owner": self.owner,
             "pairs": sum(1 for r in self._workers.values() if r.worker.state is Ownership.OWNED),
             "since": self._started,
@@ -235,15 +257,21 @@ class ConsumerDaemon:
             except PhxqError as exc:
                 log.warning("consumer %s: listing members failed: %s", self.name, exc.message)
             else:
-                self._rebalance(members(entries))
+                self._rebalance(members(entries), member_groups(entries))
             await _wait_event(self._closing, self.timings.rebalance)
 
-    def _rebalance(self, live: dict[str, float]) -> None:
+    def _rebalance(self, live: dict[str, float], serving: dict[str, frozenset[str] | None]) -> None:
         live[self.name] = self.weight  # we are alive, whatever the KV said a moment ago
+        serving[self.name] = frozenset(self._runtimes)
         if live != self._members:
             log.info("consumer %s: members %s", self.name, sorted(live))
             self._members = dict(live)
-        self._assigned = owned_by(assign(self._pairs, live), self.name)
+        assigned: set[Pair] = set()
+        for group in self._runtimes:
+            eligible = {m: w for m, w in live.items() if _serves(serving.get(m), group)}
+            group_pairs = [p for p in self._pairs if p[0] == group]
+            assigned |= owned_by(assign(group_pairs, eligible), self.name)
+        self._assigned = assigned
         self._apply_settings()
         now = time.monotonic()
         for pair, running in list(self._workers.items()):

@@ -43,11 +43,12 @@ class Timings:
     acquire_retry: float = 0.25  # retry a held pair lock
     long_poll: float = 0.5  # dequeue wait; also how often an idle pair checks for a replay
     blocked_probe: float = 1.0  # how often a blocked pair checks for resume / replay
-    commit_interval: float = 0.02  # commit acks at most this late...
+    commit_interval: float = 0.05  # commit acks at most this late...
     commit_every: int = 256  # ...or as soon as this many are uncommitted
     backoff_base: float = 0.2  # first retry after 0.1..0.2 s
     backoff_cap: float = 10.0  # retries at most 5..10 s apart
-    read_ahead: int = 256  # messages fetched ahead of the handler per pair (strict order)
+    read_ahead: int = 1024  # messages read ahead of the handler per pair...
+    read_ahead_bytes: int = 4 << 20  # ...and payload bytes (a read may overshoot by one batch)
 
 
 class GroupLimiter:

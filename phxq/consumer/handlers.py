@@ -186,7 +186,8 @@ class CallableHandler:
         else:
             call = asyncio.to_thread(self.function, delivery)
         try:
-            result = await asyncio.wait_for(call, self.timeout)
+            async with asyncio.timeout(self.timeout):  # no extra task per call, unlike wait_for
+                result = await call
         except TimeoutError:
             return Outcome(False, f"timed out after {self.timeout}s")
         except Exception as exc:  # the handler's own failure: it fails this attempt, no more

@@ -2,8 +2,10 @@
 
 Keys (values are msgpack maps/scalars)::
 
-    consumers/<name>                 {"weight": float, "owner": str, "pairs": int, "since": float}
-                                     membership heartbeat, put with a ttl (see ConsumerDaemon)
+    consumers/<name>                 {"weight": float, "groups": [str], "owner": str,
+                                      "pairs": int, "since": float}
+                                     membership heartbeat, put with a ttl (see ConsumerDaemon);
+                                     "groups": the consumer groups it serves (its config's)
     settings/<group>/rate_limit      {"messages": float | None, "bytes": int | None}
                                      runtime rate limit; absent: the config's values
     settings/<group>/paused          bool; absent: False
@@ -105,4 +107,16 @@ def members(entries: Mapping[str, tuple[Any, int]]) -> dict[str, float]:
             log.warning("member %s reports no numeric weight (%r); counting weight 1", name, value)
             weight = 1.0
         out[name] = float(weight)
+    return out
+
+
+def member_groups(entries: Mapping[str, tuple[Any, int]]) -> dict[str, frozenset[str] | None]:
+    """The consumer groups each member serves (``None``: it did not say, so any group)."""
+    out: dict[str, frozenset[str] | None] = {}
+    for key, (value, _version) in entries.items():
+        if not key.startswith(MEMBERS_PREFIX):
+            continue
+        groups = value.get("groups") if isinstance(value, dict) else None
+        valid = isinstance(groups, list) and all(isinstance(g, str) for g in groups)
+        out[key[len(MEMBERS_PREFIX) :]] = frozenset(groups) if valid else None  # type: ignore[arg-type]
     return out

@@ -13,6 +13,7 @@ from phxq.consumer.locking import MemoryLocks
 from phxq.consumer.settings import (
     GroupSettings,
     group_settings,
+    member_groups,
     member_key,
     members,
     paused_key,
@@ -177,3 +178,12 @@ async def test_replay_arguments_are_checked() -> None:
         await admin.replay(CONFIG, client, "billing", offset=5)  # type: ignore[arg-type]
     with pytest.raises(BadArgument):
         await admin.replay(CONFIG, client, "billing", since=1.0, queues=[7])  # type: ignore[arg-type]
+
+
+def test_member_groups_say_which_consumer_groups_a_member_serves() -> None:
+    entries = {
+        member_key("a"): ({"weight": 1, "groups": ["billing", "audit"]}, 1),
+        member_key("b"): ({"weight": 1}, 2),  # did not say: any group
+        member_key("c"): ({"weight": 1, "groups": "billing"}, 3),  # malformed: any group
+    }
+    assert member_groups(entries) == {"a": frozenset({"billing", "audit"}), "b": None, "c": None}
