@@ -81,7 +81,10 @@ RETENTION_FORCED = Counter(
     registry=REGISTRY,
 )
 FIRST_INSTANCE = Gauge(
-    "phxq_first_instance", "First instance retained in the group's log", ["group"], registry=REGISTRY
+    "phxq_first_instance",
+    "First instance retained in the group's log",
+    ["group"],
+    registry=REGISTRY,
 )
 
 
@@ -117,8 +120,8 @@ CONSUMER_HANDLER_LATENCY = Histogram(
 )
 CONSUMER_LAG = Gauge(
     "phxq_consumer_lag_messages",
-    "Messages after the committed cursor that this consumer has read (a lower bound when the "
-    "pair is further behind than its read-ahead window)",
+    "Messages after the committed cursor of each pair this consumer owns (refreshed every 5 s "
+    "from the queue's master)",
     ["group", "topic", "queue"],
     registry=REGISTRY,
 )

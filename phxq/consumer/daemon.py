@@ -14,7 +14,10 @@ and the lock service (``phxq.lock.LockClient``, or the ``locks`` given), and the
   each worker whose pair moved away. It always counts itself as a member (it is alive), so a
   lock-service hiccup that drops its key does not make it drop its pairs;
 - **settings**: every ``settings_poll`` s it reads ``settings/`` (rate limits, pause, resume)
-  and applies them, with this consumer's share of each group's pairs, to every group.
+  and applies them, with this consumer's share of each group's pairs, to every group;
+- **lag**: every ``lag_interval`` s it asks the stores for each queue's cursor and lag (the
+  ``status`` RPC, answered by each queue's master) and sets ``phxq_consumer_lag_messages`` for
+  the pairs it owns.
 
 Worst-case takeover after a SIGKILL: ``lock_ttl`` (the dead owner's leases run out; the other
 consumers see it gone after ``member_ttl`` and are already retrying the locks) plus
@@ -45,6 +48,7 @@ from typing import Any, TypeVar
 from phxq import metrics
 from phxq.client import Client
 from phxq.config import ClusterConfig
+from phxq.consumer.admin import lag as read_lag
 from phxq.consumer.assign import Pair, assign, owned_by, pairs_of
 from phxq.consumer.group import GroupRuntime, Timings
 from phxq.consumer.handlers import make_handler
@@ -199,6 +203,7 @@ class ConsumerDaemon:
             self._tg = tg
             tg.create_task(self._heartbeat_loop())
             tg.create_task(self._settings_loop())
+            tg.create_task(self._lag_loop())
             await self._rebalance_loop()
             with contextlib.suppress(PhxqError):  # best effort: it expires by itself anyway
                 await self._locks.kv_delete(member_key(self.name))
@@ -249,6 +254,21 @@ class ConsumerDaemon:
             total = sum(1 for p in self._pairs if p[0] == name)
             mine = sum(1 for p in self._assigned if p[0] == name)
             runtime.apply(settings, max(mine, 1) / max(total, 1))
+
+    async def _lag_loop(self) -> None:
+        while not self._closing.is_set():
+            await _wait_event(self._closing, self.timings.lag_interval)
+            owned = {pair for pair, r in self._workers.items() if r.worker.state is Ownership.OWNED}
+            if not owned:
+                continue
+            try:
+                rows = await read_lag(self.cluster, self._client_or_fail())
+            except PhxqError as exc:
+                log.warning("consumer %s: reading lag failed: %s", self.name, exc.message)
+                continue
+            for row in rows:
+                if (row.group, row.topic, row.queue) in owned and row.lag is not None:
+                    metrics.CONSUMER_LAG.labels(row.group, row.topic, str(row.queue)).set(row.lag)
 
     async def _rebalance_loop(self) -> None:
         while not self._closing.is_set():

@@ -47,6 +47,7 @@ class Timings:
     commit_every: int = 256  # ...or as soon as this many are uncommitted
     backoff_base: float = 0.2  # first retry after 0.1..0.2 s
     backoff_cap: float = 10.0  # retries at most 5..10 s apart
+    lag_interval: float = 5.0  # refresh phxq_consumer_lag_messages from the stores
     read_ahead: int = 1024  # messages read ahead of the handler per pair...
     read_ahead_bytes: int = 4 << 20  # ...and payload bytes (a read may overshoot by one batch)
 

@@ -12,7 +12,7 @@ Public API::
 **Ownership** is an explicit state machine (STYLE.md §2)::
 
     UNOWNED --run()--> ACQUIRING --lock granted--> OWNED --drain()--> DRAINING --> RELEASED
-                           |                         |
+                           |  (granted after drain()) ------------------^
                            +--drain() / error--------+--lease lost / fenced / error--> RELEASED
 
 A worker processes its pair only in OWNED/DRAINING, i.e. only while it holds the pair's lock
@@ -25,8 +25,13 @@ abandoned (its message is redelivered by the next owner: at-least-once).
 up to ``read_ahead`` messages in a :class:`~phxq.consumer.window.DeliveryWindow`, hands them to
 the handler in order (``strict``), or per key with up to ``concurrency`` in flight
 (``per_key``), pacing each start through the group's rate limiter, and commits the contiguous
-prefix of finished messages. Commits are batched: one at a time, sent once ``commit_every``
-messages are waiting or the oldest waited ``commit_interval``, and always before a handoff.
+prefix of finished messages. Read-ahead is bounded by ``read_ahead`` messages and
+``read_ahead_bytes``; the next read starts when half of that is used up. Commits are batched:
+one at a time, sent once ``commit_every`` messages are waiting or the oldest waited
+``commit_interval``, and always before a handoff. With one message at a time (``strict``, or
+``concurrency = 1``) the loop calls the handler itself, without a task and a wait per message,
+and takes in reads and commits between messages; a timer starts a due commit while a slow
+handler runs, so a slow message never holds back the commit of those before it.
 
 Every commit is a compare-and-set on the cursor (``expect`` = the cursor this owner committed
 last). ``VersionMismatch`` means someone else moved the cursor, i.e. an admin replay: the owner
@@ -92,7 +97,8 @@ class Ownership(enum.Enum):
 
 _TRANSITIONS: dict[Ownership, frozenset[Ownership]] = {
     Ownership.UNOWNED: frozenset({Ownership.ACQUIRING, Ownership.RELEASED}),
-    Ownership.ACQUIRING: frozenset({Ownership.OWNED, Ownership.RELEASED}),
+    # Straight to DRAINING when the lock is granted after drain() was called.
+    Ownership.ACQUIRING: frozenset({Ownership.OWNED, Ownership.DRAINING, Ownership.RELEASED}),
     Ownership.OWNED: frozenset({Ownership.DRAINING, Ownership.RELEASED}),
     Ownership.DRAINING: frozenset({Ownership.RELEASED}),
     Ownership.RELEASED: frozenset(),
@@ -175,7 +181,6 @@ class PairWorker:
         self._unblock_seen = 0
         self._labels = (self.group, self.topic, str(self.queue))
         # Labelled children looked up once: .labels() per message is measurable in profiles.
-        self._lag = metrics.CONSUMER_LAG.labels(*self._labels)
         self._delivered = metrics.CONSUMER_DELIVERED.labels(self.group)
         self._latency = metrics.CONSUMER_HANDLER_LATENCY.labels(self.group)
         self._acked = metrics.CONSUMER_ACKED.labels(self.group)
@@ -306,7 +311,6 @@ class PairWorker:
                 self._reap_background()
                 for task in [t for t in inflight if t in done]:
                     self._on_delivered(inflight.pop(task), task.result())
-                self._lag.set(len(self._window) + self._uncommitted)
         finally:
             background = (self._fetch_task, self._commit_task, drain_wait, *inflight)
             pending = [t for t in background if t is not None]
@@ -371,7 +375,6 @@ class PairWorker:
             self._on_delivered(offset, result)
             self._reap_background()
             self._start_background()
-            self._lag.set(len(self._window) + self._uncommitted)
             await asyncio.sleep(0)  # a handler that never suspends must not starve the rest
 
     def _timeout(self) -> float | None:
@@ -486,7 +489,12 @@ class PairWorker:
                 expect=self.committed,
             )
         except VersionMismatch:
-            current = await self._client.cursor(self.group, self.topic, queue=self.queue)
+            try:
+                current = await self._client.cursor(self.group, self.topic, queue=self.queue)
+            except Unavailable as exc:
+                log.warning("%s: reading the cursor failed: %s", self.lock_name, exc.message)
+                self._commit_retry_at = time.monotonic() + max(self._t.commit_interval, 0.2)
+                return
             if current != target:
                 log.info(
                     "%s: cursor moved to %s (replay); continuing from there",

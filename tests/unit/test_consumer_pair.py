@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from phxq.consumer.locking import MemoryLocks
 from phxq.consumer.pair import Ownership, PairWorker
 from phxq.consumer.settings import GroupSettings
 from phxq.errors import BadArgument, StaleToken, VersionMismatch
+from phxq.metrics import REGISTRY
 
 FAST = Timings(
     lock_ttl=0.6,
@@ -34,6 +35,13 @@ FAST = Timings(
     settings_poll=0.05,
 )
 PAIR = ("billing", "orders", 0)
+METRICS = (
+    "phxq_consumer_delivered_total",
+    "phxq_consumer_acked_total",
+    "phxq_consumer_failed_total",
+    "phxq_consumer_dead_lettered_total",
+    "phxq_consumer_handler_latency_seconds_count",
+)
 
 
 @dataclass
@@ -336,10 +344,21 @@ async def test_failing_message_is_retried_with_backoff_then_dead_lettered_once()
         if d.payload == b"bad":
             raise RuntimeError("nope")
 
+    def count(metric: str) -> float:
+        return REGISTRY.get_sample_value(metric, {"group": "billing"}) or 0.0
+
+    before = {m: count(m) for m in METRICS}
     worker = make_worker(store, locks, handle, max_attempts=3)
     task = asyncio.create_task(worker.run())
     await until(lambda: store.cursors.get(PAIR) == offsets[-1], "the queue continuing")
     await stop(worker, task)
+    assert {m: count(m) - before[m] for m in METRICS} == {
+        "phxq_consumer_delivered_total": 5,
+        "phxq_consumer_acked_total": 2,
+        "phxq_consumer_failed_total": 3,
+        "phxq_consumer_dead_lettered_total": 1,
+        "phxq_consumer_handler_latency_seconds_count": 5,
+    }
     bad = [(a, t) for o, a, t in attempts if o == offsets[1]]
     assert [a for a, _ in bad] == [1, 2, 3]
     assert bad[1][1] - bad[0][1] >= FAST.backoff_base / 2  # backed off
@@ -465,3 +484,37 @@ async def test_handoff_between_two_workers_skips_and_repeats_nothing(ordering: s
     assert sorted(delivered) == offsets  # each exactly once: a clean handoff loses nothing
     owners = [n for n, _ in seen]
     assert owners == sorted(owners)  # a, then b, never interleaved
+
+
+async def test_drain_while_the_lock_is_being_granted_hands_over_without_delivering() -> None:
+    store, locks = FakeStore(), MemoryLocks()
+    store.add("orders", 0, b"x")
+    granting = asyncio.Event()
+    proceed = asyncio.Event()
+
+    class SlowGrant:
+        """The lock service answers the acquire only after ``proceed``."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(locks, name)
+
+        @contextlib.asynccontextmanager
+        async def hold(self, name: str, owner: str, ttl: float) -> AsyncIterator[Any]:
+            granting.set()
+            await proceed.wait()
+            async with locks.hold(name, owner, ttl) as lease:
+                yield lease
+
+    seen: list[int] = []
+
+    async def handle(d: Delivery) -> None:
+        seen.append(d.offset)
+
+    worker = make_worker(store, SlowGrant(), handle)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(granting.wait(), 5)
+    worker.drain()
+    proceed.set()
+    await asyncio.wait_for(task, 5)
+    assert worker.state is Ownership.RELEASED and seen == []
+    assert await locks.get("cg/billing/orders/0") is None
