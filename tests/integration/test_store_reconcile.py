@@ -3,6 +3,9 @@ progress, and the replicas' chain checksums."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 import time
 from collections.abc import Callable
 
@@ -50,7 +53,34 @@ async def test_reconcile_counts_windows_and_flags_unconsumed_messages(
         early = await reconcile(cluster.config, TOPIC, until=cut)
         assert {r["queue"]: r["enqueued"] for r in early.queues}[3] == len(old)
 
+        code, out = await cli(cluster, "--topic", TOPIC)
+        assert code == 1 and "MISMATCH queue 4: billing consumed 0 of 1" in out
+        lonely = (await client.dequeue("billing", TOPIC, queue=4))[0]
+        await client.commit("billing", TOPIC, queue=4, offset=lonely.offset, token=1)
+        code, out = await cli(cluster, "--topic", TOPIC, "--json")
+        assert code == 0 and json.loads(out)["mismatches"] == []
+        code, out = await cli(cluster, "--topic", TOPIC, "--group", "nobody")
+        assert code != 0 and "nobody" in out
+
         cluster.kill(2)
         degraded = await reconcile(cluster.config, TOPIC)
         assert degraded.unreachable == [2]
-        assert degraded.mismatches == ["queue 4: billing consumed 0 of 1 (unconsumed 1)"]
+        assert degraded.mismatches == []
+
+
+async def cli(cluster: ProcessCluster, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "phxq",
+        "admin",
+        "reconcile",
+        "--config",
+        str(cluster.config_path),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
