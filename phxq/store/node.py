@@ -35,7 +35,7 @@ from typing import Any
 
 from phxq import metrics
 from phxq.config import ClusterConfig, NodeConfig
-from phxq.errors import BadArgument, NotMaster, PhxqError, StorageError, UnknownTopic
+from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
 from phxq.net.rpc import RpcServer
 from phxq.store import service
 from phxq.store.host import PaxosHost
@@ -203,7 +203,12 @@ class StoreNode:
     def master_replica(self, topic: str, queue: Any) -> GroupReplica:
         replica = self.replica_for(topic, queue)
         if replica.failed is not None:
-            raise StorageError(f"group {replica.group} is not serving: {replica.failed.message}")
+            # This replica neither serves nor votes in the group (storage failure, damaged log):
+            # send the caller elsewhere. No hint: what it knows of the master may be stale.
+            raise NotMaster(
+                f"group {replica.group} is not served here: {replica.failed.message}",
+                {"failed": True},
+            )
         if not replica.serving:
             raise NotMaster(hint=replica.master_address())
         return replica
