@@ -6,6 +6,7 @@ Public API::
                    notify_buffer=4 << 20)
     result = await pool.call(addr, method, params, timeout=5.0)
     pool.notify(addr, method, params)          # fire-and-forget
+    pool.notify(addr, method, params, lazy=True)   # ... and not urgent (see below)
     pool.stats                                  # PoolStats(notifies_sent, notifies_dropped, connects)
     await pool.close()                          # or: async with RpcPool() as pool
 
@@ -23,7 +24,8 @@ Promises:
   ``MessageTooLarge`` when the request exceeds ``max_frame``. Cancelling a call is safe; a late
   reply is discarded.
 - ``notify`` never blocks and never raises. Notifies issued in one loop iteration go out in one
-  write. While a connection is being made they wait in a bounded backlog; a notify is dropped
+  write. A ``lazy`` notify may wait a few milliseconds (``transport.LAZY_FLUSH``) for the next
+  ordinary send to the same address and leave in its write; order is kept either way. While a connection is being made they wait in a bounded backlog; a notify is dropped
   (and counted in ``stats.notifies_dropped``) when the backlog or the connection's send buffer
   would exceed ``notify_buffer`` bytes, when it cannot be encoded, or while the address is in
   reconnect backoff after a failed connect (50 ms doubling to 1 s, reset on success).
@@ -50,7 +52,13 @@ from phxq.net.frames import (
     encode_request,
 )
 from phxq.net.server import Handler, NotifyHandler, RpcServer
-from phxq.net.transport import Transport, TransportFactory, check_size, connect_tcp
+from phxq.net.transport import (
+    TcpTransport,
+    Transport,
+    TransportFactory,
+    check_size,
+    connect_tcp,
+)
 
 __all__ = ["Handler", "NotifyHandler", "PoolStats", "RpcPool", "RpcServer"]
 
@@ -251,7 +259,7 @@ class RpcPool:
 
     # ------------------------------------------------------------------ notifications
 
-    def notify(self, addr: str, method: str, params: Any) -> None:
+    def notify(self, addr: str, method: str, params: Any, *, lazy: bool = False) -> None:
         if self._closed:
             return
         try:
@@ -269,7 +277,10 @@ class RpcPool:
             if conn.transport.buffered + len(body) > self.notify_buffer:
                 self.stats.notifies_dropped += 1
                 return
-            conn.transport.send(body)
+            if lazy and type(conn.transport) is TcpTransport:
+                conn.transport.send(body, flush=False)
+            else:
+                conn.transport.send(body)
             self.stats.notifies_sent += 1
             return
         if peer.connecting is None:

@@ -19,6 +19,9 @@ Public API:
 - ``connect_tcp(addr, *, max_frame=MAX_FRAME_DEFAULT) -> TcpTransport`` (raises ``OSError``).
 - ``TcpTransport``: an ``asyncio.Protocol``-based transport (one buffered reader, no per-frame
   task); ``writes`` counts the socket writes issued (coalescing is observable in tests).
+  ``send(body, flush=False)`` queues a body that nothing waits on promptly: it leaves with the
+  next flushed send, or ``LAZY_FLUSH`` seconds later, in order with everything else (a write
+  and a wake-up of the peer saved per lazy body under load).
 - ``parse_addr("host:port" | "[v6]:port") -> (host, port)``; ``BadArgument`` when malformed.
 """
 
@@ -35,6 +38,7 @@ from phxq.net.frames import HEADER_SIZE, MAX_FRAME_DEFAULT, FrameDecoder, prefix
 
 WRITE_HIGH_WATER = 1 << 20
 READ_HIGH_WATER = 4 << 20  # bodies received but not yet taken by recv(): pause the socket
+LAZY_FLUSH = 0.005  # seconds a body sent with flush=False may wait for company
 
 
 @runtime_checkable
@@ -106,6 +110,7 @@ class TcpTransport(asyncio.Protocol):
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._flush_scheduled = False
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._end: PhxqError | None = None  # what recv raises once the inbox is empty
@@ -180,19 +185,26 @@ class TcpTransport(asyncio.Protocol):
         pending = self._transport.get_write_buffer_size() if self._transport else 0
         return self._outbox_bytes + pending
 
-    def send(self, body: bytes) -> None:
+    def send(self, body: bytes, *, flush: bool = True) -> None:
         if self.closed:
             raise Unavailable(f"connection to {self._peer} is closed")
         check_size(body, self.max_frame)
         self._outbox.append(prefix(body))
         self._outbox.append(body)
         self._outbox_bytes += HEADER_SIZE + len(body)
-        if not self._flush_scheduled:
+        if self._flush_scheduled:
+            return
+        if flush:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+        elif self._lazy_timer is None:
+            self._lazy_timer = self._loop.call_later(LAZY_FLUSH, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         if not self._outbox or self._transport is None or self._transport.is_closing():
             return
         data = b"".join(self._outbox)

@@ -137,10 +137,12 @@ class PaxosHost:
 
     # --------------------------------------------------------------------- paxos plumbing
 
-    def send(self, to: int, payload: bytes) -> None:
+    def send(self, to: int, payload: bytes, lazy: bool = False) -> None:
+        """Send an encoded Paxos message to node ``to``; ``lazy``: it may wait a few ms for the
+        next message to that node (see ``RpcPool.notify``)."""
         addr = self._dial.get(to)
         if addr is not None and to != self.node_id:
-            self._pool.notify(addr, "px", payload)
+            self._pool.notify(addr, "px", payload, lazy=lazy)
 
     def send_snapshot(self, to: int, group: int, data: bytes) -> None:
         addr = self._dial.get(to)

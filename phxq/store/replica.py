@@ -34,6 +34,7 @@ from phxq.paxos import (
     AcceptRecord,
     Ballot,
     CatchupReply,
+    Chosen,
     ChosenEntry,
     Divergence,
     GroupConfig,
@@ -111,7 +112,7 @@ class GroupReplica:
         config: GroupConfig,
         glog: GroupLog,
         state: Applier,
-        send: Callable[[int, bytes], None],
+        send: Callable[..., None],
         *,
         propose_timeout: float,
         address_of: Callable[[int], str | None],
@@ -145,7 +146,7 @@ class GroupReplica:
         directory: Any,
         writer: LogWriter,
         state: Applier,
-        send: Callable[[int, bytes], None],
+        send: Callable[..., None],
         *,
         propose_timeout: float = 1.5,
         address_of: Callable[[int], str | None] = lambda node: None,
@@ -280,9 +281,15 @@ class GroupReplica:
         self.after_input(self)
 
     def _execute(self, effects: list[Any]) -> None:
+        sent: Any = None
+        payload = b""
         for effect in effects:
             if isinstance(effect, Send):
-                self._send(effect.to, encode_message(effect.msg))
+                if effect.msg is not sent:  # a broadcast is encoded once
+                    sent, payload = effect.msg, encode_message(effect.msg)
+                # Nothing waits on a Chosen promptly (followers only learn earlier): it may ride
+                # with the next message to that peer instead of costing a write of its own.
+                self._send(effect.to, payload, type(sent) is Chosen)
             elif isinstance(effect, Persist):
                 self._persist(effect)
             elif isinstance(effect, Learned):
