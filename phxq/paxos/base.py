@@ -62,7 +62,8 @@ class NodeBase:
         self.node_id = config.node_id
         self._peers = config.peers
         self._majority = config.majority
-        self._timeout = config.lease + config.rank * config.lease / 2
+        self._rank = config.rank  # a computed property of the (frozen) config: read it once
+        self._timeout = config.lease + self._rank * config.lease / 2
         self.acceptor = Acceptor(rec.promised, rec.accepted)
         self.learner = Learner(rec.chosen_up_to, rec.checksum)
         self._max_round = max(rec.max_round, self.acceptor.promised.round)
@@ -127,20 +128,22 @@ class NodeBase:
         return self.learner.diverged
 
     def next_deadline(self) -> float | None:
-        if self.role is Role.MASTER:
-            deadlines = [self._heartbeat_at]
-        elif self.role is Role.CANDIDATE:
-            deadlines = [self._phase1_deadline]
+        # Called after every input by the runtime: no allocation on this path.
+        role = self.role
+        if role is Role.MASTER:
+            deadline = self._heartbeat_at
+        elif role is Role.CANDIDATE:
+            deadline = self._phase1_deadline
         else:
-            deadlines = [self._election_at]
-            if self.config.rank == 0 and self._master is not None:
+            deadline = self._election_at
+            if self._rank == 0 and self._master is not None:
                 # the preferred node polls for "caught up, take the group back"
-                deadlines.append(
-                    max(self._takeover_at, self._last_tick + self.config.heartbeat_interval)
-                )
-        if self.learner.catchup_peer is not None:
-            deadlines.append(self.learner.catchup_deadline)
-        return min(deadlines)
+                poll = max(self._takeover_at, self._last_tick + self.config.heartbeat_interval)
+                deadline = min(deadline, poll)
+        learner = self.learner
+        if learner.catchup_peer is not None and learner.catchup_deadline < deadline:
+            deadline = learner.catchup_deadline
+        return deadline
 
     def _persist(self, records: tuple[PromiseRecord | AcceptRecord, ...], out: list[Effect]) -> int:
         self._token += 1
@@ -217,7 +220,7 @@ class NodeBase:
 
     def _wants_takeover(self, now: float) -> bool:
         """The preferred node takes its group back once it has caught up with the master."""
-        if self.config.rank != 0 or self._master is None or now < self._takeover_at:
+        if self._rank != 0 or self._master is None or now < self._takeover_at:
             return False
         caught_up = self.learner.chosen_up_to >= self.learner.peer_chosen.get(self._master, 0)
         return caught_up and not self.learner.diverged and self.learner.catchup_peer is None

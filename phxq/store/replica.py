@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -132,6 +133,9 @@ class GroupReplica:
         self.failed: StorageError | None = None
         self.diverged: Divergence | None = None
         self._applied_event = asyncio.Event()  # replaced (after being set) on every apply
+        self._applied_waited = False  # someone waits on _applied_event
+        self._lag_reported: int | None = None
+        self._lag_gauge: Any = None
         # Called after every input the core processed (its next deadline may have moved).
         self.after_input: Callable[[GroupReplica], None] = _ignore
         self.snapshots = snapshots
@@ -240,28 +244,49 @@ class GroupReplica:
 
     async def propose(self, item: bytes) -> Any:
         """Propose one item; returns its apply result once chosen and applied here."""
+        return await self.propose_nowait(item)
+
+    def propose_nowait(self, item: bytes) -> asyncio.Future[Any]:
+        """Propose one item now (raises NotMaster or StorageError at once); the future gets its
+        apply result once chosen and applied here, or fails with ``Unavailable`` after
+        ``propose_timeout`` (outcome unknown). Cancelling the future only stops waiting."""
         if self.failed is not None:
             raise self.failed
         if not self.paxos.is_master:
             raise NotMaster(hint=self.master_address())
         pid = self._next_pid
         self._next_pid += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._waiters[pid] = future
+        # One timer, no wait_for/shield tasks: this runs once per proposed entry.
+        timer = loop.call_later(self._propose_timeout, self._expire, pid)
+        future.add_done_callback(functools.partial(self._proposal_done, pid, timer))
         self.execute(self.paxos.propose(pid, item, time.monotonic()))
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self._propose_timeout)
-        except TimeoutError:
-            raise Unavailable(
-                f"group {self.group}: not chosen within {self._propose_timeout}s (outcome unknown; "
-                "retry with the same dedup id)"
-            ) from None
-        finally:
-            self._waiters.pop(pid, None)
+        return future
+
+    def _expire(self, pid: int) -> None:
+        future = self._waiters.get(pid)
+        if future is not None and not future.done():
+            future.set_exception(
+                Unavailable(
+                    f"group {self.group}: not chosen within {self._propose_timeout}s (outcome "
+                    "unknown; retry with the same dedup id)"
+                )
+            )
+
+    def _proposal_done(
+        self, pid: int, timer: asyncio.TimerHandle, future: asyncio.Future[Any]
+    ) -> None:
+        timer.cancel()
+        self._waiters.pop(pid, None)
+        if not future.cancelled():
+            future.exception()  # retrieved here: nobody may be awaiting a failed proposal
 
     async def wait_applied(self, timeout: float) -> None:
         """Return when this replica applies its next chosen instance, or after ``timeout``."""
         with contextlib.suppress(TimeoutError):
+            self._applied_waited = True
             await asyncio.wait_for(self._applied_event.wait(), timeout)
 
     def master_address(self) -> str | None:
@@ -363,14 +388,21 @@ class GroupReplica:
         if self._last_results is None or self._last_results[0] != effect.instance:
             raise AssertionError("the PLog did not index a chosen instance synchronously")
         results = self._last_results[1]
-        self._applied_event.set()
-        self._applied_event = asyncio.Event()
-        metrics.BATCH_ITEMS.observe(len(results))
-        metrics.CATCHUP_LAG.labels(str(self.group)).set(self.paxos.known_chosen - effect.instance)
         for pid, result in zip(effect.proposals, results, strict=False):
             future = self._waiters.get(pid)
             if future is not None and not future.done():
                 future.set_result(result)
+        if self._applied_waited:  # an Event per instance only while a long poll waits
+            self._applied_waited = False
+            self._applied_event.set()
+            self._applied_event = asyncio.Event()
+        metrics.BATCH_ITEMS.observe(len(results))
+        lag = self.paxos.known_chosen - effect.instance
+        if lag != self._lag_reported:
+            self._lag_reported = lag
+            if self._lag_gauge is None:
+                self._lag_gauge = metrics.CATCHUP_LAG.labels(str(self.group))
+            self._lag_gauge.set(lag)
 
     def _chosen_written(self, future: asyncio.Future[None]) -> None:
         exc = future.exception()
