@@ -17,6 +17,7 @@ from aiohttp import web
 
 from phxq.client import Client
 from phxq.consumer import admin
+from phxq.consumer.assign import assign
 from phxq.devcluster import ProcessCluster, free_ports
 from phxq.lock import LockClient
 from tests.integration.conftest import wait_until
@@ -116,16 +117,24 @@ async def consumer_cluster(
 
 
 async def wait_owned(cluster: ProcessCluster, members: set[str], timeout: float = 30) -> None:
-    """Until exactly ``members`` are live and every pair is held by one of them."""
+    """Until exactly ``members`` are live and every pair is held by the member the assignment
+    gives it (the steady state after joins, leaves and handoffs)."""
 
     async with LockClient(cluster.lock_addresses) as locks:
 
         async def settled() -> bool:
             view = await admin.ownership(cluster.config, locks)
-            owners = {(p["owner"] or "").split("#")[0] for p in view["pairs"]}
-            return set(view["members"]) == members and owners <= members
+            if set(view["members"]) != members:
+                return False
+            pairs = [(p["group"], p["topic"], p["queue"]) for p in view["pairs"]]
+            expected = assign(pairs, view["members"])
+            owners = {
+                (p["group"], p["topic"], p["queue"]): (p["owner"] or "").split("#")[0]
+                for p in view["pairs"]
+            }
+            return owners == expected
 
-        await wait_until(settled, timeout, f"pairs owned by {sorted(members)}")
+        await wait_until(settled, timeout, f"pairs owned by {sorted(members)} as assigned")
 
 
 def per_queue(hits: list[Hit]) -> dict[int, list[Hit]]:
