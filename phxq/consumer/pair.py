@@ -313,10 +313,10 @@ class PairWorker:
                     self._on_delivered(inflight.pop(task), task.result())
         finally:
             background = (self._fetch_task, self._commit_task, drain_wait, *inflight)
-            pending = [t for t in background if t is not None]
+            pending: list[asyncio.Task[Any]] = [t for t in background if t is not None]
             self._fetch_task = self._commit_task = None
-            for task in pending:
-                task.cancel()
+            for leftover in pending:
+                leftover.cancel()
             # Cancelled on the way out (handoff finished, loss, or error): outcomes are moot.
             await asyncio.gather(*pending, return_exceptions=True)
 
