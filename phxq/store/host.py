@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from phxq import metrics
-from phxq.errors import ProtocolError
+from phxq.errors import ProtocolError, StorageError
 from phxq.net.rpc import RpcPool
 from phxq.paxos import GroupConfig, decode_message
 from phxq.plog import LogWriter
@@ -79,13 +81,16 @@ class PaxosHost:
         self._pool = RpcPool()
         self._tick_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._lock_fd: int | None = None
         self._next_tick = 0.0  # when the tick loop runs next (monotonic)
         self._masters_held = -1
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
-        """Open (and recover) every group's log and start the tick loop."""
+        """Open (and recover) every group's log and start the tick loop. ``StorageError`` if
+        another process holds the data directory (two daemons on one log would corrupt it)."""
         self.data.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_directory(self.data)
         self.writer = LogWriter(on_fsync=metrics.FSYNC_LATENCY.observe)
         await self.writer.start()
         for group in range(self.groups):
@@ -125,6 +130,9 @@ class PaxosHost:
         await self._pool.close()
         if self.writer is not None:
             await self.writer.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def wake(self) -> None:
         """Run the tick loop now (an input may have moved a deadline)."""
@@ -210,6 +218,22 @@ class PaxosHost:
             delay = max(0.0, soonest - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+
+def _lock_directory(data: Path) -> int:
+    """Take an exclusive advisory lock on ``data/LOCK`` for this process's life."""
+    fd = os.open(data / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(
+            f"data directory {data} is in use by another process ({exc.strerror}); "
+            "two daemons must never share one"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 class _Snapshots:

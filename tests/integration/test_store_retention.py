@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -167,3 +168,14 @@ async def test_a_replica_with_a_corrupt_log_neither_serves_nor_votes(
         with pytest.raises(phxq.Unavailable):  # node 3 must not vote with node 1
             await fill(client, 1, "e")
         assert (await group0(pool, cluster, 3))["failed"]
+
+
+def test_a_second_daemon_on_the_same_data_directory_refuses_to_start(
+    small_segments: ProcessCluster,
+) -> None:
+    cluster = small_segments
+    cmd = [sys.executable, "-m", "phxq", "store", "--config", str(cluster.config_path)]
+    second = subprocess.run([*cmd, "--node", "2"], capture_output=True, timeout=60)
+    assert second.returncode != 0
+    assert b"in use by another process" in second.stdout + second.stderr
+    assert cluster.alive(2)  # the running daemon is untouched
