@@ -208,8 +208,15 @@ class RpcPool:
             peer.backoff = BACKOFF_MIN
             peer.retry_at = 0.0
             conn = _Connection(addr, transport)
-            conn.reader = asyncio.get_running_loop().create_task(self._read(conn, peer))
             peer.conn = conn
+            if type(transport) is TcpTransport:
+                # Replies are handled from the protocol callback: no reader task to wake per reply.
+                transport.set_receiver(
+                    functools.partial(self._on_reply, conn, peer),
+                    functools.partial(self._on_end, conn, peer),
+                )
+            else:
+                conn.reader = asyncio.get_running_loop().create_task(self._read(conn, peer))
             backlog, peer.backlog, peer.backlog_bytes = peer.backlog, [], 0
             for body in backlog:
                 transport.send(body)
@@ -256,6 +263,44 @@ class RpcPool:
                 peer.conn = None
             transport.close()
             conn.fail_all(error)
+
+    def _on_reply(self, conn: _Connection, peer: _Peer, body: bytes) -> None:
+        """Push-mode twin of :meth:`_read`'s loop body."""
+        try:
+            frame = decode_body(body)
+        except PhxqError as exc:
+            # The outcome of every pending call is unknown: the server may have run it.
+            self._lost(conn, peer, Unavailable(f"connection to {conn.addr} lost: {exc.message}"))
+            return
+        if type(frame) is Response:
+            fut = conn.pending.pop(frame.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(frame.result)
+        elif type(frame) is ErrorReply:
+            if frame.id is None:  # the server rejected the connection itself
+                error = frame.to_exception()
+                log.warning("rpc: %s rejected the connection: %s", conn.addr, error)
+                self._lost(conn, peer, error)
+                return
+            fut = conn.pending.pop(frame.id, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(frame.to_exception())
+        else:
+            log.debug("rpc: ignoring %s from %s", type(frame).__name__, conn.addr)
+
+    def _on_end(self, conn: _Connection, peer: _Peer, error: PhxqError) -> None:
+        if isinstance(error, Unavailable):
+            error = Unavailable(f"connection to {conn.addr} closed", {"addr": conn.addr})
+        else:
+            error = Unavailable(f"connection to {conn.addr} lost: {error.message}")
+        self._lost(conn, peer, error)
+
+    @staticmethod
+    def _lost(conn: _Connection, peer: _Peer, error: PhxqError) -> None:
+        if peer.conn is conn:
+            peer.conn = None
+        conn.transport.close()
+        conn.fail_all(error)
 
     # ------------------------------------------------------------------ notifications
 

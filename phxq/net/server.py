@@ -35,6 +35,7 @@ Promises:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -103,6 +104,9 @@ class RpcServer:
             transport.close()
             return
         self._transports.add(transport)
+        if type(transport) is TcpTransport:
+            _PushConnection(self, transport).start()  # frames handled as they arrive
+            return
         task = asyncio.get_running_loop().create_task(self._serve(transport))
         self._conn_tasks.add(task)
         task.add_done_callback(self._conn_tasks.discard)
@@ -214,3 +218,77 @@ class RpcServer:
             transport.send(body)
         except PhxqError as exc:
             log.debug("rpc: reply to %s not sent: %s", transport.peer, exc)
+
+
+class _PushConnection:
+    """One TCP connection served in push mode: the same rules as ``RpcServer._serve`` (requests
+    in their own tasks, at most ``max_inflight``, notifications in order, bad frames answered,
+    broken framing answered then closed, a half-close answers what arrived), but each frame is
+    handled from the protocol callback instead of waking a reader task."""
+
+    __slots__ = ("backlog", "ended", "inflight", "paused", "server", "transport")
+
+    def __init__(self, server: RpcServer, transport: TcpTransport) -> None:
+        self.server = server
+        self.transport = transport
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.backlog: collections.deque[bytes] = collections.deque()  # beyond max_inflight
+        self.paused = False
+        self.ended = False
+
+    def start(self) -> None:
+        self.transport.set_receiver(self.on_body, self.on_end)
+
+    def on_body(self, body: bytes) -> None:
+        if self.backlog or len(self.inflight) >= self.server.max_inflight:
+            # One read can hold many frames: past the limit they wait, in order (notifications
+            # too, as they would behind a blocked reader), and the socket stops being read.
+            self.backlog.append(body)
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+            return
+        self.handle(body)
+
+    def handle(self, body: bytes) -> None:
+        server, transport = self.server, self.transport
+        try:
+            frame = decode_body(body)
+        except ProtocolError as exc:
+            server._reply(transport, encode_exception(request_id_of(body), exc))
+            return
+        if type(frame) is Request:
+            task = asyncio.get_running_loop().create_task(server._run(transport, frame))
+            self.inflight.add(task)
+            server._request_tasks.add(task)
+            task.add_done_callback(self.finished)
+        elif type(frame) is Notify:
+            server._on_notify(frame)
+        else:
+            error = ProtocolError(f"a server does not accept {type(frame).__name__} frames")
+            server._reply(transport, encode_exception(None, error))
+
+    def finished(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self.server._request_tasks.discard(task)
+        limit = self.server.max_inflight
+        while self.backlog and len(self.inflight) < limit and not self.transport.closed:
+            self.handle(self.backlog.popleft())
+        if self.paused and not self.backlog and len(self.inflight) < limit:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.ended and not self.inflight and not self.backlog:
+            self.close()
+
+    def on_end(self, error: PhxqError) -> None:
+        self.ended = True
+        if isinstance(error, ProtocolError):
+            log.warning("rpc: closing connection from %s: %s", self.transport.peer, error)
+            self.server._reply(self.transport, encode_exception(None, error))
+            self.close()
+        elif not self.inflight and not self.backlog:  # closed, or half-closed and all answered
+            self.close()
+
+    def close(self) -> None:
+        self.server._transports.discard(self.transport)
+        self.transport.close()

@@ -19,6 +19,10 @@ Public API:
 - ``connect_tcp(addr, *, max_frame=MAX_FRAME_DEFAULT) -> TcpTransport`` (raises ``OSError``).
 - ``TcpTransport``: an ``asyncio.Protocol``-based transport (one buffered reader, no per-frame
   task); ``writes`` counts the socket writes issued (coalescing is observable in tests).
+  ``set_receiver(on_body, on_end)`` switches it to push mode: every body is handed to
+  ``on_body`` straight from the protocol callback (no task wake-up per frame), and ``on_end``
+  gets, once, the error ``recv`` would have raised; ``pause_reading``/``resume_reading`` let
+  the receiver apply back-pressure. ``recv`` must not be used after that.
   ``send(body, flush=False)`` queues a body that nothing waits on promptly: it leaves with the
   next flushed send, or ``LAZY_FLUSH`` seconds later, in order with everything else (a write
   and a wake-up of the peer saved per lazy body under load).
@@ -114,6 +118,8 @@ class TcpTransport(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._end: PhxqError | None = None  # what recv raises once the inbox is empty
+        self._on_body: Callable[[bytes], None] | None = None  # push mode
+        self._on_end: Callable[[PhxqError], None] | None = None
         self._closing = False
         self._lost = self._loop.create_future()
         self._transport: asyncio.Transport | None = None
@@ -141,6 +147,15 @@ class TcpTransport(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.pause_reading()
             bodies = []
+        on_body = self._on_body
+        if on_body is not None:
+            for body in bodies:
+                if self._closing:
+                    break
+                on_body(body)
+            if self._end is not None and self._on_end is not None:
+                self._report_end()
+            return
         if bodies:
             self._inbox.extend(bodies)
             self._inbox_bytes += sum(map(len, bodies)) + HEADER_SIZE * len(bodies)
@@ -241,6 +256,31 @@ class TcpTransport(asyncio.Protocol):
                 self._transport.resume_reading()
         return body
 
+    def set_receiver(
+        self, on_body: Callable[[bytes], None], on_end: Callable[[PhxqError], None]
+    ) -> None:
+        """Push mode (see the module docstring). Bodies already received go first."""
+        self._on_body, self._on_end = on_body, on_end
+        while self._inbox and not self._closing:
+            body = self._inbox.popleft()
+            on_body(body)
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None and self._end is None:
+                self._transport.resume_reading()
+        if self._end is not None:
+            self._report_end()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._closing and self._end is None:
+            self._transport.resume_reading()
+
     def close(self) -> None:
         if self._closing:
             return
@@ -269,6 +309,13 @@ class TcpTransport(asyncio.Protocol):
         if self._end is None:
             self._end = end
         self._wake_reader()
+        if self._on_end is not None:
+            self._report_end()
+
+    def _report_end(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None and self._end is not None:
+            on_end(self._end)
 
     def _wake_reader(self) -> None:
         waiter = self._recv_waiter
