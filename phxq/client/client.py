@@ -7,9 +7,9 @@ What it promises (DESIGN.md §5, §10):
   request straight to the group's master. ``NotMaster(hint)`` updates the master cache and the
   request is re-sent at once; ``Unavailable`` is retried with exponential backoff until
   ``retry_timeout`` runs out.
-- **Retries never duplicate.** Every message gets a dedup id (the caller's, or a fresh random
-  one), and a retry re-sends the same ids, so the store answers a retried enqueue with the
-  original offset and stores it once.
+- **Retries never duplicate.** Every message gets a dedup id (the caller's, or a unique one:
+  96 random bits per client plus a counter), and a retry re-sends the same ids, so the store
+  answers a retried enqueue with the original offset and stores it once.
 - **Adaptive batching.** While a request to a group is in flight, further ``enqueue`` calls for
   that group queue up and leave together in the next request as soon as it returns: at low load
   each message goes at once, at high load batches grow by themselves. No linger timer.
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
@@ -120,6 +121,10 @@ class Client:
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
         self._senders: dict[tuple[str, int], _GroupSender] = {}
+        # Default dedup ids: 96 random bits per client, then a counter (as unique as uuid4 ids,
+        # without a getrandom system call and a UUID object per message).
+        self._dedup_prefix = os.urandom(12).hex() + "-"
+        self._dedup_seq = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Client:
@@ -261,10 +266,11 @@ class Client:
     async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
         if not isinstance(topic, str):
             raise BadArgument("topic must be a str")
-        cmap = await self.cluster_map()
+        cmap = self._map if self._map is not None else await self.cluster_map()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, int]] = set()
+        senders = self._senders
         for payload, key, queue, dedup_id, headers in items:
             if not isinstance(payload, (bytes, bytearray, memoryview)):
                 raise BadArgument("payload must be bytes")
@@ -280,8 +286,12 @@ class Client:
             q = self._queue_of(cmap, topic, key, queue)
             group = group_for_queue(q, cmap.groups)
             fut: asyncio.Future[Ack] = loop.create_future()
-            wire = [bytes(payload), key, dict(headers or {}), dedup_id or uuid.uuid4().hex]
-            sender = self._senders.setdefault((topic, group), _GroupSender())
+            if dedup_id is None:
+                dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
+            wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id]
+            sender = senders.get((topic, group))
+            if sender is None:
+                sender = senders[(topic, group)] = _GroupSender()
             sender.pending.append(_Pending(q, wire, fut))
             touched.add((topic, group))
             futures.append(fut)
@@ -300,14 +310,17 @@ class Client:
     async def _send_loop(self, topic: str, group: int, sender: _GroupSender) -> None:
         try:
             while sender.pending:
-                batch: list[_Pending] = []
+                pending = sender.pending
                 size = 0
-                while sender.pending and len(batch) < MAX_REQUEST_MESSAGES:
-                    nbytes = len(sender.pending[0].wire[0]) + 64
-                    if batch and size + nbytes > MAX_REQUEST_BYTES:
+                take = 0
+                for p in pending[:MAX_REQUEST_MESSAGES]:
+                    nbytes = len(p.wire[0]) + 64
+                    if take and size + nbytes > MAX_REQUEST_BYTES:
                         break
-                    batch.append(sender.pending.pop(0))
+                    take += 1
                     size += nbytes
+                batch = pending[:take]
+                del pending[:take]  # one slice, not a pop(0) per message
                 await self._send_batch(topic, group, batch)
                 if not self._batching:
                     break

@@ -174,6 +174,18 @@ def _uint(value: Any, what: str) -> int:
 
 
 def _message(raw: Any, position: int) -> Message:
+    # Every replica decodes every message it applies: the well-formed case is checked inline
+    # (no per-message f-strings for error texts that are almost never needed).
+    if type(raw) is list and len(raw) == 4:
+        payload, key, headers, dedup_id = raw
+        if (
+            type(payload) is bytes
+            and (key is None or type(key) is str)
+            and (dedup_id is None or type(dedup_id) is str)
+            and type(headers) is dict
+            and (not headers or all(type(k) is str and type(v) is str for k, v in headers.items()))
+        ):
+            return Message(payload, key, headers, dedup_id)
     if not isinstance(raw, list) or len(raw) != 4:
         raise ProtocolError(f"message {position}: expected [payload, key, headers, dedup_id]")
     payload, key, headers, dedup_id = raw
