@@ -244,20 +244,10 @@ class RpcPool:
                         f"connection to {conn.addr} lost: {exc.message}", {"addr": conn.addr}
                     )
                     return
-                if type(frame) is Response:
-                    fut = conn.pending.pop(frame.id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(frame.result)
-                elif type(frame) is ErrorReply:
-                    if frame.id is None:  # the server rejected the connection itself
-                        error = frame.to_exception()
-                        log.warning("rpc: %s rejected the connection: %s", conn.addr, error)
-                        return
-                    fut = conn.pending.pop(frame.id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_exception(frame.to_exception())
-                else:
-                    log.debug("rpc: ignoring %s from %s", type(frame).__name__, conn.addr)
+                rejected = self._dispatch(conn, frame)
+                if rejected is not None:
+                    error = rejected
+                    return
         finally:
             if peer.conn is conn:
                 peer.conn = None
@@ -272,6 +262,14 @@ class RpcPool:
             # The outcome of every pending call is unknown: the server may have run it.
             self._lost(conn, peer, Unavailable(f"connection to {conn.addr} lost: {exc.message}"))
             return
+        rejected = self._dispatch(conn, frame)
+        if rejected is not None:
+            self._lost(conn, peer, rejected)
+
+    @staticmethod
+    def _dispatch(conn: _Connection, frame: Any) -> PhxqError | None:
+        """Resolve the pending call a reply frame answers. Returns the error that ends the
+        connection when the server rejected the connection itself."""
         if type(frame) is Response:
             fut = conn.pending.pop(frame.id, None)
             if fut is not None and not fut.done():
@@ -280,13 +278,13 @@ class RpcPool:
             if frame.id is None:  # the server rejected the connection itself
                 error = frame.to_exception()
                 log.warning("rpc: %s rejected the connection: %s", conn.addr, error)
-                self._lost(conn, peer, error)
-                return
+                return error
             fut = conn.pending.pop(frame.id, None)
             if fut is not None and not fut.done():
                 fut.set_exception(frame.to_exception())
         else:
             log.debug("rpc: ignoring %s from %s", type(frame).__name__, conn.addr)
+        return None
 
     def _on_end(self, conn: _Connection, peer: _Peer, error: PhxqError) -> None:
         if isinstance(error, Unavailable):
