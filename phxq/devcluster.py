@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -249,32 +250,46 @@ class ProcessCluster:
         asyncio.run(self.wait_ready_async(timeout))
 
     async def wait_ready_async(self, timeout: float = 30.0) -> None:
+        async def ready(pool: RpcPool) -> Any:
+            self._check_exits()
+            state = await self._masters(pool)
+            if state is True and self.locks:
+                state = await self._lock_master(pool)
+            return state
+
+        await self._poll(ready, timeout, "cluster", self.logs)
+
+    def _check_exits(self) -> None:
+        """Raise if a daemon this cluster started died on its own (not by our signal)."""
+        for proc in self.procs.values():
+            if proc.popen is not None and proc.popen.poll() is not None and not proc.stopped:
+                code = proc.popen.returncode
+                if code not in (-signal.SIGKILL, -signal.SIGTERM):
+                    raise RuntimeError(
+                        f"{proc.role} {proc.node} exited with {code}\n"
+                        + self.logs(proc.role, proc.node)
+                    )
+
+    @staticmethod
+    async def _poll(
+        check: Callable[[RpcPool], Awaitable[Any]],
+        timeout: float,
+        what: str,
+        logs: Callable[[], str],
+    ) -> None:
+        """Call ``check`` until it returns True (else a reason); TimeoutError after ``timeout``."""
         deadline = time.monotonic() + timeout
         last: Any = None
         async with RpcPool() as pool:
             while time.monotonic() < deadline:
-                for proc in self.procs.values():
-                    if (
-                        proc.popen is not None
-                        and proc.popen.poll() is not None
-                        and not proc.stopped
-                    ):
-                        code = proc.popen.returncode
-                        if code not in (-signal.SIGKILL, -signal.SIGTERM):
-                            raise RuntimeError(
-                                f"{proc.role} {proc.node} exited with {code}\n"
-                                + self.logs(proc.role, proc.node)
-                            )
                 try:
-                    last = await self._masters(pool)
-                    if last is True and self.locks:
-                        last = await self._lock_master(pool)
+                    last = await check(pool)
                     if last is True:
                         return
                 except PhxqError as exc:
                     last = exc
                 await asyncio.sleep(0.05)
-        raise TimeoutError(f"cluster not ready after {timeout}s: {last}\n{self.logs()}")
+        raise TimeoutError(f"{what} not ready after {timeout}s: {last}\n{logs()}")
 
     async def _masters(self, pool: RpcPool) -> Any:
         live = [s for s in self.config.stores if self.alive(s.id)]
@@ -298,18 +313,7 @@ class ProcessCluster:
         asyncio.run(self.wait_locks_ready_async(timeout))
 
     async def wait_locks_ready_async(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        async with RpcPool() as pool:
-            while time.monotonic() < deadline:
-                try:
-                    last = await self._lock_master(pool)
-                    if last is True:
-                        return
-                except PhxqError as exc:
-                    last = exc
-                await asyncio.sleep(0.05)
-        raise TimeoutError(f"lock nodes not ready after {timeout}s: {last}\n{self.logs('lock')}")
+        await self._poll(self._lock_master, timeout, "lock nodes", lambda: self.logs("lock"))
 
     async def _lock_master(self, pool: RpcPool) -> Any:
         live = [lk for lk in self.config.locks if self.alive(lk.id, "lock")]
