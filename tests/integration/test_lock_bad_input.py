@@ -6,35 +6,24 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
+from phxq.devcluster import ProcessCluster
 from phxq.errors import BadArgument, MessageTooLarge, NotMaster, StaleToken
 from phxq.lock import LockClient
 from phxq.lock.entries import MAX_VALUE_BYTES
 from phxq.net.rpc import RpcPool
 
-from .test_lock_cluster import lock_master
+from .test_lock_cluster import lock_cluster, lock_master
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def locks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    path: Path = tmp_path_factory.mktemp("locks")
-    ports = free_ports(6)
-    cfg = write_dev_config(path, store_ports=ports[:3], lock_ports=ports[3:])
-    cluster = ProcessCluster(cfg, locks=True)
-    try:
-        for node in cluster.config.locks:
-            cluster.start_node("lock", str(node.id))
-        cluster.wait_locks_ready(timeout=30)
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from lock_cluster(tmp_path_factory.mktemp("locks"))
 
 
 GOOD = {"name": "pair/orders/0", "owner": "a", "ttl": 5.0}

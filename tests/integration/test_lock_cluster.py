@@ -26,11 +26,10 @@ from .conftest import wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def locks(tmp_path: Path) -> Iterator[ProcessCluster]:
-    """Three lock daemons (no stores) on ephemeral ports, always stopped."""
+def lock_cluster(directory: Path) -> Iterator[ProcessCluster]:
+    """Three lock daemons (no stores) on ephemeral ports in ``directory``, always stopped."""
     ports = free_ports(6)
-    path = write_dev_config(tmp_path, store_ports=ports[:3], lock_ports=ports[3:])
+    path = write_dev_config(directory, store_ports=ports[:3], lock_ports=ports[3:])
     cluster = ProcessCluster(path, locks=True)
     try:
         for node in cluster.config.locks:
@@ -39,6 +38,11 @@ def locks(tmp_path: Path) -> Iterator[ProcessCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def locks(tmp_path: Path) -> Iterator[ProcessCluster]:
+    yield from lock_cluster(tmp_path)
 
 
 async def lock_master(cluster: ProcessCluster) -> int:
