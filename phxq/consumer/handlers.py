@@ -89,6 +89,7 @@ class Delivery:
     enqueued_at: float
     attempt: int
     consumer: str = ""  # the delivering consumer daemon ("<name>#<incarnation>")
+    token: int = 0  # the pair lock's fencing token this delivery was made under
 
 
 @dataclass(frozen=True, slots=True)

@@ -564,6 +564,7 @@ class PairWorker:
                 enqueued_at=message.enqueued_at,
                 attempt=attempt,
                 consumer=self._owner,
+                token=self.token or 0,
             )
             self._delivered.inc()
             started = time.perf_counter()
