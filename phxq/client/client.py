@@ -10,9 +10,11 @@ What it promises (DESIGN.md §5, §10):
 - **Retries never duplicate.** Every message gets a dedup id (the caller's, or a unique one:
   96 random bits per client plus a counter), and a retry re-sends the same ids, so the store
   answers a retried enqueue with the original offset and stores it once.
-- **Adaptive batching.** While a request to a group is in flight, further ``enqueue`` calls for
-  that group queue up and leave together in the next request as soon as it returns: at low load
-  each message goes at once, at high load batches grow by themselves. No linger timer.
+- **Adaptive batching.** Up to ``window`` requests per (topic, group) are in flight at once;
+  while the window is full, further ``enqueue`` calls for that group queue up and leave together
+  in the next request as soon as one returns: at low load each message goes at once, at high
+  load batches grow by themselves. No linger timer. With ``batching=False`` every message
+  leaves at once in a request of its own (a benchmark baseline).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ log = logging.getLogger("phxq.client")
 MAX_REQUEST_MESSAGES = 4096
 MAX_REQUEST_BYTES = 4 << 20
 META_TIMEOUT = 0.5
+DEFAULT_WINDOW = 1  # enqueue requests in flight per (topic, group) with batching
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +75,11 @@ class _Pending:
 
 @dataclass(slots=True)
 class _GroupSender:
-    """The adaptive batcher of one (topic, group): one request in flight, the rest queue."""
+    """The adaptive batcher of one (topic, group): up to ``window`` requests in flight, the
+    rest queue."""
 
     pending: list[_Pending] = field(default_factory=list)
-    in_flight: bool = False
+    in_flight: int = 0
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ class Client:
         request_timeout: float = 2.0,
         retry_timeout: float = 15.0,
         batching: bool = True,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -118,6 +123,9 @@ class Client:
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
         self._batching = batching
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise BadArgument(f"window must be a positive integer, got {window!r}")
+        self._window = window
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
         self._senders: dict[tuple[str, int], _GroupSender] = {}
@@ -301,11 +309,21 @@ class Client:
 
     def _kick(self, topic: str, group: int) -> None:
         sender = self._senders[(topic, group)]
-        if sender.pending and (not sender.in_flight or not self._batching):
-            sender.in_flight = True
-            task = asyncio.get_running_loop().create_task(self._send_loop(topic, group, sender))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if not self._batching:
+            # One request per message, all at once: a task per message (the baseline mode).
+            while sender.pending:
+                batch = sender.pending[:1]
+                del sender.pending[:1]
+                self._spawn(self._send_batch(topic, group, batch))
+            return
+        if sender.pending and sender.in_flight < self._window:
+            sender.in_flight += 1
+            self._spawn(self._send_loop(topic, group, sender))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _send_loop(self, topic: str, group: int, sender: _GroupSender) -> None:
         try:
@@ -322,10 +340,8 @@ class Client:
                 batch = pending[:take]
                 del pending[:take]  # one slice, not a pop(0) per message
                 await self._send_batch(topic, group, batch)
-                if not self._batching:
-                    break
         finally:
-            sender.in_flight = False
+            sender.in_flight -= 1
             if sender.pending:
                 self._kick(topic, group)
 
