@@ -15,6 +15,8 @@ Public API:
   their union. ``ErrorReply.to_exception()`` rebuilds the ``PhxqError`` subclass.
 - ``encode_request/encode_response/encode_error/encode_notify(...) -> bytes`` (a body, without
   the length prefix). They raise ``TypeError``/``ValueError`` when a value is not msgpack-able.
+- ``encode_exception(id, exc) -> bytes``: an ERROR body for any ``PhxqError``, never too large
+  (messages cut at ``MAX_ERROR_MESSAGE`` characters).
 - ``decode_body(body) -> Frame``: validates kinds and field types; raises ``ProtocolError`` on
   anything malformed (never any other exception).
 - ``request_id_of(body) -> int | None``: best-effort id of a malformed request, so the server
@@ -40,6 +42,8 @@ MAX_FRAME_DEFAULT = 16 << 20
 HEADER_SIZE = 4
 REQUEST, RESPONSE, ERROR, NOTIFY = 0, 1, 2, 3
 MAX_REQUEST_ID = (1 << 64) - 1
+MAX_ERROR_MESSAGE = 4096  # characters of an error message that go on the wire
+MAX_ERROR_BODY = 64 << 10
 
 _HEADER = struct.Struct(">I")
 
@@ -102,12 +106,19 @@ def encode_notify(method: str, params: Any) -> bytes:
 
 
 def encode_exception(request_id: int | None, exc: PhxqError) -> bytes:
-    """An ERROR body for ``exc``; falls back to dropping ``data`` if it is not msgpack-able."""
+    """An ERROR body for ``exc``. A message longer than ``MAX_ERROR_MESSAGE`` characters is cut
+    (it may quote a huge bad value: the reply must still fit in a frame); ``data`` is dropped
+    if it is not msgpack-able or makes the body larger than ``MAX_ERROR_BODY``."""
     code, message, data = exc.to_wire()
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = f"{message[:MAX_ERROR_MESSAGE]}... ({len(message)} characters)"
     try:
-        return encode_error(request_id, code, message, data)
+        body = encode_error(request_id, code, message, data)
     except (TypeError, ValueError, OverflowError):
         return encode_error(request_id, code, message, {})
+    if len(body) > MAX_ERROR_BODY:
+        return encode_error(request_id, code, message, {})
+    return body
 
 
 def frame_kind(body: bytes) -> int | None:
@@ -158,7 +169,9 @@ def decode_body(body: bytes) -> Frame:
         if n != 3 or not isinstance(obj[1], str):
             raise ProtocolError("NOTIFY must be [3, method:str, params]")
         return Notify(obj[1], obj[2])
-    raise ProtocolError(f"unknown frame kind {kind!r}")
+    # Not repr(kind): it may be a value nested too deeply for repr to print.
+    shown = kind if type(kind) is int else type(kind).__name__
+    raise ProtocolError(f"unknown frame kind {shown}")
 
 
 def request_id_of(body: bytes) -> int | None:

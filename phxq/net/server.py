@@ -19,8 +19,9 @@ Promises:
   and responses finished in the same loop iteration share one write.
 - A ``PhxqError`` raised by the handler reaches the caller as the same class (code, message,
   data). Any other exception is logged and reaches the caller as ``PhxqError("internal error
-  ...")``. A result that cannot be encoded, or is larger than ``max_frame``, becomes an error
-  reply. Unknown methods are the handler's business (it raises ``BadArgument``).
+  ...")``, except a ``RecursionError`` (params nested too deeply to inspect), which is a
+  ``BadArgument``. A result that cannot be encoded, or is larger than ``max_frame``, becomes an
+  error reply. Unknown methods are the handler's business (it raises ``BadArgument``).
 - Notifications are passed to ``notify_handler`` synchronously, in arrival order, on the
   reader; exceptions from it are logged and swallowed. Without a handler they are ignored.
 - Bad input never takes the server down: a framed but malformed body gets an ERROR reply
@@ -40,7 +41,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from phxq.errors import MessageTooLarge, PhxqError, ProtocolError, Unavailable
+from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError, Unavailable
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
     Notify,
@@ -188,6 +189,11 @@ class RpcServer:
             result = await self._handler(request.method, request.params)
         except PhxqError as exc:
             body = encode_exception(request.id, exc)
+        except RecursionError:
+            # Params nested deeper than Python can walk (msgpack decodes ~1000 levels; repr or
+            # any recursive check of them overflows the stack): the caller's fault, not a bug.
+            too_deep = BadArgument(f"{request.method}: params are nested too deeply")
+            body = encode_exception(request.id, too_deep)
         except Exception as exc:
             log.exception("rpc: handler failed on %r", request.method)
             internal = PhxqError(f"internal error in {request.method}: {type(exc).__name__}: {exc}")

@@ -34,14 +34,18 @@ if TYPE_CHECKING:
 MAX_DEQUEUE = 10_000
 MAX_WAIT = 60.0  # seconds a dequeue may long-poll
 MAX_HEADERS = 64
+MAX_NAME_CHARS = 256  # topic and consumer group names (they are stored in cursors)
 
 
 def _str(params: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
     value = params.get(name)
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value:
-        raise BadArgument(f"{name} must be a non-empty string, got {value!r}")
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
+        raise BadArgument(
+            f"{name} must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
+            f"got {value!r:.60}"
+        )
     return value
 
 

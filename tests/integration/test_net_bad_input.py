@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import random
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgpack
 import pytest
 
+from phxq.client import Client
+from phxq.devcluster import ProcessCluster
 from phxq.errors import BadArgument
 from phxq.net import frames
 from phxq.net.frames import ErrorReply, Response, decode_body
@@ -24,6 +26,8 @@ MAX = 1 << 20
 async def handle(method: str, params: Any) -> Any:
     if method == "echo":
         return params
+    if method == "want_int":  # quotes the bad value, as the daemons' validators do
+        raise BadArgument(f"want an int, got {params!r}")
     raise BadArgument(f"unknown method {method!r}")
 
 
@@ -196,3 +200,64 @@ async def test_random_bytes_on_many_connections_never_stop_the_server(
 
     await asyncio.gather(keep_calling(), *(fuzz_one() for _ in range(50)))
     assert await pool.call(server.address, "echo", "alive") == "alive"
+
+
+def deep(depth: int) -> bytes:
+    """A msgpack value nested ``depth`` arrays deep (msgpack decodes ~1000 levels, more than
+    Python's repr can print)."""
+    return b"\x91" * depth + b"\xc0"
+
+
+async def test_a_deeply_nested_body_is_a_protocol_error_not_a_dead_connection(
+    server: RpcServer,
+) -> None:
+    raw = await RawClient.connect(server)
+    await raw.send_body(deep(999))  # its "kind" is a 998-deep array: repr of it overflows
+    reply = await raw.read_frame()
+    assert isinstance(reply, ErrorReply) and (reply.id, reply.code) == (None, "protocol")
+    await raw.echo_works()
+    raw.close()
+
+
+async def test_params_too_deep_to_print_are_a_bad_argument_without_a_traceback(
+    server: RpcServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = await RawClient.connect(server)
+    body = frames.encode_request(4, "want_int", None)
+    await raw.send_body(body[:-1] + deep(990))  # params: 990 nested arrays
+    reply = await raw.read_frame()
+    assert isinstance(reply, ErrorReply) and (reply.id, reply.code) == (4, "bad_argument")
+    assert "nested too deeply" in reply.message
+    assert not [r for r in caplog.records if r.exc_info]
+    await raw.echo_works()
+    raw.close()
+
+
+async def test_an_error_quoting_a_huge_value_still_fits_in_a_frame(
+    server: RpcServer, pool: RpcPool
+) -> None:
+    # repr of 400 KiB of 0xff is 1.6 MB, above this server's 1 MiB frame limit
+    with pytest.raises(BadArgument) as info:
+        await pool.call(server.address, "want_int", b"\xff" * (400 << 10), timeout=5.0)
+    assert len(info.value.message) < frames.MAX_ERROR_MESSAGE + 100
+    assert info.value.message.startswith("want an int, got b'\\xff")
+    assert await pool.call(server.address, "echo", "alive") == "alive"
+
+
+@pytest.mark.integration
+def test_a_store_refuses_a_consumer_group_name_too_long_to_keep(
+    make_cluster: Callable[..., ProcessCluster],
+) -> None:
+    cluster = make_cluster(groups=1)
+    long_name = "g" * 257  # a cursor under it would live in every snapshot of the group
+
+    async def check() -> None:
+        async with RpcPool() as pool:
+            for addr in cluster.store_addresses:
+                params = {"group": long_name, "topic": "orders", "queue": 0, "offset": 1}
+                with pytest.raises(BadArgument):
+                    await pool.call(addr, "commit", {**params, "token": 1})
+        async with Client(cluster.store_addresses) as client:
+            assert await client.cursor("g" * 256, "orders", queue=0) is None  # the limit itself
+
+    asyncio.run(check())

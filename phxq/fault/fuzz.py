@@ -1,0 +1,1004 @@
+"""A seeded frame fuzzer against live store and lock daemons (issue 9, "bad input at scale").
+
+Public API::
+
+    report = await fuzz_cluster(cluster, frames=100_000, seed=1)   # a started ProcessCluster
+    report.ok, report.violations, report.summary()                  # FuzzReport
+
+What it sends, per category (``CATEGORIES``), spread over every store and lock daemon:
+
+=============  ==========================================================================
+random_body    a framed body of random bytes (mostly not msgpack)
+bad_msgpack    a valid request body with bytes flipped, cut or inserted
+wrong_fields   valid msgpack, wrong frame shape: unknown kinds, bad ids, non-string
+               methods, responses and errors sent to a server, maps, scalars, deep nesting
+read_params    a read-only method (meta, status, dequeue, get, kv_list, ...) or an unknown
+               one, with params of wrong types, missing, extra, or not a map at all
+write_poison   a write method (enqueue, commit, seek, acquire, kv_put, ...) with one field
+               that makes it invalid by construction (plus random extra keys); the reply
+               must be a typed error, never a result
+px_garbage     ``px`` notifies that imitate peer Paxos traffic but are malformed (cut,
+               mistyped, unknown tag) or name no group / no member; ``snap`` notifies
+               with garbage snapshots; notifies of unknown methods
+huge_length    a length header above the 16 MiB frame limit (own connection)
+truncated      a request, then half a frame, then FIN or RST (own connection)
+random_stream  unframed random bytes, then FIN (own connection)
+half_open      a connection left open mid-header or mid-body until the run ends
+=============  ==========================================================================
+
+Safety net: every body goes through :func:`classify` first, which decodes it with the daemons'
+own decoders. A body that would be a *valid* write request, a well-formed Paxos message from a
+member for a real group (a forged ballot: an authentication problem, out of scope), a snapshot
+a daemon could install, or a long poll is never sent (counted as ``skipped``); only
+``write_poison`` bodies bypass it, and their replies are checked. So the fuzz traffic itself can
+change no stored data, and the run proves it: data captured before and after must differ only
+by what the concurrent well-behaved client did.
+
+Checks (each failure is a line in ``report.violations``): every framed body that is not a
+notify gets exactly one reply, a well-formed frame; an error reply carries a typed code (never
+the generic ``error`` of an unexpected exception); a write poison is never answered with a
+result; a broken stream gets its error frame and a close; the well-behaved client (enqueue,
+dequeue, commit, lock acquire/release, kv_put) sees no error; every daemon keeps its pid;
+stored queues, cursors, locks and keys are as before plus the client's own writes; the
+replicas of every group agree on the chain checksum; no daemon log holds a ``Traceback``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import random
+import reprlib
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from phxq.client import Client
+from phxq.devcluster import ProcessCluster
+from phxq.errors import PhxqError, ProtocolError, error_classes
+from phxq.lock import LockClient
+from phxq.lock.state import LockState
+from phxq.net.frames import (
+    MAX_FRAME_DEFAULT,
+    ErrorReply,
+    Notify,
+    Request,
+    Response,
+    decode_body,
+    encode_request,
+    prefix,
+)
+from phxq.net.rpc import RpcPool
+from phxq.paxos import decode_message
+from phxq.paxos.ballot import Ballot
+from phxq.paxos.messages import (
+    Accept,
+    Accepted,
+    CatchupReply,
+    CatchupRequest,
+    Chosen,
+    ChosenEntry,
+    Heartbeat,
+    HeartbeatAck,
+    Prepare,
+    encode_message,
+)
+from phxq.store.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from phxq.store.state import StoreState
+
+CATEGORIES = (
+    "random_body",
+    "bad_msgpack",
+    "wrong_fields",
+    "read_params",
+    "write_poison",
+    "px_garbage",
+    "huge_length",
+    "truncated",
+    "random_stream",
+    "half_open",
+)
+# Relative frequencies: the framed categories ride on long-lived connections in batches; the
+# stream-breaking ones cost a connection each, so they are rarer.
+WEIGHTS = (14, 14, 12, 18, 18, 14, 2, 3, 3, 2)
+STREAM = {"huge_length", "truncated", "random_stream", "half_open"}
+
+WRITES = frozenset(
+    {"enqueue", "commit", "seek", "acquire", "renew", "release", "kv_put", "kv_delete"}
+)
+TYPED_CODES = frozenset(code for code in error_classes() if code != PhxqError.code)
+REPLY_TIMEOUT = 30.0  # seconds for one batch's replies on a loaded 2-core machine
+MAX_HALF_OPEN = 32  # per target, at once
+
+WEIRD: tuple[Any, ...] = (
+    None, True, False, 0, -1, 1, 2**63, -(2**63), 2**64 - 1, 0.5, -0.0, 1e308,
+    math.nan, math.inf, -math.inf, "", "x", "é\u2028\x00", "a" * 300, b"", b"\xff" * 40,
+    [], [None], {}, {"k": 1}, {1: 2}, msgpack.ExtType(7, b"ext"), msgpack.Timestamp(1, 0),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: str  # "store" | "lock"
+    node: int
+    addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    """One framed body for a long-lived connection. ``poison``: a write that must fail."""
+
+    category: str
+    body: bytes
+    poison: bool = False
+
+
+@dataclass
+class FuzzReport:
+    seed: int
+    frames: int = 0
+    sent: collections.Counter[str] = field(default_factory=collections.Counter)
+    replies: collections.Counter[str] = field(default_factory=collections.Counter)
+    skipped: int = 0
+    poison_rejected: int = 0
+    connections: int = 0
+    good_ops: int = 0
+    good_errors: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    crashes: int = 0
+    data_unchanged: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.good_errors and not self.crashes
+
+    def violation(self, text: str) -> None:
+        if len(self.violations) < 200:
+            self.violations.append(text)
+
+    def summary(self) -> str:
+        lines = [
+            f"seed={self.seed} frames sent={self.frames} in {self.seconds:.1f}s "
+            f"({self.connections} connections, {self.skipped} generated bodies skipped as "
+            "valid writes / forged peer messages)",
+            "per category: " + ", ".join(f"{c}={self.sent[c]}" for c in CATEGORIES),
+            "replies: " + ", ".join(f"{k}={v}" for k, v in sorted(self.replies.items())),
+            f"write poisons rejected with a typed error: {self.poison_rejected}",
+            f"well-behaved client: {self.good_ops} operations, {len(self.good_errors)} errors",
+            f"crashes: {self.crashes}",
+            f"data unchanged: {'yes' if self.data_unchanged else 'NO'}",
+            f"violations: {len(self.violations)}",
+        ]
+        lines += [f"  {v}" for v in self.violations[:40]]
+        lines += [f"  good client: {e}" for e in self.good_errors[:10]]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+class _Deep:
+    """Stands for a value nested deeper than Python's repr can print (spliced in as bytes:
+    ``msgpack.packb`` refuses such depth)."""
+
+
+_DEEP_EXT = msgpack.ExtType(99, b"DEEP")
+
+
+def _default(obj: Any) -> Any:
+    if obj is _Deep:
+        return _DEEP_EXT
+    raise TypeError(type(obj).__name__)
+
+
+def _deep(depth: int) -> bytes:
+    return b"\x91" * depth + b"\xc0"
+
+
+def _pack(obj: Any) -> bytes | None:
+    try:
+        data: bytes = msgpack.packb(obj, use_bin_type=True, default=_default)
+    except (TypeError, ValueError, OverflowError, UnicodeEncodeError):
+        return None
+    return data.replace(msgpack.packb(_DEEP_EXT), _deep(999))
+
+
+BAD_NAMES: tuple[Any, ...] = (None, "", 7, "n" * 300, b"b", ["x"], [_Deep], 1.5)
+BAD_UINTS: tuple[Any, ...] = (-1, "1", 1.5, True, [], -(2**63), [_Deep])
+
+
+class Generator:
+    """Seeded bodies for one cluster; a method returns ``None`` when what it built cannot be
+    encoded (the caller draws again)."""
+
+    def __init__(self, rng: random.Random, topics: dict[str, int], groups: int) -> None:
+        self.rng = rng
+        self.topics = topics
+        self.groups = groups
+        self.ids = 0
+
+    def next_id(self) -> int:
+        self.ids += 1
+        return self.ids
+
+    def junk(self, depth: int = 0) -> Any:
+        rng = self.rng
+        roll = rng.random()
+        if depth > 2 or roll < 0.55:
+            return rng.choice(WEIRD)
+        if roll < 0.65:
+            return rng.randbytes(rng.randint(0, 64))
+        if roll < 0.75:
+            return rng.randint(-(2**63), 2**64 - 1)
+        if roll < 0.78:
+            return _Deep
+        if roll < 0.9:
+            return [self.junk(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {rng.choice(("topic", "queue", "name", "x", 1)): self.junk(depth + 1)}
+
+    def _tq(self) -> tuple[str, int]:
+        t = self.rng.choice(sorted(self.topics))
+        return t, self.rng.randrange(self.topics[t])
+
+    def read_request(self, kind: str) -> tuple[str, dict[str, Any]]:
+        rng = self.rng
+        t, q = self._tq()
+        if kind == "store":
+            return rng.choice(
+                [
+                    ("meta", {}),
+                    ("status", {}),
+                    ("dequeue", {"group": "fz", "topic": t, "queue": q, "after": None,
+                                 "limit": rng.choice((1, 10, 100))}),
+                    ("dequeue", {"topic": t, "queue": q, "limit": 5, "local": True}),
+                    ("cursor", {"group": "fz", "topic": t, "queue": q}),
+                    ("reconcile", {"topic": t, "queue": q, "groups": ["fz"]}),
+                    ("checksum", {"group": rng.randrange(self.groups), "instance": 1}),
+                ]
+            )  # fmt: skip
+        return rng.choice(
+            [
+                ("meta", {}),
+                ("status", {}),
+                ("get", {"name": "fz/" + t}),
+                ("kv_get", {"key": "fz/" + t}),
+                ("kv_list", {"prefix": rng.choice(("", "fz/", "x"))}),
+                ("kv_wait", {"key": "fz/k", "after_version": 2**40, "timeout": 0.01}),
+            ]
+        )
+
+    def poison_request(self, kind: str) -> tuple[str, dict[str, Any]]:
+        """A write request with one field that every daemon must refuse before it proposes."""
+        rng = self.rng
+        t, q = self._tq()
+        msg: list[Any] = [b"p", None, {}, None]
+        if kind == "store":
+            method = rng.choice(("enqueue", "commit", "seek"))
+            if method == "enqueue":
+                params: dict[str, Any] = {"topic": t, "batches": [[q, [msg]]]}
+                spot = rng.randrange(5)
+                if spot == 0:
+                    params["topic"] = rng.choice((*BAD_NAMES, "no-such-topic"))
+                elif spot == 1:
+                    params["batches"] = rng.choice(
+                        (None, [], "x", {}, [[q]], [[q, []]], [["0", [msg]]], [[-1, [msg]]],
+                         [[10**6, [msg]]], [[True, [msg]]], [[None, [msg]]], [_Deep])
+                    )  # fmt: skip
+                elif spot == 2:
+                    params["batches"][0][1] = [rng.choice(
+                        ([b"p"], [b"p", None, {}], [b"p", None, {}, None, 1], "msg", None,
+                         ["text", None, {}, None], [5, None, {}, None], [b"p", 5, {}, None],
+                         [b"p", None, {"a": 1}, None], [b"p", None, [], None],
+                         [b"p", None, {}, "d" * 300], [b"p", None, {}, 12], [_Deep, None, {}, None],
+                         [b"p", None, {str(i): "v" for i in range(65)}, None])
+                    )]  # fmt: skip
+                elif spot == 3:  # a valid batch first, then one that breaks the request
+                    other = [x for x in range(self.topics[t]) if x % self.groups != q % self.groups]
+                    bad = [other[0], [msg]] if other else [q, []]
+                    params["batches"].append(rng.choice((bad, [q, [msg, "x"]], None, [q, []])))
+                else:
+                    params["batches"][0][1] = [[b"x" * ((1 << 20) + 1), None, {}, None]]
+            else:
+                params = {"group": "fz", "topic": t, "queue": q, "offset": 0}
+                spots = ["group", "topic", "queue", "offset"]
+                if method == "commit":
+                    params["token"] = 1
+                    spots += ["token", "expect"]
+                else:
+                    spots += ["both", "neither", "time"]
+                spot = rng.choice(spots)
+                if spot in ("group", "topic"):
+                    params[spot] = rng.choice(BAD_NAMES)
+                elif spot == "queue":
+                    params["queue"] = rng.choice((-1, "0", None, 1.5, True, 10**6, [_Deep]))
+                elif spot in ("offset", "token", "expect"):
+                    params[spot] = rng.choice(BAD_UINTS)
+                elif spot == "both":
+                    params["time"] = 1.0
+                elif spot == "neither":
+                    del params["offset"]
+                else:
+                    del params["offset"]
+                    params["time"] = rng.choice(("yesterday", True, [], [_Deep]))
+        else:
+            method = rng.choice(("acquire", "renew", "release", "kv_put", "kv_delete"))
+            params = {
+                "acquire": {"name": "fz/l", "owner": "fz", "ttl": 1.0},
+                "renew": {"name": "fz/l", "owner": "fz", "token": 1},
+                "release": {"name": "fz/l", "owner": "fz", "token": 1, "rid": b"r"},
+                "kv_put": {"key": "fz/k", "value": 1, "expect_version": 0, "rid": b"r"},
+                "kv_delete": {"key": "fz/k", "expect_version": 0},
+            }[method]
+            spot = rng.choice(list(params))
+            if spot in ("name", "owner", "key"):
+                params[spot] = rng.choice(BAD_NAMES)
+            elif spot == "ttl":
+                params["ttl"] = rng.choice((-1, 0, 1e9, "5", True, math.nan, math.inf, None, []))
+            elif spot == "token":
+                params["token"] = rng.choice((*BAD_UINTS, None))
+            elif spot == "expect_version":
+                params[spot] = rng.choice(BAD_UINTS)
+            elif spot == "rid":
+                params["rid"] = rng.choice(("text", b"", b"r" * 33, 5, [], [_Deep]))
+            else:
+                params["value"] = b"v" * ((64 << 10) + 1)
+        for _ in range(rng.choice((0, 0, 1, 2))):  # extra keys: ignored by the daemons
+            params[rng.choice(("zz", "extra", "_", "priority"))] = self.junk()
+        return method, params
+
+    # ---------------------------------------------------------------- framed bodies
+
+    def shot(self, category: str, kind: str) -> Shot | None:
+        rng = self.rng
+        body: bytes | None
+        if category == "random_body":
+            body = rng.randbytes(rng.choice((1, 2, 3, 8, 40, 300)))
+        elif category == "bad_msgpack":
+            buf = bytearray(encode_request(self.next_id(), *self.read_request(kind)))
+            for _ in range(rng.randint(1, 4)):
+                pos = rng.randrange(len(buf))
+                op = rng.randrange(3)
+                if op == 0:
+                    buf[pos] = rng.randrange(256)
+                elif op == 1:
+                    del buf[max(pos, 1) :]
+                else:
+                    buf[pos:pos] = rng.randbytes(rng.randint(1, 5))
+            body = bytes(buf)
+        elif category == "wrong_fields":
+            body = self.wrong_fields()
+        elif category == "read_params":
+            body = self.read_params(kind)
+        elif category == "write_poison":
+            body = _pack([0, self.next_id(), *self.poison_request(kind)])
+            return None if body is None else Shot(category, body, poison=True)
+        elif category == "px_garbage":
+            body = self.px_garbage(kind)
+        else:
+            raise ValueError(f"not a framed category: {category}")
+        return None if body is None else Shot(category, body)
+
+    def wrong_fields(self) -> bytes | None:
+        rng = self.rng
+        i = self.next_id()
+        choices: list[Any] = [
+            [rng.choice((4, 5, 99, -1, "0", None, 0.0, True)), i, "meta", {}],
+            [0, rng.choice((-1, "1", None, 1.5, [], b"", True)), "meta", {}],
+            [0, i, self.junk(), {}],
+            [0, i, "meta"],
+            [0, i, "meta", {}, "extra"],
+            [1, i, self.junk()],
+            [2, i, "bad_argument", "sent to a server", {}],
+            [2, None, self.junk(), self.junk(), self.junk()],
+            [3, self.junk(), self.junk()],
+            {"method": "meta", "id": i},
+            [],
+            self.junk(),
+        ]
+        if rng.random() < 0.08:
+            return _deep(rng.choice((900, 999, 1020, 1100, 5000)))
+        return _pack(rng.choice(choices))
+
+    def read_params(self, kind: str) -> bytes | None:
+        rng = self.rng
+        method, params = self.read_request(kind)
+        roll = rng.random()
+        if roll < 0.1:
+            method = rng.choice(("drop", "", "META", "px", "__init__", "\x00", "a" * 1000))
+        elif roll < 0.25:
+            params = self.junk()  # mostly not a map at all
+        else:
+            params = dict(params)
+            for _ in range(rng.randint(1, 3)):
+                key = rng.choice([*params, "zz", "wait", "timeout", "local", "after", "limit"])
+                if rng.random() < 0.2:
+                    params.pop(key, None)
+                else:
+                    params[key] = self.junk()
+        return _pack([0, self.next_id(), method, params])
+
+    def px_garbage(self, kind: str) -> bytes | None:
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.08:
+            return _pack([3, rng.choice(("px", "snap", "gossip", "")), self.junk()])
+        if roll < 0.2:
+            return _pack([3, "snap", self.bad_snapshot(kind)])
+        return _pack([3, "px", self.bad_paxos()])
+
+    def paxos_message(self) -> Any:
+        rng = self.rng
+        g, s = rng.randrange(self.groups), rng.randint(1, 3)
+        b = Ballot(rng.randint(0, 2**40), rng.randint(0, 5))
+        n = rng.randint(1, 2**40)
+        return rng.choice(
+            [
+                Prepare(group=g, sender=s, ballot=b, from_instance=n),
+                Accept(group=g, sender=s, ballot=b, instance=n, value=rng.randbytes(20)),
+                Accepted(group=g, sender=s, ballot=b, instance=n),
+                Chosen(group=g, sender=s, ballot=b, first=n, last=n + 3),
+                Heartbeat(group=g, sender=s, ballot=b, chosen_up_to=n, checksum=n),
+                HeartbeatAck(group=g, sender=s, ballot=b, chosen_up_to=n),
+                CatchupRequest(group=g, sender=s, from_instance=n, max_count=10),
+                CatchupReply(group=g, sender=s, chosen_up_to=n,
+                             entries=(ChosenEntry(n, b"v", 1),)),
+            ]
+        )  # fmt: skip
+
+    def bad_paxos(self) -> bytes:
+        """Bytes that look like a peer's Paxos message but are malformed, or name a group or a
+        sender that does not exist (the daemons must drop both)."""
+        rng = self.rng
+        data = encode_message(self.paxos_message())
+        raw = msgpack.unpackb(data, raw=False)
+        roll = rng.randrange(9)
+        if roll == 0:
+            return rng.randbytes(rng.randint(0, 60))
+        if roll == 1:
+            return data[: rng.randrange(len(data))]
+        if roll == 2:
+            raw[rng.randrange(len(raw))] = self.junk()
+        elif roll == 3:
+            raw.append(self.junk())
+        elif roll == 4:
+            raw.pop()
+        elif roll == 5:
+            raw[0] = rng.choice((0, 11, 99, -1, 2**40, "4"))
+        elif roll == 6:
+            raw[1] = rng.choice((self.groups, self.groups + 1, 2**32, 2**64 - 1))  # no group
+        elif roll == 7:
+            raw[2] = rng.choice((0, 4, 77, 2**64 - 1))  # no member
+        else:
+            buf = bytearray(data)
+            buf[rng.randrange(len(buf))] = rng.randrange(256)
+            return bytes(buf)
+        return _pack(raw) or b"\xc1"
+
+    def bad_snapshot(self, kind: str) -> Any:
+        rng = self.rng
+        group = rng.choice((0, 1, -1, self.groups + 5, "0", None, 2**64 - 1))
+        roll = rng.randrange(4)
+        if roll == 0:
+            return [group, rng.randbytes(rng.randint(0, 80))]
+        if roll == 1:
+            return self.junk()
+        state = bytearray(
+            StoreState(0, dedup_window=1.0).snapshot()
+            if kind == "store"
+            else LockState().snapshot()
+        )
+        for _ in range(rng.randint(1, 3)):
+            state[rng.randrange(len(state))] = rng.randrange(256)
+        snap = encode_snapshot(Snapshot(1, rng.getrandbits(64), bytes(state)))
+        if roll == 2:
+            snap = snap[:-1] + bytes([snap[-1] ^ 0xFF])  # breaks the envelope's CRC
+        return [group, snap]
+
+
+def classify(body: bytes, kind: str, groups: int, members: frozenset[int]) -> str:
+    """What sending ``body`` to a ``kind`` daemon does, decided with the daemons' own decoders:
+    ``"reply"`` (one reply frame), ``"none"`` (a notify: no reply), or ``"skip"`` (do not send:
+    it could write, forge a peer's Paxos message or snapshot, or long-poll)."""
+    try:
+        frame = decode_body(body)
+    except ProtocolError:
+        return "reply"
+    if type(frame) is Request:
+        if frame.method in WRITES:
+            return "skip"
+        if isinstance(frame.params, dict):
+            for name in ("wait", "timeout"):
+                v = frame.params.get(name)
+                if isinstance(v, int | float) and not isinstance(v, bool) and v > 0.05:
+                    return "skip"
+        return "reply"
+    if type(frame) is not Notify:
+        return "reply"
+    params = frame.params
+    if frame.method == "px" and isinstance(params, bytes):
+        try:
+            msg = decode_message(params)
+        except ProtocolError:
+            return "none"
+        return "skip" if msg.group < groups and msg.sender in members else "none"
+    if frame.method == "snap" and isinstance(params, list) and len(params) == 2:
+        if not isinstance(params[1], bytes):
+            return "none"
+        try:
+            snap = decode_snapshot(params[1])
+            (StoreState if kind == "store" else LockState).restore(snap.state)
+        except ProtocolError:
+            return "none"
+        except Exception:  # not a typed rejection: send it, the daemon must cope (logs show)
+            return "none"
+        return "skip"
+    return "none"
+
+
+# ------------------------------------------------------------------------------ running
+
+
+async def _read_body(reader: asyncio.StreamReader, timeout: float) -> bytes | None:
+    """The next frame body, or ``None`` at EOF (a reset counts as EOF)."""
+    try:
+        header = await asyncio.wait_for(reader.readexactly(4), timeout)
+        (length,) = struct.unpack(">I", header)
+        return await asyncio.wait_for(reader.readexactly(length), timeout)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+async def _open(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = target.addr.rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port), limit=MAX_FRAME_DEFAULT + 16)
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    transport = writer.transport
+    if not transport.is_closing():
+        transport.abort()
+
+
+class _Worker:
+    """Sends one target's share of the frames: framed bodies in batches on one long-lived
+    connection, stream-breaking shots on connections of their own."""
+
+    def __init__(self, run: _Run, target: Target, budget: int, seed: int) -> None:
+        self.run = run
+        self.target = target
+        self.budget = budget
+        self.rng = random.Random(seed)
+        self.gen = Generator(self.rng, run.topics, run.groups)
+        self.half_open: collections.deque[asyncio.StreamWriter] = collections.deque()
+        self.conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    def where(self) -> str:
+        return f"{self.target.kind} {self.target.node}"
+
+    async def go(self) -> None:
+        report = self.run.report
+        batch: list[tuple[Shot, str]] = []
+        limit = self.rng.randint(1, 64)
+        try:
+            while self.budget > 0:
+                category = self.rng.choices(CATEGORIES, WEIGHTS)[0]
+                if category in STREAM:
+                    await self.stream(category)
+                    self.sent(category)
+                    continue
+                shot = self.gen.shot(category, self.target.kind)
+                if shot is None:
+                    continue
+                verdict = "reply" if shot.poison else self.run.classify(shot.body, self.target.kind)
+                if verdict == "skip":
+                    report.skipped += 1
+                    continue
+                batch.append((shot, verdict))
+                self.sent(category)
+                if len(batch) >= limit:
+                    await self.flush(batch)
+                    batch, limit = [], self.rng.randint(1, 64)
+            if batch:
+                await self.flush(batch)
+            await self.finish()
+        finally:
+            while self.half_open:
+                _abort(self.half_open.popleft())
+            if self.conn is not None:
+                _abort(self.conn[1])
+
+    def sent(self, category: str) -> None:
+        self.budget -= 1
+        self.run.report.sent[category] += 1
+        self.run.report.frames += 1
+
+    async def connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.conn is None:
+            self.conn = await _open(self.target)
+            self.run.report.connections += 1
+        return self.conn
+
+    async def flush(self, batch: list[tuple[Shot, str]]) -> None:
+        """Send a batch in one write; read one reply per body that is not a notify, then one
+        more for a trailing ``meta`` request (proof that the notifies were taken, too)."""
+        report = self.run.report
+        reader, writer = await self.connection()
+        sentinel = self.gen.next_id()
+        bodies = [shot.body for shot, _ in batch] + [encode_request(sentinel, "meta", {})]
+        writer.write(b"".join(prefix(b) + b for b in bodies))
+        await writer.drain()
+        poisons = {}
+        for shot, _ in batch:
+            if shot.poison:
+                frame = decode_body(shot.body)
+                assert type(frame) is Request
+                poisons[frame.id] = frame
+        expected = sum(verdict == "reply" for _, verdict in batch) + 1
+        seen_sentinel = False
+        for _ in range(expected):
+            body = await _read_body(reader, REPLY_TIMEOUT)
+            if body is None:
+                report.violation(f"{self.where()}: connection closed with replies outstanding")
+                self.conn = None
+                return
+            try:
+                reply = decode_body(body)
+            except ProtocolError as exc:
+                report.violation(f"{self.where()}: malformed reply frame: {exc}")
+                continue
+            if type(reply) is ErrorReply:
+                report.replies[reply.code] += 1
+                if reply.code not in TYPED_CODES:
+                    report.violation(f"{self.where()}: untyped error {reply.code}: {reply.message}")
+                if reply.id in poisons:
+                    report.poison_rejected += 1
+                    del poisons[reply.id]
+            elif type(reply) is Response:
+                report.replies["result"] += 1
+                if reply.id == sentinel:
+                    seen_sentinel = True
+                elif reply.id in poisons:
+                    request = poisons.pop(reply.id)
+                    report.violation(
+                        f"{self.where()}: invalid write accepted: {request.method} "
+                        f"{reprlib.repr(request.params)} -> {reprlib.repr(reply.result)}"
+                    )
+            else:
+                report.violation(f"{self.where()}: a server sent a {type(reply).__name__}")
+        if not seen_sentinel:
+            report.violation(f"{self.where()}: reply count mismatch in a batch of {len(batch)}")
+        for request in poisons.values():
+            report.violation(f"{self.where()}: no reply to invalid {request.method}")
+
+    async def finish(self) -> None:
+        """Half-close the long-lived connection: nothing may arrive but the EOF."""
+        if self.conn is None:
+            return
+        reader, writer = self.conn
+        writer.write_eof()
+        extra = await _read_body(reader, REPLY_TIMEOUT)
+        if extra is not None:
+            self.run.report.violation(f"{self.where()}: an extra reply {extra[:60]!r}")
+        writer.close()
+        self.conn = None
+
+    async def stream(self, category: str) -> None:
+        report = self.run.report
+        rng = self.rng
+        reader, writer = await _open(self.target)
+        report.connections += 1
+        if category == "half_open":
+            if rng.random() < 0.3:
+                writer.write(rng.randbytes(rng.randint(1, 3)))  # part of a header
+            elif rng.random() < 0.7:
+                body = encode_request(1, "meta", {})
+                writer.write(prefix(body) + body[: rng.randrange(len(body))])
+            self.half_open.append(writer)
+            if len(self.half_open) > MAX_HALF_OPEN:
+                _abort(self.half_open.popleft())
+            return
+        try:
+            if category == "huge_length":
+                size = rng.randint(MAX_FRAME_DEFAULT + 1, 2**32 - 1)
+                writer.write(struct.pack(">I", size) + rng.randbytes(rng.randint(0, 100)))
+                first = await _read_body(reader, REPLY_TIMEOUT)
+                reply = None if first is None else decode_body(first)
+                if not (
+                    type(reply) is ErrorReply and reply.id is None and reply.code == "protocol"
+                ):
+                    report.violation(
+                        f"{self.where()}: huge length {size} answered {reprlib.repr(reply)}"
+                    )
+                if await _read_body(reader, REPLY_TIMEOUT) is not None:
+                    report.violation(f"{self.where()}: connection not closed after a huge length")
+            elif category == "truncated":
+                good = encode_request(7, "meta", {})
+                body = encode_request(8, "status", {})
+                writer.write(prefix(good) + good + prefix(body) + body[: rng.randrange(len(body))])
+                if rng.random() < 0.5:
+                    await writer.drain()
+                    _abort(writer)  # a reset, mid-frame
+                    return
+                writer.write_eof()
+                first = await _read_body(reader, REPLY_TIMEOUT)
+                reply = None if first is None else decode_body(first)
+                if not (type(reply) is Response and reply.id == 7):
+                    report.violation(f"{self.where()}: truncated stream: {reprlib.repr(reply)}")
+                if await _read_body(reader, REPLY_TIMEOUT) is not None:
+                    report.violation(f"{self.where()}: reply to a truncated frame")
+            else:
+                writer.write(rng.randbytes(rng.randint(1, 600)))
+                writer.write_eof()
+                for _ in range(1000):  # frames it answers must be well-formed, then EOF
+                    body = await _read_body(reader, REPLY_TIMEOUT)
+                    if body is None:
+                        break
+                    decode_body(body)
+        except ProtocolError as exc:
+            report.violation(f"{self.where()}: {category}: malformed reply: {exc}")
+        except TimeoutError:
+            report.violation(f"{self.where()}: {category}: no close within {REPLY_TIMEOUT}s")
+        finally:
+            _abort(writer)
+
+
+class _Run:
+    def __init__(self, cluster: ProcessCluster, report: FuzzReport) -> None:
+        cfg = cluster.config
+        self.cluster = cluster
+        self.report = report
+        self.topics = {t.name: t.queues for t in cfg.topics}
+        self.groups = cfg.cluster.groups
+        self.members = {
+            "store": frozenset(s.id for s in cfg.stores),
+            "lock": frozenset(lk.id for lk in cfg.locks),
+        }
+
+    def classify(self, body: bytes, kind: str) -> str:
+        return classify(body, kind, self.groups if kind == "store" else 1, self.members[kind])
+
+
+# ------------------------------------------------------------------ the well-behaved client
+
+GOOD_TOPIC = "orders"
+GOOD_GROUP = "good"
+
+
+@dataclass
+class GoodLog:
+    acked: dict[tuple[str, int], list[tuple[int, bytes]]] = field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
+    cursors: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    kv: dict[str, Any] = field(default_factory=dict)
+
+
+async def _good_client(cluster: ProcessCluster, stop: asyncio.Event, report: FuzzReport) -> GoodLog:
+    """Enqueue, read back, commit, lock and put while the fuzz runs; every error is reported."""
+    done = GoodLog()
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(Client(cluster.store_addresses))
+        locks = None
+        if cluster.locks:
+            locks = await stack.enter_async_context(LockClient(cluster.lock_addresses))
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                payload = f"good-{i}".encode()
+                ack = await client.enqueue(GOOD_TOPIC, payload, key=f"k{i % 11}")
+                done.acked[(ack.topic, ack.queue)].append((ack.offset, payload))
+                back = await client.dequeue(
+                    None, GOOD_TOPIC, queue=ack.queue, after=ack.offset - 1, limit=1
+                )
+                if [(m.offset, m.payload) for m in back] != [(ack.offset, payload)]:
+                    report.good_errors.append(f"read back {back!r:.200} for {ack}")
+                if i % 3 == 0:
+                    await client.commit(
+                        GOOD_GROUP, GOOD_TOPIC, queue=ack.queue, offset=ack.offset, token=1
+                    )
+                    done.cursors[(GOOD_GROUP, GOOD_TOPIC, ack.queue)] = ack.offset
+                if locks is not None and i % 4 == 0:
+                    token = await locks.acquire("good/lock", "good", 10.0)
+                    await locks.kv_put("good/key", i)
+                    done.kv["good/key"] = i
+                    await locks.release("good/lock", "good", token)
+                report.good_ops += 1
+            except PhxqError as exc:
+                report.good_errors.append(f"op {i}: {exc!r:.300}")
+            await asyncio.sleep(0.005)
+    return done
+
+
+# ------------------------------------------------------------------------ stored data
+
+
+async def _seed_data(cluster: ProcessCluster) -> None:
+    """A known baseline: messages in every queue, cursors, a held lock and KV keys."""
+    async with Client(cluster.store_addresses) as client:
+        for topic in cluster.config.topics:
+            for q in range(topic.queues):
+                for j in range(3):
+                    ack = await client.enqueue(
+                        topic.name,
+                        f"base-{topic.name}-{q}-{j}".encode(),
+                        queue=q,
+                        key=f"base{j}",
+                        headers={"n": str(j)},
+                        dedup_id=f"base-{topic.name}-{q}-{j}",
+                    )
+                await client.commit("base", topic.name, queue=q, offset=ack.offset, token=5)
+    if cluster.locks:
+        async with LockClient(cluster.lock_addresses) as locks:
+            await locks.acquire("base/lock", "base", 3600.0)
+            await locks.kv_put("base/k1", {"a": [1, 2]})
+            await locks.kv_put("base/k2", b"bytes")
+
+
+async def _settle(cluster: ProcessCluster, pool: RpcPool, timeout: float = 30.0) -> str | None:
+    """Wait until every replica of every group has the same chosen prefix and checksum;
+    ``None``, or what still differs at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        views: dict[Any, set[Any]] = collections.defaultdict(set)
+        try:
+            for s in cluster.config.stores:
+                status = await pool.call(s.addr, "status", {}, timeout=5.0)
+                for g in status["groups"]:
+                    views[("store", g["group"])].add((g["chosen_up_to"], g["checksum"]))
+            for lk in cluster.config.locks if cluster.locks else ():
+                status = await pool.call(lk.addr, "status", {}, timeout=5.0)
+                views[("lock", 0)].add(status["chosen_up_to"])
+        except PhxqError as exc:
+            last = repr(exc)
+        else:
+            differ = {k: v for k, v in views.items() if len(v) != 1}
+            if not differ:
+                return None
+            last = repr(differ)
+        await asyncio.sleep(0.1)
+    return f"replicas did not converge in {timeout}s: {last:.300}"
+
+
+async def _capture(cluster: ProcessCluster, pool: RpcPool) -> dict[str, Any]:
+    cfg = cluster.config
+    state: dict[str, Any] = {"queues": {}, "groups": {}, "cursors": {}}
+    for s in cfg.stores:
+        status = await pool.call(s.addr, "status", {}, timeout=5.0)
+        for g in status["groups"]:
+            state["groups"][(s.id, g["group"])] = {
+                k: g[k] for k in ("chosen_up_to", "checksum", "failed", "diverged", "needs_repair")
+            }
+        for topic in cfg.topics:
+            for q in range(topic.queues):
+                params = {"topic": topic.name, "queue": q, "limit": 10_000, "local": True}
+                rows = await pool.call(s.addr, "dequeue", params, timeout=10.0)
+                state["queues"][(s.id, topic.name, q)] = [
+                    (o, p, k, tuple(sorted(h.items())), t) for o, p, k, h, t in rows
+                ]
+    async with Client(cluster.store_addresses) as client:
+        for topic in cfg.topics:
+            for q in range(topic.queues):
+                for cg in ("base", "fz", GOOD_GROUP):
+                    state["cursors"][(cg, topic.name, q)] = await client.cursor(
+                        cg, topic.name, queue=q
+                    )
+    if cluster.locks:
+        async with LockClient(cluster.lock_addresses) as locks:
+            state["kv"] = await locks.kv_list("")
+            info = await locks.get("base/lock")
+            state["base_lock"] = None if info is None else (info.owner, info.token)
+            state["fz_lock"] = await locks.get("fz/l")
+    return state
+
+
+def _compare(before: dict[str, Any], after: dict[str, Any], good: GoodLog) -> list[str]:
+    """What changed beyond the well-behaved client's own writes."""
+    problems = []
+    for where, rows in after["queues"].items():
+        node, topic, q = where
+        mine = {o: p for o, p in good.acked.get((topic, q), [])}
+        others = [r for r in rows if r[0] not in mine]
+        if others != before["queues"][where]:
+            problems.append(f"store {node} {topic}/{q}: stored messages changed")
+        held = {r[0]: r[1] for r in rows if r[0] in mine}
+        if held != mine:
+            problems.append(f"store {node} {topic}/{q}: the client's acked messages differ")
+    for where, g in after["groups"].items():
+        if g["failed"] or g["diverged"] is not None or g["needs_repair"]:
+            problems.append(f"store/group {where}: {g}")
+        if g["chosen_up_to"] < before["groups"][where]["chosen_up_to"]:
+            problems.append(f"store/group {where}: chosen prefix went back")
+    for key, cursor in after["cursors"].items():
+        want = good.cursors.get(key, before["cursors"][key]) if key[0] == GOOD_GROUP else None
+        expected = want if key[0] == GOOD_GROUP else before["cursors"][key]
+        if cursor != expected:
+            problems.append(f"cursor {key}: {before['cursors'][key]} -> {cursor}")
+    if "kv" in after:
+        kv_before = {k: v for k, v in before["kv"].items() if k not in good.kv}
+        kv_after = {k: v for k, v in after["kv"].items() if k not in good.kv}
+        if kv_after != kv_before:
+            problems.append(f"lock kv changed: {kv_before!r:.200} -> {kv_after!r:.200}")
+        for key, value in good.kv.items():
+            if after["kv"].get(key, (None,))[0] != value:
+                problems.append(f"lock kv {key}: the client's last put is not there")
+        for name in ("base_lock", "fz_lock"):
+            if after[name] != before[name] and not (name == "fz_lock" and after[name] is None):
+                problems.append(f"lock {name}: {before[name]} -> {after[name]}")
+    return problems
+
+
+def _tracebacks(cluster: ProcessCluster) -> list[str]:
+    assert cluster.log_dir is not None
+    found = []
+    for path in sorted(cluster.log_dir.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if "Traceback" in line:
+                tail = next((x for x in lines[i + 1 :] if x and not x.startswith(" ")), "")
+                found.append(f"{path.name}:{i + 1}: Traceback ... {tail[:200]}")
+    return found
+
+
+def _pids(cluster: ProcessCluster) -> dict[tuple[str, str], int | None]:
+    return {
+        key: None if p.popen is None or p.popen.poll() is not None else p.popen.pid
+        for key, p in cluster.procs.items()
+        if key[0] in ("store", "lock")
+    }
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+async def fuzz_cluster(cluster: ProcessCluster, *, frames: int, seed: int) -> FuzzReport:
+    """Fuzz every store and lock daemon of a started, ready ``cluster`` with ``frames`` frames
+    (see the module docstring); the report says what happened."""
+    report = FuzzReport(seed)
+    run = _Run(cluster, report)
+    cfg = cluster.config
+    targets = [Target("store", s.id, s.addr) for s in cfg.stores]
+    if cluster.locks:
+        targets += [Target("lock", lk.id, lk.addr) for lk in cfg.locks]
+    pids = _pids(cluster)
+    await _seed_data(cluster)
+    async with RpcPool() as pool:
+        if (problem := await _settle(cluster, pool)) is not None:
+            report.violation(f"before fuzzing: {problem}")
+        before = await _capture(cluster, pool)
+        stop = asyncio.Event()
+        good_task = asyncio.create_task(_good_client(cluster, stop, report))
+        started = time.monotonic()
+        share, extra = divmod(frames, len(targets))
+        workers = [
+            _Worker(run, t, share + (i < extra), seed * 1_000_003 + i)
+            for i, t in enumerate(targets)
+        ]
+        results = await asyncio.gather(*(w.go() for w in workers), return_exceptions=True)
+        for w, result in zip(workers, results, strict=True):
+            if isinstance(result, BaseException):
+                report.violation(f"{w.where()}: fuzz worker stopped: {result!r}")
+        report.seconds = time.monotonic() - started
+        stop.set()
+        good = await good_task
+        if (problem := await _settle(cluster, pool)) is not None:
+            report.violation(f"after fuzzing: {problem}")
+        after = await _capture(cluster, pool)
+    changes = _compare(before, after, good)
+    report.data_unchanged = not changes
+    for change in changes:
+        report.violation(f"data: {change}")
+    for key, pid in _pids(cluster).items():
+        if pid is None or pid != pids.get(key):
+            report.crashes += 1
+            report.violation(f"{key[0]} {key[1]}: pid {pids.get(key)} -> {pid}")
+    for line in _tracebacks(cluster):
+        report.violation(f"log: {line}")
+    return report
