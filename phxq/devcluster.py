@@ -123,6 +123,7 @@ class ProcessCluster:
     log_dir: Path | None = None
     procs: dict[tuple[str, str], _Proc] = field(default_factory=dict)
     consumers: tuple[str, ...] = ()
+    env: dict[str, str] | None = None  # extra environment variables for every daemon
 
     def __post_init__(self) -> None:
         self.config: ClusterConfig = load_config(self.config_path)
@@ -166,8 +167,9 @@ class ProcessCluster:
         proc.log = open(self.log_dir / f"{role}{node}.log", "ab")  # noqa: SIM115 (kept for the process's life)
         flag = "--node" if role in ("store", "lock") else "--id"
         cmd = [sys.executable, "-m", "phxq", role, "--config", str(self.config_path), flag, node]
+        env = {**os.environ, **self.env} if self.env else None
         proc.popen = subprocess.Popen(
-            cmd, stdout=proc.log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, stdout=proc.log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         proc.stopped = False
 

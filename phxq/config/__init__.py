@@ -27,8 +27,8 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
 [[store]],         id* (int >= 1, unique per kind); addr* "host:port" (unique among every
 [[lock]]           listening address); data* directory (unique); dc ("default") data center;
                    metrics_addr (none) "host:port" for the Prometheus endpoint;
-                   [[store]] only: peers (none) { "<id>" = "host:port" }, the address this
-                   store dials store <id> at instead of its addr (a proxy or NAT in between;
+                   peers (none) { "<id>" = "host:port" }, the address this node dials the
+                   node <id> of its kind at instead of its addr (a proxy or NAT in between;
                    clients and master hints still use addr)
 [[topic]]          name* ([A-Za-z0-9._-], <= 249 chars); queues* (>= 1); retention ("7d");
                    retention_bytes (none: unlimited) per queue; max_message_bytes ("1MiB",

@@ -157,7 +157,7 @@ class NodeConfig:
     dc: str
     data: Path
     metrics_addr: str | None = None
-    # (peer id, address this node dials it at), sorted; stores only. Empty: the peers' addr.
+    # (peer id, address this node dials it at), sorted; same kind of node. Empty: their addr.
     peers: tuple[tuple[int, str], ...] = ()
 
     @property

@@ -174,15 +174,15 @@ def _node(source: str, kind: str, i: int, raw: object, base_dir: Path | None) ->
         dc=t.text("dc"),
         data=data,
         metrics_addr=t.addr("metrics_addr"),
-        peers=_peers(t) if kind == "store" else (),
+        peers=_peers(t, kind),
     )
     t.done()
     return node
 
 
-def _peers(t: _Table) -> tuple[tuple[int, str], ...]:
-    """``peers = { "2" = "host:port" }``: where this store dials other stores (ids checked
-    against the [[store]] list by :func:`parse_config`)."""
+def _peers(t: _Table, kind: str) -> tuple[tuple[int, str], ...]:
+    """``peers = { "2" = "host:port" }``: where this node dials the other nodes of its kind
+    (ids checked against the [[store]] or [[lock]] list by :func:`parse_config`)."""
     raw = t.get("peers")
     if raw is None:
         return ()
@@ -191,7 +191,7 @@ def _peers(t: _Table) -> tuple[tuple[int, str], ...]:
     peers = []
     for key, value in raw.items():
         if not key.isdigit() or int(key) < 1:
-            t.fail("keys must be store ids (positive integers)", f"peers.{key}")
+            t.fail(f"keys must be {kind} ids (positive integers)", f"peers.{key}")
         try:
             if not isinstance(value, str):
                 raise ValueError
@@ -297,14 +297,17 @@ def parse_config(
             _claim(source, data_dirs, str(node.data), f"{kind}[{i}].data")
             if node.metrics_addr is not None:
                 _claim(source, addresses, node.metrics_addr, f"{kind}[{i}].metrics_addr")
-    store_ids = {s.id for s in stores}
-    for i, node in enumerate(stores):
-        for peer, _ in node.peers:
-            if peer == node.id or peer not in store_ids:
-                what = "this store itself" if peer == node.id else "no [[store]] has this id"
-                raise ConfigError(
-                    f"{source}: store[{i}].peers.{peer}: {what}", {"key": f"store[{i}].peers"}
-                )
+    for kind, nodes in (("store", stores), ("lock", locks)):
+        ids = {n.id for n in nodes}
+        for i, node in enumerate(nodes):
+            for peer, _ in node.peers:
+                if peer == node.id or peer not in ids:
+                    what = (
+                        f"this {kind} itself" if peer == node.id else f"no [[{kind}]] has this id"
+                    )
+                    raise ConfigError(
+                        f"{source}: {kind}[{i}].peers.{peer}: {what}", {"key": f"{kind}[{i}].peers"}
+                    )
 
     topics = [_topic(source, i, r) for i, r in enumerate(_array(source, doc, "topic"))]
     names: dict[object, str] = {}

@@ -16,14 +16,17 @@ unexpected      every stored or delivered payload was sent by a producer (an ``e
 stored-dup      a (key, seq) is stored at most once (the idempotent producer: retries reuse the
                 dedup id)
 queue-order     acked offsets of a producer increase with its seq; in the final read each key's
-                seqs increase with the offset; inside one owner's tenure (one fencing token)
-                deliveries of a queue follow the stored offsets one by one (a retry repeats the
-                same offset), and a new tenure never starts past an offset nobody delivered
-key-order       inside one tenure a key's seqs increase (a retry repeats the same one); a key's
+                seqs increase with the offset; inside one *run* (what one owner reads and
+                delivers in one go: a new token, or the owner going back to its committed
+                cursor, starts a new run) deliveries follow the stored offsets one by one (a
+                retry repeats the same offset), and a run never starts past an offset nobody
+                delivered yet
+key-order       inside one run a key's seqs increase (a retry repeats the same one); a key's
                 acks all name one queue
-dup             a message delivered again (not a retry inside one tenure) is a duplicate; it is
-                excused (counted in ``dups``) only if a fault started or ended, or an admin
-                replay was issued, between its first delivery and the repeat
+dup             a message delivered again (not a retry inside one run) is a duplicate; it is
+                excused (counted in ``dups``) only if a fault was under way (or had ended at
+                most ``aftermath`` seconds before), or an admin replay was issued, between its
+                first delivery and the repeat
 cursor          a group's committed cursor never moves back between two polls that did not
                 overlap, unless an admin replay of that queue was issued in between
 token           no fencing token is used by two consumer incarnations for one (group, queue)
@@ -50,6 +53,9 @@ from typing import Any
 
 Op = dict[str, Any]
 MAX_LISTED = 10  # examples kept per violated property
+# Seconds a fault's effects may outlast its healing: a consumer's pair lease (3 s) expires and
+# the pair is taken over (about 4 s in all, see phxq/consumer/daemon.py).
+AFTERMATH = 5.0
 
 
 @dataclass
@@ -121,15 +127,17 @@ def _parse(payload: str) -> tuple[str, int] | None:
     return key, int(seq)
 
 
-def check(ops: Iterable[Op], groups: Sequence[str] = ()) -> CheckResult:
+def check(
+    ops: Iterable[Op], groups: Sequence[str] = (), aftermath: float = AFTERMATH
+) -> CheckResult:
     """Check every property of the module docstring over ``ops``."""
     by_type: dict[str, list[Op]] = defaultdict(list)
     for op in sorted(ops, key=lambda o: o.get("t", 0.0)):
         by_type[op["type"]].append(op)
     r = CheckResult()
-    events = _event_times(by_type)
+    windows = _fault_windows(by_type, aftermath)
     stored, lost = _check_store(r, by_type)
-    _check_deliveries(r, by_type, stored, lost, groups, events)
+    _check_deliveries(r, by_type, stored, lost, groups, windows)
     _check_cursors(r, by_type)
     _check_locks(r, by_type)
     r.faults = sum(1 for op in by_type["nemesis"] if op.get("phase") == "start")
@@ -137,11 +145,21 @@ def check(ops: Iterable[Op], groups: Sequence[str] = ()) -> CheckResult:
     return r
 
 
-def _event_times(by_type: dict[str, list[Op]]) -> list[float]:
-    """Times of every fault start and end and of every admin replay (sorted)."""
-    times = [op["t"] for op in by_type["nemesis"]]
-    times += [op.get("t_invoke", op["t"]) for op in by_type["replay"]]
-    return sorted(times)
+def _fault_windows(by_type: dict[str, list[Op]], aftermath: float) -> list[tuple[float, float]]:
+    """(from, to) of every fault, extended by ``aftermath`` seconds after it ended (leases
+    expire and consumers rebalance after a fault has healed), and of every admin replay."""
+    starts: dict[Any, float] = {}
+    windows = []
+    for op in by_type["nemesis"]:
+        if op["phase"] == "start":
+            starts[op.get("id")] = op["t"]
+        else:
+            windows.append((starts.pop(op.get("id"), op["t"]), op["t"] + aftermath))
+    windows += [(start, float("inf")) for start in starts.values()]  # never healed
+    for op in by_type["replay"]:
+        at = op.get("t_invoke", op["t"])
+        windows.append((at, at + aftermath))
+    return windows
 
 
 def _check_store(
@@ -222,7 +240,7 @@ def _check_deliveries(
     stored: dict[int, dict[int, str]],
     lost: set[tuple[str, int]],
     groups: Sequence[str],
-    events: list[float],
+    windows: list[tuple[float, float]],
 ) -> None:
     attempted = {(op["key"], op["seq"]) for op in by_type["enqueue"] if op["phase"] == "invoke"}
     deliveries = by_type["deliver"]
@@ -255,7 +273,7 @@ def _check_deliveries(
     r.lost = len(lost)
 
     for (group, queue), ops in per_pair.items():
-        _check_pair(r, group, queue, ops, stored_offsets.get(queue, []), events)
+        _check_pair(r, group, queue, ops, stored_offsets.get(queue, []), windows)
 
 
 def _check_pair(
@@ -264,14 +282,17 @@ def _check_pair(
     queue: int,
     ops: list[Op],
     offsets: list[int],
-    events: list[float],
+    windows: list[tuple[float, float]],
 ) -> None:
+    """One (group, queue): deliveries in time order, cut into *runs*: a run is what one owner
+    read and delivered in one go; a new run starts with a new token, or when an owner goes
+    back (it re-read from the committed cursor after losing and regaining its lease: the lock
+    keeps the token of a holder that acquires again)."""
     where = f"group {group} queue {queue}"
     owners: dict[int, str] = {}
-    last_in_tenure: dict[int, Op] = {}
-    key_seq: dict[tuple[int, str], int] = {}
+    last_of_token: dict[int, Op] = {}
+    run_keys: dict[int, dict[str, int]] = {}  # token -> key -> last seq in its current run
     first_delivery: dict[int, float] = {}
-    delivered_before: set[int] = set()
     max_token = 0
     for op in ops:  # in time order
         token, offset = op["token"], op["offset"]
@@ -282,55 +303,53 @@ def _check_pair(
         if token < max_token:
             r.overlapping_tenures += 1
         max_token = max(max_token, token)
-        prev = last_in_tenure.get(token)
+        prev = last_of_token.get(token)
         retry = prev is not None and prev["offset"] == offset and op["attempt"] > prev["attempt"]
-        if prev is None:
-            # A new tenure starts at the committed cursor: never past an undelivered message.
-            skipped = [o for o in offsets if o < offset and o not in delivered_before]
+        if prev is None or (not retry and offset <= prev["offset"]):
+            # A run starts at the committed cursor: never past an undelivered message.
+            skipped = [o for o in offsets if o < offset and o not in first_delivery]
             if skipped:
                 r.violate(
                     "queue-order",
-                    f"{where}: token {token} started at {offset}, offsets {skipped[:5]} never delivered before",
+                    f"{where}: token {token} started a run at {offset}, offsets {skipped[:5]} never delivered before",
                 )
+            run_keys[token] = {}
         elif not retry:
-            if offset <= prev["offset"]:
+            i = bisect_right(offsets, prev["offset"])
+            expected = offsets[i] if i < len(offsets) else None
+            if expected is not None and offset != expected:
                 r.violate(
                     "queue-order",
-                    f"{where}: token {token} delivered {offset} after {prev['offset']}",
+                    f"{where}: token {token} delivered {offset} after {prev['offset']}, skipping {expected}",
                 )
-            elif offsets:
-                i = bisect_right(offsets, prev["offset"])
-                expected = offsets[i] if i < len(offsets) else None
-                if expected is not None and offset != expected:
-                    r.violate(
-                        "queue-order",
-                        f"{where}: token {token} delivered {offset} after {prev['offset']}, skipping {expected}",
-                    )
-        parsed = _parse(op["payload"])
-        if parsed is not None:
-            key, seq = parsed
-            last = key_seq.get((token, key))
-            if last is not None and (seq < last or (seq == last and not retry)):
-                r.violate("key-order", f"{where}: key {key} seq {seq} after {last} (token {token})")
-            key_seq[(token, key)] = seq
+        _note_key(r, where, op, run_keys[token], retry=retry)
         if not retry and offset in first_delivery:
             first = first_delivery[offset]
-            if _any_between(events, first, op["t"]):
+            if _overlaps(windows, first, op["t"]):
                 r.dups += 1
             else:
                 r.unexcused_dups += 1
                 r.violate(
                     "dup",
-                    f"{where}: offset {offset} delivered again at {op['t']:.3f} (first {first:.3f}) with no fault or replay in between",
+                    f"{where}: offset {offset} delivered again at {op['t']:.3f} (first {first:.3f}) with no fault or replay around",
                 )
         first_delivery.setdefault(offset, op["t"])
-        delivered_before.add(offset)
-        last_in_tenure[token] = op
+        last_of_token[token] = op
 
 
-def _any_between(times: list[float], lo: float, hi: float) -> bool:
-    i = bisect_right(times, lo)
-    return i < len(times) and times[i] <= hi
+def _note_key(r: CheckResult, where: str, op: Op, seqs: dict[str, int], *, retry: bool) -> None:
+    parsed = _parse(op["payload"])
+    if parsed is None:
+        return
+    key, seq = parsed
+    last = seqs.get(key)
+    if last is not None and (seq < last or (seq == last and not retry)):
+        r.violate("key-order", f"{where}: key {key} seq {seq} after {last} (token {op['token']})")
+    seqs[key] = seq
+
+
+def _overlaps(windows: list[tuple[float, float]], lo: float, hi: float) -> bool:
+    return any(start <= hi and end >= lo for start, end in windows)
 
 
 def _check_cursors(r: CheckResult, by_type: dict[str, list[Op]]) -> None:

@@ -108,6 +108,7 @@ class LockNode:
             restore_state=lambda group, data: _WatchedState(LockState.restore(data), self),
             segment_bytes=c.segment_bytes,
             name="lock",
+            dial=dict(self.node.peers),
         )
         self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
         self._watchers: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)

@@ -208,10 +208,10 @@ def test_bad_store_peers_are_config_errors(peers: str, expected: str) -> None:
         parse_config(text)
 
 
-def test_lock_nodes_take_no_peers() -> None:
+def test_lock_peers_must_name_lock_nodes() -> None:
     text = '[[store]]\nid = 1\naddr = "h:1"\ndata = "/a"\n[[lock]]\nid = 1\naddr = "h:2"\n'
     text += 'data = "/b"\npeers = { "2" = "h:3" }\n'
-    with pytest.raises(ConfigError, match=re.escape("lock[0].peers: unknown key")):
+    with pytest.raises(ConfigError, match=re.escape("lock[0].peers.2: no [[lock]] has this id")):
         parse_config(text)
 
 

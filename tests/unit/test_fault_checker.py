@@ -359,3 +359,45 @@ def test_longest_pause_counts_only_gaps_over_a_store_master_fault() -> None:
     assert result.ok, result.violations
     # k1 acks at 1.1 and 3.1 (the gap spans the fault); k2 has one ack.
     assert result.max_failover_pause == pytest.approx(2.0)
+
+
+def _move_fault(ops: list[Op], start: float, end: float) -> None:
+    _find(ops, type="nemesis", phase="start")["t"] = start
+    _find(ops, type="nemesis", phase="end")["t"] = end
+
+
+def test_redelivery_while_a_fault_is_under_way_is_excused() -> None:
+    assert _broken(lambda ops: _move_fault(ops, 4.0, 9.0)) == set()
+
+
+def test_redelivery_long_after_the_last_fault_healed_is_not_excused() -> None:
+    assert _broken(lambda ops: _move_fault(ops, -6.0, -5.5)) == {"dup"}
+
+
+def test_owner_going_back_to_its_cursor_with_the_same_token_is_a_new_run() -> None:
+    def mutate(ops: list[Op]) -> None:  # the lock kept c1's token when it acquired again
+        d = _find(ops, type="deliver", token=9)
+        d.update(token=5, consumer="c1#a")
+
+    assert _broken(mutate) == set()
+
+
+def test_going_back_past_an_undelivered_offset_is_queue_order() -> None:
+    def mutate(ops: list[Op]) -> None:  # 20 was never delivered; the new run starts at 30
+        _drop(ops, type="deliver", offset=20)
+        ops.append(
+            {
+                "type": "enqueue",
+                "phase": "invoke",
+                "key": "k2",
+                "seq": 1,
+                "payload": "k2:1",
+                "producer": "k2",
+                "t": 9.0,
+            }
+        )
+        ops.append(
+            {"type": "read", "topic": "t", "queue": 0, "offset": 40, "payload": "k2:1", "t": 100.0}
+        )
+
+    assert "queue-order" in _broken(mutate)

@@ -1,0 +1,388 @@
+"""The fault harness: 3 stores, 3 lock nodes and consumer daemons as real processes, with every
+node-to-node link of the stores and of the lock nodes through a :class:`FaultProxy`.
+
+Public API::
+
+    harness = FaultCluster(HarnessOptions(data=Path(...), consumers=("c1", "c2")))
+    await harness.start()                 # proxies, config, processes; waits until ready
+    harness.client_addresses / harness.lock_addresses / harness.config
+    harness.kill(role, node) / .pause / .resume / .restart(role, node)
+    harness.cut(role, side_a, side_b, direction="both")   # partition through the proxies
+    harness.heal_network()
+    await harness.masters() -> {group: store id};  await harness.lock_master() -> id | None
+    harness.tear_tail(node, rng) / .flip_byte(node, group, rng)    # the node must be down
+    harness.fill_disk() / .free_disk()    # the disk-full store's small filesystem
+    await harness.stop()                  # processes, proxies, the filesystem: always
+
+Layout: the proxy for the ordered pair (i, j) of one role listens where node i dials node j
+(the ``peers`` key of ``[[store]]`` / ``[[lock]]``), so ``cut(role, [i], [j], "both")`` stops
+both directions of their traffic, and ``cut(role, [i], [j], "to_target")`` only what i sends
+to j. Clients and consumers dial the daemons directly.
+
+**Disk full** (``HarnessOptions.disk_full_store``): that store's data directory is a small
+``tmpfs`` mounted before it starts (this needs root; :attr:`disk_full_supported` is False when
+the mount is refused, and the nemesis then skips the fault). ``fill_disk`` writes a filler file
+until ``ENOSPC``, so the next segment the store preallocates fails; ``free_disk`` deletes it.
+
+**Logs on disk** (the node must be stopped): ``tear_tail`` zeroes the last 1-64 bytes of the
+newest segment of some groups (a write cut by a crash); ``flip_byte`` inverts one byte in the
+middle of the written part of one group's log (silent corruption: the replica finds it at
+recovery and stops serving that group until it is repaired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import random
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from phxq.devcluster import ProcessCluster, free_ports
+from phxq.errors import PhxqError
+from phxq.fault.history import DELIVERIES_ENV
+from phxq.net.proxy import Direction, FaultProxy
+from phxq.net.rpc import RpcPool
+
+log = logging.getLogger("phxq.fault")
+
+TOPIC = "torture"
+GROUP = "torture"
+HANDLER = "phxq.fault.history:record_delivery"
+ROLES = ("store", "lock")
+FILLER = "filler"
+
+
+@dataclass
+class HarnessOptions:
+    data: Path
+    groups: int = 4
+    queues: int = 4
+    lease: str = "1s"
+    # Small segments: segments roll (and preallocate) often, so a full disk shows quickly.
+    segment_bytes: str = "256KiB"
+    consumers: tuple[str, ...] = ("c1", "c2")
+    disk_full_store: int | None = None
+    tmpfs_size: str = "96m"
+    seed: int = 0
+
+
+@dataclass
+class FaultCluster:
+    opts: HarnessOptions
+    proxies: dict[tuple[str, int, int], FaultProxy] = field(default_factory=dict)
+    cluster: ProcessCluster | None = None
+    disk_full_supported: bool = False
+    links_seen: set[tuple[str, int, int]] = field(default_factory=set)  # by sample_links()
+    _mounted: Path | None = None
+
+    # ------------------------------------------------------------------------ life cycle
+
+    @property
+    def deliveries_dir(self) -> Path:
+        return self.opts.data / "deliveries"
+
+    def data_dir(self, role: str, node: int) -> Path:
+        return self.opts.data / "nodes" / f"{role}{node}"
+
+    async def start(self) -> None:
+        self.opts.data.mkdir(parents=True, exist_ok=True)
+        self.deliveries_dir.mkdir(exist_ok=True)
+        ports = free_ports(3 + 3 + 12)
+        addrs = {
+            "store": {i: f"127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3)},
+            "lock": {i: f"127.0.0.1:{ports[2 + i]}" for i in (1, 2, 3)},
+        }
+        proxy_ports = iter(ports[6:])
+        rng = random.Random(self.opts.seed)
+        peers: dict[str, dict[int, dict[str, str]]] = {r: {} for r in ROLES}
+        for role in ROLES:
+            for i in (1, 2, 3):
+                for j in (1, 2, 3):
+                    if i == j:
+                        continue
+                    port = next(proxy_ports)
+                    proxy = FaultProxy(
+                        f"127.0.0.1:{port}", addrs[role][j], seed=rng.randrange(1 << 30)
+                    )
+                    await proxy.start()
+                    self.proxies[(role, i, j)] = proxy
+                    peers[role].setdefault(i, {})[str(j)] = proxy.address
+        if self.opts.disk_full_store is not None:
+            self._mount(self.data_dir("store", self.opts.disk_full_store))
+        config = {
+            "cluster": {
+                "groups": self.opts.groups,
+                "lease": self.opts.lease,
+                "segment_bytes": self.opts.segment_bytes,
+            },
+            **{
+                role: [
+                    {
+                        "id": i,
+                        "addr": addrs[role][i],
+                        "dc": f"dc{i}",
+                        "data": str(self.data_dir(role, i).resolve()),
+                        "peers": peers[role][i],
+                    }
+                    for i in (1, 2, 3)
+                ]
+                for role in ROLES
+            },
+            "topic": [
+                {"name": TOPIC, "queues": self.opts.queues},
+                {"name": f"{TOPIC}.dlq", "queues": 1},
+            ],
+            "consumer_group": [{"name": GROUP, "topic": TOPIC, "handler": HANDLER}],
+        }
+        path = self.opts.data / "cluster.toml"
+        path.write_text(tomli_w.dumps(config))
+        self.cluster = ProcessCluster(
+            path,
+            locks=True,
+            consumers=self.opts.consumers,
+            env={DELIVERIES_ENV: str(self.deliveries_dir.resolve())},
+        )
+        self.cluster.start()
+        await self.cluster.wait_ready_async(timeout=60)
+
+    async def stop(self) -> None:
+        if self.cluster is not None:
+            for proc in self.cluster.procs.values():  # SIGCONT first: a stopped one cannot exit
+                if proc.popen is not None and proc.popen.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.popen.send_signal(signal.SIGCONT)
+            self.heal_network()
+            self.cluster.stop()
+        for proxy in self.proxies.values():
+            proxy.drop_connections()
+        # Let the proxies' connection handlers end by themselves first: close() cancels the
+        # ones still running, which asyncio's stream callback logs as an unhandled error.
+        await asyncio.sleep(0.1)
+        for proxy in self.proxies.values():
+            await proxy.close()
+        self._unmount()
+
+    @property
+    def config(self) -> Any:
+        assert self.cluster is not None
+        return self.cluster.config
+
+    @property
+    def client_addresses(self) -> list[str]:
+        assert self.cluster is not None
+        return self.cluster.store_addresses
+
+    @property
+    def lock_addresses(self) -> list[str]:
+        assert self.cluster is not None
+        return self.cluster.lock_addresses
+
+    # ------------------------------------------------------------------------- processes
+
+    def kill(self, role: str, node: int | str) -> None:
+        assert self.cluster is not None
+        proc = self.cluster.procs[(role, str(node))]
+        if proc.popen is not None and proc.popen.poll() is None:
+            self.cluster.signal(role, str(node), signal.SIGKILL)
+        proc.paused = False
+
+    def pause(self, role: str, node: int | str) -> None:
+        assert self.cluster is not None
+        self.cluster.signal(role, str(node), signal.SIGSTOP)
+        self.cluster.procs[(role, str(node))].paused = True
+
+    def resume(self, role: str, node: int | str) -> None:
+        assert self.cluster is not None
+        self.cluster.signal(role, str(node), signal.SIGCONT)
+        self.cluster.procs[(role, str(node))].paused = False
+
+    def restart(self, role: str, node: int | str) -> None:
+        assert self.cluster is not None
+        self.cluster.start_node(role, str(node))
+
+    def running(self, role: str, node: int | str) -> bool:
+        if self.cluster is None:
+            return False
+        proc = self.cluster.procs.get((role, str(node)))
+        return bool(proc and proc.popen and proc.popen.poll() is None)
+
+    def revive_all(self) -> None:
+        """SIGCONT every paused daemon and start every dead one."""
+        assert self.cluster is not None
+        for (role, node), proc in self.cluster.procs.items():
+            if proc.paused:
+                self.resume(role, node)
+            if not self.running(role, node):
+                self.restart(role, node)
+
+    def check_exits(self) -> None:
+        """Raise if a daemon died by itself (a crash the suite found)."""
+        assert self.cluster is not None
+        self.cluster._check_exits()
+
+    # --------------------------------------------------------------------------- network
+
+    def cut(
+        self, role: str, side_a: list[int], side_b: list[int], direction: Direction = "both"
+    ) -> None:
+        """Partition: what ``side_a`` nodes send to ``side_b`` (``to_target``), the other way
+        (``to_client``), or ``both``."""
+        for i in side_a:
+            for j in side_b:
+                if direction in ("both", "to_target"):
+                    self.proxies[(role, i, j)].partition("to_target")
+                    self.proxies[(role, j, i)].partition("to_client")
+                if direction in ("both", "to_client"):
+                    self.proxies[(role, j, i)].partition("to_target")
+                    self.proxies[(role, i, j)].partition("to_client")
+
+    def heal_network(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.heal()
+
+    def sample_links(self) -> None:
+        """Note which proxies carry a connection now (see :attr:`links_seen`)."""
+        self.links_seen.update(k for k, p in self.proxies.items() if p.connections)
+
+    # -------------------------------------------------------------------------- queries
+
+    async def masters(self, pool: RpcPool) -> dict[int, int]:
+        """Group -> master, as the first live store that answers sees it ({} if none)."""
+        for s in self.config.stores:
+            if not self.running("store", s.id):
+                continue
+            with contextlib.suppress(PhxqError):
+                meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
+                return {int(g): int(m) for g, m in meta["masters"].items() if m is not None}
+        return {}
+
+    async def lock_master(self, pool: RpcPool) -> int | None:
+        for lk in self.config.locks:
+            if not self.running("lock", lk.id):
+                continue
+            with contextlib.suppress(PhxqError):
+                meta = await pool.call(lk.addr, "meta", {}, timeout=1.0)
+                if meta.get("master") is not None:
+                    return int(meta["master"])
+        return None
+
+    async def store_status(self, pool: RpcPool) -> dict[int, dict[str, Any]]:
+        out = {}
+        for s in self.config.stores:
+            with contextlib.suppress(PhxqError):  # a store that does not answer has no view
+                out[s.id] = await pool.call(s.addr, "status", {}, timeout=2.0)
+        return out
+
+    # ---------------------------------------------------------------------- logs on disk
+
+    def _group_dirs(self, role: str, node: int) -> list[Path]:
+        return sorted(p for p in self.data_dir(role, node).glob("g*") if p.is_dir())
+
+    @staticmethod
+    def _segments(group_dir: Path) -> list[Path]:
+        return sorted(group_dir.glob("*.plog"))
+
+    @staticmethod
+    def _written(path: Path) -> int:
+        """Bytes up to the last non-zero one (segments are preallocated with zeros)."""
+        return len(path.read_bytes().rstrip(b"\0"))
+
+    def tear_tail(self, node: int, rng: random.Random) -> list[dict[str, Any]]:
+        """Zero the last 1-64 written bytes of the newest segment of about half the groups of
+        store ``node`` (which must be down). Returns what was cut."""
+        assert not self.running("store", node), "tear_tail needs the store down"
+        cuts = []
+        for group_dir in self._group_dirs("store", node):
+            segments = self._segments(group_dir)
+            if not segments or rng.random() < 0.5:
+                continue
+            newest = segments[-1]
+            end = self._written(newest)
+            if end == 0:
+                continue
+            cut = min(end, rng.randint(1, 64))
+            with open(newest, "r+b") as f:
+                f.seek(end - cut)
+                f.write(b"\0" * cut)
+            cuts.append(
+                {"segment": f"{group_dir.name}/{newest.name}", "at": end - cut, "bytes": cut}
+            )
+        return cuts
+
+    def flip_byte(self, node: int, group: int, rng: random.Random) -> dict[str, Any] | None:
+        """Invert one byte in the middle of the written part of ``group``'s log on store
+        ``node`` (which must be down). None if that log has nothing written yet."""
+        assert not self.running("store", node), "flip_byte needs the store down"
+        group_dir = self.data_dir("store", node) / f"g{group:04d}"
+        written = [(p, self._written(p)) for p in self._segments(group_dir)]
+        written = [(p, n) for p, n in written if n > 64]
+        if not written:
+            return None
+        path, end = written[len(written) // 2]
+        at = rng.randint(end // 4, (3 * end) // 4)
+        with open(path, "r+b") as f:
+            f.seek(at)
+            byte = f.read(1)[0]
+            f.seek(at)
+            f.write(bytes([byte ^ 0xFF]))
+        return {"segment": f"{group_dir.name}/{path.name}", "at": at}
+
+    # --------------------------------------------------------------------------- disk full
+
+    def _mount(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={self.opts.tmpfs_size}", "tmpfs", str(path)]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning(
+                "disk full: cannot mount a tmpfs on %s (%s); the fault is skipped", path, exc
+            )
+            return
+        self._mounted = path
+        self.disk_full_supported = True
+
+    def _unmount(self) -> None:
+        if self._mounted is None:
+            return
+        try:
+            subprocess.run(
+                ["umount", str(self._mounted)], check=True, capture_output=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            # Lazy unmount as a fallback: a leftover mount would outlive the run's directory.
+            log.warning("umount %s failed (%s); detaching it lazily", self._mounted, exc)
+            subprocess.run(["umount", "-l", str(self._mounted)], check=False, timeout=10)
+        self._mounted = None
+
+    def fill_disk(self) -> int:
+        """Fill the disk-full store's filesystem; returns the filler's size in bytes."""
+        assert self._mounted is not None
+        written = 0
+        chunk = b"\xff" * (1 << 20)
+        with open(self._mounted / FILLER, "ab") as f:
+            while True:
+                try:
+                    n = os.write(f.fileno(), chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    if len(chunk) == 1:
+                        return written
+                    chunk = chunk[: len(chunk) // 16 or 1]
+                    continue
+                written += n
+
+    def free_disk(self) -> None:
+        assert self._mounted is not None
+        with contextlib.suppress(FileNotFoundError):
+            (self._mounted / FILLER).unlink()

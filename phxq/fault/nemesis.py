@@ -1,0 +1,279 @@
+"""Seeded fault schedules and their execution against a :class:`~phxq.fault.cluster.FaultCluster`.
+
+Public API::
+
+    schedule = make_schedule(seed, duration, kinds=KINDS, require=())   # list[Fault], pure
+    format_schedule(schedule) -> str
+    nemesis = Nemesis(harness, history, pool, rng)
+    await nemesis.run(schedule, t0)        # one fault at a time, each healed before the next
+    await nemesis.heal_all()               # network healed, every daemon running, disk freed
+
+A :class:`Fault` names a kind, when it starts (seconds after ``t0``), how long it lasts, and a
+*role* of its target (``master`` / ``follower`` of a group, or a node); which process that is
+is resolved when the fault starts (who is master depends on the run) and recorded in the
+history's ``nemesis`` records with ``store_master`` = the target store mastered a group then.
+
+Kinds:
+
+===============  ==============================================================================
+kill_store       SIGKILL a store (the master or a follower of a group), restart it after
+pause_store      SIGSTOP a store, SIGCONT after
+kill_lock        SIGKILL a lock node (master or follower), restart after
+pause_lock       SIGSTOP / SIGCONT a lock node
+kill_consumer    SIGKILL a consumer daemon, restart after
+pause_consumer   SIGSTOP / SIGCONT a consumer daemon (its leases expire meanwhile)
+isolate          cut one store (or lock node) from the other two, both ways
+one_way          one node of a role cannot send to another (the reverse still flows)
+bridge           two stores cannot talk to each other; both still talk to the third
+torn_tail        SIGKILL a store, zero the last bytes of its newest segments, restart after
+flip_byte        SIGKILL a store, invert a byte in the middle of one group's log, restart after
+                 (never on a second replica of the same group in one run)
+disk_full        fill the disk-full store's filesystem; free it, then SIGKILL + restart it
+===============  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from phxq.fault.cluster import FaultCluster
+from phxq.fault.history import History
+from phxq.net.rpc import RpcPool
+
+log = logging.getLogger("phxq.fault")
+
+KINDS = (
+    "kill_store",
+    "pause_store",
+    "kill_lock",
+    "pause_lock",
+    "kill_consumer",
+    "pause_consumer",
+    "isolate",
+    "one_way",
+    "bridge",
+    "torn_tail",
+    "flip_byte",
+    "disk_full",
+)
+STORE_KINDS = frozenset({"kill_store", "pause_store", "torn_tail", "flip_byte", "disk_full"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    id: int
+    kind: str
+    at: float  # seconds after the run's start
+    duration: float
+    role: str  # "store", "lock" or "consumer"
+    pick: str  # "master" / "follower" (of ``group``), or "any"
+    group: int  # the group whose master/follower is meant (stores); a choice index otherwise
+    choice: int  # tie-breaker among candidates (index modulo their number)
+
+
+def make_schedule(
+    seed: int,
+    duration: float,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+    require: tuple[str, ...] = (),
+    groups: int = 4,
+    gap: tuple[float, float] = (1.0, 2.5),
+    length: tuple[float, float] = (1.5, 4.0),
+) -> list[Fault]:
+    """Faults one after another over ``duration`` seconds: first every kind of ``require``
+    (in a seeded order), then random kinds of ``kinds``. Pure: same seed, same schedule."""
+    rng = random.Random(seed)
+    firsts = list(require)
+    rng.shuffle(firsts)
+    out: list[Fault] = []
+    at = rng.uniform(*gap)
+    while True:
+        kind = firsts.pop(0) if firsts else rng.choice(kinds)
+        span = round(rng.uniform(*length), 2)
+        if at + span > duration and not firsts:
+            break
+        role = (
+            "consumer"
+            if kind.endswith("_consumer")
+            else "lock"
+            if kind.endswith("_lock") or (kind in ("isolate", "one_way") and rng.random() < 0.3)
+            else "store"
+        )
+        out.append(
+            Fault(
+                id=len(out) + 1,
+                kind=kind,
+                at=round(at, 2),
+                duration=span,
+                role=role,
+                pick=rng.choice(("master", "follower")),
+                group=rng.randrange(groups),
+                choice=rng.randrange(1 << 16),
+            )
+        )
+        at += span + rng.uniform(*gap)
+    return out
+
+
+def format_schedule(schedule: list[Fault]) -> str:
+    return "\n".join(
+        f"  #{f.id:<2} +{f.at:6.2f}s {f.kind:<15} {f.duration:4.1f}s {f.role} {f.pick} "
+        f"g{f.group} c{f.choice}"
+        for f in schedule
+    )
+
+
+class Nemesis:
+    """Runs a schedule against a harness and records it in the history."""
+
+    def __init__(self, harness: FaultCluster, history: History, pool: RpcPool, seed: int) -> None:
+        self.harness = harness
+        self.history = history
+        self.pool = pool
+        self.rng = random.Random(seed ^ 0x5EED)
+        self.flipped: dict[int, int] = {}  # group -> the store whose log had a byte flipped
+        self.injected: list[str] = []
+
+    async def run(self, schedule: list[Fault], t0: float) -> None:
+        for fault in schedule:
+            await asyncio.sleep(max(0.0, t0 + fault.at - time.monotonic()))
+            await self._one(fault)
+
+    async def _one(self, fault: Fault) -> None:
+        masters = await self.harness.masters(self.pool)
+        target = await self._target(fault, masters)
+        if target is None:
+            log.info("nemesis #%d %s: no target, skipped", fault.id, fault.kind)
+            return
+        heal, detail = await self._inject(fault, target)
+        if heal is None:
+            log.info("nemesis #%d %s: not applicable (%s), skipped", fault.id, fault.kind, detail)
+            return
+        nodes = [target[0]] if fault.kind == "flip_byte" else target
+        store_master = fault.role == "store" and _touches_master(nodes, masters)
+        record = {
+            "id": fault.id,
+            "fault": fault.kind,
+            "target": target,
+            "role": fault.role,
+            "detail": detail,
+            "store_master": store_master,
+            "schedule": asdict(fault),
+        }
+        self.history.add("nemesis", phase="start", **record)
+        self.injected.append(fault.kind)
+        log.info("nemesis #%d %s on %s %s %s", fault.id, fault.kind, fault.role, target, detail)
+        await asyncio.sleep(fault.duration)
+        await heal()
+        self.history.add("nemesis", phase="end", **record)
+
+    async def _target(self, fault: Fault, masters: dict[int, int]) -> Any:
+        h = self.harness
+        if fault.role == "consumer":
+            names = list(h.opts.consumers)
+            return names[fault.choice % len(names)]
+        nodes = [1, 2, 3]
+        if fault.role == "lock":
+            master = await h.lock_master(self.pool)
+        else:
+            master = masters.get(fault.group)
+        if fault.kind == "bridge":
+            middle = nodes[fault.choice % 3]
+            return [n for n in nodes if n != middle]  # the two that cannot talk
+        if fault.kind == "one_way":
+            src = master if fault.pick == "master" and master else nodes[fault.choice % 3]
+            dst = [n for n in nodes if n != src][fault.choice // 3 % 2]
+            return [src, dst]
+        if fault.kind == "flip_byte":
+            return self._flip_target(fault)
+        if fault.kind == "disk_full":
+            return h.opts.disk_full_store if h.disk_full_supported else None
+        if fault.pick == "master" and master is not None:
+            return master
+        followers = [n for n in nodes if n != master]
+        return followers[fault.choice % len(followers)]
+
+    def _flip_target(self, fault: Fault) -> list[int] | None:
+        """[store, group]: a group whose log nobody flipped yet in this run."""
+        free = [g for g in range(self.harness.opts.groups) if g not in self.flipped]
+        if not free:
+            return None
+        group = free[fault.choice % len(free)]
+        node = [1, 2, 3][fault.choice // 7 % 3]
+        return [node, group]
+
+    async def _inject(self, fault: Fault, target: Any) -> tuple[Any, Any]:
+        """Start the fault; returns (an async heal function or None if skipped, detail)."""
+        h, kind, role = self.harness, fault.kind, fault.role
+        if kind in ("kill_store", "kill_lock", "kill_consumer"):
+            h.kill(role, target)
+            return _restart(h, role, target), None
+        if kind in ("pause_store", "pause_lock", "pause_consumer"):
+            h.pause(role, target)
+
+            async def resume() -> None:
+                h.resume(role, target)
+
+            return resume, None
+        if kind in ("isolate", "one_way", "bridge"):
+            if kind == "isolate":
+                others = [n for n in (1, 2, 3) if n != target]
+                h.cut(role, [target], others, "both")
+            elif kind == "one_way":
+                h.cut(role, [target[0]], [target[1]], "to_target")
+            else:
+                h.cut(role, [target[0]], [target[1]], "both")
+
+            async def heal() -> None:
+                h.heal_network()
+
+            return heal, None
+        if kind == "torn_tail":
+            h.kill("store", target)
+            cuts = h.tear_tail(target, self.rng)
+            return _restart(h, "store", target), cuts
+        if kind == "flip_byte":
+            node, group = target
+            h.kill("store", node)
+            flipped = h.flip_byte(node, group, self.rng)
+            if flipped is None:
+                h.restart("store", node)
+                return None, "nothing written yet"
+            self.flipped[group] = node
+            return _restart(h, "store", node), flipped
+        if kind == "disk_full":
+            filled = await asyncio.to_thread(h.fill_disk)
+
+            async def free() -> None:
+                h.free_disk()
+                # The writer marks a file that failed as failed: a restart reopens the log.
+                h.kill("store", target)
+                h.restart("store", target)
+
+            return free, {"filler_bytes": filled}
+        raise ValueError(f"unknown fault kind {kind!r}")
+
+    async def heal_all(self) -> None:
+        h = self.harness
+        h.heal_network()
+        if h.disk_full_supported:
+            h.free_disk()
+        h.revive_all()
+
+
+def _restart(h: FaultCluster, role: str, node: Any) -> Any:
+    async def restart() -> None:
+        h.restart(role, node)
+
+    return restart
+
+
+def _touches_master(target: Any, masters: dict[int, int]) -> bool:
+    nodes = target if isinstance(target, list) else [target]
+    return any(n in masters.values() for n in nodes if isinstance(n, int))

@@ -1,0 +1,91 @@
+"""The fault harness's pure parts: schedules, lock-node peers in the config, and the on-disk
+damage helpers (run on files, without daemons)."""
+
+from __future__ import annotations
+
+import random
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from phxq.config import ConfigError, parse_config
+from phxq.fault.cluster import FaultCluster, HarnessOptions
+from phxq.fault.nemesis import KINDS, make_schedule
+
+
+def test_schedule_is_a_function_of_the_seed() -> None:
+    assert make_schedule(7, 30.0) == make_schedule(7, 30.0)
+    assert make_schedule(7, 30.0) != make_schedule(8, 30.0)
+
+
+def test_schedule_starts_with_every_required_kind_and_fits_the_duration() -> None:
+    schedule = make_schedule(3, 60.0, require=KINDS)
+    assert {f.kind for f in schedule[: len(KINDS)]} == set(KINDS)
+    for a, b in pairwise(schedule):
+        assert b.at >= a.at + a.duration  # one fault at a time
+    short = make_schedule(3, 20.0)
+    assert all(f.at + f.duration <= 20.0 for f in short)
+
+
+def test_lock_nodes_dial_their_peers_where_the_config_says() -> None:
+    text = """
+[[store]]
+id = 1
+addr = "127.0.0.1:1"
+data = "/s1"
+[[lock]]
+id = 1
+addr = "127.0.0.1:2"
+data = "/l1"
+peers = { "2" = "127.0.0.1:9" }
+[[lock]]
+id = 2
+addr = "127.0.0.1:3"
+data = "/l2"
+"""
+    cfg = parse_config(text)
+    assert cfg.lock(1).peers == ((2, "127.0.0.1:9"),)
+    with pytest.raises(ConfigError, match=r"lock\[1\]\.peers\.2: this lock itself"):
+        parse_config(text + 'peers = { "2" = "127.0.0.1:9" }\n')
+
+
+def _segment(path: Path, written: bytes, size: int = 4096) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(written + b"\0" * (size - len(written)))
+
+
+def _harness(tmp_path: Path) -> FaultCluster:
+    return FaultCluster(HarnessOptions(data=tmp_path))
+
+
+def test_tear_tail_zeroes_only_the_end_of_the_newest_segment(tmp_path: Path) -> None:
+    harness = _harness(tmp_path)
+    node_dir = harness.data_dir("store", 1)
+    for g in range(8):
+        _segment(node_dir / f"g{g:04d}" / "0000000001.plog", b"\x01" * 1000)
+        _segment(node_dir / f"g{g:04d}" / "0000000002.plog", b"\x02" * 500)
+    cuts = harness.tear_tail(1, random.Random(1))
+    assert cuts, "some groups must be cut"
+    for cut in cuts:
+        data = (node_dir / cut["segment"]).read_bytes()
+        assert cut["segment"].endswith("0000000002.plog")
+        assert data[: cut["at"]] == b"\x02" * cut["at"]
+        assert 1 <= cut["bytes"] <= 64 and cut["at"] + cut["bytes"] == 500
+        assert data[cut["at"] :].strip(b"\0") == b""
+    untouched = {f"g{g:04d}/0000000002.plog" for g in range(8)} - {c["segment"] for c in cuts}
+    for name in untouched:
+        assert (node_dir / name).read_bytes()[:500] == b"\x02" * 500
+
+
+def test_flip_byte_changes_one_byte_in_the_middle_of_the_written_part(tmp_path: Path) -> None:
+    harness = _harness(tmp_path)
+    path = harness.data_dir("store", 2) / "g0001" / "0000000001.plog"
+    _segment(path, b"\x05" * 1000)
+    flipped = harness.flip_byte(2, 1, random.Random(1))
+    assert flipped is not None
+    data = path.read_bytes()
+    changed = [i for i in range(1000) if data[i] != 0x05]
+    assert changed == [flipped["at"]] and 250 <= flipped["at"] <= 750
+    assert data[flipped["at"]] == 0x05 ^ 0xFF
+    assert harness.flip_byte(2, 3, random.Random(1)) is None  # nothing written in g0003
