@@ -68,6 +68,12 @@ MASTERS_HELD = Gauge("phxq_masters_held", "Groups this node is master of", regis
 DIVERGENCE = Counter(
     "phxq_divergence_total", "Chain checksum mismatches detected", ["group"], registry=REGISTRY
 )
+REPLICA_NOT_VOTING = Gauge(
+    "phxq_replica_not_voting",
+    "1 while this node's replica of a group rebuilds from its peers (joining or repairing)",
+    ["group"],
+    registry=REGISTRY,
+)
 STORAGE_FAILURES = Counter(
     "phxq_storage_failures_total",
     "Groups that stopped serving on a storage error",

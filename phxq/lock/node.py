@@ -45,7 +45,7 @@ from phxq.lock import service
 from phxq.lock.entries import Entry, Epoch, EpochStart, Sweep, encode_entry
 from phxq.lock.state import LockState
 from phxq.net.rpc import RpcServer
-from phxq.store.host import PaxosHost
+from phxq.store.host import REJOIN_METHODS, PaxosHost
 from phxq.store.replica import GroupReplica
 
 log = logging.getLogger("phxq.lock")
@@ -315,6 +315,8 @@ class LockNode:
     # ----------------------------------------------------------------------------- RPC
 
     async def _handle(self, method: str, params: Any) -> Any:
+        if method in REJOIN_METHODS:
+            return await self.paxos_host.handle_rpc(method, params)
         handler = service.HANDLERS.get(method)
         if handler is None:
             raise BadArgument(f"unknown method {method!r}")
@@ -344,4 +346,6 @@ class LockNode:
             "locks": self.state.locks_held,
             "keys": self.state.kv_keys,
             "failed": None if r.failed is None else r.failed.message,
+            "repair": r.repair,
+            "membership": self.paxos_host.status.value,
         }

@@ -32,6 +32,7 @@ from phxq.plog.recovery import (
     recover,
     segment_name,
     value_of,
+    write_repaired,
 )
 from phxq.plog.writer import LogWriter, SegmentFile
 
@@ -87,6 +88,7 @@ class GroupLog:
         self._queues = QueueIndex()
         self._times = TimeIndex()
         self._corrupt_segments: set[str] = set()
+        self._corrupt_regions: set[tuple[str, int, int]] = set()  # incl. repaired ones
         self._read_fds: dict[int, int] = {}  # reader thread only
         self._closed = False
         self.failed: StorageError | None = None
@@ -123,6 +125,7 @@ class GroupLog:
         self._floor_checksum = rec.floor_checksum
         self.damaged = list(rec.damaged)
         self._corrupt_segments = {name for name, _, _ in rec.corrupt}
+        self._corrupt_regions = set(rec.corrupt) | set(rec.repaired)
         self._promised, self._max_round = rec.promised, rec.max_round
         self._chosen, self._queues, self._times = r.chosen, r.queues, r.times
         for info in r.segments:
@@ -159,6 +162,63 @@ class GroupLog:
     def needs_repair(self) -> bool:
         """True while chosen instances must be re-learned or corrupt bytes remain on disk."""
         return bool(self.damaged or self._corrupt_segments)
+
+    @property
+    def promised(self) -> Ballot:
+        """The highest ballot this log holds a promise or an accept for."""
+        return self._promised
+
+    @property
+    def max_round(self) -> int:
+        return self._max_round
+
+    @property
+    def has_state(self) -> bool:
+        """True when this log holds anything a vote could depend on: a promise, an accept, a
+        chosen instance, a truncation floor, or damage."""
+        return bool(
+            self._promised != (0, 0)
+            or self._accepted
+            or self.chosen_up_to
+            or self.first_instance > 1
+            or self.needs_repair
+        )
+
+    def accepted_values(self) -> dict[int, tuple[Ballot, bytes]]:
+        """Per instance above ``chosen_up_to``: the highest-ballot accepted (ballot, value)."""
+        out: dict[int, tuple[Ballot, bytes]] = {}
+        for i, ballots in self._accepted.items():
+            if i > self.chosen_up_to and ballots:
+                top = max(ballots)
+                out[i] = (top, ballots[top][3])
+        return out
+
+    def checksum_at(self, instance: int) -> int | None:
+        """The chain checksum at ``instance`` if this log still knows it (from
+        ``first_instance - 1`` to ``chosen_up_to``), else None."""
+        if instance == self.first_instance - 1:
+            return self._floor_checksum
+        if self.first_instance <= instance <= self.chosen_up_to:
+            return self._chosen[instance - self.first_instance][3]
+        return None
+
+    async def mark_repaired(self) -> None:
+        """The caller re-learned every damaged chosen instance and replaced whatever acceptor
+        state the corrupt bytes may have held (see ``phxq.store.rejoin``): forget the damage.
+        The corrupt regions are listed in ``<dir>/repaired`` (written atomically) so that the
+        next recovery skips them without reporting the log as needing repair again."""
+        regions = sorted(self._corrupt_regions)
+        if regions:
+            await asyncio.to_thread(write_repaired, self.directory, regions)
+        self.damaged = []
+        self._corrupt_segments.clear()
+        log.log(
+            logging.WARNING if regions else logging.INFO,
+            "group %d (%s): repaired (corrupt regions %s)",
+            self.group,
+            self.directory,
+            regions,
+        )
 
     def disk_bytes(self) -> int:
         """Bytes allocated by the group's segment files (preallocated size)."""
@@ -531,6 +591,7 @@ class GroupLog:
         for f in doomed:
             del self._by_number[f.number]
             self._corrupt_segments.discard(f.path.name)
+            self._corrupt_regions = {r for r in self._corrupt_regions if r[0] != f.path.name}
         self._segments[0].predecessor = None
         await self._writer.read(lambda: self._delete_blocking(doomed))
 

@@ -26,6 +26,7 @@ disk).
 
 from __future__ import annotations
 
+import json
 import logging
 import mmap
 import os
@@ -37,7 +38,17 @@ from pathlib import Path
 from phxq.plog.index import QueueIndex, TimeIndex
 from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, parse_at
 
-__all__ = ["ChosenLoc", "RecoveredLog", "Recovery", "SegmentInfo", "recover", "segment_name"]
+__all__ = [
+    "REPAIRED_FILE",
+    "ChosenLoc",
+    "RecoveredLog",
+    "Recovery",
+    "SegmentInfo",
+    "read_repaired",
+    "recover",
+    "segment_name",
+    "write_repaired",
+]
 
 log = logging.getLogger("phxq.plog")
 
@@ -45,6 +56,7 @@ Ballot = tuple[int, int]
 Indexer = Callable[[int, bytes], Iterable[tuple[Hashable, int, float]]]
 ChosenLoc = tuple[int, int, int, int]  # (segment number, record offset, record length, checksum)
 
+REPAIRED_FILE = "repaired"
 _SEGMENT = re.compile(r"^(\d{10})\.plog$")
 _CHUNK = 1 << 20
 
@@ -73,6 +85,7 @@ class RecoveredLog:
     corrupt: list[tuple[str, int, int]] = field(default_factory=list)
     torn_bytes: int = 0
     floor_checksum: int = 0  # chain checksum of first_instance - 1
+    repaired: list[tuple[str, int, int]] = field(default_factory=list)  # skipped, see below
 
 
 @dataclass(slots=True)
@@ -107,6 +120,32 @@ def _nonzero_end(buf: mmap.mmap, start: int) -> int:
             return lo + len(stripped)
         end = lo
     return start
+
+
+def read_repaired(directory: Path) -> set[tuple[str, int, int]]:
+    """The corrupt regions ``(segment file, start, end)`` recorded as repaired (empty if none).
+    An unreadable file counts as none: the regions are then reported corrupt again (safe)."""
+    try:
+        raw = json.loads((directory / REPAIRED_FILE).read_text())
+        return {(str(n), int(a), int(b)) for n, a, b in raw}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, TypeError) as exc:
+        log.error("plog %s: ignoring unreadable %s: %s", directory, REPAIRED_FILE, exc)
+        return set()
+
+
+def write_repaired(directory: Path, regions: Iterable[tuple[str, int, int]]) -> None:
+    """Record ``regions`` as repaired: temporary file, fdatasync, rename, fsync of the dir."""
+    tmp = directory / (REPAIRED_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, json.dumps(sorted(regions)).encode())
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / REPAIRED_FILE)
+    _fsync_dir(directory)
 
 
 def _list_segments(directory: Path) -> list[tuple[int, Path]]:
@@ -154,6 +193,7 @@ def _scan(
     indexer: Indexer | None,
 ) -> Recovery:
     rec = RecoveredLog()
+    repaired = read_repaired(directory)
     segments: list[SegmentInfo] = []
     chosen: dict[int, ChosenLoc] = {}
     accepts: dict[int, dict[Ballot, tuple[int, int, int]]] = {}
@@ -189,6 +229,12 @@ def _scan(
                         stop_at = pos_in_list
                         break
                     bad_end = nxt if nxt >= 0 else garbage_end
+                    if (path.name, pos, bad_end) in repaired:
+                        rec.repaired.append((path.name, pos, bad_end))
+                        pos = nxt if nxt >= 0 else size
+                        if nxt < 0:
+                            break
+                        continue
                     rec.corrupt.append((path.name, pos, bad_end))
                     log.error(
                         "plog %s: corrupt bytes %d..%d in %s (synced data followed by valid "

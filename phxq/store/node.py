@@ -19,6 +19,8 @@ seek       ``{group, topic, queue, offset | time}`` -> new cursor (one-shot repl
 status     ``{}`` -> this node's view of every group
 =========  ==============================================================================
 
+Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.store.rejoin``).
+
 Any node answers ``meta`` and ``status``; the others are master-only and a follower answers
 ``NotMaster(hint)``. Paxos traffic between stores is one-way ``px`` notifications.
 """
@@ -38,7 +40,7 @@ from phxq.config import ClusterConfig, NodeConfig
 from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
 from phxq.net.rpc import RpcServer
 from phxq.store import service
-from phxq.store.host import PaxosHost
+from phxq.store.host import REJOIN_METHODS, PaxosHost
 from phxq.store.replica import GroupReplica
 from phxq.store.routing import group_for_queue, split_offset
 from phxq.store.state import StoreState
@@ -214,6 +216,8 @@ class StoreNode:
         return replica
 
     async def _handle(self, method: str, params: Any) -> Any:
+        if method in REJOIN_METHODS:
+            return await self.paxos_host.handle_rpc(method, params)
         handler = service.HANDLERS.get(method)
         if handler is None:
             raise BadArgument(f"unknown method {method!r}")

@@ -131,6 +131,10 @@ class GroupReplica:
         self._last_results: tuple[int, list[Any]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.failed: StorageError | None = None
+        # Why ``failed`` is set while the replica rebuilds from its peers ("probing", "joining",
+        # "repairing"; see ``phxq.store.rejoin``), None otherwise.
+        self.repair: str | None = None
+        self.repair_reason = ""  # why it cannot vote yet (status, logs)
         self.diverged: Divergence | None = None
         self._applied_event = asyncio.Event()  # replaced (after being set) on every apply
         self._applied_waited = False  # someone waits on _applied_event
@@ -211,13 +215,69 @@ class GroupReplica:
             log.error("%s: not serving or voting", problem.message)
         elif glog.needs_repair:
             # A corrupt region may have held a promise: voting now could break it. The replica
-            # stops serving (and voting in) this group until it is repaired (issue 9).
-            replica.failed = StorageError(
-                f"group {config.group}: damaged log ranges {rec.damaged}; needs repair",
-                {"damaged": [list(r) for r in rec.damaged]},
+            # neither serves nor votes in this group until it is rebuilt from its peers.
+            replica.hold(
+                "repairing",
+                f"group {config.group}: damaged log ranges {rec.damaged}; repairing from peers",
             )
             log.error("group %d: damaged log %s: not serving or voting", config.group, rec.damaged)
         return replica
+
+    # ------------------------------------------------------------ rejoin (phxq.store.rejoin)
+
+    def hold(self, kind: str, message: str) -> None:
+        """Stop serving and voting until :meth:`resume` (``kind``: why, see ``repair``)."""
+        self.repair = kind
+        self.failed = StorageError(message, {"repair": kind})
+        metrics.REPLICA_NOT_VOTING.labels(str(self.group)).set(1)
+
+    def resume(self) -> None:
+        """The log holds everything this replica may have forgotten (see ``rejoin``): rebuild
+        the Paxos core from it and vote again."""
+        glog = self.glog
+        recovered = RecoveredState(
+            promised=Ballot(*glog.promised),
+            max_round=max(glog.max_round, glog.promised[0]),
+            accepted={i: (Ballot(*b), v) for i, (b, v) in glog.accepted_values().items()},
+            chosen_up_to=glog.chosen_up_to,
+            checksum=glog.checksum,
+        )
+        self.paxos = PaxosNode(self.config, recovered, time.monotonic())
+        was = self.repair
+        self.repair = None
+        self.repair_reason = ""
+        self.failed = None
+        metrics.REPLICA_NOT_VOTING.labels(str(self.group)).set(0)
+        log.log(
+            logging.INFO if was == "probing" else logging.WARNING,
+            "group %d: votes (after %s; promised %s, chosen_up_to %d)",
+            self.group,
+            was,
+            recovered.promised,
+            recovered.chosen_up_to,
+        )
+        self.after_input(self)
+
+    async def install_snapshot_for_repair(self, data: bytes) -> bool:
+        """Install a peer's snapshot while rebuilding (the Paxos core is rebuilt afterwards)."""
+        if self.snapshots is None:
+            return False
+        async with self._snapshot_lock:
+            try:
+                snap = decode_snapshot(data)
+                state = self.snapshots.restore(snap.state)
+            except ProtocolError as exc:
+                log.warning("group %d: ignored a malformed snapshot: %s", self.group, exc)
+                return False
+            if snap.instance <= self.glog.chosen_up_to:
+                return True  # nothing to install: learn on from the log
+            await asyncio.to_thread(write_snapshot, self.glog.directory, snap)
+            if not await self.glog.reset_to(snap.instance, snap.checksum):
+                return True
+            self.state = state  # no await between the log reset and here
+            log.warning("group %d: installed a peer's snapshot at %d", self.group, snap.instance)
+            await self.glog.truncate_below(snap.instance + 1)
+            return True
 
     # ------------------------------------------------------------------ the indexer seam
 
@@ -240,7 +300,9 @@ class GroupReplica:
             self.execute(self.paxos.on_tick(now))
 
     def next_deadline(self) -> float | None:
-        return self.paxos.next_deadline()
+        # A replica that does not run its core has no deadline (else the tick loop would spin
+        # on an election deadline in the past that on_tick never consumes).
+        return self.paxos.next_deadline() if self.failed is None else None
 
     async def propose(self, item: bytes) -> Any:
         """Propose one item; returns its apply result once chosen and applied here."""

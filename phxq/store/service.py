@@ -280,10 +280,13 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
         if spec is None:
             continue
         for q in range(spec.queues):
+                "repair": r.repair,  # probing / joining / repairing / diverged (not voting)
+                "repair_reason": r.repair_reason,
             replica = node.replicas[group_for_queue(q, groups)]
             if not replica.serving:
                 continue
             cursor = replica.state.cursor(cg.name, cg.topic, q)
+        "membership": node.paxos_host.status.value,
             after = None if cursor is None else split_offset(cursor)
             lag = len(replica.glog.positions((cg.topic, q), after, LAG_COUNT_LIMIT))
             rows.append(
