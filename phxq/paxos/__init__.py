@@ -13,7 +13,7 @@ Public API (all re-exported here):
   ``ProposalFailed``, ``ServeCatchup``, ``RoleChanged``, ``Divergence`` (see ``effects``).
 - Messages: ``Prepare``, ``Promise``, ``AcceptedEntry``, ``Reject``, ``Accept``, ``Accepted``,
   ``Chosen``, ``Heartbeat``, ``HeartbeatAck``, ``CatchupRequest``, ``CatchupReply``,
-  ``ChosenEntry``; ``encode_message``/``decode_message`` (``ProtocolError`` on bad input).
+  ``ChosenEntry``, ``PreVote``, ``PreVoteReply``; ``encode_message``/``decode_message`` (``ProtocolError`` on bad input).
 - ``encode_batch(items)``/``decode_batch(value)`` (``b""`` is the no-op); ``chain_checksum``.
 - ``phxq.paxos.testing.LoopbackCluster``: in-memory synchronous cluster for tests/benchmarks.
 """
@@ -46,6 +46,8 @@ from phxq.paxos.messages import (
     HeartbeatAck,
     Message,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
     decode_message,
@@ -74,6 +76,8 @@ __all__ = [
     "Message",
     "PaxosNode",
     "Persist",
+    "PreVote",
+    "PreVoteReply",
     "Prepare",
     "Promise",
     "PromiseRecord",

@@ -75,6 +75,11 @@ class NodeBase:
         self._election_at = now + self._timeout
         self._takeover_at = now
         self._last_tick = now
+        # pre-vote (before phase 1): the ballot asked about, who said yes, and why we asked
+        self._prevote: Ballot | None = None
+        self._grants: set[int] = set()
+        self._prevote_takeover = False
+        self._prevote_ok_until = -float("inf")
         # phase 1
         self._from = 0
         self._promises: dict[int, tuple[AcceptedEntry, ...]] = {}
@@ -82,6 +87,8 @@ class NodeBase:
         # phase 2
         self._window: proposer.Window | None = None
         self._peer_seen: dict[int, float] = {}
+        self._rejected_by: set[int] = set()  # peers that promised above our master ballot
+        self._refresh_at: float | None = None  # when a master re-runs phase 1 to win them back
         self._master_since = now
         self._heartbeat_at = now
         self._newly_chosen: list[int] = []
@@ -187,15 +194,27 @@ class NodeBase:
         self._master_seen = now
         self._election_at = now + self._timeout
 
-    def _higher_ballot_seen(self, ballot: Ballot, now: float, out: list[Effect]) -> None:
-        """An acceptor promised a ballot above ours: stop leading and retry soon -- unless the
-        ballot is the preferred node's (it is taking its group back: do not duel with it)."""
+    def _higher_ballot_seen(
+        self, ballot: Ballot, now: float, out: list[Effect], by: int | None = None
+    ) -> None:
+        """Acceptor ``by`` promised a ballot above ours. A candidate gives up and retries soon
+        -- later if the ballot is the preferred node's (it is taking its group back: do not
+        duel with it). A master is *not* deposed by one such acceptor: it stops only once
+        enough of them have promised higher that its ballot can never gather a majority again
+        (safety never depends on this: those acceptors refuse its accepts anyway). A minority
+        of them cannot vote for it, so it re-runs phase 1 (above their ballot) a lease later
+        to win them back, unless a real master with a higher ballot shows up first."""
         self._max_round = max(self._max_round, ballot.round)
         yielding = ballot.node == self.config.preferred_master
         retry = now + (self._timeout if yielding else self.config.heartbeat_interval)
         if self.role is Role.MASTER and ballot > self._ballot:
-            self._step_down(now, out, hint=None)
-            self._election_at = retry
+            if by is not None:
+                self._rejected_by.add(by)
+            if by is None or len(self._rejected_by) > len(self.config.members) - self._majority:
+                self._step_down(now, out, hint=None)
+                self._election_at = retry
+            elif self._refresh_at is None:
+                self._refresh_at = now + self.config.lease
         elif self.role is Role.CANDIDATE and ballot > self._ballot:
             self._abandon(now, retry, out)
 
@@ -224,6 +243,18 @@ class NodeBase:
             return False
         caught_up = self.learner.chosen_up_to >= self.learner.peer_chosen.get(self._master, 0)
         return caught_up and not self.learner.diverged and self.learner.catchup_peer is None
+
+    def _grants_prevote(self, sender: int, chosen_up_to: int, now: float) -> bool:
+        """Would we promise ``sender`` a higher ballot now? Only when no live master is known
+        (the master itself always says no) -- or to the preferred node once it has caught up
+        with us to within one window (it is taking its group back)."""
+        caught_up = chosen_up_to + self.config.window >= self.learner.chosen_up_to
+        if sender == self.config.preferred_master and caught_up:
+            return True
+        if self.role is Role.MASTER:
+            return False
+        alive = self._master is not None and now < self._master_seen + self.config.lease
+        return not (alive and sender != self._master)
 
     def _sticky(self, sender: int, now: float) -> bool:
         """Refuse a rival while a live master is known (availability only)."""

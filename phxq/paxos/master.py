@@ -27,6 +27,8 @@ from phxq.paxos.messages import (
     Heartbeat,
     HeartbeatAck,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
 )
@@ -68,6 +70,8 @@ class MasterMixin(NodeBase):
         entries = [e for group in self._promises.values() for e in group]
         values = proposer.merge_promises(entries, self._from)
         self._promises = {}
+        self._rejected_by = set()
+        self._refresh_at = None
         self._set_role(Role.MASTER)
         self._window = proposer.Window(self.config, self._from, values)
         self._master, self._master_ballot = self.node_id, self._ballot
@@ -91,18 +95,59 @@ class MasterMixin(NodeBase):
 
     def _on_reject(self, msg: Reject, now: float, out: list[Effect]) -> None:
         if msg.ballot == self._ballot:
-            self._higher_ballot_seen(msg.promised, now, out)
+            self._higher_ballot_seen(msg.promised, now, out, by=msg.sender)
         else:
             self._max_round = max(self._max_round, msg.promised.round)
+
+    def _start_prevote(self, now: float, out: list[Effect], takeover: bool) -> None:
+        """Ask the peers whether they would promise a higher ballot now; nothing is raised or
+        persisted. Phase 1 starts once a majority (counting us) says yes -- at once when a
+        pre-vote succeeded within the last lease (a retry of the same election)."""
+        if now < self._prevote_ok_until or self._majority == 1:
+            self._start_phase1(now, out)
+            return
+        ballot = Ballot(max(self._max_round, self.acceptor.promised.round) + 1, self.node_id)
+        self._prevote = ballot
+        self._grants = {self.node_id}
+        self._prevote_takeover = takeover
+        cup = self.learner.chosen_up_to
+        self._broadcast(PreVote(self.config.group, self.node_id, ballot, cup), out)
+
+    def _on_prevote_reply(self, msg: PreVoteReply, now: float, out: list[Effect]) -> None:
+        self._max_round = max(self._max_round, msg.promised.round)
+        self.learner.note_peer(msg.sender, msg.chosen_up_to)
+        if not msg.granted or msg.ballot != self._prevote or self.role is not Role.FOLLOWER:
+            return
+        self._grants.add(msg.sender)
+        if len(self._grants) < self._majority:
+            return
+        self._prevote = None
+        alive = self._master is not None and now < self._master_seen + self.config.lease
+        if alive and not self._prevote_takeover:
+            return  # a master was heard while we asked: follow it
+        self._prevote_ok_until = now + self.config.lease
+        self._master = None
+        self._start_phase1(now, out)
 
     def _master_tick(self, now: float, out: list[Effect]) -> None:
         window = self._window
         assert window is not None
         if now >= self._heartbeat_at:
             lease = self.config.lease
-            live = 1 + sum(1 for p in self._peers if self._peer_seen.get(p, -lease) > now - lease)
+            refused = self._rejected_by
+            live = 1 + sum(
+                1
+                for p in self._peers
+                if self._peer_seen.get(p, -lease) > now - lease and p not in refused
+            )
             if live < self._majority and now - self._master_since > lease:
                 self._step_down(now, out, hint=None)
+                return
+            if self._refresh_at is not None and now >= self._refresh_at:
+                # A minority promised above our ballot and cannot vote for us: run phase 1
+                # again above it (our peers still see us as their master and say yes).
+                self._step_down(now, out, hint=None)
+                self._election_at = now
                 return
             self._heartbeat_at = now + self.config.heartbeat_interval
             self._master_seen = now

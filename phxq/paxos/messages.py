@@ -14,6 +14,10 @@ keywords). Ballots travel as ``[round, node]``.
   fresh). *Added to the contract.*
 - ``CatchupRequest(from_instance, max_count)`` / ``CatchupReply(entries, chosen_up_to)`` with
   ``ChosenEntry(instance, value, checksum)``.
+- ``PreVote(ballot, chosen_up_to)``: "would you promise a ballot above yours now?", asked before
+  phase 1 with the ballot the sender would try next; changes no state anywhere.
+  ``PreVoteReply(ballot, granted, promised, chosen_up_to)``: the answer (``ballot`` echoes the
+  question; ``promised`` lets the asker pick a round above it). *Added to the contract.*
 
 ``encode_message(msg) -> bytes``; ``decode_message(data) -> Message`` validates every type and
 bound and raises ``ProtocolError`` for anything malformed (never another exception).
@@ -132,6 +136,24 @@ class CatchupReply:
     chosen_up_to: int
 
 
+@dataclass(frozen=True, slots=True)
+class PreVote:
+    group: int
+    sender: int
+    ballot: Ballot
+    chosen_up_to: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply:
+    group: int
+    sender: int
+    ballot: Ballot
+    granted: bool
+    promised: Ballot
+    chosen_up_to: int
+
+
 Message = (
     Prepare
     | Promise
@@ -143,9 +165,11 @@ Message = (
     | HeartbeatAck
     | CatchupRequest
     | CatchupReply
+    | PreVote
+    | PreVoteReply
 )
 
-# Field kinds: u = unsigned 64-bit int, B = ballot, b = bytes, A = accepted entries,
+# Field kinds: u = unsigned 64-bit int, B = ballot, b = bytes, t = bool, A = accepted entries,
 # C = chosen entries. The wire form is [tag, *fields] in declaration order.
 _SCHEMA: dict[type[Any], tuple[int, str]] = {
     Prepare: (1, "uuBu"),
@@ -158,6 +182,8 @@ _SCHEMA: dict[type[Any], tuple[int, str]] = {
     HeartbeatAck: (8, "uuBu"),
     CatchupRequest: (9, "uuuu"),
     CatchupReply: (10, "uuCu"),
+    PreVote: (11, "uuBu"),
+    PreVoteReply: (12, "uuBtBu"),
 }
 _FIELDS: dict[type[Any], tuple[str, ...]] = {
     cls: tuple(cls.__dataclass_fields__) for cls in _SCHEMA
@@ -269,6 +295,10 @@ def _dec(kind: str, x: Any) -> Any:
         return _ballot(x)
     if kind == "b":
         return _bytes(x)
+    if kind == "t":
+        if type(x) is not bool:
+            raise ProtocolError(f"expected a bool, got {type(x).__name__}")
+        return x
     if kind == "A":
         return tuple(AcceptedEntry(_u(e[0]), _ballot(e[1]), _bytes(e[2])) for e in _entries(x))
     return tuple(ChosenEntry(_u(e[0]), _bytes(e[1]), _u(e[2])) for e in _entries(x))

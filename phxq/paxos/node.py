@@ -7,6 +7,12 @@ every instance found in phase 1 is learned), ``ballot``, ``promised``, ``chosen_
 ``checksum``, ``known_chosen``, ``diverged``, ``role``.
 
 Roles (``Role``): FOLLOWER -> CANDIDATE (phase 1 running) -> MASTER (phase 2 only) -> FOLLOWER.
+Pre-vote: a follower whose election timer fires (or the preferred node taking its group back)
+first asks ``PreVote``; peers say yes only when they know no live master (the preferred node,
+caught up, always gets a yes); it runs phase 1 only with a majority of yeses, so a node cut off
+from the group never raises its round and cannot depose a healthy master when it returns. A
+master steps down on a higher ballot only when a majority refuses its own (or a real master with
+a higher ballot is heard); a minority that refuses it is won back by a new phase 1 a lease later.
 Layout: ``base.NodeBase`` (state, roles, persistence plumbing) <- ``master.MasterMixin``
 (proposer: phase 1 and 2) <- ``PaxosNode`` (inputs, acceptor and learner handlers). Rules: replies leave only after every record persisted before them is durable; the
 proposer persists its own promise before sending ``Prepare``; the master's own vote counts only
@@ -41,6 +47,8 @@ from phxq.paxos.messages import (
     HeartbeatAck,
     Message,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
 )
@@ -99,10 +107,11 @@ class PaxosNode(MasterMixin):
         if self.role is Role.FOLLOWER:
             if now >= self._election_at:
                 self._master = None
-                self._start_phase1(now, out)
+                self._election_at = now + self._timeout  # retry if the pre-vote fails
+                self._start_prevote(now, out, takeover=False)
             elif self._wants_takeover(now):
                 self._takeover_at = now + self.config.lease
-                self._start_phase1(now, out)
+                self._start_prevote(now, out, takeover=True)
         learner = self.learner
         if learner.catchup_peer is not None and now >= learner.catchup_deadline:
             failed = learner.catchup_peer
@@ -152,6 +161,20 @@ class PaxosNode(MasterMixin):
             self.learner.chosen_up_to,
         )
         self._after_durable(Send(msg.sender, promise), out)
+
+    def _on_prevote(self, msg: PreVote, now: float, out: list[Effect]) -> None:
+        """Answer without changing any state but what we know of the asker's progress."""
+        self.learner.note_peer(msg.sender, msg.chosen_up_to)
+        granted = self._grants_prevote(msg.sender, msg.chosen_up_to, now)
+        reply = PreVoteReply(
+            self.config.group,
+            self.node_id,
+            msg.ballot,
+            granted,
+            self.acceptor.promised,
+            self.learner.chosen_up_to,
+        )
+        self._send(msg.sender, reply, out)
 
     def _on_accept(self, msg: Accept, now: float, out: list[Effect]) -> None:
         acceptor = self.acceptor
@@ -272,4 +295,6 @@ _HANDLERS: dict[type[Any], Any] = {
     HeartbeatAck: PaxosNode._on_heartbeat_ack,
     CatchupRequest: PaxosNode._on_catchup_request,
     CatchupReply: PaxosNode._on_catchup_reply,
+    PreVote: PaxosNode._on_prevote,
+    PreVoteReply: PaxosNode._on_prevote_reply,
 }

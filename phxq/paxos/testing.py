@@ -10,7 +10,9 @@ by advancing the virtual clock past its election timeout. Not used in production
 
 Effect-list helpers for tests: ``sent(effects, MessageType, to=None)`` -> the messages sent,
 ``of(effects, EffectType)`` -> the effects of a type, ``persist_all(node, effects, now)``
-completes every ``Persist`` in the list and returns what that released.
+completes every ``Persist`` in the list and returns what that released, ``campaign(node, now)``
+ticks ``node`` at ``now`` and grants its pre-vote from every peer (the effects of both: phase 1
+has started, its promise is not yet durable).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, TypeVar
 
+from phxq.paxos.ballot import ZERO
 from phxq.paxos.config import GroupConfig
 from phxq.paxos.effects import (
     Effect,
@@ -27,7 +30,7 @@ from phxq.paxos.effects import (
     Send,
     ServeCatchup,
 )
-from phxq.paxos.messages import CatchupReply, ChosenEntry, Message
+from phxq.paxos.messages import CatchupReply, ChosenEntry, Message, PreVote, PreVoteReply
 from phxq.paxos.node import PaxosNode
 
 T = TypeVar("T")
@@ -53,6 +56,24 @@ def persist_all(node: PaxosNode, effects: list[Any], now: float = 0.0) -> list[A
     for p in of(effects, Persist):
         out.extend(node.on_persisted(p.token, now))
     return out
+
+
+def campaign(node: PaxosNode, now: float) -> list[Any]:
+    """Tick ``node`` at ``now`` and answer its ``PreVote`` with a yes from every peer."""
+    effects = node.on_tick(now)
+    for ask in sent(effects, PreVote):
+        for peer in node.config.peers:
+            yes = PreVoteReply(
+                group=ask.group,
+                sender=peer,
+                ballot=ask.ballot,
+                granted=True,
+                promised=ZERO,
+                chosen_up_to=0,
+            )
+            effects += node.on_message(yes, now)
+        break
+    return effects
 
 
 class LoopbackCluster:

@@ -6,8 +6,11 @@ seed; ``pytest tests/sim --sim-seed N`` replays exactly that run.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from phxq.paxos import PaxosNode
 from tests.sim.sim import BUGS, Sim, SimViolation
 
 SLOW_SEEDS = 3000
@@ -57,7 +60,7 @@ def test_chaos_really_happens() -> None:
         sim.run(2000)
     assert sum(len(s.masters_seen) > 1 for s in sims) >= 5  # failovers happened
     assert sum(len(s.unknown) for s in sims) > 0  # crashes/step-downs left unknown outcomes
-    assert all(len(s.nodes[1].learned) > 0 for s in sims)
+    assert all(any(sn.learned for sn in s.nodes.values()) for s in sims)  # and progress
 
 
 @pytest.mark.parametrize("bug", BUGS)
@@ -79,3 +82,66 @@ def test_planted_bug_is_caught_within_ci_seeds(bug: str, sim_steps: int) -> None
 @pytest.mark.parametrize("n", [3, 5])
 def test_many_more_seeds(n: int, sim_steps: int) -> None:
     run_seeds(list(range(SLOW_SEEDS)), n, sim_steps)
+
+
+def run_rejoin(seed: int, n: int, mode: str) -> Sim:
+    sim = Sim(seed, n, fault_interval=1e9, client_interval=0.02)
+    sim.rejoin(mode, leases=20)
+    if mode == "master":
+        assert sim.elections[-1][1] == 1 and sim.nodes[1].paxos is not None
+        assert sim.nodes[1].paxos.is_master
+    else:
+        assert len(sim.elections) == 1  # node 1, once, at the start
+    return sim
+
+
+class TestRejoinDoesNotDeposeTheMaster:
+    """Pre-vote: a node cut off for many leases never raises its round, so reconnecting it
+    does not depose the healthy master (``Sim.rejoin``); the safety checker runs throughout."""
+
+    CI_SEEDS = 12  # --sim-seeds N runs N seeds; the slow test runs SLOW_SEEDS // 10 of each
+
+    def seeds(self, request: pytest.FixtureRequest, sim_seeds: list[int]) -> list[int]:
+        if request.config.getoption("--sim-seeds") is None and len(sim_seeds) > 1:
+            return sim_seeds[: self.CI_SEEDS]
+        return sim_seeds
+
+    @pytest.mark.parametrize("n", [3, 5])
+    @pytest.mark.parametrize("mode", ["isolate", "from_master"])
+    def test_a_follower_cut_off_and_reconnected(
+        self, request: pytest.FixtureRequest, sim_seeds: list[int], n: int, mode: str
+    ) -> None:
+        for seed in self.seeds(request, sim_seeds):
+            run_rejoin(seed, n, mode)
+
+    @pytest.mark.parametrize("n", [3, 5])
+    def test_the_master_cut_off_and_reconnected(
+        self, request: pytest.FixtureRequest, sim_seeds: list[int], n: int
+    ) -> None:
+        for seed in self.seeds(request, sim_seeds):
+            run_rejoin(seed, n, "master")
+
+    def test_the_scenario_catches_a_disruptive_rejoin(self) -> None:
+        """Without pre-vote (a cut-off follower runs phase 1 itself), the check fails."""
+
+        class NoPreVote(PaxosNode):
+            def _start_prevote(self, now: float, out: list[Any], takeover: bool) -> None:
+                self._start_phase1(now, out)
+
+        import tests.sim.sim as sim_module
+
+        original = sim_module.PaxosNode
+        sim_module.PaxosNode = NoPreVote  # type: ignore[misc]
+        try:
+            with pytest.raises(SimViolation, match="REJOIN"):
+                run_rejoin(1, 3, "isolate")
+        finally:
+            sim_module.PaxosNode = original  # type: ignore[misc]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.parametrize("mode", ["isolate", "from_master", "master"])
+def test_rejoin_many_more_seeds(n: int, mode: str) -> None:
+    for seed in range(SLOW_SEEDS // 10):
+        run_rejoin(seed, n, mode)

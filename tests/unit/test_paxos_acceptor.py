@@ -18,7 +18,7 @@ from phxq.paxos import (
     Send,
     recover_state,
 )
-from phxq.paxos.testing import of, persist_all, sent
+from phxq.paxos.testing import campaign, of, persist_all, sent
 
 G = 0  # group 0: the preferred master is node 1
 
@@ -139,6 +139,6 @@ def test_restarted_proposer_uses_a_round_above_everything_it_persisted() -> None
         promised=Ballot(2, 3), max_round=7, accepted={}, chosen_up_to=0, checksum=0
     )
     n1 = node(1, recovered=state)
-    effects = n1.on_tick(5.0)
+    effects = campaign(n1, 5.0)
     (p,) = of(effects, Persist)
     assert p.records == (PromiseRecord(Ballot(8, 1)),)

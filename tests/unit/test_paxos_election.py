@@ -9,7 +9,9 @@ from phxq.paxos import (
     PaxosNode,
     Persist,
     Prepare,
+    PreVote,
     Promise,
+    RecoveredState,
     Reject,
     RoleChanged,
 )
@@ -39,8 +41,8 @@ def test_elections_are_staggered_by_rank() -> None:
     n3 = PaxosNode(GroupConfig(group=0, node_id=3, members=(1, 2, 3), lease=lease), None, 0.0)
     assert n2.next_deadline() == lease + lease / 2
     assert n3.next_deadline() == lease + lease
-    assert not of(n3.on_tick(1.6), Persist)
-    assert of(n2.on_tick(1.6), Persist)
+    assert not sent(n3.on_tick(1.6), PreVote)
+    assert sent(n2.on_tick(1.6), PreVote)
 
 
 def test_next_live_node_takes_over_after_the_lease_and_preferred_takes_it_back() -> None:
@@ -91,17 +93,40 @@ def test_master_without_a_majority_steps_down_after_the_lease() -> None:
 def test_a_rejoining_node_with_a_stale_high_ballot_does_not_strand_the_group() -> None:
     c = LoopbackCluster(3)
     c.elect(1)
-    c.isolated.add(3)
-    for _ in range(40):
-        c.tick(0.1)  # node 3 campaigns alone, raising its ballot
-    assert c.nodes[3].promised > c.nodes[1].ballot
-    c.isolated.discard(3)
+    c.propose(1, 1, b"before")
+    c.run()
+    # node 3 restarts holding a promise far above the master's ballot (say, from an election
+    # it lost): it refuses the master's accepts and heartbeats
+    n3 = c.nodes[3]
+    stale = RecoveredState(Ballot(50, 3), 50, {}, n3.chosen_up_to, n3.checksum)
+    c.nodes[3] = PaxosNode(n3.config, stale, c.now)
+    c.propose(1, 2, b"refused by 3")
+    c.run()
+    assert c.nodes[1].is_master and 2 in c.acked  # nodes 1 and 2 are still a majority
     for _ in range(60):
         c.tick(0.1)
-    master = c.master()
-    c.propose(master, 7, b"after")
+    assert c.master() == 1
+    assert c.nodes[1].ballot > Ballot(50, 3)  # re-ran phase 1 above it to win node 3 back
+    c.down.add(2)  # node 3's vote is needed again
+    c.propose(1, 7, b"after")
     c.run()
     assert 7 in c.acked
+
+
+def test_an_isolated_follower_never_raises_its_round_and_rejoins_quietly() -> None:
+    c = LoopbackCluster(3)
+    c.elect(1)
+    ballot = c.nodes[1].ballot
+    c.isolated.add(3)
+    for _ in range(40):
+        c.tick(0.1)  # node 3's election timer fires again and again: pre-votes go nowhere
+    assert c.nodes[3].promised == ballot
+    c.isolated.discard(3)
+    for _ in range(40):
+        c.tick(0.1)
+    assert c.master() == 1 and c.nodes[1].ballot == ballot
+    assert not any(isinstance(e, RoleChanged) and e.master != 1 for e in c.effects[3][-20:])
+    assert c.nodes[3].master == 1
 
 
 def test_preferred_node_takes_its_group_back_under_continuous_load() -> None:

@@ -22,7 +22,7 @@ from phxq.paxos import (
     Reject,
     decode_batch,
 )
-from phxq.paxos.testing import LoopbackCluster, of, persist_all, sent
+from phxq.paxos.testing import LoopbackCluster, campaign, of, persist_all, sent
 
 G = 0  # group 0: the preferred master is node 1
 
@@ -34,7 +34,7 @@ def node(node_id: int, n: int = 3, **kw: object) -> PaxosNode:
 
 def elect(n1: PaxosNode, promises: dict[int, tuple[AcceptedEntry, ...]], cup: int = 0) -> list:
     """Drive node 1 through phase 1 with the given peer promises; returns the last effects."""
-    effects = persist_all(n1, n1.on_tick(n1.config.lease + 0.01))
+    effects = persist_all(n1, campaign(n1, n1.config.lease + 0.01))
     (prep,) = sent(effects, Prepare, to=2)
     out: list = []
     for peer, entries in promises.items():
@@ -52,7 +52,7 @@ def elect(n1: PaxosNode, promises: dict[int, tuple[AcceptedEntry, ...]], cup: in
 
 def test_proposer_persists_its_promise_before_sending_prepare() -> None:
     n1 = node(1)
-    effects = n1.on_tick(1.01)
+    effects = campaign(n1, 1.01)
     assert of(effects, Persist) and not sent(effects, Prepare)
     assert len(sent(persist_all(n1, effects), Prepare)) == 2
 
@@ -191,14 +191,17 @@ def test_non_master_fails_proposals_with_a_hint() -> None:
     assert failed == ProposalFailed((5,), "not_master", 1)
 
 
-def test_master_seeing_a_higher_ballot_steps_down_and_fails_its_proposals() -> None:
+def test_master_refused_by_a_majority_steps_down_and_fails_its_proposals() -> None:
     n1 = node(1, window=1)
     elect(n1, {2: ()})
     n1.propose(1, b"sent", 1.3)
     n1.propose(2, b"queued", 1.3)
     reject = Reject(group=G, sender=2, ballot=n1.ballot, promised=Ballot(9, 3))
+    assert not of(n1.on_message(reject, 1.3), ProposalFailed)
+    assert n1.is_master  # one acceptor of three refusing us leaves a majority that can vote
+    reject = Reject(group=G, sender=3, ballot=n1.ballot, promised=Ballot(9, 3))
     effects = n1.on_message(reject, 1.3)
-    assert not n1.is_master
+    assert not n1.is_master  # now a majority promised higher: this ballot is finished
     assert ProposalFailed((2,), "not_master", None) in effects
     assert ProposalFailed((1,), "unknown", None) in effects
 
