@@ -101,6 +101,7 @@ class PaxosHost:
         self.boot_id = rejoin.new_boot_id()  # identifies this process while it probes
         self._fresh_peers: dict[int, int] = {}  # from MEMBER: probing peers seen when fresh
         self._rejoin_task: asyncio.Task[None] | None = None
+        self._missing_groups: set[int] = set()
 
     async def start(self) -> None:
         """Open (and recover) every group's log and start the tick loop. ``StorageError`` if
@@ -109,6 +110,7 @@ class PaxosHost:
         self._lock_fd = _lock_directory(self.data)
         self.writer = LogWriter(on_fsync=metrics.FSYNC_LATENCY.observe)
         await self.writer.start()
+        self._missing_groups = await asyncio.to_thread(self._groups_without_log)
         for group in range(self.groups):
             gcfg = GroupConfig(
                 group=group,
@@ -252,6 +254,15 @@ class PaxosHost:
         member = rejoin.read_marker(self.data, rejoin.MEMBER_FILE)
         if member is not None:
             self._fresh_peers = {int(n): int(b) for n, b in member.get("fresh_peers", {}).items()}
+            for g in sorted(self._missing_groups):
+                # A member's group directory without a log was removed or lost: whatever that
+                # replica promised is forgotten, so it joins that group.
+                r = self.replicas[g]
+                if r.repair is None and r.failed is None:
+                    r.hold("joining", f"group {g}: its log was missing; joining (not voting)")
+                    log.warning(
+                        "%s %d: group %d has no log: joining it", self._name, self.node_id, g
+                    )
             return
         if rejoin.read_marker(self.data, rejoin.JOINING_FILE) is not None:
             self._start_joining("a join was under way when the daemon stopped")
@@ -281,6 +292,10 @@ class PaxosHost:
             self.boot_id,
         )
 
+    def _groups_without_log(self) -> set[int]:
+        """Groups whose directory holds no segment file (before they are opened)."""
+        return {g for g in range(self.groups) if not any((self.data / f"g{g:04d}").glob("*.plog"))}
+
     def _write_member(self, born: str) -> None:
         body = {
             "node": self.node_id,
@@ -305,14 +320,14 @@ class PaxosHost:
             raise BadArgument(f"{method}: params must be a map")
         if method == "rejoin_probe":
             groups = params.get("groups", [])
-            if not isinstance(groups, list) or not all(
-                isinstance(g, int) and not isinstance(g, bool) for g in groups
-            ):
+            if not isinstance(groups, list) or not all(_is_int(g) for g in groups):
                 raise BadArgument("rejoin_probe: groups must be a list of ints")
             return rejoin.encode_view(self._view(groups))
         if method == "rejoin_read":
             group, start = params.get("group"), params.get("from")
-            if not (isinstance(group, int) and isinstance(start, int)) or start < 1:
+            if not (isinstance(group, int) and isinstance(start, int)):
+                raise BadArgument("rejoin_read: group and from must be ints")
+            if not (_is_int(group) and _is_int(start)) or start < 1:
                 raise BadArgument("rejoin_read: group and from must be ints (from >= 1)")
             return await self._serve_read(group, start)
         raise BadArgument(f"unknown method {method!r}")
@@ -485,6 +500,10 @@ class PaxosHost:
                 return False
             replica.resume()
             return True
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _lock_directory(data: Path) -> int:

@@ -1,0 +1,164 @@
+"""The pieces of a safe rejoin (phxq.store.rejoin): what is adopted from peers, the fresh-cluster
+rule, the probe codec, and rebuilding a real GroupLog from a peer's chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phxq.errors import ProtocolError, Unavailable
+from phxq.paxos import chain_checksum
+from phxq.plog import GroupLog, LogWriter
+from phxq.store import rejoin
+from phxq.store.rejoin import Adoption, GroupView, NodeStatus, PeerView
+
+
+def view(promised: tuple[int, int], cup: int, accepted: Any = ()) -> GroupView:
+    return GroupView(True, promised, cup, cup * 7, 1, tuple(accepted))
+
+
+def test_adopt_takes_the_highest_promise_target_and_accepted_values_above_it() -> None:
+    a = view(
+        (5, 1), 40, [(39, (5, 1), b"chosen-already"), (41, (4, 2), b"old"), (42, (5, 1), b"y")]
+    )
+    b = view((6, 3), 38, [(41, (5, 1), b"new"), (43, (7, 2), b"z")])
+    got = rejoin.adopt({1: a, 3: b})
+    assert got.chosen_up_to == 40
+    assert got.accepted == {41: ((5, 1), b"new"), 42: ((5, 1), b"y"), 43: ((7, 2), b"z")}
+    assert got.promised == (7, 2)  # an accepted ballot is a promise too
+    assert got.checksums == {1: (40, 280), 3: (38, 266)}
+    assert got.sources == {1: 40, 3: 38}
+
+
+def test_a_new_cluster_needs_every_peer_new_or_fresh_with_our_boot_id() -> None:
+    probing = PeerView(2, NodeStatus.PROBING, boot=99)
+    fresh_saw_us = PeerView(3, NodeStatus.MEMBER, fresh_peers={1: 1234})
+    fresh_saw_other = PeerView(3, NodeStatus.MEMBER, fresh_peers={1: 5})
+    joined = PeerView(3, NodeStatus.MEMBER)
+    joining = PeerView(3, NodeStatus.JOINING)
+    assert rejoin.is_fresh_cluster({2: probing, 3: fresh_saw_us}, 1, 1234)
+    assert not rejoin.is_fresh_cluster({2: probing, 3: fresh_saw_other}, 1, 1234)
+    assert not rejoin.is_fresh_cluster({2: probing, 3: joined}, 1, 1234)
+    assert not rejoin.is_fresh_cluster({2: probing, 3: joining}, 1, 1234)
+
+
+def test_probe_answers_round_trip_and_malformed_ones_raise_protocol_error() -> None:
+    original = PeerView(
+        2,
+        NodeStatus.MEMBER,
+        None,
+        {1: 77},
+        {0: view((3, 2), 9, [(10, (3, 2), b"v")]), 5: GroupView(False, (0, 0), 0, 0, 1)},
+    )
+    assert rejoin.decode_view(rejoin.encode_view(original)) == original
+    good = rejoin.encode_view(original)
+    for bad in (
+        None,
+        {},
+        {**good, "status": "emperor"},
+        {**good, "boot": "x"},
+        {**good, "groups": [[0, True, [1, 1], 1, 1, 1, [[1, 1, 1, "not bytes"]]]]},
+        {**good, "groups": [[0, True, [1], 1, 1, 1, []]]},
+        {**good, "fresh_peers": [[1, True]]},
+    ):
+        with pytest.raises(ProtocolError):
+            rejoin.decode_view(bad)
+
+
+class _Replica:
+    """What ``rebuild`` uses of a GroupReplica."""
+
+    def __init__(self, glog: GroupLog) -> None:
+        self.glog = glog
+        self.group = glog.group
+
+    async def install_snapshot_for_repair(self, data: bytes) -> bool:
+        return False
+
+
+def chain(values: list[bytes]) -> list[int]:
+    sums = [0]
+    for i, v in enumerate(values, start=1):
+        sums.append(chain_checksum(sums[-1], i, v))
+    return sums
+
+
+VALUES = [f"value-{i}".encode() for i in range(1, 31)]
+SUMS = chain(VALUES)
+
+
+def peer_reader(values: list[bytes], sums: list[int]) -> Any:
+    async def read(peer: int, group: int, start: int) -> dict[str, Any]:
+        stop = min(len(values), start + 9)
+        return {"entries": [[i, values[i - 1], sums[i]] for i in range(start, stop + 1)]}
+
+    return read
+
+
+def adoption(target: int = 30) -> Adoption:
+    return Adoption(
+        promised=(7, 2),
+        chosen_up_to=target,
+        accepted={31: ((7, 2), b"in flight")},
+        checksums={2: (target, SUMS[target]), 3: (25, SUMS[25])},
+        sources={2: target, 3: 25},
+    )
+
+
+async def test_rebuild_adopts_durably_and_learns_the_chain(tmp_path: Path) -> None:
+    async with LogWriter() as w:
+        glog = await GroupLog.open(tmp_path, 0, w, segment_bytes=1 << 16)
+        await rejoin.rebuild(_Replica(glog), adoption(), peer_reader(VALUES, SUMS))
+        assert (glog.chosen_up_to, glog.checksum) == (30, SUMS[30])
+        await glog.close()
+    async with LogWriter() as w:
+        glog = await GroupLog.open(tmp_path, 0, w, segment_bytes=1 << 16)
+        assert glog.promised == (7, 2)
+        assert glog.accepted_values() == {31: ((7, 2), b"in flight")}
+        got = await glog.read_chosen(1, 100, 1 << 20)
+        assert [r.value for r in got] == VALUES
+        await glog.close()
+
+
+async def test_rebuild_refuses_a_chain_that_does_not_verify(tmp_path: Path) -> None:
+    bad_sums = list(SUMS)
+    bad_sums[12] ^= 1
+    async with LogWriter() as w:
+        glog = await GroupLog.open(tmp_path, 0, w, segment_bytes=1 << 16)
+        with pytest.raises(rejoin.Diverged):
+            await rejoin.rebuild(_Replica(glog), adoption(), peer_reader(VALUES, bad_sums))
+        assert glog.chosen_up_to == 11
+        await glog.close()
+
+
+async def test_rebuild_refuses_when_our_prefix_differs_from_the_peers(tmp_path: Path) -> None:
+    mine = [b"other", *VALUES[1:5]]
+    async with LogWriter() as w:
+        glog = await GroupLog.open(tmp_path, 0, w, segment_bytes=1 << 16)
+        for i, (v, c) in enumerate(zip(mine, chain(mine)[1:], strict=True), start=1):
+            await glog.append_chosen(i, None, c, v)
+        with pytest.raises(rejoin.Diverged):
+            await rejoin.rebuild(_Replica(glog), adoption(), peer_reader(VALUES, SUMS))
+        await glog.close()
+
+
+async def test_rebuild_checks_every_peers_checksum_at_its_chosen_up_to(tmp_path: Path) -> None:
+    wrong = Adoption((7, 2), 30, {}, {2: (30, SUMS[30]), 3: (25, SUMS[25] ^ 1)}, {2: 30, 3: 25})
+    async with LogWriter() as w:
+        glog = await GroupLog.open(tmp_path, 0, w, segment_bytes=1 << 16)
+        with pytest.raises(rejoin.Diverged):
+            await rejoin.rebuild(_Replica(glog), wrong, peer_reader(VALUES, SUMS))
+        await glog.close()
+
+
+async def test_rebuild_fails_retryably_when_no_peer_sends_anything(tmp_path: Path) -> None:
+    async def silent(peer: int, group: int, start: int) -> dict[str, Any]:
+        return {"entries": []}
+
+    async with LogWriter() as w:
+        glog = await GroupLog.open(tmp_path, 0, w, segment_bytes=1 << 16)
+        with pytest.raises(Unavailable):
+            await rejoin.rebuild(_Replica(glog), adoption(), silent)
+        await glog.close()
