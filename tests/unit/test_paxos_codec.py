@@ -22,6 +22,8 @@ from phxq.paxos import (
     Heartbeat,
     HeartbeatAck,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Reject,
     chain_checksum,
@@ -57,6 +59,15 @@ messages = st.one_of(
         CatchupReply,
         **hdr,
         entries=st.lists(st.builds(ChosenEntry, inst, blobs, u64), max_size=4).map(tuple),
+        chosen_up_to=u64,
+    ),
+    st.builds(PreVote, **hdr, ballot=ballots, chosen_up_to=u64),
+    st.builds(
+        PreVoteReply,
+        **hdr,
+        ballot=ballots,
+        granted=st.booleans(),
+        promised=ballots,
         chosen_up_to=u64,
     ),
 )
@@ -95,7 +106,7 @@ msgpack_values = st.recursive(
 
 
 @settings(max_examples=500)
-@given(st.integers(min_value=0, max_value=12), st.lists(msgpack_values, max_size=7))
+@given(st.integers(min_value=0, max_value=14), st.lists(msgpack_values, max_size=7))
 def test_well_formed_msgpack_with_wrong_shapes_raises_protocol_error(
     tag: int, fields: list[object]
 ) -> None:
@@ -113,6 +124,9 @@ def test_well_formed_msgpack_with_wrong_shapes_raises_protocol_error(
         [4, 1, -2, [1, 1], 5, b"v"],  # negative sender
         [4, 1, 2, [1, 1], 5],  # missing field
         [6, 1, 2, [1, 1], 9, 3],  # Chosen first > last
+        [11, 1, 2, [1, 1]],  # PreVote without chosen_up_to
+        [12, 1, 2, [1, 1], 1, [0, 0], 5],  # PreVoteReply: granted is not a bool
+        [12, 1, 2, [1, 1], True, [0, 0], -5],  # PreVoteReply: negative chosen_up_to
         [99, 1, 2],  # unknown tag
         {"tag": 4},  # not an array
     ],
@@ -155,3 +169,11 @@ def test_chain_checksum_is_a_64_bit_chain_over_instance_and_value() -> None:
     assert chain_checksum(c1, 2, b"b") != chain_checksum(c1, 3, b"b")
     assert chain_checksum(0, 1, b"a") == c1  # deterministic
     assert chain_checksum(c1, 2, b"b") != chain_checksum(chain_checksum(0, 1, b"x"), 2, b"b")
+
+
+def test_prevote_reply_travels_with_its_bool() -> None:
+    msg = PreVoteReply(
+        group=3, sender=2, ballot=Ballot(7, 1), granted=False, promised=Ballot(6, 3), chosen_up_to=9
+    )
+    assert msgpack.unpackb(encode_message(msg), raw=False) == [12, 3, 2, [7, 1], False, [6, 3], 9]
+    assert decode_message(encode_message(msg)) == msg
