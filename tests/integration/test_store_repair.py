@@ -5,16 +5,19 @@ data directory (a replaced disk), follower or master. See ``phxq.store.rejoin``.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import phxq
 from phxq.devcluster import ProcessCluster
+from phxq.lock import LockClient
 from phxq.net.rpc import RpcPool
 
 from .conftest import wait_until
+from .test_lock_cluster import lock_cluster, lock_master
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +185,37 @@ async def test_a_master_restarted_on_an_empty_directory_joins_then_takes_its_gro
         seen = await read_all(client)
         expected = tagged(60, "m") + tagged(10, "n") + tagged(5, "o") + tagged(5, "p")
         assert_all_present(acks, expected, seen)
+
+
+@pytest.fixture
+def locks(tmp_path: Path) -> Iterator[ProcessCluster]:
+    yield from lock_cluster(tmp_path)
+
+
+async def test_a_lock_node_restarted_on_an_empty_directory_joins_before_it_votes(
+    locks: ProcessCluster,
+) -> None:
+    await lock_node_rejoins(locks)
+
+
+async def lock_node_rejoins(cluster: ProcessCluster) -> None:
+    async with LockClient(cluster.lock_addresses) as client, RpcPool() as pool:
+        token = await client.acquire("pair/orders/1", "a", 60.0)
+        await client.kv_put("settings/x", 1)
+        master = await lock_master(cluster)
+        victim = next(n.id for n in cluster.config.locks if n.id != master)
+        cluster.kill(victim, "lock")
+        shutil.rmtree(cluster.config.lock(victim).data)
+        cluster.restart(victim, "lock")
+        addr = cluster.config.lock(victim).addr
+
+        async def member() -> dict[str, Any] | None:
+            s: dict[str, Any] = await pool.call(addr, "status", {}, timeout=2.0)
+            return s if s["membership"] == "member" and s["repair"] is None else None
+
+        s = await wait_until(member, 30, f"lock {victim} to rejoin")
+        assert s["chosen_up_to"] > 0
+        cluster.kill(master, "lock")  # the other survivor needs the rejoined node's vote
+        info = await client.get("pair/orders/1")
+        assert info is not None and (info.owner, info.token) == ("a", token)
+        assert (await client.kv_get("settings/x"))[0] == 1
