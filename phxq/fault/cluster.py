@@ -68,7 +68,7 @@ class HarnessOptions:
     queues: int = 4
     lease: str = "1s"
     # Small segments: segments roll (and preallocate) often, so a full disk shows quickly.
-    segment_bytes: str = "256KiB"
+    segment_bytes: str = "16KiB"
     consumers: tuple[str, ...] = ("c1", "c2")
     disk_full_store: int | None = None
     tmpfs_size: str = "96m"

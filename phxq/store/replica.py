@@ -406,20 +406,25 @@ class GroupReplica:
                 )
 
     def _persist(self, effect: Persist) -> None:
-        future: asyncio.Future[None] | None = None
+        futures: list[asyncio.Future[None]] = []
         for record in effect.records:
             if isinstance(record, PromiseRecord):
-                future = self.glog.append_promise((record.ballot.round, record.ballot.node))
+                futures.append(self.glog.append_promise((record.ballot.round, record.ballot.node)))
             elif isinstance(record, AcceptRecord):
                 b = record.ballot
-                future = self.glog.append_accept(record.instance, (b.round, b.node), record.value)
+                futures.append(
+                    self.glog.append_accept(record.instance, (b.round, b.node), record.value)
+                )
         token = effect.token
-        if future is None:
+        if not futures:
             self.execute(self.paxos.on_persisted(token, time.monotonic()))
             return
         # Records of one group are made durable in submission order, so the last one's
-        # completion means all of them are on disk.
-        future.add_done_callback(lambda f: self._persisted(token, f))
+        # completion means all of them are on disk (and its failure reports theirs: the
+        # others' are only retrieved, or asyncio logs them as never retrieved).
+        for earlier in futures[:-1]:
+            earlier.add_done_callback(_retrieve)
+        futures[-1].add_done_callback(lambda f: self._persisted(token, f))
 
     def _persisted(self, token: int, future: asyncio.Future[None]) -> None:
         exc = future.exception()
@@ -615,3 +620,9 @@ class GroupReplica:
             if not future.done():
                 future.set_exception(Unavailable(f"group {self.group}: replica shutting down"))
         await self.glog.close()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a failed future's exception as seen (it is reported through another one)."""
+    if not future.cancelled():
+        future.exception()
