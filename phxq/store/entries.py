@@ -11,6 +11,8 @@ Public API::
 
     encode_entry(entry: Entry) -> bytes
     decode_entry(data: bytes) -> Entry                # ProtocolError on anything malformed
+    encode_enqueue(topic, queue, enqueued_at, wire_messages) -> bytes   # the service's fast path
+    peek_entry(data: bytes) -> EnqueueHead | CommitEntry | ReplayEntry  # apply: bodies stay packed
     instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Message]]
 
 Meanings:
@@ -25,14 +27,24 @@ Meanings:
 - ``ReplayEntry`` is an admin one-shot that sets the cursor anywhere (back included) regardless
   of tokens; it takes effect once per ``replay_id``.
 
-Wire form: ``msgpack([tag, field, ...])`` with ``use_bin_type`` (payloads are bin, text is str);
-a message is ``[payload, key, headers, dedup_id]``. Decoding checks every type and range, and no
-byte string makes it raise anything but :class:`phxq.errors.ProtocolError` (fuzzed).
+Wire form: ``msgpack([tag, field, ...])`` with ``use_bin_type`` (payloads are bin, text is str).
+Decoding checks every type and range, and no byte string makes it raise anything but
+:class:`phxq.errors.ProtocolError` (fuzzed). An enqueue entry has two versions; both are read
+forever (logs written before version 2 stay readable), only version 2 is written:
+
+- version 1, tag 1: ``[1, topic, queue, [[payload, key, headers, dedup_id], ...], enqueued_at]``;
+- version 2, tag 4: ``[4, topic, queue, enqueued_at, [dedup_id, ...], body]`` where ``body`` is
+  bin: ``msgpack([[payload, key, headers], ...])``, one per dedup id, in order. Applying an entry
+  needs only its head (topic, queue, time, dedup ids: :func:`peek_entry`), so replicas never
+  unpack message bodies; readers unpack them when they read the instance.
 
 ``instance_messages(items)`` is the single definition of message ordinals inside a chosen
-instance: every message of every *decodable* ``EnqueueEntry`` item, in item order. The ordinal
-in that list is the ``index`` of the message's offset (duplicates and rejected entries included,
-so readers need no apply state to map an offset back to its message).
+instance: every message of every *decodable* enqueue item, in item order, where a version-2
+item counts by its head (one message per dedup id) whether or not its body unpacks: a head
+that decodes with a body that does not is a corrupt log (its messages are unreadable:
+``StorageError`` when read), never a shift of the ordinals. The ordinal in that list is the
+``index`` of the message's offset (duplicates and rejected entries included, so readers need
+no apply state to map an offset back to its message).
 """
 
 from __future__ import annotations
@@ -44,22 +56,26 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
-from phxq.errors import PhxqError, ProtocolError
+from phxq.errors import PhxqError, ProtocolError, StorageError
 
 __all__ = [
     "CommitEntry",
     "EnqueueEntry",
+    "EnqueueHead",
     "Entry",
     "Message",
     "ReplayEntry",
     "decode_entry",
+    "encode_enqueue",
     "encode_entry",
     "instance_messages",
+    "peek_entry",
 ]
 
-_TAG_ENQUEUE: Final = 1
+_TAG_ENQUEUE: Final = 1  # version 1: read, never written
 _TAG_COMMIT: Final = 2
 _TAG_REPLAY: Final = 3
+_TAG_ENQUEUE_V2: Final = 4
 _MAX_U64: Final = (1 << 64) - 1
 
 
@@ -110,6 +126,27 @@ class ReplayEntry:
 Entry: TypeAlias = EnqueueEntry | CommitEntry | ReplayEntry
 
 
+class EnqueueHead:
+    """What applying an enqueue entry needs: its queue, time and one dedup id (or None) per
+    message; the message bodies stay packed (see the module docstring)."""
+
+    __slots__ = ("dedup_ids", "enqueued_at", "queue", "topic")
+
+    def __init__(
+        self, topic: str, queue: int, enqueued_at: float, dedup_ids: list[str | None]
+    ) -> None:
+        self.topic = topic
+        self.queue = queue
+        self.enqueued_at = enqueued_at
+        self.dedup_ids = dedup_ids
+
+    def __repr__(self) -> str:
+        return (
+            f"EnqueueHead({self.topic!r}, {self.queue}, {self.enqueued_at}, "
+            f"{len(self.dedup_ids)} messages)"
+        )
+
+
 # ----------------------------------------------------------------------------------- encode
 
 
@@ -117,13 +154,12 @@ def encode_entry(entry: Entry) -> bytes:
     """The wire bytes of ``entry`` (see the module docstring)."""
     fields: list[Any]
     if isinstance(entry, EnqueueEntry):
-        fields = [
-            _TAG_ENQUEUE,
+        return encode_enqueue(
             entry.topic,
             entry.queue,
+            entry.enqueued_at,
             [[m.payload, m.key, m.headers, m.dedup_id] for m in entry.messages],
-            float(entry.enqueued_at),
-        ]
+        )
     elif isinstance(entry, CommitEntry):
         fields = [
             _TAG_COMMIT,
@@ -147,6 +183,36 @@ def encode_entry(entry: Entry) -> bytes:
     else:
         raise TypeError(f"not a store log entry: {entry!r}")
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
+def encode_enqueue(
+    topic: str, queue: int, enqueued_at: float, wire_messages: Sequence[Sequence[Any]]
+) -> bytes:
+    """A version-2 enqueue entry of ``[payload, key, headers, dedup_id]`` messages that the
+    caller has validated (the store's enqueue handler does, per message)."""
+    body = _packb([m[:3] for m in wire_messages], use_bin_type=True)
+    dedup_ids = [m[3] for m in wire_messages]
+    packed: bytes = _packb(
+        [_TAG_ENQUEUE_V2, topic, queue, float(enqueued_at), dedup_ids, body], use_bin_type=True
+    )
+    return packed
+
+
+_packb = msgpack.packb
+
+
+def encode_enqueue_v1(entry: EnqueueEntry) -> bytes:
+    """The version-1 form of ``entry`` (no longer written by the store; for tests of logs
+    written before version 2)."""
+    fields = [
+        _TAG_ENQUEUE,
+        entry.topic,
+        entry.queue,
+        [[m.payload, m.key, m.headers, m.dedup_id] for m in entry.messages],
+        float(entry.enqueued_at),
+    ]
+    packed: bytes = _packb(fields, use_bin_type=True)
     return packed
 
 
@@ -223,6 +289,49 @@ def _enqueue(fields: list[Any]) -> EnqueueEntry:
     )
 
 
+def _head_v2(fields: list[Any]) -> EnqueueHead:
+    if len(fields) != 6:
+        raise ProtocolError(f"enqueue entry: expected 6 fields, got {len(fields)}")
+    _, topic, queue, enqueued_at, dedup_ids, body = fields
+    if type(enqueued_at) is not float or not math.isfinite(enqueued_at):
+        raise ProtocolError(f"enqueue entry: enqueued_at must be a finite float: {enqueued_at!r}")
+    if type(dedup_ids) is not list or not dedup_ids:
+        raise ProtocolError("enqueue entry: dedup ids must be a non-empty array")
+    for d in dedup_ids:
+        if d is not None and type(d) is not str:
+            raise ProtocolError("enqueue entry: a dedup id must be a string or nil")
+    if type(body) is not bytes:
+        raise ProtocolError("enqueue entry: body must be bin")
+    return EnqueueHead(
+        _text(topic, "enqueue entry topic"),
+        _uint(queue, "enqueue entry queue"),
+        enqueued_at,
+        dedup_ids,
+    )
+
+
+def _enqueue_v2(fields: list[Any]) -> EnqueueEntry:
+    head = _head_v2(fields)
+    return EnqueueEntry(head.topic, head.queue, _body(head, fields[5]), head.enqueued_at)
+
+
+def _body(head: EnqueueHead, body: bytes) -> tuple[Message, ...]:
+    try:
+        raw = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many unrelated types on garbage
+        raise ProtocolError(f"undecodable enqueue body: {type(exc).__name__}: {exc}") from None
+    ids = head.dedup_ids
+    if type(raw) is not list or len(raw) != len(ids):
+        raise ProtocolError(f"enqueue body: expected an array of {len(ids)} messages")
+    out = []
+    for i, (m, d) in enumerate(zip(raw, ids, strict=True)):
+        if type(m) is not list or len(m) != 3:
+            raise ProtocolError(f"message {i}: expected [payload, key, headers]")
+        m.append(d)
+        out.append(_message(m, i))
+    return tuple(out)
+
+
 def _commit(fields: list[Any]) -> CommitEntry:
     if len(fields) not in (6, 7):
         raise ProtocolError(f"commit entry: expected 6 or 7 fields, got {len(fields)}")
@@ -258,41 +367,88 @@ def _replay(fields: list[Any]) -> ReplayEntry:
     )
 
 
+def _head_v1(fields: list[Any]) -> EnqueueHead:
+    entry = _enqueue(fields)
+    return EnqueueHead(
+        entry.topic, entry.queue, entry.enqueued_at, [m.dedup_id for m in entry.messages]
+    )
+
+
 _DECODERS: dict[int, Callable[[list[Any]], Entry]] = {
     _TAG_ENQUEUE: _enqueue,
     _TAG_COMMIT: _commit,
     _TAG_REPLAY: _replay,
+    _TAG_ENQUEUE_V2: _enqueue_v2,
+}
+
+_PEEKERS: dict[int, Callable[[list[Any]], EnqueueHead | CommitEntry | ReplayEntry]] = {
+    _TAG_ENQUEUE: _head_v1,
+    _TAG_COMMIT: _commit,
+    _TAG_REPLAY: _replay,
+    _TAG_ENQUEUE_V2: _head_v2,
 }
 
 
-def decode_entry(data: bytes) -> Entry:
-    """The entry encoded in ``data``. Raises :class:`ProtocolError` (only) if malformed."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+def _fields(data: bytes) -> list[Any]:
+    if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"log entry must be bytes, got {type(data).__name__}")
     try:
         fields = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises many unrelated types on garbage
         raise ProtocolError(f"undecodable log entry: {type(exc).__name__}: {exc}") from None
-    if not isinstance(fields, list) or not fields:
+    if type(fields) is not list or not fields:
         raise ProtocolError("log entry must be a non-empty array")
-    tag = fields[0]
-    decoder = _DECODERS.get(tag) if isinstance(tag, int) and not isinstance(tag, bool) else None
+    return fields
+
+
+def _decoder(table: dict[int, Any], tag: Any) -> Any:
+    decoder = table.get(tag) if type(tag) is int else None
     if decoder is None:
         raise ProtocolError(f"unknown log entry tag {tag!r:.40}")
-    return decoder(fields)
+    return decoder
+
+
+def decode_entry(data: bytes) -> Entry:
+    """The entry encoded in ``data``, message bodies included. Raises :class:`ProtocolError`
+    (only) if malformed."""
+    fields = _fields(data)
+    result: Entry = _decoder(_DECODERS, fields[0])(fields)
+    return result
+
+
+def peek_entry(data: bytes) -> EnqueueHead | CommitEntry | ReplayEntry:
+    """What applying ``data`` needs: an enqueue's head (bodies stay packed), or the commit or
+    replay entry. Raises :class:`ProtocolError` (only) if that much is malformed."""
+    fields = _fields(data)
+    result: EnqueueHead | CommitEntry | ReplayEntry = _decoder(_PEEKERS, fields[0])(fields)
+    return result
 
 
 def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Message]]:
     """Every message of a chosen instance with its entry; list position = offset index.
 
     Undecodable items and non-enqueue entries contribute nothing; every message of every
-    decodable ``EnqueueEntry`` counts (see the module docstring)."""
+    decodable enqueue entry counts (see the module docstring: a version-2 entry whose head
+    decodes but whose body does not raises ``StorageError``)."""
     out: list[tuple[EnqueueEntry, Message]] = []
     for item in items:
         try:
-            entry = decode_entry(item)
+            fields = _fields(item)
+            tag = fields[0] if type(fields[0]) is int else None
+            if tag == _TAG_ENQUEUE:
+                entry = _enqueue(fields)
+            elif tag == _TAG_ENQUEUE_V2:
+                head = _head_v2(fields)
+            else:
+                continue
         except PhxqError:
             continue
-        if isinstance(entry, EnqueueEntry):
-            out.extend((entry, m) for m in entry.messages)
+        if tag == _TAG_ENQUEUE_V2:
+            try:
+                entry = EnqueueEntry(
+                    head.topic, head.queue, _body(head, fields[5]), head.enqueued_at
+                )
+            except ProtocolError as exc:
+                raise StorageError(f"corrupt enqueue entry body: {exc.message}") from None
+        out.extend((entry, m) for m in entry.messages)
     return out

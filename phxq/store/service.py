@@ -20,9 +20,9 @@ from phxq.paxos import decode_batch
 from phxq.store import state as st
 from phxq.store.entries import (
     CommitEntry,
-    EnqueueEntry,
     Message,
     ReplayEntry,
+    encode_enqueue,
     encode_entry,
     instance_messages,
 )
@@ -83,6 +83,30 @@ def _message(raw: Any, max_bytes: int) -> Message:
     return Message(payload=payload, key=key, headers=headers, dedup_id=dedup_id)
 
 
+def _check_messages(raw_messages: list[Any], max_bytes: int) -> None:
+    """Validate ``[payload, key, headers, dedup_id]`` messages as :func:`_message` does; the
+    well-formed case is checked inline (it runs for every message the store accepts)."""
+    for m in raw_messages:
+        if type(m) is list and len(m) == 4:
+            payload, key, headers, dedup_id = m
+            if (
+                type(payload) is bytes
+                and len(payload) <= max_bytes
+                and (key is None or type(key) is str)
+                and (dedup_id is None or (type(dedup_id) is str and len(dedup_id) <= 256))
+                and type(headers) is dict
+                and (
+                    not headers
+                    or (
+                        len(headers) <= MAX_HEADERS
+                        and all(type(k) is str and type(v) is str for k, v in headers.items())
+                    )
+                )
+            ):
+                continue
+        _message(m, max_bytes)  # raises the precise error
+
+
 async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any]]]:
     topic = _str(params, "topic")
     assert topic is not None
@@ -102,10 +126,10 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
             raise BadArgument("all queues of one enqueue request must be in the same group")
         replica = r
         assert spec is not None
-        messages = tuple(_message(m, spec.max_message_bytes) for m in raw_messages)
-        if not messages:
+        if not raw_messages:
             raise BadArgument("a batch must hold at least one message")
-        entries.append(encode_entry(EnqueueEntry(topic, queue, messages, now)))
+        _check_messages(raw_messages, spec.max_message_bytes)
+        entries.append(encode_enqueue(topic, queue, now, raw_messages))
     assert replica is not None
     replica = node.master_replica(topic, batches[0][0])
     started = time.perf_counter()
@@ -256,10 +280,13 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
                 "failed": None if r.failed is None else r.failed.message,
                 "diverged": None if r.diverged is None else r.diverged.instance,
                 "needs_repair": r.glog.needs_repair,
+                "repair": r.repair,  # probing / joining / repairing / diverged (not voting)
+                "repair_reason": r.repair_reason,
             }
         )
     return {
         "node": node.node_id,
+        "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,
         "groups": groups,
@@ -280,13 +307,10 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
         if spec is None:
             continue
         for q in range(spec.queues):
-                "repair": r.repair,  # probing / joining / repairing / diverged (not voting)
-                "repair_reason": r.repair_reason,
             replica = node.replicas[group_for_queue(q, groups)]
             if not replica.serving:
                 continue
             cursor = replica.state.cursor(cg.name, cg.topic, q)
-        "membership": node.paxos_host.status.value,
             after = None if cursor is None else split_offset(cursor)
             lag = len(replica.glog.positions((cg.topic, q), after, LAG_COUNT_LIMIT))
             rows.append(

@@ -83,14 +83,8 @@ from phxq.errors import (
     StorageError,
     VersionMismatch,
 )
-from phxq.store.entries import (
-    CommitEntry,
-    EnqueueEntry,
-    ReplayEntry,
-    decode_entry,
-    instance_messages,
-)
-from phxq.store.routing import MAX_MESSAGES_PER_INSTANCE, make_offset
+from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
+from phxq.store.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 
 __all__ = [
     "REPLAYS_REMEMBERED",
@@ -162,9 +156,10 @@ class StoreState:
         self._cursors: dict[CursorKey, tuple[int, int]] = {}
         self._replays: OrderedDict[str, int] = OrderedDict()
         # (topic, dedup_id) -> (offset, enqueued_at) of the stored original; _window_order holds
-        # (enqueued_at, topic, dedup_id, offset) in apply order, for expiry.
+        # one (enqueued_at, topic, first_offset, dedup_ids) per applied entry (message i has
+        # offset first_offset + i), in apply order, for expiry.
         self._window: dict[tuple[str, str], tuple[int, float]] = {}
-        self._window_order: deque[tuple[float, str, str, int]] = deque()
+        self._window_order: deque[tuple[float, str, int, list[str | None]]] = deque()
         self._latest_enqueued_at = -math.inf
         self._end: dict[QueueKey, int] = {}
         self._enqueued: dict[QueueKey, int] = {}
@@ -211,12 +206,12 @@ class StoreState:
         next_index = 0
         for item in items:
             try:
-                entry = decode_entry(item)
+                entry = peek_entry(item)
             except ProtocolError as exc:
                 results.append(Rejected(exc))
                 continue
-            if isinstance(entry, EnqueueEntry):
-                count = len(entry.messages)
+            if type(entry) is EnqueueHead:
+                count = len(entry.dedup_ids)
                 if next_index + count > MAX_MESSAGES_PER_INSTANCE:
                     unindexed.extend(range(next_index, next_index + count))
                     results.append(
@@ -232,9 +227,10 @@ class StoreState:
                         self._enqueue(instance, next_index, entry, index_entries, unindexed)
                     )
                 next_index += count
-            elif isinstance(entry, CommitEntry):
+            elif type(entry) is CommitEntry:
                 results.append(self._commit(entry))
             else:
+                assert type(entry) is ReplayEntry
                 results.append(self._replay(entry))
         self.applied_up_to = instance
         if unindexed:
@@ -246,46 +242,78 @@ class StoreState:
         self,
         instance: int,
         first_index: int,
-        entry: EnqueueEntry,
+        head: EnqueueHead,
         index_entries: list[IndexEntry],
         unindexed: list[int],
     ) -> Enqueued:
-        queue_key = (entry.topic, entry.queue)
-        at = entry.enqueued_at
-        offsets: list[int] = []
-        duplicates: list[bool] = []
-        dedup = self.dedup_window > 0
-        for index, message in enumerate(entry.messages, start=first_index):
-            if dedup and message.dedup_id is not None:
-                dedup_key = (entry.topic, message.dedup_id)
-                original = self._window.get(dedup_key)
-                if original is not None and at - original[1] <= self.dedup_window:
-                    offsets.append(original[0])
-                    duplicates.append(True)
-                    unindexed.append(index)
+        # One pass per entry: offsets are first + i; only dedup ids cost a step per message.
+        topic = head.topic
+        queue_key = (topic, head.queue)
+        at = head.enqueued_at
+        ids = head.dedup_ids
+        count = len(ids)
+        first = (instance << INDEX_BITS) | first_index
+        duplicates: dict[int, int] | None = None  # position in the entry -> original offset
+        if self.dedup_window > 0:
+            window = self._window
+            horizon = self.dedup_window
+            for i, dedup_id in enumerate(ids):
+                if dedup_id is None:
                     continue
-            offset = make_offset(instance, index)
-            if dedup and message.dedup_id is not None:
-                self._window[dedup_key] = (offset, at)
-                self._window_order.append((at, entry.topic, message.dedup_id, offset))
-            offsets.append(offset)
-            duplicates.append(False)
-            index_entries.append((queue_key, index, at))
-            self._end[queue_key] = offset
-            self._enqueued[queue_key] = self._enqueued.get(queue_key, 0) + 1
+                key = (topic, dedup_id)
+                original = window.get(key)
+                if original is not None and at - original[1] <= horizon:
+                    if duplicates is None:
+                        duplicates = {}
+                    duplicates[i] = original[0]
+                else:
+                    window[key] = (first + i, at)
+            self._window_order.append((at, topic, first, ids))
+        if duplicates is None:
+            stored = count
+            index_entries.extend(
+                [(queue_key, i, at) for i in range(first_index, first_index + count)]
+            )
+            self._end[queue_key] = first + count - 1
+            result = Enqueued(tuple(range(first, first + count)), (False,) * count)
+        else:
+            stored = count - len(duplicates)
+            offsets: list[int] = []
+            flags: list[bool] = []
+            last = None
+            for i in range(count):
+                prior = duplicates.get(i)
+                if prior is None:
+                    last = first + i
+                    offsets.append(last)
+                    flags.append(False)
+                    index_entries.append((queue_key, first_index + i, at))
+                else:
+                    offsets.append(prior)
+                    flags.append(True)
+                    unindexed.append(first_index + i)
+            if last is not None:
+                self._end[queue_key] = last
+            result = Enqueued(tuple(offsets), tuple(flags))
+        if stored:
+            self._enqueued[queue_key] = self._enqueued.get(queue_key, 0) + stored
         self._expire(at)
-        return Enqueued(tuple(offsets), tuple(duplicates))
+        return result
 
     def _expire(self, enqueued_at: float) -> None:
         if enqueued_at > self._latest_enqueued_at:
             self._latest_enqueued_at = enqueued_at
         horizon = self._latest_enqueued_at - self.dedup_window
         order = self._window_order
+        window = self._window
         while order and order[0][0] < horizon:
-            _, topic, dedup_id, offset = order.popleft()
-            live = self._window.get((topic, dedup_id))
-            if live is not None and live[0] == offset:  # else superseded by a later original
-                del self._window[(topic, dedup_id)]
+            _, topic, first, ids = order.popleft()
+            for i, dedup_id in enumerate(ids):
+                if dedup_id is None:
+                    continue
+                live = window.get((topic, dedup_id))
+                if live is not None and live[0] == first + i:  # else a duplicate, or superseded
+                    del window[(topic, dedup_id)]
 
     def _commit(self, entry: CommitEntry) -> ApplyResult:
         key = (entry.consumer_group, entry.topic, entry.queue)
@@ -355,11 +383,22 @@ class StoreState:
                 f"[{self._unindexed_floor}, {self.applied_up_to}]"
             )
         skip = set(self._unindexed.get(instance, ()))
-        return [
-            ((entry.topic, entry.queue), index, entry.enqueued_at)
-            for index, (entry, _) in enumerate(instance_messages(items))
-            if index not in skip
-        ]
+        out: list[IndexEntry] = []
+        index = 0
+        for item in items:
+            try:
+                head = peek_entry(item)
+            except ProtocolError:
+                continue
+            if type(head) is not EnqueueHead:
+                continue
+            queue_key = (head.topic, head.queue)
+            at = head.enqueued_at
+            for i in range(index, index + len(head.dedup_ids)):
+                if i not in skip:
+                    out.append((queue_key, i, at))
+            index += len(head.dedup_ids)
+        return out
 
     def forget_below(self, instance: int) -> None:
         """The log below ``instance`` is gone: drop what only indexing it needed."""
@@ -376,9 +415,10 @@ class StoreState:
         unindexed positions, ``applied_up_to``): states that will make the same decisions
         give equal bytes, whichever way they were reached."""
         window = [
-            [at, topic, dedup_id, offset]
-            for at, topic, dedup_id, offset in self._window_order
-            if self._window.get((topic, dedup_id), (None,))[0] == offset
+            [at, topic, dedup_id, first + i]
+            for at, topic, first, ids in self._window_order
+            for i, dedup_id in enumerate(ids)
+            if dedup_id is not None and self._window.get((topic, dedup_id), (None,))[0] == first + i
         ]
         body = [
             _SNAPSHOT_VERSION,
@@ -424,7 +464,7 @@ class StoreState:
                 raise ProtocolError("snapshot: bad dedup window time")
             key = (_text(topic), _text(dedup_id))
             state._window[key] = (_uint(off), at)
-            state._window_order.append((at, key[0], key[1], _uint(off)))
+            state._window_order.append((at, key[0], _uint(off), [key[1]]))
         for topic, queue, off in _rows(ends, 3):
             state._end[(_text(topic), _uint(queue))] = _uint(off)
         for topic, queue, n in _rows(counts, 3):
