@@ -92,6 +92,12 @@ FIRST_INSTANCE = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+BAD_PEER_MESSAGES = Counter(
+    "phxq_bad_peer_messages_total",
+    "Peer notifications dropped as malformed (kind: paxos, snapshot)",
+    ["kind"],
+    registry=REGISTRY,
+)
 
 
 # --------------------------------------------------------------------- consumer tier

@@ -223,7 +223,7 @@ class _Worker:
         more for a trailing ``meta`` request (proof that the notifies were taken, too)."""
         report = self.run.report
         reader, writer = await self.connection()
-        sentinel = self.gen.next_id()
+        sentinel = self.gen.checked_id()
         bodies = [shot.body for shot, _ in batch] + [encode_request(sentinel, "meta", {})]
         writer.write(b"".join(prefix(b) + b for b in bodies))
         await writer.drain()

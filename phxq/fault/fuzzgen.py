@@ -26,7 +26,7 @@ import msgpack
 
 from phxq.errors import ProtocolError
 from phxq.lock.state import LockState
-from phxq.net.frames import Notify, Request, decode_body, encode_request
+from phxq.net.frames import Notify, Request, decode_body, encode_request, request_id_of
 from phxq.paxos import decode_message
 from phxq.paxos.ballot import Ballot
 from phxq.paxos.messages import (
@@ -64,6 +64,10 @@ STREAM = {"huge_length", "truncated", "random_stream", "half_open"}
 WRITES = frozenset(
     {"enqueue", "commit", "seek", "acquire", "renew", "release", "kv_put", "kv_delete"}
 )
+
+# Request ids from here up are the runner's (replies it checks); an ordinary body carrying one
+# after a mutation is not sent (see ``classify``).
+RESERVED_IDS = 1 << 63
 
 WEIRD: tuple[Any, ...] = (
     None, True, False, 0, -1, 1, 2**63, -(2**63), 2**64 - 1, 0.5, -0.0, 1e308,
@@ -120,10 +124,17 @@ class Generator:
         self.topics = topics
         self.groups = groups
         self.ids = 0
+        self.checked_ids = RESERVED_IDS
 
     def next_id(self) -> int:
         self.ids += 1
         return self.ids
+
+    def checked_id(self) -> int:
+        """An id whose reply the runner checks (write poisons, sentinels): from a range that
+        ordinary bodies never use, so a mutated body cannot take it (see ``RESERVED_IDS``)."""
+        self.checked_ids += 1
+        return self.checked_ids
 
     def junk(self, depth: int = 0) -> Any:
         rng = self.rng
@@ -274,7 +285,7 @@ class Generator:
         elif category == "read_params":
             body = self.read_params(kind)
         elif category == "write_poison":
-            body = _pack([0, self.next_id(), *self.poison_request(kind)])
+            body = _pack([0, self.checked_id(), *self.poison_request(kind)])
             return None if body is None else Shot(category, body, poison=True)
         elif category == "px_garbage":
             body = self.px_garbage(kind)
@@ -407,7 +418,11 @@ class Generator:
 def classify(body: bytes, kind: str, groups: int, members: frozenset[int]) -> str:
     """What sending ``body`` to a ``kind`` daemon does, decided with the daemons' own decoders:
     ``"reply"`` (one reply frame), ``"none"`` (a notify: no reply), or ``"skip"`` (do not send:
-    it could write, forge a peer's Paxos message or snapshot, or long-poll)."""
+    it could write, forge a peer's Paxos message or snapshot, long-poll, or carry a reserved
+    request id)."""
+    request_id = request_id_of(body)
+    if request_id is not None and request_id >= RESERVED_IDS:
+        return "skip"
     try:
         frame = decode_body(body)
     except ProtocolError:

@@ -10,6 +10,7 @@ Public API::
     await server.start(host, port)      # port 0 = ephemeral; then server.address / server.port
     server.accept(transport)            # also serve an already connected Transport (memory, faulty)
     server.connections                  # number of connections being served
+    server.bad_frames                   # malformed bodies answered + connections closed for them
     await server.close()                # or: async with RpcServer(...) as server
 
 Promises:
@@ -27,7 +28,10 @@ Promises:
 - Bad input never takes the server down: a framed but malformed body gets an ERROR reply
   (with the request id when it can be recovered, else a nil id) and the connection goes on;
   an oversized length or broken framing gets an ERROR with a nil id, then the connection is
-  closed. Every other connection is unaffected.
+  closed. Every other connection is unaffected. Both count in ``bad_frames``; the warning for
+  a closed connection is rate-limited (``LogLimiter``: a peer sending garbage cannot flood the
+  log), a malformed body is not logged at all (the sender gets the error).
+- ``LogLimiter(burst, interval)`` is exported for the daemons' own bad-input warnings.
 - After a client half-closes, requests already received are still answered, then the
   connection is closed. ``close()`` stops accepting, cancels in-flight handlers and closes
   every connection.
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,6 +59,41 @@ from phxq.net.frames import (
 from phxq.net.transport import TcpTransport, Transport, format_addr
 
 log = logging.getLogger(__name__)
+
+
+class LogLimiter:
+    """At most ``burst`` log records per ``interval`` seconds for one kind of bad input (a
+    peer sending garbage must not be able to fill the disk with warnings); the records it
+    holds back are counted and reported with the next one let through.
+
+    ``allow() -> int | None``: ``None`` = stay silent; else log, mentioning the returned
+    number of records suppressed since the last one.
+    """
+
+    __slots__ = ("_clock", "_left", "_window_end", "burst", "interval", "suppressed")
+
+    def __init__(
+        self, burst: int = 10, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._left = burst
+        self._window_end = 0.0
+        self.suppressed = 0
+
+    def allow(self) -> int | None:
+        now = self._clock()
+        if now >= self._window_end:
+            self._window_end = now + self.interval
+            self._left = self.burst
+        if self._left <= 0:
+            self.suppressed += 1
+            return None
+        self._left -= 1
+        held, self.suppressed = self.suppressed, 0
+        return held
+
 
 Handler = Callable[[str, Any], Awaitable[Any]]
 NotifyHandler = Callable[[str, Any], None]
@@ -79,6 +119,8 @@ class RpcServer:
         self._closing = False
         self.address = ""
         self.port = 0
+        self.bad_frames = 0  # malformed bodies answered, plus connections closed for framing
+        self._bad_log = LogLimiter()
 
     async def __aenter__(self) -> RpcServer:
         return self
@@ -146,8 +188,7 @@ class RpcServer:
                 try:
                     body = await transport.recv()
                 except ProtocolError as exc:
-                    log.warning("rpc: closing connection from %s: %s", transport.peer, exc)
-                    self._reply(transport, encode_exception(None, exc))
+                    self._broken_framing(transport, exc)
                     return
                 except Unavailable:
                     while inflight:  # half-closed by the client: answer what it already sent
@@ -157,6 +198,7 @@ class RpcServer:
                 try:
                     frame = decode_body(body)
                 except ProtocolError as exc:
+                    self.bad_frames += 1
                     self._reply(transport, encode_exception(request_id_of(body), exc))
                     continue
                 if type(frame) is Request:
@@ -175,6 +217,15 @@ class RpcServer:
         finally:
             self._transports.discard(transport)
             transport.close()
+
+    def _broken_framing(self, transport: Transport, exc: ProtocolError) -> None:
+        """Answer a connection whose framing broke (nil id), count it, maybe log it."""
+        self.bad_frames += 1
+        suppressed = self._bad_log.allow()
+        if suppressed is not None:
+            more = f" ({suppressed} more such warnings suppressed)" if suppressed else ""
+            log.warning("rpc: closing connection from %s: %s%s", transport.peer, exc, more)
+        self._reply(transport, encode_exception(None, exc))
 
     def _on_notify(self, frame: Notify) -> None:
         if self._notify_handler is None:
@@ -261,6 +312,7 @@ class _PushConnection:
         try:
             frame = decode_body(body)
         except ProtocolError as exc:
+            server.bad_frames += 1
             server._reply(transport, encode_exception(request_id_of(body), exc))
             return
         if type(frame) is Request:
@@ -289,8 +341,7 @@ class _PushConnection:
     def on_end(self, error: PhxqError) -> None:
         self.ended = True
         if isinstance(error, ProtocolError):
-            log.warning("rpc: closing connection from %s: %s", self.transport.peer, error)
-            self.server._reply(self.transport, encode_exception(None, error))
+            self.server._broken_framing(self.transport, error)
             self.close()
         elif not self.inflight and not self.backlog:  # closed, or half-closed and all answered
             self.close()

@@ -38,6 +38,7 @@ from typing import Any
 from phxq import metrics
 from phxq.errors import BadArgument, PhxqError, ProtocolError, StorageError, Unavailable
 from phxq.net.rpc import RpcPool
+from phxq.net.server import LogLimiter
 from phxq.paxos import GroupConfig, decode_message
 from phxq.plog import LogWriter
 from phxq.store import rejoin
@@ -97,6 +98,7 @@ class PaxosHost:
         self._next_tick = 0.0  # when the tick loop runs next (monotonic)
         self._masters_held = -1
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._bad_log = LogLimiter()  # malformed peer notifications
         self.status = NodeStatus.MEMBER
         self.boot_id = rejoin.new_boot_id()  # identifies this process while it probes
         self._fresh_peers: dict[int, int] = {}  # from MEMBER: probing peers seen when fresh
@@ -196,7 +198,7 @@ class PaxosHost:
         try:
             msg = decode_message(params)
         except ProtocolError as exc:
-            log.warning("%s %d: dropped malformed paxos message: %s", self._name, self.node_id, exc)
+            self._dropped("paxos message", exc)
             return
         replica = self.replicas.get(msg.group)
         if replica is None or msg.sender not in self.addresses:
@@ -205,9 +207,7 @@ class PaxosHost:
 
     def _on_snapshot(self, params: Any) -> None:
         if not (isinstance(params, list) and len(params) == 2 and isinstance(params[1], bytes)):
-            log.warning(
-                "%s %d: dropped a malformed snapshot notification", self._name, self.node_id
-            )
+            self._dropped("snapshot notification", "not [group, bytes]")
             return
         replica = self.replicas.get(params[0]) if isinstance(params[0], int) else None
         if replica is None:
@@ -215,6 +215,17 @@ class PaxosHost:
         task = asyncio.get_running_loop().create_task(replica.install_snapshot(params[1]))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _dropped(self, what: str, why: object) -> None:
+        """Count a malformed peer notification; warn at a limited rate (no reply channel, and
+        anyone who can reach the port can send them: the log must not be theirs to fill)."""
+        metrics.BAD_PEER_MESSAGES.labels("paxos" if what == "paxos message" else "snapshot").inc()
+        suppressed = self._bad_log.allow()
+        if suppressed is not None:
+            more = f" ({suppressed} more suppressed)" if suppressed else ""
+            log.warning(
+                "%s %d: dropped a malformed %s: %s%s", self._name, self.node_id, what, why, more
+            )
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -4,17 +4,22 @@ serving and nothing stored is touched."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from phxq import metrics
 from phxq.devcluster import ProcessCluster
 from phxq.errors import BadArgument, MessageTooLarge, NotMaster, StaleToken
 from phxq.lock import LockClient
 from phxq.lock.entries import MAX_VALUE_BYTES
+from phxq.lock.state import LockState
 from phxq.net.rpc import RpcPool
+from phxq.store.host import PaxosHost
 
 from .test_lock_cluster import lock_cluster, lock_master
 
@@ -123,3 +128,33 @@ async def test_garbage_bytes_and_peer_messages_do_not_hurt_the_daemons(
         assert info is not None and (info.owner, info.token) == ("a", token)
         assert await client.acquire("pair/orders/10", "b", 1.0) > token
     assert all(locks.alive(n.id, "lock") for n in locks.config.locks)
+
+
+def test_malformed_peer_notifications_are_counted_and_their_warnings_rate_limited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who can reach a daemon's port can send ``px``/``snap`` notifies; garbage ones are
+    dropped (there is no reply channel), counted in a metric, and logged at a limited rate."""
+    host = PaxosHost(
+        1,
+        {1: "127.0.0.1:1", 2: "127.0.0.1:2", 3: "127.0.0.1:3"},
+        tmp_path,
+        groups=1,
+        window=4,
+        heartbeat_interval=0.1,
+        lease=1.0,
+        state_for=lambda group: LockState(),
+        name="lock",
+    )
+    counter = metrics.BAD_PEER_MESSAGES
+
+    def seen(kind: str) -> float:
+        return counter.labels(kind)._value.get()  # type: ignore[no-any-return]
+
+    before = seen("paxos"), seen("snapshot")
+    caplog.set_level(logging.WARNING, logger="phxq.host")
+    for i in range(200):
+        host.on_notify("px", b"\x93" + bytes([i % 256]))  # cut short: malformed
+        host.on_notify("snap", ["not", "a", "snapshot"])
+    assert (seen("paxos"), seen("snapshot")) == (before[0] + 200, before[1] + 200)
+    assert 1 <= len([r for r in caplog.records if "dropped a malformed" in r.getMessage()]) <= 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from phxq.errors import BadArgument
 from phxq.net import frames
 from phxq.net.frames import ErrorReply, Response, decode_body
 from phxq.net.rpc import RpcPool, RpcServer
+from phxq.net.server import LogLimiter
 
 MAX = 1 << 20
 
@@ -261,3 +263,30 @@ def test_a_store_refuses_a_consumer_group_name_too_long_to_keep(
             assert await client.cursor("g" * 256, "orders", queue=0) is None  # the limit itself
 
     asyncio.run(check())
+
+
+async def test_broken_connections_are_counted_and_their_warnings_rate_limited(
+    server: RpcServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="phxq.net.server")
+    for _ in range(40):  # 40 peers each breaking the framing: one warning each would flood
+        raw = await RawClient.connect(server)
+        await raw.send_raw(struct.pack(">I", MAX + 1))
+        reply = await raw.read_frame()
+        assert isinstance(reply, ErrorReply) and reply.code == "protocol"
+        await raw.read_eof()
+    raw = await RawClient.connect(server)
+    await raw.send_body(b"\xc1")  # a malformed body: answered and counted, not logged
+    assert isinstance(await raw.read_frame(), ErrorReply)
+    assert server.bad_frames == 41
+    warnings = [r for r in caplog.records if "closing connection" in r.getMessage()]
+    assert 1 <= len(warnings) <= 10
+
+
+def test_the_log_limiter_lets_a_burst_through_then_reports_what_it_held_back() -> None:
+    now = [0.0]
+    limiter = LogLimiter(burst=2, interval=10.0, clock=lambda: now[0])
+    assert [limiter.allow() for _ in range(5)] == [0, 0, None, None, None]
+    now[0] = 10.0
+    assert limiter.allow() == 3  # the first record of a new window says how many were held
+    assert limiter.allow() == 0
