@@ -349,6 +349,11 @@ def status(config_path: Path, as_json: bool) -> None:
         click.echo(
             f"store {node} {st['address']}: masters of {masters} groups, disk {disk} B"
             + (f", UNHEALTHY groups {bad}" if bad else "")
+            + (
+                f", {st['membership'].upper()}"
+                if st.get("membership", "member") != "member"
+                else ""
+            )
         )
     click.echo("group  master  chosen per store")
     groups = cfg.cluster.groups

@@ -19,6 +19,11 @@ predecessors were all synced):
   chosen one are reported in :attr:`RecoveredLog.damaged` and are not served until they are
   learned again (ordinary catch-up; ``append_chosen`` rewrites them).
 
+A corrupt region listed in ``<group dir>/repaired`` (:func:`write_repaired`, written by
+``GroupLog.mark_repaired`` once the replica re-learned what it held from its peers, see
+``phxq.store.rejoin``) is skipped the same way but reported in :attr:`RecoveredLog.repaired`
+instead: it is not damage any more. Any other bad region still is.
+
 A corrupted *last* batch whose bytes had been synced is indistinguishable from a torn write and
 is truncated like one; the replica then relies on its peers for that batch (the same as losing a
 disk).
@@ -59,6 +64,7 @@ ChosenLoc = tuple[int, int, int, int]  # (segment number, record offset, record 
 REPAIRED_FILE = "repaired"
 _SEGMENT = re.compile(r"^(\d{10})\.plog$")
 _CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 
 
 def segment_name(number: int) -> str:
@@ -109,12 +115,19 @@ class Recovery:
     times: TimeIndex
 
 
-def _nonzero_end(buf: mmap.mmap, start: int) -> int:
-    """End of the last non-zero byte at or after ``start`` (``start`` if all zeros)."""
+def _nonzero_end(buf: mmap.mmap | bytes, start: int) -> int:
+    """End of the last non-zero byte at or after ``start`` (``start`` if all zeros).
+
+    Scans backwards in 1 MiB chunks; an all-zero chunk (the preallocated tail of a segment, the
+    common case) is recognised by one ``memcmp`` against a zero buffer (~25 ms per 64 MiB
+    segment here, against ~300 ms for ``rstrip`` on every chunk)."""
     end = len(buf)
     while end > start:
         lo = max(start, end - _CHUNK)
         chunk = buf[lo:end]
+        if len(chunk) == _CHUNK and chunk == _ZEROS:
+            end = lo
+            continue
         stripped = chunk.rstrip(b"\0")
         if stripped:
             return lo + len(stripped)
