@@ -27,6 +27,8 @@ Public API::
     await glog.reset_to(instance, checksum) -> bool   # continue after a peer's snapshot
     glog.chosen_up_to, glog.checksum, glog.first_instance, glog.needs_repair, glog.damaged,
     glog.failed (StorageError | None), glog.disk_bytes()
+    glog.promised, glog.max_round, glog.has_state, glog.accepted_values(), glog.checksum_at(i)
+    await glog.mark_repaired()   # damage re-learned from peers: forget it (``<dir>/repaired``)
     await glog.close()
 
     Indexer = Callable[[int, bytes], Iterable[tuple[Hashable, int, float]]]

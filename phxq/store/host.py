@@ -349,7 +349,7 @@ class PaxosHost:
             r = self.replicas.get(g)
             if r is None:
                 raise BadArgument(f"rejoin_probe: no group {g}")
-            whole = self.status is NodeStatus.MEMBER and r.failed is None
+            whole = self.status is NodeStatus.MEMBER and r.failed is None and r.diverged is None
             p = r.paxos
             accepted = tuple(
                 (i, (b.round, b.node), v) for i, (b, v) in sorted(p.acceptor.accepted.items())

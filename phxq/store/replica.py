@@ -270,10 +270,10 @@ class GroupReplica:
                 log.warning("group %d: ignored a malformed snapshot: %s", self.group, exc)
                 return False
             if snap.instance <= self.glog.chosen_up_to:
-                return True  # nothing to install: learn on from the log
+                return False  # no progress: the caller backs off and asks again
             await asyncio.to_thread(write_snapshot, self.glog.directory, snap)
             if not await self.glog.reset_to(snap.instance, snap.checksum):
-                return True
+                return False
             self.state = state  # no await between the log reset and here
             log.warning("group %d: installed a peer's snapshot at %d", self.group, snap.instance)
             await self.glog.truncate_below(snap.instance + 1)

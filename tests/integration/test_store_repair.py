@@ -188,6 +188,39 @@ async def test_a_master_restarted_on_an_empty_directory_joins_then_takes_its_gro
 
 
 @pytest.fixture
+def short_retention(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
+    options = 'segment_bytes = "8KiB"\nretention_interval = "200ms"'
+    return make_cluster(groups=1, cluster_options=options, topic_retention="1s")
+
+
+async def test_an_empty_directory_behind_every_peers_truncation_joins_from_a_snapshot(
+    short_retention: ProcessCluster,
+) -> None:
+    cluster = short_retention
+    async with (
+        phxq.Client(cluster.store_addresses, retry_timeout=10.0) as client,
+        RpcPool() as pool,
+    ):
+        await fill(client, 60, "s")
+
+        async def truncated() -> bool:
+            await fill(client, 10, "t")  # keep rolling segments so old ones seal and age
+            firsts = [(await group0(pool, cluster, n))["first_instance"] for n in (1, 2, 3)]
+            return min(firsts) > 5
+
+        await wait_until(truncated, 30, "every store to truncate its log")
+        cluster.kill(3)
+        shutil.rmtree(cluster.config.store(3).data)
+        cluster.restart(3)
+        g = await votes_again(pool, cluster, 3)
+        assert g["first_instance"] > 1, "it started from a peer's snapshot"
+        await replicas_agree(pool, cluster, [1, 2, 3])
+        cluster.kill(1)  # nodes 2 and 3 are a majority only if the rebuilt node votes
+        await fill(client, 5, "u")
+        await replicas_agree(pool, cluster, [2, 3])
+
+
+@pytest.fixture
 def locks(tmp_path: Path) -> Iterator[ProcessCluster]:
     yield from lock_cluster(tmp_path)
 
