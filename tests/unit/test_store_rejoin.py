@@ -162,3 +162,30 @@ async def test_rebuild_fails_retryably_when_no_peer_sends_anything(tmp_path: Pat
         with pytest.raises(Unavailable):
             await rejoin.rebuild(_Replica(glog), adoption(), silent)
         await glog.close()
+
+
+async def test_a_held_replica_has_no_deadline_and_resumes_from_its_log(tmp_path: Path) -> None:
+    from phxq.paxos import GroupConfig
+    from phxq.store.replica import GroupReplica
+    from phxq.store.state import StoreState
+
+    sent: list[Any] = []
+    config = GroupConfig(group=0, node_id=2, members=(1, 2, 3))
+    async with LogWriter() as w:
+        replica = await GroupReplica.open(
+            config, tmp_path, w, StoreState(0, dedup_window=60.0), lambda *a: sent.append(a)
+        )
+        assert replica.next_deadline() is not None
+        replica.hold("joining", "group 0: joining")
+        # Before the fix the tick loop spun on a past election deadline it never consumed.
+        assert replica.next_deadline() is None
+        replica.on_tick(replica.paxos.next_deadline() or 0.0)
+        assert not sent, "a held replica starts no election"
+        await replica.glog.append_promise((9, 3))
+        await replica.glog.append_accept(1, (9, 3), b"")
+        replica.resume()
+        assert replica.failed is None and replica.repair is None
+        assert replica.next_deadline() is not None
+        assert (replica.paxos.promised.round, replica.paxos.promised.node) == (9, 3)
+        assert 1 in replica.paxos.acceptor.accepted
+        await replica.close()
