@@ -233,7 +233,9 @@ class Generator:
                     del params["offset"]
                 else:
                     del params["offset"]
-                    params["time"] = rng.choice(("yesterday", True, [], [_Deep]))
+                    params["time"] = rng.choice(
+                        ("yesterday", True, [], [_Deep], math.nan, math.inf, -math.inf)
+                    )
         else:
             method = rng.choice(("acquire", "renew", "release", "kv_put", "kv_delete"))
             templates: dict[str, dict[str, Any]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -244,7 +245,7 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     if (offset is None) == (when is None):
         raise BadArgument("seek takes exactly one of offset or time")
     if offset is None:
-        if not isinstance(when, (int, float)) or isinstance(when, bool):
+        if not isinstance(when, (int, float)) or isinstance(when, bool) or not math.isfinite(when):
             raise BadArgument(f"time must be a number (seconds since the epoch), got {when!r}")
         instance = replica.glog.instance_at_time(float(when))
         target = replica.paxos.chosen_up_to + 1 if instance is None else instance
@@ -330,7 +331,7 @@ def _time(params: dict[str, Any], name: str) -> float | None:
     value = params.get(name)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise BadArgument(f"{name} must be seconds since the epoch, got {value!r}")
     return float(value)
 

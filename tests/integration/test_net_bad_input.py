@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -247,7 +248,7 @@ async def test_an_error_quoting_a_huge_value_still_fits_in_a_frame(
 
 
 @pytest.mark.integration
-def test_a_store_refuses_a_consumer_group_name_too_long_to_keep(
+def test_a_store_refuses_names_too_long_to_keep_and_times_that_are_not_finite(
     make_cluster: Callable[..., ProcessCluster],
 ) -> None:
     cluster = make_cluster(groups=1)
@@ -259,8 +260,17 @@ def test_a_store_refuses_a_consumer_group_name_too_long_to_keep(
                 params = {"group": long_name, "topic": "orders", "queue": 0, "offset": 1}
                 with pytest.raises(BadArgument):
                     await pool.call(addr, "commit", {**params, "token": 1})
+            for when in (math.nan, math.inf, -math.inf):  # any node answers reconcile
+                with pytest.raises(BadArgument):
+                    params = {"topic": "orders", "queue": 0, "since": when}
+                    await pool.call(cluster.store_addresses[0], "reconcile", params)
         async with Client(cluster.store_addresses) as client:
             assert await client.cursor("g" * 256, "orders", queue=0) is None  # the limit itself
+            # a time that is no time: refused, not turned into a replay that moves the cursor
+            for when in (math.nan, math.inf, -math.inf):
+                with pytest.raises(BadArgument):
+                    await client.seek("billing", "orders", queue=0, time=when)
+            assert await client.cursor("billing", "orders", queue=0) is None
 
     asyncio.run(check())
 
