@@ -271,6 +271,11 @@ async def run_once(opts: RunOptions, echo: Any = print) -> RunReport:
     try:
         await harness.start()
         await _run_workload(opts, harness, history, schedule, report)
+    except Exception as exc:  # a failed run is reported (below), not raised
+        # A daemon that never became ready or died, or the workload failing: the run fails
+        # with the reason; the next seeds still run.
+        log.exception("seed %d: the run failed", opts.seed)
+        report.problems.append(f"run failed: {type(exc).__name__}: {str(exc)[:2000]}")
     finally:
         await harness.stop()
     history.extend(op for op in load_deliveries(harness.deliveries_dir) if op["topic"] == TOPIC)
