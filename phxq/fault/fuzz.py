@@ -53,6 +53,7 @@ import collections
 import contextlib
 import random
 import reprlib
+import statistics
 import struct
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class FuzzReport:
     connections: int = 0
     good_ops: int = 0
     good_errors: list[str] = field(default_factory=list)
+    good_enqueue_seconds: list[float] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     crashes: int = 0
     data_unchanged: bool = False
@@ -113,6 +115,7 @@ class FuzzReport:
             self.violations.append(text)
 
     def summary(self) -> str:
+        lat = self.good_enqueue_seconds
         lines = [
             f"seed={self.seed} frames sent={self.frames} in {self.seconds:.1f}s "
             f"({self.connections} connections, {self.skipped} generated bodies skipped as "
@@ -120,7 +123,10 @@ class FuzzReport:
             "per category: " + ", ".join(f"{c}={self.sent[c]}" for c in CATEGORIES),
             "replies: " + ", ".join(f"{k}={v}" for k, v in sorted(self.replies.items())),
             f"write poisons rejected with a typed error: {self.poison_rejected}",
-            f"well-behaved client: {self.good_ops} operations, {len(self.good_errors)} errors",
+            f"well-behaved client: {self.good_ops} rounds (enqueue, read back, commit, lock, "
+            f"put), {len(self.good_errors)} errors; its enqueues during the fuzz: "
+            f"median {_ms(statistics.median(lat)) if lat else '-'}, "
+            f"slowest {_ms(max(lat)) if lat else '-'}",
             f"crashes: {self.crashes}",
             f"data unchanged: {'yes' if self.data_unchanged else 'NO'}",
             f"violations: {len(self.violations)}",
@@ -128,6 +134,10 @@ class FuzzReport:
         lines += [f"  {v}" for v in self.violations[:40]]
         lines += [f"  good client: {e}" for e in self.good_errors[:10]]
         return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
 
 
 # ------------------------------------------------------------------------------ running
@@ -386,7 +396,9 @@ async def _good_client(cluster: ProcessCluster, stop: asyncio.Event, report: Fuz
             i += 1
             try:
                 payload = f"good-{i}".encode()
+                sent = time.monotonic()
                 ack = await client.enqueue(GOOD_TOPIC, payload, key=f"k{i % 11}")
+                report.good_enqueue_seconds.append(time.monotonic() - sent)
                 done.acked[(ack.topic, ack.queue)].append((ack.offset, payload))
                 back = await client.dequeue(
                     None, GOOD_TOPIC, queue=ack.queue, after=ack.offset - 1, limit=1

@@ -39,6 +39,8 @@ from phxq.paxos.messages import (
     Heartbeat,
     HeartbeatAck,
     Prepare,
+    PreVote,
+    PreVoteReply,
     encode_message,
 )
 from phxq.store.snapshot import Snapshot, decode_snapshot, encode_snapshot
@@ -362,6 +364,9 @@ class Generator:
                 Heartbeat(group=g, sender=s, ballot=b, chosen_up_to=n, checksum=n),
                 HeartbeatAck(group=g, sender=s, ballot=b, chosen_up_to=n),
                 CatchupRequest(group=g, sender=s, from_instance=n, max_count=10),
+                PreVote(group=g, sender=s, ballot=b, chosen_up_to=n),
+                PreVoteReply(group=g, sender=s, ballot=b, granted=True, promised=b,
+                             chosen_up_to=n),
                 CatchupReply(group=g, sender=s, chosen_up_to=n,
                              entries=(ChosenEntry(n, b"v", 1),)),
             ]
