@@ -195,6 +195,12 @@ class Client:
             avoid.clear()
         return next(a for a in order if avoid is None or a not in avoid)
 
+    def _learn_master(self, cmap: ClusterMap, group: int, addr: str) -> None:
+        for node, node_addr in cmap.nodes.items():
+            if node_addr == addr:
+                cmap.masters[group] = node
+                return
+
     def _learn_hint(self, cmap: ClusterMap, group: int, exc: NotMaster) -> None:
         hint = exc.hint
         for node, addr in cmap.nodes.items():
@@ -217,7 +223,12 @@ class Client:
             cmap = await self.cluster_map()
             addr = self._master_addr(cmap, group, avoid)
             try:
-                return await self._pool.call(addr, method, params, timeout=timeout)
+                reply = await self._pool.call(addr, method, params, timeout=timeout)
+                if group not in cmap.masters:
+                    # Only the master answers: ask it first next time (else every call asked a
+                    # node that knew no master first, e.g. a preferred node cut off from its peers).
+                    self._learn_master(cmap, group, addr)
+                return reply
             except NotMaster as exc:
                 self._learn_hint(cmap, group, exc)
                 if exc.hint is None:

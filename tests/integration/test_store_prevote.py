@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from phxq.errors import PhxqError
 from phxq.net.proxy import FaultProxy
 from phxq.net.rpc import RpcPool
 
-from .conftest import wait_until
+from .conftest import group_master, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +163,24 @@ async def test_a_cut_off_follower_returning_changes_no_master(tmp_path: Path) ->
         await asyncio.sleep(0.1)  # let proxy handlers end before close() cancels the rest
         for proxy in proxies.values():
             await proxy.close()
+
+
+def test_client_remembers_the_master_that_answered(
+    make_cluster: Callable[..., ProcessCluster],
+) -> None:
+    """Regression (found measuring the drill for issue 9): a client whose map knew no master of
+    a group asked the preferred node first on *every* call, even after another node answered
+    as master; while that node was cut off (or busy catching up after the heal) every call of
+    those groups paid for it, up to ~1 s per enqueue right after the heal."""
+    cluster = make_cluster(groups=2)
+
+    async def run() -> None:
+        async with RpcPool() as pool, phxq.Client(cluster.store_addresses) as client:
+            masters = {g: await group_master(pool, cluster, g) for g in range(2)}
+            cmap = await client.cluster_map()
+            cmap.masters.clear()  # as a map fetched from a store that knew no master would be
+            for q in range(2):
+                await client.enqueue("orders", b"x", queue=q)
+            assert cmap.masters == masters
+
+    asyncio.run(run())
