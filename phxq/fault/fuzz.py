@@ -80,6 +80,7 @@ __all__ = ["CATEGORIES", "FuzzReport", "Generator", "classify", "fuzz_cluster"]
 TYPED_CODES = frozenset(code for code in error_classes() if code != PhxqError.code)
 REPLY_TIMEOUT = 30.0  # seconds for one batch's replies on a loaded 2-core machine
 MAX_HALF_OPEN = 32  # per target, at once
+BASELINE_SECONDS = 2.0  # the well-behaved client alone, before the fuzz
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class FuzzReport:
     good_ops: int = 0
     good_errors: list[str] = field(default_factory=list)
     good_enqueue_seconds: list[float] = field(default_factory=list)
+    baseline_enqueue_seconds: list[float] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     crashes: int = 0
     data_unchanged: bool = False
@@ -115,7 +117,7 @@ class FuzzReport:
             self.violations.append(text)
 
     def summary(self) -> str:
-        lat = self.good_enqueue_seconds
+        lat, base = self.good_enqueue_seconds, self.baseline_enqueue_seconds
         lines = [
             f"seed={self.seed} frames sent={self.frames} in {self.seconds:.1f}s "
             f"({self.connections} connections, {self.skipped} generated bodies skipped as "
@@ -126,7 +128,9 @@ class FuzzReport:
             f"well-behaved client: {self.good_ops} rounds (enqueue, read back, commit, lock, "
             f"put), {len(self.good_errors)} errors; its enqueues during the fuzz: "
             f"median {_ms(statistics.median(lat)) if lat else '-'}, "
-            f"slowest {_ms(max(lat)) if lat else '-'}",
+            f"slowest {_ms(max(lat)) if lat else '-'} "
+            f"(without fuzz: median {_ms(statistics.median(base)) if base else '-'}, "
+            f"slowest {_ms(max(base)) if base else '-'})",
             f"crashes: {self.crashes}",
             f"data unchanged: {'yes' if self.data_unchanged else 'NO'}",
             f"violations: {len(self.violations)}",
@@ -575,6 +579,14 @@ async def fuzz_cluster(cluster: ProcessCluster, *, frames: int, seed: int) -> Fu
         targets += [Target("lock", lk.id, lk.addr) for lk in cfg.locks]
     pids = _pids(cluster)
     await _seed_data(cluster)
+    # The client's latency without fuzz, for comparison (its writes become part of the baseline).
+    quiet, stop = FuzzReport(seed), asyncio.Event()
+    warmup = asyncio.create_task(_good_client(cluster, stop, quiet))
+    await asyncio.sleep(BASELINE_SECONDS)
+    stop.set()
+    await warmup
+    report.baseline_enqueue_seconds = quiet.good_enqueue_seconds
+    report.good_errors += [f"before fuzzing: {e}" for e in quiet.good_errors]
     async with RpcPool() as pool:
         if (problem := await _settle(cluster, pool)) is not None:
             report.violation(f"before fuzzing: {problem}")
