@@ -94,7 +94,7 @@ FIRST_INSTANCE = Gauge(
 )
 BAD_PEER_MESSAGES = Counter(
     "phxq_bad_peer_messages_total",
-    "Peer notifications dropped as malformed (kind: paxos, snapshot)",
+    "Peer notifications dropped (malformed, or for no group or member here), by kind",
     ["kind"],
     registry=REGISTRY,
 )

@@ -202,6 +202,7 @@ class PaxosHost:
             return
         replica = self.replicas.get(msg.group)
         if replica is None or msg.sender not in self.addresses:
+            self._dropped("paxos message", f"no group {msg.group} or no member {msg.sender} here")
             return
         replica.on_message(msg)
 

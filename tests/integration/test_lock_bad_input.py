@@ -19,6 +19,8 @@ from phxq.lock import LockClient
 from phxq.lock.entries import MAX_VALUE_BYTES
 from phxq.lock.state import LockState
 from phxq.net.rpc import RpcPool
+from phxq.paxos.ballot import Ballot
+from phxq.paxos.messages import HeartbeatAck, encode_message
 from phxq.store.host import PaxosHost
 
 from .test_lock_cluster import lock_cluster, lock_master
@@ -153,8 +155,10 @@ def test_malformed_peer_notifications_are_counted_and_their_warnings_rate_limite
 
     before = seen("paxos"), seen("snapshot")
     caplog.set_level(logging.WARNING, logger="phxq.host")
+    stranger = encode_message(HeartbeatAck(group=0, sender=9, ballot=Ballot(1, 9), chosen_up_to=1))
     for i in range(200):
         host.on_notify("px", b"\x93" + bytes([i % 256]))  # cut short: malformed
+        host.on_notify("px", stranger)  # well-formed, from no member: dropped and counted too
         host.on_notify("snap", ["not", "a", "snapshot"])
-    assert (seen("paxos"), seen("snapshot")) == (before[0] + 200, before[1] + 200)
+    assert (seen("paxos"), seen("snapshot")) == (before[0] + 400, before[1] + 200)
     assert 1 <= len([r for r in caplog.records if "dropped a malformed" in r.getMessage()]) <= 10
