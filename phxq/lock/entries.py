@@ -47,6 +47,7 @@ from typing import Any, Final, TypeAlias
 import msgpack
 
 from phxq.errors import BadArgument, PhxqError, ProtocolError
+from phxq.net.frames import shown
 
 __all__ = [
     "MAX_NAME_CHARS",
@@ -165,7 +166,7 @@ def check_name(value: Any, what: str, error: type[PhxqError] = BadArgument) -> s
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
         raise error(
             f"{what} must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
-            f"got {value!r:.60}"
+            f"got {shown(value)}"
         )
     return value
 
@@ -177,13 +178,13 @@ def check_ttl(value: Any, what: str = "ttl", error: type[PhxqError] = BadArgumen
         or not math.isfinite(value)
         or not 0 < value <= MAX_TTL
     ):
-        raise error(f"{what} must be a number of seconds in (0, {MAX_TTL:g}], got {value!r:.60}")
+        raise error(f"{what} must be a number of seconds in (0, {MAX_TTL:g}], got {shown(value)}")
     return float(value)
 
 
 def check_uint(value: Any, what: str, error: type[PhxqError] = BadArgument) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_U64:
-        raise error(f"{what} must be an unsigned 64-bit integer, got {value!r:.60}")
+        raise error(f"{what} must be an unsigned 64-bit integer, got {shown(value)}")
     return value
 
 
@@ -205,7 +206,7 @@ def check_rid(value: Any, error: type[PhxqError] = BadArgument) -> bytes | None:
     if value is None:
         return None
     if not isinstance(value, bytes) or not 0 < len(value) <= MAX_RID_BYTES:
-        raise error(f"rid must be 1..{MAX_RID_BYTES} bytes or nil, got {value!r:.60}")
+        raise error(f"rid must be 1..{MAX_RID_BYTES} bytes or nil, got {shown(value)}")
     return value
 
 

@@ -44,6 +44,7 @@ from phxq.errors import BadArgument, NotMaster, PhxqError, StorageError, Unavail
 from phxq.lock import service
 from phxq.lock.entries import Entry, Epoch, EpochStart, Sweep, encode_entry
 from phxq.lock.state import LockState
+from phxq.net.frames import shown
 from phxq.net.rpc import RpcServer
 from phxq.store.host import REJOIN_METHODS, PaxosHost
 from phxq.store.replica import GroupReplica
@@ -319,7 +320,7 @@ class LockNode:
             return await self.paxos_host.handle_rpc(method, params)
         handler = service.HANDLERS.get(method)
         if handler is None:
-            raise BadArgument(f"unknown method {method!r}")
+            raise BadArgument(f"unknown method {shown(method)}")
         if not isinstance(params, dict):
             raise BadArgument(f"{method}: params must be a map")
         result = await handler(self, params)

@@ -22,6 +22,7 @@ Public API:
 - ``request_id_of(body) -> int | None``: best-effort id of a malformed request, so the server
   can answer it with a typed error instead of dropping the connection.
 - ``frame_kind(body) -> int | None``: a cheap peek at the kind without decoding.
+- ``shown(value) -> str``: a short, cheap repr of a decoded value for error messages.
 - ``FrameDecoder(max_frame)``: ``feed(data) -> list[bytes]`` splits a byte stream into bodies;
   a length above ``max_frame`` raises ``ProtocolError`` as soon as the 4-byte header arrives,
   before any of the body is buffered. After that error the decoder is unusable.
@@ -30,6 +31,7 @@ Public API:
 
 from __future__ import annotations
 
+import itertools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +123,35 @@ def encode_exception(request_id: int | None, exc: PhxqError) -> bytes:
     return body
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A short printable form of a value decoded from the wire, for error messages: never a
+    full ``repr`` (of megabytes, or of an array nested past Python's recursion limit), and at
+    a cost independent of the value's size."""
+    text = _short(value, 3, limit)
+    return text if len(text) <= limit + 3 else text[:limit] + "..."
+
+
+def _short(value: Any, depth: int, limit: int) -> str:
+    if isinstance(value, str | bytes):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        if depth == 0:
+            return "[...]"
+        inner = [_short(v, depth - 1, limit) for v in value[:4]]
+        return "[" + ", ".join(inner) + (", ...]" if len(value) > 4 else "]")
+    if isinstance(value, dict):
+        if depth == 0:
+            return "{...}"
+        pairs = [
+            f"{_short(k, 0, limit)}: {_short(v, depth - 1, limit)}"
+            for k, v in itertools.islice(value.items(), 4)
+        ]
+        return "{" + ", ".join(pairs) + (", ...}" if len(value) > 4 else "}")
+    return f"<{type(value).__name__}>"  # msgpack ext types and the like
+
+
 def frame_kind(body: bytes) -> int | None:
     """The kind of a well-formed body (a fixarray of 3-5 elements starting with a fixint)."""
     if len(body) >= 2 and 0x93 <= body[0] <= 0x95 and body[1] <= NOTIFY:
@@ -169,9 +200,7 @@ def decode_body(body: bytes) -> Frame:
         if n != 3 or not isinstance(obj[1], str):
             raise ProtocolError("NOTIFY must be [3, method:str, params]")
         return Notify(obj[1], obj[2])
-    # Not repr(kind): it may be a value nested too deeply for repr to print.
-    shown = kind if type(kind) is int else type(kind).__name__
-    raise ProtocolError(f"unknown frame kind {shown}")
+    raise ProtocolError(f"unknown frame kind {shown(kind)}")  # not repr: it may be 1000 deep
 
 
 def request_id_of(body: bytes) -> int | None:

@@ -38,6 +38,7 @@ from typing import Any
 from phxq import metrics
 from phxq.config import ClusterConfig, NodeConfig
 from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
+from phxq.net.frames import shown
 from phxq.net.rpc import RpcServer
 from phxq.store import service
 from phxq.store.host import REJOIN_METHODS, PaxosHost
@@ -197,9 +198,9 @@ class StoreNode:
     def replica_for(self, topic: str, queue: Any) -> GroupReplica:
         spec = self.cluster.topics_by_name.get(topic) if isinstance(topic, str) else None
         if spec is None:
-            raise UnknownTopic(f"unknown topic {topic!r}")
+            raise UnknownTopic(f"unknown topic {shown(topic)}")
         if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue < spec.queues:
-            raise BadArgument(f"queue must be an int in [0, {spec.queues}), got {queue!r}")
+            raise BadArgument(f"queue must be an int in [0, {spec.queues}), got {shown(queue)}")
         return self.replicas[group_for_queue(queue, self.cluster.cluster.groups)]
 
     def master_replica(self, topic: str, queue: Any) -> GroupReplica:
@@ -220,7 +221,7 @@ class StoreNode:
             return await self.paxos_host.handle_rpc(method, params)
         handler = service.HANDLERS.get(method)
         if handler is None:
-            raise BadArgument(f"unknown method {method!r}")
+            raise BadArgument(f"unknown method {shown(method)}")
         if not isinstance(params, dict):
             raise BadArgument(f"{method}: params must be a map")
         # No tick-loop wake-up here: every replica input reports a moved deadline itself.

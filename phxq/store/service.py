@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from phxq import metrics
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
+from phxq.net.frames import shown
 from phxq.paxos import decode_batch
 from phxq.store import state as st
 from phxq.store.entries import (
@@ -45,7 +46,7 @@ def _str(params: dict[str, Any], name: str, *, optional: bool = False) -> str | 
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
         raise BadArgument(
             f"{name} must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
-            f"got {value!r:.60}"
+            f"got {shown(value)}"
         )
     return value
 
@@ -57,7 +58,7 @@ def _int(
     if value is None and optional:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise BadArgument(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise BadArgument(f"{name} must be an integer >= {minimum}, got {shown(value)}")
     return value
 
 
@@ -171,7 +172,7 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     limit = _int(params, "limit", minimum=1)
     wait = params.get("wait", 0) or 0
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_WAIT:
-        raise BadArgument(f"wait must be a number of seconds in [0, {MAX_WAIT}], got {wait!r}")
+        raise BadArgument(f"wait must be a number of seconds in [0, {MAX_WAIT}], got {shown(wait)}")
     assert topic is not None and limit is not None
     # `local` reads this replica's applied prefix whatever its role (tools and tests comparing
     # replicas); ordinary reads go to the master, whose applied state is current.
@@ -246,7 +247,7 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
         raise BadArgument("seek takes exactly one of offset or time")
     if offset is None:
         if not isinstance(when, (int, float)) or isinstance(when, bool) or not math.isfinite(when):
-            raise BadArgument(f"time must be a number (seconds since the epoch), got {when!r}")
+            raise BadArgument(f"time must be a number (seconds since the epoch), got {shown(when)}")
         instance = replica.glog.instance_at_time(float(when))
         target = replica.paxos.chosen_up_to + 1 if instance is None else instance
         offset = make_offset(target, 0)
@@ -332,7 +333,7 @@ def _time(params: dict[str, Any], name: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise BadArgument(f"{name} must be seconds since the epoch, got {value!r}")
+        raise BadArgument(f"{name} must be seconds since the epoch, got {shown(value)}")
     return float(value)
 
 
@@ -350,7 +351,7 @@ async def reconcile(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     since, until = _time(params, "since"), _time(params, "until")
     groups = params.get("groups") or []
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
-        raise BadArgument(f"groups must be a list of consumer group names, got {groups!r}")
+        raise BadArgument(f"groups must be a list of consumer group names, got {shown(groups)}")
     assert topic is not None
     replica = node.replica_for(topic, queue)
     glog = replica.glog

@@ -271,6 +271,11 @@ def test_a_store_refuses_names_too_long_to_keep_and_times_that_are_not_finite(
                 with pytest.raises(BadArgument):
                     await client.seek("billing", "orders", queue=0, time=when)
             assert await client.cursor("billing", "orders", queue=0) is None
+        async with RpcPool() as pool:  # a huge bad value is quoted briefly
+            with pytest.raises(BadArgument) as info:
+                params = {"topic": "orders", "queue": [0] * (1 << 20), "limit": 1}
+                await pool.call(cluster.store_addresses[0], "dequeue", params, timeout=30.0)
+            assert info.value.message.endswith("got [0, 0, 0, 0, ...]")
 
     asyncio.run(check())
 
@@ -300,3 +305,17 @@ def test_the_log_limiter_lets_a_burst_through_then_reports_what_it_held_back() -
     now[0] = 10.0
     assert limiter.allow() == 3  # the first record of a new window says how many were held
     assert limiter.allow() == 0
+
+
+def test_shown_quotes_any_decoded_value_briefly_whatever_its_size_or_depth() -> None:
+    """Validators quote bad values with ``shown``: a full repr of a 4M-element array took
+    seconds of a daemon's event loop, and of a 1000-deep one overflowed the stack."""
+    nested: Any = None
+    for _ in range(990):
+        nested = [nested]
+    assert frames.shown([0] * (4 << 20)) == "[0, 0, 0, 0, ...]"
+    assert frames.shown(nested) == "[[[[...]]]]"
+    assert frames.shown({i: i for i in range(1 << 16)}) == "{0: 0, 1: 1, 2: 2, 3: 3, ...}"
+    assert frames.shown(b"\xff" * (4 << 20)) == repr(b"\xff" * 60)[:60] + "..."
+    assert frames.shown("orders") == "'orders'" and frames.shown(None) == "None"
+    assert frames.shown(msgpack.ExtType(1, b"x" * 1000)).startswith("[1, b'xxx")
