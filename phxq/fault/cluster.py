@@ -233,21 +233,28 @@ class FaultCluster:
 
     def cut(
         self, role: str, side_a: list[int], side_b: list[int], direction: Direction = "both"
-    ) -> None:
+    ) -> list[FaultProxy]:
         """Partition: what ``side_a`` nodes send to ``side_b`` (``to_target``), the other way
-        (``to_client``), or ``both``."""
+        (``to_client``), or ``both``. Returns the proxies it touched (for :meth:`heal_links`)."""
+        touched = []
         for i in side_a:
             for j in side_b:
+                there, back = self.proxies[(role, i, j)], self.proxies[(role, j, i)]
                 if direction in ("both", "to_target"):
-                    self.proxies[(role, i, j)].partition("to_target")
-                    self.proxies[(role, j, i)].partition("to_client")
+                    there.partition("to_target")
+                    back.partition("to_client")
                 if direction in ("both", "to_client"):
-                    self.proxies[(role, j, i)].partition("to_target")
-                    self.proxies[(role, i, j)].partition("to_client")
+                    back.partition("to_target")
+                    there.partition("to_client")
+                touched += [there, back]
+        return touched
+
+    def heal_links(self, proxies: list[FaultProxy]) -> None:
+        for proxy in proxies:
+            proxy.heal()
 
     def heal_network(self) -> None:
-        for proxy in self.proxies.values():
-            proxy.heal()
+        self.heal_links(list(self.proxies.values()))
 
     def sample_links(self) -> None:
         """Note which proxies carry a connection now (see :attr:`links_seen`)."""

@@ -61,7 +61,9 @@ KINDS = (
     "flip_byte",
     "disk_full",
 )
-STORE_KINDS = frozenset({"kill_store", "pause_store", "torn_tail", "flip_byte", "disk_full"})
+# Faults that damage or fill a replica's disk: never at the same time as another fault, so the
+# other two replicas of every group are whole while one replica's log is damaged.
+DISK_KINDS = frozenset({"torn_tail", "flip_byte", "disk_full"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +87,26 @@ def make_schedule(
     groups: int = 4,
     gap: tuple[float, float] = (1.0, 2.5),
     length: tuple[float, float] = (1.5, 4.0),
+    overlap: float = 0.3,
 ) -> list[Fault]:
-    """Faults one after another over ``duration`` seconds: first every kind of ``require``
-    (in a seeded order), then random kinds of ``kinds``. Pure: same seed, same schedule."""
+    """Faults over ``duration`` seconds: first every kind of ``require`` (in a seeded order,
+    even past ``duration``), then random kinds of ``kinds``. With probability ``overlap`` a
+    fault starts while the previous one is still under way, except that faults on the disk
+    (:data:`DISK_KINDS`) never overlap another one. Pure: same seed, same schedule."""
     rng = random.Random(seed)
     firsts = list(require)
     rng.shuffle(firsts)
     out: list[Fault] = []
     at = rng.uniform(*gap)
+    free_at = 0.0  # when every fault so far has ended
     while True:
-        kind = firsts.pop(0) if firsts else rng.choice(kinds)
+        required = bool(firsts)
+        kind = firsts.pop(0) if required else rng.choice(kinds)
         span = round(rng.uniform(*length), 2)
-        if at + span > duration and not firsts:
+        prev = out[-1] if out else None
+        if prev is not None and (kind in DISK_KINDS or prev.kind in DISK_KINDS):
+            at = max(at, free_at + rng.uniform(*gap))  # alone on the stage
+        if at + span > duration and not required:
             break
         role = (
             "consumer"
@@ -117,7 +127,11 @@ def make_schedule(
                 choice=rng.randrange(1 << 16),
             )
         )
-        at += span + rng.uniform(*gap)
+        free_at = max(free_at, round(at, 2) + span)
+        if rng.random() < overlap:
+            at += rng.uniform(0.2, 0.8) * span
+        else:
+            at += span + rng.uniform(*gap)
     return out
 
 
@@ -139,18 +153,38 @@ class Nemesis:
         self.rng = random.Random(seed ^ 0x5EED)
         self.flipped: dict[int, int] = {}  # group -> the store whose log had a byte flipped
         self.injected: list[str] = []
+        self.busy: set[tuple[str, Any]] = set()  # processes a running fault has stopped
 
     async def run(self, schedule: list[Fault], t0: float) -> None:
-        for fault in schedule:
-            await asyncio.sleep(max(0.0, t0 + fault.at - time.monotonic()))
-            await self._one(fault)
+        """Each fault starts at its time (faults may overlap: see :func:`make_schedule`)."""
+        async with asyncio.TaskGroup() as tg:
+            for fault in schedule:
+                await asyncio.sleep(max(0.0, t0 + fault.at - time.monotonic()))
+                tg.create_task(self._one(fault))
 
     async def _one(self, fault: Fault) -> None:
         masters = await self.harness.masters(self.pool)
         target = await self._target(fault, masters)
-        if target is None:
-            log.info("nemesis #%d %s: no target, skipped", fault.id, fault.kind)
+        procs = self._processes(fault, target)
+        if target is None or procs & self.busy:
+            log.info("nemesis #%d %s: no free target (%s), skipped", fault.id, fault.kind, target)
             return
+        self.busy |= procs
+        try:
+            await self._run_fault(fault, target, masters)
+        finally:
+            self.busy -= procs
+
+    @staticmethod
+    def _processes(fault: Fault, target: Any) -> set[tuple[str, Any]]:
+        """The processes a fault stops or restarts (two faults never share one)."""
+        if target is None or fault.kind in ("isolate", "one_way", "bridge"):
+            return set()
+        if fault.kind == "flip_byte":
+            return {("store", target[0])}
+        return {(fault.role, target)}
+
+    async def _run_fault(self, fault: Fault, target: Any, masters: dict[int, int]) -> None:
         heal, detail = await self._inject(fault, target)
         if heal is None:
             log.info("nemesis #%d %s: not applicable (%s), skipped", fault.id, fault.kind, detail)
@@ -224,14 +258,14 @@ class Nemesis:
         if kind in ("isolate", "one_way", "bridge"):
             if kind == "isolate":
                 others = [n for n in (1, 2, 3) if n != target]
-                h.cut(role, [target], others, "both")
+                links = h.cut(role, [target], others, "both")
             elif kind == "one_way":
-                h.cut(role, [target[0]], [target[1]], "to_target")
+                links = h.cut(role, [target[0]], [target[1]], "to_target")
             else:
-                h.cut(role, [target[0]], [target[1]], "both")
+                links = h.cut(role, [target[0]], [target[1]], "both")
 
             async def heal() -> None:
-                h.heal_network()
+                h.heal_links(links)
 
             return heal, None
         if kind == "torn_tail":

@@ -80,6 +80,7 @@ class RunReport:
     result: CheckResult
     injected: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth a look, not a failure
     history_path: Path | None = None
     seconds: float = 0.0
 
@@ -283,6 +284,7 @@ async def run_once(opts: RunOptions, echo: Any = print) -> RunReport:
     history.meta["figures"] = report.result.figures()
     history.meta["violations"] = report.result.violations
     history.meta["problems"] = report.problems
+    history.meta["notes"] = report.notes
     report.history_path = run_dir / "history.json"
     history.write(report.history_path)
     if report.ok and not opts.keep_data:
@@ -335,16 +337,47 @@ async def _run_workload(
         for q in range(harness.opts.queues):
             for offset, payload in await _read_queue(reader, q):
                 history.add("read", topic=TOPIC, queue=q, offset=offset, payload=payload)
-        status = await harness.store_status(pool)
+        status = await _converge(harness, pool, report, opts.settle_timeout)
         history.add("final", stores={str(k): v.get("groups") for k, v in status.items()})
-        for node, st in status.items():
-            for g in st.get("groups", []):
-                if g.get("diverged"):
-                    report.problems.append(f"store {node} group {g.get('group')} diverged: {g}")
         try:
             harness.check_exits()
         except RuntimeError as exc:
             report.problems.append(f"daemon died: {str(exc)[:2000]}")
+
+
+async def _converge(
+    harness: FaultCluster, pool: RpcPool, report: RunReport, timeout: float
+) -> dict[int, dict[str, Any]]:
+    """Wait until every store reports the same (chosen_up_to, checksum) for every group. A
+    group whose replicas hold different checksums at the same instance, or that reports
+    divergence, is a problem; one that is still catching up or repairing when ``timeout``
+    runs out is only noted (the checker's properties hold either way)."""
+    deadline = time.monotonic() + timeout
+    status: dict[int, dict[str, Any]] = {}
+    while True:
+        status = await harness.store_status(pool)
+        heads: dict[int, set[tuple[int, int]]] = {}
+        for st in status.values():
+            for g in st.get("groups", []):
+                heads.setdefault(g["group"], set()).add((g["chosen_up_to"], g["checksum"]))
+        if len(status) == 3 and all(len(h) == 1 for h in heads.values()):
+            break
+        if time.monotonic() > deadline:
+            report.notes.append(f"replicas not identical after {timeout}s: {heads}")
+            break
+        await asyncio.sleep(0.2)
+    for node, st in status.items():
+        for g in st.get("groups", []):
+            if g.get("diverged"):
+                report.problems.append(f"store {node} group {g['group']} diverged: {g}")
+    for group, h in heads.items():
+        at: dict[int, set[int]] = {}
+        for chosen, checksum in h:
+            at.setdefault(chosen, set()).add(checksum)
+        for chosen, sums in at.items():
+            if len(sums) > 1:
+                report.problems.append(f"group {group}: replicas differ at instance {chosen}")
+    return status
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -375,6 +408,8 @@ async def _main(args: argparse.Namespace) -> int:
         opts = RunOptions(seed=seed, duration=args.duration, out=out, keep_data=args.keep_data)
         report = await run_once(opts, echo=print if args.verbose else (lambda *a: None))
         print(report.summary(), flush=True)
+        for note in report.notes:
+            print(f"  note: {note[:500]}")
         f = report.result.figures()
         for k in totals:
             totals[k] += f[k]

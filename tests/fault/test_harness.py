@@ -11,7 +11,7 @@ import pytest
 
 from phxq.config import ConfigError, parse_config
 from phxq.fault.cluster import FaultCluster, HarnessOptions
-from phxq.fault.nemesis import KINDS, make_schedule
+from phxq.fault.nemesis import DISK_KINDS, KINDS, make_schedule
 
 
 def test_schedule_is_a_function_of_the_seed() -> None:
@@ -22,10 +22,34 @@ def test_schedule_is_a_function_of_the_seed() -> None:
 def test_schedule_starts_with_every_required_kind_and_fits_the_duration() -> None:
     schedule = make_schedule(3, 60.0, require=KINDS)
     assert {f.kind for f in schedule[: len(KINDS)]} == set(KINDS)
-    for a, b in pairwise(schedule):
-        assert b.at >= a.at + a.duration  # one fault at a time
     short = make_schedule(3, 20.0)
     assert all(f.at + f.duration <= 20.0 for f in short)
+
+
+def test_required_kinds_are_kept_even_past_the_duration() -> None:
+    schedule = make_schedule(4, 5.0, require=KINDS)
+    assert sorted(f.kind for f in schedule) == sorted(KINDS)
+
+
+def test_without_overlap_faults_come_one_at_a_time() -> None:
+    schedule = make_schedule(5, 120.0, overlap=0.0)
+    for a, b in pairwise(schedule):
+        assert b.at >= a.at + a.duration
+
+
+def test_with_overlap_some_faults_run_at_the_same_time() -> None:
+    schedule = make_schedule(1, 120.0, overlap=0.6)
+    assert any(b.at < a.at + a.duration for a, b in pairwise(schedule))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_disk_faults_never_overlap_another_fault(seed: int) -> None:
+    schedule = make_schedule(seed, 120.0, overlap=0.6)
+    for a in schedule:
+        for b in schedule:
+            overlapping = a.id != b.id and a.at <= b.at < a.at + a.duration
+            if overlapping:
+                assert a.kind not in DISK_KINDS and b.kind not in DISK_KINDS, (a, b)
 
 
 def test_lock_nodes_dial_their_peers_where_the_config_says() -> None:
