@@ -74,6 +74,7 @@ class CheckResult:
     fenced_ok: int = 0
     fenced_rejected: int = 0
     leases: int = 0
+    max_lock_gap: float = 0.0  # longest time between two lease tenures (lock availability)
     violations: list[str] = field(default_factory=list)
     _counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -104,6 +105,7 @@ class CheckResult:
             "max_failover_pause": round(self.max_failover_pause, 3),
             "overlapping_tenures": self.overlapping_tenures,
             "leases": self.leases,
+            "max_lock_gap": round(self.max_lock_gap, 3),
             "fenced_ok": self.fenced_ok,
             "fenced_rejected": self.fenced_rejected,
             "violations": len(self.violations),
@@ -115,6 +117,7 @@ class CheckResult:
             f"seed={seed} {'OK' if self.ok else 'FAILED'} faults={f['faults']} "
             f"acked={f['acked']} lost={f['lost']} unexpected={f['unexpected']} "
             f"dups={f['dups']} delivered={f['delivered']} leases={f['leases']} "
+            f"max_lock_gap={f['max_lock_gap']:.1f}s "
             f"fenced_ok={f['fenced_ok']} max_failover_pause={f['max_failover_pause']:.2f}s "
             f"violations={f['violations']}"
         )
@@ -387,6 +390,10 @@ def _check_locks(r: CheckResult, by_type: dict[str, list[Op]]) -> None:
         per_name[op["name"]].append(op)
     for name, ops in per_name.items():
         ops.sort(key=lambda o: o["start"])
+        reach = ops[0]["end"]
+        for op in ops[1:]:
+            r.max_lock_gap = max(r.max_lock_gap, op["start"] - reach)
+            reach = max(reach, op["end"])
         for i, a in enumerate(ops):
             for b in ops[i + 1 :]:
                 if b["start"] >= a["end"]:

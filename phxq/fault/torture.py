@@ -71,6 +71,7 @@ class RunOptions:
     drain_timeout: float = 90.0
     kinds: tuple[str, ...] = KINDS
     require: tuple[str, ...] = ()
+    overlap: float = 0.3  # chance that a fault starts while the previous one is under way
     keep_data: bool = False
 
 
@@ -151,8 +152,8 @@ class Workload:
                         await self._tenure(locks, owner, lease)
                 except LockHeld:
                     pass
-                except PhxqError as exc:
-                    log.debug("lock client %s: %r", owner, exc)
+                except PhxqError as exc:  # no answer: try again (recorded, for the reader)
+                    self.history.add("lock_try", owner=owner, error=repr(exc)[:300])
                 await asyncio.sleep(self.rng.uniform(0.05, 0.3))
 
     async def _tenure(self, locks: LockClient, owner: str, lease: Any) -> None:
@@ -250,7 +251,9 @@ async def run_once(opts: RunOptions, echo: Any = print) -> RunReport:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    schedule = make_schedule(opts.seed, opts.duration, kinds=opts.kinds, require=opts.require)
+    schedule = make_schedule(
+        opts.seed, opts.duration, kinds=opts.kinds, require=opts.require, overlap=opts.overlap
+    )
     schedule_text = format_schedule(schedule)
     (run_dir / "schedule.txt").write_text(schedule_text + "\n")
     echo(f"seed={opts.seed} schedule ({len(schedule)} faults):\n{schedule_text}")
@@ -330,7 +333,9 @@ async def _run_workload(
         for task in pending:  # still retrying: its last message stays "maybe stored"
             task.cancel()
         work.lock_stopping.set()
-        await asyncio.wait(others, timeout=15)
+        _, stuck = await asyncio.wait(others, timeout=15)
+        for task in stuck:  # a client call that never returns is a bug: show where it waits
+            report.problems.append(f"workload task stuck after 15 s: {_where(task)}")
         for task in others:
             task.cancel()
         report.problems += await _drain(reader, harness, opts.drain_timeout)
@@ -343,6 +348,11 @@ async def _run_workload(
             harness.check_exits()
         except RuntimeError as exc:
             report.problems.append(f"daemon died: {str(exc)[:2000]}")
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    frames = task.get_stack(limit=30)
+    return " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
 
 
 async def _converge(
@@ -394,6 +404,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=None, help="where histories go (default: a temp dir)"
     )
+    p.add_argument("--overlap", type=float, default=0.3, help="chance that faults overlap")
     p.add_argument("--keep-data", action="store_true", help="keep the daemons' data dirs")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -405,7 +416,13 @@ async def _main(args: argparse.Namespace) -> int:
     longest = 0.0
     failed: list[int] = []
     for seed in range(args.seed, args.seed + args.runs):
-        opts = RunOptions(seed=seed, duration=args.duration, out=out, keep_data=args.keep_data)
+        opts = RunOptions(
+            seed=seed,
+            duration=args.duration,
+            out=out,
+            overlap=args.overlap,
+            keep_data=args.keep_data,
+        )
         report = await run_once(opts, echo=print if args.verbose else (lambda *a: None))
         print(report.summary(), flush=True)
         for note in report.notes:
@@ -421,7 +438,7 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"  history: {report.history_path}")
             print(
                 f"  replay: scripts/torture --runs 1 --seed {seed} --duration {args.duration:g}"
-                " --keep-data -v"
+                f" --overlap {args.overlap:g} --keep-data -v"
             )
     print(
         f"torture: {'OK' if not failed else 'FAILED'} runs={args.runs} "
