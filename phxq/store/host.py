@@ -323,7 +323,8 @@ class PaxosHost:
         rejoin.write_marker(self.data, rejoin.JOINING_FILE, {"node": self.node_id, "why": why})
         self.status = NodeStatus.JOINING
         for r in self.replicas.values():
-            r.hold("joining", f"group {r.group}: joining ({why}); not voting until rebuilt")
+            if r.failed is None or r.repair is not None:  # a storage failure stays one
+                r.hold("joining", f"group {r.group}: joining ({why}); not voting until rebuilt")
         log.warning("%s %d: joining every group: %s", self._name, self.node_id, why)
 
     async def handle_rpc(self, method: str, params: Any) -> Any:
@@ -418,9 +419,18 @@ class PaxosHost:
         return raw
 
     async def _rejoin_loop(self) -> None:
+        while True:
+            try:
+                await self._rejoin()
+                return
+            except Exception:  # a bug must not leave the node silently not voting: log, retry
+                log.exception("%s %d: rejoin failed; retrying", self._name, self.node_id)
+                await asyncio.sleep(rejoin.RETRY_MAX)
+
+    async def _rejoin(self) -> None:
         if self.status is NodeStatus.PROBING:
             await self._probe_until_decided()
-        pending = {g for g, r in self.replicas.items() if r.repair is not None}
+        pending = {g for g, r in self.replicas.items() if r.repair in ("joining", "repairing")}
         backoff = rejoin.Backoff()
         limit = asyncio.Semaphore(REPAIR_CONCURRENCY)
         notes = {g: rejoin.Backoff() for g in pending}
@@ -430,10 +440,14 @@ class PaxosHost:
             pending = {g for g, done in zip(order, results, strict=True) if not done}
             if pending:
                 await backoff.sleep()
-        stuck = [g for g, r in self.replicas.items() if r.repair is not None]
-        if stuck:  # diverged: never a member again without an operator
+        stuck = [g for g, r in self.replicas.items() if r.failed is not None]
+        if stuck:  # diverged or a storage failure: not without an operator
             log.critical(
-                "%s %d: groups %s cannot rejoin (diverged)", self._name, self.node_id, stuck
+                "%s %d: groups %s cannot rejoin (see their status); the node stays %s",
+                self._name,
+                self.node_id,
+                stuck,
+                self.status.value,
             )
         elif self.status is NodeStatus.JOINING:
             await asyncio.to_thread(self._finish_joining)

@@ -96,8 +96,13 @@ class NodeStatus(enum.Enum):
     JOINING = "joining"
 
 
-class Diverged(StorageError):
-    """Our chain checksum differs from a peer's while rebuilding: never vote, report loudly."""
+class Diverged(Exception):
+    """Our chain checksum differs from a peer's while rebuilding: never vote, report loudly.
+    (Internal: never sent on the wire, so not a ``PhxqError``.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 # ------------------------------------------------------------------------- marker files
@@ -323,8 +328,7 @@ async def rebuild(replica: Any, adoption: Adoption, read: ReadFn) -> None:
             if expected != checksum:
                 raise Diverged(
                     f"group {group}: chain checksum mismatch at {i} rebuilding from peer "
-                    f"{able[0]} (ours {expected:x}, peer {checksum:x})",
-                    {"instance": i, "peer": able[0]},
+                    f"{able[0]} (ours {expected:x}, peer {checksum:x})"
                 )
             last = glog.append_chosen(i, None, checksum, value, urgent=False)
     if last is not None:
@@ -334,8 +338,7 @@ async def rebuild(replica: Any, adoption: Adoption, read: ReadFn) -> None:
         if ours is not None and ours != checksum:
             raise Diverged(
                 f"group {group}: chain checksum at {instance} is {ours:x} here but "
-                f"{checksum:x} on peer {peer}",
-                {"instance": instance, "peer": peer},
+                f"{checksum:x} on peer {peer}"
             )
 
 
