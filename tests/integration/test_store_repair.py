@@ -4,6 +4,7 @@ data directory (a replaced disk), follower or master. See ``phxq.store.rejoin``.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import phxq
-from phxq.devcluster import ProcessCluster
+from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
 from phxq.lock import LockClient
 from phxq.net.rpc import RpcPool
 
@@ -218,6 +219,42 @@ async def test_an_empty_directory_behind_every_peers_truncation_joins_from_a_sna
         cluster.kill(1)  # nodes 2 and 3 are a majority only if the rebuilt node votes
         await fill(client, 5, "u")
         await replicas_agree(pool, cluster, [2, 3])
+
+
+@pytest.fixture
+def unstarted(tmp_path: Path) -> Iterator[ProcessCluster]:
+    ports = free_ports(6)
+    path = write_dev_config(tmp_path, groups=2, store_ports=ports[:3], lock_ports=ports[3:])
+    cluster = ProcessCluster(path)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_a_new_cluster_votes_only_once_every_node_has_answered(
+    unstarted: ProcessCluster,
+) -> None:
+    cluster = unstarted
+    cluster.start_node("store", "1")
+    cluster.start_node("store", "2")
+    async with RpcPool() as pool:
+
+        async def both_probing() -> bool:
+            states = [(await status(pool, cluster, n))["membership"] for n in (1, 2)]
+            return states == ["probing", "probing"]
+
+        await wait_until(both_probing, 20, "stores 1 and 2 to wait for store 3")
+        for _ in range(10):  # no election meanwhile: a new directory does not vote
+            for n in (1, 2):
+                meta = await pool.call(cluster.store_address(n), "meta", {}, timeout=2.0)
+                assert set(meta["masters"].values()) == {None}, meta
+            await asyncio.sleep(0.1)
+        cluster.start_node("store", "3")
+        await cluster.wait_ready_async(30)
+        for n in (1, 2, 3):
+            assert (await status(pool, cluster, n))["membership"] == "member"
+            assert (cluster.config.store(n).data / "MEMBER").exists()
 
 
 @pytest.fixture

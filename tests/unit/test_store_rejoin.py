@@ -3,6 +3,7 @@ rule, the probe codec, and rebuilding a real GroupLog from a peer's chain."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,80 @@ async def test_a_held_replica_has_no_deadline_and_resumes_from_its_log(tmp_path:
         assert (replica.paxos.promised.round, replica.paxos.promised.node) == (9, 3)
         assert 1 in replica.paxos.acceptor.accepted
         await replica.close()
+
+
+def _host(data: Path, members: tuple[int, ...] = (1, 2, 3), groups: int = 2) -> Any:
+    from phxq.devcluster import free_ports
+    from phxq.store.host import PaxosHost
+    from phxq.store.state import StoreState
+
+    ports = free_ports(len(members))  # nobody listens: peers never answer here
+    return PaxosHost(
+        members[0],
+        {m: f"127.0.0.1:{p}" for m, p in zip(members, ports, strict=True)},
+        data,
+        groups=groups,
+        window=4,
+        heartbeat_interval=0.1,
+        lease=1.0,
+        state_for=lambda g: StoreState(g, dedup_window=60.0),
+    )
+
+
+async def test_a_new_directory_probes_and_neither_serves_nor_votes(tmp_path: Path) -> None:
+    host = _host(tmp_path)
+    await host.start()
+    try:
+        assert host.status is NodeStatus.PROBING
+        assert all(r.repair == "probing" and r.failed for r in host.replicas.values())
+        assert not (tmp_path / rejoin.MEMBER_FILE).exists()
+    finally:
+        await host.close()
+
+
+async def test_a_single_node_cluster_is_fresh_at_once(tmp_path: Path) -> None:
+    host = _host(tmp_path, members=(1,))
+    await host.start()
+    try:
+        assert host.status is NodeStatus.MEMBER
+        assert all(r.failed is None for r in host.replicas.values())
+        assert rejoin.read_marker(tmp_path, rejoin.MEMBER_FILE)["born"] == "fresh"  # type: ignore[index]
+    finally:
+        await host.close()
+
+
+async def test_markers_decide_member_joining_and_legacy_directories(tmp_path: Path) -> None:
+    single = _host(tmp_path, members=(1,))  # leaves logs with state behind
+    await single.start()
+    await single.replicas[0].glog.append_promise((3, 1))
+    await single.close()
+    (tmp_path / rejoin.MEMBER_FILE).unlink()  # a directory from before the marker existed
+
+    host = _host(tmp_path)
+    await host.start()
+    try:
+        assert host.status is NodeStatus.MEMBER  # state but no marker: taken as a member's
+        assert rejoin.read_marker(tmp_path, rejoin.MEMBER_FILE)["born"] == "existing"  # type: ignore[index]
+        assert all(r.failed is None for r in host.replicas.values())
+    finally:
+        await host.close()
+
+    shutil.rmtree(tmp_path / "g0001")  # one group's log lost on a member
+    host = _host(tmp_path)
+    await host.start()
+    try:
+        assert host.status is NodeStatus.MEMBER
+        assert host.replicas[0].failed is None
+        assert host.replicas[1].repair == "joining"
+    finally:
+        await host.close()
+
+    (tmp_path / rejoin.MEMBER_FILE).unlink()
+    rejoin.write_marker(tmp_path, rejoin.JOINING_FILE, {"node": 1})  # a join was under way
+    host = _host(tmp_path)
+    await host.start()
+    try:
+        assert host.status is NodeStatus.JOINING
+        assert all(r.repair == "joining" for r in host.replicas.values())
+    finally:
+        await host.close()
