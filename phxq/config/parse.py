@@ -298,10 +298,10 @@ def parse_config(
             if node.metrics_addr is not None:
                 _claim(source, addresses, node.metrics_addr, f"{kind}[{i}].metrics_addr")
     for kind, nodes in (("store", stores), ("lock", locks)):
-        ids = {n.id for n in nodes}
+        same_kind = {n.id for n in nodes}
         for i, node in enumerate(nodes):
             for peer, _ in node.peers:
-                if peer == node.id or peer not in ids:
+                if peer == node.id or peer not in same_kind:
                     what = (
                         f"this {kind} itself" if peer == node.id else f"no [[{kind}]] has this id"
                     )

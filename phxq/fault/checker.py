@@ -148,6 +148,11 @@ def check(
     return r
 
 
+def _sent(op: Op) -> float:
+    """When an operation was issued: ``t_invoke`` if recorded, else its ``t``."""
+    return float(op["t_invoke"] if "t_invoke" in op else op["t"])
+
+
 def _fault_windows(by_type: dict[str, list[Op]], aftermath: float) -> list[tuple[float, float]]:
     """(from, to) of every fault, extended by ``aftermath`` seconds after it ended (leases
     expire and consumers rebalance after a fault has healed), and of every admin replay."""
@@ -157,10 +162,10 @@ def _fault_windows(by_type: dict[str, list[Op]], aftermath: float) -> list[tuple
         if op["phase"] == "start":
             starts[op.get("id")] = op["t"]
         else:
-            windows.append((starts.pop(op.get("id"), op["t"]), op["t"] + aftermath))
+            windows.append((starts.pop(op.get("id"), op["t"]), float(op["t"]) + aftermath))
     windows += [(start, float("inf")) for start in starts.values()]  # never healed
     for op in by_type["replay"]:
-        at = op.get("t_invoke", op["t"])
+        at = _sent(op)
         windows.append((at, at + aftermath))
     return windows
 
@@ -358,7 +363,7 @@ def _overlaps(windows: list[tuple[float, float]], lo: float, hi: float) -> bool:
 def _check_cursors(r: CheckResult, by_type: dict[str, list[Op]]) -> None:
     replays: dict[tuple[str, str], list[tuple[int | None, float]]] = defaultdict(list)
     for op in by_type["replay"]:
-        replays[(op["group"], op["topic"])].append((op.get("queue"), op.get("t_invoke", op["t"])))
+        replays[(op["group"], op["topic"])].append((op.get("queue"), _sent(op)))
     polls: dict[tuple[str, str, int], list[Op]] = defaultdict(list)
     for op in by_type["cursor"]:
         polls[(op["group"], op["topic"], op["queue"])].append(op)
@@ -430,7 +435,7 @@ def _failover_pause(by_type: dict[str, list[Op]]) -> float:
     times: dict[str, list[float]] = defaultdict(list)
     for op in by_type["enqueue"]:
         if op["phase"] == "ok":
-            times[op.get("producer", op["key"])].append(op["t"])
+            times[str(op.get("producer") or op["key"])].append(op["t"])
     longest = 0.0
     for ts in times.values():
         for a, b in pairwise(sorted(ts)):

@@ -7,8 +7,8 @@ Public API::
     await harness.start()                 # proxies, config, processes; waits until ready
     harness.client_addresses / harness.lock_addresses / harness.config
     harness.kill(role, node) / .pause / .resume / .restart(role, node)
-    harness.cut(role, side_a, side_b, direction="both")   # partition through the proxies
-    harness.heal_network()
+    links = harness.cut(role, side_a, side_b, direction="both")   # partition (proxies)
+    harness.heal_links(links);  harness.heal_network()
     await harness.masters() -> {group: store id};  await harness.lock_master() -> id | None
     harness.tear_tail(node, rng) / .flip_byte(node, group, rng)    # the node must be down
     harness.fill_disk() / .free_disk()    # the disk-full store's small filesystem
