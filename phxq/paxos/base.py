@@ -80,6 +80,7 @@ class NodeBase:
         self._grants: set[int] = set()
         self._prevote_takeover = False
         self._prevote_ok_until = -float("inf")
+        self._resume_at: int | None = None  # retry phase 1 once learned up to here
         # phase 1
         self._from = 0
         self._promises: dict[int, tuple[AcceptedEntry, ...]] = {}

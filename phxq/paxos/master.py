@@ -38,6 +38,7 @@ class MasterMixin(NodeBase):
     """Phase 1 and phase 2 of the master (see module docstring)."""
 
     def _start_phase1(self, now: float, out: list[Effect]) -> None:
+        self._resume_at = None
         self._max_round = max(self._max_round, self.acceptor.promised.round) + 1
         ballot = Ballot(self._max_round, self.node_id)
         self.acceptor.promise(ballot)
@@ -85,8 +86,10 @@ class MasterMixin(NodeBase):
         if self.role is not Role.CANDIDATE or msg.ballot != self._ballot:
             return
         if msg.chosen_up_to >= self._from:
-            # The peer has learned (and dropped) accepted values we would need: catch up first.
+            # The peer has learned (and dropped) accepted values we would need: catch up first,
+            # and try again as soon as we have (or after a heartbeat interval, whichever first).
             self._abandon(now, now + self.config.heartbeat_interval, out)
+            self._resume_at = msg.chosen_up_to
             self._request_catchup(now, out, exclude=None, prefer=msg.sender)
             return
         self._promises[msg.sender] = msg.accepted
@@ -112,6 +115,13 @@ class MasterMixin(NodeBase):
         self._prevote_takeover = takeover
         cup = self.learner.chosen_up_to
         self._broadcast(PreVote(self.config.group, self.node_id, ballot, cup), out)
+
+    def _resume_phase1(self, now: float, out: list[Effect]) -> None:
+        """Caught up with the promiser that made us give up: try again now, unless a master was
+        heard meanwhile or the pre-vote is too old to rely on."""
+        self._resume_at = None
+        if self.role is Role.FOLLOWER and self._master is None and now < self._prevote_ok_until:
+            self._start_phase1(now, out)
 
     def _on_prevote_reply(self, msg: PreVoteReply, now: float, out: list[Effect]) -> None:
         self._max_round = max(self._max_round, msg.promised.round)

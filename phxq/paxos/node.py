@@ -278,6 +278,8 @@ class PaxosNode(MasterMixin):
                     start = i
                 prev = i
         self._emit_learned(self.learner.drain(), out)
+        if self._resume_at is not None and self.learner.chosen_up_to >= self._resume_at:
+            self._resume_phase1(now, out)
         if self._window is not None:
             self._fill_window(now, out)
         if self.learner.catchup_peer is None:

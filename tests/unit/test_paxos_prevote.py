@@ -15,7 +15,7 @@ from phxq.paxos import (
     Reject,
     RoleChanged,
 )
-from phxq.paxos.testing import LoopbackCluster, of, persist_all, sent
+from phxq.paxos.testing import LoopbackCluster, campaign, of, persist_all, sent
 
 LEASE = 1.0
 NONE = Ballot(0, 0)
@@ -173,3 +173,26 @@ def test_a_refusing_acceptor_and_a_dead_one_do_not_strand_the_group() -> None:
     c.propose(1, 2, b"after")
     c.run()
     assert 2 in c.acked
+
+
+def test_phase1_given_up_for_a_promiser_ahead_resumes_as_soon_as_caught_up() -> None:
+    from phxq.paxos import CatchupReply, CatchupRequest, ChosenEntry, Promise, chain_checksum
+
+    n1 = node(1)
+    now = LEASE + 0.01
+    effects = persist_all(n1, campaign(n1, now), now)
+    (prep,) = sent(effects, Prepare, to=2)
+    ahead = Promise(
+        group=0, sender=2, ballot=prep.ballot, from_instance=1, accepted=(), chosen_up_to=2
+    )
+    effects = n1.on_message(ahead, now)
+    assert not n1.is_master and sent(effects, CatchupRequest, to=2)
+    assert not of(effects, Persist)  # given up: no new ballot yet
+    c1 = chain_checksum(0, 1, b"")
+    entries = (ChosenEntry(1, b"", c1), ChosenEntry(2, b"", chain_checksum(c1, 2, b"")))
+    reply = CatchupReply(group=0, sender=2, entries=entries, chosen_up_to=2)
+    effects = n1.on_message(reply, now + 0.001)  # well before the heartbeat-interval retry
+    assert len(of(effects, Persist)) == 1  # the new ballot's promise
+    assert n1.chosen_up_to == 2 and n1.promised > prep.ballot
+    prepares = sent(persist_all(n1, effects, now + 0.002), Prepare)
+    assert {m.from_instance for m in prepares} == {3}
