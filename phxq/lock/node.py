@@ -46,7 +46,8 @@ from phxq.lock.entries import Entry, Epoch, EpochStart, Sweep, encode_entry
 from phxq.lock.state import LockState
 from phxq.net.frames import shown
 from phxq.net.rpc import RpcServer
-from phxq.store.host import REJOIN_METHODS, PaxosHost
+from phxq.store.host import PaxosHost
+from phxq.store.membership import REJOIN_METHODS
 from phxq.store.replica import GroupReplica
 
 log = logging.getLogger("phxq.lock")

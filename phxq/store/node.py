@@ -41,7 +41,8 @@ from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
 from phxq.net.frames import shown
 from phxq.net.rpc import RpcServer
 from phxq.store import service
-from phxq.store.host import REJOIN_METHODS, PaxosHost
+from phxq.store.host import PaxosHost
+from phxq.store.membership import REJOIN_METHODS
 from phxq.store.replica import GroupReplica
 from phxq.store.routing import group_for_queue, split_offset
 from phxq.store.state import StoreState

@@ -267,3 +267,29 @@ async def test_markers_decide_member_joining_and_legacy_directories(tmp_path: Pa
         assert all(r.repair == "joining" for r in host.replicas.values())
     finally:
         await host.close()
+
+
+async def test_bad_rejoin_requests_get_bad_argument(tmp_path: Path) -> None:
+    from phxq.errors import BadArgument
+
+    host = _host(tmp_path, members=(1,))
+    await host.start()
+    try:
+        for method, params in (
+            ("rejoin_probe", {"groups": "all"}),
+            ("rejoin_probe", {"groups": [0, True]}),
+            ("rejoin_probe", {"groups": [0] * 3}),
+            ("rejoin_probe", {"groups": [7]}),
+            ("rejoin_read", {"group": 0, "from": 0}),
+            ("rejoin_read", {"group": 0, "from": True}),
+            ("rejoin_read", {"group": 9, "from": 1}),
+            ("rejoin_read", [0, 1]),
+            ("rejoin_nothing", {}),
+        ):
+            with pytest.raises(BadArgument):
+                await host.handle_rpc(method, params)
+        answer = rejoin.decode_view(await host.handle_rpc("rejoin_probe", {"groups": [1, 0]}))
+        assert answer.status is NodeStatus.MEMBER and set(answer.groups) == {0, 1}
+        assert (await host.handle_rpc("rejoin_read", {"group": 0, "from": 1}))["entries"] == []
+    finally:
+        await host.close()
