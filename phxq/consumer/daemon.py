@@ -70,8 +70,11 @@ T = TypeVar("T")
 
 
 async def _wait_event(event: asyncio.Event, timeout: float) -> None:
+    # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that comes just as
+    # the event is set (the cancelled task would carry on).
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def _serves(groups: frozenset[str] | None, group: str) -> bool:

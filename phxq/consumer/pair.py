@@ -130,8 +130,11 @@ async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
     """Wait up to ``timeout`` for ``event``; True if it is set."""
     if event.is_set():
         return True
+    # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that comes just as
+    # the event is set (a worker cancelled on a lost lease would carry on).
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
     return event.is_set()
 
 

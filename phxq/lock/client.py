@@ -264,9 +264,10 @@ class _Hold:
             await self._task
         if not lease.lost.is_set():
             try:
-                await asyncio.wait_for(
-                    self._client.release(lease.name, lease.owner, lease.token), RELEASE_BUDGET
-                )
+                # asyncio.timeout, not wait_for: 3.11's wait_for returns the result instead of
+                # raising when it is cancelled just as the awaited call completes.
+                async with asyncio.timeout(RELEASE_BUDGET):
+                    await self._client.release(lease.name, lease.owner, lease.token)
             except (PhxqError, TimeoutError) as exc:
                 # Not fatal: the lease expires by itself after its ttl; releasing only hands
                 # the lock over sooner. The caller's own exception (if any) matters more.
@@ -289,10 +290,10 @@ class _Hold:
                 return
             params = {"name": lease.name, "owner": lease.owner, "token": lease.token}
             try:
-                await asyncio.wait_for(
-                    self._client.call("renew", params, deadline=lease.valid_until),
-                    lease.valid_until - sent,
-                )
+                # Not wait_for: it swallows the cancellation by __aexit__ when that comes just
+                # as the renewal answer does, and this task would then renew forever.
+                async with asyncio.timeout(lease.valid_until - sent):
+                    await self._client.call("renew", params, deadline=lease.valid_until)
             except (LockHeld, StaleToken) as exc:
                 self._lose(lease, f"{type(exc).__name__}: {exc.message}")
                 return

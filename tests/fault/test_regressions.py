@@ -54,3 +54,59 @@ async def test_a_failed_persist_of_several_records_logs_no_never_retrieved_futur
     await asyncio.sleep(0)
     assert isinstance(replica.failed, StorageError)
     assert [c["message"] for c in unhandled] == []
+
+
+class _RenewClient:
+    """A LockClient stand-in whose renewals wait until the test answers them."""
+
+    def __init__(self) -> None:
+        self.renewing = asyncio.Event()
+        self.answer: asyncio.Future[int] | None = None
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> int:
+        return 7
+
+    async def release(self, name: str, owner: str, token: int) -> bool:
+        return True
+
+    async def call(self, method: str, params: Any, **kw: Any) -> Any:
+        assert method == "renew"
+        if self.answer is not None:  # later renewals succeed at once, as a live master's do
+            return 7
+        self.answer = asyncio.get_running_loop().create_future()
+        self.renewing.set()
+        return await self.answer
+
+
+async def test_leaving_hold_while_a_renewal_answer_arrives_stops_renewing() -> None:
+    """Seeds 7 and 9 of ``scripts/torture --runs 10 --seed 1``: a lock client leaving
+    ``hold()`` cancelled its renewal task just as a renewal answer arrived; Python 3.11's
+    ``asyncio.wait_for`` then swallows the cancellation, the task kept renewing forever, the
+    lock was never released (every other client got LockHeld) and leaving ``hold()`` hung."""
+    from phxq.lock.client import _Hold
+
+    client = _RenewClient()
+    hold = _Hold(client, "n", "o", ttl=0.3)  # type: ignore[arg-type]
+    await hold.__aenter__()
+    await asyncio.wait_for(client.renewing.wait(), 2.0)
+    assert client.answer is not None and hold._task is not None
+    client.answer.set_result(7)  # the answer and the cancellation arrive together
+    leaving = asyncio.get_running_loop().create_task(hold.__aexit__(None, None, None))
+    await asyncio.wait({leaving}, timeout=2.0)
+    assert leaving.done(), "leaving hold() hangs: the renewal task ignored its cancellation"
+    assert hold._task.cancelled()
+
+
+async def test_consumer_event_waits_keep_a_cancellation_that_comes_with_the_event() -> None:
+    """The same 3.11 ``wait_for`` race in the consumer's event waits: a pair worker cancelled
+    (lease lost) just as the event it waited for was set would have carried on."""
+    from phxq.consumer import daemon, pair
+
+    for wait in (daemon._wait_event, pair._wait_event):
+        event = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(wait(event, 5.0))
+        await asyncio.sleep(0)  # the task now waits on the event
+        event.set()  # the event's waiter is woken ...
+        task.cancel()  # ... and the cancellation arrives in the same loop iteration
+        await asyncio.wait({task}, timeout=2.0)
+        assert task.cancelled(), f"{wait.__module__}._wait_event swallowed a cancellation"
