@@ -14,6 +14,8 @@ The workload, all recorded in the :class:`~phxq.fault.history.History`:
 - **consumers**: the consumer daemons deliver group ``torture`` to
   :func:`~phxq.fault.history.record_delivery`;
 - **cursor poller**: every ``cursor_poll`` s, each queue's committed cursor;
+- **admin replay**: ``replays`` times, one queue's cursor is moved back over its last ~100
+  acked messages (``seek``), recorded so the checker allows what follows from it;
 - **lock clients**: ``lock_clients`` clients contend for one lock with ``LockClient.hold``;
   while holding, each does fenced actions: read the counter in the lock service's KV and, if no
   newer token wrote it, compare-and-set it with its own token (``reject`` when a newer token
@@ -72,6 +74,7 @@ class RunOptions:
     kinds: tuple[str, ...] = KINDS
     require: tuple[str, ...] = ()
     overlap: float = 0.3  # chance that a fault starts while the previous one is under way
+    replays: int = 1  # admin replays (a cursor moved back) issued during the run
     keep_data: bool = False
 
 
@@ -141,6 +144,29 @@ class Workload:
                     "cursor", group=GROUP, topic=TOPIC, queue=q, cursor=cursor, t_invoke=sent
                 )
             await asyncio.sleep(self.opts.cursor_poll)
+
+    async def replay(self, client: Client, at: float) -> None:
+        """At ``at`` (monotonic), move one queue's cursor back over the last ~100 acked
+        messages with an admin seek (recorded: the checker then allows the cursor to go back
+        and those messages to be delivered again)."""
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        queue = self.rng.randrange(self.harness.opts.queues)
+        acked = [
+            op["offset"]
+            for op in self.history.of("enqueue")
+            if op["phase"] == "ok" and op["queue"] == queue
+        ]
+        if not acked:
+            return
+        offset = sorted(acked)[max(0, len(acked) - 100)]
+        sent = time.monotonic()
+        record = {"group": GROUP, "topic": TOPIC, "queue": queue, "offset": offset}
+        try:
+            cursor = await client.seek(GROUP, TOPIC, queue=queue, offset=offset)
+        except PhxqError as exc:  # maybe applied: recorded as issued all the same
+            self.history.add("replay", t_invoke=sent, error=repr(exc)[:200], **record)
+            return
+        self.history.add("replay", t_invoke=sent, cursor=cursor, **record)
 
     async def contend(self, owner: str) -> None:
         async with LockClient(
@@ -312,9 +338,12 @@ async def _run_workload(
     ):
         producers = [tg.create_task(work.produce(client, f"k{i}")) for i in range(opts.keys)]
         others = [tg.create_task(work.poll_cursors(reader))]
+        t0 = time.monotonic()
+        for _ in range(opts.replays):
+            at = t0 + opts.duration * work.rng.uniform(0.2, 0.8)
+            others.append(tg.create_task(work.replay(reader, at)))
         others += [tg.create_task(work.contend(f"L{i}")) for i in range(opts.lock_clients)]
         nemesis = Nemesis(harness, history, pool, opts.seed)
-        t0 = time.monotonic()
         try:
             await nemesis.run(schedule, t0)
         finally:
