@@ -94,6 +94,8 @@ class FaultCluster:
         return self.opts.data / "nodes" / f"{role}{node}"
 
     async def start(self) -> None:
+        if self.cluster is not None and self.cluster.procs:
+            return  # already started
         self.opts.data.mkdir(parents=True, exist_ok=True)
         self.deliveries_dir.mkdir(exist_ok=True)
         ports = free_ports(3 + 3 + 12)

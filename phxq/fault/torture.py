@@ -271,6 +271,25 @@ async def _read_queue(client: Client, queue: int) -> list[tuple[int, str]]:
         after = rows[-1][0]
 
 
+async def _start_harness(hopts: HarnessOptions, attempts: int = 3) -> FaultCluster:
+    """A harness whose daemons could bind their ports; ``start()`` is then a no-op. Ports come
+    from :func:`~phxq.devcluster.free_ports`, so another process may take one before a daemon
+    binds it ("address already in use"): then the cluster starts afresh on new ports."""
+    for attempt in range(1, attempts + 1):
+        harness = FaultCluster(hopts)
+        try:
+            await harness.start()
+            return harness
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            await harness.stop()
+            shutil.rmtree(hopts.data, ignore_errors=True)
+            if "address already in use" not in str(exc) or attempt == attempts:
+                # A fresh harness: its start() in run_once fails again, and the run says why.
+                return FaultCluster(hopts)
+            log.warning("a port was taken before a daemon bound it; starting afresh")
+    raise AssertionError("unreachable")
+
+
 async def run_once(opts: RunOptions, echo: Any = print) -> RunReport:
     started = time.monotonic()
     run_dir = opts.out / f"seed-{opts.seed}"
@@ -296,8 +315,8 @@ async def run_once(opts: RunOptions, echo: Any = print) -> RunReport:
             "groups": [GROUP],
         }
     )
-    harness = FaultCluster(hopts)
     report = RunReport(seed=opts.seed, result=CheckResult())
+    harness = await _start_harness(hopts)
     try:
         await harness.start()
         await _run_workload(opts, harness, history, schedule, report)
