@@ -3,6 +3,9 @@
 - default (CI): ``CI_SEEDS`` seeds of ``--sim-steps`` (default ``DEFAULT_STEPS``) steps;
 - ``--sim-seeds N``: seeds ``0..N-1``; ``--sim-seed N``: exactly seed N (replay a failure);
 - tests marked ``slow`` (3000 seeds per size) run with ``pytest tests/sim -m slow``.
+
+The pre-vote rejoin scenarios (``TestRejoinDoesNotDeposeTheMaster``) run 12 seeds per case by
+default, every seed of ``--sim-seeds N``, and 300 per case in the slow run.
 """
 
 from __future__ import annotations
