@@ -79,6 +79,7 @@ def test_planted_bug_is_caught_within_ci_seeds(bug: str, sim_steps: int) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 3000 seeds: well past the suite's default per-test timeout
 @pytest.mark.parametrize("n", [3, 5])
 def test_many_more_seeds(n: int, sim_steps: int) -> None:
     run_seeds(list(range(SLOW_SEEDS)), n, sim_steps)
@@ -140,6 +141,7 @@ class TestRejoinDoesNotDeposeTheMaster:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("n", [3, 5])
 @pytest.mark.parametrize("mode", ["isolate", "from_master", "master"])
 def test_rejoin_many_more_seeds(n: int, mode: str) -> None:
