@@ -51,6 +51,9 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+DEV_SEGMENT_BYTES = "8MiB"
+
+
 def write_dev_config(
     data: Path,
     *,
@@ -62,13 +65,21 @@ def write_dev_config(
     extra: str = "",
     cluster_options: str = "",
     topic_retention: str = "7d",
+    segment_bytes: str = DEV_SEGMENT_BYTES,
 ) -> Path:
     """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
-    ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks)."""
+    ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks).
+
+    Segments are ``segment_bytes`` (default ``DEV_SEGMENT_BYTES``, unless ``cluster_options``
+    sets its own): every group preallocates a whole segment on every store, so the production
+    default (64 MiB) would reserve 3 GiB of disk for a 16-group dev cluster, and a test suite
+    that starts a hundred clusters would fill the disk."""
     data.mkdir(parents=True, exist_ok=True)
     store_ports = store_ports or [7101 + i for i in range(nodes)]
     lock_ports = lock_ports or [7201 + i for i in range(nodes)]
     lines = ["[cluster]", f"groups = {groups}", cluster_options, ""]
+    if "segment_bytes" not in cluster_options:
+        lines.insert(2, f'segment_bytes = "{segment_bytes}"')
     for i, port in enumerate(store_ports, start=1):
         lines += [
             "[[store]]",
