@@ -271,7 +271,8 @@ class _Hold:
             except (PhxqError, TimeoutError) as exc:
                 # Not fatal: the lease expires by itself after its ttl; releasing only hands
                 # the lock over sooner. The caller's own exception (if any) matters more.
-                log.warning("lock %r: release failed (expires by itself): %s", lease.name, exc)
+                why = str(exc) or f"no answer within {RELEASE_BUDGET:g}s"  # TimeoutError: empty
+                log.warning("lock %r: release failed (expires by itself): %s", lease.name, why)
             self._lose(lease, "released")
 
     def _lose(self, lease: Lease, reason: str) -> None:

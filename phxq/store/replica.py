@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from phxq import metrics
 from phxq.errors import NotMaster, PhxqError, ProtocolError, StorageError, Unavailable
+from phxq.net.server import LogLimiter
 from phxq.paxos import (
     AcceptRecord,
     Ballot,
@@ -143,6 +144,7 @@ class GroupReplica:
         # Called after every input the core processed (its next deadline may have moved).
         self.after_input: Callable[[GroupReplica], None] = _ignore
         self.snapshots = snapshots
+        self._bad_snapshot_log = LogLimiter()  # malformed snapshots from the network
         self._snapshot_lock = asyncio.Lock()  # one compaction or snapshot install at a time
         self._snapshot_sent: dict[int, float] = {}  # peer -> when we last sent it our snapshot
         self.paxos: PaxosNode  # set by open()
@@ -262,22 +264,7 @@ class GroupReplica:
         """Install a peer's snapshot while rebuilding (the Paxos core is rebuilt afterwards)."""
         if self.snapshots is None:
             return False
-        async with self._snapshot_lock:
-            try:
-                snap = decode_snapshot(data)
-                state = self.snapshots.restore(snap.state)
-            except ProtocolError as exc:
-                log.warning("group %d: ignored a malformed snapshot: %s", self.group, exc)
-                return False
-            if snap.instance <= self.glog.chosen_up_to:
-                return False  # no progress: the caller backs off and asks again
-            await asyncio.to_thread(write_snapshot, self.glog.directory, snap)
-            if not await self.glog.reset_to(snap.instance, snap.checksum):
-                return False
-            self.state = state  # no await between the log reset and here
-            log.warning("group %d: installed a peer's snapshot at %d", self.group, snap.instance)
-            await self.glog.truncate_below(snap.instance + 1)
-            return True
+        return await self._install_snapshot(data, rebuilding=True)
 
     # ------------------------------------------------------------------ the indexer seam
 
@@ -539,24 +526,42 @@ class GroupReplica:
         persist it, restart the log after it, switch state and learner in one step."""
         if self.snapshots is None or self.failed is not None:
             return False
+        return await self._install_snapshot(data, rebuilding=False)
+
+    async def _install_snapshot(self, data: bytes, *, rebuilding: bool) -> bool:
+        """The common part of both installs. False when ``data`` is malformed (warned at a
+        limited rate: anyone who reaches the port can send one) or brings no progress. While
+        ``rebuilding`` the Paxos core is left alone (it is rebuilt from the log afterwards);
+        otherwise it learns on from the snapshot, and a master never installs one."""
+        assert self.snapshots is not None
         async with self._snapshot_lock:
             try:
                 snap = decode_snapshot(data)
                 state = self.snapshots.restore(snap.state)
             except ProtocolError as exc:
-                log.warning("group %d: ignored a malformed snapshot: %s", self.group, exc)
+                suppressed = self._bad_snapshot_log.allow()
+                if suppressed is not None:
+                    log.warning(
+                        "group %d: ignored a malformed snapshot: %s (%d more suppressed)",
+                        self.group,
+                        exc,
+                        suppressed,
+                    )
                 return False
-            if snap.instance <= self.glog.chosen_up_to or self.paxos.is_master:
+            if snap.instance <= self.glog.chosen_up_to:
+                return False  # no progress: the caller backs off and asks again
+            if not rebuilding and self.paxos.is_master:
                 return False
             await asyncio.to_thread(write_snapshot, self.glog.directory, snap)
-            if snap.instance <= self.glog.chosen_up_to:
+            if snap.instance <= self.glog.chosen_up_to:  # learned meanwhile
                 return False
             if not await self.glog.reset_to(snap.instance, snap.checksum):
                 return False
             self.state = state  # no await between the log reset and here
-            self.execute(
-                self.paxos.install_snapshot(snap.instance, snap.checksum, time.monotonic())
-            )
+            if not rebuilding:
+                self.execute(
+                    self.paxos.install_snapshot(snap.instance, snap.checksum, time.monotonic())
+                )
             log.warning("group %d: installed a peer's snapshot at %d", self.group, snap.instance)
             await self.glog.truncate_below(snap.instance + 1)  # drop the old segments
             return True
