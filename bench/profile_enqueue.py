@@ -50,13 +50,15 @@ def _cpu_seconds(pid: int, which: str = "both") -> float:
 
 
 def _scrape(addr: str) -> dict[str, float]:
-    """fdatasync count, chosen-instance count and acked messages from a store's metrics."""
+    """fdatasync count and time, chosen-instance count and acked messages from a store's
+    metrics."""
     wanted = {
         "phxq_fsync_latency_seconds_count": "fsyncs",
+        "phxq_fsync_latency_seconds_sum": "fsync_s",
         "phxq_batch_items_count": "instances",
         "phxq_batch_items_sum": "items",
     }
-    out = {"fsyncs": 0.0, "instances": 0.0, "items": 0.0, "acked": 0.0}
+    out = {"fsyncs": 0.0, "fsync_s": 0.0, "instances": 0.0, "items": 0.0, "acked": 0.0}
     try:
         with urllib.request.urlopen(f"http://{addr}/metrics", timeout=2) as resp:
             text = resp.read().decode()
@@ -192,7 +194,8 @@ def main() -> None:
                 print(f"{name}: {result.line()}", flush=True)
                 print(
                     f"{name}: cpu (% | ms per msg) {cpu_text}; per msg: fsyncs (3 nodes) "
-                    f"{d['fsyncs'] / acked:.3f}, instances {d['instances'] / 3 / acked:.3f}; "
+                    f"{d['fsyncs'] / acked:.3f} (mean {1000 * d['fsync_s'] / max(d['fsyncs'], 1):.2f} "
+                    f"ms), instances {d['instances'] / 3 / acked:.3f}; "
                     f"system share of store CPU {100 * system / max(sum(cpu.values()), 1e-9):.0f}%",
                     flush=True,
                 )
