@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final, final
 
 from phxq.errors import BadArgument, StorageError
+from phxq.plog.durable import fsync_dir
 from phxq.plog.index import QueueIndex, TimeIndex
 from phxq.plog.records import (
     HEADER_SIZE,
@@ -601,11 +602,7 @@ class GroupLog:
             if fd is not None:
                 os.close(fd)
             f.path.unlink(missing_ok=True)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.directory)
 
     async def close(self) -> None:
         """Stop accepting appends and release read handles; queued writes still complete."""

@@ -40,6 +40,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phxq.plog.durable import fsync_dir, replace_durably
 from phxq.plog.index import QueueIndex, TimeIndex
 from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, parse_at
 
@@ -150,15 +151,7 @@ def read_repaired(directory: Path) -> set[tuple[str, int, int]]:
 
 def write_repaired(directory: Path, regions: Iterable[tuple[str, int, int]]) -> None:
     """Record ``regions`` as repaired: temporary file, fdatasync, rename, fsync of the dir."""
-    tmp = directory / (REPAIRED_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, json.dumps(sorted(regions)).encode())
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / REPAIRED_FILE)
-    _fsync_dir(directory)
+    replace_durably(directory / REPAIRED_FILE, json.dumps(sorted(regions)).encode())
 
 
 def _list_segments(directory: Path) -> list[tuple[int, Path]]:
@@ -308,7 +301,7 @@ def _scan(
         for _, path in files[stop_at + 1 :]:
             log.warning("plog %s: deleting %s (part of the torn last batch)", directory, path)
             path.unlink()
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
     if base is None:
         if parsed_any or rec.corrupt:
@@ -388,13 +381,5 @@ def _truncate_tail(path: Path, start: int, end: int) -> None:
     try:
         os.pwrite(fd, bytes(end - start), start)
         os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

@@ -62,6 +62,7 @@ from types import TracebackType
 from typing import Final, TypeVar
 
 from phxq.errors import StorageError
+from phxq.plog.durable import fsync_dir
 from phxq.plog.records import BATCH_RECORD
 
 __all__ = ["LogWriter", "SegmentFile"]
@@ -434,11 +435,7 @@ class LogWriter:
         os.posix_fallocate(fd, 0, f.size)
         self._zero_ahead(f, sync=False)
         self._fsync(fd)
-        dir_fd = os.open(f.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(f.path.parent)
         f.existing = True
 
     def _zero_ahead(self, f: SegmentFile, *, sync: bool = True) -> None:

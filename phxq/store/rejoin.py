@@ -65,7 +65,6 @@ import asyncio
 import enum
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -75,6 +74,7 @@ from typing import Any
 
 from phxq.errors import PhxqError, ProtocolError, StorageError, Unavailable
 from phxq.paxos import chain_checksum
+from phxq.plog.durable import fsync_dir, replace_durably
 
 log = logging.getLogger("phxq.rejoin")
 
@@ -122,28 +122,12 @@ def read_marker(data: Path, name: str) -> dict[str, Any] | None:
 
 def write_marker(data: Path, name: str, body: Mapping[str, Any]) -> None:
     """Write ``data/name`` atomically and durably (temporary file, fdatasync, rename, fsync)."""
-    tmp = data / (name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, json.dumps(dict(body)).encode())
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, data / name)
-    _fsync_dir(data)
+    replace_durably(data / name, json.dumps(dict(body)).encode())
 
 
 def remove_marker(data: Path, name: str) -> None:
     (data / name).unlink(missing_ok=True)
-    _fsync_dir(data)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(data)
 
 
 def new_boot_id() -> int:

@@ -14,7 +14,6 @@ old one, and the directory fsynced: a crash leaves the old or the new snapshot, 
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import crc32c
 import msgpack
 
 from phxq.errors import ProtocolError, StorageError
+from phxq.plog.durable import replace_durably
 
 FILE: Final = "snapshot"
 _VERSION: Final = 1
@@ -73,23 +73,8 @@ def decode_snapshot(data: bytes) -> Snapshot:
 
 def write_snapshot(directory: Path, snap: Snapshot) -> None:
     """Durably replace ``directory``'s snapshot (blocking: run it in a thread)."""
-    data = encode_snapshot(snap)
-    tmp = directory / (FILE + ".tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / FILE)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(directory / FILE, encode_snapshot(snap))
     except OSError as exc:
         raise StorageError(f"cannot write snapshot in {directory}: {exc}") from exc
 
