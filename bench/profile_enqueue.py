@@ -178,7 +178,9 @@ def main() -> None:
                     spy = _pyspy_start(pids[args.pyspy_node], out, args.pyspy_rate, args.pyspy_gil)
                     time.sleep(0.5)
                 t0 = time.monotonic()
+                client0 = time.process_time()
                 result = _run(coro, args.loop)
+                client = time.process_time() - client0
                 wall = time.monotonic() - t0
                 if spy is not None:
                     _pyspy_stop(spy)
@@ -191,6 +193,7 @@ def main() -> None:
                     f"s{n}={100 * c / wall:.0f}%/{1000 * c / acked:.2f}ms"
                     for n, c in sorted(cpu.items())
                 )
+                cpu_text += f" client={100 * client / wall:.0f}%/{1000 * client / acked:.2f}ms"
                 print(f"{name}: {result.line()}", flush=True)
                 print(
                     f"{name}: cpu (% | ms per msg) {cpu_text}; per msg: fsyncs (3 nodes) "

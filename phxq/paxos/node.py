@@ -24,6 +24,7 @@ ballot, and leases (``lease``, stickiness, staggered elections by ``config.rank`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from phxq.paxos.base import CATCHUP_BATCH, TRANSITIONS, IllegalTransition, Role
@@ -63,9 +64,15 @@ class PaxosNode(MasterMixin):
 
     def propose(self, pid: int, item: bytes, now: float) -> list[Effect]:
         """Queue one item for the next instance; fails at once unless this node is master."""
+        return self.propose_many(((pid, item),), now)
+
+    def propose_many(self, items: Sequence[tuple[int, bytes]], now: float) -> list[Effect]:
+        """Queue several (pid, item) pairs before the window is refilled, so that they share
+        instances (as many as ``max_batch_*`` allow) instead of each taking a free slot of the
+        pipelining window as :meth:`propose` one at a time would."""
         if self._window is None:
-            return [ProposalFailed((pid,), "not_master", self._master)]
-        self._window.pending.append((pid, item))
+            return [ProposalFailed(tuple(pid for pid, _ in items), "not_master", self._master)]
+        self._window.pending.extend(items)
         out: list[Effect] = []
         self._finish(now, out)
         return out

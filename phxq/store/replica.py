@@ -299,20 +299,30 @@ class GroupReplica:
         """Propose one item now (raises NotMaster or StorageError at once); the future gets its
         apply result once chosen and applied here, or fails with ``Unavailable`` after
         ``propose_timeout`` (outcome unknown). Cancelling the future only stops waiting."""
+        return self.propose_many_nowait((item,))[0]
+
+    def propose_many_nowait(self, items: Sequence[bytes]) -> list[asyncio.Future[Any]]:
+        """:meth:`propose_nowait` for several items at once: they share Paxos instances (one
+        while they fit ``max_batch_*``) instead of each taking its own slot of the window."""
         if self.failed is not None:
             raise self.failed
         if not self.paxos.is_master:
             raise NotMaster(hint=self.master_address())
-        pid = self._next_pid
-        self._next_pid += 1
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._waiters[pid] = future
-        # One timer, no wait_for/shield tasks: this runs once per proposed entry.
-        timer = loop.call_later(self._propose_timeout, self._expire, pid)
-        future.add_done_callback(functools.partial(self._proposal_done, pid, timer))
-        self.execute(self.paxos.propose(pid, item, time.monotonic()))
-        return future
+        futures: list[asyncio.Future[Any]] = []
+        pairs: list[tuple[int, bytes]] = []
+        for item in items:
+            pid = self._next_pid
+            self._next_pid += 1
+            future: asyncio.Future[Any] = loop.create_future()
+            self._waiters[pid] = future
+            # One timer, no wait_for/shield tasks: this runs once per proposed entry.
+            timer = loop.call_later(self._propose_timeout, self._expire, pid)
+            future.add_done_callback(functools.partial(self._proposal_done, pid, timer))
+            futures.append(future)
+            pairs.append((pid, item))
+        self.execute(self.paxos.propose_many(pairs, time.monotonic()))
+        return futures
 
     def _expire(self, pid: int) -> None:
         future = self._waiters.get(pid)

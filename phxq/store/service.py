@@ -135,9 +135,9 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     assert replica is not None
     replica = node.master_replica(topic, batches[0][0])
     started = time.perf_counter()
-    # Proposed in the same loop iteration, the entries ride in as few instances as the window
-    # allows; futures, not tasks, are awaited (no task per entry).
-    futures = [replica.propose_nowait(e) for e in entries]
+    # Proposed together, the entries share one instance (while they fit max_batch_*) instead of
+    # each taking a free slot of the window; futures, not tasks, are awaited (no task per entry).
+    futures = replica.propose_many_nowait(entries)
     results = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
     out: list[list[list[Any]]] = []
