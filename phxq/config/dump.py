@@ -35,6 +35,7 @@ def dump_config(cfg: ClusterConfig) -> str:
             "heartbeat_interval": format_duration(c.heartbeat_interval),
             "lease": format_duration(c.lease),
             "segment_bytes": format_size(c.segment_bytes),
+            "journal_bytes": format_size(c.journal_bytes),
             "retention_interval": format_duration(c.retention_interval),
         }
     }

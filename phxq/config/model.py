@@ -24,6 +24,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "cluster.heartbeat_interval": "100ms",
         "cluster.lease": "1s",
         "cluster.segment_bytes": "64MiB",
+        "cluster.journal_bytes": "8MiB",
         "cluster.retention_interval": "10s",
         "node.dc": "default",
         "topic.retention": "7d",
@@ -145,6 +146,7 @@ class ClusterSettings:
     heartbeat_interval: float = _default_duration("cluster.heartbeat_interval")
     lease: float = _default_duration("cluster.lease")
     segment_bytes: int = _default_size("cluster.segment_bytes")
+    journal_bytes: int = _default_size("cluster.journal_bytes")  # per file; 0: no journal
     retention_interval: float = _default_duration("cluster.retention_interval")
 
 

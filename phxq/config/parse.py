@@ -109,9 +109,9 @@ class _Table:
             self.fail("must be longer than 0", key)
         return seconds
 
-    def size(self, key: str) -> Any:
+    def size(self, key: str, zero: bool = False) -> Any:
         size = self.convert(key, "", parse_size)
-        if size == 0:
+        if size == 0 and not zero:
             self.fail("must be larger than 0", key)
         return size
 
@@ -271,10 +271,13 @@ def parse_config(
         heartbeat_interval=t.duration("heartbeat_interval"),
         lease=t.duration("lease"),
         segment_bytes=t.size("segment_bytes"),
+        journal_bytes=t.size("journal_bytes", zero=True),
         retention_interval=t.duration("retention_interval"),
     )
     if settings.segment_bytes < 4096:
         t.fail("must be at least 4KiB", "segment_bytes")
+    if 0 < settings.journal_bytes < 64 << 10:
+        t.fail("must be 0 (no journal) or at least 64KiB", "journal_bytes")
     if settings.lease < 2 * settings.heartbeat_interval:
         t.fail("must be at least 2 heartbeat_intervals", "lease")
     t.done()

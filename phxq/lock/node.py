@@ -109,6 +109,7 @@ class LockNode:
             state_for=lambda group: _WatchedState(LockState(), self),
             restore_state=lambda group, data: _WatchedState(LockState.restore(data), self),
             segment_bytes=c.segment_bytes,
+            journal_bytes=c.journal_bytes,
             name="lock",
             dial=dict(self.node.peers),
         )

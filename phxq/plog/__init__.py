@@ -40,9 +40,11 @@ Guarantees:
   and ``fdatasync``\\ ed by the writer thread; records of one group become durable in the order
   they were appended (so the last future of a group resolving means all before it are durable).
 - **Group commit.** Every record queued while the writer was busy goes out in the next batch:
-  one ``pwrite`` and one ``fdatasync`` per touched segment file, whatever the number of records.
-  With one file per group, a batch touching G groups costs G ``fdatasync`` calls (run back to
-  back in the writer thread; on ext4 they mostly share one journal commit) — see the bench.
+  one ``pwrite`` per touched segment file, whatever the number of records. With a journal
+  (``LogWriter(journal_dir=data dir)``, as the daemons run) a batch touching several groups
+  costs one more ``pwrite`` and a single ``fdatasync``, of the journal (:mod:`phxq.plog.journal`:
+  segment files are synced by background checkpoints and redone from the journal on start);
+  without one, or for a batch of one file, one ``fdatasync`` per touched file.
 - **Errors.** ENOSPC/EIO on write or sync: that batch's waiters get ``StorageError``, the group
   is ``failed`` and never acks again; synced bytes are never rewritten.
 - **Recovery** (in a thread): torn tail truncated and logged; corruption in the middle reported

@@ -6,12 +6,15 @@ writer). The writer thread repeatedly
 
 1. takes *everything* queued on every file since its last pass (one batch);
 2. writes each file's records with one ``pwrite`` (the loop already chose their offsets);
-3. calls ``fdatasync`` once per touched file — when a batch touches several files (one per
-   group), the calls are fanned out to ``sync_threads`` helper threads that do nothing else,
-   which on this machine halves the cost of a 16-file batch (2.05 -> 0.97 ms) because the kernel
-   merges concurrent flushes; a file that succeeds a rolled-over segment of the same group is
-   written only after its predecessor's sync, so a later segment never holds data newer than an
-   unsynced older one;
+3. makes them durable: with a journal (``journal_dir``, :mod:`phxq.plog.journal`) and at least
+   ``journal_min_files`` touched files, by one journal record holding a copy of the batch and
+   *one* ``fdatasync`` of the journal, the segment files being synced later by a background
+   checkpoint; otherwise with one ``fdatasync`` per touched file, fanned out to
+   ``sync_threads`` helper threads that do nothing else (on this machine that halves the cost
+   of a 16-file batch, 2.05 -> 0.97 ms, because the kernel merges concurrent flushes). A file
+   that succeeds a rolled-over segment of the same group is written only after its
+   predecessor's part of the batch is durable, so a later segment never holds data newer than
+   an older one that could be lost;
 4. resolves every waiter of the batch with a single ``loop.call_soon_threadsafe``.
 
 No ``fsync`` ever runs on the event loop, and no record costs a thread hop of its own.
@@ -63,6 +66,7 @@ from typing import Final, TypeVar
 
 from phxq.errors import StorageError
 from phxq.plog.durable import fsync_dir
+from phxq.plog.journal import Journal
 from phxq.plog.records import BATCH_RECORD
 
 __all__ = ["LogWriter", "SegmentFile"]
@@ -110,6 +114,8 @@ class SegmentFile:
         self.write_pos = written_end  # writer: end of what it has written
         self.durable_end = written_end
         self.zeroed_to = written_end if existing else 0
+        self.journal_name: bytes | None = None  # path relative to the journal's directory
+        self.journal_gen = 0  # journal generation of its last journaled write (0: none)
 
     def append(
         self,
@@ -174,6 +180,9 @@ class LogWriter:
         on_fsync: Callable[[float], None] | None = None,
         sync_threads: int = 8,
         lazy_delay: float = 0.5,
+        journal_dir: Path | None = None,
+        journal_bytes: int = 8 << 20,
+        journal_min_files: int = 2,
     ) -> None:
         self._fsync = fsync
         self._pwrite = pwrite
@@ -195,6 +204,10 @@ class LogWriter:
         self.bytes_written = 0
         self.fsync_seconds = 0.0
         self._stats_lock = threading.Lock()
+        self._journal_dir = journal_dir
+        self._journal_bytes = journal_bytes
+        self._journal_min_files = journal_min_files
+        self.journal: Journal | None = None
 
     # ---------------------------------------------------------------- life cycle (loop side)
 
@@ -215,6 +228,12 @@ class LogWriter:
         if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
+        if self._journal_dir is not None:
+            journal = Journal(
+                self._journal_dir, self._journal_bytes, fsync=self._fsync, on_sync=self._count_sync
+            )
+            await asyncio.to_thread(journal.open)  # redo first: StorageError stops the start
+            self.journal = journal
         self._stopped = self._loop.create_future()
         self._stopping = False
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="plog-reader")
@@ -303,6 +322,8 @@ class LogWriter:
                     self._take_due_lazy(files)
                 if files:
                     self._commit(files, open_files)
+                if self.journal is not None:
+                    self.journal.poll()
                 self._close_sealed(open_files)
                 # Checked after every pass, not only on an empty one: close()'s wake-up may have
                 # been cleared above while this pass still had files to commit, and waiting
@@ -310,6 +331,8 @@ class LogWriter:
                 if self._stopping and not self._queue and not self._lazy:
                     break
         finally:
+            if self.journal is not None:
+                self.journal.close()
             for f in open_files:
                 self._close_fd(f)
             assert self._loop is not None and self._stopped is not None
@@ -343,19 +366,32 @@ class LogWriter:
             # A file whose predecessor is in this batch waits for the predecessor's sync.
             wave = [f for f in pending if f.predecessor not in pending]
             pending = [f for f in pending if f not in wave]
-            synced: list[SegmentFile] = []
+            written: list[tuple[SegmentFile, int, bytes]] = []
             for f in wave:
                 data, futures = taken[f]
-                error = self._write(f, data, open_files)
-                if error is None:
-                    synced.append(f)
+                start = f.write_pos
+                blob = self._write(f, data, open_files)
+                if isinstance(blob, bytes):
+                    written.append((f, start, blob))
                     self.records += len(data) - 1
                 else:
-                    resolved.append((futures, error))
-            if len(synced) > 1 and self._sync_pool is not None:
-                errors = list(self._sync_pool.map(self._sync, synced))
+                    resolved.append((futures, blob))
+            # Several files: one journal record and one fdatasync for them all; else (or with
+            # no journal) an fdatasync per file. A successor segment in the next wave is
+            # written only after this wave is durable.
+            if (
+                len(written) >= self._journal_min_files
+                and self.journal is not None
+                and self.journal.write(written)
+            ):
+                synced = [f for f, _, _ in written]
+                errors: list[StorageError | None] = [None] * len(synced)
             else:
-                errors = [self._sync(f) for f in synced]
+                synced = [f for f, _, _ in written]
+                if len(synced) > 1 and self._sync_pool is not None:
+                    errors = list(self._sync_pool.map(self._sync, synced))
+                else:
+                    errors = [self._sync(f) for f in synced]
             for f, error in zip(synced, errors, strict=True):
                 resolved.append((taken[f][1], error))
                 if error is None:
@@ -364,13 +400,16 @@ class LogWriter:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_resolve, resolved)
+        journaled = self.journal is not None and self.journal.usable
         for f in files:
             if f.failed is None and f.zeroed_to < f.write_pos + _ZERO_LOW:
-                self._zero_ahead(f)
+                # With the journal, segment files are synced by checkpoints (zeros included).
+                self._zero_ahead(f, sync=not journaled)
 
     def _write(
         self, f: SegmentFile, data: list[bytes], open_files: set[SegmentFile]
-    ) -> StorageError | None:
+    ) -> bytes | StorageError:
+        """Write a file's queued records at its write position; returns the bytes written."""
         if f.failed is None and f.predecessor is not None and f.predecessor.failed is not None:
             # Never write past a segment whose data may not be on disk: a later segment's batch
             # header would make recovery take the torn predecessor for mid-log corruption.
@@ -382,7 +421,8 @@ class LogWriter:
                 self._open(f)
                 open_files.add(f)
             assert f.fd is not None
-            view = memoryview(b"".join(data))
+            blob = b"".join(data)
+            view = memoryview(blob)
             offset = f.write_pos
             while view:
                 n = self._pwrite(f.fd, view, offset)
@@ -394,7 +434,7 @@ class LogWriter:
             f.write_pos = offset
         except OSError as exc:
             return self._fail(f, "write", exc)
-        return None
+        return blob
 
     def _sync(self, f: SegmentFile) -> StorageError | None:
         assert f.fd is not None
@@ -403,13 +443,15 @@ class LogWriter:
             self._fsync(f.fd)
         except OSError as exc:
             return self._fail(f, "fdatasync", exc)
-        elapsed = time.perf_counter() - start
+        self._count_sync(time.perf_counter() - start, 1)
+        return None
+
+    def _count_sync(self, elapsed: float, count: int) -> None:
         with self._stats_lock:
-            self.fsyncs += 1
+            self.fsyncs += count
             self.fsync_seconds += elapsed
         if self.on_fsync is not None:
             self.on_fsync(elapsed)
-        return None
 
     def _fail(self, f: SegmentFile, op: str, exc: OSError) -> StorageError:
         error = StorageError(
@@ -457,7 +499,9 @@ class LogWriter:
             log.warning("plog: zero-fill of %s failed: %s", f.path, exc)
 
     def _close_sealed(self, open_files: set[SegmentFile]) -> None:
-        for f in [f for f in open_files if f.sealed and not f.data]:
+        # A file with journaled data not yet checkpointed stays open for its checkpoint.
+        done = self.journal.checkpointed if self.journal is not None else 0
+        for f in [f for f in open_files if f.sealed and not f.data and f.journal_gen <= done]:
             self._close_fd(f)
             open_files.discard(f)
 

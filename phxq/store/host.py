@@ -68,6 +68,7 @@ class PaxosHost:
         name: str = "node",
         restore_state: Callable[[int, bytes], Applier] | None = None,
         segment_bytes: int = 64 << 20,
+        journal_bytes: int = 8 << 20,
         dial: Mapping[int, str] | None = None,
     ) -> None:
         self.node_id = node_id
@@ -86,6 +87,7 @@ class PaxosHost:
         self._name = name
         self._restore_state = restore_state
         self._segment_bytes = segment_bytes
+        self._journal_bytes = journal_bytes
         self.replicas: dict[int, GroupReplica] = {}
         self.writer: LogWriter | None = None
         self._pool = RpcPool()
@@ -103,7 +105,11 @@ class PaxosHost:
         another process holds the data directory (two daemons on one log would corrupt it)."""
         self.data.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(self.data)
-        self.writer = LogWriter(on_fsync=metrics.FSYNC_LATENCY.observe)
+        self.writer = LogWriter(
+            on_fsync=metrics.FSYNC_LATENCY.observe,
+            journal_dir=self.data if self._journal_bytes else None,
+            journal_bytes=self._journal_bytes,
+        )
         await self.writer.start()
         await asyncio.to_thread(self.membership.note_groups_without_log)
         for group in range(self.groups):

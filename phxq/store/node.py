@@ -71,6 +71,7 @@ class StoreNode:
             state_for=lambda group: StoreState(group, dedup_window=c.dedup_window),
             restore_state=lambda group, data: StoreState.restore(data),
             segment_bytes=c.segment_bytes,
+            journal_bytes=c.journal_bytes,
             name="store",
             dial=dict(self.node.peers),
         )

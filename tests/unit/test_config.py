@@ -99,6 +99,7 @@ def test_omitted_keys_take_the_documented_defaults() -> None:
     assert c.groups == DEFAULTS["cluster.groups"] == 16
     assert (c.dedup_window, c.paxos_window, c.heartbeat_interval, c.lease) == (300, 8, 0.1, 1)
     assert c == ClusterSettings()
+    assert c.journal_bytes == 8 << 20
     assert cfg.stores[0].dc == "default" and cfg.stores[0].metrics_addr is None
     topic = cfg.topic("orders")
     assert (topic.retention, topic.max_message_bytes, topic.retention_bytes) == (
@@ -210,6 +211,10 @@ def test_configs_are_frozen() -> None:
         (STORE + '[cluster]\nlease = "150ms"\n', "cluster.lease: must be at least 2 heartbeat"),
         (STORE + '[cluster]\nlease = "1 fortnight"\n', "cluster.lease: expected a duration"),
         (STORE + "[cluster]\nlease = 0\n", "cluster.lease: must be longer than 0"),
+        (
+            STORE + '[cluster]\njournal_bytes = "4KiB"\n',
+            "cluster.journal_bytes: must be 0 (no journal) or at least 64KiB",
+        ),
         (STORE + TOPIC.replace("8", '8\nretention = "-1d"'), "topic[0].retention: expected a"),
         (STORE + TOPIC.replace("8", '8\nmax_message_bytes = "1MB"'), "expected a size"),
         (STORE + TOPIC.replace("8", '8\nmax_message_bytes = "9MiB"'), "must be at most 8MiB"),
@@ -371,6 +376,7 @@ def configs(draw: st.DrawFn) -> ClusterConfig:
     settings = ClusterSettings(
         draw(st.integers(1, 64)), draw(durations | st.just(0.0)), draw(st.integers(1, 64)),
         heartbeat, heartbeat * draw(st.integers(2, 30)),
+        journal_bytes=draw(st.sampled_from([0, 64 << 10, 8 << 20])),
     )  # fmt: skip
     topic_names = draw(st.lists(names, min_size=1, max_size=4, unique=True))
     topics = tuple(
