@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--pyspy-node", type=int, default=1)
     ap.add_argument("--pyspy-gil", action="store_true")
     ap.add_argument("--cluster-options", default="")
+    ap.add_argument("--window", type=int, default=None, help="client requests in flight per group")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x]
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.batching]
@@ -164,7 +165,11 @@ def main() -> None:
             for level in levels:
                 for batching in modes:
                     coro = benchmark.throughput(
-                        addrs, outstanding=level, seconds=args.seconds, batching=batching
+                        addrs,
+                        outstanding=level,
+                        seconds=args.seconds,
+                        batching=batching,
+                        window=args.window,
                     )
                     runs.append((f"tput-{level}-{'b' if batching else 'nb'}", coro))
             for name, coro in runs:

@@ -290,9 +290,12 @@ async def throughput(
     batching: bool = True,
     warmup: float = 1.0,
     cpu: CpuMeter | None = None,
+    window: int | None = None,
 ) -> Result:
-    """``outstanding`` concurrent phxq producers for ``seconds`` (after ``warmup`` seconds)."""
-    async with Client(addresses, batching=batching) as client:
+    """``outstanding`` concurrent phxq producers for ``seconds`` (after ``warmup`` seconds);
+    ``window``: the client's requests in flight per group (its default if None)."""
+    extra = {} if window is None else {"window": window}
+    async with Client(addresses, batching=batching, **extra) as client:
         return await run_throughput(
             phxq_sender(client, topic),
             outstanding=outstanding,

@@ -10,10 +10,12 @@ What it promises (DESIGN.md §5, §10):
 - **Retries never duplicate.** Every message gets a dedup id (the caller's, or a unique one:
   96 random bits per client plus a counter), and a retry re-sends the same ids, so the store
   answers a retried enqueue with the original offset and stores it once.
-- **Adaptive batching.** Up to ``window`` requests per (topic, group) are in flight at once;
-  while the window is full, further ``enqueue`` calls for that group queue up and leave together
-  in the next request as soon as one returns: at low load each message goes at once, at high
-  load batches grow by themselves. No linger timer. With ``batching=False`` every message
+- **Adaptive batching.** Up to ``window`` (default 2) requests per (topic, group) are in
+  flight at once; a request beside one already in flight leaves only once
+  ``EXTRA_REQUEST_MIN_MESSAGES`` (8) are queued, since each request becomes its own Paxos
+  instance. Further ``enqueue`` calls for the group queue up and leave together in the next
+  request: at low load each message goes at once, at high load batches grow by themselves. No
+  linger timer. With ``batching=False`` every message
   leaves at once in a request of its own (a benchmark baseline).
 """
 
@@ -40,7 +42,10 @@ log = logging.getLogger("phxq.client")
 MAX_REQUEST_MESSAGES = 4096
 MAX_REQUEST_BYTES = 4 << 20
 META_TIMEOUT = 0.5
-DEFAULT_WINDOW = 1  # enqueue requests in flight per (topic, group) with batching
+DEFAULT_WINDOW = 2  # enqueue requests in flight per (topic, group) with batching
+# A request beyond the first in flight leaves only with this many messages queued: with few
+# queued, waiting for the first to return makes one bigger Paxos instance instead of two small.
+EXTRA_REQUEST_MIN_MESSAGES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +332,13 @@ class Client:
                 del sender.pending[:1]
                 self._spawn(self._send_batch(topic, group, batch))
             return
-        if sender.pending and sender.in_flight < self._window:
+        if sender.pending and (
+            sender.in_flight == 0
+            or (
+                sender.in_flight < self._window
+                and len(sender.pending) >= EXTRA_REQUEST_MIN_MESSAGES
+            )
+        ):
             sender.in_flight += 1
             self._spawn(self._send_loop(topic, group, sender))
 

@@ -86,9 +86,25 @@ async def test_no_batching_sends_one_message_per_request_when_calls_arrive_toget
 
 @pytest.mark.asyncio
 async def test_batching_queues_behind_the_request_in_flight() -> None:
-    store = await _run(20, batching=True)
+    store = await _run(20, batching=True, window=1)
     # The first call leaves alone; the other 19 queue behind it and leave together.
     assert store.requests == [1, 19]
+    assert store.max_in_flight == 1
+
+
+@pytest.mark.asyncio
+async def test_a_second_request_leaves_only_once_enough_messages_are_queued() -> None:
+    store = await _run(20, batching=True)  # the default window, 2
+    # Alone first; the next leaves beside it only with EXTRA_REQUEST_MIN_MESSAGES (8) queued;
+    # the last 11 wait for a free slot.
+    assert store.requests == [1, 8, 11]
+    assert store.max_in_flight == 2
+
+
+@pytest.mark.asyncio
+async def test_a_few_queued_messages_wait_for_the_request_in_flight() -> None:
+    store = await _run(5, batching=True, window=4)
+    assert store.requests == [1, 4]  # too few to justify a second instance at once
     assert store.max_in_flight == 1
 
 
@@ -96,7 +112,7 @@ async def test_batching_queues_behind_the_request_in_flight() -> None:
 async def test_window_allows_several_requests_in_flight_per_group() -> None:
     store = await _run(20, batching=True, window=3)
     assert store.max_in_flight == 3
-    assert store.requests == [1, 1, 1, 17]
+    assert store.requests == [1, 8, 8, 3]
 
 
 def test_window_must_be_positive() -> None:
