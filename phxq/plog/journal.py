@@ -64,7 +64,7 @@ from phxq.plog.durable import fsync_dir
 if TYPE_CHECKING:
     from phxq.plog.writer import SegmentFile
 
-__all__ = ["JOURNAL_FILES", "Journal", "ReplayStats", "replay"]
+__all__ = ["JOURNAL_FILES", "Journal", "ReplayStats", "journaled_ranges", "replay"]
 
 log = logging.getLogger("phxq.plog")
 
@@ -145,11 +145,9 @@ def _safe_path(base: Path, name: str) -> Path:
     return base / rel
 
 
-def replay(base: Path, fsync: Callable[[int], None] = os.fdatasync) -> ReplayStats:
-    """Blocking: redo every journal record in ``base`` not known to be checkpointed into its
-    segment file, then ``fdatasync`` those files. ``StorageError`` if a file cannot be read or
-    written (never start on a log whose acknowledged tail may be missing)."""
-    stats = ReplayStats()
+def _replayable(base: Path) -> tuple[int, list[tuple[int, Path]]]:
+    """The highest generation found in ``base`` (0: no journal) and the (generation, file) pairs
+    a redo must replay, oldest first."""
     headers: list[tuple[int, int, Path]] = []
     for name in JOURNAL_FILES:
         path = base / name
@@ -164,11 +162,29 @@ def replay(base: Path, fsync: Callable[[int], None] = os.fdatasync) -> ReplaySta
         if found is not None:
             headers.append((found[0], found[1], path))
     if not headers:
-        return stats
+        return 0, []
     headers.sort()
     newest_gen, checkpointed, _ = headers[-1]
-    stats.generation = newest_gen
-    to_replay = [(g, p) for g, _, p in headers if g > checkpointed]
+    return newest_gen, [(g, p) for g, _, p in headers if g > checkpointed]
+
+
+def journaled_ranges(base: Path) -> list[tuple[Path, int, int]]:
+    """Blocking: (segment file, offset, length) of every byte a redo in ``base`` would write —
+    the segment bytes that may never have been synced (the fault suite zeroes them to stand in
+    for a power loss)."""
+    out = []
+    for generation, path in _replayable(base)[1]:
+        for entries in _records(path.read_bytes(), generation):
+            out += [(_safe_path(base, name), offset, len(data)) for name, offset, data in entries]
+    return out
+
+
+def replay(base: Path, fsync: Callable[[int], None] = os.fdatasync) -> ReplayStats:
+    """Blocking: redo every journal record in ``base`` not known to be checkpointed into its
+    segment file, then ``fdatasync`` those files. ``StorageError`` if a file cannot be read or
+    written (never start on a log whose acknowledged tail may be missing)."""
+    stats = ReplayStats()
+    stats.generation, to_replay = _replayable(base)
     fds: dict[Path, int] = {}
     try:
         for generation, path in to_replay:
