@@ -121,6 +121,7 @@ def test_run_all_with_nats_peer(tmp_path: Path) -> None:
         _check_run(run, "nats", {"nats1", "nats2", "nats3"})
     ratios = {(r["name"], r["outstanding"]): r for r in report["ratios"]}
     assert set(ratios) == {("latency", 1), ("throughput", 16)}
+    assert {r["groups"] for r in report["ratios"]} == {4}
     for r in ratios.values():
         assert all(r[k] is not None and r[k] > 0 for k in ("p50", "p99.9", "msgs_per_s"))
     assert "phxq / NATS JetStream" in md_path.read_text()
