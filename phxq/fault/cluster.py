@@ -11,6 +11,7 @@ Public API::
     harness.heal_links(links);  harness.heal_network()
     await harness.masters() -> {group: store id};  await harness.lock_master() -> id | None
     harness.tear_tail(node, rng) / .flip_byte(node, group, rng)    # the node must be down
+    harness.kill_stores(nodes);  harness.lose_power(node) -> bytes zeroed (node down)
     harness.fill_disk() / .free_disk()    # the disk-full store's small filesystem
     await harness.stop()                  # processes, proxies, the filesystem: always
 
@@ -28,6 +29,14 @@ until ``ENOSPC``, so the next segment the store preallocates fails; ``free_disk`
 newest segment of some groups (a write cut by a crash); ``flip_byte`` inverts one byte in the
 middle of the written part of one group's log (silent corruption: the replica finds it at
 recovery and stops serving that group until it is repaired).
+
+**Power loss** (the store must be stopped): a SIGKILL keeps the page cache, so nothing a store
+wrote is lost by it. ``lose_power`` zeroes, in the store's segment files, every byte its PLog
+journal would redo (:func:`~phxq.plog.journal.journaled_ranges`): the segment bytes whose only
+synced copy is a journal record, i.e. what a power cut may take. The restarted store must
+restore them from the journal before it recovers its groups. (The journal files themselves
+are kept whole: an unsynced journal record was never acknowledged, so keeping it loses
+nothing the checker could miss.)
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from phxq.errors import PhxqError
 from phxq.fault.history import DELIVERIES_ENV
 from phxq.net.proxy import Direction, FaultProxy
 from phxq.net.rpc import RpcPool
+from phxq.plog.journal import journaled_ranges
 
 log = logging.getLogger("phxq.fault")
 
@@ -196,6 +206,20 @@ class FaultCluster:
         if proc.popen is not None and proc.popen.poll() is None:
             self.cluster.signal(role, str(node), signal.SIGKILL)
         proc.paused = False
+
+    def kill_stores(self, nodes: list[int]) -> None:
+        """SIGKILL the running stores of ``nodes`` at the same instant (every signal is sent
+        before any exit is awaited), then wait until all of them are gone."""
+        assert self.cluster is not None
+        procs = [self.cluster.procs[("store", str(n))] for n in nodes]
+        for proc in procs:
+            if proc.popen is not None and proc.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # exited just now
+                    proc.popen.send_signal(signal.SIGKILL)
+        for proc in procs:
+            if proc.popen is not None:
+                proc.popen.wait()
+            proc.paused = False
 
     def pause(self, role: str, node: int | str) -> None:
         assert self.cluster is not None
@@ -344,6 +368,28 @@ class FaultCluster:
             f.seek(at)
             f.write(bytes([byte ^ 0xFF]))
         return {"segment": f"{group_dir.name}/{path.name}", "at": at}
+
+    def lose_power(self, node: int) -> int:
+        """Zero every segment byte store ``node`` (which must be down) would redo from its
+        journal: what a power cut may have kept from the disk. Ranges of segment files that no
+        longer exist (truncated away) are skipped, and no file is extended past its end.
+        Returns the bytes zeroed."""
+        assert not self.running("store", node), "lose_power needs the store down"
+        zeroed = 0
+        for path, offset, length in journaled_ranges(self.data_dir("store", node)):
+            try:
+                fd = os.open(path, os.O_WRONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                n = max(0, min(length, os.fstat(fd).st_size - offset))
+                if n:
+                    # No fsync: the restarted store reads these pages from the same page cache.
+                    os.pwrite(fd, bytes(n), offset)
+            finally:
+                os.close(fd)
+            zeroed += n
+        return zeroed
 
     # --------------------------------------------------------------------------- disk full
 

@@ -83,6 +83,7 @@ class RunReport:
     seed: int
     result: CheckResult
     injected: list[str] = field(default_factory=list)
+    zeroed: dict[int, dict[int, int]] = field(default_factory=dict)  # power losses: id -> bytes
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth a look, not a failure
     history_path: Path | None = None
@@ -92,10 +93,17 @@ class RunReport:
     def ok(self) -> bool:
         return self.result.ok and not self.problems
 
+    @property
+    def zeroed_bytes(self) -> int:
+        """Segment bytes the run's power losses zeroed, over every store."""
+        return sum(sum(by_store.values()) for by_store in self.zeroed.values())
+
     def summary(self) -> str:
         line = self.result.summary(self.seed)
         if self.problems:
             line = line.replace(" OK ", " FAILED ", 1) + f" problems={len(self.problems)}"
+        if self.zeroed:
+            line += f" power_losses={len(self.zeroed)} zeroed={self.zeroed_bytes}B"
         return f"{line} time={self.seconds:.0f}s"
 
 
@@ -368,6 +376,7 @@ async def _run_workload(
         finally:
             await nemesis.heal_all()
         report.injected = nemesis.injected
+        report.zeroed = nemesis.zeroed
         unused = sorted(set(harness.proxies) - harness.links_seen)
         if unused:
             report.problems.append(f"proxies that never carried a connection: {unused}")
@@ -453,15 +462,27 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--out", type=Path, default=None, help="where histories go (default: a temp dir)"
     )
     p.add_argument("--overlap", type=float, default=0.3, help="chance that faults overlap")
+    p.add_argument(
+        "--require",
+        default="",
+        metavar="KIND,...",
+        help="fault kinds every run injects first (then random ones); e.g. power_loss_all",
+    )
     p.add_argument("--keep-data", action="store_true", help="keep the daemons' data dirs")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.require = tuple(k for k in args.require.split(",") if k)
+    unknown = sorted(set(args.require) - set(KINDS))
+    if unknown:
+        p.error(f"--require: unknown fault kinds {unknown} (known: {', '.join(KINDS)})")
+    return args
 
 
 async def _main(args: argparse.Namespace) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="phxq-torture-"))
     totals: dict[str, float] = {"acked": 0, "lost": 0, "dups": 0, "faults": 0, "delivered": 0}
     longest = 0.0
+    zeroed = power_losses = 0
     failed: list[int] = []
     for seed in range(args.seed, args.seed + args.runs):
         opts = RunOptions(
@@ -469,6 +490,7 @@ async def _main(args: argparse.Namespace) -> int:
             duration=args.duration,
             out=out,
             overlap=args.overlap,
+            require=args.require,
             keep_data=args.keep_data,
         )
         report = await run_once(opts, echo=print if args.verbose else (lambda *a: None))
@@ -479,6 +501,8 @@ async def _main(args: argparse.Namespace) -> int:
         for k in totals:
             totals[k] += f[k]
         longest = max(longest, f["max_failover_pause"])
+        zeroed += report.zeroed_bytes
+        power_losses += len(report.zeroed)
         if not report.ok:
             failed.append(seed)
             for line in report.result.violations + report.problems:
@@ -486,13 +510,16 @@ async def _main(args: argparse.Namespace) -> int:
             print(f"  history: {report.history_path}")
             print(
                 f"  replay: scripts/torture --runs 1 --seed {seed} --duration {args.duration:g}"
-                f" --overlap {args.overlap:g} --keep-data -v"
+                f" --overlap {args.overlap:g}"
+                + (f" --require {','.join(args.require)}" if args.require else "")
+                + " --keep-data -v"
             )
     print(
         f"torture: {'OK' if not failed else 'FAILED'} runs={args.runs} "
         f"faults={totals['faults']:.0f} acked={totals['acked']:.0f} lost={totals['lost']:.0f} "
         f"dups={totals['dups']:.0f} delivered={totals['delivered']:.0f} "
-        f"max_failover_pause={longest:.2f}s failed_seeds={failed} out={out}"
+        f"max_failover_pause={longest:.2f}s power_losses={power_losses} "
+        f"zeroed={zeroed}B failed_seeds={failed} out={out}"
     )
     return 1 if failed else 0
 

@@ -1,17 +1,21 @@
-"""The fault harness's pure parts: schedules, lock-node peers in the config, and the on-disk
-damage helpers (run on files, without daemons)."""
+"""The fault harness: schedules, lock-node peers in the config, the on-disk damage helpers (run
+on files, without daemons), and a power loss of every store of a real harness."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+import phxq
 from phxq.config import ConfigError, parse_config
-from phxq.fault.cluster import FaultCluster, HarnessOptions
-from phxq.fault.nemesis import DISK_KINDS, KINDS, make_schedule
+from phxq.fault.cluster import TOPIC, FaultCluster, HarnessOptions
+from phxq.fault.nemesis import ALONE_KINDS, DISK_KINDS, KINDS, make_schedule
+from phxq.plog.journal import journaled_ranges
+from tests.integration.conftest import wait_until
 
 
 def test_schedule_is_a_function_of_the_seed() -> None:
@@ -43,13 +47,15 @@ def test_with_overlap_some_faults_run_at_the_same_time() -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_disk_faults_never_overlap_another_fault(seed: int) -> None:
-    schedule = make_schedule(seed, 120.0, overlap=0.6)
+def test_disk_faults_and_power_loss_all_never_overlap_another_fault(seed: int) -> None:
+    assert DISK_KINDS | {"power_loss_all"} <= ALONE_KINDS
+    schedule = make_schedule(seed, 120.0, overlap=0.6, require=KINDS)
+    assert "power_loss_all" in {f.kind for f in schedule}
     for a in schedule:
         for b in schedule:
             overlapping = a.id != b.id and a.at <= b.at < a.at + a.duration
             if overlapping:
-                assert a.kind not in DISK_KINDS and b.kind not in DISK_KINDS, (a, b)
+                assert a.kind not in ALONE_KINDS and b.kind not in ALONE_KINDS, (a, b)
 
 
 def test_lock_nodes_dial_their_peers_where_the_config_says() -> None:
@@ -113,3 +119,65 @@ def test_flip_byte_changes_one_byte_in_the_middle_of_the_written_part(tmp_path: 
     assert changed == [flipped["at"]] and 250 <= flipped["at"] <= 750
     assert data[flipped["at"]] == 0x05 ^ 0xFF
     assert harness.flip_byte(2, 3, random.Random(1)) is None  # nothing written in g0003
+
+
+@pytest.mark.integration
+async def test_lose_power_zeroes_journaled_bytes_and_the_restarted_stores_redo_them(
+    tmp_path: Path,
+) -> None:
+    harness = FaultCluster(HarnessOptions(data=tmp_path / "h", consumers=()))
+    acked: dict[bytes, phxq.Ack] = {}
+    try:
+        await harness.start()
+        async with phxq.Client(harness.client_addresses) as client:
+            # Concurrent enqueues over every queue: writer batches span several groups, so
+            # they are made durable by journal records.
+            for start in range(0, 1200, 200):
+                payloads = [f"m{i}".encode() for i in range(start, start + 200)]
+                acks = await asyncio.gather(
+                    *(client.enqueue(TOPIC, p, key=f"k{i % 23}") for i, p in enumerate(payloads))
+                )
+                acked.update(zip(payloads, acks, strict=True))
+        assert len({a.queue for a in acked.values()}) > 1
+        stores = [1, 2, 3]
+        harness.kill_stores(stores)
+        assert not any(harness.running("store", n) for n in stores)
+        before: dict[tuple[Path, int], bytes] = {}
+        for n in stores:
+            for path, offset, length in journaled_ranges(harness.data_dir("store", n)):
+                if path.exists():
+                    before[(path, offset)] = path.read_bytes()[offset : offset + length]
+        zeroed = {n: harness.lose_power(n) for n in stores}
+        assert all(z > 0 for z in zeroed.values()), f"nothing was journaled: {zeroed}"
+        assert sum(zeroed.values()) == sum(len(b) for b in before.values())
+        assert any(b.strip(b"\0") for b in before.values())
+        for (path, offset), data in before.items():
+            assert path.read_bytes()[offset : offset + len(data)] == bytes(len(data))
+        for n in stores:
+            harness.restart("store", n)
+        assert harness.cluster is not None
+        await harness.cluster.wait_ready_async(timeout=60)
+        # The redo wrote back exactly what was zeroed (the segments are append-only).
+        for (path, offset), data in before.items():
+            if path.exists():
+                assert path.read_bytes()[offset : offset + len(data)] == data, (path, offset)
+
+        async with phxq.Client(harness.client_addresses) as client:
+            served: dict[tuple[int, int], bytes] = {}
+
+            async def read_all() -> bool:
+                served.clear()
+                for q in {a.queue for a in acked.values()}:
+                    after = None
+                    while page := await client.dequeue(
+                        None, TOPIC, queue=q, after=after, limit=1000
+                    ):
+                        served.update(((q, m.offset), m.payload) for m in page)
+                        after = page[-1].offset
+                return len(served) >= len(acked)
+
+            await wait_until(read_all, 30, "every acknowledged message served again")
+        for payload, ack in acked.items():
+            assert served.get((ack.queue, ack.offset)) == payload, (payload, ack)
+    finally:
+        await harness.stop()
