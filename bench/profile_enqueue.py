@@ -136,6 +136,9 @@ def main() -> None:
     ap.add_argument("--pyspy-node", type=int, default=1)
     ap.add_argument("--pyspy-gil", action="store_true")
     ap.add_argument("--cluster-options", default="")
+    ap.add_argument(
+        "--queues", type=int, default=0, help="enqueue to a topic of this many queues (else orders)"
+    )
     ap.add_argument("--window", type=int, default=None, help="client requests in flight per group")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x]
@@ -150,7 +153,9 @@ def main() -> None:
             lock_ports=ports[3:6],
             metrics_ports=ports[6:],
             cluster_options=args.cluster_options,
+            extra=f'[[topic]]\nname = "bench"\nqueues = {args.queues}\n' if args.queues else "",
         )
+        topic = "bench" if args.queues else "orders"
         with ProcessCluster(config) as cluster:
             cluster.wait_ready(60)
             addrs = cluster.store_addresses
@@ -161,11 +166,12 @@ def main() -> None:
             }
             runs: list[tuple[str, Coroutine[Any, Any, Any]]] = []
             if not args.no_latency:
-                runs.append(("latency", benchmark.latency(addrs, count=args.count)))
+                runs.append(("latency", benchmark.latency(addrs, topic=topic, count=args.count)))
             for level in levels:
                 for batching in modes:
                     coro = benchmark.throughput(
                         addrs,
+                        topic=topic,
                         outstanding=level,
                         seconds=args.seconds,
                         batching=batching,
