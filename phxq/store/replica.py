@@ -127,7 +127,7 @@ class GroupReplica:
         self._send = send
         self._address_of = address_of
         self._propose_timeout = propose_timeout
-        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._waiters: dict[int, asyncio.Future[Any] | _BatchSlot] = {}
         self._next_pid = 1
         self._last_results: tuple[int, list[Any]] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -299,34 +299,46 @@ class GroupReplica:
         """Propose one item now (raises NotMaster or StorageError at once); the future gets its
         apply result once chosen and applied here, or fails with ``Unavailable`` after
         ``propose_timeout`` (outcome unknown). Cancelling the future only stops waiting."""
-        return self.propose_many_nowait((item,))[0]
+        if self.failed is not None:
+            raise self.failed
+        if not self.paxos.is_master:
+            raise NotMaster(hint=self.master_address())
+        pid = self._next_pid
+        self._next_pid += 1
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiters[pid] = future
+        # One timer, no wait_for/shield tasks: this runs once per proposed entry.
+        timer = loop.call_later(self._propose_timeout, self._expire, future)
+        future.add_done_callback(functools.partial(self._proposal_done, (pid,), timer))
+        self.execute(self.paxos.propose(pid, item, time.monotonic()))
+        return future
 
-    def propose_many_nowait(self, items: Sequence[bytes]) -> list[asyncio.Future[Any]]:
-        """:meth:`propose_nowait` for several items at once: they share Paxos instances (one
-        while they fit ``max_batch_*``) instead of each taking its own slot of the window."""
+    def propose_batch(self, items: Sequence[bytes]) -> asyncio.Future[list[Any]]:
+        """:meth:`propose_nowait` for several items at once, with one future for all their
+        results (in order; it fails as soon as one item's proposal fails). The items share
+        Paxos instances (one while they fit ``max_batch_*``) instead of each taking its own
+        slot of the window, and cost one future and one timer, not one per item."""
         if self.failed is not None:
             raise self.failed
         if not self.paxos.is_master:
             raise NotMaster(hint=self.master_address())
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = []
-        pairs: list[tuple[int, bytes]] = []
-        for item in items:
-            pid = self._next_pid
-            self._next_pid += 1
-            future: asyncio.Future[Any] = loop.create_future()
-            self._waiters[pid] = future
-            # One timer, no wait_for/shield tasks: this runs once per proposed entry.
-            timer = loop.call_later(self._propose_timeout, self._expire, pid)
-            future.add_done_callback(functools.partial(self._proposal_done, pid, timer))
-            futures.append(future)
-            pairs.append((pid, item))
-        self.execute(self.paxos.propose_many(pairs, time.monotonic()))
-        return futures
+        batch = _Batch(loop.create_future(), len(items))
+        if not items:
+            batch.future.set_result([])
+            return batch.future
+        pids = tuple(range(self._next_pid, self._next_pid + len(items)))
+        self._next_pid += len(items)
+        for index, pid in enumerate(pids):
+            self._waiters[pid] = _BatchSlot(batch, index)
+        timer = loop.call_later(self._propose_timeout, self._expire, batch.future)
+        batch.future.add_done_callback(functools.partial(self._proposal_done, pids, timer))
+        self.execute(self.paxos.propose_many(list(zip(pids, items, strict=True)), time.monotonic()))
+        return batch.future
 
-    def _expire(self, pid: int) -> None:
-        future = self._waiters.get(pid)
-        if future is not None and not future.done():
+    def _expire(self, future: asyncio.Future[Any]) -> None:
+        if not future.done():
             future.set_exception(
                 Unavailable(
                     f"group {self.group}: not chosen within {self._propose_timeout}s (outcome "
@@ -335,10 +347,11 @@ class GroupReplica:
             )
 
     def _proposal_done(
-        self, pid: int, timer: asyncio.TimerHandle, future: asyncio.Future[Any]
+        self, pids: tuple[int, ...], timer: asyncio.TimerHandle, future: asyncio.Future[Any]
     ) -> None:
         timer.cancel()
-        self._waiters.pop(pid, None)
+        for pid in pids:
+            self._waiters.pop(pid, None)
         if not future.cancelled():
             future.exception()  # retrieved here: nobody may be awaiting a failed proposal
 
@@ -635,6 +648,42 @@ class GroupReplica:
             if not future.done():
                 future.set_exception(Unavailable(f"group {self.group}: replica shutting down"))
         await self.glog.close()
+
+
+class _Batch:
+    """The results of one :meth:`GroupReplica.propose_batch`: ``future`` gets them all."""
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * count
+        self.left = count
+
+
+class _BatchSlot:
+    """One item of a :class:`_Batch`, answering like the future a single proposal has (the
+    replica resolves and fails proposals only through ``done``/``set_result``/``set_exception``)."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def done(self) -> bool:
+        return self.batch.future.done()
+
+    def set_result(self, result: Any) -> None:
+        batch = self.batch
+        batch.results[self.index] = result
+        batch.left -= 1
+        if not batch.left and not batch.future.done():
+            batch.future.set_result(batch.results)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.batch.future.done():
+            self.batch.future.set_exception(exc)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

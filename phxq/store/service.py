@@ -7,7 +7,6 @@ apply (dedup and fencing are decided there, identically on every replica).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import time
@@ -136,9 +135,8 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     replica = node.master_replica(topic, batches[0][0])
     started = time.perf_counter()
     # Proposed together, the entries share one instance (while they fit max_batch_*) instead of
-    # each taking a free slot of the window; futures, not tasks, are awaited (no task per entry).
-    futures = replica.propose_many_nowait(entries)
-    results = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+    # each taking a free slot of the window, and one future (no task, no gather) has them all.
+    results = await replica.propose_batch(entries)
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
     out: list[list[list[Any]]] = []
     acked = 0
