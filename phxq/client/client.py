@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any
 
+from phxq import trace
 from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable, UnknownTopic
 from phxq.net.rpc import RpcPool
 from phxq.store.routing import group_for_queue, queue_for_key
@@ -368,6 +369,8 @@ class Client:
                 self._kick(topic, group)
 
     async def _send_batch(self, topic: str, group: int, batch: list[_Pending]) -> None:
+        if trace.ON:
+            trace.mark("client.batch")
         by_queue: dict[int, list[_Pending]] = {}
         for p in batch:
             by_queue.setdefault(p.queue, []).append(p)
@@ -381,6 +384,8 @@ class Client:
                 for p, (offset, duplicate) in zip(ps, results, strict=True):
                     if not p.future.done():
                         p.future.set_result(Ack(topic, q, int(offset), bool(duplicate)))
+            if trace.ON:
+                trace.mark("client.acked")
         except Exception as exc:  # every waiter must learn the outcome; none is left hanging
             if not isinstance(exc, PhxqError):
                 exc = Unavailable(f"malformed enqueue reply: {exc!r}")

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from phxq import trace
 from phxq.errors import BadArgument, PhxqError, Unavailable
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
@@ -156,10 +157,15 @@ class RpcPool:
             Unavailable(f"{method} to {addr} timed out after {timeout}s", {"addr": addr}),
         )
         try:
+            if trace.ON:
+                trace.mark("rpc.send")
             conn.transport.send(body)
             if conn.transport.buffered > (1 << 20):
                 await conn.transport.drain()
-            return await fut
+            result = await fut
+            if trace.ON:
+                trace.mark("rpc.reply")
+            return result
         finally:
             timer.cancel()
             conn.pending.pop(request_id, None)

@@ -46,6 +46,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from phxq import trace
 from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError, Unavailable
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
@@ -271,6 +272,8 @@ class RpcServer:
     def _reply(transport: Transport, body: bytes) -> None:
         if transport.closed:
             return
+        if trace.ON:
+            trace.mark("server.reply")
         try:
             transport.send(body)
         except PhxqError as exc:
@@ -316,6 +319,8 @@ class _PushConnection:
             server._reply(transport, encode_exception(request_id_of(body), exc))
             return
         if type(frame) is Request:
+            if trace.ON:
+                trace.mark("server.request")
             task = asyncio.get_running_loop().create_task(server._run(transport, frame))
             self.inflight.add(task)
             server._request_tasks.add(task)

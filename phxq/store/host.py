@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from phxq import metrics
+from phxq import metrics, trace
 from phxq.errors import ProtocolError, StorageError
 from phxq.net.rpc import RpcPool
 from phxq.net.server import LogLimiter
@@ -201,6 +201,8 @@ class PaxosHost:
         except ProtocolError as exc:
             self._dropped("paxos message", exc)
             return
+        if trace.ON:
+            trace.mark(f"in.{type(msg).__name__}")
         replica = self.replicas.get(msg.group)
         if replica is None or msg.sender not in self.addresses:
             self._dropped("paxos message", f"no group {msg.group} or no member {msg.sender} here")

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from phxq import metrics
+from phxq import metrics, trace
 from phxq.errors import NotMaster, PhxqError, ProtocolError, StorageError, Unavailable
 from phxq.net.server import LogLimiter
 from phxq.paxos import (
@@ -384,6 +384,8 @@ class GroupReplica:
             if isinstance(effect, Send):
                 if effect.msg is not sent:  # a broadcast is encoded once
                     sent, payload = effect.msg, encode_message(effect.msg)
+                    if trace.ON:
+                        trace.mark(f"out.{type(sent).__name__}")
                 # Nothing waits on a Chosen promptly (followers only learn earlier): it may ride
                 # with the next message to that peer instead of costing a write of its own.
                 self._send(effect.to, payload, type(sent) is Chosen)
@@ -416,6 +418,8 @@ class GroupReplica:
                 )
 
     def _persist(self, effect: Persist) -> None:
+        if trace.ON:
+            trace.mark("persist")
         futures: list[asyncio.Future[None]] = []
         for record in effect.records:
             if isinstance(record, PromiseRecord):
@@ -441,6 +445,8 @@ class GroupReplica:
         if exc is not None:
             self._storage_failed(exc)
             return
+        if trace.ON:
+            trace.mark("persisted")
         if self.failed is None:
             self.execute(self.paxos.on_persisted(token, time.monotonic()))
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq import metrics
+from phxq import metrics, trace
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
@@ -136,7 +136,11 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     started = time.perf_counter()
     # Proposed together, the entries share one instance (while they fit max_batch_*) instead of
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
+    if trace.ON:
+        trace.mark("enqueue.propose")
     results = await replica.propose_batch(entries)
+    if trace.ON:
+        trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
     out: list[list[list[Any]]] = []
     acked = 0
