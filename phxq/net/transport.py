@@ -24,8 +24,11 @@ Public API:
   gets, once, the error ``recv`` would have raised; ``pause_reading``/``resume_reading`` let
   the receiver apply back-pressure. ``recv`` must not be used after that.
   ``send(body, flush=False)`` queues a body that nothing waits on promptly: it leaves with the
-  next flushed send, or ``LAZY_FLUSH`` seconds later, in order with everything else (a write
-  and a wake-up of the peer saved per lazy body under load).
+  next flushed send, or ``LAZY_FLUSH`` seconds later (a write and a wake-up of the peer saved
+  per lazy body under load). In a write, lazy bodies go *after* the urgent ones, so the peer
+  handles what someone waits for first (a master's Chosen for instance i never delays the
+  follower's persisting the Accept for i + 1); lazy bodies keep their order among themselves,
+  and so do urgent ones.
 - ``parse_addr("host:port" | "[v6]:port") -> (host, port)``; ``BadArgument`` when malformed.
 """
 
@@ -112,6 +115,7 @@ class TcpTransport(asyncio.Protocol):
         self._reading_paused = False
         self._recv_waiter: asyncio.Future[None] | None = None
         self._outbox: list[bytes] = []
+        self._lazy_outbox: list[bytes] = []  # flush=False bodies: written after _outbox
         self._outbox_bytes = 0
         self._flush_scheduled = False
         self._lazy_timer: asyncio.TimerHandle | None = None
@@ -173,6 +177,7 @@ class TcpTransport(asyncio.Protocol):
         self._finish(Unavailable(f"connection to {self._peer} lost{reason}"))
         self._closing = True
         self._outbox.clear()
+        self._lazy_outbox.clear()
         self._outbox_bytes = 0
         self._release_drainers()
         if not self._lost.done():
@@ -204,8 +209,9 @@ class TcpTransport(asyncio.Protocol):
         if self.closed:
             raise Unavailable(f"connection to {self._peer} is closed")
         check_size(body, self.max_frame)
-        self._outbox.append(prefix(body))
-        self._outbox.append(body)
+        outbox = self._outbox if flush else self._lazy_outbox
+        outbox.append(prefix(body))
+        outbox.append(body)
         self._outbox_bytes += HEADER_SIZE + len(body)
         if self._flush_scheduled:
             return
@@ -220,6 +226,9 @@ class TcpTransport(asyncio.Protocol):
         if self._lazy_timer is not None:
             self._lazy_timer.cancel()
             self._lazy_timer = None
+        if self._lazy_outbox:
+            self._outbox += self._lazy_outbox
+            self._lazy_outbox.clear()
         if not self._outbox or self._transport is None or self._transport.is_closing():
             return
         data = b"".join(self._outbox)
@@ -296,6 +305,7 @@ class TcpTransport(asyncio.Protocol):
         """Close at once, discarding unsent data (a TCP reset)."""
         self._closing = True
         self._outbox.clear()
+        self._lazy_outbox.clear()
         self._wake_reader()
         if self._transport is not None:
             self._transport.abort()

@@ -189,3 +189,22 @@ async def test_tcp_stops_reading_a_peer_whose_frames_are_not_consumed_then_resum
     b.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_lazy_bodies_ride_with_the_next_flush_behind_its_urgent_bodies() -> None:
+    a, b, server = await tcp_pair()
+    assert isinstance(a, TcpTransport)
+    a.send(b"lazy-1", flush=False)
+    a.send(b"lazy-2", flush=False)
+    a.send(b"urgent-1")
+    a.send(b"urgent-2")
+    got = [await asyncio.wait_for(b.recv(), 5) for _ in range(4)]
+    # One write; what someone waits for first, each kind in its own order.
+    assert got == [b"urgent-1", b"urgent-2", b"lazy-1", b"lazy-2"]
+    assert a.writes == 1
+    a.send(b"alone", flush=False)  # no company: leaves after LAZY_FLUSH on its own
+    assert await asyncio.wait_for(b.recv(), 5) == b"alone"
+    a.close()
+    b.close()
+    server.close()
+    await server.wait_closed()
