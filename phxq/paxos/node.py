@@ -272,7 +272,10 @@ class PaxosNode(MasterMixin):
             window.skip_learned(self.learner.chosen_up_to)
 
     def _finish(self, now: float, out: list[Effect]) -> None:
-        """Common tail of every input: announce, learn, refill the window, catch up."""
+        """Common tail of every input: learn, announce, refill the window, catch up. Learned
+        effects go first: the runtime applies them (and answers the client) before it encodes
+        the Chosen announcement, which nothing waits on promptly."""
+        self._emit_learned(self.learner.drain(), out)
         if self._newly_chosen:
             chosen = sorted(self._newly_chosen)
             self._newly_chosen = []
@@ -284,7 +287,6 @@ class PaxosNode(MasterMixin):
                     )
                     start = i
                 prev = i
-        self._emit_learned(self.learner.drain(), out)
         if self._resume_at is not None and self.learner.chosen_up_to >= self._resume_at:
             self._resume_phase1(now, out)
         if self._window is not None:
