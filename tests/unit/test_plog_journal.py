@@ -54,6 +54,11 @@ class Fsync:
             self.segment += 1
 
 
+def _small_journal(base: Path, fsync: Fsync) -> LogWriter:
+    """A writer with 64 KiB journal files (rotating often) that journals every batch."""
+    return LogWriter(fsync=fsync, journal_dir=base, journal_bytes=64 << 10, journal_min_files=1)
+
+
 async def _groups(base: Path, writer: LogWriter, n: int) -> list[GroupLog]:
     logs = [await GroupLog.open(base / f"g{g:04d}", g, writer, segment_bytes=SEG) for g in range(n)]
     await asyncio.gather(*(glog.append_promise(BALLOT) for glog in logs))  # creation settled
@@ -152,9 +157,7 @@ async def test_rotation_checkpoints_so_redo_replays_only_the_newest_generations(
 ) -> None:
     base = tmp_path / "data"
     fsync = Fsync()
-    async with LogWriter(
-        fsync=fsync, journal_dir=base, journal_bytes=64 << 10, journal_min_files=1
-    ) as writer:
+    async with _small_journal(base, fsync) as writer:
         logs = await _groups(base, writer, 4)
         for instance in range(1, 301):
             await _round(logs, instance, size=200)
@@ -223,9 +226,7 @@ async def test_a_failed_checkpoint_fails_that_segment_and_disables_the_journal(
 ) -> None:
     base = tmp_path / "data"
     fsync = Fsync()
-    async with LogWriter(
-        fsync=fsync, journal_dir=base, journal_bytes=64 << 10, journal_min_files=1
-    ) as writer:
+    async with _small_journal(base, fsync) as writer:
         logs = await _groups(base, writer, 2)
         fsync.fail_checkpoint = True
         failures = 0
@@ -245,9 +246,7 @@ async def test_a_failed_checkpoint_fails_that_segment_and_disables_the_journal(
 
 async def test_a_batch_too_big_for_the_journal_is_synced_directly(tmp_path: Path) -> None:
     fsync = Fsync()
-    async with LogWriter(
-        fsync=fsync, journal_dir=tmp_path, journal_bytes=64 << 10, journal_min_files=1
-    ) as writer:
+    async with _small_journal(tmp_path, fsync) as writer:
         logs = await _groups(tmp_path, writer, 2)
         journal = writer.journal
         assert journal is not None
