@@ -92,7 +92,11 @@ class FaultCluster:
     cluster: ProcessCluster | None = None
     disk_full_supported: bool = False
     links_seen: set[tuple[str, int, int]] = field(default_factory=set)  # by sample_links()
+    # Daemons a fault found dead by themselves (not by our signal) before it killed or restarted
+    # them: the crash would otherwise be lost, since check_exits sees only the last incarnation.
+    crashes: list[str] = field(default_factory=list)
     _mounted: Path | None = None
+    _noted_pids: set[int] = field(default_factory=set)
 
     # ------------------------------------------------------------------------ life cycle
 
@@ -200,8 +204,24 @@ class FaultCluster:
 
     # ------------------------------------------------------------------------- processes
 
+    def _note_exit(self, role: str, node: int | str) -> None:
+        """Record (:attr:`crashes`) a daemon that exited by itself since it was started."""
+        assert self.cluster is not None
+        proc = self.cluster.procs[(role, str(node))]
+        code = None if proc.popen is None else proc.popen.poll()
+        if code is None or proc.stopped or code in (-signal.SIGKILL, -signal.SIGTERM):
+            return
+        assert proc.popen is not None
+        if proc.popen.pid in self._noted_pids:
+            return
+        self._noted_pids.add(proc.popen.pid)
+        self.crashes.append(
+            f"{role} {node} exited with {code}\n" + self.cluster.logs(role, node, tail=30)
+        )
+
     def kill(self, role: str, node: int | str) -> None:
         assert self.cluster is not None
+        self._note_exit(role, node)
         proc = self.cluster.procs[(role, str(node))]
         if proc.popen is not None and proc.popen.poll() is None:
             self.cluster.signal(role, str(node), signal.SIGKILL)
@@ -211,6 +231,8 @@ class FaultCluster:
         """SIGKILL the running stores of ``nodes`` at the same instant (every signal is sent
         before any exit is awaited), then wait until all of them are gone."""
         assert self.cluster is not None
+        for n in nodes:
+            self._note_exit("store", n)
         procs = [self.cluster.procs[("store", str(n))] for n in nodes]
         for proc in procs:
             if proc.popen is not None and proc.popen.poll() is None:
@@ -233,6 +255,7 @@ class FaultCluster:
 
     def restart(self, role: str, node: int | str) -> None:
         assert self.cluster is not None
+        self._note_exit(role, node)
         self.cluster.start_node(role, str(node))
 
     def running(self, role: str, node: int | str) -> bool:

@@ -401,6 +401,7 @@ async def _run_workload(
                 history.add("read", topic=TOPIC, queue=q, offset=offset, payload=payload)
         status = await _converge(harness, pool, report, opts.settle_timeout)
         history.add("final", stores={str(k): v.get("groups") for k, v in status.items()})
+        report.problems += [f"daemon died: {crash[:2000]}" for crash in harness.crashes]
         try:
             harness.check_exits()
         except RuntimeError as exc:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
+import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 
 import phxq
 from phxq.config import ConfigError, parse_config
+from phxq.devcluster import ProcessCluster, _Proc, free_ports, write_dev_config
 from phxq.fault.cluster import TOPIC, FaultCluster, HarnessOptions
 from phxq.fault.nemesis import ALONE_KINDS, DISK_KINDS, KINDS, make_schedule
 from phxq.plog.journal import journaled_ranges
@@ -181,3 +185,24 @@ async def test_lose_power_zeroes_journaled_bytes_and_the_restarted_stores_redo_t
             assert served.get((ack.queue, ack.offset)) == payload, (payload, ack)
     finally:
         await harness.stop()
+
+
+def test_a_daemon_that_died_by_itself_before_a_fault_touched_it_is_reported(
+    tmp_path: Path,
+) -> None:
+    config = write_dev_config(tmp_path, nodes=3, groups=1, store_ports=free_ports(3))
+    harness = _harness(tmp_path)
+    harness.cluster = ProcessCluster(config)
+    assert harness.cluster.log_dir is not None
+    (harness.cluster.log_dir / "store2.log").write_text("replay failed: boom\n")
+    died = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    harness.cluster.procs[("store", "2")] = _Proc("store", "2", popen=died)
+    harness.cluster.procs[("store", "3")] = _Proc("store", "3", popen=killed)
+    died.wait()
+    harness.kill_stores([2, 3])
+    assert killed.returncode == -signal.SIGKILL
+    assert len(harness.crashes) == 1
+    assert harness.crashes[0].startswith("store 2 exited with 3") and "boom" in harness.crashes[0]
+    harness.kill_stores([2, 3])  # the same incarnation is reported once
+    assert len(harness.crashes) == 1
