@@ -377,6 +377,9 @@ async def _run_workload(
             await nemesis.heal_all()
         report.injected = nemesis.injected
         report.zeroed = nemesis.zeroed
+        for fault_id, by_store in nemesis.zeroed.items():
+            if not sum(by_store.values()):  # e.g. a store killed again just after its restart
+                report.notes.append(f"power loss #{fault_id} zeroed nothing: only a SIGKILL")
         unused = sorted(set(harness.proxies) - harness.links_seen)
         if unused:
             report.problems.append(f"proxies that never carried a connection: {unused}")
