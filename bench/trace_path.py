@@ -47,7 +47,7 @@ def _read(prefix: Path, names: dict[int, str]) -> list[tuple[int, str, str]]:
     return marks
 
 
-def analyse(marks: list[tuple[int, str, str]], warmup: int) -> str:
+def analyse(marks: list[tuple[int, str, str]], warmup: int, share: float = 0.9) -> str:
     cycles: list[dict[tuple[str, str], int]] = []
     start = 0
     for t, who, name in marks:
@@ -72,7 +72,7 @@ def analyse(marks: list[tuple[int, str, str]], warmup: int) -> str:
     rows = [
         (statistics.median(v), k)
         for k, v in keys.items()
-        if len(v) >= 0.9 * len(cycles) and k[1] != "client.batch"
+        if len(v) >= share * len(cycles) and k[1] != "client.batch"
     ]
     rows.sort()
     out = [f"{len(cycles)} sequential enqueues (median µs since the client's call)", ""]
@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--groups", type=int, default=1)
+    ap.add_argument("--share", type=float, default=0.9, help="rows seen in this share of cycles")
     args = ap.parse_args()
     assert trace.ON, "PHXQ_TRACE must be set before phxq is imported"
     with tempfile.TemporaryDirectory(prefix="phxq-trace-cluster-") as tmp:
@@ -111,7 +112,7 @@ def main() -> None:
         finally:
             cluster.stop()
     trace._dump()
-    print(analyse(_read(_PREFIX, names), args.warmup))
+    print(analyse(_read(_PREFIX, names), args.warmup, args.share))
     sys.stdout.flush()
 
 

@@ -460,6 +460,8 @@ class GroupReplica:
                 future.set_exception(self.failed)
 
     def _learn(self, effect: Learned) -> None:
+        if trace.ON:
+            trace.mark("learn")
         ballot = None if effect.ballot is None else (effect.ballot.round, effect.ballot.node)
         self._last_results = None
         # Not urgent: the client is answered once the instance is chosen (durably accepted by a
@@ -471,6 +473,8 @@ class GroupReplica:
         if self._last_results is None or self._last_results[0] != effect.instance:
             raise AssertionError("the PLog did not index a chosen instance synchronously")
         results = self._last_results[1]
+        if trace.ON:
+            trace.mark("applied")
         for pid, result in zip(effect.proposals, results, strict=False):
             future = self._waiters.get(pid)
             if future is not None and not future.done():
