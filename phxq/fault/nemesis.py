@@ -11,8 +11,9 @@ Public API::
 Faults may overlap (``overlap``), with two rules that keep the run inside the failure model
 phxq promises to survive: a disk fault (torn tail, flipped byte, full disk) and the power cut
 of every store are never under way together with another fault (:data:`ALONE_KINDS`), so while
-one replica's log is damaged the other two replicas of every group are whole; and two faults
-never stop or restart the same process (a fault whose target is busy is skipped).
+one replica's log is damaged the other two replicas of every group are whole, and an outage of
+the whole cluster is one fault's own; and two faults never stop or restart the same process (a
+fault whose target is busy is skipped).
 
 A :class:`Fault` names a kind, when it starts (seconds after ``t0``), how long it lasts, and a
 *role* of its target (``master`` / ``follower`` of a group, or a node); which process that is
