@@ -49,6 +49,7 @@ import os
 import random
 import signal
 import subprocess
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -392,20 +393,23 @@ class FaultCluster:
             f.write(bytes([byte ^ 0xFF]))
         return {"segment": f"{group_dir.name}/{path.name}", "at": at}
 
-    def lose_power(self, node: int) -> int:
+    def lose_power(self, node: int, kept: list[tuple[Path, int, int, int]] | None = None) -> int:
         """Zero every segment byte store ``node`` (which must be down) would redo from its
         journal: what a power cut may have kept from the disk. Ranges of segment files that no
         longer exist (truncated away) are skipped, and no file is extended past its end.
-        Returns the bytes zeroed."""
+        Returns the bytes zeroed; ``kept`` gets (path, offset, length, crc32) of what each
+        zeroed range held, for :meth:`unrestored`."""
         assert not self.running("store", node), "lose_power needs the store down"
         zeroed = 0
         for path, offset, length in journaled_ranges(self.data_dir("store", node)):
             try:
-                fd = os.open(path, os.O_WRONLY)
+                fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
                 continue
             try:
                 n = max(0, min(length, os.fstat(fd).st_size - offset))
+                if n and kept is not None:
+                    kept.append((path, offset, n, zlib.crc32(os.pread(fd, n, offset))))
                 if n:
                     # No fsync: the restarted store reads these pages from the same page cache.
                     os.pwrite(fd, bytes(n), offset)
@@ -413,6 +417,32 @@ class FaultCluster:
                 os.close(fd)
             zeroed += n
         return zeroed
+
+    def store_pid(self, node: int) -> int | None:
+        """The pid of store ``node`` if it runs (a restart or a kill changes it)."""
+        assert self.cluster is not None
+        proc = self.cluster.procs.get(("store", str(node)))
+        running = proc is not None and proc.popen is not None and proc.popen.poll() is None
+        return proc.popen.pid if running and proc and proc.popen else None
+
+    @staticmethod
+    def unrestored(kept: list[tuple[Path, int, int, int]]) -> list[str]:
+        """Blocking: the ranges of ``kept`` (see :meth:`lose_power`) whose bytes differ from
+        what they held before the power loss (files deleted since are skipped). Once the
+        restarted store has redone its journal (it answers RPCs only after that) and nothing
+        else wrote there, this must be empty: segment files are append-only."""
+        bad = []
+        for path, offset, length, crc in kept:
+            try:
+                data = path.read_bytes()[offset : offset + length]
+            except FileNotFoundError:
+                continue
+            if zlib.crc32(data) != crc:
+                zeros = length - len(data.rstrip(b"\0"))
+                bad.append(
+                    f"{path.parent.name}/{path.name} [{offset}, +{length}): {zeros} zeros at the end"
+                )
+        return bad
 
     # --------------------------------------------------------------------------- disk full
 

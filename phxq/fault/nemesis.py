@@ -46,7 +46,10 @@ power_loss_all   SIGKILL all three stores at once, zero each one's journaled byt
 ===============  ==============================================================================
 
 14 kinds. The bytes a power loss zeroed are its history detail (``{"zeroed": {store: bytes}}``)
-and :attr:`Nemesis.zeroed`.
+and :attr:`Nemesis.zeroed`. Once a store that lost power answers again (it has redone its
+journal), the nemesis checks that every range it zeroed holds its old bytes again: a miss goes
+to :attr:`Nemesis.unrestored` (a run problem), since the other replicas could hide it from the
+history checker.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from phxq.errors import PhxqError
 from phxq.fault.cluster import FaultCluster
 from phxq.fault.history import History
 from phxq.net.rpc import RpcPool
@@ -94,6 +98,7 @@ DISK_KINDS = frozenset({"torn_tail", "flip_byte", "disk_full"})
 # stops every store (another fault could not act during it, and one starting right after the
 # restart would only blur which fault an outage belongs to).
 ALONE_KINDS = DISK_KINDS | {"power_loss_all"}
+REDO_CHECK_TIMEOUT = 30.0  # seconds a restarted store has to answer before its redo is checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,8 @@ class Nemesis:
         self.flipped: dict[int, int] = {}  # group -> the store whose log had a byte flipped
         self.injected: list[str] = []
         self.zeroed: dict[int, dict[int, int]] = {}  # power loss fault id -> {store: bytes}
+        self._kept: dict[int, dict[int, list[Any]]] = {}  # id -> store -> what was zeroed
+        self.unrestored: list[str] = []  # power losses the restarted store did not redo
         self.busy: set[tuple[str, Any]] = set()  # processes a running fault has stopped
 
     async def run(self, schedule: list[Fault], t0: float) -> None:
@@ -202,9 +209,11 @@ class Nemesis:
             return
         self.busy |= procs
         try:
-            await self._run_fault(fault, target, masters)
+            check = await self._run_fault(fault, target, masters)
         finally:
             self.busy -= procs
+        if check is not None:
+            await check
 
     @staticmethod
     def _processes(fault: Fault, target: Any) -> set[tuple[str, Any]]:
@@ -217,11 +226,13 @@ class Nemesis:
             return {("store", n) for n in target}
         return {(fault.role, target)}
 
-    async def _run_fault(self, fault: Fault, target: Any, masters: dict[int, int]) -> None:
+    async def _run_fault(self, fault: Fault, target: Any, masters: dict[int, int]) -> Any:
+        """Inject, wait, heal; returns a check to await once the fault's processes are free
+        again (a power loss's redo check), or None."""
         heal, detail = await self._inject(fault, target)
         if heal is None:
             log.info("nemesis #%d %s: not applicable (%s), skipped", fault.id, fault.kind, detail)
-            return
+            return None
         nodes = [target[0]] if fault.kind == "flip_byte" else target
         store_master = fault.role == "store" and _touches_master(nodes, masters)
         record = {
@@ -239,6 +250,36 @@ class Nemesis:
         await asyncio.sleep(fault.duration)
         await heal()
         self.history.add("nemesis", phase="end", **record)
+        kept = self._kept.pop(fault.id, None)
+        return None if kept is None else self._check_redo(fault, kept)
+
+    async def _check_redo(self, fault: Fault, kept: dict[int, list[Any]]) -> None:
+        """After a power loss: once a restarted store answers (so it has redone its journal),
+        every range it lost must hold its old bytes again. A redo that missed some is recorded
+        in :attr:`unrestored` (the other replicas may hide it from the checker). A store that
+        another fault stops first, or that does not answer in time, is not judged."""
+        h = self.harness
+        addrs = {s.id: s.addr for s in h.config.stores}
+        for node, ranges in kept.items():
+            pid = h.store_pid(node)
+            deadline = time.monotonic() + REDO_CHECK_TIMEOUT
+            answered = False
+            while pid is not None and time.monotonic() < deadline:
+                try:
+                    await self.pool.call(addrs[node], "meta", {}, timeout=1.0)
+                except PhxqError:  # not serving yet (starting, or stopped by another fault)
+                    await asyncio.sleep(0.1)
+                    continue
+                answered = True
+                break
+            if not answered:
+                continue
+            bad = await asyncio.to_thread(h.unrestored, ranges)
+            if bad and h.store_pid(node) == pid:  # no other fault killed it meanwhile
+                self.unrestored.append(
+                    f"power loss #{fault.id}: store {node} did not redo {len(bad)} of "
+                    f"{len(ranges)} journaled ranges: {bad[:3]}"
+                )
 
     async def _target(self, fault: Fault, masters: dict[int, int]) -> Any:
         h = self.harness
@@ -329,8 +370,10 @@ class Nemesis:
         if kind in ("power_loss", "power_loss_all"):
             stores = target if kind == "power_loss_all" else [target]
             h.kill_stores(stores)
-            zeroed = {n: await asyncio.to_thread(h.lose_power, n) for n in stores}
+            kept: dict[int, list[Any]] = {n: [] for n in stores}
+            zeroed = {n: await asyncio.to_thread(h.lose_power, n, kept[n]) for n in stores}
             self.zeroed[fault.id] = zeroed
+            self._kept[fault.id] = kept
 
             async def power_on() -> None:
                 for n in stores:

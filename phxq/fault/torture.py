@@ -377,6 +377,7 @@ async def _run_workload(
             await nemesis.heal_all()
         report.injected = nemesis.injected
         report.zeroed = nemesis.zeroed
+        report.problems += nemesis.unrestored
         for fault_id, by_store in nemesis.zeroed.items():
             if not sum(by_store.values()):  # e.g. a store killed again just after its restart
                 report.notes.append(f"power loss #{fault_id} zeroed nothing: only a SIGKILL")

@@ -151,12 +151,14 @@ async def test_lose_power_zeroes_journaled_bytes_and_the_restarted_stores_redo_t
             for path, offset, length in journaled_ranges(harness.data_dir("store", n)):
                 if path.exists():
                     before[(path, offset)] = path.read_bytes()[offset : offset + length]
-        zeroed = {n: harness.lose_power(n) for n in stores}
+        kept: dict[int, list[tuple[Path, int, int, int]]] = {n: [] for n in stores}
+        zeroed = {n: harness.lose_power(n, kept[n]) for n in stores}
         assert all(z > 0 for z in zeroed.values()), f"nothing was journaled: {zeroed}"
         assert sum(zeroed.values()) == sum(len(b) for b in before.values())
         assert any(b.strip(b"\0") for b in before.values())
         for (path, offset), data in before.items():
             assert path.read_bytes()[offset : offset + len(data)] == bytes(len(data))
+        assert all(harness.unrestored(kept[n]) for n in stores)
         for n in stores:
             harness.restart("store", n)
         assert harness.cluster is not None
@@ -165,6 +167,7 @@ async def test_lose_power_zeroes_journaled_bytes_and_the_restarted_stores_redo_t
         for (path, offset), data in before.items():
             if path.exists():
                 assert path.read_bytes()[offset : offset + len(data)] == data, (path, offset)
+        assert [harness.unrestored(kept[n]) for n in stores] == [[], [], []]
 
         async with phxq.Client(harness.client_addresses) as client:
             served: dict[tuple[int, int], bytes] = {}
