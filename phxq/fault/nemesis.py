@@ -191,6 +191,7 @@ class Nemesis:
         self.zeroed: dict[int, dict[int, int]] = {}  # power loss fault id -> {store: bytes}
         self._kept: dict[int, dict[int, list[Any]]] = {}  # id -> store -> what was zeroed
         self.unrestored: list[str] = []  # power losses the restarted store did not redo
+        self.redo_checked = 0  # stores whose redo after a power loss was checked
         self.busy: set[tuple[str, Any]] = set()  # processes a running fault has stopped
 
     async def run(self, schedule: list[Fault], t0: float) -> None:
@@ -275,7 +276,10 @@ class Nemesis:
             if not answered:
                 continue
             bad = await asyncio.to_thread(h.unrestored, ranges)
-            if bad and h.store_pid(node) == pid:  # no other fault killed it meanwhile
+            if h.store_pid(node) != pid:
+                continue  # another fault killed it meanwhile: not judged
+            self.redo_checked += 1
+            if bad:
                 self.unrestored.append(
                     f"power loss #{fault.id}: store {node} did not redo {len(bad)} of "
                     f"{len(ranges)} journaled ranges: {bad[:3]}"

@@ -84,6 +84,7 @@ class RunReport:
     result: CheckResult
     injected: list[str] = field(default_factory=list)
     zeroed: dict[int, dict[int, int]] = field(default_factory=dict)  # power losses: id -> bytes
+    redo_checked: int = 0  # stores whose redo after a power loss was checked
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth a look, not a failure
     history_path: Path | None = None
@@ -103,7 +104,10 @@ class RunReport:
         if self.problems:
             line = line.replace(" OK ", " FAILED ", 1) + f" problems={len(self.problems)}"
         if self.zeroed:
-            line += f" power_losses={len(self.zeroed)} zeroed={self.zeroed_bytes}B"
+            line += (
+                f" power_losses={len(self.zeroed)} zeroed={self.zeroed_bytes}B"
+                f" redo_checked={self.redo_checked}"
+            )
         return f"{line} time={self.seconds:.0f}s"
 
 
@@ -378,6 +382,7 @@ async def _run_workload(
         report.injected = nemesis.injected
         report.zeroed = nemesis.zeroed
         report.problems += nemesis.unrestored
+        report.redo_checked = nemesis.redo_checked
         for fault_id, by_store in nemesis.zeroed.items():
             if not sum(by_store.values()):  # e.g. a store killed again just after its restart
                 report.notes.append(f"power loss #{fault_id} zeroed nothing: only a SIGKILL")
