@@ -44,6 +44,7 @@ overlaps a fault on a store that was master of some group).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -361,21 +362,24 @@ def _overlaps(windows: list[tuple[float, float]], lo: float, hi: float) -> bool:
 
 
 def _check_cursors(r: CheckResult, by_type: dict[str, list[Op]]) -> None:
-    replays: dict[tuple[str, str], list[tuple[int | None, float]]] = defaultdict(list)
+    # A replay takes effect at some moment between its sending and its answer; one that failed
+    # (outcome unknown: the client retried it through an outage) may take effect any time after.
+    replays: dict[tuple[str, str], list[tuple[int | None, float, float]]] = defaultdict(list)
     for op in by_type["replay"]:
-        replays[(op["group"], op["topic"])].append((op.get("queue"), _sent(op)))
+        done = math.inf if "error" in op else float(op["t"])
+        replays[(op["group"], op["topic"])].append((op.get("queue"), _sent(op), done))
     polls: dict[tuple[str, str, int], list[Op]] = defaultdict(list)
     for op in by_type["cursor"]:
         polls[(op["group"], op["topic"], op["queue"])].append(op)
     for (group, topic, queue), ops in polls.items():
-        mine = [at for q, at in replays[(group, topic)] if q is None or q == queue]
+        mine = [(at, done) for q, at, done in replays[(group, topic)] if q is None or q == queue]
         for b in ops:
-            # Every poll answered before b was sent: b must not see less, unless a replay was
-            # issued after that poll was sent.
+            # Every poll answered before b was sent: b must not see less, unless a replay may
+            # have taken effect after that poll was sent and before b was answered.
             for a in ops:
                 if a["t"] >= b["t_invoke"] or _cursor(b) >= _cursor(a):
                     continue
-                if not any(a["t_invoke"] <= at <= b["t"] for at in mine):
+                if not any(at <= b["t"] and done >= a["t_invoke"] for at, done in mine):
                     r.violate(
                         "cursor",
                         f"group {group} {topic}/{queue}: cursor {b['cursor']} at {b['t']:.3f} after {a['cursor']} at {a['t']:.3f}, no replay",

@@ -160,17 +160,26 @@ class Workload:
     async def replay(self, client: Client, at: float) -> None:
         """At ``at`` (monotonic), move one queue's cursor back over the last ~100 acked
         messages with an admin seek (recorded: the checker then allows the cursor to go back
-        and those messages to be delivered again)."""
+        and those messages to be delivered again). Never *forward*: a consumer that lags more
+        than 100 messages behind (killed, or the cluster down) would skip the ones between its
+        cursor and the seek, by the admin's order: the target is at most the committed
+        cursor + 1, read first (the cursor only grows meanwhile, except by replays)."""
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         queue = self.rng.randrange(self.harness.opts.queues)
-        acked = [
+        acked = sorted(
             op["offset"]
             for op in self.history.of("enqueue")
             if op["phase"] == "ok" and op["queue"] == queue
-        ]
+        )
         if not acked:
             return
-        offset = sorted(acked)[max(0, len(acked) - 100)]
+        try:
+            committed = await client.cursor(GROUP, TOPIC, queue=queue)
+        except PhxqError as exc:
+            log.info("replay on queue %d skipped: cursor unknown (%s)", queue, exc)
+            return
+        offset = acked[max(0, len(acked) - 100)]
+        offset = min(offset, acked[0] if committed is None else committed + 1)
         sent = time.monotonic()
         record = {"group": GROUP, "topic": TOPIC, "queue": queue, "offset": offset}
         try:
