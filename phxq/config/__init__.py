@@ -24,7 +24,8 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
                    heartbeat_interval ("100ms"); lease ("1s", at least 2 heartbeats);
                    segment_bytes ("64MiB") PLog segment size (the unit of truncation);
                    journal_bytes ("8MiB") size of each of the two journal files that make a
-                   batch over many groups durable with one fdatasync, "0" for none;
+                   batch over many groups durable with one fdatasync, "0" for none (a node
+                   with one group, like the lock service, has none);
                    retention_interval ("10s") how often stores apply retention
 [[store]],         id* (int >= 1, unique per kind); addr* "host:port" (unique among every
 [[lock]]           listening address); data* directory (unique); dc ("default") data center;

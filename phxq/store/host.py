@@ -107,7 +107,9 @@ class PaxosHost:
         self._lock_fd = _lock_directory(self.data)
         self.writer = LogWriter(
             on_fsync=metrics.FSYNC_LATENCY.observe,
-            journal_dir=self.data if self._journal_bytes else None,
+            # One group: every batch touches one segment file, and the journal would only
+            # add a write (the lock service's single group, or a 1-group store cluster).
+            journal_dir=self.data if self._journal_bytes and self.groups > 1 else None,
             journal_bytes=self._journal_bytes,
         )
         await self.writer.start()
