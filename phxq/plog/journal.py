@@ -39,7 +39,9 @@ process: the batch and every segment file with journaled but unsynced data are `
 directly (the old path), and the journal is never written again, so what it holds is replayed
 at the next start. A failed checkpoint ``fdatasync`` fails that segment file (as a failed sync
 always did) and disables the journal the same way. A record too big for an empty journal file,
-and every batch while the journal is disabled, takes the direct path.
+and every batch while the journal is disabled, takes the direct path. A writer started without
+a journal (``journal_bytes`` 0, or a node with one group) still redoes a journal an earlier run
+left, then deletes it (:func:`retire`): turning the journal off never drops an acked record.
 
 Blocking code, run by the writer thread (and the start-up redo in a worker thread).
 """
@@ -64,7 +66,7 @@ from phxq.plog.durable import fsync_dir
 if TYPE_CHECKING:
     from phxq.plog.writer import SegmentFile
 
-__all__ = ["JOURNAL_FILES", "Journal", "ReplayStats", "journaled_ranges", "replay"]
+__all__ = ["JOURNAL_FILES", "Journal", "ReplayStats", "journaled_ranges", "replay", "retire"]
 
 log = logging.getLogger("phxq.plog")
 
@@ -226,6 +228,21 @@ def replay(base: Path, fsync: Callable[[int], None] = os.fdatasync) -> ReplaySta
             stats.files,
             stats.missing,
         )
+    return stats
+
+
+def retire(base: Path, fsync: Callable[[int], None] = os.fdatasync) -> ReplayStats:
+    """Blocking: for a writer that runs without a journal (``journal_bytes`` 0, or one group):
+    redo whatever journal an earlier run left in ``base``, then delete its files durably, so
+    turning the journal off never drops an acknowledged record and old records are not redone
+    at every start."""
+    stats = replay(base, fsync)
+    present = [base / name for name in JOURNAL_FILES if (base / name).exists()]
+    for path in present:
+        path.unlink()
+    if present:
+        fsync_dir(base)
+        log.info("plog journal: retired %s (journal off)", ", ".join(p.name for p in present))
     return stats
 
 

@@ -66,7 +66,7 @@ from typing import Final, TypeVar
 
 from phxq.errors import StorageError
 from phxq.plog.durable import fsync_dir
-from phxq.plog.journal import Journal
+from phxq.plog.journal import Journal, retire
 from phxq.plog.records import BATCH_RECORD
 
 __all__ = ["LogWriter", "SegmentFile"]
@@ -228,12 +228,15 @@ class LogWriter:
         if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
-        if self._journal_dir is not None:
+        if self._journal_dir is not None and self._journal_bytes:
             journal = Journal(
                 self._journal_dir, self._journal_bytes, fsync=self._fsync, on_sync=self._count_sync
             )
             await asyncio.to_thread(journal.open)  # redo first: StorageError stops the start
             self.journal = journal
+        elif self._journal_dir is not None:
+            # No journal from now on, but one an earlier run left may hold acked records.
+            await asyncio.to_thread(retire, self._journal_dir, self._fsync)
         self._stopped = self._loop.create_future()
         self._stopping = False
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="plog-reader")

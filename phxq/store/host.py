@@ -108,9 +108,10 @@ class PaxosHost:
         self.writer = LogWriter(
             on_fsync=metrics.FSYNC_LATENCY.observe,
             # One group: every batch touches one segment file, and the journal would only
-            # add a write (the lock service's single group, or a 1-group store cluster).
-            journal_dir=self.data if self._journal_bytes and self.groups > 1 else None,
-            journal_bytes=self._journal_bytes,
+            # add a write (the lock service's single group, or a 1-group store cluster). A
+            # journal left by an earlier run is redone all the same (journal_bytes 0).
+            journal_dir=self.data,
+            journal_bytes=self._journal_bytes if self.groups > 1 else 0,
         )
         await self.writer.start()
         await asyncio.to_thread(self.membership.note_groups_without_log)

@@ -276,3 +276,25 @@ def test_a_corrupt_entry_path_in_a_valid_record_stops_the_redo(tmp_path: Path) -
     (tmp_path / JOURNAL_FILES[1]).write_bytes(data.ljust(64 << 10, b"\0"))
     with pytest.raises(StorageError, match="bad segment path"):
         replay(tmp_path)
+
+
+async def test_turning_the_journal_off_still_redoes_the_one_left_and_retires_it(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "data"
+    async with LogWriter(journal_dir=base, journal_min_files=1) as writer:
+        logs = await _groups(base, writer, 2)
+        for instance in range(1, 6):
+            await _round(logs, instance)
+        crashed = _crash_copy(base, tmp_path / "crashed", lose_segments=True)
+        for glog in logs:
+            await glog.close()
+    async with LogWriter(journal_dir=crashed, journal_bytes=0) as writer:
+        assert writer.journal is None
+        assert not any((crashed / name).exists() for name in JOURNAL_FILES)
+        for g in range(2):
+            glog = await GroupLog.open(crashed / f"g{g:04d}", g, writer, segment_bytes=SEG)
+            assert {i: v for i, (_, v) in glog.recovered.accepted.items()} == {
+                i: _value(g, i) for i in range(1, 6)
+            }
+            await glog.close()
