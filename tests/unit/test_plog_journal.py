@@ -100,7 +100,7 @@ async def _recovered(base: Path, groups: int) -> list[dict[int, bytes]]:
 
 async def test_a_batch_over_sixteen_groups_costs_one_journal_fdatasync(tmp_path: Path) -> None:
     fsync = Fsync()
-    async with LogWriter(fsync=fsync, journal_dir=tmp_path) as writer:
+    async with LogWriter(fsync=fsync, journal_dir=tmp_path, journal_min_files=1) as writer:
         logs = await _groups(tmp_path, writer, 16)
         batches, journal, segment = writer.batches, fsync.journal, fsync.segment
         for instance in range(1, 21):
@@ -237,7 +237,14 @@ async def test_a_failed_checkpoint_fails_that_segment_and_disables_the_journal(
                 failures += 1
                 break
         journal = writer.journal
-        assert journal is not None and journal.failed and "checkpoint" in journal.failed
+        assert journal is not None
+        # The checkpoint thread fails the segment at once; the writer thread disables the
+        # journal on its next pass (at most lazy_delay / 2 later).
+        for _ in range(100):
+            if journal.failed:
+                break
+            await asyncio.sleep(0.02)
+        assert journal.failed and "checkpoint" in journal.failed
         assert failures == 1 and any(glog.failed is not None for glog in logs)
         fsync.fail_checkpoint = False
         for glog in logs:
