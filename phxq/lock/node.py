@@ -35,7 +35,6 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from phxq import metrics
@@ -98,20 +97,14 @@ class LockNode:
         self.addresses = {n.id: n.addr for n in cluster.locks}
         self._host = host
         c = cluster.cluster
-        self.paxos_host = PaxosHost(
-            node_id,
+        self.paxos_host = PaxosHost.from_config(
+            c,
+            self.node,
             self.addresses,
-            Path(self.node.data),
             groups=1,
-            window=c.paxos_window,
-            heartbeat_interval=c.heartbeat_interval,
-            lease=c.lease,
             state_for=lambda group: _WatchedState(LockState(), self),
             restore_state=lambda group, data: _WatchedState(LockState.restore(data), self),
-            segment_bytes=c.segment_bytes,
-            journal_bytes=c.journal_bytes,
             name="lock",
-            dial=dict(self.node.peers),
         )
         self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
         self._watchers: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from phxq import metrics, trace
+from phxq.config import ClusterSettings, NodeConfig
 from phxq.errors import ProtocolError, StorageError
 from phxq.net.rpc import RpcPool
 from phxq.net.server import LogLimiter
@@ -52,6 +53,36 @@ TICK_MAX_SLEEP = 0.05
 
 class PaxosHost:
     """Every group's replica on one node, their log writer, peer traffic and tick loop."""
+
+    @classmethod
+    def from_config(
+        cls,
+        settings: ClusterSettings,
+        node: NodeConfig,
+        addresses: Mapping[int, str],
+        *,
+        groups: int,
+        state_for: Callable[[int], Applier],
+        restore_state: Callable[[int, bytes], Applier],
+        name: str,
+    ) -> PaxosHost:
+        """The host of a daemon's ``node`` (a store or a lock node; ``addresses``: every node of
+        its kind), with the ``[cluster]`` settings both kinds share."""
+        return cls(
+            node.id,
+            addresses,
+            Path(node.data),
+            groups=groups,
+            window=settings.paxos_window,
+            heartbeat_interval=settings.heartbeat_interval,
+            lease=settings.lease,
+            state_for=state_for,
+            restore_state=restore_state,
+            segment_bytes=settings.segment_bytes,
+            journal_bytes=settings.journal_bytes,
+            name=name,
+            dial=dict(node.peers),
+        )
 
     def __init__(
         self,

@@ -32,7 +32,6 @@ import contextlib
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from phxq import metrics
@@ -60,20 +59,14 @@ class StoreNode:
         self._addresses = {s.id: s.addr for s in cluster.stores}
         self._host = host
         c = cluster.cluster
-        self.paxos_host = PaxosHost(
-            node_id,
+        self.paxos_host = PaxosHost.from_config(
+            c,
+            self.node,
             self._addresses,
-            Path(self.node.data),
             groups=c.groups,
-            window=c.paxos_window,
-            heartbeat_interval=c.heartbeat_interval,
-            lease=c.lease,
             state_for=lambda group: StoreState(group, dedup_window=c.dedup_window),
             restore_state=lambda group, data: StoreState.restore(data),
-            segment_bytes=c.segment_bytes,
-            journal_bytes=c.journal_bytes,
             name="store",
-            dial=dict(self.node.peers),
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._retention_task: asyncio.Task[None] | None = None
