@@ -133,6 +133,7 @@ class TcpTransport(asyncio.Protocol):
         # The peer's certificate as ssl.getpeercert() gives it: verified against our CA, {} or
         # None when it sent none or the connection is plaintext (phxq.security reads it).
         self.peer_cert: dict[str, typing.Any] | None = None
+        self._tls = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -144,6 +145,7 @@ class TcpTransport(asyncio.Protocol):
         if isinstance(peername, tuple) and len(peername) >= 2:
             self._peer = format_addr(str(peername[0]), int(peername[1]))
         self.peer_cert = transport.get_extra_info("peercert")
+        self._tls = transport.get_extra_info("sslcontext") is not None
         if self._on_connected is not None:
             self._on_connected(self)
 
@@ -176,7 +178,9 @@ class TcpTransport(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._finish(Unavailable(f"connection closed by {self._peer}"))
-        return True  # keep our write side open: replies to requests already received still go
+        # Keep our write side open: replies to requests already received still go. (TLS has
+        # no half-close: there the connection closes.)
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
