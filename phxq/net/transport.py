@@ -14,12 +14,14 @@ Public API:
     delays the follower's persisting the Accept for i + 1); each kind keeps its own order.
     Raises ``Unavailable`` once closed and ``MessageTooLarge`` for a body above ``max_frame``
     (nothing is sent then).
-  - ``set_receiver(on_body, on_end)`` (once): push delivery. Every body received is handed to
+  - ``set_receiver(on_body, on_end)``: push delivery. Every body received is handed to
     ``on_body(body)``, in order, bodies that arrived before the call first; then, once,
     ``on_end(error)``: ``ProtocolError`` when the peer broke the framing, else ``Unavailable``
     (the peer closed, the connection was lost, or we closed it). Both are called from event
     loop callbacks, never from inside a call the receiver makes on the transport, and never
-    after ``on_end``. After our own ``close()`` no more bodies are delivered.
+    after ``on_end``. After our own ``close()`` no more bodies are delivered. Calling it again
+    hands the connection over (after a handshake, see ``receive_one``): the new receiver gets
+    what was not delivered yet, with reading resumed, and hears the end too.
   - ``pause_reading()`` / ``resume_reading()``: back-pressure from the receiver: no ``on_body``
     while paused, and the peer's ``drain`` eventually waits.
   - ``async drain()``: wait until the send buffer is below its high-water mark (or closed).
@@ -31,6 +33,9 @@ Public API:
   no task is woken per frame, a reply or a Paxos message is handled straight from the callback.
   ``phxq.testing.Inbox`` turns push delivery back into ``await inbox.recv()`` for tests.
 
+- ``async receive_one(transport) -> bytes``: the next body, for a handshake before the
+  connection is handed to its receiver (reading pauses after it; raises what ended the
+  connection).
 - ``TransportFactory = Callable[[str], Awaitable[Transport]]``: connect to ``"host:port"``.
 - ``connect_tcp(addr, *, max_frame=MAX_FRAME_DEFAULT) -> TcpTransport`` (raises ``OSError``).
 - ``TcpTransport``: an ``asyncio.Protocol`` (one buffered decoder, no per-frame task);
@@ -43,8 +48,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import typing
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Protocol, runtime_checkable
 
 from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError, Unavailable
@@ -110,6 +117,26 @@ def check_size(body: bytes, max_frame: int) -> None:
         )
 
 
+async def receive_one(transport: Transport) -> bytes:
+    """The next body of ``transport``, for a handshake (e.g. a hello) before the connection is
+    handed to its real receiver: reading pauses after that body, and the next ``set_receiver``
+    gets what follows, in order. Raises what ended the connection (``Unavailable``,
+    ``ProtocolError``)."""
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def on_body(body: bytes) -> None:
+        if not got.done():
+            got.set_result(body)
+            transport.pause_reading()
+
+    def on_end(error: PhxqError) -> None:
+        if not got.done():
+            got.set_exception(error)
+
+    transport.set_receiver(on_body, on_end)
+    return await got
+
+
 @typing.final
 class Inbound:
     """The receiving half every transport shares: it keeps the ``set_receiver`` promises.
@@ -156,9 +183,10 @@ class Inbound:
         return self._backlog_bytes
 
     def set_receiver(self, on_body: OnBody, on_end: OnEnd) -> None:
-        if self._on_body is not None:
-            raise RuntimeError("set_receiver may be called once per transport")
         self._on_body, self._on_end = on_body, on_end
+        if self._paused:  # a new receiver starts reading
+            self._paused = False
+            self._changed()
         if self._backlog or self._end is not None:
             self._schedule()
 
@@ -261,6 +289,10 @@ class TcpTransport(asyncio.Protocol):
         self._lost = self._loop.create_future()
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
+        # The peer's certificate as ssl.getpeercert() gives it: verified against our CA, {} or
+        # None when it sent none or the connection is plaintext (phxq.security reads it).
+        self.peer_cert: dict[str, typing.Any] | None = None
+        self._tls = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -271,6 +303,8 @@ class TcpTransport(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self._peer = format_addr(str(peername[0]), int(peername[1]))
+        self.peer_cert = transport.get_extra_info("peercert")
+        self._tls = transport.get_extra_info("sslcontext") is not None
         if self._on_connected is not None:
             self._on_connected(self)
 
@@ -289,7 +323,9 @@ class TcpTransport(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._inbound.end(Unavailable(f"connection closed by {self._peer}"))
-        return True  # keep our write side open: replies to requests already received still go
+        # Keep our write side open: replies to requests already received still go. (TLS has
+        # no half-close: there the connection closes.)
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
@@ -409,10 +445,32 @@ class TcpTransport(asyncio.Protocol):
                 waiter.set_result(None)
 
 
-async def connect_tcp(addr: str, *, max_frame: int = MAX_FRAME_DEFAULT) -> TcpTransport:
-    """Open a framed TCP connection to ``addr``. Raises ``OSError`` if it cannot connect."""
+def client_transport(
+    token: str | None, ca: str | os.PathLike[str] | SSLContext | None
+) -> TransportFactory | None:
+    """The factory ``phxq.Client(token=, ca=)`` dials with (``phxq.security.Credentials``);
+    None (plaintext, anonymous) when neither is given."""
+    if token is None and ca is None:
+        return None
+    from phxq.security.tls import Credentials  # TLS and certificate code only when used
+
+    return Credentials.for_client(token, ca).transport_factory()
+
+
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds; a peer that stalls the handshake is dropped
+
+
+async def connect_tcp(
+    addr: str, *, max_frame: int = MAX_FRAME_DEFAULT, ssl: SSLContext | None = None
+) -> TcpTransport:
+    """Open a framed TCP connection to ``addr`` (over TLS with ``ssl``; the server's name is
+    checked against the host of ``addr`` when the context says so). Raises ``OSError`` if it
+    cannot connect (``ssl.SSLError`` when the handshake fails)."""
     host, port = parse_addr(addr)
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(lambda: TcpTransport(max_frame), host, port)
+    tls: dict[str, typing.Any] = {}
+    if ssl is not None:
+        tls = {"ssl": ssl, "server_hostname": host, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
+    _, protocol = await loop.create_connection(lambda: TcpTransport(max_frame), host, port, **tls)
     protocol._peer = addr
     return protocol

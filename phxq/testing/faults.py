@@ -191,7 +191,9 @@ class FaultyTransport:
 
     def set_receiver(self, on_body: OnBody, on_end: OnEnd) -> None:
         self._on_body, self._on_end = on_body, on_end
+        self._paused = False
         self.inner.set_receiver(self._arrived, self._ended)
+        self._schedule_release_in()
 
     def pause_reading(self) -> None:
         self._paused = True

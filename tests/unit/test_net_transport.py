@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from phxq.errors import BadArgument, MessageTooLarge, PhxqError, Unavailable
-from phxq.net.transport import TcpTransport, Transport, connect_tcp, parse_addr
+from phxq.net.transport import TcpTransport, Transport, connect_tcp, parse_addr, receive_one
 from phxq.testing import Faults, Inbox, MemoryNetwork, memory_pair
 
 MAX = 64 << 10
@@ -287,3 +287,28 @@ async def test_tcp_coalesces_the_bodies_of_one_loop_iteration_into_one_write() -
     b.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_a_handshake_reads_one_body_then_hands_the_connection_over(
+    pair: tuple[Transport, Transport],
+) -> None:
+    a, b = pair
+    for body in (b"hello-reply", b"first", b"second"):
+        a.send(body)
+    assert await asyncio.wait_for(receive_one(b), 5) == b"hello-reply"
+    for _ in range(20):
+        await asyncio.sleep(0)  # reading is paused: the rest waits for the next receiver
+    inbox = Inbox(b)
+    assert [await asyncio.wait_for(inbox.recv(), 5) for _ in range(2)] == [b"first", b"second"]
+    a.close()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(inbox.recv(), 5)
+
+
+async def test_a_handshake_on_a_connection_that_ends_raises_what_ended_it(
+    pair: tuple[Transport, Transport],
+) -> None:
+    a, b = pair
+    a.close()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(receive_one(b), 5)
