@@ -128,6 +128,20 @@ def lock(config_path: Path, node_id: int) -> None:
 
 
 @cli.command()
+@config_option
+@click.option(
+    "--listen", default=None, help="host:port (default: [gateway] listen, or 127.0.0.1:7301)"
+)
+def gateway(config_path: Path, listen: str | None) -> None:
+    """Run the HTTP gateway: the /v1 API over HTTP/JSON (docs/http-api.md)."""
+    from phxq.gateway import Gateway
+
+    cfg = _load(config_path)
+    _setup_logging("gateway")
+    _run(_serve_until_signal(lambda: Gateway(cfg, listen)))
+
+
+@cli.command()
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -149,8 +163,10 @@ def dev(data: Path, nodes: int) -> None:
     if config_path.exists():
         click.echo(f"resuming the cluster in {data} ({config_path})")
     else:
-        write_dev_config(data, nodes=nodes, extra=DEV_CONSUMER_GROUPS)
-    cluster = ProcessCluster(config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,))
+        write_dev_config(data, nodes=nodes, extra=DEV_CONSUMER_GROUPS, gateway_port=7301)
+    cluster = ProcessCluster(
+        config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,), gateway=True
+    )
     stop = False
 
     def _stop(*_: object) -> None:
@@ -166,9 +182,13 @@ def dev(data: Path, nodes: int) -> None:
         locks = ",".join(cluster.lock_addresses)
         click.echo(f"          {len(cluster.lock_addresses)} lock nodes ready: {locks}")
         click.echo(f"          consumer {DEV_CONSUMER!r} delivers group 'log' to its log")
+        if cluster.gateway_url:
+            click.echo(f"          HTTP gateway: {cluster.gateway_url}/v1 (docs/http-api.md)")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --group demo")
+        if cluster.gateway_url:
+            click.echo(f"      curl -d hello {cluster.gateway_url}/v1/topics/orders/messages")
         click.echo("Ctrl-C to stop.")
         while not stop:
             for proc in cluster.procs.values():

@@ -66,6 +66,7 @@ def write_dev_config(
     cluster_options: str = "",
     topic_retention: str = "7d",
     segment_bytes: str = DEV_SEGMENT_BYTES,
+    gateway_port: int | None = None,
 ) -> Path:
     """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
     ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks).
@@ -109,6 +110,8 @@ def write_dev_config(
             "max_message_bytes = 1048576",
             "",
         ]
+    if gateway_port is not None:
+        lines += ["[gateway]", f'listen = "127.0.0.1:{gateway_port}"', ""]
     path = data / "cluster.toml"
     path.write_text("\n".join(lines) + extra)
     return path
@@ -135,6 +138,7 @@ class ProcessCluster:
     procs: dict[tuple[str, str], _Proc] = field(default_factory=dict)
     consumers: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # extra environment variables for every daemon
+    gateway: bool = False  # also run `phxq gateway` (at the config's [gateway] listen)
 
     def __post_init__(self) -> None:
         self.config: ClusterConfig = load_config(self.config_path)
@@ -147,6 +151,11 @@ class ProcessCluster:
 
     def store_address(self, node: int) -> str:
         return self.config.store(node).addr
+
+    @property
+    def gateway_url(self) -> str | None:
+        listen = self.config.gateway.listen
+        return f"http://{listen}" if self.gateway and listen else None
 
     @property
     def lock_addresses(self) -> list[str]:
@@ -169,6 +178,8 @@ class ProcessCluster:
                 self.start_node("lock", str(lk.id))
         for name in self.consumers:
             self.start_node("consumer", name)
+        if self.gateway_url:
+            self.start_node("gateway", "1")
 
     def start_node(self, role: str, node: str) -> None:
         proc = self.procs.setdefault((role, node), _Proc(role, node))
@@ -178,6 +189,8 @@ class ProcessCluster:
         proc.log = open(self.log_dir / f"{role}{node}.log", "ab")  # noqa: SIM115 (kept for the process's life)
         flag = "--node" if role in ("store", "lock") else "--id"
         cmd = [sys.executable, "-m", "phxq", role, "--config", str(self.config_path), flag, node]
+        if role == "gateway":
+            cmd = cmd[:-2]  # stateless: no id
         env = {**os.environ, **self.env} if self.env else None
         proc.popen = subprocess.Popen(
             cmd, stdout=proc.log, stderr=subprocess.STDOUT, start_new_session=True, env=env
@@ -268,6 +281,8 @@ class ProcessCluster:
             state = await self._masters(pool)
             if state is True and self.locks:
                 state = await self._lock_master(pool)
+            if state is True and self.gateway_url:
+                state = await self._gateway_listens()
             return state
 
         await self._poll(ready, timeout, "cluster", self.logs)
@@ -318,6 +333,15 @@ class ProcessCluster:
             (master,) = seen
             if not self.alive(int(master)):
                 return f"group {g}: master {master} is not alive"
+        return True
+
+    async def _gateway_listens(self) -> Any:
+        host, _, port = (self.config.gateway.listen or "").rpartition(":")
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError as exc:
+            return f"gateway not listening yet: {exc}"
+        writer.close()
         return True
 
     def wait_locks_ready(self, timeout: float = 30.0) -> None:

@@ -41,6 +41,10 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
                    rate_limit_bytes (none) bytes/s; max_attempts (5); on_failure
                    ("dead_letter" | "block"); dead_letter ("<topic>.dlq"); ordering ("strict" |
                    "per_key"); concurrency (1; above 1 only with per_key); handler_timeout ("10s")
+[gateway]          listen (none) "host:port" of ``phxq gateway`` (``--listen`` overrides);
+                   max_body_bytes ("16MiB") largest request body; body_timeout ("10s") to
+                   receive a body; max_wait ("60s", at most 60s) longest long poll;
+                   max_in_flight (1024) requests at once, more get 429
 =================  ===========================================================================
 
 Dead letters: with ``on_failure = "dead_letter"`` (the default) a group's ``dead_letter`` names
@@ -61,6 +65,7 @@ from phxq.config.model import (
     ClusterSettings,
     ConfigError,
     ConsumerGroupConfig,
+    GatewayConfig,
     NodeConfig,
     TopicConfig,
     format_duration,
@@ -78,6 +83,7 @@ __all__ = [
     "ClusterSettings",
     "ConfigError",
     "ConsumerGroupConfig",
+    "GatewayConfig",
     "NodeConfig",
     "TopicConfig",
     "dump_config",

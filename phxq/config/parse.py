@@ -20,6 +20,7 @@ from phxq.config.model import (
     ClusterSettings,
     ConfigError,
     ConsumerGroupConfig,
+    GatewayConfig,
     NodeConfig,
     TopicConfig,
     _split_addr,
@@ -150,7 +151,7 @@ _TEXT_RULES: Final[dict[re.Pattern[str] | None, str]] = {
     _NAME_RE: "expected a name of 1-249 letters, digits, '.', '_' or '-'",
     _HANDLER_RE: 'expected "http(s)://host/path" or "package.module:function"',
 }
-_SECTIONS: Final = ("cluster", "store", "lock", "topic", "consumer_group")
+_SECTIONS: Final = ("cluster", "store", "lock", "topic", "consumer_group", "gateway")
 
 
 def _array(source: str, doc: dict[str, Any], name: str) -> list[object]:
@@ -238,6 +239,21 @@ def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConf
         t.fail('is set but on_failure = "block" never dead-letters', "dead_letter")
     t.done()
     return group, t
+
+
+def _gateway(source: str, raw: object) -> GatewayConfig:
+    t = _Table(source, "gateway", "gateway", raw)
+    gateway = GatewayConfig(
+        listen=t.addr("listen"),
+        max_body_bytes=t.size("max_body_bytes"),
+        body_timeout=t.duration("body_timeout"),
+        max_wait=t.duration("max_wait", positive=False),
+        max_in_flight=t.integer("max_in_flight"),
+    )
+    if gateway.max_wait > 60:
+        t.fail("must be at most 60s (the stores' longest long poll)", "max_wait")
+    t.done()
+    return gateway
 
 
 def _claim(source: str, seen: dict[object, str], value: object, path: str) -> None:
@@ -347,12 +363,16 @@ def parse_config(
                     "dead_letter",
                 )
         groups.append(group)
+    gateway = _gateway(source, doc.get("gateway", {}))
+    if gateway.listen is not None:
+        _claim(source, addresses, gateway.listen, "gateway.listen")
     return ClusterConfig(
         cluster=settings,
         stores=tuple(stores),
         locks=tuple(locks),
         topics=tuple(topics),
         consumer_groups=tuple(groups),
+        gateway=gateway,
         source=source,
     )
 
