@@ -100,7 +100,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-DEV_SEGMENT_BYTES = "8MiB"
+DEV_SEGMENT_BYTES = "1MiB"
 
 
 def write_dev_config(

@@ -46,12 +46,6 @@ BATCH_ITEMS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
-INSTANCES_IN_FLIGHT = Gauge(
-    "phxq_instances_in_flight",
-    "Unchosen instances in flight per group",
-    ["group"],
-    registry=REGISTRY,
-)
 FSYNC_LATENCY = Histogram(
     "phxq_fsync_latency_seconds",
     "fdatasync latency of the PLog writer",
