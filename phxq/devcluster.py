@@ -30,6 +30,8 @@ from typing import IO, Any
 from phxq.config import ClusterConfig, load_config
 from phxq.errors import BadArgument, PhxqError
 from phxq.net.rpc import RpcPool
+from phxq.security.daemon import tool_credentials
+from phxq.security.tls import Credentials
 
 DEV_TOPICS = (("orders", 8), ("orders.dlq", 1))
 # What `phxq dev` adds to its config: one consumer group, delivered by its consumer daemon.
@@ -115,6 +117,7 @@ def write_dev_config(
     cluster_options: str = "",
     topic_retention: str = "7d",
     segment_bytes: str = DEV_SEGMENT_BYTES,
+    secure: bool = False,
 ) -> Path:
     """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
     ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks).
@@ -122,11 +125,24 @@ def write_dev_config(
     Segments are ``segment_bytes`` (default ``DEV_SEGMENT_BYTES``, unless ``cluster_options``
     sets its own): every group preallocates a whole segment on every store, so the production
     default (64 MiB) would reserve 3 GiB of disk for a 16-group dev cluster, and a test suite
-    that starts a hundred clusters would fill the disk."""
+    that starts a hundred clusters would fill the disk.
+
+    ``secure``: TLS and tokens (``phxq.security.setup.dev_security``): a CA, member
+    certificates and an admin token under ``data/certs``, and a ``[client]`` table so every
+    tool given ``--config`` authenticates by itself."""
     data.mkdir(parents=True, exist_ok=True)
     default_stores, default_locks = dev_ports(DEV_BASE_PORT, nodes)
     store_ports = store_ports or default_stores
     lock_ports = lock_ports or default_locks
+    sec = None
+    if secure:
+        from phxq.security.setup import dev_security
+
+        sec = dev_security(
+            data,
+            {i: f"127.0.0.1:{p}" for i, p in enumerate(store_ports, start=1)},
+            {i: f"127.0.0.1:{p}" for i, p in enumerate(lock_ports, start=1)},
+        )
     lines = ["[cluster]", f"groups = {groups}", cluster_options, ""]
     if "segment_bytes" not in cluster_options:
         lines.insert(2, f'segment_bytes = "{segment_bytes}"')
@@ -140,6 +156,8 @@ def write_dev_config(
         ]
         if metrics_ports:
             lines.append(f'metrics_addr = "127.0.0.1:{metrics_ports[i - 1]}"')
+        if sec is not None:
+            lines.append(sec.node_lines[("store", i)])
         lines.append("")
     for i, port in enumerate(lock_ports, start=1):
         lines += [
@@ -148,6 +166,7 @@ def write_dev_config(
             f'addr = "127.0.0.1:{port}"',
             f'dc = "dc{i}"',
             f'data = "lock{i}"',
+            *([sec.node_lines[("lock", i)]] if sec is not None else []),
             "",
         ]
     for name, queues in DEV_TOPICS:
@@ -159,6 +178,8 @@ def write_dev_config(
             "max_message_bytes = 1048576",
             "",
         ]
+    if sec is not None:
+        lines.append(sec.tables)
     path = data / "cluster.toml"
     path.write_text("\n".join(lines) + extra)
     return path
@@ -190,6 +211,11 @@ class ProcessCluster:
         self.config: ClusterConfig = load_config(self.config_path)
         self.log_dir = self.log_dir or self.config_path.parent / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def credentials(self) -> Credentials:
+        """What a tool presents to this cluster (its ``[client]`` token over TLS, if secure)."""
+        return tool_credentials(self.config)
 
     @property
     def store_addresses(self) -> list[str]:
@@ -353,8 +379,8 @@ class ProcessCluster:
                         + self.logs(proc.role, proc.node)
                     )
 
-    @staticmethod
     async def _poll(
+        self,
         check: Callable[[RpcPool], Awaitable[Any]],
         timeout: float,
         what: str,
@@ -363,7 +389,7 @@ class ProcessCluster:
         """Call ``check`` until it returns True (else a reason); TimeoutError after ``timeout``."""
         deadline = time.monotonic() + timeout
         last: Any = None
-        async with RpcPool() as pool:
+        async with RpcPool(transport_factory=self.credentials.transport_factory()) as pool:
             while time.monotonic() < deadline:
                 try:
                     last = await check(pool)

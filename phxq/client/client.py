@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +37,17 @@ from typing import Any
 from phxq import trace
 from phxq.client.stream import MessageStream, StreamRegistry, TailStart, tail_messages
 from phxq.client.types import Ack, ClusterMap, Message
-from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable, UnknownTopic
+from phxq.errors import (
+    BadArgument,
+    Forbidden,
+    NotMaster,
+    PhxqError,
+    Unauthenticated,
+    Unavailable,
+    UnknownTopic,
+)
 from phxq.net.rpc import RpcPool
+from phxq.net.transport import client_transport
 from phxq.store.routing import group_for_queue, queue_for_key
 from phxq.tasks import TaskScope
 
@@ -69,7 +79,8 @@ class _GroupSender:
 
 
 class Client:
-    """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``."""
+    """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
+    secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
 
     def __init__(
         self,
@@ -79,13 +90,17 @@ class Client:
         retry_timeout: float = 15.0,
         batching: bool = True,
         window: int = DEFAULT_WINDOW,
+        token: str | None = None,
+        ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
         if not addresses:
             raise BadArgument("Client needs at least one store address")
         self._seeds = list(addresses)
-        self._pool = RpcPool()
+        # token: the bearer token of a principal; ca: the cluster CA file, or a ready context
+        # (a member's, with its certificate). Either one means TLS (see phxq.security).
+        self._pool = RpcPool(transport_factory=client_transport(token, ca))
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
         self._batching = batching
@@ -131,6 +146,8 @@ class Client:
                 try:
                     # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
                     data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
+                except (Unauthenticated, Forbidden):
+                    raise  # every store would refuse the same credentials
                 except PhxqError as exc:
                     last = exc
                     continue

@@ -50,6 +50,8 @@ def dump_config(cfg: ClusterConfig) -> str:
                         "data": str(n.data),
                         "metrics_addr": n.metrics_addr,
                         "peers": {str(k): v for k, v in n.peers} if n.peers else None,
+                        "cert": _opt(n.cert, str),
+                        "key": _opt(n.key, str),
                     }
                 )
                 for n in nodes
@@ -86,6 +88,19 @@ def dump_config(cfg: ClusterConfig) -> str:
             )
             for g in cfg.consumer_groups
         ]
+    if cfg.security is not None:
+        sec = cfg.security
+        doc["security"] = _compact(
+            {"ca": str(sec.ca), "cert": _opt(sec.cert, str), "key": _opt(sec.key, str)}
+        )
+    if cfg.principals:
+        doc["principal"] = [
+            {"name": p.name, "token_sha256": p.token_sha256, "allow": list(p.allow)}
+            for p in cfg.principals
+        ]
+    if cfg.client is not None:
+        cl = cfg.client
+        doc["client"] = _compact({"token_file": _opt(cl.token_file, str), "ca": _opt(cl.ca, str)})
     return _render(doc)
 
 
