@@ -481,26 +481,23 @@ async def test_slow_body_times_out_while_others_are_served(http, url, gw):
 
 
 async def test_requests_beyond_max_in_flight_get_429_with_retry_after(http, url):
-    polls = [
-        asyncio.ensure_future(
-            call(http, "GET", f"{url}/topics/orders/queues/7/messages?wait=2&after={1 << 60}")
-        )
-        for _ in range(MAX_IN_FLIGHT)
-    ]
+    streams = []
     try:
-
-        async def busy() -> bool:
-            status, data, resp = await call(http, "GET", f"{url}/topics")
-            if status == 429:
-                assert_problem(status, data, resp, 429, "overloaded")
-                assert resp.headers["Retry-After"] == "1"
-                return True
-            return False
-
-        deadline = time.monotonic() + 1.5
-        while not await busy():
-            assert time.monotonic() < deadline, "never saw 429"
-            await asyncio.sleep(0.02)
+        for _ in range(MAX_IN_FLIGHT):  # each open stream is a request in flight
+            resp = await http.get(f"{url}/topics/orders/stream", params={"timeout": "30"})
+            streams.append(resp)
+            assert resp.status == 200
+        status, data, resp = await call(http, "GET", f"{url}/topics")
+        assert_problem(status, data, resp, 429, "overloaded")
+        assert resp.headers["Retry-After"] == "1"
     finally:
-        results = await asyncio.gather(*polls)
-    assert all(r[0] == 200 for r in results)
+        for resp in streams:
+            resp.close()
+
+    async def served() -> bool:
+        return (await call(http, "GET", f"{url}/topics"))[0] == 200
+
+    deadline = time.monotonic() + 5  # the streams end as their readers hang up
+    while not await served():
+        assert time.monotonic() < deadline, "still 429 after the streams closed"
+        await asyncio.sleep(0.05)
