@@ -150,6 +150,19 @@ CONSUMER_LEASES_LOST = Counter(
     registry=REGISTRY,
 )
 
+AUTH_REFUSED = Counter(
+    "phxq_auth_refused_total",
+    "Requests and notifications refused as unauthenticated or forbidden",
+    ["service"],
+    registry=REGISTRY,
+)
+CERT_EXPIRES = Gauge(
+    "phxq_cert_expiry_timestamp_seconds",
+    "When this process's member certificate expires (seconds since the epoch)",
+    ["cert"],
+    registry=REGISTRY,
+)
+
 
 SCHEDULED_PENDING = Gauge(
     "phxq_scheduled_pending",

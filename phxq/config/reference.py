@@ -98,6 +98,14 @@ REFERENCE: Final[tuple[Key, ...]] = (
                 "The address this node dials node <id> of its kind at instead of that node's addr "
                 "(a proxy or NAT in between; clients and master hints still use addr).",
             ),
+            Key(
+                table,
+                "cert",
+                '"certs/store-1.pem"',
+                "With [security], required: this member's certificate from the cluster CA "
+                "(`phxq admin certs` makes them).",
+            ),
+            Key(table, "key", '"certs/store-1.key"', "The private key of cert."),
         )
     ),
     Key(
@@ -155,7 +163,62 @@ REFERENCE: Final[tuple[Key, ...]] = (
     ),
     Key("consumer_group", "concurrency", "1", "Messages in flight per queue; > 1 needs per_key."),
     Key("consumer_group", "handler_timeout", '"10s"', "How long one handler call may take."),
+    Key(
+        "security",
+        "ca",
+        '"certs/ca.pem"',
+        "The cluster CA. With [security] every link is TLS and members must present a "
+        "certificate it signed; without it: plaintext, no auth (a trusted lab only).",
+        required=True,
+    ),
+    Key(
+        "security",
+        "cert",
+        '"certs/member.pem"',
+        "The member certificate of consumers and gateways started with this file.",
+    ),
+    Key("security", "key", '"certs/member.key"', "The private key of cert."),
+    Key("principal", "name", '"billing-service"', "Who holds the token (logs).", required=True),
+    Key(
+        "principal",
+        "token_sha256",
+        '"' + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" + '"',
+        "Hex SHA-256 of the token (`phxq admin token` prints a token and this line).",
+        required=True,
+    ),
+    Key(
+        "principal",
+        "allow",
+        '["produce:orders", "consume:orders:billing"]',
+        '"produce:TOPIC", "consume:TOPIC:GROUP" (dequeue, commit, tail), "admin" or "*"; '
+        '"*" in a name matches anything.',
+        required=True,
+    ),
+    Key("client", "token_file", '"certs/admin.token"', "The token the CLI sends (with --config)."),
+    Key("client", "ca", '"certs/ca.pem"', "The CA the CLI checks servers with ([security] ca)."),
+    Key(
+        "gateway",
+        "listen",
+        '"127.0.0.1:7301"',
+        "Where `phxq gateway` serves HTTP (`--listen` overrides; default 127.0.0.1:7301).",
+    ),
+    Key("gateway", "max_body_bytes", '"16MiB"', "Largest request body; larger ones get 413."),
+    Key(
+        "gateway",
+        "body_timeout",
+        '"10s"',
+        "How long a client may take to send a request body; slower ones get 408.",
+    ),
+    Key("gateway", "max_wait", '"60s"', "Longest long poll (`wait`) a caller may ask; <= 60s."),
+    Key(
+        "gateway",
+        "max_in_flight",
+        "1024",
+        "Requests served at once (long polls and streams included); more get 429.",
+    ),
 )
+
+_SINGLE_TABLES: Final = ("cluster", "security", "client", "gateway")
 
 
 def _default_text(key: Key) -> str:
@@ -183,7 +246,7 @@ def render_markdown() -> str:
     for key in REFERENCE:
         tables.setdefault(key.table, []).append(key)
     for table, keys in tables.items():
-        header = f"[{table}]" if table == "cluster" else f"[[{table}]]"
+        header = f"[{table}]" if table in _SINGLE_TABLES else f"[[{table}]]"
         lines += ["", f"## `{header}`", "", "| key | default | example | meaning |"]
         lines.append("|---|---|---|---|")
         for key in keys:

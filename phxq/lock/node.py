@@ -45,6 +45,7 @@ from phxq.lock.entries import Entry, Epoch, EpochStart, Sweep, encode_entry
 from phxq.lock.state import LockState
 from phxq.net.frames import shown
 from phxq.net.rpc import RpcServer
+from phxq.security import LOCK_RULES, NodeSecurity
 from phxq.store.host import PaxosHost
 from phxq.store.membership import REJOIN_METHODS
 from phxq.store.replica import GroupReplica
@@ -96,6 +97,7 @@ class LockNode:
         self.node_id = node_id
         self.addresses = {n.id: n.addr for n in cluster.locks}
         self._host = host
+        self.security = NodeSecurity.build(cluster, self.node, LOCK_RULES, "lock")
         c = cluster.cluster
         self.paxos_host = PaxosHost.from_config(
             c,
@@ -105,8 +107,14 @@ class LockNode:
             state_for=lambda group: _WatchedState(LockState(), self),
             restore_state=lambda group, data: _WatchedState(LockState.restore(data), self),
             name="lock",
+            transport_factory=self.security and self.security.peer_credentials.transport_factory(),
         )
-        self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
+        self._server = RpcServer(
+            self._handle,
+            notify_handler=self.paxos_host.on_notify,
+            ssl=self.security and self.security.server_ssl,
+            guard=self.security and self.security.guard,
+        )
         self._watchers: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._epoch_event = asyncio.Event()
         self._epoch_proposed: Epoch | None = None

@@ -40,6 +40,7 @@ from phxq.config import ClusterSettings, NodeConfig
 from phxq.errors import ProtocolError, StorageError
 from phxq.net.rpc import RpcPool
 from phxq.net.server import LogLimiter
+from phxq.net.transport import TransportFactory
 from phxq.paxos import GroupConfig, decode_message
 from phxq.plog import LogWriter
 from phxq.store.membership import Membership
@@ -65,6 +66,7 @@ class PaxosHost:
         state_for: Callable[[int], Applier],
         restore_state: Callable[[int, bytes], Applier],
         name: str,
+        transport_factory: TransportFactory | None = None,
     ) -> PaxosHost:
         """The host of a daemon's ``node`` (a store or a lock node; ``addresses``: every node of
         its kind), with the ``[cluster]`` settings both kinds share."""
@@ -82,6 +84,7 @@ class PaxosHost:
             journal_bytes=settings.journal_bytes,
             name=name,
             dial=dict(node.peers),
+            transport_factory=transport_factory,
         )
 
     def __init__(
@@ -101,6 +104,7 @@ class PaxosHost:
         segment_bytes: int = 64 << 20,
         journal_bytes: int = 8 << 20,
         dial: Mapping[int, str] | None = None,
+        transport_factory: TransportFactory | None = None,
     ) -> None:
         self.node_id = node_id
         self.addresses = dict(addresses)
@@ -121,7 +125,8 @@ class PaxosHost:
         self._journal_bytes = journal_bytes
         self.replicas: dict[int, GroupReplica] = {}
         self.writer: LogWriter | None = None
-        self._pool = RpcPool()
+        # Peer traffic; with [security] the factory dials TLS with this member's certificate.
+        self._pool = RpcPool(transport_factory=transport_factory)
         self._tick_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock_fd: int | None = None

@@ -41,6 +41,7 @@ from phxq.config import ClusterConfig, NodeConfig
 from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
 from phxq.net.frames import shown
 from phxq.net.rpc import RpcServer
+from phxq.security import STORE_RULES, NodeSecurity
 from phxq.store import service
 from phxq.store.host import PaxosHost
 from phxq.store.membership import REJOIN_METHODS
@@ -61,6 +62,7 @@ class StoreNode:
         self.node_id = node_id
         self._addresses = {s.id: s.addr for s in cluster.stores}
         self._host = host
+        self.security = NodeSecurity.build(cluster, self.node, STORE_RULES, "store")
         c = cluster.cluster
         self.paxos_host = PaxosHost.from_config(
             c,
@@ -70,13 +72,19 @@ class StoreNode:
             state_for=lambda group: StoreState(group, dedup_window=c.dedup_window),
             restore_state=lambda group, data: StoreState.restore(data),
             name="store",
+            transport_factory=self.security and self.security.peer_credentials.transport_factory(),
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._retention_task: asyncio.Task[None] | None = None
         self._releaser = Releaser(self)
         self._release_task: asyncio.Task[None] | None = None
         self.replicas = self.paxos_host.replicas
-        self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
+        self._server = RpcServer(
+            self._handle,
+            notify_handler=self.paxos_host.on_notify,
+            ssl=self.security and self.security.server_ssl,
+            guard=self.security and self.security.guard,
+        )
         self.started_at = time.time()
         self.instance_id = uuid.uuid4().hex[:8]
 
