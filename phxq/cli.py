@@ -182,6 +182,16 @@ def gateway(config_path: Path, listen: str | None) -> None:
     _run(_serve_until_signal(lambda: Gateway(cfg, listen)))
 
 
+def _curl_auth(config: ClusterConfig) -> str:
+    """The curl options that reach a secure gateway (its CA and the [client] token)."""
+    sec, client = config.security, config.client
+    if sec is None:
+        return ""
+    token = client.token_file if client is not None else None
+    auth = f'-H "Authorization: Bearer $(cat {token})" ' if token else ""
+    return f"--cacert {sec.ca} {auth}"
+
+
 @cli.command()
 @click.option(
     "--data",
@@ -216,7 +226,9 @@ def dev(data: Path, nodes: int, base_port: int | None) -> None:
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --from start")
         if cluster.gateway_url:
-            click.echo(f"      curl -d hello {cluster.gateway_url}/v1/topics/orders/messages")
+            click.echo(
+                f"      curl {_curl_auth(cluster.config)}-d hello {cluster.gateway_url}/v1/topics/orders/messages"
+            )
         click.echo("Ctrl-C to stop.")
 
     run_dev(data, nodes=nodes, base_port=base_port, on_ready=ready)

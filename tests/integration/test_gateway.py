@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -148,13 +147,28 @@ async def test_long_poll_answers_as_soon_as_a_message_arrives(http, url):
     assert [base64.b64decode(m["payload_base64"]) for m in got["messages"]] == [b"wake"]
 
 
-async def test_delay_is_refused_clearly_while_the_client_has_no_delayed_messages(http, url):
-    assert "delay" not in inspect.signature(Client.enqueue).parameters  # else: wire it through
-    status, data, resp = await call(
-        http, "POST", f"{url}/topics/orders/messages", data=b"x", headers={"Phxq-Delay": "5"}
+async def test_delayed_message_is_invisible_until_due_and_can_be_cancelled(http, url):
+    q = f"{url}/topics/orders/queues/0"
+    _, before, _ = await call(http, "GET", f"{q}/messages", params={"limit": 10000})
+    last = before["messages"][-1]["offset"] if before["messages"] else 0
+    headers = {"Phxq-Queue": "0", "Phxq-Delay": "0.5"}
+    status, ack, _ = await call(
+        http, "POST", f"{url}/topics/orders/messages", data=b"later", headers=headers
     )
-    assert_problem(status, data, resp, 400, "unsupported")
-    assert "delay" in data["detail"].lower()
+    assert status == 200 and ack["offset"] is None and ack["scheduled_id"].startswith("orders/0/")
+    batch = {"messages": [{"payload_base64": "bm8=", "queue": 0, "delay": 3600}]}
+    _, (never,), _ = await call(http, "POST", f"{url}/topics/orders/messages", json=batch)
+    _, now, _ = await call(http, "GET", f"{q}/messages", params={"after": last})
+    assert now["messages"] == []  # not due yet
+    number = never["scheduled_id"].rsplit("/", 1)[1]
+    status, done, _ = await call(http, "DELETE", f"{q}/scheduled/{number}")
+    assert (status, done["cancelled"]) == (200, True)
+    _, due, _ = await call(http, "GET", f"{q}/messages", params={"after": last, "wait": "2"})
+    assert [base64.b64decode(m["payload_base64"]) for m in due["messages"]] == [b"later"]
+    status, data, resp = await call(
+        http, "POST", f"{url}/topics/orders/messages", data=b"x", headers={"Phxq-Delay": "-1"}
+    )
+    assert_problem(status, data, resp, 400, "bad_argument")
 
 
 # ------------------------------------------------------------------- locks and cursors
