@@ -36,7 +36,7 @@ from typing import Any
 from phxq import trace
 from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable, UnknownTopic
 from phxq.net.rpc import RpcPool
-from phxq.store.routing import group_for_queue, queue_for_key
+from phxq.routing import group_for_queue, queue_for_key
 
 log = logging.getLogger("phxq.client")
 

@@ -63,7 +63,7 @@ from phxq.consumer.settings import (
     members,
 )
 from phxq.errors import BadArgument, PhxqError, Unavailable
-from phxq.store.routing import group_for_queue
+from phxq.routing import group_for_queue
 
 log = logging.getLogger("phxq.consumer")
 T = TypeVar("T")

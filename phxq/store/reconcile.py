@@ -26,7 +26,7 @@ from typing import Any
 from phxq.config import ClusterConfig
 from phxq.errors import PhxqError, UnknownTopic
 from phxq.net.rpc import RpcPool
-from phxq.store.routing import group_for_queue
+from phxq.routing import group_for_queue
 
 TIMEOUT = 5.0
 
