@@ -64,6 +64,7 @@ from phxq.consumer.settings import (
 )
 from phxq.errors import BadArgument, PhxqError, Unavailable
 from phxq.routing import group_for_queue
+from phxq.security.daemon import member_credentials
 
 log = logging.getLogger("phxq.consumer")
 T = TypeVar("T")
@@ -152,12 +153,14 @@ class ConsumerDaemon:
             delay = min(delay * 2, 2.0)
 
     async def start(self) -> None:
-        self._client = Client([s.addr for s in self.cluster.stores])
+        # A member: with [security] it dials with its member certificate (no token needed).
+        member = member_credentials(self.cluster).ssl
+        self._client = Client([s.addr for s in self.cluster.stores], ca=member)
         cmap = await self._retry("the stores", self._client.cluster_map)
         if self._locks is None:
             from phxq.lock import LockClient
 
-            self._lock_client = LockClient([lk.addr for lk in self.cluster.locks])
+            self._lock_client = LockClient([lk.addr for lk in self.cluster.locks], ca=member)
             self._locks = await self._lock_client.__aenter__()
         if any(g.handler.startswith(("http://", "https://")) for g in self.cluster.consumer_groups):
             import aiohttp

@@ -37,6 +37,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from phxq.errors import (
 )
 from phxq.lock.state import DRIFT_RATE, LockInfo
 from phxq.net.rpc import RpcPool
+from phxq.net.transport import client_transport
 
 __all__ = ["Lease", "LockClient", "LockInfo"]
 
@@ -93,6 +95,8 @@ class LockClient:
         *,
         request_timeout: float = 2.0,
         retry_timeout: float = 15.0,
+        token: str | None = None,
+        ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -101,7 +105,7 @@ class LockClient:
         self._seeds = list(addresses)
         self._next = 0
         self._master: str | None = None
-        self._pool = RpcPool()
+        self._pool = RpcPool(transport_factory=client_transport(token, ca))  # see phxq.Client
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
 

@@ -44,6 +44,7 @@ from phxq.lock.entries import Entry, Epoch, EpochStart, Sweep, encode_entry
 from phxq.lock.state import LockState
 from phxq.replication.daemon import ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
+from phxq.security import LOCK_RULES
 
 log = logging.getLogger("phxq.lock")
 
@@ -75,6 +76,7 @@ class LockNode(ReplicatedDaemon[LockState]):
             groups=1,
             machines=LockMachines(),
             handlers=service.HANDLERS,
+            rules=LOCK_RULES,
             host=host,
             on_input=self._on_input,
         )

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from phxq import trace
-from phxq.errors import BadArgument, PhxqError, Unavailable
+from phxq.errors import BadArgument, Forbidden, PhxqError, Unauthenticated, Unavailable
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
     ErrorReply,
@@ -202,6 +202,8 @@ class RpcPool:
             try:
                 transport = await asyncio.wait_for(self._factory(addr), self.connect_timeout)
             except (OSError, TimeoutError, PhxqError) as exc:
+                if isinstance(exc, (Unauthenticated, Forbidden)):
+                    raise  # refused credentials: a typed answer, retrying cannot help
                 peer.retry_at = time.monotonic() + peer.backoff
                 peer.backoff = min(peer.backoff * 2, BACKOFF_MAX)
                 self._drop_backlog(peer)

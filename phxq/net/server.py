@@ -6,7 +6,7 @@ Public API::
     NotifyHandler = Callable[[str, Any], None]         # sync; must not block
 
     server = RpcServer(handler, notify_handler=None, max_frame=MAX_FRAME_DEFAULT,
-                       max_inflight=256)
+                       max_inflight=256, ssl=None, guard=None)
     await server.start(host, port)      # port 0 = ephemeral; then server.address / server.port
     server.accept(transport)            # also serve an already connected Transport (memory, faulty)
     server.connections                  # number of connections being served
@@ -32,6 +32,16 @@ Promises:
   a closed connection is rate-limited (``LogLimiter``: a peer sending garbage cannot flood the
   log), a malformed body is not logged at all (the sender gets the error).
 - ``LogLimiter(burst, interval)`` is exported for the daemons' own bad-input warnings.
+- With ``ssl`` (an ``ssl.SSLContext``) the server speaks TLS only: a plaintext or garbage
+  handshake, or one that stalls past ``TLS_HANDSHAKE_TIMEOUT``, closes that connection and
+  nothing else. ``transport.peer_cert`` is the peer's verified certificate, if it sent one.
+- With a ``guard`` (see ``Guard``; ``phxq.security.Guard`` is the one daemons use), each
+  connection gets a session (``guard.open(transport)``) and every request is passed to
+  ``guard.authorize(session, method, params)`` before the handler runs: what it raises is the
+  reply and the handler never sees the request. A notification runs only when
+  ``guard.admit_notify(session, method)`` is true. The ``hello`` request (``HELLO``) is the
+  guard's (``guard.hello(session, params)``), never the handler's; without a guard it is
+  answered ``None``, so a client that authenticates works against an open server too.
 - After a client half-closes, requests already received are still answered, then the
   connection is closed. ``close()`` stops accepting, cancels in-flight handlers and closes
   every connection.
@@ -44,7 +54,8 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from ssl import SSLContext
+from typing import Any, Protocol
 
 from phxq import trace
 from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError, Unavailable
@@ -57,7 +68,7 @@ from phxq.net.frames import (
     encode_response,
     request_id_of,
 )
-from phxq.net.transport import TcpTransport, Transport, format_addr
+from phxq.net.transport import TLS_HANDSHAKE_TIMEOUT, TcpTransport, Transport, format_addr
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +109,19 @@ class LogLimiter:
 
 Handler = Callable[[str, Any], Awaitable[Any]]
 NotifyHandler = Callable[[str, Any], None]
+HELLO = "hello"  # the request a client authenticates a connection with (see Guard)
+
+
+class Guard(Protocol):
+    """Who may call what, decided per connection and per request (see the module docstring)."""
+
+    def open(self, transport: Transport) -> Any: ...
+
+    def hello(self, session: Any, params: Any) -> Any: ...
+
+    def authorize(self, session: Any, method: str, params: Any) -> None: ...
+
+    def admit_notify(self, session: Any, method: str) -> bool: ...
 
 
 class RpcServer:
@@ -108,8 +132,12 @@ class RpcServer:
         notify_handler: NotifyHandler | None = None,
         max_frame: int = MAX_FRAME_DEFAULT,
         max_inflight: int = 256,
+        ssl: SSLContext | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._handler = handler
+        self._ssl = ssl
+        self._guard = guard
         self._notify_handler = notify_handler
         self.max_frame = max_frame
         self.max_inflight = max_inflight
@@ -135,8 +163,11 @@ class RpcServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            tls = {"ssl": self._ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
         self._server = await loop.create_server(
-            lambda: TcpTransport(self.max_frame, on_connected=self.accept), host, port
+            lambda: TcpTransport(self.max_frame, on_connected=self.accept), host, port, **tls
         )
         sockname = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
@@ -148,10 +179,11 @@ class RpcServer:
             transport.close()
             return
         self._transports.add(transport)
+        session = None if self._guard is None else self._guard.open(transport)
         if type(transport) is TcpTransport:
-            _PushConnection(self, transport).start()  # frames handled as they arrive
+            _PushConnection(self, transport, session).start()  # frames handled as they arrive
             return
-        task = asyncio.get_running_loop().create_task(self._serve(transport))
+        task = asyncio.get_running_loop().create_task(self._serve(transport, session))
         self._conn_tasks.add(task)
         task.add_done_callback(self._conn_tasks.discard)
 
@@ -174,7 +206,7 @@ class RpcServer:
 
     # ------------------------------------------------------------------ one connection
 
-    async def _serve(self, transport: Transport) -> None:
+    async def _serve(self, transport: Transport, session: Any) -> None:
         inflight: set[asyncio.Task[None]] = set()
         slot_free = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -206,12 +238,12 @@ class RpcServer:
                     while len(inflight) >= self.max_inflight:
                         slot_free.clear()
                         await slot_free.wait()
-                    task = loop.create_task(self._run(transport, frame))
+                    task = loop.create_task(self._run(transport, frame, session))
                     inflight.add(task)
                     self._request_tasks.add(task)
                     task.add_done_callback(finished)
                 elif type(frame) is Notify:
-                    self._on_notify(frame)
+                    self._on_notify(frame, session)
                 else:
                     error = ProtocolError(f"a server does not accept {type(frame).__name__} frames")
                     self._reply(transport, encode_exception(None, error))
@@ -228,17 +260,25 @@ class RpcServer:
             log.warning("rpc: closing connection from %s: %s%s", transport.peer, exc, more)
         self._reply(transport, encode_exception(None, exc))
 
-    def _on_notify(self, frame: Notify) -> None:
+    def _on_notify(self, frame: Notify, session: Any) -> None:
         if self._notify_handler is None:
             return
+        if self._guard is not None and not self._guard.admit_notify(session, frame.method):
+            return  # the guard counted (and maybe logged) it; a notify has no reply channel
         try:
             self._notify_handler(frame.method, frame.params)
         except Exception:
             log.exception("rpc: notify handler failed on %r", frame.method)
 
-    async def _run(self, transport: Transport, request: Request) -> None:
+    async def _run(self, transport: Transport, request: Request, session: Any) -> None:
         try:
-            result = await self._handler(request.method, request.params)
+            guard = self._guard
+            if request.method == HELLO:
+                result = None if guard is None else guard.hello(session, request.params)
+            else:
+                if guard is not None:
+                    guard.authorize(session, request.method, request.params)
+                result = await self._handler(request.method, request.params)
         except PhxqError as exc:
             body = encode_exception(request.id, exc)
         except RecursionError:
@@ -286,11 +326,12 @@ class _PushConnection:
     broken framing answered then closed, a half-close answers what arrived), but each frame is
     handled from the protocol callback instead of waking a reader task."""
 
-    __slots__ = ("backlog", "ended", "inflight", "paused", "server", "transport")
+    __slots__ = ("backlog", "ended", "inflight", "paused", "server", "session", "transport")
 
-    def __init__(self, server: RpcServer, transport: TcpTransport) -> None:
+    def __init__(self, server: RpcServer, transport: TcpTransport, session: Any) -> None:
         self.server = server
         self.transport = transport
+        self.session = session
         self.inflight: set[asyncio.Task[None]] = set()
         self.backlog: collections.deque[bytes] = collections.deque()  # beyond max_inflight
         self.paused = False
@@ -321,12 +362,14 @@ class _PushConnection:
         if type(frame) is Request:
             if trace.ON:
                 trace.mark("server.request")
-            task = asyncio.get_running_loop().create_task(server._run(transport, frame))
+            task = asyncio.get_running_loop().create_task(
+                server._run(transport, frame, self.session)
+            )
             self.inflight.add(task)
             server._request_tasks.add(task)
             task.add_done_callback(self.finished)
         elif type(frame) is Notify:
-            server._on_notify(frame)
+            server._on_notify(frame, self.session)
         else:
             error = ProtocolError(f"a server does not accept {type(frame).__name__} frames")
             server._reply(transport, encode_exception(None, error))

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import typing
 from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Protocol, runtime_checkable
 
 from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError, Unavailable
@@ -128,6 +130,10 @@ class TcpTransport(asyncio.Protocol):
         self._lost = self._loop.create_future()
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
+        # The peer's certificate as ssl.getpeercert() gives it: verified against our CA, {} or
+        # None when it sent none or the connection is plaintext (phxq.security reads it).
+        self.peer_cert: dict[str, typing.Any] | None = None
+        self._tls = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -138,6 +144,8 @@ class TcpTransport(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self._peer = format_addr(str(peername[0]), int(peername[1]))
+        self.peer_cert = transport.get_extra_info("peercert")
+        self._tls = transport.get_extra_info("sslcontext") is not None
         if self._on_connected is not None:
             self._on_connected(self)
 
@@ -170,7 +178,9 @@ class TcpTransport(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._finish(Unavailable(f"connection closed by {self._peer}"))
-        return True  # keep our write side open: replies to requests already received still go
+        # Keep our write side open: replies to requests already received still go. (TLS has
+        # no half-close: there the connection closes.)
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f": {exc}" if exc else ""
@@ -339,10 +349,32 @@ class TcpTransport(asyncio.Protocol):
                 waiter.set_result(None)
 
 
-async def connect_tcp(addr: str, *, max_frame: int = MAX_FRAME_DEFAULT) -> TcpTransport:
-    """Open a framed TCP connection to ``addr``. Raises ``OSError`` if it cannot connect."""
+def client_transport(
+    token: str | None, ca: str | os.PathLike[str] | SSLContext | None
+) -> TransportFactory | None:
+    """The factory ``phxq.Client(token=, ca=)`` dials with (``phxq.security.Credentials``);
+    None (plaintext, anonymous) when neither is given."""
+    if token is None and ca is None:
+        return None
+    from phxq.security.tls import Credentials  # TLS and certificate code only when used
+
+    return Credentials.for_client(token, ca).transport_factory()
+
+
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds; a peer that stalls the handshake is dropped
+
+
+async def connect_tcp(
+    addr: str, *, max_frame: int = MAX_FRAME_DEFAULT, ssl: SSLContext | None = None
+) -> TcpTransport:
+    """Open a framed TCP connection to ``addr`` (over TLS with ``ssl``; the server's name is
+    checked against the host of ``addr`` when the context says so). Raises ``OSError`` if it
+    cannot connect (``ssl.SSLError`` when the handshake fails)."""
     host, port = parse_addr(addr)
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(lambda: TcpTransport(max_frame), host, port)
+    tls: dict[str, typing.Any] = {}
+    if ssl is not None:
+        tls = {"ssl": ssl, "server_hostname": host, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
+    _, protocol = await loop.create_connection(lambda: TcpTransport(max_frame), host, port, **tls)
     protocol._peer = addr
     return protocol

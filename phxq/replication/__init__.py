@@ -16,6 +16,7 @@ Modules (each one's docstring is its contract):
 - ``storage`` (``GroupStorage``, ``PlogStorage``) and ``peers`` (``Peers``, ``RpcPeers``): the
   runtime's only links to disk and network, swappable (the runtime simulation in ``tests/sim``
   runs the same code over an in-memory log and network under a virtual clock);
-- ``daemon``: ``ReplicatedDaemon``, the skeleton of the store and lock daemons;
-- ``tasks``: ``TaskSet``, the owner of every task the runtime starts.
+- ``daemon``: ``ReplicatedDaemon``, the skeleton of the store and lock daemons.
+
+Every task the runtime starts is owned by a ``phxq.tasks.TaskScope``.
 """

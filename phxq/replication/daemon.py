@@ -4,7 +4,8 @@ A :class:`ReplicatedDaemon` is a :class:`~phxq.replication.host.PaxosHost` for i
 RPC server on the node's address that routes Paxos notifications to the host, rejoin requests
 to its membership and every other method to the daemon's handler table, optional Prometheus
 metrics, and the daemon's own background loops -- all owned by one
-:class:`~phxq.replication.tasks.TaskSet`. ``async with`` starts and stops it.
+:class:`~phxq.tasks.TaskScope`. With ``[security]`` every link is TLS and requests pass the
+permission guard of the daemon's rules (:mod:`phxq.security`). ``async with`` starts and stops it.
 
 A subclass passes its state machines and handlers and lists its loops in :meth:`background`;
 it does not copy the rest.
@@ -27,7 +28,9 @@ from phxq.replication.host import PaxosHost
 from phxq.replication.machine import M, Machines
 from phxq.replication.membership import REJOIN_METHODS
 from phxq.replication.replica import GroupReplica
-from phxq.replication.tasks import TaskSet
+from phxq.security import NodeSecurity
+from phxq.security.policy import Rule
+from phxq.tasks import TaskScope
 
 __all__ = ["Handler", "ReplicatedDaemon"]
 
@@ -54,6 +57,7 @@ class ReplicatedDaemon(Generic[M]):
         groups: int,
         machines: Machines[M],
         handlers: Mapping[str, Handler],
+        rules: Mapping[str, Rule],
         host: str | None = None,
         on_input: Callable[[GroupReplica[M]], None] = _ignore,
     ) -> None:
@@ -63,6 +67,8 @@ class ReplicatedDaemon(Generic[M]):
         self.node_id = node.id
         self.addresses = dict(addresses)
         self._bind_host = host
+        # With [security]: TLS for clients and peers, and the permission guard of ``rules``.
+        self.security = sec = NodeSecurity.build(cluster, node, rules, kind)
         self.paxos_host: PaxosHost[M] = PaxosHost.from_config(
             cluster.cluster,
             node,
@@ -71,11 +77,17 @@ class ReplicatedDaemon(Generic[M]):
             machines=machines,
             name=kind,
             on_input=on_input,
+            transport_factory=None if sec is None else sec.peer_credentials.transport_factory(),
         )
         self.replicas = self.paxos_host.replicas
         self._handlers = handlers
-        self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
-        self._tasks = TaskSet(log, f"{kind} {node.id}")
+        self._server = RpcServer(
+            self._handle,
+            notify_handler=self.paxos_host.on_notify,
+            ssl=None if sec is None else sec.server_ssl,
+            guard=None if sec is None else sec.guard,
+        )
+        self._tasks = TaskScope(f"{kind} {node.id}", log)
         self.started_at = time.time()
 
     # ---------------------------------------------------------------------- life cycle
@@ -94,7 +106,7 @@ class ReplicatedDaemon(Generic[M]):
         if self.node.metrics_addr:
             metrics.serve(self.node.metrics_addr)
         for name, loop in self.background():
-            self._tasks.spawn(loop, name)
+            self._tasks.spawn(loop, name=name)
         log.info(
             "%s %d serving %d groups on %s",
             self.kind,
@@ -105,7 +117,7 @@ class ReplicatedDaemon(Generic[M]):
 
     async def close(self) -> None:
         await self._server.close()
-        await self._tasks.close()
+        await self._tasks.aclose()
         await self.paxos_host.close()
 
     def background(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
@@ -114,7 +126,7 @@ class ReplicatedDaemon(Generic[M]):
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run ``coro`` as a task the daemon owns (cancelled by :meth:`close`)."""
-        self._tasks.spawn(coro, name)
+        self._tasks.spawn(coro, name=name)
 
     async def every(self, interval: float, step: Callable[[], Awaitable[Any]], what: str) -> None:
         """Run ``step`` every ``interval`` seconds; a failure is logged and the loop goes on."""

@@ -17,7 +17,7 @@ A :class:`PaxosHost` owns, for one node (a store node or a lock node alike):
 
 The daemon around it owns the RPC server: it routes ``px``/``snap`` notifications to
 :meth:`on_notify` and the rejoin request methods (``REJOIN_METHODS``) to :meth:`handle_rpc`.
-Every task the host starts belongs to its :class:`~phxq.replication.tasks.TaskSet`.
+Every task the host starts belongs to its :class:`~phxq.tasks.TaskScope`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from phxq import metrics, trace
 from phxq.config import ClusterSettings, NodeConfig
 from phxq.errors import ProtocolError
 from phxq.net.server import LogLimiter
+from phxq.net.transport import TransportFactory
 from phxq.paxos import GroupConfig, decode_message
 from phxq.replication.machine import M, Machines
 from phxq.replication.membership import Membership
@@ -42,7 +43,7 @@ from phxq.replication.peers import Peers, RpcPeers
 from phxq.replication.rejoin import NodeStatus
 from phxq.replication.replica import GroupReplica
 from phxq.replication.storage import PlogStorage, Storage
-from phxq.replication.tasks import TaskSet
+from phxq.tasks import TaskScope
 
 __all__ = ["TICK_MAX_SLEEP", "PaxosHost"]
 
@@ -69,6 +70,7 @@ class PaxosHost(Generic[M]):
         machines: Machines[M],
         name: str,
         on_input: Callable[[GroupReplica[M]], None] = _ignore,
+        transport_factory: TransportFactory | None = None,
     ) -> PaxosHost[M]:
         """The host of a daemon's ``node`` (a store or a lock node; ``addresses``: every node of
         its kind), with the ``[cluster]`` settings both kinds share."""
@@ -84,7 +86,9 @@ class PaxosHost(Generic[M]):
             segment_bytes=settings.segment_bytes,
             journal_bytes=settings.journal_bytes,
             name=name,
-            dial=dict(node.peers),
+            peers=RpcPeers(
+                {**addresses, **dict(node.peers)}, node.id, transport_factory=transport_factory
+            ),
             on_input=on_input,
         )
 
@@ -130,7 +134,7 @@ class PaxosHost(Generic[M]):
         self._on_input = on_input
         self.replicas: dict[int, GroupReplica[M]] = {}
         self.membership: Membership | None = None
-        self._tasks = TaskSet(log, f"{name} {node_id}")
+        self._tasks = TaskScope(f"{name} {node_id}", log)
         self._wake = asyncio.Event()
         self._next_tick = 0.0  # when the tick loop runs next (clock time)
         self._masters_held = -1
@@ -172,12 +176,12 @@ class PaxosHost(Generic[M]):
             missing_groups=missing,
         )
         await asyncio.to_thread(self.membership.decide)
-        self._tasks.spawn(self._tick_loop(), "tick loop")
+        self._tasks.spawn(self._tick_loop(), name="tick loop")
         if self.membership.must_rebuild():
-            self._tasks.spawn(self.membership.run(), "rejoin")
+            self._tasks.spawn(self.membership.run(), name="rejoin")
 
     async def close(self) -> None:
-        await self._tasks.close()
+        await self._tasks.aclose()
         for replica in self.replicas.values():
             await replica.close()
         await self.peers.close()
@@ -242,7 +246,7 @@ class PaxosHost(Generic[M]):
             return
         replica = self.replicas.get(params[0]) if isinstance(params[0], int) else None
         if replica is not None:
-            self._tasks.spawn(replica.install_snapshot(params[1]), "snapshot install")
+            self._tasks.spawn(replica.install_snapshot(params[1]), name="snapshot install")
 
     def _dropped(self, what: str, why: object) -> None:
         """Count a malformed peer notification; warn at a limited rate (no reply channel, and

@@ -9,6 +9,7 @@ from typing import Any, Protocol, final
 
 from phxq.errors import Unavailable
 from phxq.net.rpc import RpcPool
+from phxq.net.transport import TransportFactory
 
 __all__ = ["Peers", "RpcPeers"]
 
@@ -30,12 +31,15 @@ class Peers(Protocol):
 
 @final
 class RpcPeers:
-    """Peers over an :class:`~phxq.net.rpc.RpcPool`, dialed at ``dial[node]``."""
+    """Peers over an :class:`~phxq.net.rpc.RpcPool`, dialed at ``dial[node]`` (with
+    ``[security]`` the factory dials TLS with this member's certificate)."""
 
-    def __init__(self, dial: Mapping[int, str], me: int) -> None:
+    def __init__(
+        self, dial: Mapping[int, str], me: int, *, transport_factory: TransportFactory | None = None
+    ) -> None:
         self._dial = dict(dial)
         self._me = me
-        self._pool = RpcPool()
+        self._pool = RpcPool(transport_factory=transport_factory)
 
     def notify(self, to: int, method: str, params: Any, *, lazy: bool = False) -> None:
         addr = self._dial.get(to)

@@ -65,7 +65,7 @@ from phxq.replication.machine import M, Machines, apply_instance
 from phxq.replication.proposals import Proposals
 from phxq.replication.snapshots import CATCHUP_MAX_BYTES, SendSnapshot, Snapshots
 from phxq.replication.storage import GroupStorage
-from phxq.replication.tasks import TaskSet
+from phxq.tasks import TaskScope
 
 __all__ = ["CATCHUP_MAX_BYTES", "GroupReplica", "SendPaxos"]
 
@@ -127,7 +127,7 @@ class GroupReplica(Generic[M]):
         self._send = send
         self._address_of = address_of
         self._clock = clock
-        self._tasks = TaskSet(log, f"group {config.group}")
+        self._tasks = TaskScope(f"group {config.group}", log)
         self._applied_event = asyncio.Event()  # replaced (after being set) on every apply
         self._applied_waited = False  # someone waits on _applied_event
         self._lag_reported: int | None = None
@@ -302,7 +302,7 @@ class GroupReplica(Generic[M]):
             elif isinstance(effect, ProposalFailed):
                 self._fail(effect)
             elif isinstance(effect, ServeCatchup):
-                self._tasks.spawn(self._serve_catchup(effect), "catch-up")
+                self._tasks.spawn(self._serve_catchup(effect), name="catch-up")
             elif isinstance(effect, RoleChanged):
                 log.info(
                     "group %d: %s (master=%s ballot=%s)",
@@ -488,7 +488,7 @@ class GroupReplica(Generic[M]):
             return first
 
     async def close(self) -> None:
-        await self._tasks.close()
+        await self._tasks.aclose()
         self.proposals.fail_all(Unavailable(f"group {self.group}: replica shutting down"))
         await self.glog.close()
 

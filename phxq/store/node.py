@@ -42,6 +42,7 @@ from phxq.net.frames import shown
 from phxq.replication.daemon import ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
 from phxq.routing import group_for_queue, split_offset
+from phxq.security import STORE_RULES
 from phxq.store import service
 from phxq.store.state import StoreMachines, StoreState
 
@@ -61,6 +62,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             groups=c.groups,
             machines=StoreMachines(c.dedup_window),
             handlers=service.HANDLERS,
+            rules=STORE_RULES,
             host=host,
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}

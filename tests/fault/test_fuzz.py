@@ -12,13 +12,13 @@ import msgpack
 import pytest
 
 from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
-from phxq.fault.fuzz import CATEGORIES, Generator, classify, fuzz_cluster
 from phxq.net.frames import encode_notify, encode_request
 from phxq.net.loop import run
 from phxq.paxos.ballot import Ballot
 from phxq.paxos.messages import Heartbeat, encode_message
 from phxq.replication.snapshot import Snapshot, encode_snapshot
 from phxq.store.state import StoreState
+from tools.fault.fuzz import CATEGORIES, Generator, classify, fuzz_cluster
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from phxq.fault.nemesis import KINDS, make_schedule
-from phxq.fault.torture import RunOptions, RunReport, run_once
+from tools.fault.nemesis import KINDS, make_schedule
+from tools.fault.torture import RunOptions, RunReport, run_once
 
 pytestmark = pytest.mark.integration
 

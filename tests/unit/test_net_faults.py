@@ -9,9 +9,9 @@ import pytest
 
 from phxq.errors import Unavailable
 from phxq.net import frames
-from phxq.net.faults import Faults, FaultyTransport
-from phxq.net.memory import MemoryNetwork, memory_pair
 from phxq.net.rpc import RpcPool, RpcServer
+from phxq.testing.faults import Faults, FaultyTransport
+from phxq.testing.memory import MemoryNetwork, memory_pair
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:

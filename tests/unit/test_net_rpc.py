@@ -17,10 +17,10 @@ from phxq.errors import (
     StaleToken,
     Unavailable,
 )
-from phxq.net.faults import Faults
-from phxq.net.memory import MemoryNetwork
 from phxq.net.rpc import RpcPool, RpcServer
 from phxq.net.transport import TcpTransport, connect_tcp
+from phxq.testing.faults import Faults
+from phxq.testing.memory import MemoryNetwork
 
 MAX = 64 << 10
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from phxq.errors import BadArgument, MessageTooLarge, Unavailable
-from phxq.net.faults import Faults
-from phxq.net.memory import MemoryNetwork, memory_pair
 from phxq.net.transport import TcpTransport, Transport, connect_tcp, parse_addr
+from phxq.testing.faults import Faults
+from phxq.testing.memory import MemoryNetwork, memory_pair
 
 MAX = 64 << 10
 

@@ -58,18 +58,26 @@ import tomli_w
 
 from phxq.devcluster import ProcessCluster, free_ports
 from phxq.errors import PhxqError
-from phxq.fault.history import DELIVERIES_ENV
-from phxq.net.proxy import Direction, FaultProxy
 from phxq.net.rpc import RpcPool
 from phxq.plog.journal import journaled_ranges
+from tools.fault.history import DELIVERIES_ENV
+from tools.fault.proxy import Direction, FaultProxy
 
-log = logging.getLogger("phxq.fault")
+log = logging.getLogger("tools.fault")
 
 TOPIC = "torture"
 GROUP = "torture"
-HANDLER = "phxq.fault.history:record_delivery"
+HANDLER = "tools.fault.history:record_delivery"
 ROLES = ("store", "lock")
 FILLER = "filler"
+
+
+def _pythonpath() -> str:
+    """The consumers import the delivery recorder (``HANDLER``) from this checkout's ``tools``
+    package, which no wheel ships: put the checkout on their path, whatever their cwd."""
+    checkout = str(Path(__file__).resolve().parent.parent.parent)
+    inherited = os.environ.get("PYTHONPATH")
+    return f"{checkout}{os.pathsep}{inherited}" if inherited else checkout
 
 
 @dataclass
@@ -166,7 +174,7 @@ class FaultCluster:
             path,
             locks=True,
             consumers=self.opts.consumers,
-            env={DELIVERIES_ENV: str(self.deliveries_dir.resolve())},
+            env={DELIVERIES_ENV: str(self.deliveries_dir.resolve()), "PYTHONPATH": _pythonpath()},
         )
         self.cluster.start()
         await self.cluster.wait_ready_async(timeout=60)

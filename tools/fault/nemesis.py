@@ -1,4 +1,4 @@
-"""Seeded fault schedules and their execution against a :class:`~phxq.fault.cluster.FaultCluster`.
+"""Seeded fault schedules and their execution against a :class:`~tools.fault.cluster.FaultCluster`.
 
 Public API::
 
@@ -62,11 +62,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from phxq.errors import PhxqError
-from phxq.fault.cluster import FaultCluster
-from phxq.fault.history import History
 from phxq.net.rpc import RpcPool
+from tools.fault.cluster import FaultCluster
+from tools.fault.history import History
 
-log = logging.getLogger("phxq.fault")
+log = logging.getLogger("tools.fault")
 
 KINDS = (
     "kill_store",

@@ -2,7 +2,7 @@
 
 Public API::
 
-    result = check(ops, groups=("torture",))     # ops: the records of phxq.fault.history
+    result = check(ops, groups=("torture",))     # ops: the records of tools.fault.history
     result.ok;  result.violations               # list[str], empty when every property holds
     result.figures()                            # acked, lost, dups, max_failover_pause, ...
     result.summary(seed)                        # one line
@@ -67,7 +67,6 @@ class CheckResult:
     unexpected: int = 0
     stored_dups: int = 0
     dups: int = 0
-    unexcused_dups: int = 0
     delivered: int = 0
     faults: int = 0
     max_failover_pause: float = 0.0
@@ -337,7 +336,6 @@ def _check_pair(
             if _overlaps(windows, first, op["t"]):
                 r.dups += 1
             else:
-                r.unexcused_dups += 1
                 r.violate(
                     "dup",
                     f"{where}: offset {offset} delivered again at {op['t']:.3f} (first {first:.3f}) with no fault or replay around",

@@ -1,6 +1,6 @@
 """A seeded frame fuzzer against live store and lock daemons (issue 9, "bad input at scale").
 
-The bodies come from :mod:`phxq.fault.fuzzgen` (pure, seeded); this module sends them and
+The bodies come from :mod:`tools.fault.fuzzgen` (pure, seeded); this module sends them and
 checks what the daemons did.
 
 Public API::
@@ -62,7 +62,6 @@ from typing import Any
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
 from phxq.errors import PhxqError, ProtocolError, error_classes
-from phxq.fault.fuzzgen import CATEGORIES, STREAM, WEIGHTS, Generator, Shot, classify
 from phxq.lock import LockClient
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
@@ -74,6 +73,7 @@ from phxq.net.frames import (
     prefix,
 )
 from phxq.net.rpc import RpcPool
+from tools.fault.fuzzgen import CATEGORIES, STREAM, WEIGHTS, Generator, Shot, classify
 
 __all__ = ["CATEGORIES", "FuzzReport", "Generator", "classify", "fuzz_cluster"]
 

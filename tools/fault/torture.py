@@ -6,13 +6,13 @@ Public API::
     report.ok;  report.summary();  report.history_path
     main(argv) -> exit status                   # scripts/torture
 
-The workload, all recorded in the :class:`~phxq.fault.history.History`:
+The workload, all recorded in the :class:`~tools.fault.history.History`:
 
 - **producers**: one per key (``k0``..), sequential: enqueue ``"<key>:<seq>"`` with that key
   and dedup id ``<run>-<key>-<seq>``; a failed attempt is retried with the same seq and id
   (nothing is skipped, so at most the last message of a producer is unacked);
 - **consumers**: the consumer daemons deliver group ``torture`` to
-  :func:`~phxq.fault.history.record_delivery`;
+  :func:`~tools.fault.history.record_delivery`;
 - **cursor poller**: every ``cursor_poll`` s, each queue's committed cursor;
 - **admin replay**: ``replays`` times, one queue's cursor is moved back over its last ~100
   acked messages (``seek``), recorded so the checker allows what follows from it;
@@ -25,7 +25,7 @@ The workload, all recorded in the :class:`~phxq.fault.history.History`:
 After the schedule: heal everything, let the cluster settle (every group has a master, the
 lock service serves), let the producers run ``tail`` more seconds, stop them, drain (every
 queue's cursor reaches the end of the queue), read every queue back, record the stores'
-status, stop the daemons, and check the history (:mod:`phxq.fault.checker`).
+status, stop the daemons, and check the history (:mod:`tools.fault.checker`).
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ from typing import Any
 
 from phxq.client import Client
 from phxq.errors import ClientError, LockHeld, PhxqError, VersionMismatch
-from phxq.fault.checker import CheckResult, check
-from phxq.fault.cluster import GROUP, TOPIC, FaultCluster, HarnessOptions
-from phxq.fault.history import History, load_deliveries
-from phxq.fault.nemesis import KINDS, Nemesis, format_schedule, make_schedule
 from phxq.lock import LockClient
 from phxq.net.rpc import RpcPool
+from tools.fault.checker import CheckResult, check
+from tools.fault.cluster import GROUP, TOPIC, FaultCluster, HarnessOptions
+from tools.fault.history import History, load_deliveries
+from tools.fault.nemesis import KINDS, Nemesis, format_schedule, make_schedule
 
-log = logging.getLogger("phxq.fault")
+log = logging.getLogger("tools.fault")
 
 LOCK_NAME = "torture/lock"
 COUNTER = "torture/counter"
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    logging.getLogger("phxq.net.proxy").setLevel(logging.WARNING)  # a refused dial per retry
+    logging.getLogger("tools.fault.proxy").setLevel(logging.WARNING)  # a refused dial per retry
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_main(args))
     return 130

@@ -11,7 +11,7 @@ Public API::
 
 Every record has ``type`` and ``t`` (``time.monotonic()``: on Linux one clock for every process
 of the machine, so times recorded by the daemons and by the runner compare). The record types,
-and what :mod:`phxq.fault.checker` reads from them:
+and what :mod:`tools.fault.checker` reads from them:
 
 =========  =========================================================================================
 enqueue    ``phase`` invoke / ok / fail (certainly not stored) / info (maybe stored); ``producer``,

@@ -1,7 +1,7 @@
 """The frame fuzzer's generator: seeded random and mutated frame bodies, and the safety net.
 
 Pure: a ``random.Random`` in, bytes out (no sockets, no clock). The runner that sends them to
-live daemons and checks the outcome is :mod:`phxq.fault.fuzz` (whose docstring lists the
+live daemons and checks the outcome is :mod:`tools.fault.fuzz` (whose docstring lists the
 categories).
 
 Public API::
