@@ -234,7 +234,8 @@ class ProcessCluster:
     @property
     def gateway_url(self) -> str | None:
         listen = self.config.gateway.listen
-        return f"http://{listen}" if self.gateway and listen else None
+        scheme = "https" if self.config.security is not None else "http"
+        return f"{scheme}://{listen}" if self.gateway and listen else None
 
     @property
     def lock_addresses(self) -> list[str]:

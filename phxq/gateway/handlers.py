@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import inspect
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,6 +59,7 @@ def ack_json(ack: Ack) -> dict[str, Any]:
         "queue": ack.queue,
         "offset": ack.offset,
         "duplicate": ack.duplicate,
+        "scheduled_id": ack.scheduled_id,
     }
 
 
@@ -76,26 +76,17 @@ def message_headers(request: web.Request) -> dict[str, str]:
     return out
 
 
-def _delay_supported(client: Client) -> bool:
-    return "delay" in inspect.signature(client.enqueue).parameters
-
-
 async def _enqueue_one(backend: Backend, topic: str, payload: bytes, item: dict[str, Any]) -> Ack:
-    options: dict[str, Any] = {
-        "key": item.get("key"),
-        "queue": item.get("queue"),
-        "dedup_id": item.get("dedup_id"),
-        "headers": item.get("headers") or None,
-    }
-    if item.get("delay") is not None:
-        if not _delay_supported(backend.client):
-            raise problem(
-                "unsupported",
-                "delayed messages (Phxq-Delay / delay) are not supported by this phxq "
-                "version yet; enqueue without a delay",
-            )
-        options["delay"] = item["delay"]
-    return await backend.client.enqueue(topic, payload, **options)
+    return await backend.client.enqueue(
+        topic,
+        payload,
+        key=item.get("key"),
+        queue=item.get("queue"),
+        dedup_id=item.get("dedup_id"),
+        headers=item.get("headers") or None,
+        delay=item.get("delay"),
+        deliver_at=item.get("deliver_at"),
+    )
 
 
 async def enqueue(call: Call) -> Any:
@@ -106,6 +97,7 @@ async def enqueue(call: Call) -> Any:
             "queue": call.args.get("queue"),
             "dedup_id": call.args.get("dedup_id"),
             "delay": call.args.get("delay"),
+            "deliver_at": call.args.get("deliver_at"),
             "headers": message_headers(call.request),
         }
         if len(item["headers"]) > 64:
@@ -128,6 +120,13 @@ async def enqueue(call: Call) -> Any:
         if isinstance(result, BaseException):
             raise result
     return [ack_json(r) for r in results]  # type: ignore[arg-type]
+
+
+async def cancel_scheduled(call: Call) -> Any:
+    a = call.args
+    scheduled_id = f"{a['topic']}/{a['queue']}/{a['id']}"
+    cancelled = await call.backend.client.cancel_scheduled(scheduled_id)
+    return {"scheduled_id": scheduled_id, "cancelled": cancelled}
 
 
 # -------------------------------------------------------------------------------- read

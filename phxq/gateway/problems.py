@@ -10,7 +10,6 @@ plain dict (:meth:`Problem.body`), the server turns it into a response.
 Statuses by code (the first match walking up the error's class tree)::
 
     bad_argument, client, protocol, config     400  (retrying the same request fails the same way)
-    unsupported                                400  (e.g. Phxq-Delay before delayed messages)
     unauthenticated                            401  (WWW-Authenticate: Bearer)
     forbidden                                  403
     unknown_topic, not_found                   404
@@ -18,7 +17,6 @@ Statuses by code (the first match walking up the error's class tree)::
     request_timeout                            408  (the client sent its body too slowly)
     stale_token, lock_held, version_mismatch   409
     message_too_large                          413
-    unsupported_media_type                     415
     overloaded                                 429  Retry-After
     not_master, unavailable, storage           503  Retry-After (safe to retry with the same
                                                     dedup id)
@@ -53,8 +51,6 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "lock_held": 409,
     "version_mismatch": 409,
     "message_too_large": 413,
-    "unsupported_media_type": 415,
-    "unsupported": 400,
     "overloaded": 429,
     "not_master": 503,
     "unavailable": 503,
@@ -69,7 +65,6 @@ TITLES: Final[dict[int, str]] = {
     408: "Request Timeout",
     409: "Conflict",
     413: "Content Too Large",
-    415: "Unsupported Media Type",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from phxq.client.client import MAX_SCHEDULE_SECONDS
 from phxq.gateway import handlers as h
 from phxq.gateway import schema as s
 from phxq.gateway.stream import stream
@@ -31,11 +32,18 @@ GROUP_REQUIRED = Param("group", "query", s.NAME, "consumer group", required=True
 
 ACK = {
     "type": "object",
-    "required": ["topic", "queue", "offset", "duplicate"],
+    "required": ["topic", "queue", "offset", "duplicate", "scheduled_id"],
     "properties": {
         "topic": {"type": "string"},
         "queue": {"type": "integer"},
-        "offset": {"type": "integer", "description": "the message's id within its queue"},
+        "offset": {
+            "type": ["integer", "null"],
+            "description": "the message's id within its queue (null: delayed, not released yet)",
+        },
+        "scheduled_id": {
+            "type": ["string", "null"],
+            "description": "a delayed message's id, topic/queue/number (to cancel it)",
+        },
         "duplicate": {
             "type": "boolean",
             "description": "true: a retry of an enqueue already stored (same dedup id)",
@@ -54,6 +62,8 @@ MESSAGE = {
         "enqueued_at": {"type": "number", "description": "seconds since the epoch"},
     },
 }
+DELAY = {"type": "number", "minimum": 0, "maximum": MAX_SCHEDULE_SECONDS}
+DELIVER_AT = {"type": "number", "minimum": 0, "maximum": 1e11}
 BATCH_ITEM = {
     "type": "object",
     "required": ["payload_base64"],
@@ -64,7 +74,8 @@ BATCH_ITEM = {
         "dedup_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
         "headers": s.HEADERS,
         "queue": {**s.QUEUE, "type": ["integer", "null"]},
-        "delay": {"type": ["number", "null"], "minimum": 0},
+        "delay": {**DELAY, "type": ["number", "null"]},
+        "deliver_at": {**DELIVER_AT, "type": ["number", "null"]},
     },
 }
 BATCH = {
@@ -211,9 +222,15 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
                 Param(
                     "Phxq-Delay",
                     "header",
-                    {"type": "number", "minimum": 0},
-                    "deliver after this many seconds (needs a phxq with delayed messages; "
-                    "otherwise the answer is a 400 problem with code unsupported)",
+                    DELAY,
+                    "deliver after this many seconds (by the queue master's clock); the ack "
+                    "then has a scheduled_id and no offset yet",
+                ),
+                Param(
+                    "Phxq-Deliver-At",
+                    "header",
+                    DELIVER_AT,
+                    "deliver at this UNIX time instead (not with Phxq-Delay)",
                 ),
             ),
             json_body=BATCH,
@@ -227,6 +244,38 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
                 "is not atomic: on an error, retry the whole batch with the same dedup ids."
             ),
             errors=(400, 401, 403, 404, 408, 413, 429, 503),
+            tags=("produce",),
+        ),
+        Route(
+            "DELETE",
+            f"{queue_routes}/scheduled/{{id}}",
+            "cancel_scheduled",
+            "Cancel a delayed message before it is released",
+            h.cancel_scheduled,
+            {
+                "type": "object",
+                "required": ["scheduled_id", "cancelled"],
+                "properties": {
+                    "scheduled_id": {"type": "string"},
+                    "cancelled": {
+                        "type": "boolean",
+                        "description": "false: already released, or cancelled before",
+                    },
+                },
+            },
+            params=(
+                TOPIC,
+                QUEUE,
+                Param(
+                    "id",
+                    "path",
+                    s.OFFSET,
+                    "the number after topic/queue/ in scheduled_id",
+                    required=True,
+                    example=1,
+                ),
+            ),
+            permission="produce:{topic}",
             tags=("produce",),
         ),
         Route(

@@ -33,15 +33,17 @@ from aiohttp import web
 
 from phxq import __version__
 from phxq.client import Client
-from phxq.config import ClusterConfig
+from phxq.config import ClusterConfig, ConfigError
 from phxq.errors import BadArgument, PhxqError
-from phxq.gateway.auth import Authorizer, OpenAccess
+from phxq.gateway.auth import Authorizer, authorizer_for
 from phxq.gateway.handlers import Call
 from phxq.gateway.openapi import openapi_document
 from phxq.gateway.problems import PROBLEM_TYPE, Problem, problem, problem_for
 from phxq.gateway.routes import build_routes
 from phxq.gateway.schema import parse_param, validate
 from phxq.gateway.table import Route
+from phxq.security.daemon import member_credentials
+from phxq.security.tls import server_context
 
 log = logging.getLogger("phxq.gateway")
 
@@ -79,14 +81,23 @@ class Gateway:
         authorizer: Authorizer | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``listen`` overrides ``[gateway] listen``. With ``[security]`` the gateway serves
+        HTTPS with the ``[security]`` member certificate (or ``ssl_context``), requires bearer
+        tokens (or ``authorizer``) and dials the stores and lock nodes as a member."""
         self.config = config
         self.limits = config.gateway
         self.listen = listen or self.limits.listen or DEFAULT_LISTEN
         self.max_wait = self.limits.max_wait
-        self.authorizer: Authorizer = authorizer or OpenAccess()
+        self.authorizer: Authorizer = authorizer or authorizer_for(config)
+        sec = config.security
+        if ssl_context is None and sec is not None:
+            if sec.cert is None or sec.key is None:
+                raise ConfigError(f"{config.source}: [security]: the gateway needs cert and key")
+            ssl_context = server_context(sec.ca, sec.cert, sec.key)
         self.ssl_context = ssl_context
         self.routes = build_routes(self.limits.max_wait)
-        self.client = Client([s.addr for s in config.stores])
+        self._member = member_credentials(config).ssl  # None without [security]
+        self.client = Client([s.addr for s in config.stores], ca=self._member)
         self._locks: Any = None
         self._runner: web.AppRunner | None = None
         self._in_flight = 0
@@ -106,7 +117,7 @@ class Gateway:
         if self._locks is None:
             from phxq.lock.client import LockClient
 
-            self._locks = LockClient([lk.addr for lk in self.config.locks])
+            self._locks = LockClient([lk.addr for lk in self.config.locks], ca=self._member)
         return self._locks
 
     def describe(self) -> dict[str, Any]:
@@ -201,12 +212,15 @@ class Gateway:
 
     def _endpoint(self, route: Route) -> Any:
         async def endpoint(request: web.Request) -> web.StreamResponse:
+            principal = None
+            if route.permission is not None:  # authenticate before reading anything else
+                principal = self.authorizer.authenticate(request.headers.get("Authorization"))
             args = self._params(route, request)
-            principal = self.authorizer.authenticate(request.headers.get("Authorization"))
             body = await self._body(route, request)
             if route.permission is not None:
-                fields = {**args, **(body if isinstance(body, dict) else {})}
-                self.authorizer.check(principal, route.needs(fields) or "")
+                need = route.needs({**args, **(body if isinstance(body, dict) else {})})
+                if need is not None:
+                    self.authorizer.check(principal, need)
             result = await route.handler(Call(self, args, body, request))
             if isinstance(result, web.StreamResponse):
                 return result

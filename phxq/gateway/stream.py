@@ -1,21 +1,25 @@
 """``GET /v1/topics/{topic}/stream``: a server-sent-events tail of a topic (read-only).
 
 Where it starts, per queue: after the positions in a ``Last-Event-ID`` header (what a
-reconnecting ``EventSource`` sends back); else after ``after`` (with ``queue``); else at the
-consumer ``group``'s committed cursor; else at the first message (``from=start``) or at the
-end (``from=now``, the default: every message chosen after the stream opened).
+reconnecting ``EventSource`` sends back; queues it does not name start as below); else after
+``after`` (with ``queue``); else after the consumer ``group``'s committed cursor; else at the
+oldest retained message (``from=start``) or after everything chosen when the request arrived
+(``from=now``, the default). The start is fixed before the answer's headers are sent, so a
+message enqueued once the caller sees them is always in the stream.
 
 What it sends: one event per message, in offset order per queue (queues interleave)::
 
-    id: 0:1048577,3:2097152          <- every known position "queue:offset"; resume token
+    id: 0:1048577,3:2097152          <- every known position "queue:offset"; the resume token
     event: message
     data: {"queue": 3, "offset": 2097152, "key": ..., "headers": ..., "payload_base64": ...,
            "enqueued_at": ...}
 
 a ``: keepalive`` comment every ``KEEPALIVE`` seconds, and, if reading fails for good (no
-master within the client's retry budget), one ``event: error`` whose data is a problem object,
+master within the client's retry budget), one ``event: error`` whose data is a problem object;
 then the stream ends. It also ends after ``limit`` messages or ``timeout`` seconds when given.
-A slow reader slows the pollers down (bounded buffer), never the gateway's memory.
+The reads are the client's own tails (``Client.tail``, one per queue so each can resume at its
+own position). A slow reader slows them down (a bounded buffer), never grows the gateway's
+memory.
 """
 
 from __future__ import annotations
@@ -28,14 +32,13 @@ from typing import Any
 
 from aiohttp import web
 
-from phxq.errors import BadArgument, PhxqError, Unavailable, UnknownTopic
+from phxq.client.stream import MessageStream, start_positions
+from phxq.errors import BadArgument, PhxqError, UnknownTopic
 from phxq.gateway.handlers import Call, message_json
 from phxq.gateway.problems import problem_for
-from phxq.routing import MAX_MESSAGES_PER_INSTANCE, group_for_queue, make_offset
 
 KEEPALIVE = 15.0
-POLL_WAIT = 10.0  # seconds one long poll waits for a message
-BUFFER = 256  # events buffered between the pollers and a slow reader
+BUFFER = 256  # events buffered between the reads and a slow reader
 
 
 def parse_event_id(text: str, queues: int) -> dict[int, int]:
@@ -53,48 +56,24 @@ def event_id(positions: dict[int, int | None]) -> str:
     return ",".join(f"{q}:{o}" for q, o in sorted(positions.items()) if o is not None)
 
 
-async def _ends(call: Call, groups: int, queues: list[int]) -> dict[int, int | None]:
-    """Per queue, an offset after which every message was chosen after this call started."""
-    client = call.backend.client
-    cmap = await client.cluster_map()
-    chosen: dict[int, int] = {}
-    answered = False
-    for addr in cmap.nodes.values():
-        try:
-            status = await client.status(addr)
-        except PhxqError:
-            continue  # a down store; the others know at least as much
-        answered = True
-        for row in status.get("groups", []):
-            chosen[row["group"]] = max(chosen.get(row["group"], 0), int(row["chosen_up_to"]))
-    if not answered:
-        raise Unavailable("no store answered: cannot find the end of the topic")
-    last = MAX_MESSAGES_PER_INSTANCE - 1
-    return {q: make_offset(chosen.get(group_for_queue(q, groups), 0), last) for q in queues}
-
-
-async def _start(call: Call, queues: list[int], groups: int) -> dict[int, int | None]:
+async def _start(call: Call, queues: list[int]) -> dict[int, int | None]:
+    """Per queue, the offset the stream reads after (None: from the oldest message)."""
     a = call.args
     client = call.backend.client
+    known: dict[int, int] = {}
     last_id = call.request.headers.get("Last-Event-ID")
     if last_id:
         known = parse_event_id(last_id, max(queues) + 1)
-        rest = [q for q in queues if q not in known]
-        start = await _start_fresh(call, rest, groups) if rest else {}
-        return {q: known.get(q, start.get(q)) for q in queues}
-    if a.get("after") is not None:
+    rest = [q for q in queues if q not in known]
+    fresh: dict[int, int | None] = {}
+    if rest and a.get("after") is not None:
         if a.get("queue") is None:
             raise BadArgument("after is an offset of one queue: give queue too")
-        return {a["queue"]: a["after"]}
-    if a.get("group") is not None:
-        return {q: await client.cursor(a["group"], a["topic"], queue=q) for q in queues}
-    return await _start_fresh(call, queues, groups)
-
-
-async def _start_fresh(call: Call, queues: list[int], groups: int) -> dict[int, int | None]:
-    if call.args.get("from", "now") == "start":
-        return dict.fromkeys(queues)
-    return await _ends(call, groups, queues)
+        fresh = {a["queue"]: a["after"]}
+    elif rest:
+        start = "cursor" if a.get("group") is not None else a.get("from", "now")
+        fresh = await start_positions(client, a["topic"], rest, start, a.get("group"))
+    return {q: known[q] if q in known else fresh[q] for q in queues}
 
 
 async def stream(call: Call) -> web.StreamResponse:
@@ -108,7 +87,11 @@ async def stream(call: Call) -> web.StreamResponse:
     if a.get("queue") is not None and a["queue"] >= count:
         raise BadArgument(f"queue must be in [0, {count}), got {a['queue']}")
     queues = [a["queue"]] if a.get("queue") is not None else list(range(count))
-    positions = await _start(call, queues, cmap.groups)
+    positions = await _start(call, queues)
+    sources = [
+        client.tail(topic, from_="start" if after is None else after + 1, queues=[q])
+        for q, after in positions.items()
+    ]
 
     response = web.StreamResponse(
         headers={
@@ -120,32 +103,29 @@ async def stream(call: Call) -> web.StreamResponse:
     await response.prepare(call.request)
     await response.write(f": tail of {topic}, {len(queues)} queues\n\n".encode())
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(BUFFER)
-    poll_wait = min(POLL_WAIT, call.backend.max_wait)
 
-    async def poll(q: int) -> None:
-        after = positions[q]
+    async def pump(source: MessageStream) -> None:
         try:
-            while True:
-                batch = await client.dequeue(
-                    None, topic, queue=q, after=after, limit=100, wait=poll_wait
-                )
-                for msg in batch:
-                    after = msg.offset
-                    await events.put(("message", msg))
+            async for msg in source:
+                await events.put(("message", msg))
         except PhxqError as exc:
             await events.put(("error", exc))
 
     limit = a.get("limit")
     deadline = None if a.get("timeout") is None else time.monotonic() + a["timeout"]
-    async with asyncio.TaskGroup() as tg:
-        pollers = [tg.create_task(poll(q)) for q in queues]
-        try:
-            await _relay(response, events, positions, limit, deadline)
-        except ConnectionError:
-            pass  # the reader went away: nothing left to tell it
-        finally:
-            for task in pollers:
-                task.cancel()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            pumps = [tg.create_task(pump(source)) for source in sources]
+            try:
+                await _relay(response, events, positions, limit, deadline)
+            except ConnectionError:
+                pass  # the reader went away: nothing left to tell it
+            finally:
+                for task in pumps:
+                    task.cancel()
+    finally:
+        for source in sources:
+            await source.aclose()
     with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response

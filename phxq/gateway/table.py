@@ -9,10 +9,11 @@ cannot drift apart.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from phxq.security.principals import Permission
 
 if TYPE_CHECKING:
     from phxq.gateway.handlers import Call
@@ -45,9 +46,11 @@ class Route:
 
     ``json_body``: the schema of a JSON request body (``None``: no JSON body). ``raw_body``:
     a body that is not ``application/json`` is passed to the handler as bytes. ``permission``:
-    the grant a principal needs, as a template over the parameters and body fields
-    (``"consume:{topic}:{group}"``; a missing field reads ``*``); ``""`` means any
-    authenticated caller, ``None`` no authentication at all."""
+    the grant a principal needs, as the ``[[principal]]`` allow lists write it
+    (``"produce:{topic}"``, ``"consume:{topic}:{group}"``, ``"admin"``; the names come from
+    the parameters and body fields, and a consume without a group needs a grant for any
+    group, as the RPC's tail); ``""`` means any authenticated caller, ``None`` no
+    authentication at all."""
 
     method: str
     path: str
@@ -65,10 +68,16 @@ class Route:
     errors: tuple[int, ...] = field(default=(400, 401, 403, 404, 429, 503))
     body_example: Any = None
 
-    def needs(self, values: dict[str, Any]) -> str | None:
-        """The permission this request needs, given its parsed parameters and body fields."""
-        if not self.permission:
-            return self.permission
-        fields: defaultdict[str, str] = defaultdict(lambda: "*")
-        fields.update({k: str(v) for k, v in values.items() if v is not None})
-        return self.permission.format_map(fields)
+    def needs(self, values: dict[str, Any]) -> Permission | None:
+        """The permission this request needs, given its parsed parameters and body fields;
+        None when any authenticated caller may do it."""
+        verb = (self.permission or "").split(":")[0]
+        if verb == "produce":
+            return Permission.produce(values["topic"])
+        if verb == "consume":
+            return Permission.consume(values["topic"], values.get("group"))
+        if verb == "admin":
+            return Permission.admin()
+        if verb:
+            raise ValueError(f"route {self.operation_id}: unknown permission {self.permission!r}")
+        return None

@@ -20,6 +20,8 @@ commit     ``{group, topic, queue, offset, token, expect?}`` -> ``offset``; with
 cursor     ``{group, topic, queue}`` -> ``offset | None``
 seek       ``{group, topic, queue, offset | time}`` -> new cursor (one-shot replay entry)
 status     ``{}`` -> this node's view of every group
+cancel_scheduled  ``{topic, queue, id}`` -> True if the scheduled message was pending (never
+           released now), False if not (see ``phxq.store.scheduler``)
 =========  ==============================================================================
 
 Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.replication.rejoin``).
@@ -41,9 +43,10 @@ from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
 from phxq.net.frames import shown
 from phxq.replication.daemon import ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
-from phxq.routing import group_for_queue, split_offset
+from phxq.routing import INDEX_BITS, group_for_queue, split_offset
 from phxq.security import STORE_RULES
 from phxq.store import service
+from phxq.store.scheduler import Releaser
 from phxq.store.state import StoreMachines, StoreState
 
 log = logging.getLogger("phxq.store")
@@ -66,11 +69,15 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             host=host,
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
+        self._releaser = Releaser(self)
         self.instance_id = uuid.uuid4().hex[:8]
 
     def background(self) -> list[tuple[str, Any]]:
         interval = self.cluster.cluster.retention_interval
-        return [("retention", self.every(interval, self.apply_retention, "retention pass"))]
+        return [
+            ("retention", self.every(interval, self.apply_retention, "retention pass")),
+            ("releaser", self._releaser.run()),
+        ]
 
     # ------------------------------------------------------------------------- retention
 
@@ -123,6 +130,11 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             floor, forced = replica.glog.retention_floor(
                 keep_from=keep, max_age=max_age, max_bytes=max_bytes, now_wall=time.time()
             )
+            # Never a pending scheduled message's record, whatever the limits (cancelled and
+            # released ones no longer hold it: a release entry carries its own copy).
+            oldest = replica.state.schedule.oldest_id()
+            if oldest is not None:
+                floor = min(floor, oldest >> INDEX_BITS)
             if floor <= replica.glog.first_instance:
                 continue
             try:

@@ -19,13 +19,19 @@ handler = "phxq.consumer.demo:log_message"
 
 
 def gateway_cluster(
-    data: Path, *, groups: int = 4, gateway: str = "", extra: str = BILLING
+    data: Path, *, groups: int = 4, gateway: str = "", extra: str = BILLING, secure: bool = False
 ) -> Iterator[ProcessCluster]:
     """Start the cluster and its gateway (``gateway``: more ``[gateway]`` keys), yield it
     once every group has a master and the gateway listens, stop it afterwards."""
     ports = free_ports(7)
     path = write_dev_config(
-        data, nodes=3, groups=groups, store_ports=ports[:3], lock_ports=ports[3:6], extra=extra
+        data,
+        nodes=3,
+        groups=groups,
+        store_ports=ports[:3],
+        lock_ports=ports[3:6],
+        extra=extra,
+        secure=secure,
     )
     path.write_text(path.read_text() + f'\n[gateway]\nlisten = "127.0.0.1:{ports[6]}"\n{gateway}\n')
     cluster = ProcessCluster(path, locks=True, gateway=True)

@@ -148,10 +148,10 @@ async def test_an_empty_data_directory_joins_and_votes_only_once_rebuilt(
         g = await votes_again(pool, cluster, 3)
         assert g["chosen_up_to"] >= 60
 
-        async def member() -> bool:  # written (durably) just after the last group votes
-            return bool((await status(pool, cluster, 3))["membership"] == "member")
+        async def member() -> bool:  # written once every group is whole, just after it resumes
+            return (await status(pool, cluster, 3))["membership"] == "member"
 
-        await wait_until(member, 10, "store 3 to be a member again")
+        await wait_until(member, 10, "store 3 to write MEMBER once rebuilt")
         assert (cluster.config.store(3).data / "MEMBER").exists()
         client_acks = await fill(client, 5, "b")
         cluster.kill(1)  # nodes 2 and 3 are a majority only if the rebuilt node votes
