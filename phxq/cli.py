@@ -1,53 +1,98 @@
 """The ``phxq`` command line: a thin click skin over the library (STYLE.md §12).
 
-Every command parses its arguments, builds a client or a daemon, calls one function and prints
-the result (human text by default, ``--json`` for scripts). Errors print one line and exit 1.
+Every command parses its arguments, builds a client or a daemon, calls one function
+(:mod:`phxq.admin`, :class:`phxq.Client`, :mod:`phxq.devcluster`) and prints the result: human
+text by default, ``--json`` for scripts. Any ``phxq.errors`` error prints one line and exits 1.
+
+Where to find the cluster: ``--config FILE`` (or ``PHXQ_CONFIG``), or for the commands that only
+talk to stores, ``-s/--servers HOST:PORT,...``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import logging
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from phxq import __version__
+from phxq.client.stream import TailStart
 from phxq.config import ClusterConfig, load_config
 from phxq.errors import PhxqError
+
+T = TypeVar("T")
 
 config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
+    envvar="PHXQ_CONFIG",
+    show_envvar=True,
     help="cluster TOML file",
+)
+servers_option = click.option(
+    "-s",
+    "--servers",
+    default=None,
+    help="store addresses HOST:PORT,... (instead of --config)",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
-def _load(path: Path) -> ClusterConfig:
-    try:
-        return load_config(path)
-    except PhxqError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        raise click.ClickException(f"{path}: {exc.strerror}") from exc
+class PhxqGroup(click.Group):
+    """Turns every ``phxq.errors`` error (and an unreadable file) into one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PhxqError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
 
 
-def _run(coro: Awaitable[Any]) -> Any:
+def _load(path: Path | None) -> ClusterConfig:
+    if path is None:
+        raise click.UsageError("give --config FILE (or set PHXQ_CONFIG)")
+    return load_config(path)
+
+
+def _addresses(config_path: Path | None, servers: str | None) -> list[str]:
+    if servers:
+        return [s.strip() for s in servers.split(",") if s.strip()]
+    if config_path is None:
+        raise click.UsageError("give --config FILE, PHXQ_CONFIG or -s/--servers HOST:PORT,...")
+    return [s.addr for s in _load(config_path).stores]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     from phxq.net.loop import run
 
-    try:
-        return run(coro)
-    except PhxqError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
+    return run(coro)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _show(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _setup_logging(prefix: str) -> None:
@@ -68,7 +113,7 @@ async def _serve_until_signal(start: Callable[[], Any]) -> None:
         await stop.wait()
 
 
-@click.group()
+@click.group(cls=PhxqGroup)
 @click.version_option(__version__, prog_name="phxq")
 def cli() -> None:
     """phxq: a strongly consistent distributed queue on Multi-Paxos."""
@@ -80,7 +125,7 @@ def cli() -> None:
 @cli.command()
 @config_option
 @click.option("--node", "node_id", type=int, required=True, help="this store's id in the config")
-def store(config_path: Path, node_id: int) -> None:
+def store(config_path: Path | None, node_id: int) -> None:
     """Run one store daemon."""
     from phxq.store.node import StoreNode
 
@@ -93,14 +138,10 @@ def store(config_path: Path, node_id: int) -> None:
 @config_option
 @click.option("--id", "name", required=True, help="this consumer's name (unique per cluster)")
 @click.option(
-    "--weight",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="share of pairs vs. other consumers",
+    "--weight", type=float, default=1.0, show_default=True, help="share of pairs vs. others"
 )
 @click.option("--metrics-addr", default=None, help="host:port to serve Prometheus /metrics on")
-def consumer(config_path: Path, name: str, weight: float, metrics_addr: str | None) -> None:
+def consumer(config_path: Path | None, name: str, weight: float, metrics_addr: str | None) -> None:
     """Run one consumer daemon (delivers every [[consumer_group]] of the config)."""
     from phxq.consumer.daemon import ConsumerDaemon
 
@@ -118,7 +159,7 @@ def consumer(config_path: Path, name: str, weight: float, metrics_addr: str | No
 @click.option(
     "--node", "node_id", type=int, required=True, help="this lock node's id in the config"
 )
-def lock(config_path: Path, node_id: int) -> None:
+def lock(config_path: Path | None, node_id: int) -> None:
     """Run one lock daemon (lease locks and the versioned KV)."""
     from phxq.lock.node import LockNode
 
@@ -136,31 +177,20 @@ def lock(config_path: Path, node_id: int) -> None:
     help="data directory (cluster.toml is written here)",
 )
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
-def dev(data: Path, nodes: int) -> None:
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 65000),
+    default=None,
+    help="first store port (default 7101); lock nodes listen 100 above",
+)
+def dev(data: Path, nodes: int, base_port: int | None) -> None:
     """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
-    from phxq.devcluster import (
-        DEV_CONSUMER,
-        DEV_CONSUMER_GROUPS,
-        ProcessCluster,
-        write_dev_config,
-    )
+    from phxq.devcluster import DEV_CONSUMER, DevStarted, run_dev
 
-    config_path = data / "cluster.toml"
-    if config_path.exists():
-        click.echo(f"resuming the cluster in {data} ({config_path})")
-    else:
-        write_dev_config(data, nodes=nodes, extra=DEV_CONSUMER_GROUPS)
-    cluster = ProcessCluster(config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,))
-    stop = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        cluster.start()
-        cluster.wait_ready(timeout=60)
+    def ready(started: DevStarted) -> None:
+        cluster, config_path = started.cluster, started.config_path
+        if started.resumed:
+            click.echo(f"resumed the cluster in {data} ({config_path})")
         stores = ",".join(cluster.store_addresses)
         click.echo(f"phxq dev: {len(cluster.store_addresses)} stores ready: {stores}")
         locks = ",".join(cluster.lock_addresses)
@@ -168,248 +198,245 @@ def dev(data: Path, nodes: int) -> None:
         click.echo(f"          consumer {DEV_CONSUMER!r} delivers group 'log' to its log")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
-        click.echo(f"      phxq tail --config {config_path} orders --group demo")
+        click.echo(f"      phxq tail --config {config_path} orders --from start")
         click.echo("Ctrl-C to stop.")
-        while not stop:
-            for proc in cluster.procs.values():
-                if proc.popen is not None and proc.popen.poll() is not None:
-                    raise click.ClickException(
-                        f"{proc.role} {proc.node} exited ({proc.popen.returncode}); see {cluster.log_dir}"
-                    )
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    except (TimeoutError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        click.echo("stopping...")
-        cluster.stop()
+
+    run_dev(data, nodes=nodes, base_port=base_port, on_ready=ready)
+    click.echo("stopped.")
 
 
 # ------------------------------------------------------------------------------- clients
 
 
+def _headers(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for h in values:
+        name, sep, value = h.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{h!r} is not NAME=VALUE", param_hint="--header")
+        out[name] = value
+    return out
+
+
 @cli.command()
 @config_option
+@servers_option
 @click.argument("topic")
 @click.argument("payload", required=False)
 @click.option("--key", default=None, help="message key (same key, same queue)")
+@click.option("--queue", type=click.IntRange(min=0), default=None, help="this queue, not by key")
 @click.option("--dedup-id", default=None, help="idempotency id; a retry with it is stored once")
 @click.option("--header", "headers", multiple=True, help="NAME=VALUE, repeatable")
+@click.option("--lines", is_flag=True, help="one message per line of stdin")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="seconds to keep retrying",
+)
 @json_option
 def enqueue(
-    config_path: Path,
+    config_path: Path | None,
+    servers: str | None,
     topic: str,
     payload: str | None,
     key: str | None,
+    queue: int | None,
     dedup_id: str | None,
     headers: tuple[str, ...],
+    lines: bool,
+    timeout: float,
     as_json: bool,
 ) -> None:
-    """Enqueue one message (PAYLOAD, or stdin when PAYLOAD is - or absent)."""
-    from phxq.client import Client
+    """Enqueue PAYLOAD (or stdin when PAYLOAD is - or absent; with --lines, one per line)."""
+    from phxq.client import Ack, Client
 
-    cfg = _load(config_path)
-    data = sys.stdin.buffer.read() if payload in (None, "-") else payload.encode()
-    hdrs = {}
-    for h in headers:
-        name, sep, value = h.partition("=")
-        if not sep:
-            raise click.BadParameter(f"header {h!r} is not NAME=VALUE")
-        hdrs[name] = value
-
-    async def go() -> Any:
-        async with Client([s.addr for s in cfg.stores]) as client:
-            return await client.enqueue(topic, data, key=key, dedup_id=dedup_id, headers=hdrs)
-
-    ack = _run(go())
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "topic": ack.topic,
-                    "queue": ack.queue,
-                    "offset": ack.offset,
-                    "duplicate": ack.duplicate,
-                }
-            )
-        )
+    addrs = _addresses(config_path, servers)
+    hdrs = _headers(headers)
+    if lines and payload not in (None, "-"):
+        raise click.UsageError("--lines reads stdin: give no PAYLOAD")
+    if lines and dedup_id is not None:
+        raise click.UsageError("--dedup-id names one message: not with --lines")
+    if lines:
+        payloads = [line.rstrip(b"\r\n") for line in sys.stdin.buffer]
     else:
-        click.echo(
-            f"enqueued {topic} queue={ack.queue} offset={ack.offset}"
-            + (" (duplicate)" if ack.duplicate else "")
-        )
+        payloads = [sys.stdin.buffer.read() if payload in (None, "-") else payload.encode()]
+
+    async def go() -> list[Ack]:
+        async with Client(addrs, retry_timeout=timeout) as client:
+            calls = [
+                client.enqueue(topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs)
+                for p in payloads
+            ]
+            return list(await asyncio.gather(*calls))
+
+    for ack in _run(go()):
+        if as_json:
+            row = {"topic": ack.topic, "queue": ack.queue, "offset": ack.offset}
+            click.echo(json.dumps({**row, "duplicate": ack.duplicate}))
+        else:
+            dup = " (duplicate)" if ack.duplicate else ""
+            click.echo(f"enqueued {topic} queue={ack.queue} offset={ack.offset}{dup}")
+
+
+TAIL_FORMAT = "q{queue} @{offset} key={key} {headers}{payload}"
+
+
+def _tail_from(value: str | None, group: str | None) -> TailStart:
+    if value is None:
+        return "cursor" if group else "now"
+    named: dict[str, TailStart] = {"now": "now", "start": "start", "cursor": "cursor"}
+    if value in named:
+        return named[value]
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: use now, start, cursor or an offset", param_hint="--from"
+        ) from None
 
 
 @cli.command()
 @config_option
+@servers_option
 @click.argument("topic")
-@click.option("--group", required=True, help="consumer group whose cursor to start from")
-@click.option("--from-start", is_flag=True, help="start at the beginning instead of the cursor")
-@click.option("--count", type=int, default=None, help="exit after this many messages")
-@click.option("--poll", type=float, default=0.2, show_default=True, help="seconds between polls")
+@click.option("--group", default=None, help="consumer group whose cursor --from cursor reads")
+@click.option(
+    "--from",
+    "from_",
+    default=None,
+    help="now | start | cursor | OFFSET (default: cursor with --group, else now)",
+)
+@click.option("--queue", "queues", type=int, multiple=True, help="only these queues")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="exit after N messages")
+@click.option("--format", "fmt", default=TAIL_FORMAT, show_default=True, help="line per message")
 @json_option
 def tail(
-    config_path: Path,
+    config_path: Path | None,
+    servers: str | None,
     topic: str,
-    group: str,
-    from_start: bool,
+    group: str | None,
+    from_: str | None,
+    queues: tuple[int, ...],
     count: int | None,
-    poll: float,
+    fmt: str,
     as_json: bool,
 ) -> None:
-    """Print messages as they arrive (read-only: commits nothing)."""
-    from phxq.client import Client
+    """Print messages as they arrive (read-only: commits nothing). Ctrl-C exits 0.
 
-    cfg = _load(config_path)
-    spec = cfg.topics_by_name.get(topic)
-    if spec is None:
-        raise click.ClickException(f"unknown topic {topic!r}")
+    --format fields: {queue} {offset} {key} {headers} {payload} {enqueued_at}; --json prints
+    the payload as base64 (binary-safe) and as text when it is UTF-8."""
+    from phxq.client import Client, Message
+
+    addrs = _addresses(config_path, servers)
+    start = _tail_from(from_, group)
+
+    def show(m: Message) -> str:
+        if as_json:
+            row: dict[str, Any] = {"topic": m.topic, "queue": m.queue, "offset": m.offset}
+            row |= {"key": m.key, "headers": m.headers, "enqueued_at": m.enqueued_at}
+            row["payload_base64"] = base64.b64encode(m.payload).decode()
+            try:
+                row["payload"] = m.payload.decode()
+            except UnicodeDecodeError:
+                row["payload"] = None
+            return json.dumps(row)
+        headers = "".join(f"{k}={v} " for k, v in sorted(m.headers.items()))
+        payload = m.payload.decode(errors="backslashreplace")
+        return fmt.format(
+            queue=m.queue,
+            offset=m.offset,
+            key=_show(m.key),
+            headers=f"[{headers.strip()}] " if headers else "",
+            payload=payload,
+            enqueued_at=m.enqueued_at,
+        )
 
     async def go() -> None:
         seen = 0
-        async with Client([s.addr for s in cfg.stores]) as client:
-            after: dict[int, int | None] = {}
-            for q in range(spec.queues):
-                after[q] = None if from_start else await client.cursor(group, topic, queue=q)
-            while count is None or seen < count:
-                got = 0
-                for q in range(spec.queues):
-                    for m in await client.dequeue(None, topic, queue=q, after=after[q], limit=100):
-                        after[q] = m.offset
-                        got += 1
-                        seen += 1
-                        if as_json:
-                            click.echo(
-                                json.dumps(
-                                    {
-                                        "queue": q,
-                                        "offset": m.offset,
-                                        "key": m.key,
-                                        "payload": m.payload.decode(errors="replace"),
-                                        "headers": m.headers,
-                                        "enqueued_at": m.enqueued_at,
-                                    }
-                                )
-                            )
-                        else:
-                            click.echo(f"q{q} @{m.offset} key={m.key} {m.payload!r}")
-                        if count is not None and seen >= count:
-                            return
-                if not got:
-                    await asyncio.sleep(poll)
+        async with Client(addrs) as client:
+            stream = client.tail(topic, from_=start, group=group, queues=list(queues) or None)
+            async with stream:
+                async for message in stream:
+                    click.echo(show(message))
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
 
-    _run(go())
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
+        _run(go())
 
 
 # --------------------------------------------------------------------------------- admin
 
 
-@cli.group()
+@cli.group(cls=PhxqGroup)
 def admin() -> None:
-    """Operate a cluster: status, lag, replay, limits."""
+    """Operate a cluster: status, lag, replay, limits, pause, reconcile."""
 
 
 @admin.command()
 @config_option
 @json_option
-def status(config_path: Path, as_json: bool) -> None:
-    """Groups, the master of each, chosen instance per replica, disk, consumer lag."""
-    from phxq.net.rpc import RpcPool
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Stores, groups and masters, chosen instance per replica, disk, consumers and lag."""
+    from phxq import admin as ops
+    from phxq.consumer.admin import format_ownership
 
-    cfg = _load(config_path)
-
-    async def go() -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        async with RpcPool() as pool:
-            for s in cfg.stores:
-                try:
-                    out[str(s.id)] = await pool.call(s.addr, "status", {}, timeout=2.0)
-                except PhxqError as exc:
-                    out[str(s.id)] = {"error": f"{type(exc).__name__}: {exc.message}"}
-        return out
-
-    result = _run(go())
-    from phxq.consumer import admin as consumer_admin
-
-    ownership = _run(consumer_admin.consumer_status(cfg))  # None without consumer groups
+    result = _run(ops.status(_load(config_path)))
     if as_json:
-        shown = result if ownership is None else {**result, "ownership": ownership}
-        click.echo(json.dumps(shown, indent=2, default=str))
+        _echo_json(result.to_json())
         return
-    for node, st in result.items():
+    for node, st in result.stores.items():
         if "error" in st:
             click.echo(f"store {node}: DOWN ({st['error']})")
             continue
-        masters = sum(1 for g in st["groups"] if g["is_master"])
-        disk = sum(g["disk_bytes"] for g in st["groups"])
-        bad = [
-            g["group"] for g in st["groups"] if g["failed"] or g["diverged"] or g["needs_repair"]
-        ]
-        click.echo(
-            f"store {node} {st['address']}: masters of {masters} groups, disk {disk} B"
-            + (f", UNHEALTHY groups {bad}" if bad else "")
-            + (
-                f", {st['membership'].upper()}"
-                if st.get("membership", "member") != "member"
-                else ""
-            )
-        )
-    click.echo("group  master  chosen per store")
-    groups = cfg.cluster.groups
-    for g in range(groups):
-        row = []
-        master = None
-        for node, st in result.items():
-            if "error" in st:
-                row.append(f"{node}:-")
-                continue
-            info = st["groups"][g]
-            master = master or info["master"]
-            row.append(f"{node}:{info['chosen_up_to']}")
-        click.echo(f"{g:5d}  {master!s:>6}  " + " ".join(row))
-    lags = [row for st in result.values() for row in st.get("consumers", [])]
-    if lags:
-        click.echo("consumer group  topic  queue  cursor  lag (messages)")
-        for row in sorted(lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
-            click.echo(
-                f"{row['group']}  {row['topic']}  {row['queue']}  {row['cursor']}  {row['lag']}"
-            )
-    for line in consumer_admin.format_ownership(ownership) if ownership is not None else []:
+        groups = st["groups"]
+        masters = sum(1 for g in groups if g["is_master"])
+        disk = sum(g["disk_bytes"] for g in groups)
+        bad = [g["group"] for g in groups if g["failed"] or g["diverged"] or g["needs_repair"]]
+        line = f"store {node} {st['address']}: master of {masters} groups, disk {_size(disk)}"
+        if bad:
+            line += f", UNHEALTHY groups {', '.join(map(str, bad))}"
+        if st.get("membership", "member") != "member":
+            line += f", {st['membership'].upper()}"
         click.echo(line)
+    click.echo("group  master  chosen per store")
+    for g, master, chosen in result.masters():
+        row = " ".join(f"{node}:{_show(c)}" for node, c in chosen.items())
+        click.echo(f"{g:5d}  {_show(master):>6}  {row}")
+    if result.lags:
+        click.echo("consumer group  topic  queue  cursor  lag (messages)")
+        for r in sorted(result.lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
+            click.echo(
+                f"{r['group']}  {r['topic']}  {r['queue']}  {_show(r['cursor'])}  {r['lag']}"
+            )
+    if result.consumers is not None:
+        for line in format_ownership(result.consumers):
+            click.echo(line)
 
 
 def _group_option(required: bool = True) -> Callable[[Any], Any]:
     return click.option("--group", required=required, help="consumer group name")
 
 
-def _print_json_or(as_json: bool, data: Any, lines: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        for line in lines:
-            click.echo(line)
-
-
 @admin.command()
 @config_option
 @_group_option(required=False)
 @json_option
-def lag(config_path: Path, group: str | None, as_json: bool) -> None:
+def lag(config_path: Path | None, group: str | None, as_json: bool) -> None:
     """Cursor and lag (messages not yet consumed) of every consumer group and queue."""
-    from phxq.client import Client
-    from phxq.consumer import admin as consumer_admin
+    from phxq import admin as ops
 
-    cfg = _load(config_path)
-
-    async def go() -> Any:
-        async with Client([s.addr for s in cfg.stores]) as client:
-            return await consumer_admin.lag(cfg, client, group=group)
-
-    rows = _run(go())
-    lines = ["consumer group  topic  queue  cursor  end  lag"]
-    lines += [f"{r.group}  {r.topic}  {r.queue}  {r.cursor}  {r.end}  {r.lag}" for r in rows]
-    _print_json_or(as_json, [r.to_json() for r in rows], lines)
+    rows = _run(ops.lag(_load(config_path), group=group))
+    if as_json:
+        _echo_json([r.to_json() for r in rows])
+        return
+    click.echo("consumer group  topic  queue  cursor  end  lag")
+    for r in rows:
+        cells = (r.group, r.topic, r.queue, _show(r.cursor), _show(r.end), _show(r.lag))
+        click.echo("  ".join(map(str, cells)))
 
 
 @admin.command()
@@ -420,7 +447,7 @@ def lag(config_path: Path, group: str | None, as_json: bool) -> None:
 @click.option("--queue", "queues", type=int, multiple=True, help="only these queues (repeatable)")
 @json_option
 def replay(
-    config_path: Path,
+    config_path: Path | None,
     group: str,
     since: str | None,
     offset: int | None,
@@ -428,21 +455,16 @@ def replay(
     as_json: bool,
 ) -> None:
     """Deliver a consumer group's messages again from a time or offset (once, every owner)."""
-    from phxq.client import Client
-    from phxq.consumer import admin as consumer_admin
+    from phxq import admin as ops
 
     cfg = _load(config_path)
-
-    async def go() -> Any:
-        when = None if since is None else consumer_admin.parse_since(since)
-        async with Client([s.addr for s in cfg.stores]) as client:
-            return await consumer_admin.replay(
-                cfg, client, group, since=when, offset=offset, queues=list(queues) or None
-            )
-
-    cursors = _run(go())
-    lines = [f"{group} queue {q}: cursor now {c}" for q, c in cursors.items()]
-    _print_json_or(as_json, {str(q): c for q, c in cursors.items()}, lines)
+    when = None if since is None else ops.parse_since(since)
+    cursors = _run(ops.replay(cfg, group, since=when, offset=offset, queues=list(queues) or None))
+    if as_json:
+        _echo_json({str(q): c for q, c in cursors.items()})
+        return
+    for q, c in cursors.items():
+        click.echo(f"{group} queue {q}: cursor now {_show(c)}")
 
 
 @admin.command()
@@ -454,7 +476,7 @@ def replay(
 @click.option("--reset", is_flag=True, help="back to the config's limits")
 @json_option
 def limit(
-    config_path: Path,
+    config_path: Path | None,
     group: str,
     rate: float | None,
     bytes_rate: str | None,
@@ -463,61 +485,49 @@ def limit(
     as_json: bool,
 ) -> None:
     """Change a consumer group's rate limit at runtime (consumers apply it within a second)."""
+    from phxq import admin as ops
     from phxq.config import parse_size
-    from phxq.consumer import admin as consumer_admin
 
     cfg = _load(config_path)
-    changes: dict[str, Any] = {}
+    messages: Any = ops.KEEP
+    bytes_per_s: Any = ops.KEEP
     if rate is not None or unlimited:
-        changes["messages"] = None if unlimited else rate
+        messages = None if unlimited else rate
     if bytes_rate is not None:
         try:
-            changes["bytes_per_s"] = None if bytes_rate == "none" else parse_size(bytes_rate)
+            bytes_per_s = None if bytes_rate == "none" else parse_size(bytes_rate)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--bytes") from exc
-    if not changes and not reset:
+    if messages is ops.KEEP and bytes_per_s is ops.KEEP and not reset:
         raise click.UsageError("give --rate, --bytes, --unlimited or --reset")
-
-    async def go() -> Any:
-        async with consumer_admin.open_locks(cfg) as locks:
-            return await consumer_admin.set_limit(locks, cfg, group, reset=reset, **changes)
-
-    now = _run(go())
-    lines = [f"{group}: {now['messages']} messages/s, {now['bytes']} bytes/s ({now['source']})"]
-    _print_json_or(as_json, now, lines)
+    now = _run(ops.set_limit(cfg, group, messages=messages, bytes_per_s=bytes_per_s, reset=reset))
+    if as_json:
+        _echo_json(now)
+        return
+    per_s = "unlimited" if now["messages"] is None else f"{now['messages']:g} messages/s"
+    per_b = "unlimited" if now["bytes"] is None else f"{_size(now['bytes'])}/s"
+    click.echo(f"{group}: {per_s}, {per_b} ({now['source']})")
 
 
 @admin.command()
 @config_option
 @_group_option()
-def pause(config_path: Path, group: str) -> None:
+def pause(config_path: Path | None, group: str) -> None:
     """Stop delivering a consumer group's messages (in-flight ones finish)."""
-    from phxq.consumer import admin as consumer_admin
+    from phxq import admin as ops
 
-    cfg = _load(config_path)
-
-    async def go() -> None:
-        async with consumer_admin.open_locks(cfg) as locks:
-            await consumer_admin.pause(locks, cfg, group)
-
-    _run(go())
+    _run(ops.pause(_load(config_path), group))
     click.echo(f"{group}: paused")
 
 
 @admin.command()
 @config_option
 @_group_option()
-def resume(config_path: Path, group: str) -> None:
+def resume(config_path: Path | None, group: str) -> None:
     """Resume a paused consumer group; also retries queues stopped by on_failure=block."""
-    from phxq.consumer import admin as consumer_admin
+    from phxq import admin as ops
 
-    cfg = _load(config_path)
-
-    async def go() -> None:
-        async with consumer_admin.open_locks(cfg) as locks:
-            await consumer_admin.resume(locks, cfg, group)
-
-    _run(go())
+    _run(ops.resume(_load(config_path), group))
     click.echo(f"{group}: resumed")
 
 
@@ -529,7 +539,7 @@ def resume(config_path: Path, group: str) -> None:
 @click.option("--until", default=None, help="window end: epoch seconds, a duration ago, or ISO")
 @json_option
 def reconcile(
-    config_path: Path,
+    config_path: Path | None,
     topic: str,
     group: str | None,
     since: str | None,
@@ -538,17 +548,14 @@ def reconcile(
 ) -> None:
     """Per queue and window: messages stored vs consumed per consumer group, and whether the
     replicas' chain checksums agree. Exits 1 on any mismatch."""
-    from phxq.consumer.admin import parse_since
-    from phxq.store.reconcile import reconcile as run_reconcile
+    from phxq import admin as ops
 
     cfg = _load(config_path)
-    if group is not None:
-        cfg.consumer_group(group)  # ConfigError names it if unknown
-    start = None if since is None else parse_since(since)
-    end = None if until is None else parse_since(until)
-    report = _run(run_reconcile(cfg, topic, consumer_group=group, since=start, until=end))
+    start = None if since is None else ops.parse_since(since)
+    end = None if until is None else ops.parse_since(until)
+    report = _run(ops.reconcile(cfg, topic, group=group, since=start, until=end))
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2, default=str))
+        _echo_json(report.as_dict())
     else:
         for row in report.queues:
             consumed = " ".join(f"{g}={n}" for g, n in row.get("consumed", {}).items())
@@ -567,14 +574,11 @@ def reconcile(
 
 @cli.command()
 @config_option
+@servers_option
 @click.argument("mode", type=click.Choice(["latency", "throughput"]), default="latency")
 @click.option("--topic", default="orders", show_default=True)
 @click.option(
-    "--count",
-    type=click.IntRange(min=1),
-    default=5000,
-    show_default=True,
-    help="latency: measured enqueues",
+    "--count", type=click.IntRange(min=1), default=5000, show_default=True, help="latency: enqueues"
 )
 @click.option(
     "--seconds",
@@ -596,7 +600,8 @@ def reconcile(
 @click.option("--no-batching", is_flag=True, help="throughput: one request per message")
 @json_option
 def bench(
-    config_path: Path,
+    config_path: Path | None,
+    servers: str | None,
     mode: str,
     topic: str,
     count: int,
@@ -609,12 +614,9 @@ def bench(
     """Measure enqueue latency (sequential) or throughput (concurrent) against a cluster."""
     from phxq import benchmark
 
-    cfg = _load(config_path)
-    try:
-        cfg.topic(topic)  # UnknownTopic before any load is sent
-    except PhxqError as exc:
-        raise click.ClickException(str(exc)) from exc
-    addrs = [s.addr for s in cfg.stores]
+    if not servers:
+        _load(config_path).topic(topic)  # UnknownTopic before any load is sent
+    addrs = _addresses(config_path, servers)
     meter = benchmark.CpuMeter()  # this process only: the stores may be on other hosts
     if mode == "latency":
         result = _run(benchmark.latency(addrs, topic=topic, count=count, size=size, cpu=meter))

@@ -4,6 +4,11 @@
 :class:`ProcessCluster` starts each daemon as its own ``python -m phxq ...`` process, waits
 until every group has a master, and can SIGKILL / SIGSTOP / SIGCONT / restart single nodes.
 Processes are always stopped by :meth:`ProcessCluster.stop` (also on ``with`` exit).
+
+:func:`run_dev` is ``phxq dev``: write (or resume) the config under a data directory, refuse
+ports already in use (:class:`PortInUse`, before anything starts), start every daemon, call
+``on_ready``, then supervise until SIGINT/SIGTERM (a clean stop) or until a daemon dies on its
+own (:class:`DevClusterFailed`); the daemons are stopped on every way out.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from phxq.config import ClusterConfig, load_config
-from phxq.errors import PhxqError
+from phxq.errors import BadArgument, PhxqError
 from phxq.net.rpc import RpcPool
 from phxq.security.daemon import tool_credentials
 from phxq.security.tls import Credentials
@@ -36,6 +42,49 @@ topic = "orders"
 handler = "phxq.consumer.demo:log_message"
 """
 DEV_CONSUMER = "dev"
+DEV_BASE_PORT = 7101  # stores BASE.., lock nodes BASE+100..
+LOCK_PORT_OFFSET = 100
+
+
+class PortInUse(BadArgument):
+    """A port the dev cluster needs is taken (another ``phxq dev``?)."""
+
+
+class DevClusterFailed(PhxqError):
+    """A dev cluster daemon exited on its own, or the cluster did not become ready."""
+
+
+def dev_ports(base_port: int, nodes: int) -> tuple[list[int], list[int]]:
+    """Store and lock ports of a dev cluster: ``base..`` and ``base + 100..``."""
+    if not 1024 <= base_port <= 65535 - LOCK_PORT_OFFSET - nodes:
+        raise BadArgument(f"base port must be in 1024..{65535 - LOCK_PORT_OFFSET - nodes}")
+    stores = [base_port + i for i in range(nodes)]
+    return stores, [p + LOCK_PORT_OFFSET for p in stores]
+
+
+def config_ports(config: ClusterConfig) -> list[tuple[str, str]]:
+    """``(what, "host:port")`` of every listener of ``config``'s stores and lock nodes."""
+    wanted = [(f"store {s.id}", s.addr) for s in config.stores]
+    wanted += [(f"lock node {lk.id}", lk.addr) for lk in config.locks]
+    wanted += [(f"store {s.id} metrics", s.metrics_addr) for s in config.stores if s.metrics_addr]
+    return wanted
+
+
+def check_ports_free(wanted: list[tuple[str, str]]) -> None:
+    """Raise :class:`PortInUse` naming the first of ``wanted`` (``(what, "host:port")``) that
+    something already listens on."""
+    for what, addr in wanted:
+        host, _, port = addr.rpartition(":")
+        with socket.socket() as probe:
+            # As the daemons' listeners do: a port with only TIME_WAIT connections is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                raise PortInUse(
+                    f"port {port} ({what}) is already in use on {host} ({exc.strerror}): "
+                    "is another phxq dev running? Use --base-port or stop it"
+                ) from exc
 
 
 def free_ports(count: int) -> list[int]:
@@ -82,8 +131,9 @@ def write_dev_config(
     certificates and an admin token under ``data/certs``, and a ``[client]`` table so every
     tool given ``--config`` authenticates by itself."""
     data.mkdir(parents=True, exist_ok=True)
-    store_ports = store_ports or [7101 + i for i in range(nodes)]
-    lock_ports = lock_ports or [7201 + i for i in range(nodes)]
+    default_stores, default_locks = dev_ports(DEV_BASE_PORT, nodes)
+    store_ports = store_ports or default_stores
+    lock_ports = lock_ports or default_locks
     sec = None
     if secure:
         from phxq.security.setup import dev_security
@@ -273,6 +323,26 @@ class ProcessCluster:
                 proc.popen.kill()
                 proc.popen.wait()
 
+    def supervise(self, poll: float = 0.5) -> None:
+        """Block until SIGINT or SIGTERM (then return) or until a daemon exits on its own
+        (:class:`DevClusterFailed` naming it). Installs signal handlers: main thread only."""
+        stop = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            while not stop.wait(poll):
+                for proc in self.procs.values():
+                    if proc.popen is not None and proc.popen.poll() is not None:
+                        raise DevClusterFailed(
+                            f"{proc.role} {proc.node} exited ({proc.popen.returncode}); "
+                            f"see {self.log_dir}/{proc.role}{proc.node}.log"
+                        )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def logs(self, role: str = "store", node: int | str | None = None, tail: int = 60) -> str:
         """The last lines of the daemons' logs, for failure messages."""
         assert self.log_dir is not None
@@ -372,3 +442,69 @@ class ProcessCluster:
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("PHXQ_DATA", "./phxq-data"))
+
+
+@dataclass(frozen=True)
+class DevStarted:
+    """What :func:`run_dev` hands ``on_ready``: the running cluster and how it was started."""
+
+    cluster: ProcessCluster
+    config_path: Path
+    resumed: bool
+
+
+def prepare_dev(data: Path, *, nodes: int = 3, base_port: int | None = None) -> tuple[Path, bool]:
+    """Write ``data/cluster.toml`` for a dev cluster (stores, lock nodes, the demo consumer
+    group) unless it exists; ``(path, resumed)``. Raises :class:`PortInUse` if a port of the
+    cluster is taken, and ``BadArgument`` if ``base_port`` contradicts an existing config."""
+    config_path = data / "cluster.toml"
+    resumed = config_path.exists()
+    if not resumed:
+        store_ports, lock_ports = dev_ports(base_port or DEV_BASE_PORT, nodes)
+        wanted = [(f"store {i}", f"127.0.0.1:{p}") for i, p in enumerate(store_ports, 1)]
+        wanted += [(f"lock node {i}", f"127.0.0.1:{p}") for i, p in enumerate(lock_ports, 1)]
+        check_ports_free(wanted)  # before writing: a later run may pick other ports
+        write_dev_config(
+            data,
+            nodes=nodes,
+            store_ports=store_ports,
+            lock_ports=lock_ports,
+            extra=DEV_CONSUMER_GROUPS,
+        )
+    config = load_config(config_path)
+    if resumed and base_port is not None and config.stores[0].port != base_port:
+        raise BadArgument(
+            f"{config_path} uses port {config.stores[0].port}, not --base-port {base_port}: "
+            "drop --base-port to resume it, or use another --data"
+        )
+    check_ports_free(config_ports(config))
+    return config_path, resumed
+
+
+def run_dev(
+    data: Path,
+    *,
+    nodes: int = 3,
+    base_port: int | None = None,
+    on_ready: Callable[[DevStarted], None],
+    ready_timeout: float = 60.0,
+) -> None:
+    """``phxq dev``: prepare the config (:func:`prepare_dev`), start every daemon, call
+    ``on_ready`` once all serve, and supervise until SIGINT/SIGTERM. Raises
+    :class:`DevClusterFailed` (one line, naming the daemon and its log) when a daemon dies or
+    the cluster is not ready within ``ready_timeout``. The daemons are always stopped."""
+    config_path, resumed = prepare_dev(data, nodes=nodes, base_port=base_port)
+    cluster = ProcessCluster(config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,))
+    try:
+        cluster.start()
+        try:
+            cluster.wait_ready(timeout=ready_timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DevClusterFailed(f"{first}; logs in {cluster.log_dir}") from exc
+        on_ready(DevStarted(cluster, config_path, resumed))
+        cluster.supervise()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C while starting: stop what started, as after it
+    finally:
+        cluster.stop()

@@ -35,6 +35,8 @@ from types import EllipsisType
 from typing import Any
 
 from phxq import trace
+from phxq.client.stream import MessageStream, StreamRegistry, TailStart, tail_messages
+from phxq.client.types import Ack, ClusterMap, Message
 from phxq.errors import (
     BadArgument,
     Forbidden,
@@ -47,6 +49,7 @@ from phxq.errors import (
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
 from phxq.store.routing import group_for_queue, queue_for_key
+from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
 
@@ -57,29 +60,6 @@ DEFAULT_WINDOW = 2  # enqueue requests in flight per (topic, group) with batchin
 # A request beyond the first in flight leaves only with this many messages queued: with few
 # queued, waiting for the first to return makes one bigger Paxos instance instead of two small.
 EXTRA_REQUEST_MIN_MESSAGES = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """An acknowledged enqueue: the message is chosen (durable on a majority)."""
-
-    topic: str
-    queue: int
-    offset: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message read back from a queue."""
-
-    topic: str
-    queue: int
-    offset: int
-    payload: bytes
-    key: str | None
-    headers: dict[str, str]
-    enqueued_at: float
 
 
 @dataclass(slots=True)
@@ -96,26 +76,6 @@ class _GroupSender:
 
     pending: list[_Pending] = field(default_factory=list)
     in_flight: int = 0
-
-
-@dataclass(slots=True)
-class ClusterMap:
-    groups: int
-    nodes: dict[int, str]
-    topics: dict[str, int]
-    masters: dict[int, int]
-
-    @classmethod
-    def from_wire(cls, data: Any) -> ClusterMap:
-        try:
-            return cls(
-                groups=int(data["groups"]),
-                nodes={int(k): str(v) for k, v in data["nodes"].items()},
-                topics={str(k): int(v) for k, v in data["topics"].items()},
-                masters={int(k): int(v) for k, v in data["masters"].items() if v is not None},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Unavailable(f"malformed cluster map: {exc!r}") from exc
 
 
 class Client:
@@ -154,7 +114,8 @@ class Client:
         # without a getrandom system call and a UUID object per message).
         self._dedup_prefix = os.urandom(12).hex() + "-"
         self._dedup_seq = itertools.count()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskScope("phxq.Client", log)  # the batch senders
+        self._streams = StreamRegistry()  # open tail / consume iterators
 
     async def __aenter__(self) -> Client:
         await self.cluster_map()
@@ -164,9 +125,10 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Close open streams, cancel requests in flight (their callers get ``Unavailable``
+        or ``CancelledError``) and close the connections. Idempotent."""
+        await self._streams.aclose()
+        await self._tasks.aclose()
         await self._pool.close()
 
     # ----------------------------------------------------------------- cluster map and routing
@@ -308,6 +270,8 @@ class Client:
     async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
         if not isinstance(topic, str):
             raise BadArgument("topic must be a str")
+        if self._tasks.closed:
+            raise BadArgument("the client is closed")
         cmap = self._map if self._map is not None else await self.cluster_map()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
@@ -361,9 +325,7 @@ class Client:
             self._spawn(self._send_loop(topic, group, sender))
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name="phxq.Client send")
 
     async def _send_loop(self, topic: str, group: int, sender: _GroupSender) -> None:
         try:
@@ -403,6 +365,12 @@ class Client:
                         p.future.set_result(Ack(topic, q, int(offset), bool(duplicate)))
             if trace.ON:
                 trace.mark("client.acked")
+        except asyncio.CancelledError:
+            # The client is closing: its callers must not wait forever.
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(Unavailable("the client was closed"))
+            raise
         except Exception as exc:  # every waiter must learn the outcome; none is left hanging
             if not isinstance(exc, PhxqError):
                 exc = Unavailable(f"malformed enqueue reply: {exc!r}")
@@ -488,6 +456,28 @@ class Client:
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
         result = await self._call_master(topic, group_for_queue(q, cmap.groups), "seek", params)
         return None if result is None else int(result)
+
+    def tail(
+        self,
+        topic: str,
+        *,
+        from_: TailStart = "now",
+        group: str | None = None,
+        queues: Sequence[int] | None = None,
+        batch: int = 100,
+    ) -> MessageStream:
+        """A read-only stream of ``topic``'s messages as they arrive: ``async for msg in
+        client.tail("orders"):``. Commits nothing, holds no lock. ``from_``: ``"now"`` (default,
+        only what is chosen from now on), ``"start"``, ``"cursor"`` (after ``group``'s committed
+        cursor) or an offset. Each queue's messages come in offset order; ``batch`` is the most
+        read per request. Raises ``UnknownTopic`` / ``BadArgument`` on the first iteration, and
+        ``Unavailable`` when a queue's master cannot be reached within ``retry_timeout``. Close
+        it with ``aclose()`` or ``async with``; closing the client closes it too."""
+        return self._streams.add(
+            lambda stop: tail_messages(
+                self, topic, from_=from_, group=group, queues=queues, batch=batch, stop=stop
+            )
+        )
 
     async def status(self, addr: str | None = None) -> dict[str, Any]:
         """One store's status (groups, masters, chosen/applied per group, disk); by default the

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
-from phxq.client.client import Ack, Client, Message
+from phxq.client.client import Client
+from phxq.client.stream import MessageStream, TailStart
+from phxq.client.types import Ack, Message
 
 T = TypeVar("T")
 
@@ -64,3 +66,45 @@ class SyncClient:
 
     def status(self, addr: str | None = None) -> dict[str, Any]:
         return self._run(self._client.status(addr))
+
+    def tail(
+        self,
+        topic: str,
+        *,
+        from_: TailStart = "now",
+        group: str | None = None,
+        queues: Sequence[int] | None = None,
+        batch: int = 100,
+    ) -> SyncMessageStream:
+        """``Client.tail`` as a blocking iterator: ``for msg in client.tail("orders"):``."""
+        stream = self._client.tail(topic, from_=from_, group=group, queues=queues, batch=batch)
+        return SyncMessageStream(stream, self._run)
+
+
+class SyncMessageStream:
+    """A blocking iterator over an async :class:`~phxq.client.stream.MessageStream`; also a
+    context manager (``close`` on exit). Closing the SyncClient closes it too."""
+
+    def __init__(self, stream: MessageStream, run: Any) -> None:
+        self._stream = stream
+        self._run = run
+
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        try:
+            message: Message = self._run(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+        return message
+
+    def close(self) -> None:
+        """Stop the stream (cancels its reads)."""
+        self._run(self._stream.aclose())
+
+    def __enter__(self) -> SyncMessageStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
