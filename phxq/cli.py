@@ -233,6 +233,30 @@ def lock(config_path: Path | None, node_id: int) -> None:
 
 
 @cli.command()
+@config_option
+@click.option(
+    "--listen", default=None, help="host:port (default: [gateway] listen, or 127.0.0.1:7301)"
+)
+def gateway(config_path: Path, listen: str | None) -> None:
+    """Run the HTTP gateway: the /v1 API over HTTP/JSON (docs/http-api.md)."""
+    from phxq.gateway import Gateway
+
+    cfg = _load(config_path)
+    _setup_logging("gateway")
+    _run(_serve_until_signal(lambda: Gateway(cfg, listen)))
+
+
+def _curl_auth(config: ClusterConfig) -> str:
+    """The curl options that reach a secure gateway (its CA and the [client] token)."""
+    sec, client = config.security, config.client
+    if sec is None:
+        return ""
+    token = client.token_file if client is not None else None
+    auth = f'-H "Authorization: Bearer $(cat {token})" ' if token else ""
+    return f"--cacert {sec.ca} {auth}"
+
+
+@cli.command()
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -245,7 +269,7 @@ def lock(config_path: Path | None, node_id: int) -> None:
     "--base-port",
     type=click.IntRange(1024, 65000),
     default=None,
-    help="first store port (default 7101); lock nodes listen 100 above",
+    help="first store port (default 7101); lock nodes listen 100 above, the gateway 200",
 )
 @click.option(
     "--insecure",
@@ -265,9 +289,15 @@ def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
         locks = ",".join(cluster.lock_addresses)
         click.echo(f"          {len(cluster.lock_addresses)} lock nodes ready: {locks}")
         click.echo(f"          consumer {DEV_CONSUMER!r} delivers group 'log' to its log")
+        if cluster.gateway_url:
+            click.echo(f"          HTTP gateway: {cluster.gateway_url}/v1 (docs/http-api.md)")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --from start")
+        if cluster.gateway_url:
+            click.echo(
+                f"      curl {_curl_auth(cluster.config)}-d hello {cluster.gateway_url}/v1/topics/orders/messages"
+            )
         click.echo("Ctrl-C to stop.")
 
     run_dev(data, nodes=nodes, base_port=base_port, on_ready=ready, secure=not insecure)
@@ -298,6 +328,8 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--dedup-id", default=None, help="idempotency id; a retry with it is stored once")
 @click.option("--header", "headers", multiple=True, help="NAME=VALUE, repeatable")
 @click.option("--lines", is_flag=True, help="one message per line of stdin")
+@click.option("--delay", default=None, help="deliver after this long (10s, 10m, 2h, 40d)")
+@click.option("--at", "deliver_at", default=None, help="deliver at: epoch seconds or ISO time")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -316,11 +348,19 @@ def enqueue(
     dedup_id: str | None,
     headers: tuple[str, ...],
     lines: bool,
+    delay: str | None,
+    deliver_at: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Enqueue PAYLOAD (or stdin when PAYLOAD is - or absent; with --lines, one per line)."""
+    """Enqueue PAYLOAD (or stdin when PAYLOAD is - or absent; with --lines, one per line).
+
+    With --delay or --at the message stays invisible until then; it prints the scheduled id
+    that `phxq cancel-scheduled` takes."""
     from phxq.client import Ack, Client
+    from phxq.client.client import parse_when
+
+    when = parse_when(delay, deliver_at)
 
     addrs = _addresses(config_path, servers)
     creds = _client_options(config_path)
@@ -337,7 +377,9 @@ def enqueue(
     async def go() -> list[Ack]:
         async with Client(addrs, retry_timeout=timeout, **creds) as client:
             calls = [
-                client.enqueue(topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs)
+                client.enqueue(
+                    topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs, **when
+                )
                 for p in payloads
             ]
             return list(await asyncio.gather(*calls))
@@ -345,10 +387,44 @@ def enqueue(
     for ack in _run(go()):
         if as_json:
             row = {"topic": ack.topic, "queue": ack.queue, "offset": ack.offset}
+            if ack.scheduled_id is not None:
+                row["scheduled_id"] = ack.scheduled_id
             click.echo(json.dumps({**row, "duplicate": ack.duplicate}))
         else:
             dup = " (duplicate)" if ack.duplicate else ""
-            click.echo(f"enqueued {topic} queue={ack.queue} offset={ack.offset}{dup}")
+            if ack.scheduled_id is not None:
+                click.echo(f"scheduled {topic} queue={ack.queue} id={ack.scheduled_id}{dup}")
+            else:
+                click.echo(f"enqueued {topic} queue={ack.queue} offset={ack.offset}{dup}")
+
+
+@cli.command("cancel-scheduled")
+@config_option
+@servers_option
+@click.argument("scheduled_id")
+@json_option
+def cancel_scheduled(
+    config_path: Path | None, servers: str | None, scheduled_id: str, as_json: bool
+) -> None:
+    """Cancel a delayed or scheduled message by the id `phxq enqueue --delay/--at` printed.
+    Exits 1 if it was not pending (already released, or cancelled before)."""
+    from phxq.client import Client
+
+    addrs = _addresses(config_path, servers)
+
+    async def go() -> bool:
+        async with Client(addrs) as client:
+            return await client.cancel_scheduled(scheduled_id)
+
+    done = _run(go())
+    if as_json:
+        click.echo(json.dumps({"scheduled_id": scheduled_id, "cancelled": done}))
+    else:
+        click.echo(
+            f"{'cancelled' if done else 'not pending (released or cancelled)'}: {scheduled_id}"
+        )
+    if not done:
+        sys.exit(1)
 
 
 TAIL_FORMAT = "q{queue} @{offset} key={key} {headers}{payload}"
@@ -482,6 +558,11 @@ def status(config_path: Path | None, as_json: bool) -> None:
     for g, master, chosen in result.masters():
         row = " ".join(f"{node}:{_show(c)}" for node, c in chosen.items())
         click.echo(f"{g:5d}  {_show(master):>6}  {row}")
+    scheduled = _scheduled_rows(result.stores)
+    if scheduled:
+        click.echo("group  scheduled pending  next due  release lag")
+        for g, pending, due, lag in scheduled:
+            click.echo(f"{g:5d}  {pending:17d}  {_when_text(due)}  {lag:.1f}s")
     if result.lags:
         click.echo("consumer group  topic  queue  cursor  lag (messages)")
         for r in sorted(result.lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
@@ -491,6 +572,26 @@ def status(config_path: Path | None, as_json: bool) -> None:
     if result.consumers is not None:
         for line in format_ownership(result.consumers):
             click.echo(line)
+
+
+def _scheduled_rows(stores: dict[Any, Any]) -> list[tuple[int, int, float | None, float]]:
+    """(group, pending, next due, release lag) of the groups with scheduled messages, as
+    their masters see them."""
+    rows = []
+    for st in stores.values():
+        for g in st.get("groups", []):
+            sched = g.get("scheduled")
+            if g.get("is_master") and sched and sched["pending"]:
+                rows.append((g["group"], sched["pending"], sched["next_due"], sched["release_lag"]))
+    return sorted(rows)
+
+
+def _when_text(t: float | None) -> str:
+    if t is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).isoformat(timespec="seconds")
 
 
 def _group_option(required: bool = True) -> Callable[[Any], Any]:
