@@ -169,6 +169,30 @@ def lock(config_path: Path | None, node_id: int) -> None:
 
 
 @cli.command()
+@config_option
+@click.option(
+    "--listen", default=None, help="host:port (default: [gateway] listen, or 127.0.0.1:7301)"
+)
+def gateway(config_path: Path, listen: str | None) -> None:
+    """Run the HTTP gateway: the /v1 API over HTTP/JSON (docs/http-api.md)."""
+    from phxq.gateway import Gateway
+
+    cfg = _load(config_path)
+    _setup_logging("gateway")
+    _run(_serve_until_signal(lambda: Gateway(cfg, listen)))
+
+
+def _curl_auth(config: ClusterConfig) -> str:
+    """The curl options that reach a secure gateway (its CA and the [client] token)."""
+    sec, client = config.security, config.client
+    if sec is None:
+        return ""
+    token = client.token_file if client is not None else None
+    auth = f'-H "Authorization: Bearer $(cat {token})" ' if token else ""
+    return f"--cacert {sec.ca} {auth}"
+
+
+@cli.command()
 @click.option(
     "--data",
     type=click.Path(file_okay=False, path_type=Path),
@@ -181,7 +205,7 @@ def lock(config_path: Path | None, node_id: int) -> None:
     "--base-port",
     type=click.IntRange(1024, 65000),
     default=None,
-    help="first store port (default 7101); lock nodes listen 100 above",
+    help="first store port (default 7101); lock nodes listen 100 above, the gateway 200",
 )
 def dev(data: Path, nodes: int, base_port: int | None) -> None:
     """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
@@ -196,9 +220,15 @@ def dev(data: Path, nodes: int, base_port: int | None) -> None:
         locks = ",".join(cluster.lock_addresses)
         click.echo(f"          {len(cluster.lock_addresses)} lock nodes ready: {locks}")
         click.echo(f"          consumer {DEV_CONSUMER!r} delivers group 'log' to its log")
+        if cluster.gateway_url:
+            click.echo(f"          HTTP gateway: {cluster.gateway_url}/v1 (docs/http-api.md)")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --from start")
+        if cluster.gateway_url:
+            click.echo(
+                f"      curl {_curl_auth(cluster.config)}-d hello {cluster.gateway_url}/v1/topics/orders/messages"
+            )
         click.echo("Ctrl-C to stop.")
 
     run_dev(data, nodes=nodes, base_port=base_port, on_ready=ready)

@@ -44,6 +44,7 @@ handler = "phxq.consumer.demo:log_message"
 DEV_CONSUMER = "dev"
 DEV_BASE_PORT = 7101  # stores BASE.., lock nodes BASE+100..
 LOCK_PORT_OFFSET = 100
+GATEWAY_PORT_OFFSET = 200  # the dev gateway listens at base + 200 (7301)
 
 
 class PortInUse(BadArgument):
@@ -56,8 +57,8 @@ class DevClusterFailed(PhxqError):
 
 def dev_ports(base_port: int, nodes: int) -> tuple[list[int], list[int]]:
     """Store and lock ports of a dev cluster: ``base..`` and ``base + 100..``."""
-    if not 1024 <= base_port <= 65535 - LOCK_PORT_OFFSET - nodes:
-        raise BadArgument(f"base port must be in 1024..{65535 - LOCK_PORT_OFFSET - nodes}")
+    if not 1024 <= base_port <= 65535 - GATEWAY_PORT_OFFSET:
+        raise BadArgument(f"base port must be in 1024..{65535 - GATEWAY_PORT_OFFSET}")
     stores = [base_port + i for i in range(nodes)]
     return stores, [p + LOCK_PORT_OFFSET for p in stores]
 
@@ -67,6 +68,8 @@ def config_ports(config: ClusterConfig) -> list[tuple[str, str]]:
     wanted = [(f"store {s.id}", s.addr) for s in config.stores]
     wanted += [(f"lock node {lk.id}", lk.addr) for lk in config.locks]
     wanted += [(f"store {s.id} metrics", s.metrics_addr) for s in config.stores if s.metrics_addr]
+    if config.gateway.listen:
+        wanted.append(("the HTTP gateway", config.gateway.listen))
     return wanted
 
 
@@ -118,6 +121,7 @@ def write_dev_config(
     topic_retention: str = "7d",
     segment_bytes: str = DEV_SEGMENT_BYTES,
     secure: bool = False,
+    gateway_port: int | None = None,
 ) -> Path:
     """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
     ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks).
@@ -180,6 +184,8 @@ def write_dev_config(
         ]
     if sec is not None:
         lines.append(sec.tables)
+    if gateway_port is not None:
+        lines += ["[gateway]", f'listen = "127.0.0.1:{gateway_port}"', ""]
     path = data / "cluster.toml"
     path.write_text("\n".join(lines) + extra)
     return path
@@ -206,6 +212,7 @@ class ProcessCluster:
     procs: dict[tuple[str, str], _Proc] = field(default_factory=dict)
     consumers: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # extra environment variables for every daemon
+    gateway: bool = False  # also run `phxq gateway` (at the config's [gateway] listen)
 
     def __post_init__(self) -> None:
         self.config: ClusterConfig = load_config(self.config_path)
@@ -223,6 +230,12 @@ class ProcessCluster:
 
     def store_address(self, node: int) -> str:
         return self.config.store(node).addr
+
+    @property
+    def gateway_url(self) -> str | None:
+        listen = self.config.gateway.listen
+        scheme = "https" if self.config.security is not None else "http"
+        return f"{scheme}://{listen}" if self.gateway and listen else None
 
     @property
     def lock_addresses(self) -> list[str]:
@@ -245,6 +258,8 @@ class ProcessCluster:
                 self.start_node("lock", str(lk.id))
         for name in self.consumers:
             self.start_node("consumer", name)
+        if self.gateway_url:
+            self.start_node("gateway", "1")
 
     def start_node(self, role: str, node: str) -> None:
         proc = self.procs.setdefault((role, node), _Proc(role, node))
@@ -254,6 +269,8 @@ class ProcessCluster:
         proc.log = open(self.log_dir / f"{role}{node}.log", "ab")  # noqa: SIM115 (kept for the process's life)
         flag = "--node" if role in ("store", "lock") else "--id"
         cmd = [sys.executable, "-m", "phxq", role, "--config", str(self.config_path), flag, node]
+        if role == "gateway":
+            cmd = cmd[:-2]  # stateless: no id
         env = {**os.environ, **self.env} if self.env else None
         proc.popen = subprocess.Popen(
             cmd, stdout=proc.log, stderr=subprocess.STDOUT, start_new_session=True, env=env
@@ -364,6 +381,8 @@ class ProcessCluster:
             state = await self._masters(pool)
             if state is True and self.locks:
                 state = await self._lock_master(pool)
+            if state is True and self.gateway_url:
+                state = await self._gateway_listens()
             return state
 
         await self._poll(ready, timeout, "cluster", self.logs)
@@ -416,6 +435,15 @@ class ProcessCluster:
                 return f"group {g}: master {master} is not alive"
         return True
 
+    async def _gateway_listens(self) -> Any:
+        host, _, port = (self.config.gateway.listen or "").rpartition(":")
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError as exc:
+            return f"gateway not listening yet: {exc}"
+        writer.close()
+        return True
+
     def wait_locks_ready(self, timeout: float = 30.0) -> None:
         """Block until the live lock nodes agree on a live master that serves (its epoch is
         applied). For clusters whose lock nodes were started without stores."""
@@ -463,6 +491,8 @@ def prepare_dev(data: Path, *, nodes: int = 3, base_port: int | None = None) -> 
         store_ports, lock_ports = dev_ports(base_port or DEV_BASE_PORT, nodes)
         wanted = [(f"store {i}", f"127.0.0.1:{p}") for i, p in enumerate(store_ports, 1)]
         wanted += [(f"lock node {i}", f"127.0.0.1:{p}") for i, p in enumerate(lock_ports, 1)]
+        gateway_port = store_ports[0] + GATEWAY_PORT_OFFSET
+        wanted.append(("the HTTP gateway", f"127.0.0.1:{gateway_port}"))
         check_ports_free(wanted)  # before writing: a later run may pick other ports
         write_dev_config(
             data,
@@ -470,6 +500,7 @@ def prepare_dev(data: Path, *, nodes: int = 3, base_port: int | None = None) -> 
             store_ports=store_ports,
             lock_ports=lock_ports,
             extra=DEV_CONSUMER_GROUPS,
+            gateway_port=gateway_port,
         )
     config = load_config(config_path)
     if resumed and base_port is not None and config.stores[0].port != base_port:
@@ -494,7 +525,9 @@ def run_dev(
     :class:`DevClusterFailed` (one line, naming the daemon and its log) when a daemon dies or
     the cluster is not ready within ``ready_timeout``. The daemons are always stopped."""
     config_path, resumed = prepare_dev(data, nodes=nodes, base_port=base_port)
-    cluster = ProcessCluster(config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,))
+    cluster = ProcessCluster(
+        config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,), gateway=True
+    )
     try:
         cluster.start()
         try:

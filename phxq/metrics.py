@@ -164,6 +164,26 @@ CERT_EXPIRES = Gauge(
 )
 
 
+SCHEDULED_PENDING = Gauge(
+    "phxq_scheduled_pending",
+    "Scheduled messages not yet released, per group this node masters (0 elsewhere)",
+    ["group"],
+    registry=REGISTRY,
+)
+RELEASE_LAG = Gauge(
+    "phxq_release_lag_seconds",
+    "How overdue the earliest pending scheduled message is, per group this node masters",
+    ["group"],
+    registry=REGISTRY,
+)
+RELEASE_LATENESS = Histogram(
+    "phxq_release_lateness_seconds",
+    "Release stamp minus due time of each released scheduled message",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+    registry=REGISTRY,
+)
+
+
 def serve(addr: str) -> None:
     """Serve ``REGISTRY`` at ``http://addr/metrics`` from a background thread."""
     host, port = addr.rsplit(":", 1)

@@ -250,10 +250,36 @@ class Client(StreamingMixin):
         queue: int | None = None,
         dedup_id: str | None = None,
         headers: dict[str, str] | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
     ) -> Ack:
-        """Enqueue one message; returns once it is chosen (durable on a majority)."""
-        futures = await self._submit(topic, [(payload, key, queue, dedup_id, headers)])
+        """Enqueue one message; returns once it is chosen (durable on a majority).
+
+        With ``delay`` (seconds from now, by the group master's clock) or ``deliver_at`` (a
+        UNIX time; in the past: at once), up to ``MAX_SCHEDULE_SECONDS`` (366 days) ahead, the
+        message stays invisible to every reader until then; it is then released into its
+        queue and gets its offset. The ack carries a ``scheduled_id`` instead of an offset.
+        ``BadArgument`` for both, or a negative, non-finite or too distant time."""
+        when = _when(delay, deliver_at)
+        item = (
+            (payload, key, queue, dedup_id, headers)
+            if when is None
+            else (payload, key, queue, dedup_id, headers, when)
+        )
+        futures = await self._submit(topic, [item])
         return await futures[0]
+
+    async def cancel_scheduled(self, scheduled_id: str) -> bool:
+        """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
+        released. True if it was pending; False if it was already released or cancelled."""
+        topic, queue, sid = _parse_scheduled_id(scheduled_id)
+        cmap = await self.cluster_map()
+        q = self._queue_of(cmap, topic, None, queue)
+        params = {"topic": topic, "queue": q, "id": sid}
+        done = await self._call_master(
+            topic, group_for_queue(q, cmap.groups), "cancel_scheduled", params
+        )
+        return bool(done)
 
     async def enqueue_many(
         self,
@@ -281,7 +307,7 @@ class Client(StreamingMixin):
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, int]] = set()
         senders = self._senders
-        for payload, key, queue, dedup_id, headers in items:
+        for payload, key, queue, dedup_id, headers, *when in items:
             if not isinstance(payload, (bytes, bytearray, memoryview)):
                 raise BadArgument("payload must be bytes")
             if key is not None and not isinstance(key, str):
@@ -298,7 +324,7 @@ class Client(StreamingMixin):
             fut: asyncio.Future[Ack] = loop.create_future()
             if dedup_id is None:
                 dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
-            wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id]
+            wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id, *when]
             sender = senders.get((topic, group))
             if sender is None:
                 sender = senders[(topic, group)] = _GroupSender()
@@ -364,9 +390,9 @@ class Client(StreamingMixin):
         try:
             reply = await self._call_master(topic, group, "enqueue", params)
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
-                for p, (offset, duplicate) in zip(ps, results, strict=True):
+                for p, result in zip(ps, results, strict=True):
                     if not p.future.done():
-                        p.future.set_result(Ack(topic, q, int(offset), bool(duplicate)))
+                        p.future.set_result(_ack(topic, q, result))
             if trace.ON:
                 trace.mark("client.acked")
         except asyncio.CancelledError:
@@ -471,3 +497,39 @@ class Client(StreamingMixin):
             addr, "status", {}, timeout=self._request_timeout
         )
         return result
+
+
+MAX_SCHEDULE_SECONDS = 366 * 86400.0  # the store's limit (phxq.store.scheduler)
+
+
+def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
+    """The wire form of ``delay=`` / ``deliver_at=`` (``BadArgument`` if invalid)."""
+    if delay is None and deliver_at is None:
+        return None
+    if delay is not None and deliver_at is not None:
+        raise BadArgument("give delay or deliver_at, not both")
+    kind, value = ("delay", delay) if delay is not None else ("at", deliver_at)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise BadArgument(f"{kind} must be a number of seconds, got {value!r}")
+    value = float(value)
+    if kind == "delay" and not 0 <= value <= MAX_SCHEDULE_SECONDS:
+        raise BadArgument(f"delay must be in [0, {MAX_SCHEDULE_SECONDS:.0f}] seconds, got {value}")
+    if kind == "at" and not value <= time.time() + MAX_SCHEDULE_SECONDS:
+        raise BadArgument(f"deliver_at must be at most {MAX_SCHEDULE_SECONDS:.0f} s ahead")
+    return [kind, value]
+
+
+def _ack(topic: str, queue: int, result: Any) -> Ack:
+    """``[offset, duplicate]`` or ``[None, duplicate, scheduled id]`` from the store."""
+    if len(result) == 3:
+        sid = int(result[2])
+        return Ack(topic, queue, None, bool(result[1]), f"{topic}/{queue}/{sid}")
+    return Ack(topic, queue, int(result[0]), bool(result[1]))
+
+
+def _parse_scheduled_id(scheduled_id: Any) -> tuple[str, int, int]:
+    """``topic/queue/id`` (an ``Ack.scheduled_id``) -> its parts; ``BadArgument`` if not one."""
+    parts = scheduled_id.rsplit("/", 2) if isinstance(scheduled_id, str) else []
+    if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
+        return parts[0], int(parts[1]), int(parts[2])
+    raise BadArgument(f"not a scheduled id (topic/queue/number): {scheduled_id!r}")

@@ -49,6 +49,9 @@ class SyncClient:
     def enqueue(self, topic: str, payload: bytes, **kwargs: Any) -> Ack:
         return self._run(self._client.enqueue(topic, payload, **kwargs))
 
+    def cancel_scheduled(self, scheduled_id: str) -> bool:
+        return self._run(self._client.cancel_scheduled(scheduled_id))
+
     def enqueue_many(self, topic: str, messages: Any) -> list[Ack]:
         return self._run(self._client.enqueue_many(topic, messages))
 

@@ -13,12 +13,16 @@ __all__ = ["Ack", "ClusterMap", "ConsumedMessage", "Message"]
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """An acknowledged enqueue: the message is chosen (durable on a majority)."""
+    """An acknowledged enqueue: the message is chosen (durable on a majority).
+
+    A delayed or scheduled message (``delay=`` / ``deliver_at=``) has no offset yet (None: it
+    gets one when it is released) and a ``scheduled_id`` for ``Client.cancel_scheduled``."""
 
     topic: str
     queue: int
-    offset: int
+    offset: int | None
     duplicate: bool = False
+    scheduled_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,10 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
                    rate_limit_bytes (none) bytes/s; max_attempts (5); on_failure
                    ("dead_letter" | "block"); dead_letter ("<topic>.dlq"); ordering ("strict" |
                    "per_key"); concurrency (1; above 1 only with per_key); handler_timeout ("10s")
+[gateway]          listen (none) "host:port" of ``phxq gateway`` (``--listen`` overrides);
+                   max_body_bytes ("16MiB") largest request body; body_timeout ("10s") to
+                   receive a body; max_wait ("60s", at most 60s) longest long poll;
+                   max_in_flight (1024) requests at once, more get 429
 [security]         ca* the cluster CA certificate (PEM); present = every link is TLS and every
                    [[store]]/[[lock]] needs cert* and key* (its member certificate and key);
                    cert, key: the member certificate of consumers/gateways using this file
@@ -72,6 +76,7 @@ from phxq.config.model import (
     ClusterSettings,
     ConfigError,
     ConsumerGroupConfig,
+    GatewayConfig,
     NodeConfig,
     PrincipalConfig,
     SecurityConfig,
@@ -92,6 +97,7 @@ __all__ = [
     "ClusterSettings",
     "ConfigError",
     "ConsumerGroupConfig",
+    "GatewayConfig",
     "NodeConfig",
     "PrincipalConfig",
     "SecurityConfig",

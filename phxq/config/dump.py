@@ -6,7 +6,7 @@ from typing import Any
 
 import tomli_w
 
-from phxq.config.model import ClusterConfig, format_duration, format_size
+from phxq.config.model import ClusterConfig, GatewayConfig, format_duration, format_size
 
 
 def _compact(table: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +101,17 @@ def dump_config(cfg: ClusterConfig) -> str:
     if cfg.client is not None:
         cl = cfg.client
         doc["client"] = _compact({"token_file": _opt(cl.token_file, str), "ca": _opt(cl.ca, str)})
+    gw = cfg.gateway
+    if gw != GatewayConfig():
+        doc["gateway"] = _compact(
+            {
+                "listen": gw.listen,
+                "max_body_bytes": format_size(gw.max_body_bytes),
+                "body_timeout": format_duration(gw.body_timeout),
+                "max_wait": format_duration(gw.max_wait),
+                "max_in_flight": gw.max_in_flight,
+            }
+        )
     return _render(doc)
 
 

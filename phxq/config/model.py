@@ -34,6 +34,10 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "consumer_group.ordering": "strict",
         "consumer_group.concurrency": 1,
         "consumer_group.handler_timeout": "10s",
+        "gateway.max_body_bytes": "16MiB",
+        "gateway.body_timeout": "10s",
+        "gateway.max_wait": "60s",
+        "gateway.max_in_flight": 1024,
     }
 )
 MESSAGE_BYTES_LIMIT: Final = 8 << 20  # half the RPC frame limit: a message must fit a frame
@@ -202,6 +206,17 @@ class ConsumerGroupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The ``[gateway]`` table (``phxq gateway``); durations in seconds."""
+
+    listen: str | None = None  # "host:port"; None: --listen or the gateway's default
+    max_body_bytes: int = _default_size("gateway.max_body_bytes")
+    body_timeout: float = _default_duration("gateway.body_timeout")
+    max_wait: float = _default_duration("gateway.max_wait")
+    max_in_flight: int = _default("gateway.max_in_flight")
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     """The ``[security]`` table: every link is TLS, members present certificates from ``ca``.
     ``cert``/``key``: the member certificate of processes without a node table (consumers,
@@ -241,6 +256,7 @@ class ClusterConfig:
     security: SecurityConfig | None = None
     principals: tuple[PrincipalConfig, ...] = ()
     client: ClientConfig | None = None
+    gateway: GatewayConfig = GatewayConfig()
     source: str = field(default="<string>", compare=False)
     topics_by_name: Mapping[str, TopicConfig] = field(init=False, repr=False, compare=False)
 

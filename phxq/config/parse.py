@@ -21,6 +21,7 @@ from phxq.config.model import (
     ClusterSettings,
     ConfigError,
     ConsumerGroupConfig,
+    GatewayConfig,
     NodeConfig,
     PrincipalConfig,
     SecurityConfig,
@@ -174,6 +175,7 @@ _SECTIONS: Final = (
     "security",
     "principal",
     "client",
+    "gateway",
 )
 
 
@@ -266,6 +268,21 @@ def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConf
         t.fail('is set but on_failure = "block" never dead-letters', "dead_letter")
     t.done()
     return group, t
+
+
+def _gateway(source: str, raw: object) -> GatewayConfig:
+    t = _Table(source, "gateway", "gateway", raw)
+    gateway = GatewayConfig(
+        listen=t.addr("listen"),
+        max_body_bytes=t.size("max_body_bytes"),
+        body_timeout=t.duration("body_timeout"),
+        max_wait=t.duration("max_wait", positive=False),
+        max_in_flight=t.integer("max_in_flight"),
+    )
+    if gateway.max_wait > 60:
+        t.fail("must be at most 60s (the stores' longest long poll)", "max_wait")
+    t.done()
+    return gateway
 
 
 def _claim(source: str, seen: dict[object, str], value: object, path: str) -> None:
@@ -376,6 +393,9 @@ def parse_config(
                 )
         groups.append(group)
     security, principals, client = _security(source, doc, base_dir, stores, locks)
+    gateway = _gateway(source, doc.get("gateway", {}))
+    if gateway.listen is not None:
+        _claim(source, addresses, gateway.listen, "gateway.listen")
     return ClusterConfig(
         cluster=settings,
         stores=tuple(stores),
@@ -385,6 +405,7 @@ def parse_config(
         security=security,
         principals=principals,
         client=client,
+        gateway=gateway,
         source=source,
     )
 

@@ -196,7 +196,29 @@ REFERENCE: Final[tuple[Key, ...]] = (
     ),
     Key("client", "token_file", '"certs/admin.token"', "The token the CLI sends (with --config)."),
     Key("client", "ca", '"certs/ca.pem"', "The CA the CLI checks servers with ([security] ca)."),
+    Key(
+        "gateway",
+        "listen",
+        '"127.0.0.1:7301"',
+        "Where `phxq gateway` serves HTTP (`--listen` overrides; default 127.0.0.1:7301).",
+    ),
+    Key("gateway", "max_body_bytes", '"16MiB"', "Largest request body; larger ones get 413."),
+    Key(
+        "gateway",
+        "body_timeout",
+        '"10s"',
+        "How long a client may take to send a request body; slower ones get 408.",
+    ),
+    Key("gateway", "max_wait", '"60s"', "Longest long poll (`wait`) a caller may ask; <= 60s."),
+    Key(
+        "gateway",
+        "max_in_flight",
+        "1024",
+        "Requests served at once (long polls and streams included); more get 429.",
+    ),
 )
+
+_SINGLE_TABLES: Final = ("cluster", "security", "client", "gateway")
 
 
 def _default_text(key: Key) -> str:
@@ -224,7 +246,7 @@ def render_markdown() -> str:
     for key in REFERENCE:
         tables.setdefault(key.table, []).append(key)
     for table, keys in tables.items():
-        header = f"[{table}]" if table == "cluster" else f"[[{table}]]"
+        header = f"[{table}]" if table in _SINGLE_TABLES else f"[[{table}]]"
         lines += ["", f"## `{header}`", "", "| key | default | example | meaning |"]
         lines.append("|---|---|---|---|")
         for key in keys:

@@ -58,7 +58,7 @@ from ssl import SSLContext
 from typing import Any, Protocol
 
 from phxq import trace
-from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError, Unavailable
+from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
     Notify,
@@ -142,7 +142,6 @@ class RpcServer:
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self._server: asyncio.Server | None = None
-        self._conn_tasks: set[asyncio.Task[None]] = set()
         self._request_tasks: set[asyncio.Task[None]] = set()
         self._transports: set[Transport] = set()
         self._closing = False
@@ -174,18 +173,14 @@ class RpcServer:
         self.address = format_addr(str(sockname[0]), self.port)
 
     def accept(self, transport: Transport) -> None:
-        """Serve ``transport`` until it closes (in a task owned by this server)."""
+        """Serve ``transport`` until it closes: TCP connections to ``start``'s socket, or any
+        already connected Transport (memory, fault-injecting)."""
         if self._closing:
             transport.close()
             return
         self._transports.add(transport)
         session = None if self._guard is None else self._guard.open(transport)
-        if type(transport) is TcpTransport:
-            _PushConnection(self, transport, session).start()  # frames handled as they arrive
-            return
-        task = asyncio.get_running_loop().create_task(self._serve(transport, session))
-        self._conn_tasks.add(task)
-        task.add_done_callback(self._conn_tasks.discard)
+        _ServedConnection(self, transport, session).start()
 
     async def close(self) -> None:
         self._closing = True
@@ -195,61 +190,13 @@ class RpcServer:
             task.cancel()
         for transport in list(self._transports):
             transport.close()
-        for task in list(self._conn_tasks):
-            task.cancel()
-        pending = [*self._conn_tasks, *self._request_tasks]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        if self._request_tasks:
+            await asyncio.gather(*self._request_tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
 
-    # ------------------------------------------------------------------ one connection
-
-    async def _serve(self, transport: Transport, session: Any) -> None:
-        inflight: set[asyncio.Task[None]] = set()
-        slot_free = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def finished(task: asyncio.Task[None]) -> None:
-            inflight.discard(task)
-            self._request_tasks.discard(task)
-            slot_free.set()
-
-        try:
-            while True:
-                try:
-                    body = await transport.recv()
-                except ProtocolError as exc:
-                    self._broken_framing(transport, exc)
-                    return
-                except Unavailable:
-                    while inflight:  # half-closed by the client: answer what it already sent
-                        slot_free.clear()
-                        await slot_free.wait()
-                    return
-                try:
-                    frame = decode_body(body)
-                except ProtocolError as exc:
-                    self.bad_frames += 1
-                    self._reply(transport, encode_exception(request_id_of(body), exc))
-                    continue
-                if type(frame) is Request:
-                    while len(inflight) >= self.max_inflight:
-                        slot_free.clear()
-                        await slot_free.wait()
-                    task = loop.create_task(self._run(transport, frame, session))
-                    inflight.add(task)
-                    self._request_tasks.add(task)
-                    task.add_done_callback(finished)
-                elif type(frame) is Notify:
-                    self._on_notify(frame, session)
-                else:
-                    error = ProtocolError(f"a server does not accept {type(frame).__name__} frames")
-                    self._reply(transport, encode_exception(None, error))
-        finally:
-            self._transports.discard(transport)
-            transport.close()
+    # ------------------------------------------------------------------ connections
 
     def _broken_framing(self, transport: Transport, exc: ProtocolError) -> None:
         """Answer a connection whose framing broke (nil id), count it, maybe log it."""
@@ -320,15 +267,15 @@ class RpcServer:
             log.debug("rpc: reply to %s not sent: %s", transport.peer, exc)
 
 
-class _PushConnection:
-    """One TCP connection served in push mode: the same rules as ``RpcServer._serve`` (requests
-    in their own tasks, at most ``max_inflight``, notifications in order, bad frames answered,
-    broken framing answered then closed, a half-close answers what arrived), but each frame is
-    handled from the protocol callback instead of waking a reader task."""
+class _ServedConnection:
+    """One connection being served, frame by frame as the transport delivers them (no reader
+    task): requests run in their own tasks, at most ``max_inflight`` (beyond that, frames wait
+    in order and the transport's reading is paused), notifications in order, bad frames
+    answered, broken framing answered then closed, a half-close answers what arrived."""
 
     __slots__ = ("backlog", "ended", "inflight", "paused", "server", "session", "transport")
 
-    def __init__(self, server: RpcServer, transport: TcpTransport, session: Any) -> None:
+    def __init__(self, server: RpcServer, transport: Transport, session: Any) -> None:
         self.server = server
         self.transport = transport
         self.session = session
@@ -342,8 +289,8 @@ class _PushConnection:
 
     def on_body(self, body: bytes) -> None:
         if self.backlog or len(self.inflight) >= self.server.max_inflight:
-            # One read can hold many frames: past the limit they wait, in order (notifications
-            # too, as they would behind a blocked reader), and the socket stops being read.
+            # Past the limit the frame waits (a notification too, to keep the order) and the
+            # transport stops delivering until a request finishes.
             self.backlog.append(body)
             if not self.paused:
                 self.paused = True

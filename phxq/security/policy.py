@@ -7,7 +7,7 @@ a unit test checks that every registered handler has one).
 Store (``STORE_RULES``)                    Lock service (``LOCK_RULES``)
 =========================  ==============  ==========================  ===========================
 meta                       authenticated   meta                        authenticated
-enqueue                    produce:T       status                      admin
+enqueue, cancel_scheduled  produce:T       status                      admin
 dequeue (group G)          consume:T:G     acquire, renew, release     member (consumers are)
 dequeue (no group: tail)   consume:T:any   get, kv_get, kv_list,       admin (``phxq admin lag``,
 dequeue (local=true)       admin             kv_wait                     settings) or member
@@ -101,6 +101,7 @@ def lock_write(params: Any) -> Permission:
 STORE_RULES: Final[Mapping[str, Rule]] = {
     "meta": anyone,
     "enqueue": produce,
+    "cancel_scheduled": produce,
     "dequeue": read,
     "commit": consume,
     "cursor": consume,

@@ -33,12 +33,13 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext  # in Credentials, the name ssl is its field
 from typing import Any
 
 from phxq.errors import PhxqError, ProtocolError, Unauthenticated
 from phxq.net.frames import MAX_FRAME_DEFAULT, ErrorReply, Response, decode_body, encode_request
 from phxq.net.server import HELLO
-from phxq.net.transport import TcpTransport, Transport, TransportFactory, connect_tcp
+from phxq.net.transport import Transport, TransportFactory, connect_tcp, receive_one
 from phxq.security.certs import MEMBER_OU
 
 PathLike = str | os.PathLike[str]
@@ -106,7 +107,7 @@ class Credentials:
 
     @classmethod
     def for_client(
-        cls, token: str | None = None, ca: PathLike | ssl.SSLContext | None = None
+        cls, token: str | None = None, ca: PathLike | SSLContext | None = None
     ) -> Credentials:
         """``phxq.Client(token=, ca=)``: ``ca`` a CA file or a ready context; a token without
         ``ca`` goes over TLS checked against the system trust store (never in plaintext)."""
@@ -144,12 +145,12 @@ async def _connect(
     return transport
 
 
-async def hello(transport: TcpTransport, token: str) -> Any:
+async def hello(transport: Transport, token: str) -> Any:
     """Authenticate ``transport`` with ``token`` (request id 0, before any other request)."""
     transport.send(encode_request(0, HELLO, {"token": token}))
     try:
         async with asyncio.timeout(HELLO_TIMEOUT):
-            body = await transport.recv()
+            body = await receive_one(transport)
     except TimeoutError:
         raise Unauthenticated(f"{transport.peer} did not answer the hello") from None
     frame = decode_body(body)

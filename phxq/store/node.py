@@ -17,6 +17,8 @@ commit     ``{group, topic, queue, offset, token, expect?}`` -> ``offset``; with
 cursor     ``{group, topic, queue}`` -> ``offset | None``
 seek       ``{group, topic, queue, offset | time}`` -> new cursor (one-shot replay entry)
 status     ``{}`` -> this node's view of every group
+cancel_scheduled  ``{topic, queue, id}`` -> True if the scheduled message was pending (never
+           released now), False if not (see ``phxq.store.scheduler``)
 =========  ==============================================================================
 
 Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.store.rejoin``).
@@ -44,7 +46,8 @@ from phxq.store import service
 from phxq.store.host import PaxosHost
 from phxq.store.membership import REJOIN_METHODS
 from phxq.store.replica import GroupReplica
-from phxq.store.routing import group_for_queue, split_offset
+from phxq.store.routing import INDEX_BITS, group_for_queue, split_offset
+from phxq.store.scheduler import Releaser
 from phxq.store.state import StoreState
 
 log = logging.getLogger("phxq.store")
@@ -73,6 +76,8 @@ class StoreNode:
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._retention_task: asyncio.Task[None] | None = None
+        self._releaser = Releaser(self)
+        self._release_task: asyncio.Task[None] | None = None
         self.replicas = self.paxos_host.replicas
         self._server = RpcServer(
             self._handle,
@@ -99,6 +104,7 @@ class StoreNode:
         if self.node.metrics_addr:
             metrics.serve(self.node.metrics_addr)
         self._retention_task = asyncio.get_running_loop().create_task(self._retention_loop())
+        self._release_task = asyncio.get_running_loop().create_task(self._releaser.run())
         log.info(
             "store %d serving %d groups on %s",
             self.node_id,
@@ -107,10 +113,11 @@ class StoreNode:
         )
 
     async def close(self) -> None:
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
+        for task in (self._retention_task, self._release_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._server.close()
         await self.paxos_host.close()
 
@@ -169,6 +176,11 @@ class StoreNode:
             floor, forced = replica.glog.retention_floor(
                 keep_from=keep, max_age=max_age, max_bytes=max_bytes, now_wall=time.time()
             )
+            # Never a pending scheduled message's record, whatever the limits (cancelled and
+            # released ones no longer hold it: a release entry carries its own copy).
+            oldest = replica.state.schedule.oldest_id()
+            if oldest is not None:
+                floor = min(floor, oldest >> INDEX_BITS)
             if floor <= replica.glog.first_instance:
                 continue
             try:

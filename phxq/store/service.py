@@ -18,6 +18,7 @@ from phxq import metrics, trace
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
+from phxq.store import scheduler
 from phxq.store import state as st
 from phxq.store.entries import (
     CommitEntry,
@@ -28,6 +29,7 @@ from phxq.store.entries import (
     instance_messages,
 )
 from phxq.store.routing import group_for_queue, make_offset, split_offset
+from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
     from phxq.store.node import StoreNode
@@ -117,6 +119,7 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
         raise BadArgument("batches must be a non-empty list of [queue, messages]")
     replica = None
     entries: list[bytes] = []
+    layout: list[tuple[int, bool, list[int]]] = []  # per batch: messages, any plain, scheduled
     now = time.time()
     for batch in batches:
         if not isinstance(batch, list) or len(batch) != 2 or not isinstance(batch[1], list):
@@ -129,8 +132,14 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
         assert spec is not None
         if not raw_messages:
             raise BadArgument("a batch must hold at least one message")
-        _check_messages(raw_messages, spec.max_message_bytes)
-        entries.append(encode_enqueue(topic, queue, now, raw_messages))
+        plain, scheduled, dues, positions = scheduler.split_scheduled(now, raw_messages)
+        _check_messages(plain, spec.max_message_bytes)
+        _check_messages(scheduled, spec.max_message_bytes)
+        layout.append((len(raw_messages), bool(plain), positions))
+        if plain:
+            entries.append(encode_enqueue(topic, queue, now, plain))
+        if scheduled:
+            entries.append(encode_schedule(topic, queue, now, dues, scheduled))
     assert replica is not None
     replica = node.master_replica(topic, batches[0][0])
     started = time.perf_counter()
@@ -144,10 +153,21 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
     out: list[list[list[Any]]] = []
     acked = 0
-    for result in results:
-        done = _enqueued(result)
-        acked += len(done.offsets) - sum(done.duplicates)
-        out.append([[o, d] for o, d in zip(done.offsets, done.duplicates, strict=True)])
+    at = 0
+    for count, has_plain, positions in layout:
+        answers: list[list[Any]] = []
+        if has_plain:
+            done = _enqueued(results[at])
+            at += 1
+            acked += len(done.offsets) - sum(done.duplicates)
+            answers = [
+                scheduler.answer(o, d) for o, d in zip(done.offsets, done.duplicates, strict=True)
+            ]
+        if positions:
+            later = scheduler.scheduled_results(results[at])
+            at += 1
+            answers = scheduler.merge_results(count, answers, later, positions)
+        out.append(answers)
     _enqueued_counter(topic).inc(acked)
     return out
 
@@ -287,6 +307,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
                 "needs_repair": r.glog.needs_repair,
                 "repair": r.repair,  # probing / joining / repairing / diverged (not voting)
                 "repair_reason": r.repair_reason,
+                "scheduled": scheduler.status_of(r, time.time()),
             }
         )
     return {
@@ -409,4 +430,5 @@ HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
     "status": status,
     "reconcile": reconcile,
     "checksum": checksum,
+    "cancel_scheduled": scheduler.cancel_scheduled,
 }

@@ -6,7 +6,9 @@
   transport to it), so an :class:`~phxq.net.RpcServer` and an :class:`~phxq.net.RpcPool` talk
   without sockets;
 - :class:`Faults` / :class:`FaultyTransport` / :class:`FaultStats`: wrap any transport and
-  drop, duplicate, delay, stall, sever or one-way partition its frames, from a seeded RNG.
+  drop, duplicate, delay, stall, sever or one-way partition its frames, from a seeded RNG;
+- :class:`Inbox`: ``await inbox.recv()`` over any transport's push delivery, to look at raw
+  frame bodies.
 
 Typical use::
 
@@ -26,12 +28,14 @@ on ephemeral ports instead.
 """
 
 from phxq.testing.faults import Faults, FaultStats, FaultyTransport
+from phxq.testing.inbox import Inbox
 from phxq.testing.memory import MemoryNetwork, MemoryTransport, memory_pair
 
 __all__ = [
     "FaultStats",
     "Faults",
     "FaultyTransport",
+    "Inbox",
     "MemoryNetwork",
     "MemoryTransport",
     "memory_pair",

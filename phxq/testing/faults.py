@@ -17,22 +17,25 @@ Public API::
     faults.heal()                 # clear every fault (rates, delay, partitions, stall)
     faults.stats                  # FaultStats(sent, dropped, duplicated, delayed)
 
-Outgoing frames are judged when sent; incoming ones when ``recv()`` takes them (RPC readers
-always wait in ``recv()``, so that is as they arrive). Frames are judged whole (msgpack bodies), so faults never corrupt framing: a dropped request
-simply never arrives and the caller's timeout fires. Every random choice comes from
-``random.Random(seed)``, so a single-task test replays exactly from its seed.
+Outgoing frames are judged when sent, incoming ones as they arrive (before the receiver is
+handed them; a stall holds them, in order, until ``unstall``). Frames are judged whole (msgpack
+bodies), so faults never corrupt framing: a dropped request simply never arrives and the
+caller's timeout fires. Lazy sends (``flush=False``) keep their laziness when no fault holds
+them. Every random choice comes from ``random.Random(seed)``, so a single-task test replays
+exactly from its seed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from phxq.errors import Unavailable
+from phxq.errors import PhxqError, Unavailable
 from phxq.net.frames import NOTIFY, frame_kind
-from phxq.net.transport import Transport, TransportFactory, check_size
+from phxq.net.transport import OnBody, OnEnd, Transport, TransportFactory, check_size
 
 
 @dataclass(slots=True)
@@ -108,7 +111,13 @@ class FaultyTransport:
         self._release_at = 0.0  # outgoing frames are released in order, never earlier than this
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
-        self._unstall_waiter: asyncio.Future[None] | None = None  # a recv() held by a stall
+        # incoming: the receiver, what a stall holds back, and an end that waits behind it
+        self._on_body: OnBody | None = None
+        self._on_end: OnEnd | None = None
+        self._held_in: collections.deque[bytes] = collections.deque()
+        self._held_end: PhxqError | None = None
+        self._paused = False
+        self._release_in_scheduled = False
         faults._transports.add(self)
 
     @property
@@ -123,7 +132,7 @@ class FaultyTransport:
     def buffered(self) -> int:
         return self.inner.buffered + sum(len(body) for _, body in self._held)
 
-    def send(self, body: bytes) -> None:
+    def send(self, body: bytes, *, flush: bool = True) -> None:
         if self.closed:
             raise Unavailable(f"connection to {self.peer} is closed")
         check_size(body, self.max_frame)
@@ -153,20 +162,17 @@ class FaultyTransport:
             self._held.extend([(0.0, body)] * copies)
             return
         for _ in range(copies):
-            self.inner.send(body)
+            self.inner.send(body, flush=flush)
         faults.stats.sent += copies
 
     def _on_timer(self) -> None:
         self._timer = None
         self._release()
 
-    def _wake_receiver(self) -> None:
-        if self._unstall_waiter is not None and not self._unstall_waiter.done():
-            self._unstall_waiter.set_result(None)
-
     def _release(self) -> None:
-        """Send every held frame that is due, in order; re-arm the timer for the rest."""
-        self._wake_receiver()
+        """Send every held frame that is due, in order; re-arm the timer for the rest; and have
+        the held incoming frames delivered."""
+        self._schedule_release_in()
         if self.faults.stalled or self._timer is not None or self.closed:
             return
         loop = asyncio.get_running_loop()
@@ -181,24 +187,62 @@ class FaultyTransport:
         del self._held[:due]
         self.faults.stats.sent += due
 
-    async def recv(self) -> bytes:
+    # ------------------------------------------------------------------ receiving
+
+    def set_receiver(self, on_body: OnBody, on_end: OnEnd) -> None:
+        self._on_body, self._on_end = on_body, on_end
+        self._paused = False
+        self.inner.set_receiver(self._arrived, self._ended)
+        self._schedule_release_in()
+
+    def pause_reading(self) -> None:
+        self._paused = True
+        self.inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._paused = False
+        self.inner.resume_reading()
+        self._schedule_release_in()
+
+    def _arrived(self, body: bytes) -> None:
+        if self._closing:
+            return
+        if self.faults.stalled or self._held_in:
+            self._held_in.append(body)
+            return
+        self._judge(body)
+
+    def _judge(self, body: bytes) -> None:
         faults = self.faults
-        while True:
-            body = await self.inner.recv()
-            while faults.stalled and not self._closing:
-                self._unstall_waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._unstall_waiter
-                finally:
-                    self._unstall_waiter = None
-            if self._closing:
-                raise Unavailable(f"connection to {self.peer} is closed")
-            if faults.block_recv:
-                faults.stats.dropped += 1
-                continue
-            if faults._lose():
-                continue
-            return body
+        if faults.block_recv:
+            faults.stats.dropped += 1
+        elif not faults._lose() and self._on_body is not None:
+            self._on_body(body)
+
+    def _ended(self, error: PhxqError) -> None:
+        if self._held_in and not self._closing:
+            self._held_end = error  # reported after the held frames
+        else:
+            self._report_end(error)
+
+    def _report_end(self, error: PhxqError) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(error)
+
+    def _schedule_release_in(self) -> None:
+        if (self._held_in or self._held_end) and not self._release_in_scheduled:
+            self._release_in_scheduled = True
+            asyncio.get_running_loop().call_soon(self._release_in)
+
+    def _release_in(self) -> None:
+        self._release_in_scheduled = False
+        held = self._held_in
+        while held and not self.faults.stalled and not self._paused and not self._closing:
+            self._judge(held.popleft())
+        if not held and self._held_end is not None:
+            error, self._held_end = self._held_end, None
+            self._report_end(error)
 
     async def drain(self) -> None:
         await self.inner.drain()
@@ -208,7 +252,8 @@ class FaultyTransport:
             return
         self._closing = True
         self._held.clear()
-        self._wake_receiver()
+        self._held_in.clear()
+        self._schedule_release_in()  # an end held behind the frames goes out now
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

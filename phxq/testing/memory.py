@@ -3,8 +3,10 @@
 Public API:
 
 - ``memory_pair(max_frame=MAX_FRAME_DEFAULT, *, names=("a", "b")) -> (MemoryTransport,
-  MemoryTransport)``: two connected ends. A body sent on one end is received, in order, on the
-  other. ``buffered`` is the number of bytes the peer has not received yet.
+  MemoryTransport)``: two connected ends. A body sent on one end is delivered, in order, to the
+  other end's receiver (``Transport.set_receiver``), one loop iteration later, as TCP would;
+  lazy sends (``flush=False``) wait for company like TCP's. ``buffered`` counts the bytes the
+  peer's receiver has not been handed yet, so a paused receiver makes ``drain`` wait.
 - ``MemoryNetwork``: a registry of listeners by address.
   ``listen(addr, accept)`` registers ``accept(transport)`` (e.g. ``RpcServer.accept``);
   ``unlisten(addr)``; ``async connect(addr) -> Transport`` (a ``TransportFactory``) returns the
@@ -14,12 +16,19 @@ Public API:
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import Callable
 
 from phxq.errors import Unavailable
 from phxq.net.frames import MAX_FRAME_DEFAULT
-from phxq.net.transport import Transport, check_size
+from phxq.net.transport import (
+    LAZY_FLUSH,
+    WRITE_HIGH_WATER,
+    Inbound,
+    OnBody,
+    OnEnd,
+    Transport,
+    check_size,
+)
 
 
 class MemoryTransport:
@@ -29,11 +38,14 @@ class MemoryTransport:
         self.max_frame = max_frame
         self._name = name
         self._peer_end: MemoryTransport | None = None
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._inbox_bytes = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._inbound = Inbound(self._inbound_changed)
+        self._outbox: list[bytes] = []
+        self._lazy_outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._flush_scheduled = False
+        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._closing = False
-        self._peer_closed = False
         self._closed_event = asyncio.Event()
 
     @property
@@ -46,56 +58,79 @@ class MemoryTransport:
 
     @property
     def buffered(self) -> int:
-        return self._peer_end._inbox_bytes if self._peer_end is not None else 0
+        peer = self._peer_end
+        return self._outbox_bytes + (peer._inbound.backlog_bytes if peer is not None else 0)
 
-    def send(self, body: bytes) -> None:
+    def send(self, body: bytes, *, flush: bool = True) -> None:
         if self._closing:
             raise Unavailable(f"connection to {self.peer} is closed")
         check_size(body, self.max_frame)
-        peer = self._peer_end
-        if peer is None or peer._closing:
-            return  # like TCP: bytes to a closed peer vanish; our recv() will report the close
-        peer._inbox.append(bytes(body))
-        peer._inbox_bytes += len(body)
-        peer._wake()
+        (self._outbox if flush else self._lazy_outbox).append(bytes(body))
+        self._outbox_bytes += len(body)
+        if self._flush_scheduled:
+            return
+        loop = asyncio.get_running_loop()
+        if flush:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        elif self._lazy_timer is None:
+            self._lazy_timer = loop.call_later(LAZY_FLUSH, self._flush)
 
-    async def recv(self) -> bytes:
-        while not self._inbox:
-            if self._closing:
-                raise Unavailable(f"connection to {self.peer} is closed")
-            if self._peer_closed:
-                raise Unavailable(f"connection closed by {self.peer}")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        body = self._inbox.popleft()
-        self._inbox_bytes -= len(body)
-        return body
+    def _flush(self, *, soon: bool = False) -> None:
+        self._flush_scheduled = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
+        bodies = self._outbox + self._lazy_outbox
+        self._outbox, self._lazy_outbox, self._outbox_bytes = [], [], 0
+        peer = self._peer_end
+        if bodies and peer is not None and not peer._closing:
+            peer._inbound.arrived(bodies, soon=soon)
+        # else: like TCP, bytes to a closed peer vanish; our receiver hears of the close
 
     async def drain(self) -> None:
-        return None
+        while self.buffered >= WRITE_HIGH_WATER and not self._closing:
+            if self._outbox_bytes:
+                self._flush(soon=True)
+                continue
+            waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def set_receiver(self, on_body: OnBody, on_end: OnEnd) -> None:
+        self._inbound.set_receiver(on_body, on_end)
+
+    def pause_reading(self) -> None:
+        self._inbound.pause()
+
+    def resume_reading(self) -> None:
+        self._inbound.resume()
 
     def close(self) -> None:
         if self._closing:
             return
+        self._flush(soon=True)
         self._closing = True
-        self._inbox.clear()
-        self._inbox_bytes = 0
-        self._wake()
+        self._inbound.discard(Unavailable(f"connection to {self.peer} is closed"))
+        self._release_drainers()
         self._closed_event.set()
         peer = self._peer_end
         if peer is not None:
-            peer._peer_closed = True
-            peer._wake()
+            peer._inbound.end(Unavailable(f"connection closed by {self._name}"))
 
     async def wait_closed(self) -> None:
         await self._closed_event.wait()
 
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    def _inbound_changed(self) -> None:
+        """Our receiver took bodies or paused: the peer's ``drain`` may proceed (or not)."""
+        if self._peer_end is not None:
+            self._peer_end._release_drainers()
+
+    def _release_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 def memory_pair(
