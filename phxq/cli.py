@@ -259,6 +259,12 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--header", "headers", multiple=True, help="NAME=VALUE, repeatable")
 @click.option("--lines", is_flag=True, help="one message per line of stdin")
 @click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="deliver after this many seconds (invisible until then)",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=15.0,
@@ -276,6 +282,7 @@ def enqueue(
     dedup_id: str | None,
     headers: tuple[str, ...],
     lines: bool,
+    delay: float | None,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -296,7 +303,9 @@ def enqueue(
     async def go() -> list[Ack]:
         async with Client(addrs, retry_timeout=timeout) as client:
             calls = [
-                client.enqueue(topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs)
+                client.enqueue(
+                    topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs, delay=delay
+                )
                 for p in payloads
             ]
             return list(await asyncio.gather(*calls))
@@ -304,10 +313,12 @@ def enqueue(
     for ack in _run(go()):
         if as_json:
             row = {"topic": ack.topic, "queue": ack.queue, "offset": ack.offset}
-            click.echo(json.dumps({**row, "duplicate": ack.duplicate}))
+            row |= {"duplicate": ack.duplicate, "scheduled_id": ack.scheduled_id}
+            click.echo(json.dumps(row))
         else:
             dup = " (duplicate)" if ack.duplicate else ""
-            click.echo(f"enqueued {topic} queue={ack.queue} offset={ack.offset}{dup}")
+            at = f"offset={ack.offset}" if ack.offset is not None else f"id={ack.scheduled_id}"
+            click.echo(f"enqueued {topic} queue={ack.queue} {at}{dup}")
 
 
 TAIL_FORMAT = "q{queue} @{offset} key={key} {headers}{payload}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import phxq
-from phxq.devcluster import PortInUse, check_ports_free, dev_ports
+from phxq.devcluster import GATEWAY_PORT_OFFSET, PortInUse, check_ports_free, dev_ports
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,8 @@ def free_base_port() -> int:
         base = rng.randrange(20000, 30000)
         try:
             stores, locks = dev_ports(base, 3)
-            check_ports_free([("port", f"127.0.0.1:{p}") for p in stores + locks])
+            gateway = [base + GATEWAY_PORT_OFFSET]
+            check_ports_free([("port", f"127.0.0.1:{p}") for p in stores + locks + gateway])
         except PortInUse:
             continue
         return base
