@@ -258,12 +258,8 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--dedup-id", default=None, help="idempotency id; a retry with it is stored once")
 @click.option("--header", "headers", multiple=True, help="NAME=VALUE, repeatable")
 @click.option("--lines", is_flag=True, help="one message per line of stdin")
-@click.option(
-    "--delay",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="deliver after this many seconds (invisible until then)",
-)
+@click.option("--delay", default=None, help="deliver after this long (10s, 10m, 2h, 40d)")
+@click.option("--at", "deliver_at", default=None, help="deliver at: epoch seconds or ISO time")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -282,12 +278,19 @@ def enqueue(
     dedup_id: str | None,
     headers: tuple[str, ...],
     lines: bool,
-    delay: float | None,
+    delay: str | None,
+    deliver_at: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Enqueue PAYLOAD (or stdin when PAYLOAD is - or absent; with --lines, one per line)."""
+    """Enqueue PAYLOAD (or stdin when PAYLOAD is - or absent; with --lines, one per line).
+
+    With --delay or --at the message stays invisible until then; it prints the scheduled id
+    that `phxq cancel-scheduled` takes."""
     from phxq.client import Ack, Client
+    from phxq.client.client import parse_when
+
+    when = parse_when(delay, deliver_at)
 
     addrs = _addresses(config_path, servers)
     hdrs = _headers(headers)
@@ -304,7 +307,7 @@ def enqueue(
         async with Client(addrs, retry_timeout=timeout) as client:
             calls = [
                 client.enqueue(
-                    topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs, delay=delay
+                    topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs, **when
                 )
                 for p in payloads
             ]
@@ -313,12 +316,44 @@ def enqueue(
     for ack in _run(go()):
         if as_json:
             row = {"topic": ack.topic, "queue": ack.queue, "offset": ack.offset}
-            row |= {"duplicate": ack.duplicate, "scheduled_id": ack.scheduled_id}
-            click.echo(json.dumps(row))
+            if ack.scheduled_id is not None:
+                row["scheduled_id"] = ack.scheduled_id
+            click.echo(json.dumps({**row, "duplicate": ack.duplicate}))
         else:
             dup = " (duplicate)" if ack.duplicate else ""
-            at = f"offset={ack.offset}" if ack.offset is not None else f"id={ack.scheduled_id}"
-            click.echo(f"enqueued {topic} queue={ack.queue} {at}{dup}")
+            if ack.scheduled_id is not None:
+                click.echo(f"scheduled {topic} queue={ack.queue} id={ack.scheduled_id}{dup}")
+            else:
+                click.echo(f"enqueued {topic} queue={ack.queue} offset={ack.offset}{dup}")
+
+
+@cli.command("cancel-scheduled")
+@config_option
+@servers_option
+@click.argument("scheduled_id")
+@json_option
+def cancel_scheduled(
+    config_path: Path | None, servers: str | None, scheduled_id: str, as_json: bool
+) -> None:
+    """Cancel a delayed or scheduled message by the id `phxq enqueue --delay/--at` printed.
+    Exits 1 if it was not pending (already released, or cancelled before)."""
+    from phxq.client import Client
+
+    addrs = _addresses(config_path, servers)
+
+    async def go() -> bool:
+        async with Client(addrs) as client:
+            return await client.cancel_scheduled(scheduled_id)
+
+    done = _run(go())
+    if as_json:
+        click.echo(json.dumps({"scheduled_id": scheduled_id, "cancelled": done}))
+    else:
+        click.echo(
+            f"{'cancelled' if done else 'not pending (released or cancelled)'}: {scheduled_id}"
+        )
+    if not done:
+        sys.exit(1)
 
 
 TAIL_FORMAT = "q{queue} @{offset} key={key} {headers}{payload}"
@@ -447,6 +482,11 @@ def status(config_path: Path | None, as_json: bool) -> None:
     for g, master, chosen in result.masters():
         row = " ".join(f"{node}:{_show(c)}" for node, c in chosen.items())
         click.echo(f"{g:5d}  {_show(master):>6}  {row}")
+    scheduled = _scheduled_rows(result.stores)
+    if scheduled:
+        click.echo("group  scheduled pending  next due  release lag")
+        for g, pending, due, lag in scheduled:
+            click.echo(f"{g:5d}  {pending:17d}  {_when_text(due)}  {lag:.1f}s")
     if result.lags:
         click.echo("consumer group  topic  queue  cursor  lag (messages)")
         for r in sorted(result.lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
@@ -456,6 +496,26 @@ def status(config_path: Path | None, as_json: bool) -> None:
     if result.consumers is not None:
         for line in format_ownership(result.consumers):
             click.echo(line)
+
+
+def _scheduled_rows(stores: dict[Any, Any]) -> list[tuple[int, int, float | None, float]]:
+    """(group, pending, next due, release lag) of the groups with scheduled messages, as
+    their masters see them."""
+    rows = []
+    for st in stores.values():
+        for g in st.get("groups", []):
+            sched = g.get("scheduled")
+            if g.get("is_master") and sched and sched["pending"]:
+                rows.append((g["group"], sched["pending"], sched["next_due"], sched["release_lag"]))
+    return sorted(rows)
+
+
+def _when_text(t: float | None) -> str:
+    if t is None:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t).isoformat(timespec="seconds")
 
 
 def _group_option(required: bool = True) -> Callable[[Any], Any]:

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import random
 import ssl
@@ -509,7 +510,7 @@ def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
     if delay is not None and deliver_at is not None:
         raise BadArgument("give delay or deliver_at, not both")
     kind, value = ("delay", delay) if delay is not None else ("at", deliver_at)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise BadArgument(f"{kind} must be a number of seconds, got {value!r}")
     value = float(value)
     if kind == "delay" and not 0 <= value <= MAX_SCHEDULE_SECONDS:
@@ -533,3 +534,30 @@ def _parse_scheduled_id(scheduled_id: Any) -> tuple[str, int, int]:
     if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
         return parts[0], int(parts[1]), int(parts[2])
     raise BadArgument(f"not a scheduled id (topic/queue/number): {scheduled_id!r}")
+
+
+def parse_when(delay: str | None, deliver_at: str | None) -> dict[str, float]:
+    """``delay=``/``deliver_at=`` keyword arguments from text (the CLI's ``--delay``: a
+    duration such as "90s", "10m", "40d"; ``--at``: epoch seconds or an ISO 8601 time, local
+    unless it has an offset). ``BadArgument`` if malformed or both are given."""
+    from datetime import datetime
+
+    from phxq.config.model import parse_duration
+
+    if delay is not None and deliver_at is not None:
+        raise BadArgument("give --delay or --at, not both")
+    if delay is not None:
+        try:
+            return {"delay": parse_duration(delay)}
+        except ValueError as exc:
+            raise BadArgument(f"--delay {delay!r}: {exc}") from None
+    if deliver_at is not None:
+        try:
+            return {"deliver_at": float(deliver_at)}
+        except ValueError:
+            pass
+        try:
+            return {"deliver_at": datetime.fromisoformat(deliver_at).timestamp()}
+        except ValueError:
+            raise BadArgument(f"--at {deliver_at!r}: not epoch seconds or an ISO time") from None
+    return {}

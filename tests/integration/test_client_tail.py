@@ -101,7 +101,7 @@ def test_sync_tail_cli_tail_json_and_cli_enqueue_lines_and_delay(cluster: Proces
     acks = [json.loads(line) for line in out.splitlines()]
     assert [a["queue"] for a in acks] == [5, 5, 5] and all(a["offset"] for a in acks)
     delayed = subprocess.run(
-        [*base, "--delay", "3600", "later"], capture_output=True, text=True, timeout=60, check=True
+        [*base, "--delay", "1h", "later"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     ack = json.loads(delayed)
     assert ack["offset"] is None and ack["scheduled_id"].startswith("orders/")
