@@ -242,6 +242,8 @@ class ClientConfig:
 
     token_file: Path | None = None
     ca: Path | None = None
+    # Not a config key: the token a tool was given (--token, PHXQ_TOKEN); wins over token_file.
+    token: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
