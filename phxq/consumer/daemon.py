@@ -47,6 +47,7 @@ from phxq.consumer.settings import (
 )
 from phxq.errors import BadArgument, PhxqError, Unavailable
 from phxq.security.daemon import member_credentials
+from phxq.security.signing import read_secret
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.consumer")
@@ -131,7 +132,13 @@ class ConsumerDaemon:
         )
         runtimes = {}
         for group in self.cluster.consumer_groups:
-            handler = make_handler(group.handler, timeout=group.handler_timeout, session=self._http)
+            secret_file = group.signing_secret_file
+            handler = make_handler(
+                group.handler,
+                timeout=group.handler_timeout,
+                session=self._http,
+                secret=None if secret_file is None else read_secret(secret_file),
+            )
             runtimes[group.name] = GroupRuntime(group, handler, group_settings(group, settings))
         self.member = GroupMember(
             self.name,
