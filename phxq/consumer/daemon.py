@@ -64,6 +64,7 @@ from phxq.consumer.settings import (
 )
 from phxq.errors import BadArgument, PhxqError, Unavailable
 from phxq.security.daemon import member_credentials
+from phxq.security.signing import read_secret
 from phxq.store.routing import group_for_queue
 
 log = logging.getLogger("phxq.consumer")
@@ -168,7 +169,13 @@ class ConsumerDaemon:
             self._http = aiohttp.ClientSession()
         settings = await self._retry("the lock service", self._read_settings)
         for group in self.cluster.consumer_groups:
-            handler = make_handler(group.handler, timeout=group.handler_timeout, session=self._http)
+            secret_file = group.signing_secret_file
+            handler = make_handler(
+                group.handler,
+                timeout=group.handler_timeout,
+                session=self._http,
+                secret=None if secret_file is None else read_secret(secret_file),
+            )
             self._runtimes[group.name] = GroupRuntime(
                 group, handler, group_settings(group, settings)
             )

@@ -314,6 +314,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,
+        "cert": None if node.security is None else node.security.cert_status(),
         "groups": groups,
         "consumers": _consumer_lag(node),
     }
