@@ -283,7 +283,8 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
 
 
 async def meta(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
-    return node.meta()
+    # The lock nodes too: Client.consume finds the lock service through any store.
+    return {**node.meta(), "locks": [lk.addr for lk in node.cluster.locks]}
 
 
 async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 
 import phxq
 from phxq.config import load_config
-from phxq.devcluster import PortInUse, check_ports_free, dev_ports
+from phxq.devcluster import GATEWAY_PORT_OFFSET, PortInUse, check_ports_free, dev_ports
 from phxq.security.daemon import client_options
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,8 @@ def free_base_port() -> int:
         base = rng.randrange(20000, 30000)
         try:
             stores, locks = dev_ports(base, 3)
-            check_ports_free([("port", f"127.0.0.1:{p}") for p in stores + locks])
+            gateway = [base + GATEWAY_PORT_OFFSET]
+            check_ports_free([("port", f"127.0.0.1:{p}") for p in stores + locks + gateway])
         except PortInUse:
             continue
         return base
