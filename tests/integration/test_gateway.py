@@ -26,7 +26,7 @@ from schemathesis import GenerationMode, checks
 from bench import gateway as gateway_bench
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
-from phxq.store.routing import queue_for_key
+from phxq.routing import queue_for_key
 
 from .gateway_cluster import gateway_cluster
 
