@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import random
 import ssl
@@ -35,7 +36,8 @@ from types import EllipsisType
 from typing import Any
 
 from phxq import trace
-from phxq.client.stream import MessageStream, StreamRegistry, TailStart, tail_messages
+from phxq.client.stream import StreamRegistry
+from phxq.client.streaming import StreamingMixin
 from phxq.client.types import Ack, ClusterMap, Message
 from phxq.errors import (
     BadArgument,
@@ -78,7 +80,7 @@ class _GroupSender:
     in_flight: int = 0
 
 
-class Client:
+class Client(StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
 
@@ -92,6 +94,7 @@ class Client:
         window: int = DEFAULT_WINDOW,
         token: str | None = None,
         ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
+        locks: Sequence[str] | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -101,6 +104,8 @@ class Client:
         # token: the bearer token of a principal; ca: the cluster CA file, or a ready context
         # (a member's, with its certificate). Either one means TLS (see phxq.security).
         self._pool = RpcPool(transport_factory=client_transport(token, ca))
+        self._credentials = (token, ca)  # for the lock client consume() opens
+        self._lock_seeds = None if locks is None else list(locks)
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
         self._batching = batching
@@ -492,28 +497,6 @@ class Client:
         result = await self._call_master(topic, group_for_queue(q, cmap.groups), "seek", params)
         return None if result is None else int(result)
 
-    def tail(
-        self,
-        topic: str,
-        *,
-        from_: TailStart = "now",
-        group: str | None = None,
-        queues: Sequence[int] | None = None,
-        batch: int = 100,
-    ) -> MessageStream:
-        """A read-only stream of ``topic``'s messages as they arrive: ``async for msg in
-        client.tail("orders"):``. Commits nothing, holds no lock. ``from_``: ``"now"`` (default,
-        only what is chosen from now on), ``"start"``, ``"cursor"`` (after ``group``'s committed
-        cursor) or an offset. Each queue's messages come in offset order; ``batch`` is the most
-        read per request. Raises ``UnknownTopic`` / ``BadArgument`` on the first iteration, and
-        ``Unavailable`` when a queue's master cannot be reached within ``retry_timeout``. Close
-        it with ``aclose()`` or ``async with``; closing the client closes it too."""
-        return self._streams.add(
-            lambda stop: tail_messages(
-                self, topic, from_=from_, group=group, queues=queues, batch=batch, stop=stop
-            )
-        )
-
     async def status(self, addr: str | None = None) -> dict[str, Any]:
         """One store's status (groups, masters, chosen/applied per group, disk); by default the
         lowest-numbered store's."""
@@ -536,7 +519,7 @@ def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
     if delay is not None and deliver_at is not None:
         raise BadArgument("give delay or deliver_at, not both")
     kind, value = ("delay", delay) if delay is not None else ("at", deliver_at)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise BadArgument(f"{kind} must be a number of seconds, got {value!r}")
     value = float(value)
     if kind == "delay" and not 0 <= value <= MAX_SCHEDULE_SECONDS:
@@ -560,3 +543,30 @@ def _parse_scheduled_id(scheduled_id: Any) -> tuple[str, int, int]:
     if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
         return parts[0], int(parts[1]), int(parts[2])
     raise BadArgument(f"not a scheduled id (topic/queue/number): {scheduled_id!r}")
+
+
+def parse_when(delay: str | None, deliver_at: str | None) -> dict[str, float]:
+    """``delay=``/``deliver_at=`` keyword arguments from text (the CLI's ``--delay``: a
+    duration such as "90s", "10m", "40d"; ``--at``: epoch seconds or an ISO 8601 time, local
+    unless it has an offset). ``BadArgument`` if malformed or both are given."""
+    from datetime import datetime
+
+    from phxq.config.model import parse_duration
+
+    if delay is not None and deliver_at is not None:
+        raise BadArgument("give --delay or --at, not both")
+    if delay is not None:
+        try:
+            return {"delay": parse_duration(delay)}
+        except ValueError as exc:
+            raise BadArgument(f"--delay {delay!r}: {exc}") from None
+    if deliver_at is not None:
+        try:
+            return {"deliver_at": float(deliver_at)}
+        except ValueError:
+            pass
+        try:
+            return {"deliver_at": datetime.fromisoformat(deliver_at).timestamp()}
+        except ValueError:
+            raise BadArgument(f"--at {deliver_at!r}: not epoch seconds or an ISO time") from None
+    return {}

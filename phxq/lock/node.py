@@ -352,4 +352,5 @@ class LockNode:
             "failed": None if r.failed is None else r.failed.message,
             "repair": r.repair,
             "membership": self.paxos_host.status.value,
+            "cert": None if self.security is None else self.security.cert_status(),
         }

@@ -283,7 +283,8 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
 
 
 async def meta(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
-    return node.meta()
+    # The lock nodes too: Client.consume finds the lock service through any store.
+    return {**node.meta(), "locks": [lk.addr for lk in node.cluster.locks]}
 
 
 async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
@@ -314,6 +315,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,
+        "cert": None if node.security is None else node.security.cert_status(),
         "groups": groups,
         "consumers": _consumer_lag(node),
     }

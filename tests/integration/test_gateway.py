@@ -6,12 +6,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import re
+import shutil
+import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import aiohttp
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode, checks
 
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
@@ -99,7 +109,7 @@ async def test_raw_enqueue_then_dequeue_returns_payload_key_and_headers(http, ur
 
 
 async def test_retry_with_same_dedup_id_is_stored_once(http, url):
-    headers = {"Phxq-Dedup-Id": "order-9001", "Phxq-Queue": "1"}
+    headers = {"Phxq-Dedup-Id": "retry-1", "Phxq-Queue": "1"}
     _, first, _ = await call(
         http, "POST", f"{url}/topics/orders/messages", data=b"a", headers=headers
     )
@@ -515,3 +525,140 @@ async def test_requests_beyond_max_in_flight_get_429_with_retry_after(http, url)
     while not await served():
         assert time.monotonic() < deadline, "still 429 after the streams closed"
         await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ the docs' examples
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
+BLOCK = re.compile(r"^```(sh|json|text)\n(.*?)^```", re.S | re.M)
+
+
+def shape(value: Any, depth: int = 3) -> Any:
+    """Field names (nested ``depth`` deep), not values: offsets and times differ per run; a
+    documented ``"..."`` stands for anything."""
+    if value == "..." or depth == 0:
+        return "..."
+    if isinstance(value, dict):
+        return {k: shape(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(value[0], depth - 1)] if value else []
+    return None
+
+
+def same_shape(doc: Any, got: Any) -> bool:
+    if doc == "...":
+        return True
+    if isinstance(doc, dict):
+        return (
+            isinstance(got, dict)
+            and doc.keys() == got.keys()
+            and all(same_shape(doc[k], got[k]) for k in doc)
+        )
+    if isinstance(doc, list):
+        return isinstance(got, list) and len(doc) == len(got) and all(map(same_shape, doc, got))
+    return doc == got
+
+
+def test_every_curl_example_in_the_docs_answers_as_documented(url, tmp_path):
+    blocks = BLOCK.findall(DOC.read_text())
+    script, expected = [], []
+    for i, (lang, text) in enumerate(blocks):
+        if lang != "sh":
+            continue
+        answer = blocks[i + 1] if i + 1 < len(blocks) and blocks[i + 1][0] != "sh" else None
+        script += [f"echo '@@{len(expected)}'", text.rstrip("\n"), "echo"]
+        expected.append((text, answer))
+    assert len(expected) >= 20, "the docs lost their examples"
+    env = {**os.environ, "GW": url.removesuffix("/v1")}
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", "\n".join(script)],
+        capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    outputs = re.split(r"^@@\d+\n", run.stdout, flags=re.M)[1:]
+    assert len(outputs) == len(expected), run.stdout
+    for (command, answer), out in zip(expected, outputs, strict=True):
+        if answer is None:
+            continue
+        lang, text = answer
+        if lang == "json":
+            doc, got = json.loads(text), json.loads(out)
+            assert same_shape(shape(doc), shape(got)), f"{command}\ndocumented {text}\ngot {out}"
+            if isinstance(doc, dict) and "code" in doc:
+                assert got["code"] == doc["code"], f"{command}\ngot {out}"
+        else:
+            fields = {line.split(":")[0] for line in text.splitlines() if line}
+            got_fields = {line.split(":")[0] for line in out.splitlines() if line}
+            assert fields <= got_fields, f"{command}\ndocumented {text}\ngot {out}"
+
+
+# ----------------------------------------------------------------- another language
+
+NODE_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node" / "roundtrip.mjs"
+
+
+async def test_node_example_enqueues_reads_and_commits_with_builtin_fetch(url, native):
+    node = shutil.which("node")
+    assert node is not None, "Node.js 20 is needed for this test (apt-get install nodejs)"
+    env = {**os.environ, "PHXQ_GATEWAY": url.removesuffix("/v1"), "PHXQ_GROUP": "node-test"}
+    proc = await asyncio.create_subprocess_exec(
+        node, str(NODE_EXAMPLE), env=env, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    ack = report["enqueued"]
+    assert report["read"]["payload"].startswith("hello from Node.js v")
+    # What the script did is really in the cluster: the message and the group's cursor.
+    assert await native.cursor("node-test", "orders", queue=ack["queue"]) == ack["offset"]
+    (msg,) = await native.dequeue(
+        None, "orders", queue=ack["queue"], after=ack["offset"] - 1, limit=1
+    )
+    assert msg.payload.decode() == report["read"]["payload"] and msg.headers == {
+        "lang": "javascript"
+    }
+
+
+# ------------------------------------------------------- driven by its own OpenAPI document
+
+
+# What must hold for any request, valid or not: no 5xx, and every answer (status, content type,
+# headers, body) is one the document declares. Valid-but-refused requests are fine (a queue
+# number past the topic's queues is a 400 the static schema cannot know about). The stream is
+# left out: a tail never ends by itself (its own tests are above).
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+]
+EXAMPLES = 5  # per operation and mode (about 140 requests in all)
+
+
+def test_openapi_document_drives_the_live_gateway_without_5xx_or_schema_violations(gw):
+    """Schemathesis generates requests (valid ones, and invalid ones) for every operation of
+    the document the gateway serves, sends them to the live gateway and validates each answer
+    against the same document. (Driven here with Hypothesis directly: schemathesis' pytest
+    plugin does not run under pytest 9.)"""
+    doc = schemathesis.openapi.from_url(f"{gw.gateway_url}/v1/openapi.json")
+    operations = [op.ok() for op in doc.exclude(operation_id="stream").get_all_operations()]
+    assert len(operations) >= 14  # schemathesis leaves out the document itself
+    raw = json.loads(urllib.request.urlopen(f"{gw.gateway_url}/v1/openapi.json").read())
+    for operation in operations:
+        spec = raw["paths"][operation.path][operation.method.lower()]
+        takes_input = "parameters" in spec or "requestBody" in spec
+        for mode in GenerationMode if takes_input else [GenerationMode.POSITIVE]:
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            def drive(case: schemathesis.Case) -> None:
+                case.call_and_validate(base_url=gw.gateway_url, checks=CHECKS, timeout=10)
+
+            drive()

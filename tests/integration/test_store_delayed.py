@@ -4,6 +4,7 @@ whole-cluster stop that spans the due time, and a snapshot transfer to a lagging
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -210,3 +211,28 @@ async def test_a_replica_behind_the_truncation_point_gets_the_schedule_by_snapsh
             assert b"later" in [r[1] for r in rows]
             status = await pool.call(s.addr, "status", {}, timeout=2.0)
             assert status["groups"][0]["scheduled"]["pending"] == 0
+
+
+def test_cli_enqueue_delay_at_cancel_and_status(two_groups: ProcessCluster) -> None:
+    from click.testing import CliRunner
+
+    from phxq.cli import cli
+
+    runner = CliRunner()
+    servers = ",".join(two_groups.store_addresses)
+    config = str(two_groups.config_path)
+    out = runner.invoke(cli, ["enqueue", "-s", servers, TOPIC, "hi", "--delay", "10m", "--json"])
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.output)
+    assert row["offset"] is None and row["scheduled_id"].startswith(f"{TOPIC}/")
+    at = runner.invoke(cli, ["enqueue", "-s", servers, TOPIC, "x", "--queue", "1", "--at", "2h"])
+    assert at.exit_code == 1 and "--at" in at.output  # neither epoch seconds nor ISO
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 3600))
+    at = runner.invoke(cli, ["enqueue", "-s", servers, TOPIC, "x", "--queue", "1", "--at", iso])
+    assert at.exit_code == 0 and "scheduled" in at.output, at.output
+    status = runner.invoke(cli, ["admin", "status", "--config", config])
+    assert status.exit_code == 0 and "scheduled pending" in status.output, status.output
+    sid = row["scheduled_id"]
+    assert runner.invoke(cli, ["cancel-scheduled", "-s", servers, sid]).exit_code == 0
+    again = runner.invoke(cli, ["cancel-scheduled", "-s", servers, sid])
+    assert again.exit_code == 1 and "not pending" in again.output
