@@ -25,7 +25,7 @@ from schemathesis import GenerationMode, checks
 
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
-from phxq.store.routing import queue_for_key
+from phxq.routing import queue_for_key
 
 from .gateway_cluster import gateway_cluster
 
