@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from phxq.store.routing import MAX_MESSAGES_PER_INSTANCE, split_offset
+from phxq.routing import MAX_MESSAGES_PER_INSTANCE, split_offset
 
 if TYPE_CHECKING:
     from phxq.client.client import Client
