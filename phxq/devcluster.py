@@ -30,7 +30,7 @@ from typing import IO, Any
 from phxq.config import ClusterConfig, load_config
 from phxq.errors import BadArgument, PhxqError
 from phxq.net.rpc import RpcPool
-from phxq.security.daemon import tool_credentials
+from phxq.security.daemon import member_credentials, tool_credentials
 from phxq.security.tls import Credentials
 
 DEV_TOPICS = (("orders", 8), ("orders.dlq", 1))
@@ -225,8 +225,13 @@ class ProcessCluster:
 
     @property
     def credentials(self) -> Credentials:
-        """What a tool presents to this cluster (its ``[client]`` token over TLS, if secure)."""
-        return tool_credentials(self.config)
+        """What a tool presents to this cluster: its ``[client]`` token over TLS, if secure;
+        without a token, the ``[security]`` member certificate (a test harness's config)."""
+        creds = tool_credentials(self.config)
+        sec = self.config.security
+        if creds.token is None and sec is not None and sec.cert is not None:
+            return member_credentials(self.config)
+        return creds
 
     @property
     def store_addresses(self) -> list[str]:

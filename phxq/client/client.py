@@ -50,7 +50,7 @@ from phxq.errors import (
 )
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
-from phxq.store.routing import group_for_queue, queue_for_key
+from phxq.routing import group_for_queue, queue_for_key
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")

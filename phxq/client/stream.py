@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from phxq.client.types import Message
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
-from phxq.store.routing import MAX_MESSAGES_PER_INSTANCE, group_for_queue
+from phxq.routing import MAX_MESSAGES_PER_INSTANCE, group_for_queue
 from phxq.tasks import TaskScope
 
 if TYPE_CHECKING:

@@ -56,7 +56,7 @@ from phxq.consumer.settings import (
     members,
 )
 from phxq.errors import BadArgument, PhxqError
-from phxq.store.routing import group_for_queue
+from phxq.routing import group_for_queue
 
 log = logging.getLogger("phxq.consumer")
 

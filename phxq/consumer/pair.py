@@ -79,7 +79,7 @@ from phxq.errors import (
     Unavailable,
     VersionMismatch,
 )
-from phxq.store.routing import split_offset
+from phxq.routing import split_offset
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.consumer")

@@ -25,8 +25,8 @@ from typing import Any
 
 from phxq.config import ClusterConfig
 from phxq.errors import PhxqError, UnknownTopic
+from phxq.routing import group_for_queue
 from phxq.security.daemon import tool_pool
-from phxq.store.routing import group_for_queue
 
 TIMEOUT = 5.0
 
