@@ -568,6 +568,28 @@ def tail(
         _run(go())
 
 
+@cli.group(cls=PhxqGroup, name="config")
+def config_group() -> None:
+    """Work with a cluster config file."""
+
+
+@config_group.command("check")
+@click.argument(
+    "path",
+    required=False,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="PHXQ_CONFIG",
+)
+def config_check(path: Path | None) -> None:
+    """Check config PATH (or PHXQ_CONFIG) as every daemon would, and more: handlers import,
+    handler URLs parse, certificates and keys load. Exit 1 naming the key, or one line: OK."""
+    from phxq.config.check import check_config
+
+    if path is None:
+        raise click.UsageError("give the config file (or set PHXQ_CONFIG)")
+    click.echo(str(check_config(path)))
+
+
 # --------------------------------------------------------------------------------- admin
 
 

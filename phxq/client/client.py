@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any
+from typing import Any, final
 
 from phxq import trace
 from phxq.client.stream import StreamRegistry
@@ -80,6 +80,7 @@ class _GroupSender:
     in_flight: int = 0
 
 
+@final
 class Client(StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
