@@ -40,7 +40,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, final
 
 from phxq import validate
 from phxq.errors import (
@@ -87,6 +87,7 @@ class Lease:
         return self.valid_until - time.monotonic()
 
 
+@final
 class LockClient:
     """Async client of the lock service (see the module docstring)."""
 

@@ -23,6 +23,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode, checks
 
+from bench import gateway as gateway_bench
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
 from phxq.routing import queue_for_key
@@ -662,3 +663,18 @@ def test_openapi_document_drives_the_live_gateway_without_5xx_or_schema_violatio
                 case.call_and_validate(base_url=gw.gateway_url, checks=CHECKS, timeout=10)
 
             drive()
+
+
+async def test_gateway_benchmark_runs_beside_the_native_client(gw):
+    """bench/gateway.py's measurement on this cluster, tiny: it works (no figure is checked)."""
+    args = gateway_bench.parse_args(["--quick", "--topic", "orders", "--outstanding", "8"])
+    args.count, args.seconds, args.warmup_seconds = 20, 0.3, 0.1
+    runs = await gateway_bench.measure(gw, args)
+    assert [(r["system"], r["name"]) for r in runs] == [
+        ("phxq", "latency"),
+        ("gateway", "latency"),
+        ("phxq", "throughput"),
+        ("gateway", "throughput"),
+    ]
+    assert all(r["messages"] > 0 and r["errors"] == 0 for r in runs), runs
+    assert len(gateway_bench.ratios(runs)) == 2
