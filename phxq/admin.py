@@ -29,7 +29,7 @@ from phxq.config import ClusterConfig
 from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
 from phxq.errors import PhxqError
-from phxq.net.rpc import RpcPool
+from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
 from phxq.store.reconcile import reconcile as _reconcile
 
@@ -89,7 +89,7 @@ class ClusterStatus:
 async def status(cfg: ClusterConfig) -> ClusterStatus:
     """Every store's status and the consumer tier's ownership and settings."""
     stores: dict[int, dict[str, Any]] = {}
-    async with RpcPool() as pool:
+    async with tool_pool(cfg) as pool:
         for s in cfg.stores:
             try:
                 stores[s.id] = await pool.call(s.addr, "status", {}, timeout=STATUS_TIMEOUT)
@@ -102,7 +102,7 @@ async def status(cfg: ClusterConfig) -> ClusterStatus:
 
 async def lag(cfg: ClusterConfig, *, group: str | None = None) -> list[LagRow]:
     """Cursor, last offset and lag of every queue of ``group`` (default: every consumer group)."""
-    async with Client([s.addr for s in cfg.stores]) as client:
+    async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.lag(cfg, client, group=group)
 
 
@@ -116,7 +116,7 @@ async def replay(
 ) -> dict[int, int | None]:
     """Deliver ``group``'s messages again from a time (epoch seconds) or an offset (one queue),
     once, whoever owns the queues; returns the new cursor per queue."""
-    async with Client([s.addr for s in cfg.stores]) as client:
+    async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.replay(
             cfg, client, group, since=since, offset=offset, queues=queues
         )

@@ -47,6 +47,40 @@ servers_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.meta[key] = value
+
+    return store
+
+
+def auth_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--token`` (or PHXQ_TOKEN) and ``--ca``, read by :func:`_load` and
+    :func:`_client_options` (never printed: a token is a password)."""
+    f = click.option(
+        "--ca",
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_remember("phxq.ca"),
+        help="CA file to check the servers with (default: [client] ca or [security] ca)",
+    )(f)
+    return click.option(
+        "--token",
+        envvar="PHXQ_TOKEN",
+        show_envvar=True,
+        expose_value=False,
+        callback=_remember("phxq.token"),
+        help="bearer token (default: the [client] token_file of --config)",
+    )(f)
+
+
+_AUTH_HINTS = {
+    "unauthenticated": " (give --token, PHXQ_TOKEN or a [client] token_file in --config)",
+    "forbidden": " (the token's [[principal]] allow list lacks it)",
+}
+
+
 class PhxqGroup(click.Group):
     """Turns every ``phxq.errors`` error (and an unreadable file) into one line and exit 1."""
 
@@ -54,7 +88,8 @@ class PhxqGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PhxqError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc.message}") from exc
+            hint = _AUTH_HINTS.get(exc.code, "")
+            raise click.ClickException(f"{type(exc).__name__}: {exc.message}{hint}") from exc
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
@@ -63,7 +98,30 @@ class PhxqGroup(click.Group):
 def _load(path: Path | None) -> ClusterConfig:
     if path is None:
         raise click.UsageError("give --config FILE (or set PHXQ_CONFIG)")
-    return load_config(path)
+    cfg = load_config(path)
+    meta = click.get_current_context().meta
+    token, ca = meta.get("phxq.token"), meta.get("phxq.ca")
+    if token is None and ca is None:
+        return cfg
+    from dataclasses import replace
+
+    from phxq.config import ClientConfig
+
+    client = cfg.client or ClientConfig()
+    client = replace(client, token=token or client.token, ca=ca or client.ca)
+    return replace(cfg, client=client)
+
+
+def _client_options(config_path: Path | None) -> dict[str, Any]:
+    """``phxq.Client`` credentials: from ``--config`` (see phxq.security.daemon), else
+    ``--token``/``--ca`` alone."""
+    from phxq.security.daemon import client_options
+
+    if config_path is not None:
+        return client_options(_load(config_path))
+    meta = click.get_current_context().meta
+    token, ca = meta.get("phxq.token"), meta.get("phxq.ca")
+    return {"token": token, "ca": ca} if token or ca else {}
 
 
 def _addresses(config_path: Path | None, servers: str | None) -> list[str]:
@@ -103,13 +161,19 @@ def _setup_logging(prefix: str) -> None:
     )
 
 
-async def _serve_until_signal(start: Callable[[], Any]) -> None:
-    """Run the async context manager ``start()`` until SIGINT or SIGTERM."""
+async def _serve_until_signal(start: Callable[[], Any], config_path: Path | None = None) -> None:
+    """Run the async context manager ``start()`` until SIGINT or SIGTERM. With
+    ``config_path``, SIGHUP re-reads it and applies its certificates and principals
+    (``phxq.security.daemon.reload_on_hup``)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with start():
+    async with start() as daemon:
+        if config_path is not None:
+            from phxq.security.daemon import reload_on_hup
+
+            loop.add_signal_handler(signal.SIGHUP, reload_on_hup, daemon, config_path)
         await stop.wait()
 
 
@@ -131,7 +195,7 @@ def store(config_path: Path | None, node_id: int) -> None:
 
     cfg = _load(config_path)
     _setup_logging(f"store{node_id}")
-    _run(_serve_until_signal(lambda: StoreNode(cfg, node_id)))
+    _run(_serve_until_signal(lambda: StoreNode(cfg, node_id), config_path))
 
 
 @cli.command()
@@ -165,7 +229,7 @@ def lock(config_path: Path | None, node_id: int) -> None:
 
     cfg = _load(config_path)
     _setup_logging(f"lock{node_id}")
-    _run(_serve_until_signal(lambda: LockNode(cfg, node_id)))
+    _run(_serve_until_signal(lambda: LockNode(cfg, node_id), config_path))
 
 
 @cli.command()
@@ -207,7 +271,12 @@ def _curl_auth(config: ClusterConfig) -> str:
     default=None,
     help="first store port (default 7101); lock nodes listen 100 above, the gateway 200",
 )
-def dev(data: Path, nodes: int, base_port: int | None) -> None:
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="no TLS, no tokens (a new data dir only; default: a CA, certs and an admin token)",
+)
+def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
     """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
     from phxq.devcluster import DEV_CONSUMER, DevStarted, run_dev
 
@@ -231,7 +300,7 @@ def dev(data: Path, nodes: int, base_port: int | None) -> None:
             )
         click.echo("Ctrl-C to stop.")
 
-    run_dev(data, nodes=nodes, base_port=base_port, on_ready=ready)
+    run_dev(data, nodes=nodes, base_port=base_port, on_ready=ready, secure=not insecure)
     click.echo("stopped.")
 
 
@@ -250,6 +319,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 
 @cli.command()
 @config_option
+@auth_options
 @servers_option
 @click.argument("topic")
 @click.argument("payload", required=False)
@@ -293,6 +363,7 @@ def enqueue(
     when = parse_when(delay, deliver_at)
 
     addrs = _addresses(config_path, servers)
+    creds = _client_options(config_path)
     hdrs = _headers(headers)
     if lines and payload not in (None, "-"):
         raise click.UsageError("--lines reads stdin: give no PAYLOAD")
@@ -304,7 +375,7 @@ def enqueue(
         payloads = [sys.stdin.buffer.read() if payload in (None, "-") else payload.encode()]
 
     async def go() -> list[Ack]:
-        async with Client(addrs, retry_timeout=timeout) as client:
+        async with Client(addrs, retry_timeout=timeout, **creds) as client:
             calls = [
                 client.enqueue(
                     topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs, **when
@@ -375,6 +446,7 @@ def _tail_from(value: str | None, group: str | None) -> TailStart:
 
 @cli.command()
 @config_option
+@auth_options
 @servers_option
 @click.argument("topic")
 @click.option("--group", default=None, help="consumer group whose cursor --from cursor reads")
@@ -406,6 +478,7 @@ def tail(
     from phxq.client import Client, Message
 
     addrs = _addresses(config_path, servers)
+    creds = _client_options(config_path)
     start = _tail_from(from_, group)
 
     def show(m: Message) -> str:
@@ -431,7 +504,7 @@ def tail(
 
     async def go() -> None:
         seen = 0
-        async with Client(addrs) as client:
+        async with Client(addrs, **creds) as client:
             stream = client.tail(topic, from_=start, group=group, queues=list(queues) or None)
             async with stream:
                 async for message in stream:
@@ -454,6 +527,7 @@ def admin() -> None:
 
 @admin.command()
 @config_option
+@auth_options
 @json_option
 def status(config_path: Path | None, as_json: bool) -> None:
     """Stores, groups and masters, chosen instance per replica, disk, consumers and lag."""
@@ -477,6 +551,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
             line += f", UNHEALTHY groups {', '.join(map(str, bad))}"
         if st.get("membership", "member") != "member":
             line += f", {st['membership'].upper()}"
+        if st.get("cert"):
+            line += f", cert expires in {st['cert']['expires_in_days']} days"
         click.echo(line)
     click.echo("group  master  chosen per store")
     for g, master, chosen in result.masters():
@@ -524,6 +600,7 @@ def _group_option(required: bool = True) -> Callable[[Any], Any]:
 
 @admin.command()
 @config_option
+@auth_options
 @_group_option(required=False)
 @json_option
 def lag(config_path: Path | None, group: str | None, as_json: bool) -> None:
@@ -542,6 +619,7 @@ def lag(config_path: Path | None, group: str | None, as_json: bool) -> None:
 
 @admin.command()
 @config_option
+@auth_options
 @_group_option()
 @click.option("--since", default=None, help="epoch seconds, a duration ago (5m), or ISO time")
 @click.option("--offset", type=int, default=None, help="replay from this offset (needs --queue)")
@@ -570,6 +648,7 @@ def replay(
 
 @admin.command()
 @config_option
+@auth_options
 @_group_option()
 @click.option("--rate", type=float, default=None, help="messages/s for the whole group")
 @click.option("--bytes", "bytes_rate", default=None, help="bytes/s for the whole group (512KiB)")
@@ -612,6 +691,7 @@ def limit(
 
 @admin.command()
 @config_option
+@auth_options
 @_group_option()
 def pause(config_path: Path | None, group: str) -> None:
     """Stop delivering a consumer group's messages (in-flight ones finish)."""
@@ -623,6 +703,7 @@ def pause(config_path: Path | None, group: str) -> None:
 
 @admin.command()
 @config_option
+@auth_options
 @_group_option()
 def resume(config_path: Path | None, group: str) -> None:
     """Resume a paused consumer group; also retries queues stopped by on_failure=block."""
@@ -634,6 +715,7 @@ def resume(config_path: Path | None, group: str) -> None:
 
 @admin.command()
 @config_option
+@auth_options
 @click.option("--topic", required=True, help="topic to reconcile")
 @click.option("--group", default=None, help="only this consumer group (default: all of the topic)")
 @click.option("--since", default=None, help="window start: epoch seconds, a duration ago, or ISO")
@@ -675,6 +757,7 @@ def reconcile(
 
 @cli.command()
 @config_option
+@auth_options
 @servers_option
 @click.argument("mode", type=click.Choice(["latency", "throughput"]), default="latency")
 @click.option("--topic", default="orders", show_default=True)
@@ -718,9 +801,14 @@ def bench(
     if not servers:
         _load(config_path).topic(topic)  # UnknownTopic before any load is sent
     addrs = _addresses(config_path, servers)
+    creds = _client_options(config_path)
     meter = benchmark.CpuMeter()  # this process only: the stores may be on other hosts
     if mode == "latency":
-        result = _run(benchmark.latency(addrs, topic=topic, count=count, size=size, cpu=meter))
+        result = _run(
+            benchmark.latency(
+                addrs, topic=topic, count=count, size=size, cpu=meter, credentials=creds
+            )
+        )
     else:
         result = _run(
             benchmark.throughput(
@@ -731,12 +819,73 @@ def bench(
                 size=size,
                 batching=not no_batching,
                 cpu=meter,
+                credentials=creds,
             )
         )
     if as_json:
         click.echo(json.dumps({**result.to_json(), "environment": benchmark.environment()}))
     else:
         click.echo(result.line())
+
+
+@admin.command()
+@config_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("certs"),
+    show_default=True,
+    help="directory for ca.pem/ca.key and the member certificates (a CA there is reused)",
+)
+@click.option("--member", "members", multiple=True, help="a member id to certify (repeatable)")
+@click.option("--host", "hosts", multiple=True, help="an extra name or IP for every cert")
+@click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
+def certs(
+    config_path: Path | None,
+    out: Path,
+    members: tuple[str, ...],
+    hosts: tuple[str, ...],
+    days: int,
+) -> None:
+    """Make a cluster CA and member certificates (files 0600): one per [[store]]/[[lock]] of
+    --config plus one for consumers and gateways, or the --member ids given."""
+    from phxq.security import setup
+
+    cfg = _load(config_path) if config_path is not None else None
+    wanted: dict[str, list[str]] = {m: [] for m in members}
+    if cfg is not None and not members:
+        wanted = setup.config_members(cfg)
+    if not wanted:
+        raise click.UsageError("give --config FILE or --member ID")
+    issued = setup.issue_certs(out, wanted, hosts=hosts, days=days)
+    for member, (cert, key) in issued.items():
+        click.echo(f"{member}: {cert} {key}")
+    if cfg is not None:
+        click.echo("\n# add to the config:")
+        click.echo(setup.config_snippet(cfg, issued, out / "ca.pem"))
+
+
+@admin.command()
+@click.option("--name", default="client", show_default=True, help="the principal's name")
+@click.option(
+    "--allow",
+    "grants",
+    multiple=True,
+    help="produce:TOPIC, consume:TOPIC:GROUP, admin or * (repeatable)",
+)
+@json_option
+def token(name: str, grants: tuple[str, ...], as_json: bool) -> None:
+    """Make a random token and the [[principal]] table (its sha256) for the config. The token
+    is shown once; the config keeps only its hash."""
+    from phxq.security import setup, token_sha256
+
+    secret, snippet = setup.principal_snippet(name, grants)
+    if as_json:
+        _echo_json({"name": name, "token": secret, "token_sha256": token_sha256(secret)})
+        return
+    click.echo(f"token: {secret}")
+    click.echo("\n# add to the config (the token itself is never stored there):")
+    click.echo(snippet)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from typing import IO, Any
 from phxq.config import ClusterConfig, load_config
 from phxq.errors import BadArgument, PhxqError
 from phxq.net.rpc import RpcPool
-from phxq.security.daemon import tool_credentials
+from phxq.security.daemon import member_credentials, tool_credentials
 from phxq.security.tls import Credentials
 
 DEV_TOPICS = (("orders", 8), ("orders.dlq", 1))
@@ -50,9 +50,13 @@ GATEWAY_PORT_OFFSET = 200  # the dev gateway listens at base + 200 (7301)
 class PortInUse(BadArgument):
     """A port the dev cluster needs is taken (another ``phxq dev``?)."""
 
+    code = "port_in_use"  # every error class has its own wire code (tests/unit/test_errors.py)
+
 
 class DevClusterFailed(PhxqError):
     """A dev cluster daemon exited on its own, or the cluster did not become ready."""
+
+    code = "dev_cluster_failed"
 
 
 def dev_ports(base_port: int, nodes: int) -> tuple[list[int], list[int]]:
@@ -221,8 +225,13 @@ class ProcessCluster:
 
     @property
     def credentials(self) -> Credentials:
-        """What a tool presents to this cluster (its ``[client]`` token over TLS, if secure)."""
-        return tool_credentials(self.config)
+        """What a tool presents to this cluster: its ``[client]`` token over TLS, if secure;
+        without a token, the ``[security]`` member certificate (a test harness's config)."""
+        creds = tool_credentials(self.config)
+        sec = self.config.security
+        if creds.token is None and sec is not None and sec.cert is not None:
+            return member_credentials(self.config)
+        return creds
 
     @property
     def store_addresses(self) -> list[str]:
@@ -481,9 +490,12 @@ class DevStarted:
     resumed: bool
 
 
-def prepare_dev(data: Path, *, nodes: int = 3, base_port: int | None = None) -> tuple[Path, bool]:
+def prepare_dev(
+    data: Path, *, nodes: int = 3, base_port: int | None = None, secure: bool = True
+) -> tuple[Path, bool]:
     """Write ``data/cluster.toml`` for a dev cluster (stores, lock nodes, the demo consumer
-    group) unless it exists; ``(path, resumed)``. Raises :class:`PortInUse` if a port of the
+    group; with ``secure``, TLS, member certificates and an admin token the tools read from
+    its ``[client]`` table) unless it exists; ``(path, resumed)``. Raises :class:`PortInUse` if a port of the
     cluster is taken, and ``BadArgument`` if ``base_port`` contradicts an existing config."""
     config_path = data / "cluster.toml"
     resumed = config_path.exists()
@@ -501,6 +513,7 @@ def prepare_dev(data: Path, *, nodes: int = 3, base_port: int | None = None) -> 
             lock_ports=lock_ports,
             extra=DEV_CONSUMER_GROUPS,
             gateway_port=gateway_port,
+            secure=secure,
         )
     config = load_config(config_path)
     if resumed and base_port is not None and config.stores[0].port != base_port:
@@ -519,12 +532,13 @@ def run_dev(
     base_port: int | None = None,
     on_ready: Callable[[DevStarted], None],
     ready_timeout: float = 60.0,
+    secure: bool = True,
 ) -> None:
     """``phxq dev``: prepare the config (:func:`prepare_dev`), start every daemon, call
     ``on_ready`` once all serve, and supervise until SIGINT/SIGTERM. Raises
     :class:`DevClusterFailed` (one line, naming the daemon and its log) when a daemon dies or
     the cluster is not ready within ``ready_timeout``. The daemons are always stopped."""
-    config_path, resumed = prepare_dev(data, nodes=nodes, base_port=base_port)
+    config_path, resumed = prepare_dev(data, nodes=nodes, base_port=base_port, secure=secure)
     cluster = ProcessCluster(
         config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,), gateway=True
     )

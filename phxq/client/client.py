@@ -36,7 +36,8 @@ from types import EllipsisType
 from typing import Any
 
 from phxq import trace
-from phxq.client.stream import MessageStream, StreamRegistry, TailStart, tail_messages
+from phxq.client.stream import StreamRegistry
+from phxq.client.streaming import StreamingMixin
 from phxq.client.types import Ack, ClusterMap, Message
 from phxq.errors import (
     BadArgument,
@@ -49,7 +50,7 @@ from phxq.errors import (
 )
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
-from phxq.store.routing import group_for_queue, queue_for_key
+from phxq.routing import group_for_queue, queue_for_key
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
@@ -79,7 +80,7 @@ class _GroupSender:
     in_flight: int = 0
 
 
-class Client:
+class Client(StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
 
@@ -93,6 +94,7 @@ class Client:
         window: int = DEFAULT_WINDOW,
         token: str | None = None,
         ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
+        locks: Sequence[str] | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -102,6 +104,8 @@ class Client:
         # token: the bearer token of a principal; ca: the cluster CA file, or a ready context
         # (a member's, with its certificate). Either one means TLS (see phxq.security).
         self._pool = RpcPool(transport_factory=client_transport(token, ca))
+        self._credentials = (token, ca)  # for the lock client consume() opens
+        self._lock_seeds = None if locks is None else list(locks)
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
         self._batching = batching
@@ -483,28 +487,6 @@ class Client:
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
         result = await self._call_master(topic, group_for_queue(q, cmap.groups), "seek", params)
         return None if result is None else int(result)
-
-    def tail(
-        self,
-        topic: str,
-        *,
-        from_: TailStart = "now",
-        group: str | None = None,
-        queues: Sequence[int] | None = None,
-        batch: int = 100,
-    ) -> MessageStream:
-        """A read-only stream of ``topic``'s messages as they arrive: ``async for msg in
-        client.tail("orders"):``. Commits nothing, holds no lock. ``from_``: ``"now"`` (default,
-        only what is chosen from now on), ``"start"``, ``"cursor"`` (after ``group``'s committed
-        cursor) or an offset. Each queue's messages come in offset order; ``batch`` is the most
-        read per request. Raises ``UnknownTopic`` / ``BadArgument`` on the first iteration, and
-        ``Unavailable`` when a queue's master cannot be reached within ``retry_timeout``. Close
-        it with ``aclose()`` or ``async with``; closing the client closes it too."""
-        return self._streams.add(
-            lambda stop: tail_messages(
-                self, topic, from_=from_, group=group, queues=queues, batch=batch, stop=stop
-            )
-        )
 
     async def status(self, addr: str | None = None) -> dict[str, Any]:
         """One store's status (groups, masters, chosen/applied per group, disk); by default the

@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from phxq.client.types import Message
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
-from phxq.store.routing import MAX_MESSAGES_PER_INSTANCE, group_for_queue
+from phxq.routing import MAX_MESSAGES_PER_INSTANCE, group_for_queue
 from phxq.tasks import TaskScope
 
 if TYPE_CHECKING:
@@ -38,7 +38,17 @@ TailStart = Literal["now", "start", "cursor"] | int
 TAIL_WAIT = 5.0  # seconds each read long-polls; a message arriving ends the poll at once
 
 
-class MessageStream:
+M = TypeVar("M", bound=Message)
+
+
+class StreamStop(asyncio.Event):
+    """Set when a stream is closed. ``error``: the exception that left ``async with stream``,
+    if one did (``consume`` then does not count the message in hand as processed)."""
+
+    error: BaseException | None = None
+
+
+class MessageStream(Generic[M]):
     """An async iterator of messages that is also an async context manager (``aclose`` on exit).
     Returned by ``Client.tail`` and ``Client.consume``; not constructed by users.
 
@@ -46,15 +56,15 @@ class MessageStream:
     the stream's generator watches the ``stop`` event it is given and returns, and that waiting
     ``__anext__`` raises ``StopAsyncIteration``."""
 
-    def __init__(self, make: Callable[[asyncio.Event], AsyncGenerator[Message, None]]) -> None:
-        self._stop = asyncio.Event()
+    def __init__(self, make: Callable[[StreamStop], AsyncGenerator[M, None]]) -> None:
+        self._stop = StreamStop()
         self._source = make(self._stop)
         self._step: asyncio.Future[None] | None = None
 
-    def __aiter__(self) -> MessageStream:
+    def __aiter__(self) -> MessageStream[M]:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> M:
         if self._stop.is_set():
             raise StopAsyncIteration
         step = self._step = asyncio.get_running_loop().create_future()
@@ -71,10 +81,13 @@ class MessageStream:
             await asyncio.shield(self._step)  # the running step sees `stop` and returns
         await self._source.aclose()
 
-    async def __aenter__(self) -> MessageStream:
+    async def __aenter__(self) -> MessageStream[M]:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self._stop.error = exc
         await self.aclose()
 
 
@@ -83,9 +96,9 @@ class StreamRegistry:
     finalised by the garbage collector as an async generator would be)."""
 
     def __init__(self) -> None:
-        self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
+        self._streams: weakref.WeakSet[MessageStream[Any]] = weakref.WeakSet()
 
-    def add(self, make: Callable[[asyncio.Event], AsyncGenerator[Message, None]]) -> MessageStream:
+    def add(self, make: Callable[[StreamStop], AsyncGenerator[M, None]]) -> MessageStream[M]:
         stream = MessageStream(make)
         self._streams.add(stream)
         return stream

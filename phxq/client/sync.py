@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from phxq.client.client import Client
 from phxq.client.stream import MessageStream, TailStart
-from phxq.client.types import Ack, Message
+from phxq.client.types import Ack, ConsumedMessage, Message
 
 T = TypeVar("T")
 
@@ -83,12 +83,32 @@ class SyncClient:
         stream = self._client.tail(topic, from_=from_, group=group, queues=queues, batch=batch)
         return SyncMessageStream(stream, self._run)
 
+    def consume(
+        self,
+        group: str,
+        topic: str,
+        *,
+        queues: Sequence[int] | None = None,
+        batch: int = 100,
+        auto_commit: bool = True,
+    ) -> SyncMessageStream:
+        """``Client.consume`` as a blocking iterator (``msg.ack()`` is then a coroutine of the
+        client's loop: use ``client.ack(msg)``)."""
+        stream = self._client.consume(
+            group, topic, queues=queues, batch=batch, auto_commit=auto_commit
+        )
+        return SyncMessageStream(stream, self._run)
+
+    def ack(self, message: ConsumedMessage) -> None:
+        """``await message.ack()`` on the client's loop (for ``consume(auto_commit=False)``)."""
+        self._run(message.ack())
+
 
 class SyncMessageStream:
     """A blocking iterator over an async :class:`~phxq.client.stream.MessageStream`; also a
     context manager (``close`` on exit). Closing the SyncClient closes it too."""
 
-    def __init__(self, stream: MessageStream, run: Any) -> None:
+    def __init__(self, stream: MessageStream[Any], run: Any) -> None:
         self._stream = stream
         self._run = run
 

@@ -84,6 +84,7 @@ def dump_config(cfg: ClusterConfig) -> str:
                     "ordering": g.ordering,
                     "concurrency": g.concurrency,
                     "handler_timeout": format_duration(g.handler_timeout),
+                    "signing_secret_file": _opt(g.signing_secret_file, str),
                 }
             )
             for g in cfg.consumer_groups

@@ -203,6 +203,7 @@ class ConsumerGroupConfig:
     ordering: Ordering = _default("consumer_group.ordering")  # noqa: RUF009 (a str)
     concurrency: int = _default("consumer_group.concurrency")
     handler_timeout: float = _default_duration("consumer_group.handler_timeout")
+    signing_secret_file: Path | None = None  # HTTP pushes carry Phxq-Signature keyed by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +243,8 @@ class ClientConfig:
 
     token_file: Path | None = None
     ca: Path | None = None
+    # Not a config key: the token a tool was given (--token, PHXQ_TOKEN); wins over token_file.
+    token: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,7 +247,9 @@ def _topic(source: str, i: int, raw: object) -> TopicConfig:
     return topic
 
 
-def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConfig, _Table]:
+def _consumer_group(
+    source: str, i: int, raw: object, base_dir: Path | None = None
+) -> tuple[ConsumerGroupConfig, _Table]:
     t = _Table(source, f"consumer_group[{i}]", "consumer_group", raw)
     group = ConsumerGroupConfig(
         name=t.text("name", _NAME_RE, required=True),
@@ -261,6 +263,7 @@ def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConf
         ordering=t.choice("ordering", ("strict", "per_key")),
         concurrency=t.integer("concurrency"),
         handler_timeout=t.duration("handler_timeout"),
+        signing_secret_file=t.file("signing_secret_file", base_dir),
     )
     if group.concurrency > 1 and group.ordering != "per_key":
         t.fail('above 1 needs ordering = "per_key" (strict order is one at a time)', "concurrency")
@@ -366,7 +369,7 @@ def parse_config(
     groups: list[ConsumerGroupConfig] = []
     group_names: dict[object, str] = {}
     for i, raw in enumerate(_array(source, doc, "consumer_group")):
-        group, t = _consumer_group(source, i, raw)
+        group, t = _consumer_group(source, i, raw, base_dir)
         _claim(source, group_names, group.name, f"consumer_group[{i}].name")
         spec = by_name.get(group.topic)
         if spec is None:

@@ -164,6 +164,13 @@ REFERENCE: Final[tuple[Key, ...]] = (
     Key("consumer_group", "concurrency", "1", "Messages in flight per queue; > 1 needs per_key."),
     Key("consumer_group", "handler_timeout", '"10s"', "How long one handler call may take."),
     Key(
+        "consumer_group",
+        "signing_secret_file",
+        '"certs/billing.secret"',
+        "A file holding this group's push secret: every HTTP push then carries a "
+        "Phxq-Signature header (HMAC-SHA256, see docs/security.md).",
+    ),
+    Key(
         "security",
         "ca",
         '"certs/ca.pem"',

@@ -258,8 +258,9 @@ async def open_locks(cfg: ClusterConfig) -> AsyncIterator[Any]:
     if not cfg.locks:
         raise BadArgument(f"{cfg.source}: no [[lock]] nodes: the consumer tier needs them")
     from phxq.lock import LockClient
+    from phxq.security.daemon import client_options
 
-    async with LockClient([lk.addr for lk in cfg.locks]) as locks:
+    async with LockClient([lk.addr for lk in cfg.locks], **client_options(cfg)) as locks:
         yield locks
 
 

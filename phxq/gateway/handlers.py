@@ -103,6 +103,12 @@ async def enqueue(call: Call) -> Any:
         if len(item["headers"]) > 64:
             raise BadArgument("at most 64 Phxq-Header-<Name> headers")
         return ack_json(await _enqueue_one(call.backend, topic, bytes(call.body), item))
+    given = [p for p in ("key", "queue", "dedup_id", "delay", "deliver_at") if p in call.args]
+    if given or message_headers(call.request):
+        raise BadArgument(
+            "a JSON batch takes key, queue, dedup_id, delay, deliver_at and headers per "
+            "message, not as Phxq-* headers"
+        )
     messages = call.body["messages"]
     payloads = []
     for i, item in enumerate(messages):

@@ -38,6 +38,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -195,11 +196,16 @@ class RpcPool:
             try:
                 transport = await asyncio.wait_for(self._factory(addr), self.connect_timeout)
             except (OSError, TimeoutError, PhxqError) as exc:
-                if isinstance(exc, (Unauthenticated, Forbidden)):
-                    raise  # refused credentials: a typed answer, retrying cannot help
                 peer.retry_at = time.monotonic() + peer.backoff
                 peer.backoff = min(peer.backoff * 2, BACKOFF_MAX)
                 self._drop_backlog(peer)
+                if isinstance(exc, (Unauthenticated, Forbidden)):
+                    raise  # refused credentials: a typed answer, retrying cannot help
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    # The server is not who the CA we trust says it is: no retry fixes that.
+                    raise Unauthenticated(
+                        f"TLS: cannot verify {addr}: {exc.verify_message or exc}", {"addr": addr}
+                    ) from None
                 reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
                 raise Unavailable(f"cannot connect to {addr}: {reason}", {"addr": addr}) from None
             if self._closed:

@@ -9,6 +9,8 @@ Public API::
     sec.cert_status() -> dict                    # the member cert's expiry (also a metric)
     member_credentials(cluster) -> Credentials   # consumers/gateways: [security] cert/key
     tool_credentials(cluster, token=None) -> Credentials   # CLI tools: --token, PHXQ_TOKEN, [client]
+    client_options(cluster) -> {"token", "ca"}   # phxq.Client(addrs, **client_options(cfg))
+    tool_pool(cluster) -> RpcPool                # raw RPC for tools, with those credentials
     principals_of(cluster) -> Principals
 
 Reload covers what rotation needs without a restart: a renewed member certificate and key
@@ -19,6 +21,7 @@ itself need a restart.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import time
@@ -28,12 +31,15 @@ from typing import Any
 
 from phxq import metrics
 from phxq.config import ClusterConfig, ConfigError, NodeConfig
+from phxq.net.rpc import RpcPool
 from phxq.security.certs import cert_not_after
 from phxq.security.policy import Guard, Rule
 from phxq.security.principals import Principals
 from phxq.security.tls import Credentials, client_context, reload_context, server_context
 
 TOKEN_ENV = "PHXQ_TOKEN"
+
+log = logging.getLogger("phxq.security")
 
 
 def principals_of(cluster: ClusterConfig) -> Principals:
@@ -118,6 +124,30 @@ class NodeSecurity:
         }
 
 
+def reload_on_hup(daemon: Any, config_path: Path) -> None:
+    """SIGHUP in a store or lock daemon: re-read ``config_path`` and apply its security
+    (:meth:`NodeSecurity.reload`) to ``daemon.security``. A config that does not load or
+    apply is logged and changes nothing: the daemon keeps serving with what it had."""
+    from phxq.config import load_config
+
+    security = getattr(daemon, "security", None)
+    if security is None:
+        log.info("SIGHUP: no [security] in force, nothing to reload")
+        return
+    try:
+        security.reload(load_config(config_path))
+    except ConfigError as exc:
+        log.error("SIGHUP: keeping the current certificates and principals: %s", exc.message)
+        return
+    log.info(
+        "SIGHUP: reloaded %s: %d principals, certificate %s (expires in %.1f days)",
+        config_path,
+        len(security.guard.principals),
+        security.cert,
+        security.cert_status()["expires_in_days"],
+    )
+
+
 def member_credentials(cluster: ClusterConfig) -> Credentials:
     """A consumer's or gateway's outgoing credentials: the ``[security]`` member certificate
     (plaintext without ``[security]``)."""
@@ -147,9 +177,21 @@ def tool_credentials(cluster: ClusterConfig | None, token: str | None = None) ->
     client = None if cluster is None else cluster.client
     sec = None if cluster is None else cluster.security
     ca = (client.ca if client is not None else None) or (sec.ca if sec is not None else None)
+    token = token or (client.token if client is not None else None)
     token = token or os.environ.get(TOKEN_ENV) or None
     if token is None and client is not None and client.token_file is not None:
         token = read_token_file(client.token_file)
     if ca is None and cluster is not None:
         return Credentials()  # an open cluster: nothing to present, and no token in plaintext
     return Credentials.for_client(token, ca)
+
+
+def client_options(cluster: ClusterConfig | None, token: str | None = None) -> dict[str, Any]:
+    """``phxq.Client``/``LockClient`` keyword arguments for a tool (:func:`tool_credentials`)."""
+    creds = tool_credentials(cluster, token)
+    return {"token": creds.token, "ca": creds.ssl}
+
+
+def tool_pool(cluster: ClusterConfig | None) -> RpcPool:
+    """An ``RpcPool`` dialing with a tool's credentials (:func:`tool_credentials`)."""
+    return RpcPool(transport_factory=tool_credentials(cluster).transport_factory())

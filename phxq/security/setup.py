@@ -7,6 +7,9 @@ Public API::
         # the CA (out_dir/ca.pem, ca.key; reused when present) and one (cert, key) per member
         # id in ``members`` ({member id: extra SAN hosts}); every file 0600
     token_line(token) -> str        # 'token_sha256 = "..."' for a [[principal]]
+    principal_snippet(name, allow) -> (token, toml)   # `phxq admin token`
+    config_members(cfg) -> {member id: hosts}         # one per [[store]]/[[lock]], plus "member"
+    config_snippet(cfg, issued) -> str                # the TOML lines that use the new files
     dev_security(data, stores, locks) -> DevSecurity   # what `phxq dev` writes into its config
 """
 
@@ -16,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from phxq.config import ClusterConfig
 from phxq.security.certs import make_ca, make_member_cert, write_private
 from phxq.security.principals import new_token, token_sha256
 
@@ -56,6 +60,41 @@ def issue_certs(
 
 def token_line(token: str) -> str:
     return f'token_sha256 = "{token_sha256(token)}"'
+
+
+def principal_snippet(name: str, allow: Iterable[str]) -> tuple[str, str]:
+    """A new token and the ``[[principal]]`` table that grants it ``allow``."""
+    from phxq.security.principals import parse_grant
+
+    grants = [parse_grant(g).text for g in allow]  # BadArgument on a malformed grant
+    token = new_token()
+    quoted = ", ".join(f'"{g}"' for g in grants)
+    lines = ["[[principal]]", f'name = "{name}"', token_line(token), f"allow = [{quoted}]"]
+    return token, "\n".join(lines)
+
+
+def config_members(cfg: ClusterConfig) -> dict[str, list[str]]:
+    """The member certificates a config needs: one per node (naming its host) and one
+    ``member`` certificate for consumers and gateways."""
+    members = {f"store-{n.id}": [n.host] for n in cfg.stores}
+    members |= {f"lock-{n.id}": [n.host] for n in cfg.locks}
+    members[DEV_MEMBER] = []
+    return members
+
+
+def config_snippet(cfg: ClusterConfig, issued: Mapping[str, tuple[Path, Path]], ca: Path) -> str:
+    """The TOML that points ``cfg`` at the issued files (paste it into the config)."""
+    out = ["[security]", f'ca = "{ca}"']
+    if DEV_MEMBER in issued:
+        cert, key = issued[DEV_MEMBER]
+        out += [f'cert = "{cert}"', f'key = "{key}"']
+    for kind, nodes in (("store", cfg.stores), ("lock", cfg.locks)):
+        for n in nodes:
+            if f"{kind}-{n.id}" in issued:
+                cert, key = issued[f"{kind}-{n.id}"]
+                out += ["", f"# in the [[{kind}]] with id = {n.id}:", f'cert = "{cert}"']
+                out.append(f'key = "{key}"')
+    return "\n".join(out)
 
 
 def _host(addr: str) -> str:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from phxq.errors import ProtocolError
-from phxq.store.routing import INDEX_BITS
+from phxq.routing import INDEX_BITS
 
 __all__ = [
     "BUCKET_SECONDS",

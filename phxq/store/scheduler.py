@@ -38,14 +38,15 @@ from phxq.errors import BadArgument, PhxqError, StorageError
 from phxq.net.frames import shown
 from phxq.net.server import LogLimiter
 from phxq.paxos import decode_batch
+from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store import state as st
-from phxq.store.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.schedule import Cancelled, Released, is_scheduled_ref, scheduled_id_of
 from phxq.store.schedule_entries import encode_cancel, encode_release, instance_scheduled
 
 if TYPE_CHECKING:
+    from phxq.replication.replica import GroupReplica
     from phxq.store.node import StoreNode
-    from phxq.store.replica import GroupReplica
+    from phxq.store.state import StoreState
 
 log = logging.getLogger("phxq.scheduler")
 
@@ -150,7 +151,7 @@ async def cancel_scheduled(node: StoreNode, params: dict[str, Any]) -> bool:
     entry, _, due = found[k]
     if (entry.topic, entry.queue) != (topic, queue):
         return False
-    result = await replica.propose(encode_cancel(sid, due))
+    result = await replica.propose_one(encode_cancel(sid, due))
     if isinstance(result, st.Rejected):
         raise result.error
     if not isinstance(result, Cancelled):
@@ -161,7 +162,7 @@ async def cancel_scheduled(node: StoreNode, params: dict[str, Any]) -> bool:
 # -------------------------------------------------------------------------------- status
 
 
-def status_of(replica: GroupReplica, now: float) -> dict[str, Any]:
+def status_of(replica: GroupReplica[StoreState], now: float) -> dict[str, Any]:
     """Pending scheduled messages of a group: count, next due time and release lag (seconds
     the earliest pending message is overdue; meaningful on the group's master)."""
     schedule = replica.state.schedule
@@ -217,7 +218,7 @@ class Releaser:
                 task.add_done_callback(self._tasks.discard)
         return max(sleep, 0.001)
 
-    async def _round(self, group: int, replica: GroupReplica) -> None:
+    async def _round(self, group: int, replica: GroupReplica[StoreState]) -> None:
         try:
             await self.release_due(replica)
         except PhxqError as exc:  # NotMaster, Unavailable, a storage problem: the next tick retries
@@ -229,7 +230,7 @@ class Releaser:
         finally:
             self._busy.discard(group)
 
-    async def release_due(self, replica: GroupReplica) -> int:
+    async def release_due(self, replica: GroupReplica[StoreState]) -> int:
         """One round: propose the release of up to ``RELEASE_MESSAGES`` due messages of the
         group (by due time, then id); returns how many it released."""
         now = time.time()
@@ -260,7 +261,7 @@ class Releaser:
             encode_release(topic, queue, stamp, ids, dues, wire)
             for (topic, queue), (ids, dues, wire) in by_queue.items()
         ]
-        results = await replica.propose_batch(items)
+        results = await replica.propose(items)
         released = 0
         for (_, (_, dues, _)), result in zip(by_queue.items(), results, strict=True):
             if isinstance(result, st.Rejected):

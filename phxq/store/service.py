@@ -18,6 +18,7 @@ from phxq import metrics, trace
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
+from phxq.routing import group_for_queue, make_offset, split_offset
 from phxq.store import scheduler
 from phxq.store import state as st
 from phxq.store.entries import (
@@ -28,7 +29,6 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
-from phxq.store.routing import group_for_queue, make_offset, split_offset
 from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
     if trace.ON:
         trace.mark("enqueue.propose")
-    results = await replica.propose_batch(entries)
+    results = await replica.propose(entries)
     if trace.ON:
         trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
@@ -242,7 +242,7 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     expect = _int(params, "expect", optional=True) if check else None
     replica = node.master_replica(topic, queue)
     entry = CommitEntry(group, topic, queue, offset, token, check=check, expect=expect)
-    result = await replica.propose(encode_entry(entry))
+    result = await replica.propose_one(encode_entry(entry))
     if isinstance(result, st.Rejected):
         raise result.error
     return offset
@@ -276,14 +276,15 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     # The cursor is "last processed": to deliver `offset` next, set it just below.
     new_cursor = max(offset - 1, 0)
     entry = ReplayEntry(group, topic, queue, new_cursor, uuid.uuid4().hex)
-    result = await replica.propose(encode_entry(entry))
+    result = await replica.propose_one(encode_entry(entry))
     if isinstance(result, st.Rejected):
         raise result.error
     return new_cursor
 
 
 async def meta(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
-    return node.meta()
+    # The lock nodes too: Client.consume finds the lock service through any store.
+    return {**node.meta(), "locks": [lk.addr for lk in node.cluster.locks]}
 
 
 async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
@@ -314,6 +315,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,
+        "cert": None if node.security is None else node.security.cert_status(),
         "groups": groups,
         "consumers": _consumer_lag(node),
     }

@@ -64,8 +64,8 @@ and rejected entries), which the state records per instance (rare, so small) and
 snapshot until :meth:`forget_below` says that part of the log is gone. So recovery is: restore
 the latest snapshot (or start empty), then for each retained chosen instance in order call
 ``apply`` (a no-op for instances the snapshot already covers) and then ``index_entries``
-(exact for every instance from ``forget_below``'s bound up to ``applied_up_to``). The runtime's
-indexer can therefore do "apply, then index_entries" for every instance, live or recovering.
+(exact for every instance from ``forget_below``'s bound up to ``applied_up_to``). This is what
+``phxq.replication.machine.apply_instance`` does for every instance, live or recovering.
 A runtime that truncates the log must persist a snapshot covering the truncated part first.
 
 Every replica of a group must run with the same ``dedup_window`` (it is cluster config); a
@@ -91,8 +91,8 @@ from phxq.errors import (
     StorageError,
     VersionMismatch,
 )
+from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
-from phxq.store.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
 from phxq.store.schedule_entries import CancelEntry, ReleaseHead, ScheduleHead
 
@@ -105,6 +105,7 @@ __all__ = [
     "IndexEntry",
     "QueueKey",
     "Rejected",
+    "StoreMachines",
     "StoreState",
 ]
 
@@ -583,6 +584,19 @@ class StoreState:
 
 
 _SNAPSHOT_VERSION = 2  # 2 added the schedule; 1 is still read
+
+
+@dataclass(frozen=True, slots=True)
+class StoreMachines:
+    """Makes every group's ``StoreState`` (the replication runtime's ``Machines``)."""
+
+    dedup_window: float
+
+    def fresh(self, group: int) -> StoreState:
+        return StoreState(group, dedup_window=self.dedup_window)
+
+    def restore(self, group: int, data: bytes) -> StoreState:
+        return StoreState.restore(data)
 
 
 _OrderEntry: TypeAlias = tuple[float, str, int, tuple[str | None, ...]]

@@ -16,7 +16,7 @@ from phxq.net.frames import encode_notify, encode_request
 from phxq.net.loop import run
 from phxq.paxos.ballot import Ballot
 from phxq.paxos.messages import Heartbeat, encode_message
-from phxq.store.snapshot import Snapshot, encode_snapshot
+from phxq.replication.snapshot import Snapshot, encode_snapshot
 from phxq.store.state import StoreState
 from tools.fault.fuzz import CATEGORIES, Generator, classify, fuzz_cluster
 

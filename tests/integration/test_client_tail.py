@@ -68,7 +68,7 @@ async def test_tail_from_an_offset_and_the_client_closes_open_streams(
         await asyncio.wait_for(waiting, 5)
 
 
-def test_sync_tail_and_the_cli_tail_json_is_binary_safe(cluster: ProcessCluster) -> None:
+def test_sync_tail_cli_tail_json_and_cli_enqueue_lines_and_delay(cluster: ProcessCluster) -> None:
     servers = ",".join(cluster.store_addresses)
     with phxq.SyncClient(cluster.store_addresses) as client:
         ack = client.enqueue("orders", b"\xff\x00binary", key="b", headers={"h": "v"})
@@ -87,3 +87,25 @@ def test_sync_tail_and_the_cli_tail_json_is_binary_safe(cluster: ProcessCluster)
     row = json.loads(out)
     assert base64.b64decode(row["payload_base64"]) == b"\xff\x00binary"
     assert row["payload"] is None and row["headers"] == {"h": "v"} and row["key"] == "b"
+
+    # (Same cluster, to keep the suite short.) phxq enqueue --lines and --delay.
+    base = [sys.executable, "-m", "phxq", "enqueue", "-s", servers, "orders", "--json"]
+    out = subprocess.run(
+        [*base, "--lines", "--queue", "5"],
+        input="one\ntwo\nthree\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    acks = [json.loads(line) for line in out.splitlines()]
+    assert [a["queue"] for a in acks] == [5, 5, 5] and all(a["offset"] for a in acks)
+    delayed = subprocess.run(
+        [*base, "--delay", "1h", "later"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    ack = json.loads(delayed)
+    assert ack["offset"] is None and ack["scheduled_id"].startswith("orders/")
+    with phxq.SyncClient(cluster.store_addresses) as client:
+        payloads = [m.payload for m in client.dequeue(None, "orders", queue=5, limit=10)]
+        assert payloads == [b"one", b"two", b"three"]
+        assert client.cancel_scheduled(ack["scheduled_id"]) is True

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 import phxq
-from phxq.devcluster import PortInUse, check_ports_free, dev_ports
+from phxq.config import load_config
+from phxq.devcluster import GATEWAY_PORT_OFFSET, PortInUse, check_ports_free, dev_ports
+from phxq.security.daemon import client_options
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +30,8 @@ def free_base_port() -> int:
         base = rng.randrange(20000, 30000)
         try:
             stores, locks = dev_ports(base, 3)
-            check_ports_free([("port", f"127.0.0.1:{p}") for p in stores + locks])
+            gateway = [base + GATEWAY_PORT_OFFSET]
+            check_ports_free([("port", f"127.0.0.1:{p}") for p in stores + locks + gateway])
         except PortInUse:
             continue
         return base
@@ -98,8 +101,16 @@ def test_dev_cluster_accepts_cli_and_client_and_resumes(tmp_path: Path) -> None:
     try:
         config = data / "cluster.toml"
         assert config.exists()
-        first = _enqueue_cli(config, "hello")
-        with phxq.SyncClient(stores) as client:
+        first = _enqueue_cli(config, "hello")  # the CLI finds its token in [client]
+        creds = client_options(load_config(config))  # secure by default: token and CA
+        assert creds["token"] and creds["ca"] is not None
+        anonymous = phxq.SyncClient(stores, ca=creds["ca"])
+        try:
+            with pytest.raises(phxq.Unauthenticated):
+                anonymous.enqueue("orders", b"no token")
+        finally:
+            anonymous.close()
+        with phxq.SyncClient(stores, **creds) as client:
             ack = client.enqueue("orders", b"from python", key="user-42")
             assert ack.queue == first["queue"] and ack.offset > first["offset"]
     finally:
@@ -107,7 +118,7 @@ def test_dev_cluster_accepts_cli_and_client_and_resumes(tmp_path: Path) -> None:
     assert proc.returncode == 0
     proc = _start_dev(data, base)  # resumes its config (and so its ports)
     try:
-        with phxq.SyncClient(stores[:1]) as client:
+        with phxq.SyncClient(stores[:1], **creds) as client:
             msgs = client.dequeue(None, "orders", queue=int(first["queue"]), limit=10)  # type: ignore[call-overload]
             assert [m.payload for m in msgs] == [b"hello", b"from python"]
     finally:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from subprocess import PIPE
@@ -18,10 +19,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode, checks
 
+from bench import gateway as gateway_bench
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
-from phxq.store.routing import queue_for_key
+from phxq.routing import queue_for_key
 
 from .gateway_cluster import gateway_cluster
 
@@ -613,3 +618,63 @@ async def test_node_example_enqueues_reads_and_commits_with_builtin_fetch(url, n
     assert msg.payload.decode() == report["read"]["payload"] and msg.headers == {
         "lang": "javascript"
     }
+
+
+# ------------------------------------------------------- driven by its own OpenAPI document
+
+
+# What must hold for any request, valid or not: no 5xx, and every answer (status, content type,
+# headers, body) is one the document declares. Valid-but-refused requests are fine (a queue
+# number past the topic's queues is a 400 the static schema cannot know about). The stream is
+# left out: a tail never ends by itself (its own tests are above).
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+]
+EXAMPLES = 5  # per operation and mode (about 140 requests in all)
+
+
+def test_openapi_document_drives_the_live_gateway_without_5xx_or_schema_violations(gw):
+    """Schemathesis generates requests (valid ones, and invalid ones) for every operation of
+    the document the gateway serves, sends them to the live gateway and validates each answer
+    against the same document. (Driven here with Hypothesis directly: schemathesis' pytest
+    plugin does not run under pytest 9.)"""
+    doc = schemathesis.openapi.from_url(f"{gw.gateway_url}/v1/openapi.json")
+    operations = [op.ok() for op in doc.exclude(operation_id="stream").get_all_operations()]
+    assert len(operations) >= 14  # schemathesis leaves out the document itself
+    raw = json.loads(urllib.request.urlopen(f"{gw.gateway_url}/v1/openapi.json").read())
+    for operation in operations:
+        spec = raw["paths"][operation.path][operation.method.lower()]
+        takes_input = "parameters" in spec or "requestBody" in spec
+        for mode in GenerationMode if takes_input else [GenerationMode.POSITIVE]:
+
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+            def drive(case: schemathesis.Case) -> None:
+                case.call_and_validate(base_url=gw.gateway_url, checks=CHECKS, timeout=10)
+
+            drive()
+
+
+async def test_gateway_benchmark_runs_beside_the_native_client(gw):
+    """bench/gateway.py's measurement on this cluster, tiny: it works (no figure is checked)."""
+    args = gateway_bench.parse_args(["--quick", "--topic", "orders", "--outstanding", "8"])
+    args.count, args.seconds, args.warmup_seconds = 20, 0.3, 0.1
+    runs = await gateway_bench.measure(gw, args)
+    assert [(r["system"], r["name"]) for r in runs] == [
+        ("phxq", "latency"),
+        ("gateway", "latency"),
+        ("phxq", "throughput"),
+        ("gateway", "throughput"),
+    ]
+    assert all(r["messages"] > 0 and r["errors"] == 0 for r in runs), runs
+    assert len(gateway_bench.ratios(runs)) == 2

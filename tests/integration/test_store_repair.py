@@ -1,6 +1,6 @@
 """A replica that may have forgotten votes rebuilds from its peers before it votes again (real
 processes): a flipped byte in the middle of a follower's log, and a store restarted on an empty
-data directory (a replaced disk), follower or master. See ``phxq.store.rejoin``."""
+data directory (a replaced disk), follower or master. See ``phxq.replication.rejoin``."""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ import pytest
 
 from phxq.errors import BadArgument, Forbidden, Unauthenticated
 from phxq.lock import service as lock_service
+from phxq.replication.membership import REJOIN_METHODS
 from phxq.security.policy import LOCK_RULES, MEMBER_NOTIFIES, STORE_RULES, Guard, Session
 from phxq.security.principals import Principals, new_token, token_sha256
 from phxq.store import service as store_service
-from phxq.store.membership import REJOIN_METHODS
 
 
 def test_every_store_handler_has_a_rule() -> None:

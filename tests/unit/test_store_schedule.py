@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from phxq.errors import ProtocolError
+from phxq.routing import make_offset
 from phxq.store.entries import encode_enqueue, instance_messages
-from phxq.store.routing import make_offset
 from phxq.store.schedule import (
     BUCKET_SECONDS,
     Cancelled,

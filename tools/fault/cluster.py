@@ -92,6 +92,9 @@ class HarnessOptions:
     disk_full_store: int | None = None
     tmpfs_size: str = "96m"
     seed: int = 0
+    # TLS on every link, member certificates, and a token the harness's clients do not need:
+    # they dial as members (they take the consumers' locks), with the [security] certificate.
+    secure: bool = False
 
 
 @dataclass
@@ -168,6 +171,8 @@ class FaultCluster:
             ],
             "consumer_group": [{"name": GROUP, "topic": TOPIC, "handler": HANDLER}],
         }
+        if self.opts.secure:
+            self._secure(config, addrs)
         path = self.opts.data / "cluster.toml"
         path.write_text(tomli_w.dumps(config))
         self.cluster = ProcessCluster(
@@ -178,6 +183,34 @@ class FaultCluster:
         )
         self.cluster.start()
         await self.cluster.wait_ready_async(timeout=60)
+
+    def _secure(self, config: dict[str, Any], addrs: dict[str, dict[int, str]]) -> None:
+        """Add [security] and a member certificate per node to ``config`` (files under data)."""
+        from phxq.security.setup import issue_certs
+
+        certs = (self.opts.data / "certs").resolve()
+        members = {f"{role}-{i}": ["127.0.0.1"] for role in ROLES for i in addrs[role]}
+        issued = issue_certs(certs, {**members, "member": ["127.0.0.1"]})
+        for role in ROLES:
+            for node in config[role]:
+                cert, key = issued[f"{role}-{node['id']}"]
+                node |= {"cert": str(cert), "key": str(key)}
+        cert, key = issued["member"]
+        config["security"] = {"ca": str(certs / "ca.pem"), "cert": str(cert), "key": str(key)}
+
+    @property
+    def credentials(self) -> dict[str, Any]:
+        """``Client``/``LockClient`` keyword arguments: the member certificate when secure."""
+        from phxq.security.daemon import member_credentials
+
+        ssl = member_credentials(self.config).ssl
+        return {} if ssl is None else {"ca": ssl}
+
+    def pool(self) -> RpcPool:
+        """An ``RpcPool`` for the harness's own status calls (a member when secure)."""
+        from phxq.security.daemon import member_credentials
+
+        return RpcPool(transport_factory=member_credentials(self.config).transport_factory())
 
     async def stop(self) -> None:
         if self.cluster is not None:

@@ -43,7 +43,7 @@ from phxq.paxos.messages import (
     PreVoteReply,
     encode_message,
 )
-from phxq.store.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from phxq.replication.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from phxq.store.state import StoreState
 
 CATEGORIES = (

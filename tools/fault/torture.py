@@ -80,6 +80,7 @@ class RunOptions:
     replays: int = 1  # admin replays (a cursor moved back) issued during the run
     delayed: bool = True  # the delayed-message scheduler (tools/fault/delayed.py) runs too
     keep_data: bool = False
+    secure: bool = False  # [security]: TLS on every link, member certificates
 
 
 @dataclass
@@ -195,7 +196,10 @@ class Workload:
 
     async def contend(self, owner: str) -> None:
         async with LockClient(
-            self.harness.lock_addresses, request_timeout=1.0, retry_timeout=3.0
+            self.harness.lock_addresses,
+            request_timeout=1.0,
+            retry_timeout=3.0,
+            **self.harness.credentials,
         ) as locks:
             while not self.lock_stopping.is_set():
                 try:
@@ -332,6 +336,7 @@ async def run_once(opts: RunOptions, echo: Any = print) -> RunReport:
         data=run_dir / "cluster",
         seed=opts.seed,
         disk_full_store=(opts.seed % 3) + 1 if wants_disk else None,
+        secure=opts.secure,
     )
     history = History(
         meta={
@@ -375,9 +380,13 @@ async def _run_workload(
 ) -> None:
     work = Workload(opts, harness, history)
     async with (
-        RpcPool() as pool,
-        Client(harness.client_addresses, request_timeout=1.0, retry_timeout=5.0) as client,
-        Client(harness.client_addresses, request_timeout=1.0, retry_timeout=5.0) as reader,
+        harness.pool() as pool,
+        Client(
+            harness.client_addresses, request_timeout=1.0, retry_timeout=5.0, **harness.credentials
+        ) as client,
+        Client(
+            harness.client_addresses, request_timeout=1.0, retry_timeout=5.0, **harness.credentials
+        ) as reader,
         asyncio.TaskGroup() as tg,
     ):
         producers = [tg.create_task(work.produce(client, f"k{i}")) for i in range(opts.keys)]
@@ -501,6 +510,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="fault kinds every run injects first (then random ones); e.g. power_loss_all",
     )
     p.add_argument("--keep-data", action="store_true", help="keep the daemons' data dirs")
+    p.add_argument(
+        "--secure", action="store_true", help="TLS on every link and member certificates"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     args.require = tuple(k for k in args.require.split(",") if k)
@@ -524,6 +536,7 @@ async def _main(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             require=args.require,
             keep_data=args.keep_data,
+            secure=args.secure,
         )
         report = await run_once(opts, echo=print if args.verbose else (lambda *a: None))
         print(report.summary(), flush=True)
@@ -544,6 +557,7 @@ async def _main(args: argparse.Namespace) -> int:
                 f"  replay: scripts/torture --runs 1 --seed {seed} --duration {args.duration:g}"
                 f" --overlap {args.overlap:g}"
                 + (f" --require {','.join(args.require)}" if args.require else "")
+                + (" --secure" if args.secure else "")
                 + " --keep-data -v"
             )
     print(

@@ -16,7 +16,7 @@ until it has rebuilt, from its peers, at least what it may have forgotten. For o
     ordinary accept records);
 (c) learn every chosen instance up to the highest ``chosen_up_to`` reported (``rejoin_read``,
     a peer's snapshot when the peer truncated below what we need; each value is checked against
-    the chain checksum and written with ``append_chosen``), then check our chain against every
+    the chain checksum, applied and written like any learned instance), then check our chain against every
     peer's checksum at its ``chosen_up_to``;
 (d) mark the damage repaired (``GroupLog.mark_repaired``), rebuild the Paxos core from the log,
     and vote. Later instances come by ordinary catch-up.
@@ -67,14 +67,15 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from phxq.errors import PhxqError, ProtocolError, StorageError, Unavailable
 from phxq.paxos import chain_checksum
 from phxq.plog.durable import fsync_dir, replace_durably
+from phxq.replication.storage import GroupStorage
 
 log = logging.getLogger("phxq.rejoin")
 
@@ -265,7 +266,22 @@ def adopt(views: Mapping[int, GroupView]) -> Adoption:
 ReadFn = Callable[[int, int, int], Awaitable[dict[str, Any]]]  # (peer, group, from) -> reply
 
 
-async def rebuild(replica: Any, adoption: Adoption, read: ReadFn) -> None:
+class Rebuilding(Protocol):
+    """What :func:`rebuild` uses of a ``GroupReplica``."""
+
+    @property
+    def group(self) -> int: ...
+    @property
+    def glog(self) -> GroupStorage: ...
+
+    async def install_snapshot(self, data: bytes, *, rebuilding: bool = False) -> bool: ...
+
+    def apply_and_write(
+        self, instance: int, ballot: Ballot | None, checksum: int, value: bytes
+    ) -> tuple[Sequence[Any], asyncio.Future[None]]: ...
+
+
+async def rebuild(replica: Rebuilding, adoption: Adoption, read: ReadFn) -> None:
     """Steps (b)-(c) for ``replica`` (a ``GroupReplica`` that neither serves nor votes): adopt
     the promise and accepted values durably, learn up to the target, verify the chain.
     Raises ``Diverged`` on a checksum mismatch, ``PhxqError`` when a peer fails (retry)."""
@@ -280,7 +296,7 @@ async def rebuild(replica: Any, adoption: Adoption, read: ReadFn) -> None:
             futures.append(glog.append_accept(i, ballot, value))
     if futures:
         await futures[-1]  # one group's records become durable in order
-    last: Any = None
+    last: asyncio.Future[None] | None = None
     while glog.chosen_up_to < adoption.chosen_up_to:
         nxt = glog.chosen_up_to + 1
         able = sorted(
@@ -292,7 +308,7 @@ async def rebuild(replica: Any, adoption: Adoption, read: ReadFn) -> None:
         reply = await read(able[0], group, nxt)
         snapshot = reply.get("snapshot")
         if isinstance(snapshot, bytes):
-            if not await replica.install_snapshot_for_repair(snapshot):
+            if not await replica.install_snapshot(snapshot, rebuilding=True):
                 raise Unavailable(f"group {group}: could not install peer {able[0]}'s snapshot")
             continue
         entries = reply.get("entries")
@@ -314,7 +330,7 @@ async def rebuild(replica: Any, adoption: Adoption, read: ReadFn) -> None:
                     f"group {group}: chain checksum mismatch at {i} rebuilding from peer "
                     f"{able[0]} (ours {expected:x}, peer {checksum:x})"
                 )
-            last = glog.append_chosen(i, None, checksum, value, urgent=False)
+            _, last = replica.apply_and_write(i, None, checksum, value)
     if last is not None:
         await last
     for peer, (instance, checksum) in adoption.checksums.items():
