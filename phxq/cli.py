@@ -11,19 +11,20 @@ talk to stores, ``-s/--servers HOST:PORT,...``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from phxq import __version__
+from phxq.client import Ack
 from phxq.client.stream import TailStart
 from phxq.config import ClusterConfig, load_config
 from phxq.errors import PhxqError
@@ -143,14 +144,15 @@ def _echo_json(data: Any) -> None:
 
 
 def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    from phxq.render import size
+
+    return size(n)
 
 
 def _show(value: Any) -> str:
-    return "-" if value is None else str(value)
+    from phxq.render import cell
+
+    return cell(value)
 
 
 def _setup_logging(prefix: str) -> None:
@@ -357,7 +359,7 @@ def enqueue(
 
     With --delay or --at the message stays invisible until then; it prints the scheduled id
     that `phxq cancel-scheduled` takes."""
-    from phxq.client import Ack, Client
+    from phxq.client import Client
     from phxq.client.client import parse_when
 
     when = parse_when(delay, deliver_at)
@@ -369,22 +371,67 @@ def enqueue(
         raise click.UsageError("--lines reads stdin: give no PAYLOAD")
     if lines and dedup_id is not None:
         raise click.UsageError("--dedup-id names one message: not with --lines")
-    if lines:
-        payloads = [line.rstrip(b"\r\n") for line in sys.stdin.buffer]
-    else:
-        payloads = [sys.stdin.buffer.read() if payload in (None, "-") else payload.encode()]
 
-    async def go() -> list[Ack]:
+    async def go() -> None:
         async with Client(addrs, retry_timeout=timeout, **creds) as client:
-            calls = [
-                client.enqueue(
-                    topic, p, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs, **when
-                )
-                for p in payloads
-            ]
-            return list(await asyncio.gather(*calls))
+            if lines:  # streamed: each batch leaves as soon as stdin has given it
+                async for batch in _stdin_lines():
+                    acks = await client.enqueue_many(
+                        topic, [(p, key) for p in batch], queue=queue, headers=hdrs, **when
+                    )
+                    _print_acks(topic, acks, as_json)
+                return
+            data = sys.stdin.buffer.read() if payload in (None, "-") else payload.encode()
+            ack = await client.enqueue(
+                topic, data, key=key, queue=queue, dedup_id=dedup_id, headers=hdrs, **when
+            )
+            _print_acks(topic, [ack], as_json)
 
-    for ack in _run(go()):
+    _run(go())
+
+
+LINES_BATCH = 1000  # most stdin lines per enqueue_many call
+
+
+async def _stdin_lines() -> AsyncIterator[list[bytes]]:
+    """Batches of stdin's lines (without their line breaks) as they arrive: a thread reads
+    stdin (a pipe, a file or a terminal alike), the loop takes whatever has arrived, up to
+    ``LINES_BATCH`` lines at once."""
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def hand(line: bytes | None) -> None:
+        # The loop is closed if the command failed while this thread still read stdin: there
+        # is nobody left to hand lines to, and the process is exiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(arrived.put_nowait, line)
+
+    def read() -> None:
+        try:
+            for line in sys.stdin.buffer:
+                hand(line.rstrip(b"\r\n"))
+        finally:
+            hand(None)  # end of input, or a read error: the command ends either way
+
+    # A daemon thread, not the loop's executor: a command that fails must not wait at exit
+    # for a terminal's stdin to end.
+    threading.Thread(target=read, name="stdin lines", daemon=True).start()
+    done = False
+    while not done:
+        batch: list[bytes] = []
+        line = await arrived.get()
+        while line is not None:
+            batch.append(line)
+            if len(batch) >= LINES_BATCH or arrived.empty():
+                break
+            line = arrived.get_nowait()
+        done = line is None
+        if batch:
+            yield batch
+
+
+def _print_acks(topic: str, acks: list[Ack], as_json: bool) -> None:
+    for ack in acks:
         if as_json:
             row = {"topic": ack.topic, "queue": ack.queue, "offset": ack.offset}
             if ack.scheduled_id is not None:
@@ -427,20 +474,24 @@ def cancel_scheduled(
         sys.exit(1)
 
 
-TAIL_FORMAT = "q{queue} @{offset} key={key} {headers}{payload}"
-
-
 def _tail_from(value: str | None, group: str | None) -> TailStart:
+    from datetime import datetime
+
+    from phxq.admin import parse_since
+
     if value is None:
         return "cursor" if group else "now"
     named: dict[str, TailStart] = {"now": "now", "start": "start", "cursor": "cursor"}
     if value in named:
         return named[value]
+    with contextlib.suppress(ValueError):
+        return int(value)  # an offset; a time is ISO 8601 or a duration ago
     try:
-        return int(value)
-    except ValueError:
+        return datetime.fromtimestamp(parse_since(value))
+    except PhxqError:
         raise click.BadParameter(
-            f"{value!r}: use now, start, cursor or an offset", param_hint="--from"
+            f"{value!r}: use now, start, cursor, an OFFSET, an ISO time or a duration ago (5m)",
+            param_hint="--from",
         ) from None
 
 
@@ -454,11 +505,18 @@ def _tail_from(value: str | None, group: str | None) -> TailStart:
     "--from",
     "from_",
     default=None,
-    help="now | start | cursor | OFFSET (default: cursor with --group, else now)",
+    help="now | start | cursor | OFFSET | TIME (ISO 8601, or 10m for ten minutes ago); "
+    "default: cursor with --group, else now",
 )
 @click.option("--queue", "queues", type=int, multiple=True, help="only these queues")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="exit after N messages")
-@click.option("--format", "fmt", default=TAIL_FORMAT, show_default=True, help="line per message")
+@click.option(
+    "--format",
+    "fmt",
+    default=None,
+    help="a line per message, e.g. '{queue}:{offset} {key} {headers} {payload}' "
+    "(default: the payload as it is)",
+)
 @json_option
 def tail(
     config_path: Path | None,
@@ -468,39 +526,27 @@ def tail(
     from_: str | None,
     queues: tuple[int, ...],
     count: int | None,
-    fmt: str,
+    fmt: str | None,
     as_json: bool,
 ) -> None:
     """Print messages as they arrive (read-only: commits nothing). Ctrl-C exits 0.
 
-    --format fields: {queue} {offset} {key} {headers} {payload} {enqueued_at}; --json prints
-    the payload as base64 (binary-safe) and as text when it is UTF-8."""
-    from phxq.client import Client, Message
+    By default each message's payload is written as it is, then a line break. --format fields:
+    {topic} {queue} {offset} {key} {headers} {payload} {size} {enqueued_at} (ISO, UTC)
+    {enqueued_at_epoch}; \\n and \\t are escapes. --json prints one object per line, the
+    payload as base64 (binary-safe) and as text when it is UTF-8."""
+    from phxq import render
+    from phxq.client import Client
 
     addrs = _addresses(config_path, servers)
     creds = _client_options(config_path)
     start = _tail_from(from_, group)
-
-    def show(m: Message) -> str:
-        if as_json:
-            row: dict[str, Any] = {"topic": m.topic, "queue": m.queue, "offset": m.offset}
-            row |= {"key": m.key, "headers": m.headers, "enqueued_at": m.enqueued_at}
-            row["payload_base64"] = base64.b64encode(m.payload).decode()
-            try:
-                row["payload"] = m.payload.decode()
-            except UnicodeDecodeError:
-                row["payload"] = None
-            return json.dumps(row)
-        headers = "".join(f"{k}={v} " for k, v in sorted(m.headers.items()))
-        payload = m.payload.decode(errors="backslashreplace")
-        return fmt.format(
-            queue=m.queue,
-            offset=m.offset,
-            key=_show(m.key),
-            headers=f"[{headers.strip()}] " if headers else "",
-            payload=payload,
-            enqueued_at=m.enqueued_at,
-        )
+    if fmt is not None:
+        try:
+            render.check_template(fmt)
+        except PhxqError as exc:
+            raise click.BadParameter(exc.message, param_hint="--format") from None
+    out = sys.stdout.buffer
 
     async def go() -> None:
         seen = 0
@@ -508,13 +554,39 @@ def tail(
             stream = client.tail(topic, from_=start, group=group, queues=list(queues) or None)
             async with stream:
                 async for message in stream:
-                    click.echo(show(message))
+                    if as_json:
+                        out.write(render.message_json(message).encode() + b"\n")
+                    else:
+                        out.write(render.message_bytes(message, fmt))
+                    out.flush()  # a line as it arrives, also into a pipe
                     seen += 1
                     if count is not None and seen >= count:
                         return
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):  # Ctrl-C or `| head` end it
         _run(go())
+
+
+@cli.group(cls=PhxqGroup, name="config")
+def config_group() -> None:
+    """Work with a cluster config file."""
+
+
+@config_group.command("check")
+@click.argument(
+    "path",
+    required=False,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="PHXQ_CONFIG",
+)
+def config_check(path: Path | None) -> None:
+    """Check config PATH (or PHXQ_CONFIG) as every daemon would, and more: handlers import,
+    handler URLs parse, certificates and keys load. Exit 1 naming the key, or one line: OK."""
+    from phxq.config.check import check_config
+
+    if path is None:
+        raise click.UsageError("give the config file (or set PHXQ_CONFIG)")
+    click.echo(str(check_config(path)))
 
 
 # --------------------------------------------------------------------------------- admin

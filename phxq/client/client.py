@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any
+from typing import Any, final
 
 from phxq import trace
 from phxq.client.stream import StreamRegistry
@@ -80,6 +80,7 @@ class _GroupSender:
     in_flight: int = 0
 
 
+@final
 class Client(StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
@@ -286,15 +287,24 @@ class Client(StreamingMixin):
         self,
         topic: str,
         messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]],
+        *,
+        queue: int | None = None,
+        headers: dict[str, str] | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
     ) -> list[Ack]:
-        """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in order."""
-        items = []
+        """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in
+        order. ``queue``, ``headers``, ``delay`` and ``deliver_at`` apply to every message, as
+        in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
+        when = _when(delay, deliver_at)
+        items: list[tuple[Any, ...]] = []
         for m in messages:
             if not isinstance(m, tuple) or len(m) not in (2, 3):
                 raise BadArgument(
                     "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
                 )
-            items.append((m[0], m[1], None, m[2] if len(m) == 3 else None, None))
+            item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
+            items.append(item if when is None else (*item, when))
         futures = await self._submit(topic, items)
         return list(await asyncio.gather(*futures))
 

@@ -51,6 +51,7 @@ from phxq.consumer.settings import (
     unblock_key,
 )
 from phxq.errors import BadArgument, PhxqError, VersionMismatch
+from phxq.render import size
 
 CAS_RETRIES = 20
 KEEP: Any = object()  # set_limit: leave this limit as it is
@@ -285,7 +286,7 @@ def format_ownership(status: dict[str, Any]) -> list[str]:
     for group, now in sorted(status.get("settings", {}).items()):
         rate = "unlimited" if now["rate_limit"] is None else f"{now['rate_limit']:g} messages/s"
         if now["rate_limit_bytes"] is not None:
-            rate += f", {now['rate_limit_bytes']} bytes/s"
+            rate += f", {size(now['rate_limit_bytes'])}/s"
         state = "PAUSED" if now["paused"] else "delivering"
         lines.append(f"consumer group {group}: {state}, {rate} ({now['source']})")
     lines.append("consumer group  topic  queue  owner  token")

@@ -40,7 +40,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, final
 
 from phxq.errors import (
     BadArgument,
@@ -86,6 +86,7 @@ class Lease:
         return self.valid_until - time.monotonic()
 
 
+@final
 class LockClient:
     """Async client of the lock service (see the module docstring)."""
 
