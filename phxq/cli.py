@@ -215,7 +215,8 @@ def consumer(config_path: Path | None, name: str, weight: float, metrics_addr: s
     _setup_logging(f"consumer-{name}")
     _run(
         _serve_until_signal(
-            lambda: ConsumerDaemon(cfg, name, weight=weight, metrics_addr=metrics_addr)
+            lambda: ConsumerDaemon(cfg, name, weight=weight, metrics_addr=metrics_addr),
+            config_path,
         )
     )
 
@@ -565,6 +566,28 @@ def tail(
 
     with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):  # Ctrl-C or `| head` end it
         _run(go())
+
+
+@cli.group(cls=PhxqGroup, name="config")
+def config_group() -> None:
+    """Work with a cluster config file."""
+
+
+@config_group.command("check")
+@click.argument(
+    "path",
+    required=False,
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="PHXQ_CONFIG",
+)
+def config_check(path: Path | None) -> None:
+    """Check config PATH (or PHXQ_CONFIG) as every daemon would, and more: handlers import,
+    handler URLs parse, certificates and keys load. Exit 1 naming the key, or one line: OK."""
+    from phxq.config.check import check_config
+
+    if path is None:
+        raise click.UsageError("give the config file (or set PHXQ_CONFIG)")
+    click.echo(str(check_config(path)))
 
 
 # --------------------------------------------------------------------------------- admin
