@@ -155,13 +155,19 @@ async def recovery_bench(directory: Path, mib: int) -> dict[str, Any]:
     os.sync()
     async with LogWriter() as writer:
         t = time.perf_counter()
-        glog = await GroupLog.open(path, 0, writer, segment_bytes=SEGMENT, indexer=indexer)
+        glog = await GroupLog.open(path, 0, writer, segment_bytes=SEGMENT)
+
+        def replay() -> None:  # as the replication runtime does after open
+            for i, value in glog.iter_chosen_blocking():
+                glog.restore_index(i, indexer(i, value))
+
+        await asyncio.to_thread(replay)
         warm = time.perf_counter() - t
         assert glog.chosen_up_to == instance
         await glog.close()
     async with LogWriter() as writer:
         t = time.perf_counter()
-        glog = await GroupLog.open(path, 0, writer, segment_bytes=SEGMENT, indexer=None)
+        glog = await GroupLog.open(path, 0, writer, segment_bytes=SEGMENT)
         no_index = time.perf_counter() - t
         await glog.close()
     return {
@@ -171,7 +177,7 @@ async def recovery_bench(directory: Path, mib: int) -> dict[str, Any]:
         "messages_indexed": instance * MESSAGES,
         "fill_s": fill_s,
         "open_with_index_s (page cache warm)": warm,
-        "open_without_indexer_s": no_index,
+        "open_without_replay_s": no_index,
     }
 
 

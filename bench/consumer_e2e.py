@@ -103,7 +103,8 @@ async def bench_consumer(cfg: ClusterConfig, client: Client, handler: str) -> As
     async with ConsumerDaemon(bench_cfg, f"bench-{os.getpid()}") as daemon:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            workers = daemon._workers.values()
+            assert daemon.member is not None
+            workers = daemon.member.workers.values()
             if len(workers) == cfg.topic(TOPIC).queues and all(
                 r.worker.state is Ownership.OWNED for r in workers
             ):

@@ -4,7 +4,7 @@
 
 For each batch size, builds ``--instances`` chosen instances of one enqueue entry of that many
 100-byte messages (unique dedup ids, as the client sends them), then times, per instance, what
-every replica does for it: ``StoreState.apply`` + ``index_entries`` (the PLog indexer's
+every replica does for it: ``StoreState.apply`` + ``index_entries`` (``apply_instance``'s
 work), and separately what a reader does once (``instance_messages``: unpack the bodies) and
 what the master does once (``encode_entry``). Prints the best of ``--repeat`` runs in
 microseconds per instance and per message. Only public calls are used, so the same script

@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.run_all --full          # every combination (~10 minutes)
     .venv/bin/python -m bench.run_all --quick         # ~20 s smoke run (what the tests use)
     .venv/bin/python -m bench.run_all --systems phxq  # phxq only (no peer)
+    .venv/bin/python -m bench.run_all --security both # phxq with TLS + tokens on and off
 
 Each phxq cluster is 3 real store processes (``phxq.devcluster``, fdatasync on, 127.0.0.1) in a
 fresh temporary directory under ``--dir``; the topic ``bench`` has 64 queues so every Paxos
@@ -47,8 +48,10 @@ from phxq import benchmark
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
 from phxq.net.loop import run as run_loop
+from phxq.security.daemon import client_options
 
 TOPIC = "bench"
+SECURITY_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 QUEUES = 64
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -119,15 +122,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
 
 @contextlib.contextmanager
-def phxq_cluster(base: Path, groups: int) -> Iterator[ProcessCluster]:
+def phxq_cluster(base: Path, groups: int, secure: bool = False) -> Iterator[ProcessCluster]:
+    """A fresh 3-store cluster; ``secure``: TLS on every link and an admin token (the
+    ``phxq dev`` security), which the bench client presents."""
     ports = free_ports(6)
     topic = f'[[topic]]\nname = "{TOPIC}"\nqueues = {QUEUES}\nmax_message_bytes = 1048576\n'
     config = write_dev_config(
-        base / f"phxq-g{groups}",
+        base / f"phxq-g{groups}{'-secure' if secure else ''}",
         groups=groups,
         store_ports=ports[:3],
         lock_ports=ports[3:],
         extra=topic,
+        secure=secure,
     )
     cluster = ProcessCluster(config)
     try:
@@ -183,11 +189,14 @@ class Runner:
             system=system,
         )
 
-    async def phxq_case(self, cluster: ProcessCluster, groups: int, case: Case) -> None:
+    async def phxq_case(
+        self, cluster: ProcessCluster, groups: int, case: Case, secure: bool = False
+    ) -> None:
         meter = benchmark.CpuMeter(_store_pids(cluster))
-        async with Client(cluster.store_addresses, batching=case.batching) as client:
+        creds = client_options(cluster.config)  # the admin token and CA of a secure cluster
+        async with Client(cluster.store_addresses, batching=case.batching, **creds) as client:
             result = await self._measure(benchmark.phxq_sender(client, TOPIC), case, meter, "phxq")
-        self._record(result, groups=groups, batching=case.batching)
+        self._record(result, groups=groups, batching=case.batching, secure=secure)
 
     async def nats_case(self, servers: list[str], pids: dict[str, int], case: Case) -> None:
         from bench.nats_peer import nats_sender
@@ -241,8 +250,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if env.get("data_fs") == "tmpfs":
             print("warning: data directory is on tmpfs: fdatasync costs nothing there", flush=True)
         primary = plan.primary_groups
+        modes = SECURITY_MODES[args.security]
         with contextlib.ExitStack() as stack:
-            cluster = stack.enter_context(phxq_cluster(base, primary)) if with_phxq else None
+            # With --security both, one cluster per mode, up together: their cases alternate,
+            # so drift in the machine's load hits both alike.
+            clusters = (
+                {s: stack.enter_context(phxq_cluster(base, primary, s)) for s in modes}
+                if with_phxq
+                else {}
+            )
+            cluster = next(iter(clusters.values()), None)
             peer = None
             if peer_skip is None:
                 from bench.nats_peer import NatsCluster
@@ -254,8 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             nats_cases = plan.nats if peer is not None else []
             for system, case in _paired(phxq_cases, nats_cases):
                 if system == "phxq":
-                    assert cluster is not None
-                    run_loop(runner.phxq_case(cluster, primary, case))
+                    for secure, each in clusters.items():
+                        run_loop(runner.phxq_case(each, primary, case, secure))
                 else:
                     assert peer is not None
                     run_loop(runner.nats_case(peer.servers, peer.pids, case))
@@ -263,9 +280,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for groups, cases in plan.phxq.items():
                 if groups == primary:
                     continue
-                with phxq_cluster(base, groups) as cluster:
-                    for case in cases:
-                        run_loop(runner.phxq_case(cluster, groups, case))
+                for secure in modes:
+                    with phxq_cluster(base, groups, secure) as cluster:
+                        for case in cases:
+                            run_loop(runner.phxq_case(cluster, groups, case, secure))
     env["load_avg_after"] = benchmark.environment()["load_avg"]
     return {
         "environment": env,
@@ -273,6 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "label": args.label,
             "mode": "full" if args.full else ("quick" if args.quick else "default"),
             "systems": args.systems,
+            "security": args.security,
             "seconds": args.seconds,
             "warmup_s": args.warmup,
             "count": args.count,
@@ -284,11 +303,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "peer": {"status": peer_skip or "ran", "servers": nats_info},
         "runs": runner.runs,
-        "ratios": ratios(runner.runs, primary),
+        "ratios": ratios(runner.runs, primary, secure=args.security == "on"),
+        "security_ratios": security_ratios(runner.runs),
     }
 
 
-def ratios(runs: list[dict[str, Any]], primary: int) -> list[dict[str, Any]]:
+def security_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """phxq with security on / off for every case both ran (``--security both``): the cost of
+    TLS and token checks (< 1 msgs/s and > 1 p50 are the cost)."""
+    by_key: dict[tuple[Any, ...], dict[bool, dict[str, Any]]] = {}
+    for r in runs:
+        if r["system"] != "phxq":
+            continue
+        p = r["params"]
+        key = (r["name"], p.get("groups"), p["size"], p["outstanding"], p.get("batching", True))
+        by_key.setdefault(key, {})[bool(p.get("secure"))] = r
+    out = []
+    for (name, groups, size, outstanding, batching), pair in by_key.items():
+        if len(pair) != 2:
+            continue
+        on, off = pair[True], pair[False]
+        out.append(
+            {
+                "name": name,
+                "groups": groups,
+                "size": size,
+                "outstanding": outstanding,
+                "batching": batching,
+                "p50_on_ms": on["latency_ms"]["p50"],
+                "p50_off_ms": off["latency_ms"]["p50"],
+                "p50_delta_ms": round(on["latency_ms"]["p50"] - off["latency_ms"]["p50"], 3),
+                "msgs_per_s": round(on["msgs_per_s"] / off["msgs_per_s"], 3)
+                if off["msgs_per_s"]
+                else None,
+            }
+        )
+    return out
+
+
+def ratios(runs: list[dict[str, Any]], primary: int, secure: bool = False) -> list[dict[str, Any]]:
     """phxq/NATS for every case both ran (phxq with client batching): the ``primary`` group
     count's rows first, then those of the other group counts (one NATS stream is one Raft group,
     so the 1-group rows compare like with like; 16 is phxq's default)."""
@@ -298,7 +351,13 @@ def ratios(runs: list[dict[str, Any]], primary: int) -> list[dict[str, Any]]:
         if r["system"] == "nats"
     }
     out = []
-    phxq_runs = [r for r in runs if r["system"] == "phxq" and r["params"].get("batching", True)]
+    phxq_runs = [
+        r
+        for r in runs
+        if r["system"] == "phxq"
+        and r["params"].get("batching", True)
+        and bool(r["params"].get("secure")) == secure
+    ]
     phxq_runs.sort(key=lambda r: r["params"].get("groups") != primary)  # stable: primary first
     for r in phxq_runs:
         p = r["params"]
@@ -353,6 +412,21 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{r['p50']} | {r['p99.9']} | {r['msgs_per_s']} |"
             )
         lines.append("")
+    if report.get("security_ratios"):
+        lines += [
+            "phxq with security (TLS on every link, token auth) / without, same run:",
+            "",
+            "| run | groups | size B | outstanding | batching | p50 on ms | p50 off ms | "
+            "p50 delta ms | msgs/s on/off |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in report["security_ratios"]:
+            lines.append(
+                f"| {r['name']} | {r['groups']} | {r['size']} | {r['outstanding']} | "
+                f"{r['batching']} | {r['p50_on_ms']} | {r['p50_off_ms']} | {r['p50_delta_ms']} "
+                f"| {r['msgs_per_s']} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -376,6 +450,12 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--full", action="store_true", help="every combination")
     mode.add_argument("--quick", action="store_true", help="a few seconds, for smoke tests")
     ap.add_argument("--systems", default="phxq,nats", help="phxq,nats (default: both)")
+    ap.add_argument(
+        "--security",
+        choices=sorted(SECURITY_MODES),
+        default="off",
+        help="phxq with [security] (TLS + tokens): off, on, or both side by side",
+    )
     ap.add_argument("--seconds", type=float, default=None, help="throughput window (default 4)")
     ap.add_argument("--warmup", type=float, default=None, help="throughput warm-up s (default 1)")
     ap.add_argument("--count", type=int, default=None, help="latency: measured enqueues (3000)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from phxq.paxos.testing import LoopbackCluster
+from tools.loopback import LoopbackCluster
 
 ITEM = b"x" * 100
 

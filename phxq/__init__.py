@@ -2,14 +2,16 @@
 
 The public surface is what ``__all__`` lists (see DESIGN.md §10): the clients, the message
 and ack types, and the error tree. Everything else is internal. The client classes are loaded
-on first use, so ``import phxq.paxos`` (or any core module) does not pull in the network stack.
+on first use, so ``import phxq.paxos`` (or any core module) does not pull in the network stack;
+type checkers and IDEs see the real classes (the ``TYPE_CHECKING`` imports below).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phxq.errors import (
     BadArgument,
     ClientError,
+    Forbidden,
     LockHeld,
     MessageTooLarge,
     NotMaster,
@@ -17,6 +19,7 @@ from phxq.errors import (
     ProtocolError,
     StaleToken,
     StorageError,
+    Unauthenticated,
     Unavailable,
     UnknownTopic,
     VersionMismatch,
@@ -24,13 +27,19 @@ from phxq.errors import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"Ack", "Client", "Message", "SyncClient"}
+if TYPE_CHECKING:
+    from phxq.client import Ack, Client, ConsumedMessage, Message, SyncClient
+    from phxq.lock.client import LockClient
+
+_LAZY = {"Ack", "Client", "ConsumedMessage", "Message", "SyncClient"}
 
 __all__ = [
     "Ack",
     "BadArgument",
     "Client",
     "ClientError",
+    "ConsumedMessage",
+    "Forbidden",
     "LockClient",
     "LockHeld",
     "Message",
@@ -41,6 +50,7 @@ __all__ = [
     "StaleToken",
     "StorageError",
     "SyncClient",
+    "Unauthenticated",
     "Unavailable",
     "UnknownTopic",
     "VersionMismatch",

@@ -272,9 +272,11 @@ async def latency(
     warmup: int = 500,
     size: int = 100,
     cpu: CpuMeter | None = None,
+    credentials: dict[str, Any] | None = None,
 ) -> Result:
-    """Sequential phxq enqueues of ``size``-byte messages, one outstanding at a time."""
-    async with Client(addresses) as client:
+    """Sequential phxq enqueues of ``size``-byte messages, one outstanding at a time.
+    ``credentials``: ``phxq.Client`` ``token``/``ca`` for a secured cluster."""
+    async with Client(addresses, **(credentials or {})) as client:
         return await run_latency(
             phxq_sender(client, topic), count=count, warmup=warmup, size=size, cpu=cpu
         )
@@ -291,10 +293,12 @@ async def throughput(
     warmup: float = 1.0,
     cpu: CpuMeter | None = None,
     window: int | None = None,
+    credentials: dict[str, Any] | None = None,
 ) -> Result:
     """``outstanding`` concurrent phxq producers for ``seconds`` (after ``warmup`` seconds);
     ``window``: the client's requests in flight per group (its default if None)."""
-    extra = {} if window is None else {"window": window}
+    extra: dict[str, Any] = {} if window is None else {"window": window}
+    extra |= credentials or {}
     async with Client(addresses, batching=batching, **extra) as client:
         return await run_throughput(
             phxq_sender(client, topic),

@@ -4,6 +4,11 @@
 :class:`ProcessCluster` starts each daemon as its own ``python -m phxq ...`` process, waits
 until every group has a master, and can SIGKILL / SIGSTOP / SIGCONT / restart single nodes.
 Processes are always stopped by :meth:`ProcessCluster.stop` (also on ``with`` exit).
+
+:func:`run_dev` is ``phxq dev``: write (or resume) the config under a data directory, refuse
+ports already in use (:class:`PortInUse`, before anything starts), start every daemon, call
+``on_ready``, then supervise until SIGINT/SIGTERM (a clean stop) or until a daemon dies on its
+own (:class:`DevClusterFailed`); the daemons are stopped on every way out.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,8 +28,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from phxq.config import ClusterConfig, load_config
-from phxq.errors import PhxqError
+from phxq.errors import BadArgument, PhxqError
 from phxq.net.rpc import RpcPool
+from phxq.security.daemon import member_credentials, tool_credentials
+from phxq.security.tls import Credentials
 
 DEV_TOPICS = (("orders", 8), ("orders.dlq", 1))
 # What `phxq dev` adds to its config: one consumer group, delivered by its consumer daemon.
@@ -34,6 +42,56 @@ topic = "orders"
 handler = "phxq.consumer.demo:log_message"
 """
 DEV_CONSUMER = "dev"
+DEV_BASE_PORT = 7101  # stores BASE.., lock nodes BASE+100..
+LOCK_PORT_OFFSET = 100
+GATEWAY_PORT_OFFSET = 200  # the dev gateway listens at base + 200 (7301)
+
+
+class PortInUse(BadArgument):
+    """A port the dev cluster needs is taken (another ``phxq dev``?)."""
+
+    code = "port_in_use"  # every error class has its own wire code (tests/unit/test_errors.py)
+
+
+class DevClusterFailed(PhxqError):
+    """A dev cluster daemon exited on its own, or the cluster did not become ready."""
+
+    code = "dev_cluster_failed"
+
+
+def dev_ports(base_port: int, nodes: int) -> tuple[list[int], list[int]]:
+    """Store and lock ports of a dev cluster: ``base..`` and ``base + 100..``."""
+    if not 1024 <= base_port <= 65535 - GATEWAY_PORT_OFFSET:
+        raise BadArgument(f"base port must be in 1024..{65535 - GATEWAY_PORT_OFFSET}")
+    stores = [base_port + i for i in range(nodes)]
+    return stores, [p + LOCK_PORT_OFFSET for p in stores]
+
+
+def config_ports(config: ClusterConfig) -> list[tuple[str, str]]:
+    """``(what, "host:port")`` of every listener of ``config``'s stores and lock nodes."""
+    wanted = [(f"store {s.id}", s.addr) for s in config.stores]
+    wanted += [(f"lock node {lk.id}", lk.addr) for lk in config.locks]
+    wanted += [(f"store {s.id} metrics", s.metrics_addr) for s in config.stores if s.metrics_addr]
+    if config.gateway.listen:
+        wanted.append(("the HTTP gateway", config.gateway.listen))
+    return wanted
+
+
+def check_ports_free(wanted: list[tuple[str, str]]) -> None:
+    """Raise :class:`PortInUse` naming the first of ``wanted`` (``(what, "host:port")``) that
+    something already listens on."""
+    for what, addr in wanted:
+        host, _, port = addr.rpartition(":")
+        with socket.socket() as probe:
+            # As the daemons' listeners do: a port with only TIME_WAIT connections is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                raise PortInUse(
+                    f"port {port} ({what}) is already in use on {host} ({exc.strerror}): "
+                    "is another phxq dev running? Use --base-port or stop it"
+                ) from exc
 
 
 def free_ports(count: int) -> list[int]:
@@ -51,7 +109,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-DEV_SEGMENT_BYTES = "8MiB"
+DEV_SEGMENT_BYTES = "1MiB"
 
 
 def write_dev_config(
@@ -66,6 +124,8 @@ def write_dev_config(
     cluster_options: str = "",
     topic_retention: str = "7d",
     segment_bytes: str = DEV_SEGMENT_BYTES,
+    secure: bool = False,
+    gateway_port: int | None = None,
 ) -> Path:
     """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
     ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks).
@@ -73,10 +133,24 @@ def write_dev_config(
     Segments are ``segment_bytes`` (default ``DEV_SEGMENT_BYTES``, unless ``cluster_options``
     sets its own): every group preallocates a whole segment on every store, so the production
     default (64 MiB) would reserve 3 GiB of disk for a 16-group dev cluster, and a test suite
-    that starts a hundred clusters would fill the disk."""
+    that starts a hundred clusters would fill the disk.
+
+    ``secure``: TLS and tokens (``phxq.security.setup.dev_security``): a CA, member
+    certificates and an admin token under ``data/certs``, and a ``[client]`` table so every
+    tool given ``--config`` authenticates by itself."""
     data.mkdir(parents=True, exist_ok=True)
-    store_ports = store_ports or [7101 + i for i in range(nodes)]
-    lock_ports = lock_ports or [7201 + i for i in range(nodes)]
+    default_stores, default_locks = dev_ports(DEV_BASE_PORT, nodes)
+    store_ports = store_ports or default_stores
+    lock_ports = lock_ports or default_locks
+    sec = None
+    if secure:
+        from phxq.security.setup import dev_security
+
+        sec = dev_security(
+            data,
+            {i: f"127.0.0.1:{p}" for i, p in enumerate(store_ports, start=1)},
+            {i: f"127.0.0.1:{p}" for i, p in enumerate(lock_ports, start=1)},
+        )
     lines = ["[cluster]", f"groups = {groups}", cluster_options, ""]
     if "segment_bytes" not in cluster_options:
         lines.insert(2, f'segment_bytes = "{segment_bytes}"')
@@ -90,6 +164,8 @@ def write_dev_config(
         ]
         if metrics_ports:
             lines.append(f'metrics_addr = "127.0.0.1:{metrics_ports[i - 1]}"')
+        if sec is not None:
+            lines.append(sec.node_lines[("store", i)])
         lines.append("")
     for i, port in enumerate(lock_ports, start=1):
         lines += [
@@ -98,6 +174,7 @@ def write_dev_config(
             f'addr = "127.0.0.1:{port}"',
             f'dc = "dc{i}"',
             f'data = "lock{i}"',
+            *([sec.node_lines[("lock", i)]] if sec is not None else []),
             "",
         ]
     for name, queues in DEV_TOPICS:
@@ -109,6 +186,10 @@ def write_dev_config(
             "max_message_bytes = 1048576",
             "",
         ]
+    if sec is not None:
+        lines.append(sec.tables)
+    if gateway_port is not None:
+        lines += ["[gateway]", f'listen = "127.0.0.1:{gateway_port}"', ""]
     path = data / "cluster.toml"
     path.write_text("\n".join(lines) + extra)
     return path
@@ -135,6 +216,7 @@ class ProcessCluster:
     procs: dict[tuple[str, str], _Proc] = field(default_factory=dict)
     consumers: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # extra environment variables for every daemon
+    gateway: bool = False  # also run `phxq gateway` (at the config's [gateway] listen)
 
     def __post_init__(self) -> None:
         self.config: ClusterConfig = load_config(self.config_path)
@@ -142,11 +224,27 @@ class ProcessCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
     @property
+    def credentials(self) -> Credentials:
+        """What a tool presents to this cluster: its ``[client]`` token over TLS, if secure;
+        without a token, the ``[security]`` member certificate (a test harness's config)."""
+        creds = tool_credentials(self.config)
+        sec = self.config.security
+        if creds.token is None and sec is not None and sec.cert is not None:
+            return member_credentials(self.config)
+        return creds
+
+    @property
     def store_addresses(self) -> list[str]:
         return [s.addr for s in self.config.stores]
 
     def store_address(self, node: int) -> str:
         return self.config.store(node).addr
+
+    @property
+    def gateway_url(self) -> str | None:
+        listen = self.config.gateway.listen
+        scheme = "https" if self.config.security is not None else "http"
+        return f"{scheme}://{listen}" if self.gateway and listen else None
 
     @property
     def lock_addresses(self) -> list[str]:
@@ -169,6 +267,8 @@ class ProcessCluster:
                 self.start_node("lock", str(lk.id))
         for name in self.consumers:
             self.start_node("consumer", name)
+        if self.gateway_url:
+            self.start_node("gateway", "1")
 
     def start_node(self, role: str, node: str) -> None:
         proc = self.procs.setdefault((role, node), _Proc(role, node))
@@ -178,6 +278,8 @@ class ProcessCluster:
         proc.log = open(self.log_dir / f"{role}{node}.log", "ab")  # noqa: SIM115 (kept for the process's life)
         flag = "--node" if role in ("store", "lock") else "--id"
         cmd = [sys.executable, "-m", "phxq", role, "--config", str(self.config_path), flag, node]
+        if role == "gateway":
+            cmd = cmd[:-2]  # stateless: no id
         env = {**os.environ, **self.env} if self.env else None
         proc.popen = subprocess.Popen(
             cmd, stdout=proc.log, stderr=subprocess.STDOUT, start_new_session=True, env=env
@@ -247,6 +349,26 @@ class ProcessCluster:
                 proc.popen.kill()
                 proc.popen.wait()
 
+    def supervise(self, poll: float = 0.5) -> None:
+        """Block until SIGINT or SIGTERM (then return) or until a daemon exits on its own
+        (:class:`DevClusterFailed` naming it). Installs signal handlers: main thread only."""
+        stop = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            while not stop.wait(poll):
+                for proc in self.procs.values():
+                    if proc.popen is not None and proc.popen.poll() is not None:
+                        raise DevClusterFailed(
+                            f"{proc.role} {proc.node} exited ({proc.popen.returncode}); "
+                            f"see {self.log_dir}/{proc.role}{proc.node}.log"
+                        )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def logs(self, role: str = "store", node: int | str | None = None, tail: int = 60) -> str:
         """The last lines of the daemons' logs, for failure messages."""
         assert self.log_dir is not None
@@ -268,6 +390,8 @@ class ProcessCluster:
             state = await self._masters(pool)
             if state is True and self.locks:
                 state = await self._lock_master(pool)
+            if state is True and self.gateway_url:
+                state = await self._gateway_listens()
             return state
 
         await self._poll(ready, timeout, "cluster", self.logs)
@@ -283,8 +407,8 @@ class ProcessCluster:
                         + self.logs(proc.role, proc.node)
                     )
 
-    @staticmethod
     async def _poll(
+        self,
         check: Callable[[RpcPool], Awaitable[Any]],
         timeout: float,
         what: str,
@@ -293,7 +417,7 @@ class ProcessCluster:
         """Call ``check`` until it returns True (else a reason); TimeoutError after ``timeout``."""
         deadline = time.monotonic() + timeout
         last: Any = None
-        async with RpcPool() as pool:
+        async with RpcPool(transport_factory=self.credentials.transport_factory()) as pool:
             while time.monotonic() < deadline:
                 try:
                     last = await check(pool)
@@ -318,6 +442,15 @@ class ProcessCluster:
             (master,) = seen
             if not self.alive(int(master)):
                 return f"group {g}: master {master} is not alive"
+        return True
+
+    async def _gateway_listens(self) -> Any:
+        host, _, port = (self.config.gateway.listen or "").rpartition(":")
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError as exc:
+            return f"gateway not listening yet: {exc}"
+        writer.close()
         return True
 
     def wait_locks_ready(self, timeout: float = 30.0) -> None:
@@ -346,3 +479,79 @@ class ProcessCluster:
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("PHXQ_DATA", "./phxq-data"))
+
+
+@dataclass(frozen=True)
+class DevStarted:
+    """What :func:`run_dev` hands ``on_ready``: the running cluster and how it was started."""
+
+    cluster: ProcessCluster
+    config_path: Path
+    resumed: bool
+
+
+def prepare_dev(
+    data: Path, *, nodes: int = 3, base_port: int | None = None, secure: bool = True
+) -> tuple[Path, bool]:
+    """Write ``data/cluster.toml`` for a dev cluster (stores, lock nodes, the demo consumer
+    group; with ``secure``, TLS, member certificates and an admin token the tools read from
+    its ``[client]`` table) unless it exists; ``(path, resumed)``. Raises :class:`PortInUse` if a port of the
+    cluster is taken, and ``BadArgument`` if ``base_port`` contradicts an existing config."""
+    config_path = data / "cluster.toml"
+    resumed = config_path.exists()
+    if not resumed:
+        store_ports, lock_ports = dev_ports(base_port or DEV_BASE_PORT, nodes)
+        wanted = [(f"store {i}", f"127.0.0.1:{p}") for i, p in enumerate(store_ports, 1)]
+        wanted += [(f"lock node {i}", f"127.0.0.1:{p}") for i, p in enumerate(lock_ports, 1)]
+        gateway_port = store_ports[0] + GATEWAY_PORT_OFFSET
+        wanted.append(("the HTTP gateway", f"127.0.0.1:{gateway_port}"))
+        check_ports_free(wanted)  # before writing: a later run may pick other ports
+        write_dev_config(
+            data,
+            nodes=nodes,
+            store_ports=store_ports,
+            lock_ports=lock_ports,
+            extra=DEV_CONSUMER_GROUPS,
+            gateway_port=gateway_port,
+            secure=secure,
+        )
+    config = load_config(config_path)
+    if resumed and base_port is not None and config.stores[0].port != base_port:
+        raise BadArgument(
+            f"{config_path} uses port {config.stores[0].port}, not --base-port {base_port}: "
+            "drop --base-port to resume it, or use another --data"
+        )
+    check_ports_free(config_ports(config))
+    return config_path, resumed
+
+
+def run_dev(
+    data: Path,
+    *,
+    nodes: int = 3,
+    base_port: int | None = None,
+    on_ready: Callable[[DevStarted], None],
+    ready_timeout: float = 60.0,
+    secure: bool = True,
+) -> None:
+    """``phxq dev``: prepare the config (:func:`prepare_dev`), start every daemon, call
+    ``on_ready`` once all serve, and supervise until SIGINT/SIGTERM. Raises
+    :class:`DevClusterFailed` (one line, naming the daemon and its log) when a daemon dies or
+    the cluster is not ready within ``ready_timeout``. The daemons are always stopped."""
+    config_path, resumed = prepare_dev(data, nodes=nodes, base_port=base_port, secure=secure)
+    cluster = ProcessCluster(
+        config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,), gateway=True
+    )
+    try:
+        cluster.start()
+        try:
+            cluster.wait_ready(timeout=ready_timeout)
+        except (TimeoutError, RuntimeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DevClusterFailed(f"{first}; logs in {cluster.log_dir}") from exc
+        on_ready(DevStarted(cluster, config_path, resumed))
+        cluster.supervise()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C while starting: stop what started, as after it
+    finally:
+        cluster.stop()

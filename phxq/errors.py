@@ -11,7 +11,9 @@ on the client (see :func:`from_wire`).
     ├── ClientError            bad request from a caller
     │   ├── UnknownTopic
     │   ├── MessageTooLarge
-    │   └── BadArgument
+    │   ├── BadArgument
+    │   ├── Unauthenticated    no credentials, or credentials the cluster does not accept
+    │   └── Forbidden          authenticated, but not allowed to do this (``data['permission']``)
     ├── NotMaster(hint)        retry at ``hint``; the client follows it automatically
     ├── Unavailable            no majority / timed out; retry is safe with the same dedup id
     ├── StaleToken             a fencing token older than the current owner's
@@ -64,6 +66,20 @@ class MessageTooLarge(ClientError):
 
 class BadArgument(ClientError):
     code = "bad_argument"
+
+
+class Unauthenticated(ClientError):
+    """The caller presented no credentials, or ones the cluster does not accept (unknown
+    token, a certificate not from the cluster CA). The message never contains the token."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(ClientError):
+    """The caller is authenticated but its principal lacks the permission the request needs
+    (``data['permission']``, e.g. ``"produce:orders"``)."""
+
+    code = "forbidden"
 
 
 class NotMaster(PhxqError):

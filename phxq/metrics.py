@@ -46,12 +46,6 @@ BATCH_ITEMS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
-INSTANCES_IN_FLIGHT = Gauge(
-    "phxq_instances_in_flight",
-    "Unchosen instances in flight per group",
-    ["group"],
-    registry=REGISTRY,
-)
 FSYNC_LATENCY = Histogram(
     "phxq_fsync_latency_seconds",
     "fdatasync latency of the PLog writer",
@@ -153,6 +147,39 @@ CONSUMER_LEASES_LOST = Counter(
     "phxq_consumer_leases_lost_total",
     "Pair locks lost while owned (the pair stopped at once)",
     ["group"],
+    registry=REGISTRY,
+)
+
+AUTH_REFUSED = Counter(
+    "phxq_auth_refused_total",
+    "Requests and notifications refused as unauthenticated or forbidden",
+    ["service"],
+    registry=REGISTRY,
+)
+CERT_EXPIRES = Gauge(
+    "phxq_cert_expiry_timestamp_seconds",
+    "When this process's member certificate expires (seconds since the epoch)",
+    ["cert"],
+    registry=REGISTRY,
+)
+
+
+SCHEDULED_PENDING = Gauge(
+    "phxq_scheduled_pending",
+    "Scheduled messages not yet released, per group this node masters (0 elsewhere)",
+    ["group"],
+    registry=REGISTRY,
+)
+RELEASE_LAG = Gauge(
+    "phxq_release_lag_seconds",
+    "How overdue the earliest pending scheduled message is, per group this node masters",
+    ["group"],
+    registry=REGISTRY,
+)
+RELEASE_LATENESS = Histogram(
+    "phxq_release_lateness_seconds",
+    "Release stamp minus due time of each released scheduled message",
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
     registry=REGISTRY,
 )
 

@@ -25,18 +25,33 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import random
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any
+from typing import Any, final
 
 from phxq import trace
-from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable, UnknownTopic
+from phxq.client.stream import StreamRegistry
+from phxq.client.streaming import StreamingMixin
+from phxq.client.types import Ack, ClusterMap, Message
+from phxq.errors import (
+    BadArgument,
+    Forbidden,
+    NotMaster,
+    PhxqError,
+    Unauthenticated,
+    Unavailable,
+    UnknownTopic,
+)
 from phxq.net.rpc import RpcPool
-from phxq.store.routing import group_for_queue, queue_for_key
+from phxq.net.transport import client_transport
+from phxq.routing import group_for_queue, queue_for_key
+from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
 
@@ -47,29 +62,6 @@ DEFAULT_WINDOW = 2  # enqueue requests in flight per (topic, group) with batchin
 # A request beyond the first in flight leaves only with this many messages queued: with few
 # queued, waiting for the first to return makes one bigger Paxos instance instead of two small.
 EXTRA_REQUEST_MIN_MESSAGES = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """An acknowledged enqueue: the message is chosen (durable on a majority)."""
-
-    topic: str
-    queue: int
-    offset: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message read back from a queue."""
-
-    topic: str
-    queue: int
-    offset: int
-    payload: bytes
-    key: str | None
-    headers: dict[str, str]
-    enqueued_at: float
 
 
 @dataclass(slots=True)
@@ -88,28 +80,10 @@ class _GroupSender:
     in_flight: int = 0
 
 
-@dataclass(slots=True)
-class ClusterMap:
-    groups: int
-    nodes: dict[int, str]
-    topics: dict[str, int]
-    masters: dict[int, int]
-
-    @classmethod
-    def from_wire(cls, data: Any) -> ClusterMap:
-        try:
-            return cls(
-                groups=int(data["groups"]),
-                nodes={int(k): str(v) for k, v in data["nodes"].items()},
-                topics={str(k): int(v) for k, v in data["topics"].items()},
-                masters={int(k): int(v) for k, v in data["masters"].items() if v is not None},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Unavailable(f"malformed cluster map: {exc!r}") from exc
-
-
-class Client:
-    """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``."""
+@final
+class Client(StreamingMixin):
+    """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
+    secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
 
     def __init__(
         self,
@@ -119,13 +93,20 @@ class Client:
         retry_timeout: float = 15.0,
         batching: bool = True,
         window: int = DEFAULT_WINDOW,
+        token: str | None = None,
+        ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
+        locks: Sequence[str] | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
         if not addresses:
             raise BadArgument("Client needs at least one store address")
         self._seeds = list(addresses)
-        self._pool = RpcPool()
+        # token: the bearer token of a principal; ca: the cluster CA file, or a ready context
+        # (a member's, with its certificate). Either one means TLS (see phxq.security).
+        self._pool = RpcPool(transport_factory=client_transport(token, ca))
+        self._credentials = (token, ca)  # for the lock client consume() opens
+        self._lock_seeds = None if locks is None else list(locks)
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
         self._batching = batching
@@ -139,7 +120,8 @@ class Client:
         # without a getrandom system call and a UUID object per message).
         self._dedup_prefix = os.urandom(12).hex() + "-"
         self._dedup_seq = itertools.count()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskScope("phxq.Client", log)  # the batch senders
+        self._streams = StreamRegistry()  # open tail / consume iterators
 
     async def __aenter__(self) -> Client:
         await self.cluster_map()
@@ -149,9 +131,10 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Close open streams, cancel requests in flight (their callers get ``Unavailable``
+        or ``CancelledError``) and close the connections. Idempotent."""
+        await self._streams.aclose()
+        await self._tasks.aclose()
         await self._pool.close()
 
     # ----------------------------------------------------------------- cluster map and routing
@@ -169,6 +152,8 @@ class Client:
                 try:
                     # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
                     data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
+                except (Unauthenticated, Forbidden):
+                    raise  # every store would refuse the same credentials
                 except PhxqError as exc:
                     last = exc
                     continue
@@ -267,36 +252,73 @@ class Client:
         queue: int | None = None,
         dedup_id: str | None = None,
         headers: dict[str, str] | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
     ) -> Ack:
-        """Enqueue one message; returns once it is chosen (durable on a majority)."""
-        futures = await self._submit(topic, [(payload, key, queue, dedup_id, headers)])
+        """Enqueue one message; returns once it is chosen (durable on a majority).
+
+        With ``delay`` (seconds from now, by the group master's clock) or ``deliver_at`` (a
+        UNIX time; in the past: at once), up to ``MAX_SCHEDULE_SECONDS`` (366 days) ahead, the
+        message stays invisible to every reader until then; it is then released into its
+        queue and gets its offset. The ack carries a ``scheduled_id`` instead of an offset.
+        ``BadArgument`` for both, or a negative, non-finite or too distant time."""
+        when = _when(delay, deliver_at)
+        item = (
+            (payload, key, queue, dedup_id, headers)
+            if when is None
+            else (payload, key, queue, dedup_id, headers, when)
+        )
+        futures = await self._submit(topic, [item])
         return await futures[0]
+
+    async def cancel_scheduled(self, scheduled_id: str) -> bool:
+        """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
+        released. True if it was pending; False if it was already released or cancelled."""
+        topic, queue, sid = _parse_scheduled_id(scheduled_id)
+        cmap = await self.cluster_map()
+        q = self._queue_of(cmap, topic, None, queue)
+        params = {"topic": topic, "queue": q, "id": sid}
+        done = await self._call_master(
+            topic, group_for_queue(q, cmap.groups), "cancel_scheduled", params
+        )
+        return bool(done)
 
     async def enqueue_many(
         self,
         topic: str,
         messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]],
+        *,
+        queue: int | None = None,
+        headers: dict[str, str] | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
     ) -> list[Ack]:
-        """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in order."""
-        items = []
+        """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in
+        order. ``queue``, ``headers``, ``delay`` and ``deliver_at`` apply to every message, as
+        in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
+        when = _when(delay, deliver_at)
+        items: list[tuple[Any, ...]] = []
         for m in messages:
             if not isinstance(m, tuple) or len(m) not in (2, 3):
                 raise BadArgument(
                     "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
                 )
-            items.append((m[0], m[1], None, m[2] if len(m) == 3 else None, None))
+            item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
+            items.append(item if when is None else (*item, when))
         futures = await self._submit(topic, items)
         return list(await asyncio.gather(*futures))
 
     async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
         if not isinstance(topic, str):
             raise BadArgument("topic must be a str")
+        if self._tasks.closed:
+            raise BadArgument("the client is closed")
         cmap = self._map if self._map is not None else await self.cluster_map()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, int]] = set()
         senders = self._senders
-        for payload, key, queue, dedup_id, headers in items:
+        for payload, key, queue, dedup_id, headers, *when in items:
             if not isinstance(payload, (bytes, bytearray, memoryview)):
                 raise BadArgument("payload must be bytes")
             if key is not None and not isinstance(key, str):
@@ -313,7 +335,7 @@ class Client:
             fut: asyncio.Future[Ack] = loop.create_future()
             if dedup_id is None:
                 dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
-            wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id]
+            wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id, *when]
             sender = senders.get((topic, group))
             if sender is None:
                 sender = senders[(topic, group)] = _GroupSender()
@@ -344,9 +366,7 @@ class Client:
             self._spawn(self._send_loop(topic, group, sender))
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name="phxq.Client send")
 
     async def _send_loop(self, topic: str, group: int, sender: _GroupSender) -> None:
         try:
@@ -381,11 +401,17 @@ class Client:
         try:
             reply = await self._call_master(topic, group, "enqueue", params)
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
-                for p, (offset, duplicate) in zip(ps, results, strict=True):
+                for p, result in zip(ps, results, strict=True):
                     if not p.future.done():
-                        p.future.set_result(Ack(topic, q, int(offset), bool(duplicate)))
+                        p.future.set_result(_ack(topic, q, result))
             if trace.ON:
                 trace.mark("client.acked")
+        except asyncio.CancelledError:
+            # The client is closing: its callers must not wait forever.
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(Unavailable("the client was closed"))
+            raise
         except Exception as exc:  # every waiter must learn the outcome; none is left hanging
             if not isinstance(exc, PhxqError):
                 exc = Unavailable(f"malformed enqueue reply: {exc!r}")
@@ -482,3 +508,66 @@ class Client:
             addr, "status", {}, timeout=self._request_timeout
         )
         return result
+
+
+MAX_SCHEDULE_SECONDS = 366 * 86400.0  # the store's limit (phxq.store.scheduler)
+
+
+def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
+    """The wire form of ``delay=`` / ``deliver_at=`` (``BadArgument`` if invalid)."""
+    if delay is None and deliver_at is None:
+        return None
+    if delay is not None and deliver_at is not None:
+        raise BadArgument("give delay or deliver_at, not both")
+    kind, value = ("delay", delay) if delay is not None else ("at", deliver_at)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise BadArgument(f"{kind} must be a number of seconds, got {value!r}")
+    value = float(value)
+    if kind == "delay" and not 0 <= value <= MAX_SCHEDULE_SECONDS:
+        raise BadArgument(f"delay must be in [0, {MAX_SCHEDULE_SECONDS:.0f}] seconds, got {value}")
+    if kind == "at" and not value <= time.time() + MAX_SCHEDULE_SECONDS:
+        raise BadArgument(f"deliver_at must be at most {MAX_SCHEDULE_SECONDS:.0f} s ahead")
+    return [kind, value]
+
+
+def _ack(topic: str, queue: int, result: Any) -> Ack:
+    """``[offset, duplicate]`` or ``[None, duplicate, scheduled id]`` from the store."""
+    if len(result) == 3:
+        sid = int(result[2])
+        return Ack(topic, queue, None, bool(result[1]), f"{topic}/{queue}/{sid}")
+    return Ack(topic, queue, int(result[0]), bool(result[1]))
+
+
+def _parse_scheduled_id(scheduled_id: Any) -> tuple[str, int, int]:
+    """``topic/queue/id`` (an ``Ack.scheduled_id``) -> its parts; ``BadArgument`` if not one."""
+    parts = scheduled_id.rsplit("/", 2) if isinstance(scheduled_id, str) else []
+    if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
+        return parts[0], int(parts[1]), int(parts[2])
+    raise BadArgument(f"not a scheduled id (topic/queue/number): {scheduled_id!r}")
+
+
+def parse_when(delay: str | None, deliver_at: str | None) -> dict[str, float]:
+    """``delay=``/``deliver_at=`` keyword arguments from text (the CLI's ``--delay``: a
+    duration such as "90s", "10m", "40d"; ``--at``: epoch seconds or an ISO 8601 time, local
+    unless it has an offset). ``BadArgument`` if malformed or both are given."""
+    from datetime import datetime
+
+    from phxq.config.model import parse_duration
+
+    if delay is not None and deliver_at is not None:
+        raise BadArgument("give --delay or --at, not both")
+    if delay is not None:
+        try:
+            return {"delay": parse_duration(delay)}
+        except ValueError as exc:
+            raise BadArgument(f"--delay {delay!r}: {exc}") from None
+    if deliver_at is not None:
+        try:
+            return {"deliver_at": float(deliver_at)}
+        except ValueError:
+            pass
+        try:
+            return {"deliver_at": datetime.fromisoformat(deliver_at).timestamp()}
+        except ValueError:
+            raise BadArgument(f"--at {deliver_at!r}: not epoch seconds or an ISO time") from None
+    return {}

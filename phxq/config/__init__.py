@@ -41,7 +41,21 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
                    rate_limit_bytes (none) bytes/s; max_attempts (5); on_failure
                    ("dead_letter" | "block"); dead_letter ("<topic>.dlq"); ordering ("strict" |
                    "per_key"); concurrency (1; above 1 only with per_key); handler_timeout ("10s")
+[gateway]          listen (none) "host:port" of ``phxq gateway`` (``--listen`` overrides);
+                   max_body_bytes ("16MiB") largest request body; body_timeout ("10s") to
+                   receive a body; max_wait ("60s", at most 60s) longest long poll;
+                   max_in_flight (1024) requests at once, more get 429
+[security]         ca* the cluster CA certificate (PEM); present = every link is TLS and every
+                   [[store]]/[[lock]] needs cert* and key* (its member certificate and key);
+                   cert, key: the member certificate of consumers/gateways using this file
+[[principal]]      name*; token_sha256* (64 hex digits: ``phxq admin token`` prints one);
+                   allow* ["produce:TOPIC", "consume:TOPIC:GROUP", "admin", "*"], with "*"
+                   wildcards in names; needs [security]
+[client]           token_file (a file holding the token the tools send), ca (the CA the tools
+                   check servers against; default [security].ca)
 =================  ===========================================================================
+
+Paths (``data``, ``cert``, ``key``, ``ca``, ``token_file``) are resolved like ``data``.
 
 Dead letters: with ``on_failure = "dead_letter"`` (the default) a group's ``dead_letter`` names
 a topic; if that key is omitted it is ``"<topic>.dlq"``, and if no such topic is declared it is
@@ -57,11 +71,15 @@ from phxq.config.model import (
     DEFAULTS,
     DLQ_SUFFIX,
     MESSAGE_BYTES_LIMIT,
+    ClientConfig,
     ClusterConfig,
     ClusterSettings,
     ConfigError,
     ConsumerGroupConfig,
+    GatewayConfig,
     NodeConfig,
+    PrincipalConfig,
+    SecurityConfig,
     TopicConfig,
     format_duration,
     format_size,
@@ -74,11 +92,15 @@ __all__ = [
     "DEFAULTS",
     "DLQ_SUFFIX",
     "MESSAGE_BYTES_LIMIT",
+    "ClientConfig",
     "ClusterConfig",
     "ClusterSettings",
     "ConfigError",
     "ConsumerGroupConfig",
+    "GatewayConfig",
     "NodeConfig",
+    "PrincipalConfig",
+    "SecurityConfig",
     "TopicConfig",
     "dump_config",
     "format_duration",

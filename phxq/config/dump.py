@@ -6,7 +6,7 @@ from typing import Any
 
 import tomli_w
 
-from phxq.config.model import ClusterConfig, format_duration, format_size
+from phxq.config.model import ClusterConfig, GatewayConfig, format_duration, format_size
 
 
 def _compact(table: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +50,8 @@ def dump_config(cfg: ClusterConfig) -> str:
                         "data": str(n.data),
                         "metrics_addr": n.metrics_addr,
                         "peers": {str(k): v for k, v in n.peers} if n.peers else None,
+                        "cert": _opt(n.cert, str),
+                        "key": _opt(n.key, str),
                     }
                 )
                 for n in nodes
@@ -82,10 +84,35 @@ def dump_config(cfg: ClusterConfig) -> str:
                     "ordering": g.ordering,
                     "concurrency": g.concurrency,
                     "handler_timeout": format_duration(g.handler_timeout),
+                    "signing_secret_file": _opt(g.signing_secret_file, str),
                 }
             )
             for g in cfg.consumer_groups
         ]
+    if cfg.security is not None:
+        sec = cfg.security
+        doc["security"] = _compact(
+            {"ca": str(sec.ca), "cert": _opt(sec.cert, str), "key": _opt(sec.key, str)}
+        )
+    if cfg.principals:
+        doc["principal"] = [
+            {"name": p.name, "token_sha256": p.token_sha256, "allow": list(p.allow)}
+            for p in cfg.principals
+        ]
+    if cfg.client is not None:
+        cl = cfg.client
+        doc["client"] = _compact({"token_file": _opt(cl.token_file, str), "ca": _opt(cl.ca, str)})
+    gw = cfg.gateway
+    if gw != GatewayConfig():
+        doc["gateway"] = _compact(
+            {
+                "listen": gw.listen,
+                "max_body_bytes": format_size(gw.max_body_bytes),
+                "body_timeout": format_duration(gw.body_timeout),
+                "max_wait": format_duration(gw.max_wait),
+                "max_in_flight": gw.max_in_flight,
+            }
+        )
     return _render(doc)
 
 

@@ -34,6 +34,10 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "consumer_group.ordering": "strict",
         "consumer_group.concurrency": 1,
         "consumer_group.handler_timeout": "10s",
+        "gateway.max_body_bytes": "16MiB",
+        "gateway.body_timeout": "10s",
+        "gateway.max_wait": "60s",
+        "gateway.max_in_flight": 1024,
     }
 )
 MESSAGE_BYTES_LIMIT: Final = 8 << 20  # half the RPC frame limit: a message must fit a frame
@@ -161,6 +165,8 @@ class NodeConfig:
     metrics_addr: str | None = None
     # (peer id, address this node dials it at), sorted; same kind of node. Empty: their addr.
     peers: tuple[tuple[int, str], ...] = ()
+    cert: Path | None = None  # with [security]: this member's certificate (PEM) and key
+    key: Path | None = None
 
     @property
     def host(self) -> str:
@@ -197,6 +203,48 @@ class ConsumerGroupConfig:
     ordering: Ordering = _default("consumer_group.ordering")  # noqa: RUF009 (a str)
     concurrency: int = _default("consumer_group.concurrency")
     handler_timeout: float = _default_duration("consumer_group.handler_timeout")
+    signing_secret_file: Path | None = None  # HTTP pushes carry Phxq-Signature keyed by it
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The ``[gateway]`` table (``phxq gateway``); durations in seconds."""
+
+    listen: str | None = None  # "host:port"; None: --listen or the gateway's default
+    max_body_bytes: int = _default_size("gateway.max_body_bytes")
+    body_timeout: float = _default_duration("gateway.body_timeout")
+    max_wait: float = _default_duration("gateway.max_wait")
+    max_in_flight: int = _default("gateway.max_in_flight")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """The ``[security]`` table: every link is TLS, members present certificates from ``ca``.
+    ``cert``/``key``: the member certificate of processes without a node table (consumers,
+    gateways) started from this file."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalConfig:
+    """One ``[[principal]]``: a token's SHA-256 (hex) and what its holder may do."""
+
+    name: str
+    token_sha256: str = field(repr=False)
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """The ``[client]`` table: credentials the command-line tools use with ``--config``."""
+
+    token_file: Path | None = None
+    ca: Path | None = None
+    # Not a config key: the token a tool was given (--token, PHXQ_TOKEN); wins over token_file.
+    token: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +256,10 @@ class ClusterConfig:
     locks: tuple[NodeConfig, ...] = ()
     topics: tuple[TopicConfig, ...] = ()
     consumer_groups: tuple[ConsumerGroupConfig, ...] = ()
+    security: SecurityConfig | None = None
+    principals: tuple[PrincipalConfig, ...] = ()
+    client: ClientConfig | None = None
+    gateway: GatewayConfig = GatewayConfig()
     source: str = field(default="<string>", compare=False)
     topics_by_name: Mapping[str, TopicConfig] = field(init=False, repr=False, compare=False)
 

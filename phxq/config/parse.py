@@ -16,11 +16,15 @@ from phxq.config.model import (
     DEFAULTS,
     DLQ_SUFFIX,
     MESSAGE_BYTES_LIMIT,
+    ClientConfig,
     ClusterConfig,
     ClusterSettings,
     ConfigError,
     ConsumerGroupConfig,
+    GatewayConfig,
     NodeConfig,
+    PrincipalConfig,
+    SecurityConfig,
     TopicConfig,
     _split_addr,
     format_size,
@@ -124,6 +128,16 @@ class _Table:
 
         return self.convert(key, "", check, required)
 
+    def file(self, key: str, base_dir: Path | None, required: bool = False) -> Path | None:
+        """A file path, resolved against ``base_dir`` when relative (like ``data``)."""
+        text = self.text(key, required=required)
+        if text is None:
+            return None
+        path = Path(os.path.expanduser(text))
+        if base_dir is not None and not path.is_absolute():
+            path = Path(os.path.normpath(base_dir / path))
+        return path
+
     def rate(self, key: str) -> Any:
         def check(value: object) -> float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -146,11 +160,23 @@ _NAME_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _HANDLER_RE: Final = re.compile(
     r"https?://[^\s/?#]+\S*|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
 )
+_DIGEST_RE: Final = re.compile(r"[0-9a-f]{64}")
 _TEXT_RULES: Final[dict[re.Pattern[str] | None, str]] = {
+    _DIGEST_RE: "expected 64 lowercase hex digits (the SHA-256 of the token)",
     _NAME_RE: "expected a name of 1-249 letters, digits, '.', '_' or '-'",
     _HANDLER_RE: 'expected "http(s)://host/path" or "package.module:function"',
 }
-_SECTIONS: Final = ("cluster", "store", "lock", "topic", "consumer_group")
+_SECTIONS: Final = (
+    "cluster",
+    "store",
+    "lock",
+    "topic",
+    "consumer_group",
+    "security",
+    "principal",
+    "client",
+    "gateway",
+)
 
 
 def _array(source: str, doc: dict[str, Any], name: str) -> list[object]:
@@ -175,7 +201,11 @@ def _node(source: str, kind: str, i: int, raw: object, base_dir: Path | None) ->
         data=data,
         metrics_addr=t.addr("metrics_addr"),
         peers=_peers(t, kind),
+        cert=t.file("cert", base_dir),
+        key=t.file("key", base_dir),
     )
+    if (node.cert is None) != (node.key is None):
+        t.fail("cert and key go together", "key" if node.key is None else "cert")
     t.done()
     return node
 
@@ -217,7 +247,9 @@ def _topic(source: str, i: int, raw: object) -> TopicConfig:
     return topic
 
 
-def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConfig, _Table]:
+def _consumer_group(
+    source: str, i: int, raw: object, base_dir: Path | None = None
+) -> tuple[ConsumerGroupConfig, _Table]:
     t = _Table(source, f"consumer_group[{i}]", "consumer_group", raw)
     group = ConsumerGroupConfig(
         name=t.text("name", _NAME_RE, required=True),
@@ -231,6 +263,7 @@ def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConf
         ordering=t.choice("ordering", ("strict", "per_key")),
         concurrency=t.integer("concurrency"),
         handler_timeout=t.duration("handler_timeout"),
+        signing_secret_file=t.file("signing_secret_file", base_dir),
     )
     if group.concurrency > 1 and group.ordering != "per_key":
         t.fail('above 1 needs ordering = "per_key" (strict order is one at a time)', "concurrency")
@@ -238,6 +271,21 @@ def _consumer_group(source: str, i: int, raw: object) -> tuple[ConsumerGroupConf
         t.fail('is set but on_failure = "block" never dead-letters', "dead_letter")
     t.done()
     return group, t
+
+
+def _gateway(source: str, raw: object) -> GatewayConfig:
+    t = _Table(source, "gateway", "gateway", raw)
+    gateway = GatewayConfig(
+        listen=t.addr("listen"),
+        max_body_bytes=t.size("max_body_bytes"),
+        body_timeout=t.duration("body_timeout"),
+        max_wait=t.duration("max_wait", positive=False),
+        max_in_flight=t.integer("max_in_flight"),
+    )
+    if gateway.max_wait > 60:
+        t.fail("must be at most 60s (the stores' longest long poll)", "max_wait")
+    t.done()
+    return gateway
 
 
 def _claim(source: str, seen: dict[object, str], value: object, path: str) -> None:
@@ -321,7 +369,7 @@ def parse_config(
     groups: list[ConsumerGroupConfig] = []
     group_names: dict[object, str] = {}
     for i, raw in enumerate(_array(source, doc, "consumer_group")):
-        group, t = _consumer_group(source, i, raw)
+        group, t = _consumer_group(source, i, raw, base_dir)
         _claim(source, group_names, group.name, f"consumer_group[{i}].name")
         spec = by_name.get(group.topic)
         if spec is None:
@@ -347,14 +395,81 @@ def parse_config(
                     "dead_letter",
                 )
         groups.append(group)
+    security, principals, client = _security(source, doc, base_dir, stores, locks)
+    gateway = _gateway(source, doc.get("gateway", {}))
+    if gateway.listen is not None:
+        _claim(source, addresses, gateway.listen, "gateway.listen")
     return ClusterConfig(
         cluster=settings,
         stores=tuple(stores),
         locks=tuple(locks),
         topics=tuple(topics),
         consumer_groups=tuple(groups),
+        security=security,
+        principals=principals,
+        client=client,
+        gateway=gateway,
         source=source,
     )
+
+
+def _security(
+    source: str,
+    doc: dict[str, Any],
+    base_dir: Path | None,
+    stores: list[NodeConfig],
+    locks: list[NodeConfig],
+) -> tuple[SecurityConfig | None, tuple[PrincipalConfig, ...], ClientConfig | None]:
+    """``[security]``, ``[[principal]]`` and ``[client]`` (see :mod:`phxq.config`)."""
+    from phxq.errors import BadArgument
+    from phxq.security.principals import parse_grant
+
+    security = None
+    if "security" in doc:
+        t = _Table(source, "security", "security", doc["security"])
+        security = SecurityConfig(
+            ca=t.file("ca", base_dir, required=True),  # type: ignore[arg-type]
+            cert=t.file("cert", base_dir),
+            key=t.file("key", base_dir),
+        )
+        if (security.cert is None) != (security.key is None):
+            t.fail("cert and key go together", "key" if security.key is None else "cert")
+        t.done()
+        for kind, nodes in (("store", stores), ("lock", locks)):
+            for i, node in enumerate(nodes):
+                if node.cert is None:
+                    raise ConfigError(
+                        f"{source}: {kind}[{i}].cert: required with [security] (this member's "
+                        "certificate; `phxq admin certs` makes them)",
+                        {"key": f"{kind}[{i}].cert"},
+                    )
+    principals: list[PrincipalConfig] = []
+    names: dict[object, str] = {}
+    digests: dict[object, str] = {}
+    for i, raw in enumerate(_array(source, doc, "principal")):
+        t = _Table(source, f"principal[{i}]", "principal", raw)
+        name = t.text("name", required=True)
+        digest = t.text("token_sha256", _DIGEST_RE, required=True)
+        allow = t.get("allow", required=True)
+        if not isinstance(allow, list):
+            t.fail(f"expected an array of grants, got {_show(allow)}", "allow")
+        for grant in allow:
+            try:
+                parse_grant(grant)
+            except BadArgument as exc:
+                t.fail(exc.message, "allow")
+        t.done()
+        if security is None:
+            t.fail("needs a [security] table (without it nothing checks tokens)")
+        _claim(source, names, name, f"principal[{i}].name")
+        _claim(source, digests, digest, f"principal[{i}].token_sha256")
+        principals.append(PrincipalConfig(name, digest, tuple(allow)))
+    client = None
+    if "client" in doc:
+        t = _Table(source, "client", "client", doc["client"])
+        client = ClientConfig(token_file=t.file("token_file", base_dir), ca=t.file("ca", base_dir))
+        t.done()
+    return security, tuple(principals), client
 
 
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:

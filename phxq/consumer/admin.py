@@ -42,6 +42,8 @@ from phxq.config import ClusterConfig, ConsumerGroupConfig, parse_duration
 from phxq.consumer.assign import pair_lock_name, pairs_of
 from phxq.consumer.settings import (
     MEMBERS_PREFIX,
+    SETTINGS_PREFIX,
+    group_settings,
     member_groups,
     members,
     paused_key,
@@ -49,9 +51,10 @@ from phxq.consumer.settings import (
     unblock_key,
 )
 from phxq.errors import BadArgument, PhxqError, VersionMismatch
+from phxq.render import size
 
 CAS_RETRIES = 20
-_KEEP: Any = object()
+KEEP: Any = object()  # set_limit: leave this limit as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,15 +174,15 @@ async def set_limit(
     cfg: ClusterConfig,
     group: str,
     *,
-    messages: Any = _KEEP,  # float | None
-    bytes_per_s: Any = _KEEP,  # int | None
+    messages: Any = KEEP,  # float | None
+    bytes_per_s: Any = KEEP,  # int | None
     reset: bool = False,
 ) -> dict[str, Any]:
     """Set the group's runtime rate limit (``None``: unlimited; omitted: unchanged); ``reset``
     goes back to the config's values. Returns the limit now in force."""
     spec = cfg.consumer_group(group)
     for name, value in (("messages", messages), ("bytes", bytes_per_s)):
-        if value is _KEEP or value is None:
+        if value is KEEP or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadArgument(f"{name}/s must be a number, got {value!r}")
@@ -196,8 +199,8 @@ async def set_limit(
             else {"messages": spec.rate_limit, "bytes": spec.rate_limit_bytes}
         )
         return {
-            "messages": base.get("messages") if messages is _KEEP else messages,
-            "bytes": base.get("bytes") if bytes_per_s is _KEEP else bytes_per_s,
+            "messages": base.get("messages") if messages is KEEP else messages,
+            "bytes": base.get("bytes") if bytes_per_s is KEEP else bytes_per_s,
         }
 
     new: dict[str, Any] = await _update(locks, rate_key(group), change)
@@ -218,8 +221,19 @@ async def resume(locks: Any, cfg: ClusterConfig, group: str) -> None:
 
 
 async def ownership(cfg: ClusterConfig, locks: Any) -> dict[str, Any]:
-    """Live consumers (weight, consumer groups served) and, per pair, the lock holder and its
-    fencing token."""
+    """Live consumers (weight, consumer groups served), the settings in force per consumer group
+    (paused, rate limits, whether they are the config's or set at runtime) and, per pair, the
+    lock holder and its fencing token."""
+    stored = await locks.kv_list(SETTINGS_PREFIX)
+    settings = {}
+    for spec in cfg.consumer_groups:
+        now = group_settings(spec, stored)
+        settings[spec.name] = {
+            "paused": now.paused,
+            "rate_limit": now.rate_limit,
+            "rate_limit_bytes": now.rate_limit_bytes,
+            "source": "runtime" if rate_key(spec.name) in stored else "config",
+        }
     entries = await locks.kv_list(MEMBERS_PREFIX)
     live = members(entries)
     serving = {m: None if g is None else sorted(g) for m, g in member_groups(entries).items()}
@@ -236,7 +250,7 @@ async def ownership(cfg: ClusterConfig, locks: Any) -> dict[str, Any]:
                 "expires_in": None if info is None else round(info.expires_in, 3),
             }
         )
-    return {"members": live, "serving": serving, "pairs": pairs}
+    return {"members": live, "serving": serving, "settings": settings, "pairs": pairs}
 
 
 @contextlib.asynccontextmanager
@@ -245,8 +259,9 @@ async def open_locks(cfg: ClusterConfig) -> AsyncIterator[Any]:
     if not cfg.locks:
         raise BadArgument(f"{cfg.source}: no [[lock]] nodes: the consumer tier needs them")
     from phxq.lock import LockClient
+    from phxq.security.daemon import client_options
 
-    async with LockClient([lk.addr for lk in cfg.locks]) as locks:
+    async with LockClient([lk.addr for lk in cfg.locks], **client_options(cfg)) as locks:
         yield locks
 
 
@@ -267,7 +282,14 @@ def format_ownership(status: dict[str, Any]) -> list[str]:
     if "error" in status:
         return [f"consumers: lock service unavailable ({status['error']})"]
     live = ", ".join(f"{m} (weight {w:g})" for m, w in sorted(status["members"].items()))
-    lines = [f"consumers: {live or 'none'}", "consumer group  topic  queue  owner  token"]
+    lines = [f"consumers: {live or 'none'}"]
+    for group, now in sorted(status.get("settings", {}).items()):
+        rate = "unlimited" if now["rate_limit"] is None else f"{now['rate_limit']:g} messages/s"
+        if now["rate_limit_bytes"] is not None:
+            rate += f", {size(now['rate_limit_bytes'])}/s"
+        state = "PAUSED" if now["paused"] else "delivering"
+        lines.append(f"consumer group {group}: {state}, {rate} ({now['source']})")
+    lines.append("consumer group  topic  queue  owner  token")
     for p in status["pairs"]:
         owner = p["owner"] or "-"
         token = "-" if p["token"] is None else p["token"]

@@ -24,6 +24,9 @@ Public API::
                         Te, Trailer, Upgrade) or one starting with "X-Phxq-" or that is not an
                         HTTP token is sent as "X-Phxq-Header-<percent-encoded name>"
 
+    Phxq-Signature      with the group's ``signing_secret_file``: ``t=<unix time>,v1=<hex>``,
+                        HMAC-SHA256 over the body and every X-Phxq-* header (docs/security.md)
+
 Header values (and the key) that are not printable ASCII are percent-encoded (RFC 3986,
 UTF-8), since HTTP/1.1 header values cannot carry them safely. A 2xx answer acks; any other
 status (redirects are not followed), a connection error, or no answer within
@@ -44,6 +47,7 @@ import importlib
 import inspect
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -52,6 +56,7 @@ from urllib.parse import quote
 import aiohttp
 
 from phxq.config.model import ConfigError
+from phxq.security.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger("phxq.consumer")
 
@@ -144,17 +149,28 @@ def http_headers(delivery: Delivery) -> dict[str, str]:
 class HttpHandler:
     """POST each delivery to ``url`` (see the module docstring)."""
 
-    def __init__(self, url: str, *, timeout: float, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        session: aiohttp.ClientSession,
+        secret: bytes | None = None,
+    ) -> None:
         self.url = url
         self.timeout = timeout
         self._session = session
+        self._secret = secret
 
     async def __call__(self, delivery: Delivery) -> Outcome:
+        headers = http_headers(delivery)
+        if self._secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self._secret, headers, delivery.payload, time.time())
         try:
             async with self._session.post(
                 self.url,
                 data=delivery.payload,
-                headers=http_headers(delivery),
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 allow_redirects=False,  # a redirect is not an ack; following one re-POSTs
             ) as response:
@@ -220,11 +236,16 @@ def resolve_callable(spec: str) -> Callable[[Delivery], Any]:
 
 
 def make_handler(
-    spec: str, *, timeout: float, session: aiohttp.ClientSession | None = None
+    spec: str,
+    *,
+    timeout: float,
+    session: aiohttp.ClientSession | None = None,
+    secret: bytes | None = None,
 ) -> Handler:
-    """The handler for a consumer group's ``handler`` setting. HTTP handlers need ``session``."""
+    """The handler for a consumer group's ``handler`` setting. HTTP handlers need ``session``;
+    with ``secret`` each push is signed (``Phxq-Signature``, :mod:`phxq.security.signing`)."""
     if spec.startswith(("http://", "https://")):
         if session is None:
             raise ConfigError(f"handler {spec!r}: an HTTP handler needs an aiohttp session")
-        return HttpHandler(spec, timeout=timeout, session=session)
+        return HttpHandler(spec, timeout=timeout, session=session, secret=secret)
     return CallableHandler(resolve_callable(spec), timeout=timeout)

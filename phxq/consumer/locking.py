@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from phxq.errors import BadArgument, LockHeld, StaleToken, VersionMismatch
+from phxq.tasks import TaskScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +48,14 @@ class LockApi(Protocol):
     """What the consumer tier uses of ``phxq.lock.LockClient``."""
 
     async def acquire(self, name: str, owner: str, ttl: float) -> int: ...
-    async def renew(self, name: str, owner: str, token: int) -> None: ...
-    async def release(self, name: str, owner: str, token: int) -> None: ...
+    async def renew(self, name: str, owner: str, token: int) -> object: ...
+    async def release(self, name: str, owner: str, token: int) -> object: ...
     async def get(self, name: str) -> Any: ...
     async def kv_get(self, key: str) -> tuple[Any, int]: ...
     async def kv_put(
         self, key: str, value: Any, expect_version: int | None = None, ttl: float | None = None
     ) -> int: ...
-    async def kv_delete(self, key: str, expect_version: int | None = None) -> None: ...
+    async def kv_delete(self, key: str, expect_version: int | None = None) -> object: ...
     async def kv_list(self, prefix: str) -> dict[str, tuple[Any, int]]: ...
     def hold(
         self, name: str, owner: str, ttl: float
@@ -151,13 +152,11 @@ class MemoryLocks:
                     lease.lost.set()
                     return
 
-        renewer = asyncio.create_task(keep())
         try:
-            yield lease
+            async with TaskScope(f"hold {name}") as scope:  # the renewer ends with the block
+                scope.spawn(keep(), name=f"renew {name}")
+                yield lease
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
             if not lease.lost.is_set():
                 # Gone already (expired or taken over): nothing to release, which is fine.
                 with contextlib.suppress(LockHeld, StaleToken):

@@ -79,7 +79,8 @@ from phxq.errors import (
     Unavailable,
     VersionMismatch,
 )
-from phxq.store.routing import split_offset
+from phxq.routing import split_offset
+from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.consumer")
 
@@ -180,6 +181,7 @@ class PairWorker:
         self._resync_to: Any = _UNSET
         self._fetch_task: asyncio.Task[_Fetched] | None = None
         self._commit_task: asyncio.Task[None] | None = None
+        self._tasks = TaskScope(f"pull {self.lock_name}", log)  # replaced by each pull loop's
         self.blocked: int | None = None
         self._unblock_seen = 0
         self._labels = (self.group, self.topic, str(self.queue))
@@ -244,15 +246,12 @@ class PairWorker:
     async def _own(self, lease: Lease) -> None:
         self.token = lease.token
         log.info("%s: owned with token %d", self.lock_name, lease.token)
-        loop_task = asyncio.create_task(self._pull_loop(), name=f"pull {self.lock_name}")
-        lost = asyncio.create_task(lease.lost.wait(), name=f"lease {self.lock_name}")
-        try:
+        # Whichever ends first stops the other (the scope cancels and awaits it on exit); the
+        # loop's outcome is read below.
+        async with TaskScope(self.lock_name, log) as scope:
+            loop_task = scope.spawn(self._pull_loop(), name=f"pull {self.lock_name}", watched=True)
+            lost = scope.spawn(lease.lost.wait(), name=f"lease {self.lock_name}", watched=True)
             done, _ = await asyncio.wait({loop_task, lost}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (loop_task, lost):
-                task.cancel()
-            # Their outcomes are read below; cancellation is how they end here.
-            await asyncio.gather(loop_task, lost, return_exceptions=True)
         if loop_task in done and not loop_task.cancelled():
             try:
                 loop_task.result()  # re-raise what stopped the loop, if anything
@@ -278,8 +277,15 @@ class PairWorker:
 
     async def _pull_loop(self) -> None:
         self._resync(await self._client.cursor(self.group, self.topic, queue=self.queue))
+        async with TaskScope(f"pull {self.lock_name}", log) as scope:
+            self._tasks = scope
+            await self._pull(scope)
+
+    async def _pull(self, scope: TaskScope) -> None:
+        """The loop itself; every task it starts belongs to ``scope``, which cancels and awaits
+        what is left on the way out (handoff finished, loss, or error: outcomes are moot)."""
         inflight: dict[asyncio.Task[Result], int] = {}
-        drain_wait = asyncio.create_task(self._drain.wait())
+        drain_wait = scope.spawn(self._drain.wait(), name="drain", watched=True)
         try:
             while True:
                 if self._stopping and self._fetch_task is not None:
@@ -315,13 +321,7 @@ class PairWorker:
                 for task in [t for t in inflight if t in done]:
                     self._on_delivered(inflight.pop(task), task.result())
         finally:
-            background = (self._fetch_task, self._commit_task, drain_wait, *inflight)
-            pending: list[asyncio.Task[Any]] = [t for t in background if t is not None]
             self._fetch_task = self._commit_task = None
-            for leftover in pending:
-                leftover.cancel()
-            # Cancelled on the way out (handoff finished, loss, or error): outcomes are moot.
-            await asyncio.gather(*pending, return_exceptions=True)
 
     def _start_background(self) -> None:
         """Start the read-ahead and the next commit when they are due."""
@@ -333,15 +333,17 @@ class PairWorker:
             and self._window.room * 2 >= self._window.capacity
             and self._buffered_bytes * 2 < self._t.read_ahead_bytes
         ):
-            self._fetch_task = asyncio.create_task(self._fetch(self._commit_task is None))
+            self._fetch_task = self._tasks.spawn(
+                self._fetch(self._commit_task is None), name="fetch", watched=True
+            )
         if (
             self._commit_task is None
             and self._resync_to is _UNSET
             and self._commit_due(self._stopping)
         ):
             assert self._done_upto is not None
-            self._commit_task = asyncio.create_task(
-                self._commit(self._done_upto, self._window.advanced)
+            self._commit_task = self._tasks.spawn(
+                self._commit(self._done_upto, self._window.advanced), name="commit", watched=True
             )
 
     def _reap_background(self) -> None:
@@ -396,7 +398,7 @@ class PairWorker:
             delay = self.runtime.limiter.reserve(len(message.payload))
             if delay > 0 and await _wait_event(self._drain, delay):
                 return  # handing over: the slot stays unfinished, so the cursor stops before it
-            task = asyncio.create_task(self._deliver(message))
+            task = self._tasks.spawn(self._deliver(message), name="deliver", watched=True)
             inflight[task] = offset
 
     async def _fetch(self, commit_idle: bool) -> _Fetched:

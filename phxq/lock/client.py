@@ -33,14 +33,14 @@ What it promises:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, final
 
 from phxq.errors import (
     BadArgument,
@@ -53,6 +53,8 @@ from phxq.errors import (
 )
 from phxq.lock.state import DRIFT_RATE, LockInfo
 from phxq.net.rpc import RpcPool
+from phxq.net.transport import client_transport
+from phxq.tasks import TaskScope
 
 __all__ = ["Lease", "LockClient", "LockInfo"]
 
@@ -84,6 +86,7 @@ class Lease:
         return self.valid_until - time.monotonic()
 
 
+@final
 class LockClient:
     """Async client of the lock service (see the module docstring)."""
 
@@ -93,6 +96,8 @@ class LockClient:
         *,
         request_timeout: float = 2.0,
         retry_timeout: float = 15.0,
+        token: str | None = None,
+        ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -101,7 +106,7 @@ class LockClient:
         self._seeds = list(addresses)
         self._next = 0
         self._master: str | None = None
-        self._pool = RpcPool()
+        self._pool = RpcPool(transport_factory=client_transport(token, ca))  # see phxq.Client
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
 
@@ -245,7 +250,7 @@ class _Hold:
         self._name = name
         self._owner = owner
         self._ttl = ttl
-        self._task: asyncio.Task[None] | None = None
+        self._renewer = TaskScope(f"lock {name}", log)
         self.lease: Lease | None = None
 
     async def __aenter__(self) -> Lease:
@@ -253,15 +258,13 @@ class _Hold:
         token = await self._client.acquire(self._name, self._owner, self._ttl)
         lease = Lease(self._name, self._owner, self._ttl, token, sent + local_ttl(self._ttl))
         self.lease = lease
-        self._task = asyncio.get_running_loop().create_task(self._keep(lease, sent))
+        self._renewer.spawn(self._keep_or_lose(lease, sent), name=f"renew {self._name}")
         return lease
 
     async def __aexit__(self, *exc: object) -> None:
         lease = self.lease
-        assert lease is not None and self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        assert lease is not None
+        await self._renewer.aclose()
         if not lease.lost.is_set():
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for returns the result instead of
@@ -279,6 +282,15 @@ class _Hold:
         if not lease.lost.is_set():
             lease.reason = reason
             lease.lost.set()
+
+    async def _keep_or_lose(self, lease: Lease, sent: float) -> None:
+        """:meth:`_keep`; if it fails unexpectedly the lease counts as lost at once (the owner
+        must stop acting on the token), and the scope logs the failure."""
+        try:
+            await self._keep(lease, sent)
+        except Exception as exc:
+            self._lose(lease, f"renewer failed: {exc!r}")
+            raise
 
     async def _keep(self, lease: Lease, sent: float) -> None:
         interval = self._ttl / 3

@@ -3,7 +3,7 @@ and a versioned KV from its master.
 
 ``async with LockNode(cluster, node_id) as node:`` opens (and recovers) the node's log, starts
 the RPC server on its ``[[lock]]`` address and serves until the context exits. It runs one
-Paxos group (G = 1) through the store's :class:`~phxq.store.host.PaxosHost`, with
+Paxos group (G = 1): a :class:`~phxq.replication.daemon.ReplicatedDaemon` with
 :class:`~phxq.lock.state.LockState` as the replicated state machine. RPC methods: see
 :mod:`phxq.lock.service`.
 
@@ -37,147 +37,89 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from phxq import metrics
-from phxq.config import ClusterConfig, NodeConfig
-from phxq.errors import BadArgument, NotMaster, PhxqError, StorageError, Unavailable
+from phxq.config import ClusterConfig
+from phxq.errors import NotMaster, PhxqError, StorageError, Unavailable
 from phxq.lock import service
 from phxq.lock.entries import Entry, Epoch, EpochStart, Sweep, encode_entry
 from phxq.lock.state import LockState
-from phxq.net.frames import shown
-from phxq.net.rpc import RpcServer
-from phxq.store.host import PaxosHost
-from phxq.store.membership import REJOIN_METHODS
-from phxq.store.replica import GroupReplica
+from phxq.replication.daemon import ReplicatedDaemon
+from phxq.replication.replica import GroupReplica
+from phxq.security import LOCK_RULES
 
 log = logging.getLogger("phxq.lock")
 
-KEEPER_INTERVAL = 0.02  # seconds between checks for "propose my epoch" / "sweep due"
 EPOCH_WAIT = 1.0  # how long a request waits for a new master's epoch before Unavailable
 SWEEP_MIN_INTERVAL = 0.05
+KEEPER_IDLE = 1.0  # the keeper's longest sleep without an input (a safety net, not a poll)
 KEEP_INSTANCES = 10_000  # recent instances kept in the log when compacting (for catch-up)
 
 
-class _WatchedState:
-    """The Applier given to the replica: applies to the state, then (when it is the replica's
-    live state, not a copy being built for a snapshot) wakes KV watchers and epoch waiters."""
+class LockMachines:
+    """Makes the lock group's ``LockState`` (the replication runtime's ``Machines``)."""
 
-    def __init__(self, state: LockState, node: LockNode) -> None:
-        self.state = state
-        self._node = node
+    def fresh(self, group: int) -> LockState:
+        return LockState()
 
-    def apply(self, instance: int, items: Any) -> list[Any]:
-        epoch = self.state.epoch
-        results = self.state.apply(instance, items)
-        changed = self.state.drain_changed()
-        if self._node._is_live(self):
-            self._node._changed(changed, epoch != self.state.epoch)
-        return results
-
-    def index_entries(self, instance: int, items: Any) -> list[tuple[Any, int, float]]:
-        return self.state.index_entries(instance, items)
-
-    @property
-    def applied_up_to(self) -> int:
-        return self.state.applied_up_to
-
-    def snapshot(self) -> bytes:
-        return self.state.snapshot()
-
-    def forget_below(self, instance: int) -> None:
-        self.state.forget_below(instance)
+    def restore(self, group: int, data: bytes) -> LockState:
+        return LockState.restore(data)
 
 
-class LockNode:
+class LockNode(ReplicatedDaemon[LockState]):
     """A running lock daemon (see the module docstring)."""
 
     def __init__(self, cluster: ClusterConfig, node_id: int, *, host: str | None = None) -> None:
-        self.cluster = cluster
-        self.node: NodeConfig = cluster.lock(node_id)
-        self.node_id = node_id
-        self.addresses = {n.id: n.addr for n in cluster.locks}
-        self._host = host
-        c = cluster.cluster
-        self.paxos_host = PaxosHost.from_config(
-            c,
-            self.node,
-            self.addresses,
+        super().__init__(
+            "lock",
+            cluster,
+            cluster.lock(node_id),
+            {n.id: n.addr for n in cluster.locks},
             groups=1,
-            state_for=lambda group: _WatchedState(LockState(), self),
-            restore_state=lambda group, data: _WatchedState(LockState.restore(data), self),
-            name="lock",
+            machines=LockMachines(),
+            handlers=service.HANDLERS,
+            rules=LOCK_RULES,
+            host=host,
+            on_input=self._on_input,
         )
-        self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
         self._watchers: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
-        self._epoch_event = asyncio.Event()
+        self._input = asyncio.Event()  # replaced (after being set) on an input while awaited
+        self._input_waited = False
+        self._kick = asyncio.Event()  # wakes the keeper
         self._epoch_proposed: Epoch | None = None
         self._sweeping = False
         self._last_sweep = 0.0
-        self._keeper: asyncio.Task[None] | None = None
-        self._compactor: asyncio.Task[None] | None = None
-        self._compact_interval = c.retention_interval
+        self._compact_interval = cluster.cluster.retention_interval
         self.keep_instances = KEEP_INSTANCES
-        self._tasks: set[asyncio.Task[Any]] = set()
 
-    # ---------------------------------------------------------------------- life cycle
-
-    async def __aenter__(self) -> LockNode:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        await self.paxos_host.start()
-        loop = asyncio.get_running_loop()
-        self._keeper = loop.create_task(self._keep())
-        self._compactor = loop.create_task(self._compact_loop())
-        host, port = self.node.addr.rsplit(":", 1)
-        await self._server.start(self._host or host, int(port))
-        if self.node.metrics_addr:
-            metrics.serve(self.node.metrics_addr)
-        log.info("lock %d serving on %s", self.node_id, self._server.address)
-
-    async def close(self) -> None:
-        await self._server.close()
-        for task in (self._keeper, self._compactor):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.paxos_host.close()
+    def background(self) -> list[tuple[str, Any]]:
+        return [
+            ("keeper", self._keep()),
+            ("compaction", self.every(self._compact_interval, self.compact, "log compaction")),
+        ]
 
     @property
-    def address(self) -> str:
-        return self._server.address
-
-    @property
-    def replica(self) -> GroupReplica:
-        return self.paxos_host.replicas[0]
+    def replica(self) -> GroupReplica[LockState]:
+        return self.replicas[0]
 
     @property
     def state(self) -> LockState:
         """The replica's live state (a snapshot install from a peer replaces it)."""
-        applier = self.replica.state
-        assert isinstance(applier, _WatchedState)
-        return applier.state
+        return self.replica.state
 
-    def _is_live(self, applier: _WatchedState) -> bool:
-        replica = self.paxos_host.replicas.get(0)
-        return replica is not None and replica.state is applier
+    def _on_input(self, replica: GroupReplica[LockState]) -> None:
+        """After every input of the lock group: wake KV watchers of changed keys, epoch
+        waiters and the keeper (no polling: every change of role, readiness or state comes
+        through here)."""
+        for key in replica.state.drain_changed():
+            for future in self._watchers.pop(key, ()):
+                if not future.done():
+                    future.set_result(None)
+        self._kick.set()
+        if self._input_waited:
+            self._input_waited = False
+            self._input.set()
+            self._input = asyncio.Event()
 
     # ----------------------------------------------------------------------- compaction
-
-    async def _compact_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._compact_interval)
-            try:
-                await self.compact()
-            except PhxqError as exc:
-                log.error("lock %d: log compaction failed: %s", self.node_id, exc)
 
     async def compact(self) -> int:
         """Snapshot the state and drop whole log segments below the last ``keep_instances``
@@ -200,38 +142,47 @@ class LockNode:
         return r.serving and self.state.epoch == self._ballot()
 
     async def _keep(self) -> None:
+        """Propose this mastership's epoch, and a sweep when a lease or KV ttl is due; sleeps
+        until an input of the group (``_on_input``) or the next expiry."""
         while True:
+            self._kick.clear()
             try:
-                self._keep_once()
+                sleep = self._keep_once()
             except Exception:  # a bug here must not stop epochs and sweeps for good: log it
                 log.exception("lock %d: keeper step failed", self.node_id)
-            await asyncio.sleep(KEEPER_INTERVAL)
+                sleep = KEEPER_IDLE
+            with contextlib.suppress(
+                TimeoutError
+            ):  # an expiry came due (or the safety net): the next step looks
+                await asyncio.wait_for(self._kick.wait(), sleep)
 
-    def _keep_once(self) -> None:
+    def _keep_once(self) -> float:
+        """One keeper step; how long it may sleep if nothing happens meanwhile."""
         r = self.replica
         if not r.serving:
-            return
+            return KEEPER_IDLE
         epoch = self._ballot()
         if self.state.epoch != epoch:
             if self._epoch_proposed != epoch:
                 self._epoch_proposed = epoch
-                self._spawn(self._propose_epoch(epoch))
-            return
+                self.spawn(self._propose_epoch(epoch), "epoch start")
+            return KEEPER_IDLE
         due = self.state.next_expiry()
+        if due is None or self._sweeping:
+            return KEEPER_IDLE
         now = time.monotonic()
-        if (
-            due is not None
-            and due <= now
-            and not self._sweeping
-            and now - self._last_sweep >= SWEEP_MIN_INTERVAL
-        ):
-            self._sweeping = True
-            self._last_sweep = now
-            self._spawn(self._sweep(epoch))
+        at = max(due, self._last_sweep + SWEEP_MIN_INTERVAL)
+        if at > now:
+            return min(KEEPER_IDLE, at - now)
+        self._sweeping = True
+        self._last_sweep = now
+        self.spawn(self._sweep(epoch), "sweep")
+        return KEEPER_IDLE
 
     async def _propose_epoch(self, epoch: Epoch) -> None:
         try:
-            result = await self.replica.propose(encode_entry(EpochStart(epoch, time.monotonic())))
+            entry = encode_entry(EpochStart(epoch, time.monotonic()))
+            result = await self.replica.propose_one(entry)
             if isinstance(result, PhxqError):
                 raise result
             log.info("lock %d: epoch %s started", self.node_id, epoch)
@@ -239,28 +190,16 @@ class LockNode:
             log.warning("lock %d: epoch %s not started: %s", self.node_id, epoch, exc)
             if self._epoch_proposed == epoch:
                 self._epoch_proposed = None  # the keeper tries again while still master
+                self._kick.set()
 
     async def _sweep(self, epoch: Epoch) -> None:
         try:
-            await self.replica.propose(encode_entry(Sweep(epoch, time.monotonic())))
+            await self.replica.propose_one(encode_entry(Sweep(epoch, time.monotonic())))
         except PhxqError as exc:
             log.info("lock %d: sweep not applied: %s", self.node_id, exc)
         finally:
             self._sweeping = False
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _changed(self, keys: list[str], epoch_changed: bool) -> None:
-        for key in keys:
-            for future in self._watchers.pop(key, ()):
-                if not future.done():
-                    future.set_result(None)
-        if epoch_changed:
-            self._epoch_event.set()
-            self._epoch_event = asyncio.Event()
+            self._kick.set()
 
     # ------------------------------------------------------------------------ serving
 
@@ -279,14 +218,15 @@ class LockNode:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable("the lock master is still starting its epoch; retry")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._epoch_event.wait(), min(remaining, KEEPER_INTERVAL))
+            self._input_waited = True
+            with contextlib.suppress(TimeoutError):  # the loop raises Unavailable
+                await asyncio.wait_for(self._input.wait(), remaining)
 
     async def propose(self, entry: Entry, *, confirm: bool = False) -> Any:
         """Propose ``entry`` and return its apply result (raising an error result). With
         ``confirm``, a success is returned only if this node is still master in the entry's
         epoch (a grant must not be reported by a master that may have been deposed)."""
-        result = await self.replica.propose(encode_entry(entry))
+        result = await self.replica.propose_one(encode_entry(entry))
         if isinstance(result, PhxqError):
             raise result
         if confirm and not (self.replica.paxos.is_master and self._ballot() == entry.epoch):
@@ -310,18 +250,6 @@ class LockNode:
 
     # ----------------------------------------------------------------------------- RPC
 
-    async def _handle(self, method: str, params: Any) -> Any:
-        if method in REJOIN_METHODS:
-            return await self.paxos_host.handle_rpc(method, params)
-        handler = service.HANDLERS.get(method)
-        if handler is None:
-            raise BadArgument(f"unknown method {shown(method)}")
-        if not isinstance(params, dict):
-            raise BadArgument(f"{method}: params must be a map")
-        result = await handler(self, params)
-        self.paxos_host.wake()
-        return result
-
     def meta(self) -> dict[str, Any]:
         r = self.replica
         return {
@@ -344,4 +272,5 @@ class LockNode:
             "failed": None if r.failed is None else r.failed.message,
             "repair": r.repair,
             "membership": self.paxos_host.status.value,
+            "cert": None if self.security is None else self.security.cert_status(),
         }

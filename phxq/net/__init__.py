@@ -5,15 +5,15 @@ Framed msgpack RPC over asyncio TCP. Each module's docstring is the reference fo
 - ``phxq.net.frames``    wire format without I/O: ``[u32 length][msgpack body]``, body kinds
                          REQUEST/RESPONSE/ERROR/NOTIFY, ``decode_body``, ``FrameDecoder``,
                          ``MAX_FRAME_DEFAULT`` (16 MiB).
-- ``phxq.net.transport`` the ``Transport`` interface (``send``/``recv``/``drain``/``close``),
+- ``phxq.net.transport`` the ``Transport`` interface (``send(body, flush=)``, push delivery
+                         with ``set_receiver``/``pause_reading``/``resume_reading``, ``drain``,
+                         ``close``), ``Inbound`` (the receiving half every transport shares),
                          ``TcpTransport``, ``connect_tcp``, ``parse_addr``.
-- ``phxq.net.memory``    ``memory_pair``, ``MemoryNetwork`` (in-memory transports for tests).
-- ``phxq.net.faults``    ``Faults`` + ``FaultyTransport``: seeded drop/duplicate/delay/stall/
-                         sever/one-way partition of frames.
 - ``phxq.net.server``    ``RpcServer(handler, notify_handler=, max_frame=, max_inflight=)``.
 - ``phxq.net.rpc``       ``RpcPool`` (``call``/``notify``), re-exports ``RpcServer``.
-- ``phxq.net.proxy``     ``FaultProxy(listen, target)``: a TCP proxy for fault tests.
 - ``phxq.net.loop``      ``run(main)`` on uvloop when installed.
+
+In-memory and fault-injecting transports for tests are in :mod:`phxq.testing`.
 
 Typical use::
 

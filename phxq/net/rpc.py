@@ -38,12 +38,13 @@ import contextlib
 import functools
 import itertools
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from phxq import trace
-from phxq.errors import BadArgument, PhxqError, Unavailable
+from phxq.errors import BadArgument, Forbidden, PhxqError, Unauthenticated, Unavailable
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
     ErrorReply,
@@ -53,13 +54,7 @@ from phxq.net.frames import (
     encode_request,
 )
 from phxq.net.server import Handler, NotifyHandler, RpcServer
-from phxq.net.transport import (
-    TcpTransport,
-    Transport,
-    TransportFactory,
-    check_size,
-    connect_tcp,
-)
+from phxq.net.transport import Transport, TransportFactory, check_size, connect_tcp
 
 __all__ = ["Handler", "NotifyHandler", "PoolStats", "RpcPool", "RpcServer"]
 
@@ -77,15 +72,14 @@ class PoolStats:
 
 
 class _Connection:
-    """A live transport plus the calls waiting on it; one reader task resolves them."""
+    """A live transport plus the calls waiting on it; replies resolve them as they arrive."""
 
-    __slots__ = ("addr", "pending", "reader", "transport")
+    __slots__ = ("addr", "pending", "transport")
 
     def __init__(self, addr: str, transport: Transport) -> None:
         self.addr = addr
         self.transport = transport
         self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.reader: asyncio.Task[None] | None = None
 
     def fail_all(self, error: PhxqError) -> None:
         pending, self.pending = self.pending, {}
@@ -205,6 +199,13 @@ class RpcPool:
                 peer.retry_at = time.monotonic() + peer.backoff
                 peer.backoff = min(peer.backoff * 2, BACKOFF_MAX)
                 self._drop_backlog(peer)
+                if isinstance(exc, (Unauthenticated, Forbidden)):
+                    raise  # refused credentials: a typed answer, retrying cannot help
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    # The server is not who the CA we trust says it is: no retry fixes that.
+                    raise Unauthenticated(
+                        f"TLS: cannot verify {addr}: {exc.verify_message or exc}", {"addr": addr}
+                    ) from None
                 reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
                 raise Unavailable(f"cannot connect to {addr}: {reason}", {"addr": addr}) from None
             if self._closed:
@@ -215,14 +216,11 @@ class RpcPool:
             peer.retry_at = 0.0
             conn = _Connection(addr, transport)
             peer.conn = conn
-            if type(transport) is TcpTransport:
-                # Replies are handled from the protocol callback: no reader task to wake per reply.
-                transport.set_receiver(
-                    functools.partial(self._on_reply, conn, peer),
-                    functools.partial(self._on_end, conn, peer),
-                )
-            else:
-                conn.reader = asyncio.get_running_loop().create_task(self._read(conn, peer))
+            # Replies are handled as the transport delivers them: no reader task to wake.
+            transport.set_receiver(
+                functools.partial(self._on_reply, conn, peer),
+                functools.partial(self._on_end, conn, peer),
+            )
             backlog, peer.backlog, peer.backlog_bytes = peer.backlog, [], 0
             for body in backlog:
                 transport.send(body)
@@ -236,32 +234,7 @@ class RpcPool:
         peer.backlog = []
         peer.backlog_bytes = 0
 
-    async def _read(self, conn: _Connection, peer: _Peer) -> None:
-        transport = conn.transport
-        error: PhxqError = Unavailable(f"connection to {conn.addr} closed", {"addr": conn.addr})
-        try:
-            while True:
-                try:
-                    body = await transport.recv()
-                    frame = decode_body(body)
-                except PhxqError as exc:
-                    # The outcome of every pending call is unknown: the server may have run it.
-                    error = Unavailable(
-                        f"connection to {conn.addr} lost: {exc.message}", {"addr": conn.addr}
-                    )
-                    return
-                rejected = self._dispatch(conn, frame)
-                if rejected is not None:
-                    error = rejected
-                    return
-        finally:
-            if peer.conn is conn:
-                peer.conn = None
-            transport.close()
-            conn.fail_all(error)
-
     def _on_reply(self, conn: _Connection, peer: _Peer, body: bytes) -> None:
-        """Push-mode twin of :meth:`_read`'s loop body."""
         try:
             frame = decode_body(body)
         except PhxqError as exc:
@@ -326,10 +299,7 @@ class RpcPool:
             if conn.transport.buffered + len(body) > self.notify_buffer:
                 self.stats.notifies_dropped += 1
                 return
-            if lazy and type(conn.transport) is TcpTransport:
-                conn.transport.send(body, flush=False)
-            else:
-                conn.transport.send(body)
+            conn.transport.send(body, flush=not lazy)
             self.stats.notifies_sent += 1
             return
         if peer.connecting is None:
@@ -365,9 +335,6 @@ class RpcPool:
                 transports.append(conn.transport)
                 conn.transport.close()
                 conn.fail_all(Unavailable("rpc pool is closed"))
-                if conn.reader is not None:
-                    conn.reader.cancel()
-                    tasks.append(conn.reader)
         await asyncio.gather(*tasks, return_exceptions=True)
         for transport in transports:
             with contextlib.suppress(TimeoutError):

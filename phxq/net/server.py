@@ -6,7 +6,7 @@ Public API::
     NotifyHandler = Callable[[str, Any], None]         # sync; must not block
 
     server = RpcServer(handler, notify_handler=None, max_frame=MAX_FRAME_DEFAULT,
-                       max_inflight=256)
+                       max_inflight=256, ssl=None, guard=None)
     await server.start(host, port)      # port 0 = ephemeral; then server.address / server.port
     server.accept(transport)            # also serve an already connected Transport (memory, faulty)
     server.connections                  # number of connections being served
@@ -32,6 +32,16 @@ Promises:
   a closed connection is rate-limited (``LogLimiter``: a peer sending garbage cannot flood the
   log), a malformed body is not logged at all (the sender gets the error).
 - ``LogLimiter(burst, interval)`` is exported for the daemons' own bad-input warnings.
+- With ``ssl`` (an ``ssl.SSLContext``) the server speaks TLS only: a plaintext or garbage
+  handshake, or one that stalls past ``TLS_HANDSHAKE_TIMEOUT``, closes that connection and
+  nothing else. ``transport.peer_cert`` is the peer's verified certificate, if it sent one.
+- With a ``guard`` (see ``Guard``; ``phxq.security.Guard`` is the one daemons use), each
+  connection gets a session (``guard.open(transport)``) and every request is passed to
+  ``guard.authorize(session, method, params)`` before the handler runs: what it raises is the
+  reply and the handler never sees the request. A notification runs only when
+  ``guard.admit_notify(session, method)`` is true. The ``hello`` request (``HELLO``) is the
+  guard's (``guard.hello(session, params)``), never the handler's; without a guard it is
+  answered ``None``, so a client that authenticates works against an open server too.
 - After a client half-closes, requests already received are still answered, then the
   connection is closed. ``close()`` stops accepting, cancels in-flight handlers and closes
   every connection.
@@ -44,10 +54,11 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from ssl import SSLContext
+from typing import Any, Protocol
 
 from phxq import trace
-from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError, Unavailable
+from phxq.errors import BadArgument, MessageTooLarge, PhxqError, ProtocolError
 from phxq.net.frames import (
     MAX_FRAME_DEFAULT,
     Notify,
@@ -57,7 +68,7 @@ from phxq.net.frames import (
     encode_response,
     request_id_of,
 )
-from phxq.net.transport import TcpTransport, Transport, format_addr
+from phxq.net.transport import TLS_HANDSHAKE_TIMEOUT, TcpTransport, Transport, format_addr
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +109,19 @@ class LogLimiter:
 
 Handler = Callable[[str, Any], Awaitable[Any]]
 NotifyHandler = Callable[[str, Any], None]
+HELLO = "hello"  # the request a client authenticates a connection with (see Guard)
+
+
+class Guard(Protocol):
+    """Who may call what, decided per connection and per request (see the module docstring)."""
+
+    def open(self, transport: Transport) -> Any: ...
+
+    def hello(self, session: Any, params: Any) -> Any: ...
+
+    def authorize(self, session: Any, method: str, params: Any) -> None: ...
+
+    def admit_notify(self, session: Any, method: str) -> bool: ...
 
 
 class RpcServer:
@@ -108,13 +132,16 @@ class RpcServer:
         notify_handler: NotifyHandler | None = None,
         max_frame: int = MAX_FRAME_DEFAULT,
         max_inflight: int = 256,
+        ssl: SSLContext | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._handler = handler
+        self._ssl = ssl
+        self._guard = guard
         self._notify_handler = notify_handler
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self._server: asyncio.Server | None = None
-        self._conn_tasks: set[asyncio.Task[None]] = set()
         self._request_tasks: set[asyncio.Task[None]] = set()
         self._transports: set[Transport] = set()
         self._closing = False
@@ -135,25 +162,25 @@ class RpcServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            tls = {"ssl": self._ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
         self._server = await loop.create_server(
-            lambda: TcpTransport(self.max_frame, on_connected=self.accept), host, port
+            lambda: TcpTransport(self.max_frame, on_connected=self.accept), host, port, **tls
         )
         sockname = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
         self.address = format_addr(str(sockname[0]), self.port)
 
     def accept(self, transport: Transport) -> None:
-        """Serve ``transport`` until it closes (in a task owned by this server)."""
+        """Serve ``transport`` until it closes: TCP connections to ``start``'s socket, or any
+        already connected Transport (memory, fault-injecting)."""
         if self._closing:
             transport.close()
             return
         self._transports.add(transport)
-        if type(transport) is TcpTransport:
-            _PushConnection(self, transport).start()  # frames handled as they arrive
-            return
-        task = asyncio.get_running_loop().create_task(self._serve(transport))
-        self._conn_tasks.add(task)
-        task.add_done_callback(self._conn_tasks.discard)
+        session = None if self._guard is None else self._guard.open(transport)
+        _ServedConnection(self, transport, session).start()
 
     async def close(self) -> None:
         self._closing = True
@@ -163,61 +190,13 @@ class RpcServer:
             task.cancel()
         for transport in list(self._transports):
             transport.close()
-        for task in list(self._conn_tasks):
-            task.cancel()
-        pending = [*self._conn_tasks, *self._request_tasks]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        if self._request_tasks:
+            await asyncio.gather(*self._request_tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
 
-    # ------------------------------------------------------------------ one connection
-
-    async def _serve(self, transport: Transport) -> None:
-        inflight: set[asyncio.Task[None]] = set()
-        slot_free = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def finished(task: asyncio.Task[None]) -> None:
-            inflight.discard(task)
-            self._request_tasks.discard(task)
-            slot_free.set()
-
-        try:
-            while True:
-                try:
-                    body = await transport.recv()
-                except ProtocolError as exc:
-                    self._broken_framing(transport, exc)
-                    return
-                except Unavailable:
-                    while inflight:  # half-closed by the client: answer what it already sent
-                        slot_free.clear()
-                        await slot_free.wait()
-                    return
-                try:
-                    frame = decode_body(body)
-                except ProtocolError as exc:
-                    self.bad_frames += 1
-                    self._reply(transport, encode_exception(request_id_of(body), exc))
-                    continue
-                if type(frame) is Request:
-                    while len(inflight) >= self.max_inflight:
-                        slot_free.clear()
-                        await slot_free.wait()
-                    task = loop.create_task(self._run(transport, frame))
-                    inflight.add(task)
-                    self._request_tasks.add(task)
-                    task.add_done_callback(finished)
-                elif type(frame) is Notify:
-                    self._on_notify(frame)
-                else:
-                    error = ProtocolError(f"a server does not accept {type(frame).__name__} frames")
-                    self._reply(transport, encode_exception(None, error))
-        finally:
-            self._transports.discard(transport)
-            transport.close()
+    # ------------------------------------------------------------------ connections
 
     def _broken_framing(self, transport: Transport, exc: ProtocolError) -> None:
         """Answer a connection whose framing broke (nil id), count it, maybe log it."""
@@ -228,17 +207,25 @@ class RpcServer:
             log.warning("rpc: closing connection from %s: %s%s", transport.peer, exc, more)
         self._reply(transport, encode_exception(None, exc))
 
-    def _on_notify(self, frame: Notify) -> None:
+    def _on_notify(self, frame: Notify, session: Any) -> None:
         if self._notify_handler is None:
             return
+        if self._guard is not None and not self._guard.admit_notify(session, frame.method):
+            return  # the guard counted (and maybe logged) it; a notify has no reply channel
         try:
             self._notify_handler(frame.method, frame.params)
         except Exception:
             log.exception("rpc: notify handler failed on %r", frame.method)
 
-    async def _run(self, transport: Transport, request: Request) -> None:
+    async def _run(self, transport: Transport, request: Request, session: Any) -> None:
         try:
-            result = await self._handler(request.method, request.params)
+            guard = self._guard
+            if request.method == HELLO:
+                result = None if guard is None else guard.hello(session, request.params)
+            else:
+                if guard is not None:
+                    guard.authorize(session, request.method, request.params)
+                result = await self._handler(request.method, request.params)
         except PhxqError as exc:
             body = encode_exception(request.id, exc)
         except RecursionError:
@@ -280,17 +267,18 @@ class RpcServer:
             log.debug("rpc: reply to %s not sent: %s", transport.peer, exc)
 
 
-class _PushConnection:
-    """One TCP connection served in push mode: the same rules as ``RpcServer._serve`` (requests
-    in their own tasks, at most ``max_inflight``, notifications in order, bad frames answered,
-    broken framing answered then closed, a half-close answers what arrived), but each frame is
-    handled from the protocol callback instead of waking a reader task."""
+class _ServedConnection:
+    """One connection being served, frame by frame as the transport delivers them (no reader
+    task): requests run in their own tasks, at most ``max_inflight`` (beyond that, frames wait
+    in order and the transport's reading is paused), notifications in order, bad frames
+    answered, broken framing answered then closed, a half-close answers what arrived."""
 
-    __slots__ = ("backlog", "ended", "inflight", "paused", "server", "transport")
+    __slots__ = ("backlog", "ended", "inflight", "paused", "server", "session", "transport")
 
-    def __init__(self, server: RpcServer, transport: TcpTransport) -> None:
+    def __init__(self, server: RpcServer, transport: Transport, session: Any) -> None:
         self.server = server
         self.transport = transport
+        self.session = session
         self.inflight: set[asyncio.Task[None]] = set()
         self.backlog: collections.deque[bytes] = collections.deque()  # beyond max_inflight
         self.paused = False
@@ -301,8 +289,8 @@ class _PushConnection:
 
     def on_body(self, body: bytes) -> None:
         if self.backlog or len(self.inflight) >= self.server.max_inflight:
-            # One read can hold many frames: past the limit they wait, in order (notifications
-            # too, as they would behind a blocked reader), and the socket stops being read.
+            # Past the limit the frame waits (a notification too, to keep the order) and the
+            # transport stops delivering until a request finishes.
             self.backlog.append(body)
             if not self.paused:
                 self.paused = True
@@ -321,12 +309,14 @@ class _PushConnection:
         if type(frame) is Request:
             if trace.ON:
                 trace.mark("server.request")
-            task = asyncio.get_running_loop().create_task(server._run(transport, frame))
+            task = asyncio.get_running_loop().create_task(
+                server._run(transport, frame, self.session)
+            )
             self.inflight.add(task)
             server._request_tasks.add(task)
             task.add_done_callback(self.finished)
         elif type(frame) is Notify:
-            server._on_notify(frame)
+            server._on_notify(frame, self.session)
         else:
             error = ProtocolError(f"a server does not accept {type(frame).__name__} frames")
             server._reply(transport, encode_exception(None, error))

@@ -15,7 +15,8 @@ Public API (all re-exported here):
   ``Chosen``, ``Heartbeat``, ``HeartbeatAck``, ``CatchupRequest``, ``CatchupReply``,
   ``ChosenEntry``, ``PreVote``, ``PreVoteReply``; ``encode_message``/``decode_message`` (``ProtocolError`` on bad input).
 - ``encode_batch(items)``/``decode_batch(value)`` (``b""`` is the no-op); ``chain_checksum``.
-- ``phxq.paxos.testing.LoopbackCluster``: in-memory synchronous cluster for tests/benchmarks.
+- Tests and benchmarks drive it with ``LoopbackCluster`` (``tools/loopback.py``, a checkout
+  helper that ships in no wheel).
 """
 
 from phxq.paxos.ballot import ZERO, Ballot

@@ -25,6 +25,7 @@ bound and raises ``ProtocolError`` for anything malformed (never another excepti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,9 +170,10 @@ Message = (
     | PreVoteReply
 )
 
-# Field kinds: u = unsigned 64-bit int, B = ballot, b = bytes, t = bool, A = accepted entries,
-# C = chosen entries. The wire form is [tag, *fields] in declaration order.
-_SCHEMA: dict[type[Any], tuple[int, str]] = {
+# The wire form of each message is [tag, *fields] in declaration order; ballots are [round,
+# node]. Field kinds, for the error messages: u = unsigned 64-bit int, B = ballot, b = bytes,
+# t = bool, A = accepted entries, C = chosen entries.
+_WIRE: dict[type[Any], tuple[int, str]] = {
     Prepare: (1, "uuBu"),
     Promise: (2, "uuBuAu"),
     Reject: (3, "uuBB"),
@@ -185,22 +187,26 @@ _SCHEMA: dict[type[Any], tuple[int, str]] = {
     PreVote: (11, "uuBu"),
     PreVoteReply: (12, "uuBtBu"),
 }
-_FIELDS: dict[type[Any], tuple[str, ...]] = {
-    cls: tuple(cls.__dataclass_fields__) for cls in _SCHEMA
-}
-_BY_TAG: dict[int, tuple[type[Any], str]] = {
-    tag: (cls, kinds) for cls, (tag, kinds) in _SCHEMA.items()
-}
+
+# ---------------------------------------------------------------------------- encoding
+# One encoder per message: it builds the array directly (no generic field loop), since several
+# messages go out per chosen instance.
 
 
-def _enc(kind: str, value: Any) -> Any:
-    if kind == "B":
-        return (value.round, value.node)
-    if kind == "A":
-        return [(e.instance, (e.ballot.round, e.ballot.node), e.value) for e in value]
-    if kind == "C":
-        return [(e.instance, e.value, e.checksum) for e in value]
-    return value
+def _enc_prepare(m: Prepare) -> list[Any]:
+    b = m.ballot
+    return [1, m.group, m.sender, (b.round, b.node), m.from_instance]
+
+
+def _enc_promise(m: Promise) -> list[Any]:
+    b = m.ballot
+    accepted = [(e.instance, (e.ballot.round, e.ballot.node), e.value) for e in m.accepted]
+    return [2, m.group, m.sender, (b.round, b.node), m.from_instance, accepted, m.chosen_up_to]
+
+
+def _enc_reject(m: Reject) -> list[Any]:
+    b, p = m.ballot, m.promised
+    return [3, m.group, m.sender, (b.round, b.node), (p.round, p.node)]
 
 
 def _enc_accept(m: Accept) -> list[Any]:
@@ -228,110 +234,208 @@ def _enc_heartbeat_ack(m: HeartbeatAck) -> list[Any]:
     return [8, m.group, m.sender, (b.round, b.node), m.chosen_up_to]
 
 
-# The steady-state messages (several per chosen instance) skip the generic field loop; the
-# result is byte-for-byte what the generic encoder produces (tested).
-_FAST_ENCODERS: dict[type[Any], Any] = {
+def _enc_catchup_request(m: CatchupRequest) -> list[Any]:
+    return [9, m.group, m.sender, m.from_instance, m.max_count]
+
+
+def _enc_catchup_reply(m: CatchupReply) -> list[Any]:
+    entries = [(e.instance, e.value, e.checksum) for e in m.entries]
+    return [10, m.group, m.sender, entries, m.chosen_up_to]
+
+
+def _enc_prevote(m: PreVote) -> list[Any]:
+    b = m.ballot
+    return [11, m.group, m.sender, (b.round, b.node), m.chosen_up_to]
+
+
+def _enc_prevote_reply(m: PreVoteReply) -> list[Any]:
+    b, p = m.ballot, m.promised
+    return [12, m.group, m.sender, (b.round, b.node), m.granted, (p.round, p.node), m.chosen_up_to]
+
+
+_ENCODERS: dict[type[Any], Callable[[Any], list[Any]]] = {
+    Prepare: _enc_prepare,
+    Promise: _enc_promise,
+    Reject: _enc_reject,
     Accept: _enc_accept,
     Accepted: _enc_accepted,
     Chosen: _enc_chosen,
     Heartbeat: _enc_heartbeat,
     HeartbeatAck: _enc_heartbeat_ack,
+    CatchupRequest: _enc_catchup_request,
+    CatchupReply: _enc_catchup_reply,
+    PreVote: _enc_prevote,
+    PreVoteReply: _enc_prevote_reply,
 }
 
 
 def encode_message(msg: Message) -> bytes:
     """Encode one message (msgpack array ``[tag, *fields]``)."""
-    cls = type(msg)
-    fast = _FAST_ENCODERS.get(cls)
-    if fast is not None:
-        data = msgpack.packb(fast(msg), use_bin_type=True)
-        assert isinstance(data, bytes)
-        return data
-    return _encode_generic(msg)
-
-
-def _encode_generic(msg: Message) -> bytes:
-    cls = type(msg)
-    tag, kinds = _SCHEMA[cls]
-    out: list[Any] = [tag]
-    for name, kind in zip(_FIELDS[cls], kinds, strict=True):
-        out.append(_enc(kind, getattr(msg, name)))
-    data = msgpack.packb(out, use_bin_type=True)
+    data = msgpack.packb(_ENCODERS[type(msg)](msg), use_bin_type=True)
     assert isinstance(data, bytes)
     return data
 
 
-def _u(x: Any) -> int:
-    if type(x) is not int or x < 0 or x > MAX_U64:
-        raise ProtocolError(f"expected an unsigned 64-bit int, got {type(x).__name__}")
-    return x
-
-
-def _ballot(x: Any) -> Ballot:
-    if type(x) is not list or len(x) != 2:
-        raise ProtocolError("expected a ballot [round, node]")
-    return Ballot(_u(x[0]), _u(x[1]))
-
-
-def _bytes(x: Any) -> bytes:
-    if type(x) is not bytes:
-        raise ProtocolError(f"expected bytes, got {type(x).__name__}")
-    return x
-
-
-def _entries(x: Any) -> list[Any]:
-    if type(x) is not list or len(x) > MAX_ENTRIES:
-        raise ProtocolError("expected a bounded array of entries")
-    for e in x:
-        if type(e) is not list or len(e) != 3:
-            raise ProtocolError("expected an entry of three fields")
-    return x
-
-
-def _dec(kind: str, x: Any) -> Any:
-    if kind == "u":
-        return _u(x)
-    if kind == "B":
-        return _ballot(x)
-    if kind == "b":
-        return _bytes(x)
-    if kind == "t":
-        if type(x) is not bool:
-            raise ProtocolError(f"expected a bool, got {type(x).__name__}")
-        return x
-    if kind == "A":
-        return tuple(AcceptedEntry(_u(e[0]), _ballot(e[1]), _bytes(e[2])) for e in _entries(x))
-    return tuple(ChosenEntry(_u(e[0]), _bytes(e[1]), _u(e[2])) for e in _entries(x))
+# ---------------------------------------------------------------------------- decoding
+# One decoder per message: it checks every field inline and builds the message, or raises the
+# precise ProtocolError that _malformed works out (only on the error path).
 
 
 def _u64s(*values: Any) -> bool:
-    """All unsigned 64-bit ints (msgpack never yields an int above 2**64 - 1)."""
+    """All unsigned 64-bit ints (msgpack never yields an int above 2**64 - 1; a bool is not
+    an int here)."""
     for v in values:  # noqa: SIM110 - a plain loop: all() over a generator costs more here
         if type(v) is not int or v < 0:
             return False
     return True
 
 
-def _fast_decode(raw: list[Any]) -> Message | None:
-    """The steady-state messages, when every field is well-formed; else None (the generic
-    decoder then decides, and raises the precise ``ProtocolError``)."""
-    tag, n = raw[0], len(raw)
-    if n < 5:
+def _accepted_entries(x: Any) -> tuple[AcceptedEntry, ...] | None:
+    if type(x) is not list or len(x) > MAX_ENTRIES:
         return None
-    b = raw[3]
-    if type(b) is not list or len(b) != 2 or not _u64s(raw[1], raw[2], b[0], b[1], raw[4]):
+    out = []
+    for e in x:
+        if type(e) is not list or len(e) != 3:
+            return None
+        i, b, v = e
+        if type(b) is not list or len(b) != 2 or not _u64s(i, b[0], b[1]) or type(v) is not bytes:
+            return None
+        out.append(AcceptedEntry(i, Ballot(b[0], b[1]), v))
+    return tuple(out)
+
+
+def _chosen_entries(x: Any) -> tuple[ChosenEntry, ...] | None:
+    if type(x) is not list or len(x) > MAX_ENTRIES:
         return None
-    if tag == 4 and n == 6 and raw[4] >= 1 and type(raw[5]) is bytes:
-        return Accept(raw[1], raw[2], Ballot(b[0], b[1]), raw[4], raw[5])
-    if tag == 5 and n == 5 and raw[4] >= 1:
-        return Accepted(raw[1], raw[2], Ballot(b[0], b[1]), raw[4])
-    if tag == 6 and n == 6 and _u64s(raw[5]) and 1 <= raw[4] <= raw[5]:
-        return Chosen(raw[1], raw[2], Ballot(b[0], b[1]), raw[4], raw[5])
-    if tag == 7 and n == 6 and _u64s(raw[5]):
-        return Heartbeat(raw[1], raw[2], Ballot(b[0], b[1]), raw[4], raw[5])
-    if tag == 8 and n == 5:
-        return HeartbeatAck(raw[1], raw[2], Ballot(b[0], b[1]), raw[4])
-    return None
+    out = []
+    for e in x:
+        if type(e) is not list or len(e) != 3:
+            return None
+        i, v, c = e
+        if not _u64s(i, c) or type(v) is not bytes:
+            return None
+        out.append(ChosenEntry(i, v, c))
+    return tuple(out)
+
+
+def _dec_prepare(raw: list[Any]) -> Prepare:
+    if len(raw) == 5:
+        _, g, s, b, f = raw
+        if type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], f) and f >= 1:
+            return Prepare(g, s, Ballot(b[0], b[1]), f)
+    raise _malformed(Prepare, raw)
+
+
+def _dec_promise(raw: list[Any]) -> Promise:
+    if len(raw) == 7:
+        _, g, s, b, f, a, c = raw
+        if type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], f, c) and f >= 1:
+            accepted = _accepted_entries(a)
+            if accepted is not None:
+                return Promise(g, s, Ballot(b[0], b[1]), f, accepted, c)
+    raise _malformed(Promise, raw)
+
+
+def _dec_reject(raw: list[Any]) -> Reject:
+    if len(raw) == 5:
+        _, g, s, b, p = raw
+        ballots = type(b) is list and len(b) == 2 and type(p) is list and len(p) == 2
+        if ballots and _u64s(g, s, b[0], b[1], p[0], p[1]):
+            return Reject(g, s, Ballot(b[0], b[1]), Ballot(p[0], p[1]))
+    raise _malformed(Reject, raw)
+
+
+def _dec_accept(raw: list[Any]) -> Accept:
+    if len(raw) == 6:
+        _, g, s, b, i, v = raw
+        ok = type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], i)
+        if ok and i >= 1 and type(v) is bytes:
+            return Accept(g, s, Ballot(b[0], b[1]), i, v)
+    raise _malformed(Accept, raw)
+
+
+def _dec_accepted(raw: list[Any]) -> Accepted:
+    if len(raw) == 5:
+        _, g, s, b, i = raw
+        if type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], i) and i >= 1:
+            return Accepted(g, s, Ballot(b[0], b[1]), i)
+    raise _malformed(Accepted, raw)
+
+
+def _dec_chosen(raw: list[Any]) -> Chosen:
+    if len(raw) == 6:
+        _, g, s, b, first, last = raw
+        ok = type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], first, last)
+        if ok and 1 <= first <= last:
+            return Chosen(g, s, Ballot(b[0], b[1]), first, last)
+    raise _malformed(Chosen, raw)
+
+
+def _dec_heartbeat(raw: list[Any]) -> Heartbeat:
+    if len(raw) == 6:
+        _, g, s, b, c, k = raw
+        if type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], c, k):
+            return Heartbeat(g, s, Ballot(b[0], b[1]), c, k)
+    raise _malformed(Heartbeat, raw)
+
+
+def _dec_heartbeat_ack(raw: list[Any]) -> HeartbeatAck:
+    if len(raw) == 5:
+        _, g, s, b, c = raw
+        if type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], c):
+            return HeartbeatAck(g, s, Ballot(b[0], b[1]), c)
+    raise _malformed(HeartbeatAck, raw)
+
+
+def _dec_catchup_request(raw: list[Any]) -> CatchupRequest:
+    if len(raw) == 5:
+        _, g, s, f, n = raw
+        if _u64s(g, s, f, n) and f >= 1:
+            return CatchupRequest(g, s, f, n)
+    raise _malformed(CatchupRequest, raw)
+
+
+def _dec_catchup_reply(raw: list[Any]) -> CatchupReply:
+    if len(raw) == 5:
+        _, g, s, e, c = raw
+        if _u64s(g, s, c):
+            entries = _chosen_entries(e)
+            if entries is not None:
+                return CatchupReply(g, s, entries, c)
+    raise _malformed(CatchupReply, raw)
+
+
+def _dec_prevote(raw: list[Any]) -> PreVote:
+    if len(raw) == 5:
+        _, g, s, b, c = raw
+        if type(b) is list and len(b) == 2 and _u64s(g, s, b[0], b[1], c):
+            return PreVote(g, s, Ballot(b[0], b[1]), c)
+    raise _malformed(PreVote, raw)
+
+
+def _dec_prevote_reply(raw: list[Any]) -> PreVoteReply:
+    if len(raw) == 7:
+        _, g, s, b, t, p, c = raw
+        ballots = type(b) is list and len(b) == 2 and type(p) is list and len(p) == 2
+        if ballots and type(t) is bool and _u64s(g, s, b[0], b[1], p[0], p[1], c):
+            return PreVoteReply(g, s, Ballot(b[0], b[1]), t, Ballot(p[0], p[1]), c)
+    raise _malformed(PreVoteReply, raw)
+
+
+_DECODERS: dict[int, Callable[[list[Any]], Message]] = {
+    1: _dec_prepare,
+    2: _dec_promise,
+    3: _dec_reject,
+    4: _dec_accept,
+    5: _dec_accepted,
+    6: _dec_chosen,
+    7: _dec_heartbeat,
+    8: _dec_heartbeat_ack,
+    9: _dec_catchup_request,
+    10: _dec_catchup_reply,
+    11: _dec_prevote,
+    12: _dec_prevote_reply,
+}
 
 
 def decode_message(data: bytes) -> Message:
@@ -344,29 +448,47 @@ def decode_message(data: bytes) -> Message:
         raise ProtocolError(f"undecodable message: {type(exc).__name__}") from None
     if type(raw) is not list or not raw or type(raw[0]) is not int:
         raise ProtocolError("message is not a tagged array")
-    fast = _fast_decode(raw)
-    if fast is not None:
-        return fast
-    return _decode_generic(raw)
-
-
-def _decode_generic(raw: list[Any]) -> Message:
-    spec = _BY_TAG.get(raw[0])
-    if spec is None:
+    decoder = _DECODERS.get(raw[0])
+    if decoder is None:
         raise ProtocolError(f"unknown message tag {raw[0]}")
-    cls, kinds = spec
+    return decoder(raw)
+
+
+# ---------------------------------------------------------------------------- error reports
+
+_BOUNDS = {
+    Prepare: "from_instance starts at 1",
+    Promise: "from_instance starts at 1",
+    CatchupRequest: "from_instance starts at 1",
+    Accept: "instance numbers start at 1",
+    Accepted: "instance numbers start at 1",
+    Chosen: "need 1 <= first <= last",
+}
+
+
+def _malformed(cls: type[Any], raw: list[Any]) -> ProtocolError:
+    """The precise error for ``raw``, which the decoder of ``cls`` refused."""
+    kinds = _WIRE[cls][1]
+    name = cls.__name__
     if len(raw) != len(kinds) + 1:
-        raise ProtocolError(f"{cls.__name__}: expected {len(kinds)} fields, got {len(raw) - 1}")
-    msg = cls(*(_dec(k, x) for k, x in zip(kinds, raw[1:], strict=True)))
-    _check(msg)
-    return msg  # type: ignore[no-any-return]
+        return ProtocolError(f"{name}: expected {len(kinds)} fields, got {len(raw) - 1}")
+    for field, kind, value in zip(cls.__dataclass_fields__, kinds, raw[1:], strict=True):
+        problem = _problem(kind, value)
+        if problem is not None:
+            return ProtocolError(f"{name}.{field}: {problem}")
+    return ProtocolError(f"{name}: {_BOUNDS.get(cls, 'malformed')}")
 
 
-def _check(msg: Any) -> None:
-    """Semantic bounds that every well-formed message satisfies."""
-    if isinstance(msg, Chosen) and not 1 <= msg.first <= msg.last:
-        raise ProtocolError("Chosen: need 1 <= first <= last")
-    if isinstance(msg, Accept | Accepted) and msg.instance < 1:
-        raise ProtocolError("instance numbers start at 1")
-    if isinstance(msg, Prepare | Promise | CatchupRequest) and msg.from_instance < 1:
-        raise ProtocolError("from_instance starts at 1")
+def _problem(kind: str, x: Any) -> str | None:
+    if kind == "u":
+        ok = _u64s(x)
+        return None if ok else f"expected an unsigned 64-bit int, got {type(x).__name__}"
+    if kind == "B":
+        ok = type(x) is list and len(x) == 2 and _u64s(*x)
+        return None if ok else "expected a ballot [round, node]"
+    if kind == "b":
+        return None if type(x) is bytes else f"expected bytes, got {type(x).__name__}"
+    if kind == "t":
+        return None if type(x) is bool else f"expected a bool, got {type(x).__name__}"
+    entries = _accepted_entries(x) if kind == "A" else _chosen_entries(x)
+    return None if entries is not None else "expected a bounded array of well-formed entries"

@@ -9,14 +9,17 @@ Public API::
         writer.submit(segment_file, record) -> asyncio.Future[None]   # internal, used by GroupLog
         writer.batches / fsyncs / records / bytes_written / fsync_seconds; writer.on_fsync(sec)
 
-    glog = await GroupLog.open(directory, group, writer, segment_bytes=64 << 20, indexer=None)
+    glog = await GroupLog.open(directory, group, writer, segment_bytes=64 << 20)
     glog.recovered: RecoveredLog   # promised, max_round, accepted{i: (ballot, value)} above
                                    # chosen_up_to, chosen_up_to, checksum, first_instance,
                                    # damaged [(lo, hi)], corrupt [(file, start, end)], torn_bytes
     glog.append_promise(ballot) -> Future[None]                    # durable when resolved
     glog.append_accept(instance, ballot, value) -> Future[None]
-    glog.append_chosen(instance, ballot | None, checksum, value) -> Future[None]
-        # instance must be chosen_up_to + 1; indexes synchronously (calls the indexer)
+    glog.append_chosen(instance, ballot | None, checksum, value, index=entries) -> Future[None]
+        # instance must be chosen_up_to + 1; ``index``: the IndexEntry list the caller's
+        # state machine produced when it applied the value (in memory only, see Recovery)
+    glog.iter_chosen_blocking() -> Iterator[(instance, value)]   # replay after open (thread)
+    glog.restore_index(instance, entries)                        # ... and its index entries
     await glog.read_chosen(from_instance, max_count, max_bytes) -> list[ChosenRecord]
     await glog.read_value(instance) -> bytes
     glog.positions(queue_key, after: (instance, index) | None, limit) -> [(instance, index)]
@@ -31,8 +34,7 @@ Public API::
     await glog.mark_repaired()   # damage re-learned from peers: forget it (``<dir>/repaired``)
     await glog.close()
 
-    Indexer = Callable[[int, bytes], Iterable[tuple[Hashable, int, float]]]
-        # (instance, chosen value) -> (queue_key, index, enqueue_time_wall) per message
+    IndexEntry = tuple[Hashable, int, float]   # (queue_key, index, enqueue_time_wall)
 
 Guarantees:
 
@@ -47,6 +49,10 @@ Guarantees:
   without one, or for a batch of one file, one ``fdatasync`` per touched file.
 - **Errors.** ENOSPC/EIO on write or sync: that batch's waiters get ``StorageError``, the group
   is ``failed`` and never acks again; synced bytes are never rewritten.
+- **Storage never calls up.** The log does not interpret values: whoever applies a chosen
+  instance passes its index entries to ``append_chosen`` (apply, then write), and after
+  ``open`` replays ``iter_chosen_blocking`` through the same apply, handing the entries back
+  with ``restore_index``. The index is not on disk, so the format is unchanged by it.
 - **Recovery** (in a thread): torn tail truncated and logged; corruption in the middle reported
   (``needs_repair``, ``damaged``), never skipped silently and never served; reads re-check the
   CRC of every record and raise ``StorageError`` rather than return bad bytes.
@@ -61,22 +67,22 @@ group: 80-110k durable records/s (≈61 records per fdatasync, p50 0.5-0.7 ms, p
 bound in Python, the fsync is ~15% of a batch); 1 writer: ~4.3k/s, p50 0.22 ms. 64 writers over
 16 groups: ~30k/s (100 B), since each batch costs 16 fdatasyncs (fanned out: ~1 ms). 4 KiB x 64
 writers, 1 group: ~40k/s (160 MiB/s). Start-up of a 1 GiB log (263k instances of ~4 KiB, 10.5M
-messages indexed): 3.4 s scan+CRC alone, 8.2 s with the indexer decoding every message.
+messages indexed): 3.4 s scan+CRC alone, 8.2 s with a replay decoding every message.
 
 Modules: ``records`` (frame format, CRC32C and why), ``writer`` (group commit), ``recovery``
 (start-up scan and tail/corruption rules), ``index`` (queue and time indexes), ``group``.
 """
 
-from phxq.plog.group import ChosenRecord, GroupLog
+from phxq.plog.group import ChosenRecord, GroupLog, IndexEntry
 from phxq.plog.index import INDEX_BITS, QueueIndex, TimeIndex
-from phxq.plog.recovery import Indexer, RecoveredLog
+from phxq.plog.recovery import RecoveredLog
 from phxq.plog.writer import LogWriter, SegmentFile
 
 __all__ = [
     "INDEX_BITS",
     "ChosenRecord",
     "GroupLog",
-    "Indexer",
+    "IndexEntry",
     "LogWriter",
     "QueueIndex",
     "RecoveredLog",

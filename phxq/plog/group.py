@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, final
@@ -27,9 +28,7 @@ from phxq.plog.records import (
 )
 from phxq.plog.recovery import (
     ChosenLoc,
-    Indexer,
     RecoveredLog,
-    index_instance,
     recover,
     segment_name,
     value_of,
@@ -37,11 +36,13 @@ from phxq.plog.recovery import (
 )
 from phxq.plog.writer import LogWriter, SegmentFile
 
-__all__ = ["ChosenRecord", "GroupLog"]
+__all__ = ["ChosenRecord", "GroupLog", "IndexEntry"]
 
 log = logging.getLogger("phxq.plog")
 
 Ballot = tuple[int, int]
+# One message's place in the queue index: (queue key, its index in the instance, enqueue time).
+IndexEntry = tuple[Hashable, int, float]
 TAIL_CACHE_BYTES: Final = 8 << 20
 _CHECKPOINT_ROOM: Final = 4 * HEADER_SIZE + 64
 
@@ -75,7 +76,6 @@ class GroupLog:
         self._floor_checksum = 0
         self.damaged: list[tuple[int, int]] = []
         self._writer: LogWriter
-        self._indexer: Indexer | None = None
         self._segment_bytes = 64 << 20
         self._segments: list[SegmentFile] = []
         self._by_number: dict[int, SegmentFile] = {}
@@ -104,21 +104,20 @@ class GroupLog:
         writer: LogWriter,
         *,
         segment_bytes: int = 64 << 20,
-        indexer: Indexer | None = None,
         tail_cache_bytes: int = TAIL_CACHE_BYTES,
     ) -> GroupLog:
-        """Recover the group from ``directory`` (created if missing) in a worker thread: the
-        indexer is called for every retained chosen instance, in order, from that thread."""
+        """Recover the group from ``directory`` (created if missing) in a worker thread. The
+        queue and time indexes start empty: the caller replays the retained chosen instances
+        (:meth:`iter_chosen_blocking`) and hands back their entries (:meth:`restore_index`)."""
         if segment_bytes < 4096:
             raise ValueError("segment_bytes must be at least 4096")
         self = cls()
         self.directory = Path(directory)
         self.group = group
         self._writer = writer
-        self._indexer = indexer
         self._segment_bytes = segment_bytes
         self._cache_limit = tail_cache_bytes
-        r = await asyncio.to_thread(recover, self.directory, indexer)
+        r = await asyncio.to_thread(recover, self.directory)
         rec = r.recovered
         self.recovered = rec
         self.chosen_up_to, self.checksum = rec.chosen_up_to, rec.checksum
@@ -128,7 +127,7 @@ class GroupLog:
         self._corrupt_segments = {name for name, _, _ in rec.corrupt}
         self._corrupt_regions = set(rec.corrupt) | set(rec.repaired)
         self._promised, self._max_round = rec.promised, rec.max_round
-        self._chosen, self._queues, self._times = r.chosen, r.queues, r.times
+        self._chosen = r.chosen
         for info in r.segments:
             f = SegmentFile(info.path, info.number, info.size, existing=True, written_end=info.end)
             f.max_instance = info.max_instance
@@ -205,7 +204,7 @@ class GroupLog:
 
     async def mark_repaired(self) -> None:
         """The caller re-learned every damaged chosen instance and replaced whatever acceptor
-        state the corrupt bytes may have held (see ``phxq.store.rejoin``): forget the damage.
+        state the corrupt bytes may have held (see ``phxq.replication.rejoin``): forget the damage.
         The corrupt regions are listed in ``<dir>/repaired`` (written atomically) so that the
         next recovery skips them without reporting the log as needing repair again."""
         regions = sorted(self._corrupt_regions)
@@ -304,11 +303,15 @@ class GroupLog:
         checksum: int,
         value: bytes,
         *,
+        index: Iterable[IndexEntry] = (),
         urgent: bool = True,
     ) -> asyncio.Future[None]:
         """Record that ``instance`` (== chosen_up_to + 1) is chosen with ``value``. Writes a small
         mark when this log holds the accept (instance, ballot) with the same value, else the
-        value. Indexes the instance (calls the indexer) before returning. With ``urgent=False``
+        value. ``index``: the instance's queue index entries, as the caller's state machine
+        produced them when it applied the value (in index order); they are in :meth:`positions`
+        when this returns. Only the record goes to disk: recovery rebuilds the index by
+        replaying the values through the same apply. With ``urgent=False``
         the record costs no ``fdatasync`` of its own: it is made durable with the group's next
         urgent record (or after the writer's ``lazy_delay``), for callers that need it durable
         only eventually (a chosen instance lost in a crash is learned again from peers)."""
@@ -341,9 +344,39 @@ class GroupLog:
         if self.damaged:
             self.damaged = [(lo, hi) for lo, hi in self.damaged if hi > instance]
             self.damaged = [(max(lo, instance + 1), hi) for lo, hi in self.damaged]
-        if self._indexer is not None:
-            index_instance(self._indexer, self._queues, self._times, instance, value)
+        self._index(instance, index)
         return future
+
+    def _index(self, instance: int, entries: Iterable[IndexEntry]) -> None:
+        entries = list(entries)
+        if entries:
+            self._queues.add(instance, entries)
+            self._times.add(instance, min(t for _, _, t in entries))
+
+    # ------------------------------------------------------------------------- recovery
+
+    def iter_chosen_blocking(self) -> Iterator[tuple[int, bytes]]:
+        """``(instance, value)`` of every retained chosen instance, in order, as recovered
+        (their CRCs were checked by the scan). Blocking (reads the segments): for the replay
+        right after :meth:`open`, in a worker thread, before anything is appended."""
+        maps: dict[int, mmap.mmap] = {}
+        try:
+            for i, (number, offset, length, _) in enumerate(self._chosen, self.first_instance):
+                m = maps.get(number)
+                if m is None:
+                    with open(self._by_number[number].path, "rb") as fh:
+                        m = maps[number] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                yield i, value_of(m, offset, length)
+        finally:
+            for m in maps.values():
+                m.close()
+
+    def restore_index(self, instance: int, entries: Iterable[IndexEntry]) -> None:
+        """Recovery: the index entries of retained chosen ``instance`` (in instance order, as
+        :meth:`iter_chosen_blocking` yields them; may run in that worker thread)."""
+        if not self.first_instance <= instance <= self.chosen_up_to:
+            raise ValueError(f"group {self.group}: instance {instance} is not retained here")
+        self._index(instance, entries)
 
     def _cache_put(self, instance: int, value: bytes) -> None:
         self._cache[instance] = value

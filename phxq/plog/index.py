@@ -1,8 +1,9 @@
 """In-memory indexes of a group's chosen log: per-queue positions and first-enqueue times.
 
-Both are fed, in instance order, with what the store's *indexer* returns for each chosen
-instance, and both are rebuilt at start-up by replaying the retained log (rebuilding costs one
-indexer call per instance; see ``bench/bench_plog.py`` for the measured start-up time).
+Both are fed, in instance order, with the index entries the state machine produced when it
+applied each chosen instance (``GroupLog.append_chosen(..., index=)``), and both are rebuilt at
+start-up by replaying the retained log through the same apply (``GroupLog.restore_index``; see
+``bench/bench_plog.py`` for the measured start-up time).
 
 - :class:`QueueIndex` keeps, per queue key, a sorted ``array('q')`` of packed positions
   ``instance << 20 | index`` (8 bytes a message), so reading one queue is a binary search plus

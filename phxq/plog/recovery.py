@@ -1,8 +1,10 @@
 """Start-up recovery of one group directory (runs in a worker thread, never on the loop).
 
 :func:`recover` reads every segment (``mmap``, zero-copy), checks every record's CRC, and
-rebuilds the acceptor state, the locations of chosen values and, through the store's indexer,
-the per-queue and time indexes.
+rebuilds the acceptor state and the locations of chosen values. It does not interpret values:
+the replication runtime replays the retained chosen values through its state machine afterwards
+(``GroupLog.iter_chosen_blocking``) and hands back each instance's index entries
+(``GroupLog.restore_index``).
 
 How a bad record is classified (see ``writer``: every batch header starts a write whose
 predecessors were all synced):
@@ -21,7 +23,7 @@ predecessors were all synced):
 
 A corrupt region listed in ``<group dir>/repaired`` (:func:`write_repaired`, written by
 ``GroupLog.mark_repaired`` once the replica re-learned what it held from its peers, see
-``phxq.store.rejoin``) is skipped the same way but reported in :attr:`RecoveredLog.repaired`
+``phxq.replication.rejoin``) is skipped the same way but reported in :attr:`RecoveredLog.repaired`
 instead: it is not damage any more. Any other bad region still is.
 
 A corrupted *last* batch whose bytes had been synced is indistinguishable from a torn write and
@@ -36,12 +38,11 @@ import logging
 import mmap
 import os
 import re
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from phxq.plog.durable import fsync_dir, replace_durably
-from phxq.plog.index import QueueIndex, TimeIndex
 from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, parse_at
 
 __all__ = [
@@ -59,7 +60,6 @@ __all__ = [
 log = logging.getLogger("phxq.plog")
 
 Ballot = tuple[int, int]
-Indexer = Callable[[int, bytes], Iterable[tuple[Hashable, int, float]]]
 ChosenLoc = tuple[int, int, int, int]  # (segment number, record offset, record length, checksum)
 
 REPAIRED_FILE = "repaired"
@@ -112,8 +112,6 @@ class Recovery:
     segments: list[SegmentInfo]
     chosen: list[ChosenLoc]  # locations of first_instance .. chosen_up_to
     accepted_locs: dict[int, dict[Ballot, tuple[int, int, int]]]  # above chosen_up_to
-    queues: QueueIndex
-    times: TimeIndex
 
 
 def _nonzero_end(buf: mmap.mmap | bytes, start: int) -> int:
@@ -179,13 +177,13 @@ def _has_header(buf: mmap.mmap | None, start: int) -> int:
     return at
 
 
-def recover(directory: Path, indexer: Indexer | None) -> Recovery:
+def recover(directory: Path) -> Recovery:
     """Scan ``directory`` (created if missing) and rebuild the group's state. Blocking."""
     directory.mkdir(parents=True, exist_ok=True)
     files = _list_segments(directory)
     maps = [_map(p) for _, p in files]
     try:
-        return _scan(directory, files, maps, indexer)
+        return _scan(directory, files, maps)
     finally:
         for m in maps:
             if m is not None:
@@ -196,7 +194,6 @@ def _scan(
     directory: Path,
     files: list[tuple[int, Path]],
     maps: list[mmap.mmap | None],
-    indexer: Indexer | None,
 ) -> Recovery:
     rec = RecoveredLog()
     repaired = read_repaired(directory)
@@ -345,29 +342,13 @@ def _scan(
         rec.accepted[i] = (ballot, value_of(m, off, length))
 
     locs = [chosen[i] for i in range(first, c + 1)]
-    queues, times = QueueIndex(), TimeIndex()
-    if indexer is not None:
-        for i, (number, off, length, _) in enumerate(locs, start=first):
-            m = by_number[number]
-            assert m is not None
-            index_instance(indexer, queues, times, i, value_of(m, off, length))
-    return Recovery(rec, segments, locs, accepted_locs, queues, times)
+    return Recovery(rec, segments, locs, accepted_locs)
 
 
 def value_of(buf: mmap.mmap | bytes, offset: int, length: int) -> bytes:
     """The value bytes of an ACCEPT or CHOSEN_VALUE record already checked at ``offset``."""
     extra = 8 if buf[offset + 8] == Kind.CHOSEN_VALUE else 0
     return bytes(buf[offset + HEADER_SIZE + extra : offset + length])
-
-
-def index_instance(
-    indexer: Indexer, queues: QueueIndex, times: TimeIndex, instance: int, value: bytes
-) -> None:
-    """Run the store's indexer on one chosen instance and record its entries."""
-    entries = list(indexer(instance, value))
-    if entries:
-        queues.add(instance, entries)
-        times.add(instance, min(t for _, _, t in entries))
 
 
 def _truncate_tail(path: Path, start: int, end: int) -> None:

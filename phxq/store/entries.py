@@ -403,6 +403,9 @@ def _fields(data: bytes) -> list[Any]:
 
 def _decoder(table: dict[int, Any], tag: Any) -> Any:
     decoder = table.get(tag) if type(tag) is int else None
+    if decoder is None and type(tag) is int:
+        # Delayed-message entries (tags 5-7): phxq.store.schedule_entries.
+        decoder = (_schedule.PEEKERS if table is _PEEKERS else _schedule.DECODERS).get(tag)
     if decoder is None:
         raise ProtocolError(f"unknown log entry tag {tag!r:.40}")
     return decoder
@@ -427,9 +430,10 @@ def peek_entry(data: bytes) -> EnqueueHead | CommitEntry | ReplayEntry:
 def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Message]]:
     """Every message of a chosen instance with its entry; list position = offset index.
 
-    Undecodable items and non-enqueue entries contribute nothing; every message of every
-    decodable enqueue entry counts (see the module docstring: a version-2 entry whose head
-    decodes but whose body does not raises ``StorageError``)."""
+    Undecodable items and entries without readable messages contribute nothing; every
+    message of every decodable enqueue or release entry (:mod:`phxq.store.schedule_entries`)
+    counts (see the module docstring: a version-2 or release entry whose head decodes but
+    whose body does not raises ``StorageError``)."""
     out: list[tuple[EnqueueEntry, Message]] = []
     for item in items:
         try:
@@ -439,10 +443,14 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
                 entry = _enqueue(fields)
             elif tag == _TAG_ENQUEUE_V2:
                 head = _head_v2(fields)
+            elif tag == _schedule.TAG_RELEASE:
+                _schedule.PEEKERS[tag](fields)  # the head only: a bad body is a corrupt log
             else:
                 continue
         except PhxqError:
             continue
+        if tag == _schedule.TAG_RELEASE:
+            entry = _schedule.release_as_enqueue(fields)
         if tag == _TAG_ENQUEUE_V2:
             try:
                 entry = EnqueueEntry(
@@ -452,3 +460,7 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
                 raise StorageError(f"corrupt enqueue entry body: {exc.message}") from None
         out.extend((entry, m) for m in entry.messages)
     return out
+
+
+# Last: that module builds on the helpers above (and is only used at call time here).
+from phxq.store import schedule_entries as _schedule  # noqa: E402

@@ -2,7 +2,10 @@
 
 ``async with StoreNode(cfg, node_id) as node:`` opens (and recovers) every group's PLog,
 starts the RPC server on the node's configured address and the tick loop that drives leases,
-heartbeats and elections, and serves until the context exits.
+heartbeats and elections, and serves until the context exits. It is a
+:class:`~phxq.replication.daemon.ReplicatedDaemon` with :class:`~phxq.store.state.StoreState`
+as the state machine of every group; what it adds is retention and the RPC handlers of
+:mod:`phxq.store.service`.
 
 RPC methods (params and results are msgpack maps/lists; errors are ``PhxqError`` codes):
 
@@ -17,9 +20,11 @@ commit     ``{group, topic, queue, offset, token, expect?}`` -> ``offset``; with
 cursor     ``{group, topic, queue}`` -> ``offset | None``
 seek       ``{group, topic, queue, offset | time}`` -> new cursor (one-shot replay entry)
 status     ``{}`` -> this node's view of every group
+cancel_scheduled  ``{topic, queue, id}`` -> True if the scheduled message was pending (never
+           released now), False if not (see ``phxq.store.scheduler``)
 =========  ==============================================================================
 
-Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.store.rejoin``).
+Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.replication.rejoin``).
 
 Any node answers ``meta`` and ``status``; the others are master-only and a follower answers
 ``NotMaster(hint)``. Paxos traffic between stores is one-way ``px`` notifications.
@@ -27,88 +32,52 @@ Any node answers ``meta`` and ``status``; the others are master-only and a follo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from typing import Any
 
 from phxq import metrics
-from phxq.config import ClusterConfig, NodeConfig
+from phxq.config import ClusterConfig
 from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
 from phxq.net.frames import shown
-from phxq.net.rpc import RpcServer
+from phxq.replication.daemon import ReplicatedDaemon
+from phxq.replication.replica import GroupReplica
+from phxq.routing import INDEX_BITS, group_for_queue, split_offset
+from phxq.security import STORE_RULES
 from phxq.store import service
-from phxq.store.host import PaxosHost
-from phxq.store.membership import REJOIN_METHODS
-from phxq.store.replica import GroupReplica
-from phxq.store.routing import group_for_queue, split_offset
-from phxq.store.state import StoreState
+from phxq.store.scheduler import Releaser
+from phxq.store.state import StoreMachines, StoreState
 
 log = logging.getLogger("phxq.store")
 
 
-class StoreNode:
+class StoreNode(ReplicatedDaemon[StoreState]):
     """A running store daemon (see the module docstring)."""
 
     def __init__(self, cluster: ClusterConfig, node_id: int, *, host: str | None = None) -> None:
-        self.cluster = cluster
-        self.node: NodeConfig = cluster.store(node_id)
-        self.node_id = node_id
-        self._addresses = {s.id: s.addr for s in cluster.stores}
-        self._host = host
         c = cluster.cluster
-        self.paxos_host = PaxosHost.from_config(
-            c,
-            self.node,
-            self._addresses,
+        super().__init__(
+            "store",
+            cluster,
+            cluster.store(node_id),
+            {s.id: s.addr for s in cluster.stores},
             groups=c.groups,
-            state_for=lambda group: StoreState(group, dedup_window=c.dedup_window),
-            restore_state=lambda group, data: StoreState.restore(data),
-            name="store",
+            machines=StoreMachines(c.dedup_window),
+            handlers=service.HANDLERS,
+            rules=STORE_RULES,
+            host=host,
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
-        self._retention_task: asyncio.Task[None] | None = None
-        self.replicas = self.paxos_host.replicas
-        self._server = RpcServer(self._handle, notify_handler=self.paxos_host.on_notify)
-        self.started_at = time.time()
+        self._releaser = Releaser(self)
         self.instance_id = uuid.uuid4().hex[:8]
 
-    # ---------------------------------------------------------------------- life cycle
-
-    async def __aenter__(self) -> StoreNode:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        await self.paxos_host.start()
-        host, port = self.node.addr.rsplit(":", 1)
-        await self._server.start(self._host or host, int(port))
-        if self.node.metrics_addr:
-            metrics.serve(self.node.metrics_addr)
-        self._retention_task = asyncio.get_running_loop().create_task(self._retention_loop())
-        log.info(
-            "store %d serving %d groups on %s",
-            self.node_id,
-            self.cluster.cluster.groups,
-            self._server.address,
-        )
-
-    async def close(self) -> None:
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
-        await self._server.close()
-        await self.paxos_host.close()
-
-    @property
-    def address(self) -> str:
-        return self._server.address
+    def background(self) -> list[tuple[str, Any]]:
+        interval = self.cluster.cluster.retention_interval
+        return [
+            ("retention", self.every(interval, self.apply_retention, "retention pass")),
+            ("releaser", self._releaser.run()),
+        ]
 
     # ------------------------------------------------------------------------- retention
 
@@ -161,6 +130,11 @@ class StoreNode:
             floor, forced = replica.glog.retention_floor(
                 keep_from=keep, max_age=max_age, max_bytes=max_bytes, now_wall=time.time()
             )
+            # Never a pending scheduled message's record, whatever the limits (cancelled and
+            # released ones no longer hold it: a release entry carries its own copy).
+            oldest = replica.state.schedule.oldest_id()
+            if oldest is not None:
+                floor = min(floor, oldest >> INDEX_BITS)
             if floor <= replica.glog.first_instance:
                 continue
             try:
@@ -179,18 +153,9 @@ class StoreNode:
                     first - 1,
                 )
 
-    async def _retention_loop(self) -> None:
-        interval = self.cluster.cluster.retention_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.apply_retention()
-            except Exception:  # a bug here must not stop the daemon; it is logged loudly
-                log.exception("store %d: retention pass failed", self.node_id)
-
     # ----------------------------------------------------------------------------- RPC
 
-    def replica_for(self, topic: str, queue: Any) -> GroupReplica:
+    def replica_for(self, topic: str, queue: Any) -> GroupReplica[StoreState]:
         spec = self.cluster.topics_by_name.get(topic) if isinstance(topic, str) else None
         if spec is None:
             raise UnknownTopic(f"unknown topic {shown(topic)}")
@@ -198,7 +163,7 @@ class StoreNode:
             raise BadArgument(f"queue must be an int in [0, {spec.queues}), got {shown(queue)}")
         return self.replicas[group_for_queue(queue, self.cluster.cluster.groups)]
 
-    def master_replica(self, topic: str, queue: Any) -> GroupReplica:
+    def master_replica(self, topic: str, queue: Any) -> GroupReplica[StoreState]:
         replica = self.replica_for(topic, queue)
         if replica.failed is not None:
             # This replica neither serves nor votes in the group (storage failure, damaged log):
@@ -211,21 +176,10 @@ class StoreNode:
             raise NotMaster(hint=replica.master_address())
         return replica
 
-    async def _handle(self, method: str, params: Any) -> Any:
-        if method in REJOIN_METHODS:
-            return await self.paxos_host.handle_rpc(method, params)
-        handler = service.HANDLERS.get(method)
-        if handler is None:
-            raise BadArgument(f"unknown method {shown(method)}")
-        if not isinstance(params, dict):
-            raise BadArgument(f"{method}: params must be a map")
-        # No tick-loop wake-up here: every replica input reports a moved deadline itself.
-        return await handler(self, params)
-
     def meta(self) -> dict[str, Any]:
         return {
             "groups": self.cluster.cluster.groups,
-            "nodes": {str(k): v for k, v in self._addresses.items()},
+            "nodes": {str(k): v for k, v in self.addresses.items()},
             "topics": {t.name: t.queues for t in self.cluster.topics},
             "masters": {str(g): r.paxos.master for g, r in self.replicas.items()},
         }

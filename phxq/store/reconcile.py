@@ -25,8 +25,8 @@ from typing import Any
 
 from phxq.config import ClusterConfig
 from phxq.errors import PhxqError, UnknownTopic
-from phxq.net.rpc import RpcPool
-from phxq.store.routing import group_for_queue
+from phxq.routing import group_for_queue
+from phxq.security.daemon import tool_pool
 
 TIMEOUT = 5.0
 
@@ -68,7 +68,7 @@ async def reconcile(
         raise UnknownTopic(f"unknown topic {topic!r}")
     names = [consumer_group] if consumer_group else [g.name for g in cfg.consumer_groups_for(topic)]
     report = Report(topic, since, until)
-    async with RpcPool() as pool:
+    async with tool_pool(cfg) as pool:
 
         async def ask(addr: str, method: str, params: dict[str, Any]) -> Any:
             try:

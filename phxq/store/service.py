@@ -18,6 +18,8 @@ from phxq import metrics, trace
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
+from phxq.routing import group_for_queue, make_offset, split_offset
+from phxq.store import scheduler
 from phxq.store import state as st
 from phxq.store.entries import (
     CommitEntry,
@@ -27,7 +29,7 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
-from phxq.store.routing import group_for_queue, make_offset, split_offset
+from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
     from phxq.store.node import StoreNode
@@ -117,6 +119,7 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
         raise BadArgument("batches must be a non-empty list of [queue, messages]")
     replica = None
     entries: list[bytes] = []
+    layout: list[tuple[int, bool, list[int]]] = []  # per batch: messages, any plain, scheduled
     now = time.time()
     for batch in batches:
         if not isinstance(batch, list) or len(batch) != 2 or not isinstance(batch[1], list):
@@ -129,8 +132,14 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
         assert spec is not None
         if not raw_messages:
             raise BadArgument("a batch must hold at least one message")
-        _check_messages(raw_messages, spec.max_message_bytes)
-        entries.append(encode_enqueue(topic, queue, now, raw_messages))
+        plain, scheduled, dues, positions = scheduler.split_scheduled(now, raw_messages)
+        _check_messages(plain, spec.max_message_bytes)
+        _check_messages(scheduled, spec.max_message_bytes)
+        layout.append((len(raw_messages), bool(plain), positions))
+        if plain:
+            entries.append(encode_enqueue(topic, queue, now, plain))
+        if scheduled:
+            entries.append(encode_schedule(topic, queue, now, dues, scheduled))
     assert replica is not None
     replica = node.master_replica(topic, batches[0][0])
     started = time.perf_counter()
@@ -138,16 +147,27 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
     if trace.ON:
         trace.mark("enqueue.propose")
-    results = await replica.propose_batch(entries)
+    results = await replica.propose(entries)
     if trace.ON:
         trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
     out: list[list[list[Any]]] = []
     acked = 0
-    for result in results:
-        done = _enqueued(result)
-        acked += len(done.offsets) - sum(done.duplicates)
-        out.append([[o, d] for o, d in zip(done.offsets, done.duplicates, strict=True)])
+    at = 0
+    for count, has_plain, positions in layout:
+        answers: list[list[Any]] = []
+        if has_plain:
+            done = _enqueued(results[at])
+            at += 1
+            acked += len(done.offsets) - sum(done.duplicates)
+            answers = [
+                scheduler.answer(o, d) for o, d in zip(done.offsets, done.duplicates, strict=True)
+            ]
+        if positions:
+            later = scheduler.scheduled_results(results[at])
+            at += 1
+            answers = scheduler.merge_results(count, answers, later, positions)
+        out.append(answers)
     _enqueued_counter(topic).inc(acked)
     return out
 
@@ -222,7 +242,7 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     expect = _int(params, "expect", optional=True) if check else None
     replica = node.master_replica(topic, queue)
     entry = CommitEntry(group, topic, queue, offset, token, check=check, expect=expect)
-    result = await replica.propose(encode_entry(entry))
+    result = await replica.propose_one(encode_entry(entry))
     if isinstance(result, st.Rejected):
         raise result.error
     return offset
@@ -256,14 +276,15 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     # The cursor is "last processed": to deliver `offset` next, set it just below.
     new_cursor = max(offset - 1, 0)
     entry = ReplayEntry(group, topic, queue, new_cursor, uuid.uuid4().hex)
-    result = await replica.propose(encode_entry(entry))
+    result = await replica.propose_one(encode_entry(entry))
     if isinstance(result, st.Rejected):
         raise result.error
     return new_cursor
 
 
 async def meta(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
-    return node.meta()
+    # The lock nodes too: Client.consume finds the lock service through any store.
+    return {**node.meta(), "locks": [lk.addr for lk in node.cluster.locks]}
 
 
 async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +307,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
                 "needs_repair": r.glog.needs_repair,
                 "repair": r.repair,  # probing / joining / repairing / diverged (not voting)
                 "repair_reason": r.repair_reason,
+                "scheduled": scheduler.status_of(r, time.time()),
             }
         )
     return {
@@ -293,6 +315,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,
+        "cert": None if node.security is None else node.security.cert_status(),
         "groups": groups,
         "consumers": _consumer_lag(node),
     }
@@ -408,4 +431,5 @@ HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
     "status": status,
     "reconcile": reconcile,
     "checksum": checksum,
+    "cancel_scheduled": scheduler.cancel_scheduled,
 }

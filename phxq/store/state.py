@@ -43,6 +43,14 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   ignoring and keeping the token, once per ``replay_id``: applying the same id again changes
   nothing and answers ``Committed(<offset set the first time>)``. The last
   ``REPLAYS_REMEMBERED`` ids are remembered.
+- **Scheduled messages** (:mod:`phxq.store.schedule_entries`, :mod:`phxq.store.schedule`).
+  A ``ScheduleEntry`` makes its messages pending (``Scheduled``: their scheduled ids as refs;
+  dedup as for an enqueue, in the same window) and readable by nobody. A ``ReleaseEntry``
+  releases each pending one whose due time is at most the entry's ``released_at``: it gets
+  the next ordinal of the instance and an offset like an enqueued message (so per-queue order
+  is release order); any other (already released or cancelled, not yet due) is a no-op
+  (``Released``: offset None, not indexed). A ``CancelEntry`` withdraws a pending one
+  (``Cancelled``). ``schedule`` (pending count, next due, oldest id) is part of the snapshot.
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -56,8 +64,8 @@ and rejected entries), which the state records per instance (rare, so small) and
 snapshot until :meth:`forget_below` says that part of the log is gone. So recovery is: restore
 the latest snapshot (or start empty), then for each retained chosen instance in order call
 ``apply`` (a no-op for instances the snapshot already covers) and then ``index_entries``
-(exact for every instance from ``forget_below``'s bound up to ``applied_up_to``). The runtime's
-indexer can therefore do "apply, then index_entries" for every instance, live or recovering.
+(exact for every instance from ``forget_below``'s bound up to ``applied_up_to``). This is what
+``phxq.replication.machine.apply_instance`` does for every instance, live or recovering.
 A runtime that truncates the log must persist a snapshot covering the truncated part first.
 
 Every replica of a group must run with the same ``dedup_window`` (it is cluster config); a
@@ -83,8 +91,10 @@ from phxq.errors import (
     StorageError,
     VersionMismatch,
 )
+from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
-from phxq.store.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
+from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
+from phxq.store.schedule_entries import CancelEntry, ReleaseHead, ScheduleHead
 
 __all__ = [
     "REPLAYS_REMEMBERED",
@@ -95,6 +105,7 @@ __all__ = [
     "IndexEntry",
     "QueueKey",
     "Rejected",
+    "StoreMachines",
     "StoreState",
 ]
 
@@ -139,7 +150,17 @@ class Rejected:
     __hash__ = None  # type: ignore[assignment]
 
 
-ApplyResult: TypeAlias = Enqueued | Committed | Rejected
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A schedule entry was applied: per message, its scheduled id as a ref
+    (``schedule.scheduled_ref``), or for a duplicate the original's ref (a scheduled id, or an
+    offset if the dedup id was first used by an ordinary enqueue), and whether it was one."""
+
+    refs: tuple[int, ...]
+    duplicates: tuple[bool, ...]
+
+
+ApplyResult: TypeAlias = Enqueued | Committed | Rejected | Scheduled | Released | Cancelled
 
 
 class StoreState:
@@ -170,6 +191,7 @@ class StoreState:
         self._unindexed: dict[int, tuple[int, ...]] = {}
         self._unindexed_floor = applied_up_to + 1
         self._last_index: tuple[int, list[IndexEntry]] | None = None
+        self.schedule = Schedule()  # pending scheduled messages (phxq.store.schedule)
 
     # ------------------------------------------------------------------------- queries
 
@@ -207,6 +229,7 @@ class StoreState:
         index_entries: list[IndexEntry] = []
         unindexed: list[int] = []
         next_index = 0
+        next_scheduled = 0  # ordinals of scheduled messages (their ids): a space of their own
         for item in items:
             try:
                 entry = peek_entry(item)
@@ -232,9 +255,30 @@ class StoreState:
                 next_index += count
             elif type(entry) is CommitEntry:
                 results.append(self._commit(entry))
-            else:
-                assert type(entry) is ReplayEntry
+            elif type(entry) is ReplayEntry:
                 results.append(self._replay(entry))
+            elif type(entry) is ScheduleHead:
+                count = len(entry.due)
+                if next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    results.append(self._schedule(instance, next_scheduled, entry))
+                next_scheduled += count
+            elif type(entry) is ReleaseHead:
+                count = len(entry.ids)
+                if next_index + count > MAX_MESSAGES_PER_INSTANCE:
+                    unindexed.extend(range(next_index, next_index + count))
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    done = release(
+                        self.schedule, instance, next_index, entry, index_entries, unindexed
+                    )
+                    self._count_released(entry, done)
+                    results.append(done)
+                next_index += count
+            else:
+                assert type(entry) is CancelEntry
+                results.append(Cancelled(self.schedule.remove(entry.scheduled_id, entry.due)))
         self.applied_up_to = instance
         if unindexed:
             self._unindexed[instance] = tuple(unindexed)
@@ -256,25 +300,7 @@ class StoreState:
         ids = head.dedup_ids
         count = len(ids)
         first = (instance << INDEX_BITS) | first_index
-        duplicates: dict[int, int] | None = None  # position in the entry -> original offset
-        if self.dedup_window > 0:
-            window = self._window.get(topic)
-            if window is None:
-                window = self._window[topic] = _Window()
-            offsets_of, times_of = window.offsets, window.times
-            horizon = self.dedup_window
-            for i, dedup_id in enumerate(ids):
-                if dedup_id is None:
-                    continue
-                original = offsets_of.get(dedup_id)
-                if original is not None and at - times_of[dedup_id] <= horizon:
-                    if duplicates is None:
-                        duplicates = {}
-                    duplicates[i] = original
-                else:
-                    offsets_of[dedup_id] = first + i
-                    times_of[dedup_id] = at
-            self._window_order.append((at, topic, first, tuple(ids)))
+        duplicates = self._dedup(topic, at, first, ids)
         if duplicates is None:
             stored = count
             index_entries.extend(
@@ -305,6 +331,56 @@ class StoreState:
             self._enqueued[queue_key] = self._enqueued.get(queue_key, 0) + stored
         self._expire(at)
         return result
+
+    def _dedup(
+        self, topic: str, at: float, first: int, ids: Sequence[str | None]
+    ) -> dict[int, int] | None:
+        """Remember the new dedup ids of an entry whose message i has ref ``first + i`` (an
+        offset, or a scheduled ref); position in the entry -> original ref of each duplicate."""
+        if self.dedup_window <= 0:
+            return None
+        duplicates: dict[int, int] | None = None
+        window = self._window.get(topic)
+        if window is None:
+            window = self._window[topic] = _Window()
+        offsets_of, times_of = window.offsets, window.times
+        horizon = self.dedup_window
+        for i, dedup_id in enumerate(ids):
+            if dedup_id is None:
+                continue
+            original = offsets_of.get(dedup_id)
+            if original is not None and at - times_of[dedup_id] <= horizon:
+                if duplicates is None:
+                    duplicates = {}
+                duplicates[i] = original
+            else:
+                offsets_of[dedup_id] = first + i
+                times_of[dedup_id] = at
+        self._window_order.append((at, topic, first, tuple(ids)))
+        return duplicates
+
+    def _schedule(self, instance: int, first_index: int, head: ScheduleHead) -> Scheduled:
+        # Scheduled ids are instance << 20 | ordinal among the instance's scheduled messages.
+        first = scheduled_ref((instance << INDEX_BITS) | first_index)
+        duplicates = self._dedup(head.topic, head.enqueued_at, first, head.dedup_ids) or {}
+        refs: list[int] = []
+        add = self.schedule.add
+        for i, due in enumerate(head.due):
+            prior = duplicates.get(i)
+            if prior is None:
+                refs.append(first + i)
+                add((instance << INDEX_BITS) | (first_index + i), due)
+            else:
+                refs.append(prior)
+        self._expire(head.enqueued_at)
+        return Scheduled(tuple(refs), tuple(i in duplicates for i in range(len(refs))))
+
+    def _count_released(self, head: ReleaseHead, done: Released) -> None:
+        released = [o for o in done.offsets if o is not None]
+        if released:
+            key = (head.topic, head.queue)
+            self._end[key] = released[-1]
+            self._enqueued[key] = self._enqueued.get(key, 0) + len(released)
 
     def _expire(self, enqueued_at: float) -> None:
         if enqueued_at > self._latest_enqueued_at:
@@ -404,14 +480,17 @@ class StoreState:
                 head = peek_entry(item)
             except ProtocolError:
                 continue
-            if type(head) is not EnqueueHead:
+            if type(head) is EnqueueHead:
+                at, count = head.enqueued_at, len(head.dedup_ids)
+            elif type(head) is ReleaseHead:
+                at, count = head.released_at, len(head.ids)
+            else:
                 continue
             queue_key = (head.topic, head.queue)
-            at = head.enqueued_at
-            for i in range(index, index + len(head.dedup_ids)):
+            for i in range(index, index + count):
                 if i not in skip:
                     out.append((queue_key, i, at))
-            index += len(head.dedup_ids)
+            index += count
         return out
 
     def forget_below(self, instance: int) -> None:
@@ -447,6 +526,7 @@ class StoreState:
             [[*key, n] for key, n in sorted(self._enqueued.items())],
             [[i, list(idx)] for i, idx in sorted(self._unindexed.items())],
             self._unindexed_floor,
+            self.schedule.snapshot(),
         ]
         packed: bytes = msgpack.packb(body, use_bin_type=True)
         return packed
@@ -459,10 +539,16 @@ class StoreState:
             body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
         except Exception as exc:  # msgpack raises many unrelated types on garbage
             raise ProtocolError(f"undecodable store snapshot: {type(exc).__name__}") from None
-        if not isinstance(body, list) or len(body) != 12 or body[0] != _SNAPSHOT_VERSION:
-            raise ProtocolError("not a version-1 store snapshot")
+        if not (
+            isinstance(body, list)
+            and body
+            and type(body[0]) is int
+            and body[0] in (1, _SNAPSHOT_VERSION)
+            and len(body) == 11 + body[0]
+        ):
+            raise ProtocolError("not a version-1 or -2 store snapshot")
         (_, group, window_s, applied, latest, cursors, replays, window, ends, counts,
-         unindexed, floor) = body  # fmt: skip
+         unindexed, floor) = body[:12]  # fmt: skip
         if not isinstance(window_s, float) or not window_s >= 0:
             raise ProtocolError("snapshot: bad dedup_window")
         state = cls(_uint(group), dedup_window=window_s, applied_up_to=_uint(applied))
@@ -492,10 +578,25 @@ class StoreState:
                 raise ProtocolError("snapshot: bad unindexed positions")
             state._unindexed[_uint(instance)] = tuple(_uint(i) for i in indexes)
         state._unindexed_floor = _uint(floor)
+        if len(body) == 13:  # version 2: pending scheduled messages
+            state.schedule = Schedule.restore(body[12])
         return state
 
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # 2 added the schedule; 1 is still read
+
+
+@dataclass(frozen=True, slots=True)
+class StoreMachines:
+    """Makes every group's ``StoreState`` (the replication runtime's ``Machines``)."""
+
+    dedup_window: float
+
+    def fresh(self, group: int) -> StoreState:
+        return StoreState(group, dedup_window=self.dedup_window)
+
+    def restore(self, group: int, data: bytes) -> StoreState:
+        return StoreState.restore(data)
 
 
 _OrderEntry: TypeAlias = tuple[float, str, int, tuple[str | None, ...]]

@@ -4,7 +4,7 @@
 
 1. Lay the cluster out with the generator's own rules (:mod:`inventory`): three "DCs" of one
    store each (and their lock nodes in the config; the drill runs stores only). Every
-   store-to-store connection passes through a :class:`phxq.net.proxy.FaultProxy` (the stores'
+   store-to-store connection passes through a :class:`tools.fault.proxy.FaultProxy` (the stores'
    ``peers`` key) that adds latency per direction, so a round trip between two DCs costs
    ``rtt_min..rtt_max`` (uniform jitter). Clients dial the stores directly.
 2. Producers (one per queue, sequential: send, await the ack, next) enqueue ``"<queue>:<seq>"``
@@ -43,8 +43,8 @@ from inventory import parse_inventory, plan_deployment, write_deployment
 import phxq
 from phxq.devcluster import ProcessCluster, free_ports
 from phxq.errors import PhxqError
-from phxq.net.proxy import FaultProxy
 from phxq.net.rpc import RpcPool
+from tools.fault.proxy import FaultProxy
 
 TOPIC = "drill"
 DCS = ("dc1", "dc2", "dc3")

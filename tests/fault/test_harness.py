@@ -16,10 +16,10 @@ import pytest
 import phxq
 from phxq.config import ConfigError, parse_config
 from phxq.devcluster import ProcessCluster, _Proc, free_ports, write_dev_config
-from phxq.fault.cluster import TOPIC, FaultCluster, HarnessOptions
-from phxq.fault.nemesis import ALONE_KINDS, DISK_KINDS, KINDS, make_schedule
 from phxq.plog.journal import journaled_ranges
 from tests.integration.conftest import wait_until
+from tools.fault.cluster import TOPIC, FaultCluster, HarnessOptions
+from tools.fault.nemesis import ALONE_KINDS, DISK_KINDS, KINDS, make_schedule
 
 
 def test_schedule_is_a_function_of_the_seed() -> None:

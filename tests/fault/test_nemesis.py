@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from phxq.fault.nemesis import KINDS, make_schedule
-from phxq.fault.torture import RunOptions, RunReport, run_once
+from tools.fault.nemesis import KINDS, make_schedule
+from tools.fault.torture import RunOptions, RunReport, run_once
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,9 @@ CI_SCHEDULES: list[tuple[int, tuple[str, ...]]] = [
     (103, ("torn_tail", "flip_byte", "disk_full", "power_loss_all")),
 ]
 _CI_PARAMS = [pytest.param(s, k, id=str(s)) for s, k in CI_SCHEDULES]
+# Schedules run with [security] (TLS on every link, member certificates through the proxies):
+# security must not cost an acked message under partitions and consumer kills either.
+SECURE_SEEDS = {119}
 
 
 def _explain(report: RunReport, duration: float) -> str:
@@ -40,9 +43,15 @@ def _explain(report: RunReport, duration: float) -> str:
 
 
 async def _run(tmp_path: Path, seed: int, kinds: tuple[str, ...], duration: float) -> RunReport:
-    opts = RunOptions(seed=seed, duration=duration, out=tmp_path, require=kinds)
+    secure = seed in SECURE_SEEDS
+    opts = RunOptions(
+        seed=seed, duration=duration, out=tmp_path, require=kinds, secure=secure, keep_data=secure
+    )
     report = await run_once(opts, echo=lambda *a: None)
     assert report.ok, _explain(report, duration)
+    if secure:  # the run really was secured
+        (config,) = tmp_path.glob("**/cluster.toml")
+        assert "[security]" in config.read_text()
     return report
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 from phxq.errors import StorageError
-from phxq.paxos import Ballot
+from phxq.paxos import Ballot, GroupConfig
 from phxq.paxos.effects import AcceptRecord, Persist, PromiseRecord
-from phxq.store.replica import GroupReplica
+from phxq.plog import GroupLog, LogWriter
+from phxq.replication.replica import GroupReplica
+from phxq.store.state import StoreMachines
 
 
 class _FullDisk:
@@ -30,24 +32,33 @@ class _FullDisk:
         return self._failing()
 
 
-async def test_a_failed_persist_of_several_records_logs_no_never_retrieved_future() -> None:
+async def test_a_failed_persist_of_several_records_logs_no_never_retrieved_future(
+    tmp_path: Path,
+) -> None:
     """disk_full (seed 5): a Persist of a promise and accepts failed with ENOSPC; only the last
     record's future was looked at, so asyncio logged "Future exception was never retrieved"
     for each of the others, on every failure."""
     loop = asyncio.get_running_loop()
     unhandled: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
-    replica = GroupReplica(
-        SimpleNamespace(group=0),  # type: ignore[arg-type]
-        _FullDisk(),  # type: ignore[arg-type]
-        state=None,  # type: ignore[arg-type]
-        send=lambda *a: None,
-        propose_timeout=1.0,
-        address_of=lambda node: None,
-    )
-    ballot = Ballot(1, 1)
-    records = (PromiseRecord(ballot), AcceptRecord(1, ballot, b"a"), AcceptRecord(2, ballot, b"b"))
-    replica._persist(Persist(1, records))
+    config = GroupConfig(group=0, node_id=1, members=(1, 2, 3))
+    async with LogWriter() as writer:
+        replica = await GroupReplica.open(
+            config,
+            tmp_path,
+            lambda: GroupLog.open(tmp_path, 0, writer),
+            StoreMachines(60.0),
+            lambda *a: None,
+            lambda *a: None,
+        )
+        replica.glog = _FullDisk()  # type: ignore[assignment]
+        ballot = Ballot(1, 1)
+        records = (
+            PromiseRecord(ballot),
+            AcceptRecord(1, ballot, b"a"),
+            AcceptRecord(2, ballot, b"b"),
+        )
+        replica._persist(Persist(1, records))
     for _ in range(3):
         await asyncio.sleep(0)
     gc.collect()

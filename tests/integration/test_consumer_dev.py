@@ -11,17 +11,23 @@ from pathlib import Path
 import pytest
 
 import phxq
-from tests.integration.test_dev_command import _start_dev, _stop_dev
+from phxq.config import load_config
+from phxq.devcluster import dev_ports
+from phxq.security.daemon import client_options
+from tests.integration.test_dev_command import _start_dev, _stop_dev, free_base_port
 
 pytestmark = pytest.mark.integration
 
 
 def test_dev_consumer_delivers_enqueued_messages(tmp_path: Path) -> None:
     data = tmp_path / "phxq-data"
-    proc = _start_dev(data)
+    base = free_base_port()
+    proc = _start_dev(data, base)
     try:
         config = data / "cluster.toml"
-        with phxq.SyncClient(["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]) as client:
+        stores = [f"127.0.0.1:{p}" for p in dev_ports(base, 3)[0]]
+        creds = client_options(load_config(config))  # the dev cluster is secure by default
+        with phxq.SyncClient(stores, **creds) as client:
             ack = client.enqueue("orders", b"hello consumer", key="user-7")
         log = data / "logs" / "consumerdev.log"
         expected = f"q{ack.queue} @{ack.offset} key=user-7 attempt=1: b'hello consumer'"

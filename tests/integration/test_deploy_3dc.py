@@ -18,8 +18,8 @@ import pytest
 import phxq
 from phxq.config import ConfigError, dump_config, load_config, parse_config
 from phxq.devcluster import ProcessCluster
-from phxq.net.proxy import FaultProxy
 from phxq.net.rpc import RpcPool
+from tools.fault.proxy import FaultProxy
 
 from .conftest import wait_until
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -14,13 +15,32 @@ from pathlib import Path
 import pytest
 
 import phxq
+from phxq.config import load_config
+from phxq.devcluster import GATEWAY_PORT_OFFSET, PortInUse, check_ports_free, dev_ports
+from phxq.security.daemon import client_options
 
 pytestmark = pytest.mark.integration
 
 
-def _start_dev(data: Path) -> subprocess.Popen[str]:
+def free_base_port() -> int:
+    """A ``--base-port`` whose store and lock ports are free now, outside the kernel's
+    ephemeral range, so the test never collides with a running ``phxq dev`` (7101..)."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20000, 30000)
+        try:
+            stores, locks = dev_ports(base, 3)
+            gateway = [base + GATEWAY_PORT_OFFSET]
+            check_ports_free([("port", f"127.0.0.1:{p}") for p in stores + locks + gateway])
+        except PortInUse:
+            continue
+        return base
+    raise AssertionError("no free base port found")
+
+
+def _start_dev(data: Path, base_port: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "phxq", "dev", "--data", str(data)],
+        [sys.executable, "-m", "phxq", "dev", "--data", str(data), "--base-port", str(base_port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -75,20 +95,30 @@ def _enqueue_cli(config: Path, payload: str) -> dict[str, object]:
 
 def test_dev_cluster_accepts_cli_and_client_and_resumes(tmp_path: Path) -> None:
     data = tmp_path / "phxq-data"
-    proc = _start_dev(data)
+    base = free_base_port()
+    proc = _start_dev(data, base)
+    stores = [f"127.0.0.1:{p}" for p in dev_ports(base, 3)[0]]
     try:
         config = data / "cluster.toml"
         assert config.exists()
-        first = _enqueue_cli(config, "hello")
-        with phxq.SyncClient(["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]) as client:
+        first = _enqueue_cli(config, "hello")  # the CLI finds its token in [client]
+        creds = client_options(load_config(config))  # secure by default: token and CA
+        assert creds["token"] and creds["ca"] is not None
+        anonymous = phxq.SyncClient(stores, ca=creds["ca"])
+        try:
+            with pytest.raises(phxq.Unauthenticated):
+                anonymous.enqueue("orders", b"no token")
+        finally:
+            anonymous.close()
+        with phxq.SyncClient(stores, **creds) as client:
             ack = client.enqueue("orders", b"from python", key="user-42")
             assert ack.queue == first["queue"] and ack.offset > first["offset"]
     finally:
         _stop_dev(proc)
     assert proc.returncode == 0
-    proc = _start_dev(data)
+    proc = _start_dev(data, base)  # resumes its config (and so its ports)
     try:
-        with phxq.SyncClient(["127.0.0.1:7101"]) as client:
+        with phxq.SyncClient(stores[:1], **creds) as client:
             msgs = client.dequeue(None, "orders", queue=int(first["queue"]), limit=10)  # type: ignore[call-overload]
             assert [m.payload for m in msgs] == [b"hello", b"from python"]
     finally:

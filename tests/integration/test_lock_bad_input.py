@@ -17,11 +17,11 @@ from phxq.devcluster import ProcessCluster
 from phxq.errors import BadArgument, MessageTooLarge, NotMaster, StaleToken
 from phxq.lock import LockClient
 from phxq.lock.entries import MAX_VALUE_BYTES
-from phxq.lock.state import LockState
+from phxq.lock.node import LockMachines
 from phxq.net.rpc import RpcPool
 from phxq.paxos.ballot import Ballot
 from phxq.paxos.messages import HeartbeatAck, encode_message
-from phxq.store.host import PaxosHost
+from phxq.replication.host import PaxosHost
 
 from .test_lock_cluster import lock_cluster, lock_master
 
@@ -145,7 +145,7 @@ def test_malformed_peer_notifications_are_counted_and_their_warnings_rate_limite
         window=4,
         heartbeat_interval=0.1,
         lease=1.0,
-        state_for=lambda group: LockState(),
+        machines=LockMachines(),
         name="lock",
     )
     counter = metrics.BAD_PEER_MESSAGES

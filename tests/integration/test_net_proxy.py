@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from phxq.errors import BadArgument, Unavailable
-from phxq.net.proxy import FaultProxy
 from phxq.net.rpc import RpcPool, RpcServer
+from tools.fault.proxy import FaultProxy
 
 
 async def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:

@@ -13,7 +13,7 @@ import pytest
 import phxq
 from phxq.devcluster import ProcessCluster
 from phxq.net.rpc import RpcPool
-from phxq.store.routing import group_for_queue, queue_for_key
+from phxq.routing import group_for_queue, queue_for_key
 
 from .conftest import group_master, replica_views, wait_until
 

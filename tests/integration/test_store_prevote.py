@@ -22,8 +22,8 @@ import pytest
 import phxq
 from phxq.devcluster import ProcessCluster, free_ports
 from phxq.errors import PhxqError
-from phxq.net.proxy import FaultProxy
 from phxq.net.rpc import RpcPool
+from tools.fault.proxy import FaultProxy
 
 from .conftest import group_master, wait_until
 

@@ -1,6 +1,6 @@
 """A replica that may have forgotten votes rebuilds from its peers before it votes again (real
 processes): a flipped byte in the middle of a follower's log, and a store restarted on an empty
-data directory (a replaced disk), follower or master. See ``phxq.store.rejoin``."""
+data directory (a replaced disk), follower or master. See ``phxq.replication.rejoin``."""
 
 from __future__ import annotations
 
@@ -147,7 +147,11 @@ async def test_an_empty_data_directory_joins_and_votes_only_once_rebuilt(
         cluster.restart(2)
         g = await votes_again(pool, cluster, 3)
         assert g["chosen_up_to"] >= 60
-        assert (await status(pool, cluster, 3))["membership"] == "member"
+
+        async def member() -> bool:  # written once every group is whole, just after it resumes
+            return (await status(pool, cluster, 3))["membership"] == "member"
+
+        await wait_until(member, 10, "store 3 to write MEMBER once rebuilt")
         assert (cluster.config.store(3).data / "MEMBER").exists()
         client_acks = await fill(client, 5, "b")
         cluster.kill(1)  # nodes 2 and 3 are a majority only if the rebuilt node votes

@@ -129,7 +129,7 @@ async def test_admin_status_reports_consumer_lag_per_queue(with_billing: Process
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
-    rows = [r for st in json.loads(out).values() for r in st.get("consumers", [])]
+    rows = [r for st in json.loads(out)["stores"].values() for r in st.get("consumers", [])]
     by_queue = {r["queue"]: r for r in rows if r["group"] == "billing"}
     assert sorted(by_queue) == list(range(8))  # every queue reported once, by its master
     assert (by_queue[3]["cursor"], by_queue[3]["lag"]) == (acks[4].offset, 3)

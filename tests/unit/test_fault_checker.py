@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from phxq.fault.checker import check
+from tools.fault.checker import check
 
 GROUP = "g"
 Op = dict[str, Any]

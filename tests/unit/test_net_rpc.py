@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,10 @@ from phxq.errors import (
     StaleToken,
     Unavailable,
 )
-from phxq.net.faults import Faults
-from phxq.net.memory import MemoryNetwork
 from phxq.net.rpc import RpcPool, RpcServer
 from phxq.net.transport import TcpTransport, connect_tcp
+from phxq.testing.faults import Faults
+from phxq.testing.memory import MemoryNetwork
 
 MAX = 64 << 10
 
@@ -75,7 +76,7 @@ class Rig:
     restart: Callable[[], Any]  # stop the server and start a fresh one on the same address
 
 
-@pytest.fixture(params=["memory", "tcp"])
+@pytest.fixture(params=["memory", "faulty-memory", "tcp", "faulty-tcp"])
 async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     service = Service()
     servers: list[RpcServer] = []
@@ -85,12 +86,14 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
         servers.append(server)
         return server
 
-    if request.param == "memory":
+    faults = Faults(seed=1) if request.param.startswith("faulty") else None  # with no fault set
+    if request.param.endswith("memory"):
         net = MemoryNetwork(MAX)
         addr = "node1:7101"
         server = new_server()
         net.listen(addr, server.accept)
-        pool = RpcPool(max_frame=MAX, transport_factory=net.connect)
+        factory = faults.factory(net.connect) if faults else net.connect
+        pool = RpcPool(max_frame=MAX, transport_factory=factory)
 
         async def restart() -> None:
             await servers[-1].close()
@@ -100,7 +103,8 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
         server = new_server()
         await server.start("127.0.0.1", 0)
         addr = server.address
-        pool = RpcPool(max_frame=MAX)
+        tcp = functools.partial(connect_tcp, max_frame=MAX)
+        pool = RpcPool(max_frame=MAX, transport_factory=faults.factory(tcp) if faults else None)
 
         async def restart() -> None:
             await servers[-1].close()
@@ -233,15 +237,22 @@ async def test_close_fails_pending_calls_and_later_calls() -> None:
         pool.notify("n:1", "px", b"")  # never raises, even when closed
 
 
-async def test_requests_beyond_max_inflight_wait_for_a_free_slot() -> None:
+@pytest.mark.parametrize("kind", ["memory", "faulty-memory", "tcp"])
+async def test_requests_beyond_max_inflight_wait_for_a_free_slot(kind: str) -> None:
     service = Service()
     net = MemoryNetwork()
+    factory = Faults(seed=1).factory(net.connect) if kind == "faulty-memory" else net.connect
     async with (
         RpcServer(service.handle, max_inflight=2) as server,
-        RpcPool(transport_factory=net.connect) as pool,
+        RpcPool(transport_factory=None if kind == "tcp" else factory) as pool,
     ):
-        net.listen("n:1", server.accept)
-        calls = [asyncio.ensure_future(pool.call("n:1", "wait", i)) for i in range(5)]
+        if kind == "tcp":
+            await server.start("127.0.0.1", 0)
+            addr = server.address
+        else:
+            addr = "n:1"
+            net.listen(addr, server.accept)
+        calls = [asyncio.ensure_future(pool.call(addr, "wait", i)) for i in range(5)]
         await eventually(lambda: service.entered == 2, "two handlers to start")
         for _ in range(50):
             await asyncio.sleep(0)  # give the server every chance to start a third

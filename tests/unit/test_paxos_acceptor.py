@@ -18,7 +18,7 @@ from phxq.paxos import (
     Send,
     recover_state,
 )
-from phxq.paxos.testing import campaign, of, persist_all, sent
+from tools.loopback import campaign, of, persist_all, sent
 
 G = 0  # group 0: the preferred master is node 1
 

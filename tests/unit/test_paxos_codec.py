@@ -84,13 +84,6 @@ def test_chosen_round_trips_when_first_le_last(ballot: Ballot, a: int, b: int) -
     assert decode_message(encode_message(msg)) == msg
 
 
-@settings(max_examples=500)
-@given(st.binary(max_size=200))
-def test_random_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
-    with contextlib.suppress(ProtocolError):
-        decode_message(data)
-
-
 msgpack_values = st.recursive(
     st.none()
     | st.booleans()

@@ -15,7 +15,7 @@ from phxq.paxos import (
     Reject,
     RoleChanged,
 )
-from phxq.paxos.testing import LoopbackCluster, of, persist_all, sent
+from tools.loopback import LoopbackCluster, of, persist_all, sent
 
 
 def test_preferred_master_is_group_modulo_members() -> None:

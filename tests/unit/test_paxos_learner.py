@@ -18,7 +18,7 @@ from phxq.paxos import (
     ServeCatchup,
     chain_checksum,
 )
-from phxq.paxos.testing import LoopbackCluster, of, persist_all, sent
+from tools.loopback import LoopbackCluster, of, persist_all, sent
 
 G = 0
 B = Ballot(1, 1)

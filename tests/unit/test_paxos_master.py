@@ -22,7 +22,7 @@ from phxq.paxos import (
     Reject,
     decode_batch,
 )
-from phxq.paxos.testing import LoopbackCluster, campaign, of, persist_all, sent
+from tools.loopback import LoopbackCluster, campaign, of, persist_all, sent
 
 G = 0  # group 0: the preferred master is node 1
 

@@ -15,7 +15,7 @@ from phxq.paxos import (
     Reject,
     RoleChanged,
 )
-from phxq.paxos.testing import LoopbackCluster, campaign, of, persist_all, sent
+from tools.loopback import LoopbackCluster, campaign, of, persist_all, sent
 
 LEASE = 1.0
 NONE = Ballot(0, 0)

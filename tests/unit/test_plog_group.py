@@ -27,9 +27,11 @@ def indexer(instance: int, value: bytes) -> Iterable[tuple[object, int, float]]:
 
 
 async def open_log(path: Path, writer: LogWriter, seg: int = SEG, cache: int = 1 << 20) -> GroupLog:
-    return await GroupLog.open(
-        path, 7, writer, segment_bytes=seg, indexer=indexer, tail_cache_bytes=cache
-    )
+    """Open and replay, as the replication runtime does: the index comes back from the values."""
+    glog = await GroupLog.open(path, 7, writer, segment_bytes=seg, tail_cache_bytes=cache)
+    for instance, value in glog.iter_chosen_blocking():
+        glog.restore_index(instance, indexer(instance, value))
+    return glog
 
 
 async def fill(glog: GroupLog, upto: int, *, mark: bool = True) -> None:
@@ -37,7 +39,9 @@ async def fill(glog: GroupLog, upto: int, *, mark: bool = True) -> None:
         value = batch(i % 3, 2, 1000.0 + i)
         if mark:
             await glog.append_accept(i, (3, 1), value)
-        await glog.append_chosen(i, (3, 1) if mark else None, i * 11, value)
+        await glog.append_chosen(
+            i, (3, 1) if mark else None, i * 11, value, index=indexer(i, value)
+        )
 
 
 async def test_restart_keeps_highest_promise_and_accepts(tmp_path: Path) -> None:

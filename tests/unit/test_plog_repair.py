@@ -1,5 +1,5 @@
 """GroupLog repair support: a repaired corrupt region stays repaired across restarts, new damage
-is still reported, and the accessors the rejoin procedure reads (see phxq.store.rejoin)."""
+is still reported, and the accessors the rejoin procedure reads (see phxq.replication.rejoin)."""
 
 from __future__ import annotations
 

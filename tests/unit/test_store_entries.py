@@ -9,6 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phxq.errors import BadArgument, ProtocolError
+from phxq.routing import (
+    MAX_MESSAGES_PER_INSTANCE,
+    group_for_queue,
+    make_offset,
+    queue_for_key,
+    split_offset,
+)
 from phxq.store.entries import (
     CommitEntry,
     EnqueueEntry,
@@ -17,13 +24,6 @@ from phxq.store.entries import (
     decode_entry,
     encode_entry,
     instance_messages,
-)
-from phxq.store.routing import (
-    MAX_MESSAGES_PER_INSTANCE,
-    group_for_queue,
-    make_offset,
-    queue_for_key,
-    split_offset,
 )
 
 text = st.text(min_size=1, max_size=20)

@@ -11,6 +11,8 @@ import pytest
 from phxq.errors import ProtocolError, StorageError
 from phxq.paxos import GroupConfig, encode_batch
 from phxq.plog import GroupLog, LogWriter
+from phxq.replication.replica import GroupReplica
+from phxq.routing import make_offset
 from phxq.store.entries import (
     EnqueueEntry,
     EnqueueHead,
@@ -22,10 +24,8 @@ from phxq.store.entries import (
     instance_messages,
     peek_entry,
 )
-from phxq.store.replica import GroupReplica
-from phxq.store.routing import make_offset
 from phxq.store.service import _flatten
-from phxq.store.state import Enqueued, StoreState
+from phxq.store.state import Enqueued, StoreMachines, StoreState
 
 
 def _v1(queue: int, payloads: list[bytes], ids: list[str], at: float) -> bytes:
@@ -95,7 +95,12 @@ async def test_recovery_reads_a_log_written_with_version_1_entries(tmp_path: Pat
     config = GroupConfig(group=0, node_id=1, members=(1, 2, 3))
     async with LogWriter() as writer:
         replica = await GroupReplica.open(
-            config, tmp_path, writer, StoreState(0, dedup_window=60.0), lambda *a: None
+            config,
+            tmp_path,
+            lambda: GroupLog.open(tmp_path, 0, writer),
+            StoreMachines(60.0),
+            lambda *a: None,
+            lambda *a: None,
         )
         try:
             state = replica.state

@@ -1,8 +1,9 @@
-"""The pieces of a safe rejoin (phxq.store.rejoin): what is adopted from peers, the fresh-cluster
+"""The pieces of a safe rejoin (phxq.replication.rejoin): what is adopted from peers, the fresh-cluster
 rule, the probe codec, and rebuilding a real GroupLog from a peer's chain."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ import pytest
 from phxq.errors import ProtocolError, Unavailable
 from phxq.paxos import chain_checksum
 from phxq.plog import GroupLog, LogWriter
-from phxq.store import rejoin
-from phxq.store.rejoin import Adoption, GroupView, NodeStatus, PeerView
+from phxq.replication import rejoin
+from phxq.replication.rejoin import Adoption, GroupView, NodeStatus, PeerView
 
 
 def view(promised: tuple[int, int], cup: int, accepted: Any = ()) -> GroupView:
@@ -75,8 +76,13 @@ class _Replica:
         self.glog = glog
         self.group = glog.group
 
-    async def install_snapshot_for_repair(self, data: bytes) -> bool:
+    async def install_snapshot(self, data: bytes, *, rebuilding: bool = False) -> bool:
         return False
+
+    def apply_and_write(
+        self, instance: int, ballot: Any, checksum: int, value: bytes
+    ) -> tuple[list[Any], asyncio.Future[None]]:
+        return [], self.glog.append_chosen(instance, ballot, checksum, value, urgent=False)
 
 
 def chain(values: list[bytes]) -> list[int]:
@@ -167,14 +173,19 @@ async def test_rebuild_fails_retryably_when_no_peer_sends_anything(tmp_path: Pat
 
 async def test_a_held_replica_has_no_deadline_and_resumes_from_its_log(tmp_path: Path) -> None:
     from phxq.paxos import GroupConfig
-    from phxq.store.replica import GroupReplica
-    from phxq.store.state import StoreState
+    from phxq.replication.replica import GroupReplica
+    from phxq.store.state import StoreMachines
 
     sent: list[Any] = []
     config = GroupConfig(group=0, node_id=2, members=(1, 2, 3))
     async with LogWriter() as w:
         replica = await GroupReplica.open(
-            config, tmp_path, w, StoreState(0, dedup_window=60.0), lambda *a: sent.append(a)
+            config,
+            tmp_path,
+            lambda: GroupLog.open(tmp_path, 0, w),
+            StoreMachines(60.0),
+            lambda *a: sent.append(a),
+            lambda *a: sent.append(a),
         )
         assert replica.next_deadline() is not None
         replica.hold("joining", "group 0: joining")
@@ -194,8 +205,8 @@ async def test_a_held_replica_has_no_deadline_and_resumes_from_its_log(tmp_path:
 
 def _host(data: Path, members: tuple[int, ...] = (1, 2, 3), groups: int = 2) -> Any:
     from phxq.devcluster import free_ports
-    from phxq.store.host import PaxosHost
-    from phxq.store.state import StoreState
+    from phxq.replication.host import PaxosHost
+    from phxq.store.state import StoreMachines
 
     ports = free_ports(len(members))  # nobody listens: peers never answer here
     return PaxosHost(
@@ -206,7 +217,7 @@ def _host(data: Path, members: tuple[int, ...] = (1, 2, 3), groups: int = 2) -> 
         window=4,
         heartbeat_interval=0.1,
         lease=1.0,
-        state_for=lambda g: StoreState(g, dedup_window=60.0),
+        machines=StoreMachines(60.0),
     )
 
 

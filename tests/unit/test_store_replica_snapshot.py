@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from phxq.paxos import GroupConfig
-from phxq.plog import LogWriter
-from phxq.store.replica import GroupReplica
-from phxq.store.state import StoreState
+from phxq.plog import GroupLog, LogWriter
+from phxq.replication.replica import GroupReplica
+from phxq.store.state import StoreMachines
 
 
-class _Snapshots:
-    def fresh(self) -> Any:
-        return StoreState(0, dedup_window=60.0)
-
-    def restore(self, data: bytes) -> Any:
-        return StoreState.restore(data)
-
-    def send(self, to: int, group: int, data: bytes) -> None:
-        raise AssertionError("nothing is sent in this test")
+def _send_snapshot(to: int, group: int, data: bytes) -> None:
+    raise AssertionError("nothing is sent in this test")
 
 
 @pytest.mark.parametrize("rebuilding", [False, True])
@@ -33,16 +25,22 @@ async def test_malformed_snapshots_are_ignored_and_warned_at_a_limited_rate(
     config = GroupConfig(group=0, node_id=1, members=(1, 2, 3))
     async with LogWriter() as writer:
         replica = await GroupReplica.open(
-            config, tmp_path, writer, StoreState(0, dedup_window=60.0), lambda *a: None,
-            snapshots=_Snapshots(),
-        )  # fmt: skip
+            config,
+            tmp_path,
+            lambda: GroupLog.open(tmp_path, 0, writer),
+            StoreMachines(60.0),
+            lambda *a: None,
+            _send_snapshot,
+        )
         try:
             state, first = replica.state, replica.glog.first_instance
-            install = (
-                replica.install_snapshot_for_repair if rebuilding else replica.install_snapshot
-            )
             with caplog.at_level(logging.WARNING, logger="phxq.replica"):
-                results = [await install(b"\x00garbage" + bytes([i])) for i in range(50)]
+                results = [
+                    await replica.install_snapshot(
+                        b"\x00garbage" + bytes([i]), rebuilding=rebuilding
+                    )
+                    for i in range(50)
+                ]
             assert results == [False] * 50
             assert replica.state is state and replica.glog.first_instance == first
             assert not (tmp_path / "snapshot").exists()

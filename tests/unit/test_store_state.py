@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phxq.errors import BadArgument, ProtocolError, StaleToken, StorageError, VersionMismatch
+from phxq.routing import make_offset
 from phxq.store import state as state_module
 from phxq.store.entries import CommitEntry, EnqueueEntry, Message, ReplayEntry, encode_entry
-from phxq.store.routing import make_offset
 from phxq.store.state import Committed, Enqueued, Rejected, StoreState
 
 WINDOW = 300.0

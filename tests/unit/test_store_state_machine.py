@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from phxq.errors import StaleToken
+from phxq.routing import make_offset
 from phxq.store.entries import CommitEntry, EnqueueEntry, Message, ReplayEntry, encode_entry
-from phxq.store.routing import make_offset
 from phxq.store.state import Committed, Enqueued, Rejected, StoreState
 
 WINDOW = 10.0

@@ -1,0 +1,166 @@
+"""Admin operations as functions returning data: what ``phxq admin ...`` prints (DESIGN.md §8).
+
+Each function takes the cluster config, opens the connections it needs (the stores through
+``phxq.Client``, the lock service through ``phxq.LockClient``), and closes them before it
+returns. The CLI only parses arguments, calls one of these and prints the result::
+
+    await status(cfg) -> ClusterStatus             # stores, groups, masters, disk, consumers
+    await lag(cfg, group=None) -> list[LagRow]     # cursor, end and lag per (group, queue)
+    await replay(cfg, group, since=T | offset=O, queues=None) -> {queue: new cursor}
+    await set_limit(cfg, group, messages=..., bytes_per_s=..., reset=False) -> dict
+    await pause(cfg, group);  await resume(cfg, group)
+    await reconcile(cfg, topic, group=None, since=None, until=None) -> Report
+    parse_since(text, now=None) -> float           # "5m", epoch seconds or ISO time
+
+Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
+``BadArgument`` for a bad combination, ``Unavailable`` when the cluster cannot answer. A store
+that is down is not an error for ``status`` (it is reported as down); the consumer daemon and
+tools that already hold a client use :mod:`phxq.consumer.admin`, which these wrap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from phxq.client import Client
+from phxq.config import ClusterConfig
+from phxq.consumer import admin as consumer_admin
+from phxq.consumer.admin import KEEP, LagRow, parse_since
+from phxq.errors import PhxqError
+from phxq.security.daemon import client_options, tool_pool
+from phxq.store.reconcile import Report
+from phxq.store.reconcile import reconcile as _reconcile
+
+__all__ = [
+    "KEEP",
+    "ClusterStatus",
+    "LagRow",
+    "Report",
+    "lag",
+    "parse_since",
+    "pause",
+    "reconcile",
+    "replay",
+    "resume",
+    "set_limit",
+    "status",
+]
+
+STATUS_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """One ``status`` answer per store (``{"error": ...}`` for a store that did not answer),
+    and the consumer tier's view (``None`` without consumer groups; ``{"error": ...}`` when the
+    lock service cannot answer): members, per-group settings, pair owners and tokens."""
+
+    stores: dict[int, dict[str, Any]]
+    consumers: dict[str, Any] | None = None
+    groups: int = 0
+    lags: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stores": {str(node): st for node, st in self.stores.items()},
+            "ownership": self.consumers,
+        }
+
+    def masters(self) -> list[tuple[int, int | None, dict[int, int | None]]]:
+        """Per Paxos group: its master as the stores report it and each store's chosen
+        instance (``None`` for a store that is down)."""
+        rows = []
+        for g in range(self.groups):
+            master = None
+            chosen: dict[int, int | None] = {}
+            for node, st in self.stores.items():
+                if "error" in st:
+                    chosen[node] = None
+                    continue
+                info = st["groups"][g]
+                master = master if master is not None else info["master"]
+                chosen[node] = info["chosen_up_to"]
+            rows.append((g, master, chosen))
+        return rows
+
+
+async def status(cfg: ClusterConfig) -> ClusterStatus:
+    """Every store's status and the consumer tier's ownership and settings."""
+    stores: dict[int, dict[str, Any]] = {}
+    async with tool_pool(cfg) as pool:
+        for s in cfg.stores:
+            try:
+                stores[s.id] = await pool.call(s.addr, "status", {}, timeout=STATUS_TIMEOUT)
+            except PhxqError as exc:
+                stores[s.id] = {"error": f"{type(exc).__name__}: {exc.message}"}
+    lags = [row for st in stores.values() for row in st.get("consumers", [])]
+    consumers = await consumer_admin.consumer_status(cfg)
+    return ClusterStatus(stores, consumers, cfg.cluster.groups, lags)
+
+
+async def lag(cfg: ClusterConfig, *, group: str | None = None) -> list[LagRow]:
+    """Cursor, last offset and lag of every queue of ``group`` (default: every consumer group)."""
+    async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
+        return await consumer_admin.lag(cfg, client, group=group)
+
+
+async def replay(
+    cfg: ClusterConfig,
+    group: str,
+    *,
+    since: float | None = None,
+    offset: int | None = None,
+    queues: Sequence[int] | None = None,
+) -> dict[int, int | None]:
+    """Deliver ``group``'s messages again from a time (epoch seconds) or an offset (one queue),
+    once, whoever owns the queues; returns the new cursor per queue."""
+    async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
+        return await consumer_admin.replay(
+            cfg, client, group, since=since, offset=offset, queues=queues
+        )
+
+
+async def set_limit(
+    cfg: ClusterConfig,
+    group: str,
+    *,
+    messages: Any = KEEP,
+    bytes_per_s: Any = KEEP,
+    reset: bool = False,
+) -> dict[str, Any]:
+    """Change ``group``'s rate limit at runtime (``None``: unlimited; ``KEEP``: unchanged;
+    ``reset``: the config's); returns the limit now in force. Consumers apply it within a
+    second."""
+    async with consumer_admin.open_locks(cfg) as locks:
+        return await consumer_admin.set_limit(
+            locks, cfg, group, messages=messages, bytes_per_s=bytes_per_s, reset=reset
+        )
+
+
+async def pause(cfg: ClusterConfig, group: str) -> None:
+    """Stop delivering ``group``'s messages (in-flight ones finish) until :func:`resume`."""
+    async with consumer_admin.open_locks(cfg) as locks:
+        await consumer_admin.pause(locks, cfg, group)
+
+
+async def resume(cfg: ClusterConfig, group: str) -> None:
+    """Undo :func:`pause`; also retries queues stopped by ``on_failure = "block"``."""
+    async with consumer_admin.open_locks(cfg) as locks:
+        await consumer_admin.resume(locks, cfg, group)
+
+
+async def reconcile(
+    cfg: ClusterConfig,
+    topic: str,
+    *,
+    group: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Report:
+    """Per queue and window: messages stored vs consumed per consumer group, and whether the
+    replicas' chain checksums agree; ``report.mismatches`` lists what does not."""
+    if group is not None:
+        cfg.consumer_group(group)  # ConfigError names it if unknown
+    return await _reconcile(cfg, topic, consumer_group=group, since=since, until=until)

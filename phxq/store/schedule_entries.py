@@ -1,0 +1,337 @@
+"""The log entries of delayed and scheduled messages, and their msgpack codec.
+
+Public API::
+
+    ScheduleEntry(topic, queue, messages: tuple[Message, ...], enqueued_at: float,
+                  due: tuple[float, ...])                  # one due time per message
+    ReleaseEntry(topic, queue, released_at: float, ids: tuple[int, ...],
+                 due: tuple[float, ...], messages: tuple[Message, ...])
+    CancelEntry(scheduled_id: int, due: float)
+
+    encode_schedule(topic, queue, enqueued_at, due, wire_messages) -> bytes
+    encode_release(topic, queue, released_at, ids, due, wire_messages) -> bytes
+    encode_cancel(scheduled_id, due) -> bytes
+    encode_scheduled(entry: ScheduleEntry | ReleaseEntry | CancelEntry) -> bytes
+    ScheduleHead / ReleaseHead                             # what apply needs; bodies stay packed
+    instance_scheduled(items) -> list[tuple[ScheduleEntry, Message, float]]   # k -> message
+
+Meanings:
+
+- A ``ScheduleEntry`` holds messages that must not be readable before their ``due`` time
+  (wall-clock seconds since the epoch). ``enqueued_at`` is the proposing master's wall clock,
+  as in an enqueue entry (dedup is decided with it). The messages' *scheduled ids* are
+  ``make_offset(instance, k)`` where ``k`` is their ordinal among every message of every
+  decodable schedule entry of the instance (:func:`instance_scheduled`): a space of its own,
+  apart from the offsets of readable messages.
+- A ``ReleaseEntry`` makes scheduled messages readable in ``(topic, queue)``: the master copies
+  each one's ``[payload, key, headers]`` from its schedule record, with its id and due time, and
+  stamps ``released_at`` with its own wall clock. Its messages count among the instance's
+  readable messages exactly like an enqueue entry's (:func:`phxq.store.entries.instance_messages`),
+  whether applying them released them or was a no-op (already released, cancelled, or not due
+  by ``released_at``).
+- A ``CancelEntry`` withdraws a pending scheduled message; ``due`` is the one in its record (the
+  master reads it), so applying needs no lookup by id.
+
+Wire forms (``msgpack``, ``use_bin_type``; body = bin ``msgpack([[payload, key, headers], ...])``
+as in an enqueue entry)::
+
+    [5, topic, queue, enqueued_at, [due, ...], [dedup_id, ...], body]
+    [6, topic, queue, released_at, [id, ...], [due, ...], body]
+    [7, scheduled_id, due]
+
+Decoding checks every type and range; no byte string makes it raise anything but
+:class:`~phxq.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from phxq.errors import PhxqError, ProtocolError, StorageError
+from phxq.store.entries import EnqueueEntry, EnqueueHead, Message, _body, _fields, _text, _uint
+
+__all__ = [
+    "TAG_CANCEL",
+    "TAG_RELEASE",
+    "TAG_SCHEDULE",
+    "CancelEntry",
+    "ReleaseEntry",
+    "ReleaseHead",
+    "ScheduleEntry",
+    "ScheduleHead",
+    "encode_cancel",
+    "encode_release",
+    "encode_schedule",
+    "encode_scheduled",
+    "instance_scheduled",
+]
+
+TAG_SCHEDULE: Final = 5
+TAG_RELEASE: Final = 6
+TAG_CANCEL: Final = 7
+
+_packb = msgpack.packb
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleEntry:
+    """Messages of one queue held back until their due times (one per message)."""
+
+    topic: str
+    queue: int
+    messages: tuple[Message, ...]
+    enqueued_at: float
+    due: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEntry:
+    """Scheduled messages (by id, with their due times) made readable in one queue."""
+
+    topic: str
+    queue: int
+    released_at: float
+    ids: tuple[int, ...]
+    due: tuple[float, ...]
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelEntry:
+    """Withdraw the pending scheduled message ``scheduled_id`` (due at ``due``)."""
+
+    scheduled_id: int
+    due: float
+
+
+class ScheduleHead:
+    """What applying a schedule entry needs (bodies stay packed)."""
+
+    __slots__ = ("dedup_ids", "due", "enqueued_at", "queue", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        queue: int,
+        enqueued_at: float,
+        due: list[float],
+        dedup_ids: list[str | None],
+    ) -> None:
+        self.topic = topic
+        self.queue = queue
+        self.enqueued_at = enqueued_at
+        self.due = due
+        self.dedup_ids = dedup_ids
+
+
+class ReleaseHead:
+    """What applying a release entry needs (bodies stay packed)."""
+
+    __slots__ = ("due", "ids", "queue", "released_at", "topic")
+
+    def __init__(
+        self, topic: str, queue: int, released_at: float, ids: list[int], due: list[float]
+    ) -> None:
+        self.topic = topic
+        self.queue = queue
+        self.released_at = released_at
+        self.ids = ids
+        self.due = due
+
+
+# ----------------------------------------------------------------------------------- encode
+
+
+def encode_schedule(
+    topic: str,
+    queue: int,
+    enqueued_at: float,
+    due: Sequence[float],
+    wire_messages: Sequence[Sequence[Any]],
+) -> bytes:
+    """A schedule entry of validated ``[payload, key, headers, dedup_id, ...]`` messages."""
+    body = _packb([m[:3] for m in wire_messages], use_bin_type=True)
+    packed: bytes = _packb(
+        [
+            TAG_SCHEDULE,
+            topic,
+            queue,
+            float(enqueued_at),
+            [float(d) for d in due],
+            [m[3] for m in wire_messages],
+            body,
+        ],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def encode_release(
+    topic: str,
+    queue: int,
+    released_at: float,
+    ids: Sequence[int],
+    due: Sequence[float],
+    wire_messages: Sequence[Sequence[Any]],
+) -> bytes:
+    """A release entry of ``[payload, key, headers]`` messages read from their records."""
+    body = _packb([list(m[:3]) for m in wire_messages], use_bin_type=True)
+    packed: bytes = _packb(
+        [TAG_RELEASE, topic, queue, float(released_at), list(ids), [float(d) for d in due], body],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def encode_cancel(scheduled_id: int, due: float) -> bytes:
+    packed: bytes = _packb([TAG_CANCEL, scheduled_id, float(due)], use_bin_type=True)
+    return packed
+
+
+def encode_scheduled(entry: ScheduleEntry | ReleaseEntry | CancelEntry) -> bytes:
+    """The wire bytes of any entry of this module."""
+    if isinstance(entry, ScheduleEntry):
+        wire = [[m.payload, m.key, m.headers, m.dedup_id] for m in entry.messages]
+        return encode_schedule(entry.topic, entry.queue, entry.enqueued_at, entry.due, wire)
+    if isinstance(entry, ReleaseEntry):
+        wire = [[m.payload, m.key, m.headers] for m in entry.messages]
+        return encode_release(
+            entry.topic, entry.queue, entry.released_at, entry.ids, entry.due, wire
+        )
+    if isinstance(entry, CancelEntry):
+        return encode_cancel(entry.scheduled_id, entry.due)
+    raise TypeError(f"not a scheduling log entry: {entry!r}")
+
+
+# ----------------------------------------------------------------------------------- decode
+
+
+def _time(value: Any, what: str) -> float:
+    if type(value) is not float or not math.isfinite(value):
+        raise ProtocolError(f"{what}: expected a finite float, got {value!r:.40}")
+    return value
+
+
+def _times(value: Any, what: str) -> list[float]:
+    if type(value) is not list or not value:
+        raise ProtocolError(f"{what}: expected a non-empty array of times")
+    for v in value:
+        _time(v, what)
+    return value
+
+
+def _schedule_head(fields: list[Any]) -> ScheduleHead:
+    if len(fields) != 7:
+        raise ProtocolError(f"schedule entry: expected 7 fields, got {len(fields)}")
+    _, topic, queue, enqueued_at, due, dedup_ids, body = fields
+    _times(due, "schedule entry due")
+    if type(dedup_ids) is not list or len(dedup_ids) != len(due):
+        raise ProtocolError("schedule entry: one dedup id (or nil) per due time")
+    for d in dedup_ids:
+        if d is not None and type(d) is not str:
+            raise ProtocolError("schedule entry: a dedup id must be a string or nil")
+    if type(body) is not bytes:
+        raise ProtocolError("schedule entry: body must be bin")
+    return ScheduleHead(
+        _text(topic, "schedule entry topic"),
+        _uint(queue, "schedule entry queue"),
+        _time(enqueued_at, "schedule entry enqueued_at"),
+        due,
+        dedup_ids,
+    )
+
+
+def _release_head(fields: list[Any]) -> ReleaseHead:
+    if len(fields) != 7:
+        raise ProtocolError(f"release entry: expected 7 fields, got {len(fields)}")
+    _, topic, queue, released_at, ids, due, body = fields
+    _times(due, "release entry due")
+    if type(ids) is not list or len(ids) != len(due):
+        raise ProtocolError("release entry: one id per due time")
+    for i in ids:
+        _uint(i, "release entry id")
+    if type(body) is not bytes:
+        raise ProtocolError("release entry: body must be bin")
+    return ReleaseHead(
+        _text(topic, "release entry topic"),
+        _uint(queue, "release entry queue"),
+        _time(released_at, "release entry released_at"),
+        ids,
+        due,
+    )
+
+
+def _cancel(fields: list[Any]) -> CancelEntry:
+    if len(fields) != 3:
+        raise ProtocolError(f"cancel entry: expected 3 fields, got {len(fields)}")
+    return CancelEntry(_uint(fields[1], "cancel entry id"), _time(fields[2], "cancel entry due"))
+
+
+def _messages(count: int, body: bytes) -> tuple[Message, ...]:
+    # The enqueue entry's body codec (one message per dedup id; here there are none).
+    return _body(EnqueueHead("", 0, 0.0, [None] * count), body)
+
+
+def _schedule(fields: list[Any]) -> ScheduleEntry:
+    head = _schedule_head(fields)
+    messages = _body(EnqueueHead(head.topic, head.queue, 0.0, head.dedup_ids), fields[6])
+    return ScheduleEntry(head.topic, head.queue, messages, head.enqueued_at, tuple(head.due))
+
+
+def _release(fields: list[Any]) -> ReleaseEntry:
+    head = _release_head(fields)
+    messages = _messages(len(head.ids), fields[6])
+    return ReleaseEntry(
+        head.topic, head.queue, head.released_at, tuple(head.ids), tuple(head.due), messages
+    )
+
+
+# Looked up by phxq.store.entries for these tags (see its decode_entry / peek_entry).
+DECODERS: Final[dict[int, Any]] = {
+    TAG_SCHEDULE: _schedule,
+    TAG_RELEASE: _release,
+    TAG_CANCEL: _cancel,
+}
+PEEKERS: Final[dict[int, Any]] = {
+    TAG_SCHEDULE: _schedule_head,
+    TAG_RELEASE: _release_head,
+    TAG_CANCEL: _cancel,
+}
+
+
+def release_as_enqueue(fields: list[Any]) -> EnqueueEntry:
+    """A release entry's readable messages as an enqueue entry stamped ``released_at`` (for
+    :func:`phxq.store.entries.instance_messages`). ``ProtocolError`` if its head is malformed;
+    ``StorageError`` if only its body is (a corrupt log)."""
+    head = _release_head(fields)
+    try:
+        messages = _messages(len(head.ids), fields[6])
+    except ProtocolError as exc:
+        raise StorageError(f"corrupt release entry body: {exc.message}") from None
+    return EnqueueEntry(head.topic, head.queue, messages, head.released_at)
+
+
+def instance_scheduled(items: Sequence[bytes]) -> list[tuple[ScheduleEntry, Message, float]]:
+    """Every scheduled message of a chosen instance, with its entry and due time; the list
+    position is ``k`` of its scheduled id. Undecodable items and other entries contribute
+    nothing; a decodable head with an undecodable body raises ``StorageError``."""
+    out: list[tuple[ScheduleEntry, Message, float]] = []
+    for item in items:
+        try:
+            fields = _fields(item)
+            if fields[0] != TAG_SCHEDULE or type(fields[0]) is not int:
+                continue
+            _schedule_head(fields)
+        except PhxqError:
+            continue
+        try:
+            entry = _schedule(fields)
+        except ProtocolError as exc:
+            raise StorageError(f"corrupt schedule entry body: {exc.message}") from None
+        out.extend(zip([entry] * len(entry.messages), entry.messages, entry.due, strict=True))
+    return out

@@ -1,0 +1,135 @@
+"""The gateway of a secure cluster ([security]): HTTPS with the cluster's member certificate,
+bearer tokens of the [[principal]] table, the RPC's permissions; it reaches the stores and lock
+nodes as a member."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from phxq.devcluster import ProcessCluster
+from phxq.security import new_token, token_sha256
+
+from .gateway_cluster import BILLING, gateway_cluster
+
+pytestmark = pytest.mark.integration
+
+PRODUCER = new_token()
+READER = new_token()
+PRINCIPALS = f"""
+[[principal]]
+name = "producer"
+token_sha256 = "{token_sha256(PRODUCER)}"
+allow = ["produce:orders"]
+
+[[principal]]
+name = "reader"
+token_sha256 = "{token_sha256(READER)}"
+allow = ["consume:orders:billing"]
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    yield from gateway_cluster(
+        tmp_path_factory.mktemp("gwsec"), extra=BILLING + PRINCIPALS, secure=True
+    )
+
+
+@pytest.fixture
+async def http(gw: ProcessCluster) -> AsyncIterator[aiohttp.ClientSession]:
+    assert gw.config.security is not None
+    tls = ssl.create_default_context(cafile=str(gw.config.security.ca))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as session:
+        yield session
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def call(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, Any]:
+    async with http.request(method, url, **kw) as resp:
+        data = await resp.json(content_type=None)
+        if resp.status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        if resp.status >= 400:
+            assert resp.content_type == "application/problem+json"
+        return resp.status, data
+
+
+async def test_https_with_tokens_enforces_the_principals_permissions(gw, http):
+    url = f"{gw.gateway_url}/v1"
+    assert url.startswith("https://")
+    admin = (gw.config.client.token_file).read_text().strip()
+    enqueue = f"{url}/topics/orders/messages"
+    read = f"{url}/topics/orders/queues/0/messages"
+
+    assert (await call(http, "POST", enqueue, data=b"x"))[1]["code"] == "unauthenticated"
+    status, data = await call(http, "POST", enqueue, data=b"x", headers=bearer("wrong"))
+    assert (status, data["code"]) == (401, "unauthenticated")
+    status, data = await call(
+        http, "POST", enqueue, data=b"x", headers={"Authorization": "Basic eA=="}
+    )
+    assert status == 401
+
+    status, ack = await call(
+        http, "POST", enqueue, data=b"p", headers={**bearer(PRODUCER), "Phxq-Queue": "0"}
+    )
+    assert status == 200, ack
+    status, data = await call(
+        http, "POST", f"{url}/topics/orders.dlq/messages", data=b"p", headers=bearer(PRODUCER)
+    )
+    assert (status, data["code"]) == (403, "forbidden")
+    status, data = await call(
+        http, "GET", read, params={"group": "billing"}, headers=bearer(PRODUCER)
+    )
+    assert (status, data["code"]) == (403, "forbidden")
+
+    # consume:orders:billing reads with its group, takes the pair lock and commits.
+    status, got = await call(
+        http,
+        "GET",
+        read,
+        params={"group": "billing", "after": ack["offset"] - 1},
+        headers=bearer(READER),
+    )
+    assert status == 200 and got["messages"][0]["offset"] == ack["offset"]
+    q = f"{url}/topics/orders/queues/0"
+    status, lock = await call(
+        http,
+        "POST",
+        f"{q}/lock/acquire",
+        json={"group": "billing", "owner": "r", "ttl": 10},
+        headers=bearer(READER),
+    )
+    assert status == 200, lock
+    commit = {"group": "billing", "offset": ack["offset"], "token": lock["token"]}
+    assert (await call(http, "POST", f"{q}/commit", json=commit, headers=bearer(READER)))[0] == 200
+    status, data = await call(
+        http, "POST", f"{q}/commit", json={**commit, "group": "other"}, headers=bearer(READER)
+    )
+    assert (status, data["code"]) == (403, "forbidden")
+    status, data = await call(http, "POST", enqueue, data=b"x", headers=bearer(READER))
+    assert status == 403
+    assert (await call(http, "GET", f"{url}/status", headers=bearer(READER)))[0] == 403
+
+    # admin may do everything; any principal may list topics; the document needs no token.
+    status, st = await call(http, "GET", f"{url}/status", headers=bearer(admin))
+    assert status == 200 and all("groups" in s for s in st["stores"].values()), st
+    assert (await call(http, "GET", f"{url}/topics", headers=bearer(PRODUCER)))[0] == 200
+    status, doc = await call(http, "GET", f"{url}/openapi.json")
+    assert status == 200 and doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["paths"]["/v1/topics/{topic}/messages"]["post"]["security"] == [{"bearer": []}]
+
+
+async def test_plain_http_to_a_secure_gateway_is_refused(gw):
+    plain = gw.gateway_url.replace("https://", "http://") + "/v1/topics"
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(plain) as resp:
+                await resp.read()
