@@ -238,7 +238,8 @@ def consumer(config_path: Path | None, name: str, weight: float, metrics_addr: s
     _setup_logging(f"consumer-{name}")
     _run(
         _serve_until_signal(
-            lambda: ConsumerDaemon(cfg, name, weight=weight, metrics_addr=metrics_addr)
+            lambda: ConsumerDaemon(cfg, name, weight=weight, metrics_addr=metrics_addr),
+            config_path,
         )
     )
 

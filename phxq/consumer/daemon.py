@@ -47,7 +47,7 @@ from phxq.consumer.settings import (
     group_settings,
 )
 from phxq.errors import BadArgument, PhxqError, Unavailable
-from phxq.security.daemon import member_credentials
+from phxq.security.daemon import MemberSecurity
 from phxq.security.signing import read_secret
 from phxq.tasks import TaskScope
 
@@ -83,6 +83,8 @@ class ConsumerDaemon:
         self.restart_delay = restart_delay
         self._metrics_addr = metrics_addr
         self._given_locks = locks
+        # With [security]: the member certificate, reloaded in place on SIGHUP (phxq consumer).
+        self.security = MemberSecurity.build(cluster)
         self._locks: Any = locks
         self._lock_client: Any = None
         self._client: Client | None = None
@@ -120,7 +122,7 @@ class ConsumerDaemon:
 
     async def start(self) -> None:
         # A member: with [security] it dials with its member certificate (no token needed).
-        member = member_credentials(self.cluster).ssl
+        member = None if self.security is None else self.security.ssl
         self._client = Client([s.addr for s in self.cluster.stores], ca=member)
         cmap = await self._retry("the stores", self._client.cluster_map)
         if self._locks is None:

@@ -8,13 +8,12 @@ apply (dedup and fencing are decided there, identically on every replica).
 from __future__ import annotations
 
 import functools
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq import metrics, trace
+from phxq import metrics, trace, validate
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
@@ -44,12 +43,7 @@ def _str(params: dict[str, Any], name: str, *, optional: bool = False) -> str | 
     value = params.get(name)
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-        raise BadArgument(
-            f"{name} must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
-            f"got {shown(value)}"
-        )
-    return value
+    return validate.name(value, name, max_chars=MAX_NAME_CHARS)
 
 
 def _int(
@@ -58,9 +52,7 @@ def _int(
     value = params.get(name)
     if value is None and optional:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise BadArgument(f"{name} must be an integer >= {minimum}, got {shown(value)}")
-    return value
+    return validate.integer(value, name, minimum=minimum)
 
 
 def _message(raw: Any, max_bytes: int) -> Message:
@@ -192,9 +184,9 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     queue = params.get("queue")
     after = _int(params, "after", optional=True)
     limit = _int(params, "limit", minimum=1)
-    wait = params.get("wait", 0) or 0
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_WAIT:
-        raise BadArgument(f"wait must be a number of seconds in [0, {MAX_WAIT}], got {shown(wait)}")
+    wait = validate.number(
+        params.get("wait", 0) or 0, "wait", minimum=0, maximum=MAX_WAIT, unit="seconds"
+    )
     assert topic is not None and limit is not None
     # `local` reads this replica's applied prefix whatever its role (tools and tests comparing
     # replicas); ordinary reads go to the master, whose applied state is current.
@@ -268,9 +260,8 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     if (offset is None) == (when is None):
         raise BadArgument("seek takes exactly one of offset or time")
     if offset is None:
-        if not isinstance(when, (int, float)) or isinstance(when, bool) or not math.isfinite(when):
-            raise BadArgument(f"time must be a number (seconds since the epoch), got {shown(when)}")
-        instance = replica.glog.instance_at_time(float(when))
+        seconds = validate.number(when, "time", unit="seconds since the epoch")
+        instance = replica.glog.instance_at_time(seconds)
         target = replica.paxos.chosen_up_to + 1 if instance is None else instance
         offset = make_offset(target, 0)
     # The cursor is "last processed": to deliver `offset` next, set it just below.
@@ -357,9 +348,7 @@ def _time(params: dict[str, Any], name: str) -> float | None:
     value = params.get(name)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise BadArgument(f"{name} must be seconds since the epoch, got {shown(value)}")
-    return float(value)
+    return validate.number(value, name, unit="seconds since the epoch")
 
 
 RECONCILE_LIMIT = 10_000_000  # messages of one queue counted per window
