@@ -29,6 +29,7 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
+from phxq.store.schedule import SCHEDULED_FLAG
 from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
@@ -160,9 +161,11 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
             done = _enqueued(results[at])
             at += 1
             acked += len(done.offsets) - sum(done.duplicates)
-            answers = [
-                scheduler.answer(o, d) for o, d in zip(done.offsets, done.duplicates, strict=True)
-            ]
+            pairs = zip(done.offsets, done.duplicates, strict=True)
+            if max(done.offsets) < SCHEDULED_FLAG:  # no duplicate of a scheduled message
+                answers = [[o, d] for o, d in pairs]
+            else:
+                answers = [scheduler.answer(o, d) for o, d in pairs]
         if positions:
             later = scheduler.scheduled_results(results[at])
             at += 1
