@@ -55,6 +55,11 @@ def _int(
     return validate.integer(value, name, minimum=minimum)
 
 
+def _queue(params: dict[str, Any]) -> int:
+    """The ``queue`` param (its range is the topic's: ``StoreNode.replica_for`` checks it)."""
+    return validate.integer(params.get("queue"), "queue")
+
+
 def _message(raw: Any, max_bytes: int) -> Message:
     if not isinstance(raw, list) or len(raw) != 4:
         raise BadArgument("each message must be [payload, key, headers, dedup_id]")
@@ -181,7 +186,7 @@ def _enqueued(result: Any) -> st.Enqueued:
 async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     group = _str(params, "group", optional=True)
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     after = _int(params, "after", optional=True)
     limit = _int(params, "limit", minimum=1)
     wait = validate.number(
@@ -226,7 +231,7 @@ def _flatten(value: bytes) -> list[tuple[float, Message]]:
 async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset")
     token = _int(params, "token")
     assert group is not None and topic is not None and offset is not None and token is not None
@@ -243,7 +248,7 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
 async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     assert group is not None and topic is not None
     replica = node.master_replica(topic, queue)
     return replica.state.cursor(group, topic, queue)
@@ -252,7 +257,7 @@ async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
 async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset", optional=True)
     when = params.get("time")
     assert group is not None and topic is not None
@@ -361,7 +366,7 @@ async def reconcile(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     resolved at instance granularity through the time index (first enqueue time per instance).
     """
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     since, until = _time(params, "since"), _time(params, "until")
     groups = params.get("groups") or []
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
