@@ -28,6 +28,7 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
+from phxq.store.schedule import SCHEDULED_FLAG
 from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ def _int(
     if value is None and optional:
         return None
     return validate.integer(value, name, minimum=minimum)
+
+
+def _queue(params: dict[str, Any]) -> int:
+    """The ``queue`` param (its range is the topic's: ``StoreNode.replica_for`` checks it)."""
+    return validate.integer(params.get("queue"), "queue")
 
 
 def _message(raw: Any, max_bytes: int) -> Message:
@@ -158,9 +164,11 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
             done = _enqueued(results[at])
             at += 1
             acked += len(done.offsets) - sum(done.duplicates)
-            answers = [
-                scheduler.answer(o, d) for o, d in zip(done.offsets, done.duplicates, strict=True)
-            ]
+            pairs = zip(done.offsets, done.duplicates, strict=True)
+            if max(done.offsets) < SCHEDULED_FLAG:  # no duplicate of a scheduled message
+                answers = [[o, d] for o, d in pairs]
+            else:
+                answers = [scheduler.answer(o, d) for o, d in pairs]
         if positions:
             later = scheduler.scheduled_results(results[at])
             at += 1
@@ -187,7 +195,7 @@ def _enqueued(result: Any) -> st.Enqueued:
 async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     group = _str(params, "group", optional=True)
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     after = _int(params, "after", optional=True)
     limit = _int(params, "limit", minimum=1)
     wait = validate.number(
@@ -232,7 +240,7 @@ def _flatten(value: bytes) -> list[tuple[float, Message]]:
 async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset")
     token = _int(params, "token")
     assert group is not None and topic is not None and offset is not None and token is not None
@@ -249,7 +257,7 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
 async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     assert group is not None and topic is not None
     replica = node.master_replica(topic, queue)
     return replica.state.cursor(group, topic, queue)
@@ -258,7 +266,7 @@ async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
 async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset", optional=True)
     when = params.get("time")
     assert group is not None and topic is not None
@@ -367,7 +375,7 @@ async def reconcile(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     resolved at instance granularity through the time index (first enqueue time per instance).
     """
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     since, until = _time(params, "since"), _time(params, "until")
     groups = params.get("groups") or []
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
