@@ -20,6 +20,7 @@ from phxq.config.model import (
     ClusterConfig,
     ClusterSettings,
     ConfigError,
+    ConsumerConfig,
     ConsumerGroupConfig,
     GatewayConfig,
     NodeConfig,
@@ -176,6 +177,7 @@ _SECTIONS: Final = (
     "principal",
     "client",
     "gateway",
+    "consumer",
 )
 
 
@@ -271,6 +273,15 @@ def _consumer_group(
         t.fail('is set but on_failure = "block" never dead-letters', "dead_letter")
     t.done()
     return group, t
+
+
+def _consumer(source: str, i: int, raw: object) -> ConsumerConfig:
+    t = _Table(source, f"consumer[{i}]", "consumer", raw)
+    consumer = ConsumerConfig(
+        name=t.text("name", _NAME_RE, required=True), metrics_addr=t.addr("metrics_addr")
+    )
+    t.done()
+    return consumer
 
 
 def _gateway(source: str, raw: object) -> GatewayConfig:
@@ -399,6 +410,12 @@ def parse_config(
     gateway = _gateway(source, doc.get("gateway", {}))
     if gateway.listen is not None:
         _claim(source, addresses, gateway.listen, "gateway.listen")
+    consumers = [_consumer(source, i, r) for i, r in enumerate(_array(source, doc, "consumer"))]
+    consumer_names: dict[object, str] = {}
+    for i, consumer in enumerate(consumers):
+        _claim(source, consumer_names, consumer.name, f"consumer[{i}].name")
+        if consumer.metrics_addr is not None:
+            _claim(source, addresses, consumer.metrics_addr, f"consumer[{i}].metrics_addr")
     return ClusterConfig(
         cluster=settings,
         stores=tuple(stores),
@@ -409,6 +426,7 @@ def parse_config(
         principals=principals,
         client=client,
         gateway=gateway,
+        consumers=tuple(consumers),
         source=source,
     )
 

@@ -181,6 +181,7 @@ class PairWorker:
         self._resync_to: Any = _UNSET
         self._fetch_task: asyncio.Task[_Fetched] | None = None
         self._commit_task: asyncio.Task[None] | None = None
+        self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._tasks = TaskScope(f"pull {self.lock_name}", log)  # replaced by each pull loop's
         self.blocked: int | None = None
         self._unblock_seen = 0
@@ -242,6 +243,12 @@ class PairWorker:
             metrics.CONSUMER_LAG.labels(*self._labels).set(0)
             metrics.CONSUMER_BLOCKED.labels(*self._labels).set(0)
             self._to(Ownership.RELEASED)
+            for _offset, waiter in self._commit_waiters:
+                if not waiter.done():
+                    waiter.set_exception(
+                        StaleToken(f"{self.lock_name}: released before the cursor got there")
+                    )
+            self._commit_waiters.clear()
 
     async def _own(self, lease: Lease) -> None:
         self.token = lease.token
@@ -516,8 +523,32 @@ class PairWorker:
             return
         self._commit_seq += 1
         self.committed = target
+        self._wake_commit_waiters()
         self._committed_count = max(self._committed_count, count)
         self._oldest_uncommitted = time.monotonic() if self._uncommitted else None
+
+    async def committed_past(self, offset: int) -> None:
+        """Return once this owner's cursor is at ``offset`` or beyond (a commit carrying its
+        fencing token); ``StaleToken`` if it releases the pair first (handoff or lost lease)."""
+        if self.committed is not None and self.committed >= offset:
+            return
+        if self.state is Ownership.RELEASED:
+            raise StaleToken(f"{self.lock_name}: released before the cursor got there")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_waiters.append((offset, waiter))
+        await waiter
+
+    def _wake_commit_waiters(self) -> None:
+        if self.committed is None:
+            return
+        waiting = []
+        for offset, waiter in self._commit_waiters:
+            if offset <= self.committed:
+                if not waiter.done():
+                    waiter.set_result(None)
+            elif not waiter.done():
+                waiting.append((offset, waiter))
+        self._commit_waiters = waiting
 
     def _resync(self, cursor: int | None) -> None:
         """Continue from ``cursor`` (the store's): forget everything read ahead."""
@@ -528,6 +559,7 @@ class PairWorker:
         self._committed_count = self._window.advanced
         self._oldest_uncommitted = None
         self._resync_to = _UNSET
+        self._wake_commit_waiters()
         if self.blocked is not None:
             self.blocked = None
             metrics.CONSUMER_BLOCKED.labels(*self._labels).set(0)

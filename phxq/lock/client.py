@@ -15,6 +15,10 @@
         async with locks.hold(name, owner, ttl) as lease:    # renewed in the background
             lease.token; lease.lost                          # lost: an asyncio.Event
 
+Against a secured cluster (``[security]``): ``LockClient(addrs, token=..., ca="ca.pem")`` for
+the admin tools (settings keys, reads), or ``ca=`` a member's ``ssl.SSLContext`` (consumers:
+locks and membership keys are members-only; see docs/security.md).
+
 What it promises:
 
 - **Routing.** Requests go to the lock master. ``NotMaster(hint)`` is followed at once;
@@ -42,6 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
+from phxq import validate
 from phxq.errors import (
     BadArgument,
     LockHeld,
@@ -230,8 +235,7 @@ class LockClient:
     async def kv_wait(self, key: str, after_version: int, timeout: float) -> tuple[Any, int]:
         """The key's ``(value, version)`` once its version is above ``after_version`` (or it is
         deleted, when ``after_version > 0``), or after ``timeout`` seconds."""
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
-            raise BadArgument(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        timeout = validate.number(timeout, "timeout", minimum=0, unit="seconds")
         end = time.monotonic() + timeout
 
         def params() -> dict[str, Any]:

@@ -56,6 +56,7 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
+from phxq import validate
 from phxq.errors import PhxqError, ProtocolError, StorageError
 
 __all__ = [
@@ -220,23 +221,15 @@ def encode_enqueue_v1(entry: EnqueueEntry) -> bytes:
 
 
 def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ProtocolError(f"{what}: expected a non-empty string, got {type(value).__name__}")
-    return value
+    return validate.name(value, what, max_chars=None, error=ProtocolError)
 
 
 def _opt_text(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ProtocolError(f"{what}: expected a string or nil, got {type(value).__name__}")
-    return value
+    return None if value is None else validate.text(value, what, error=ProtocolError)
 
 
 def _uint(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_U64:
-        raise ProtocolError(f"{what}: expected an unsigned integer, got {value!r:.40}")
-    return value
+    return validate.integer(value, what, error=ProtocolError)
 
 
 def _message(raw: Any, position: int) -> Message:

@@ -37,9 +37,9 @@ import time
 import uuid
 from typing import Any
 
-from phxq import metrics
+from phxq import metrics, validate
 from phxq.config import ClusterConfig
-from phxq.errors import BadArgument, NotMaster, PhxqError, UnknownTopic
+from phxq.errors import NotMaster, PhxqError, UnknownTopic
 from phxq.net.frames import shown
 from phxq.replication.daemon import ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
@@ -159,8 +159,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         spec = self.cluster.topics_by_name.get(topic) if isinstance(topic, str) else None
         if spec is None:
             raise UnknownTopic(f"unknown topic {shown(topic)}")
-        if not isinstance(queue, int) or isinstance(queue, bool) or not 0 <= queue < spec.queues:
-            raise BadArgument(f"queue must be an int in [0, {spec.queues}), got {shown(queue)}")
+        validate.integer(queue, "queue", maximum=spec.queues - 1)
         return self.replicas[group_for_queue(queue, self.cluster.cluster.groups)]
 
     def master_replica(self, topic: str, queue: Any) -> GroupReplica[StoreState]:

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from phxq import metrics
+from phxq import metrics, validate
 from phxq.errors import BadArgument, PhxqError, StorageError
 from phxq.net.frames import shown
 from phxq.net.server import LogLimiter
@@ -67,8 +66,7 @@ def due_time(when: Any, now: float) -> float:
             f'when must be ["delay", seconds] or ["at", unix_time], got {shown(when)}'
         )
     kind, value = when
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise BadArgument(f"{kind} must be a finite number, got {shown(value)}")
+    value = validate.number(value, kind, unit="seconds" if kind == "delay" else "unix time")
     if kind == "delay":
         if not 0 <= value <= MAX_SCHEDULE_SECONDS:
             raise BadArgument(f"delay must be in [0, {MAX_SCHEDULE_SECONDS:.0f}] seconds")
@@ -84,6 +82,11 @@ def split_scheduled(
     """``(ordinary messages, scheduled messages' first four fields, their due times, their
     positions)`` of one batch of an enqueue request (the caller validates both lists as
     ordinary messages)."""
+    for m in raw_messages:
+        if type(m) is list and len(m) == 5:
+            break
+    else:  # the common case: no scheduled message, nothing copied
+        return raw_messages, [], [], []
     plain: list[Any] = []
     scheduled: list[Any] = []
     dues: list[float] = []

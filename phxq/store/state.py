@@ -83,6 +83,7 @@ from typing import TypeAlias
 
 import msgpack
 
+from phxq import validate
 from phxq.errors import (
     BadArgument,
     PhxqError,
@@ -657,15 +658,11 @@ class _Window:
 
 
 def _uint(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"snapshot: expected an unsigned integer, got {value!r:.40}")
-    return value
+    return validate.integer(value, "snapshot field", error=ProtocolError)
 
 
 def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError(f"snapshot: expected a string, got {type(value).__name__}")
-    return value
+    return validate.text(value, "snapshot field", error=ProtocolError)
 
 
 def _rows(value: object, width: int) -> list[list[object]]:
