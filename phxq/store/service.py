@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq import metrics, trace, validate
+from phxq import metrics, otel, trace, validate
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
@@ -145,7 +145,13 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
     if trace.ON:
         trace.mark("enqueue.propose")
-    results = await replica.propose(entries)
+    spans = otel.store_spans(topic, node.node_id, (m for b in batches for m in b[1]))
+    try:
+        results = await replica.propose(entries)
+    except BaseException as exc:
+        otel.end_spans(spans, exc)
+        raise
+    otel.end_spans(spans)
     if trace.ON:
         trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
