@@ -127,6 +127,12 @@ def free_ports(count: int) -> list[int]:
 
 
 DEV_SEGMENT_BYTES = "1MiB"
+# `phxq dev` itself (not the tests' and benchmarks' clusters, which keep 1 MiB segments and the
+# default journal): an idle dev cluster preallocates a segment per group and store, and two
+# journal files per store; these keep it near 20 MB instead of 100 MB. A record larger than a
+# segment gets a segment of its size; a batch larger than the journal bypasses it.
+DEV_COMMAND_SEGMENT_BYTES = "256KiB"
+DEV_COMMAND_JOURNAL_BYTES = "1MiB"
 
 
 def write_dev_config(
@@ -143,6 +149,7 @@ def write_dev_config(
     cluster_options: str = "",
     topic_retention: str = "7d",
     segment_bytes: str = DEV_SEGMENT_BYTES,
+    journal_bytes: str | None = None,
     secure: bool = False,
     gateway_port: int | None = None,
 ) -> Path:
@@ -152,7 +159,8 @@ def write_dev_config(
     Segments are ``segment_bytes`` (default ``DEV_SEGMENT_BYTES``, unless ``cluster_options``
     sets its own): every group preallocates a whole segment on every store, so the production
     default (64 MiB) would reserve 3 GiB of disk for a 16-group dev cluster, and a test suite
-    that starts a hundred clusters would fill the disk.
+    that starts a hundred clusters would fill the disk. ``journal_bytes``: the cluster's
+    journal file size (default: the config default).
 
     ``secure``: TLS and tokens (``phxq.security.setup.dev_security``): a CA, member
     certificates and an admin token under ``data/certs``, and a ``[client]`` table so every
@@ -173,6 +181,8 @@ def write_dev_config(
     lines = ["[cluster]", f"groups = {groups}", cluster_options, ""]
     if "segment_bytes" not in cluster_options:
         lines.insert(2, f'segment_bytes = "{segment_bytes}"')
+    if journal_bytes is not None and "journal_bytes" not in cluster_options:
+        lines.insert(2, f'journal_bytes = "{journal_bytes}"')
     for i, port in enumerate(store_ports, start=1):
         lines += [
             "[[store]]",
@@ -549,6 +559,8 @@ def prepare_dev(
             metrics_ports=metrics,
             lock_metrics_ports=lock_metrics,
             consumer_metrics=consumer_metrics,
+            segment_bytes=DEV_COMMAND_SEGMENT_BYTES,
+            journal_bytes=DEV_COMMAND_JOURNAL_BYTES,
             extra=DEV_CONSUMER_GROUPS,
             gateway_port=gateway_port,
             secure=secure,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, final
 
-from phxq import trace, validate
+from phxq import otel, trace, validate
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
 from phxq.client.types import Ack, ClusterMap, Message
@@ -260,13 +260,14 @@ class Client(StreamingMixin):
         queue and gets its offset. The ack carries a ``scheduled_id`` instead of an offset.
         ``BadArgument`` for both, or a negative, non-finite or too distant time."""
         when = _when(delay, deliver_at)
-        item = (
-            (payload, key, queue, dedup_id, headers)
-            if when is None
-            else (payload, key, queue, dedup_id, headers, when)
-        )
-        futures = await self._submit(topic, [item])
-        return await futures[0]
+        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
+            item = (
+                (payload, key, queue, dedup_id, headers)
+                if when is None
+                else (payload, key, queue, dedup_id, headers, when)
+            )
+            futures = await self._submit(topic, [item])
+            return await futures[0]
 
     async def cancel_scheduled(self, scheduled_id: str) -> bool:
         """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
@@ -294,16 +295,18 @@ class Client(StreamingMixin):
         order. ``queue``, ``headers``, ``delay`` and ``deliver_at`` apply to every message, as
         in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
         when = _when(delay, deliver_at)
-        items: list[tuple[Any, ...]] = []
-        for m in messages:
-            if not isinstance(m, tuple) or len(m) not in (2, 3):
-                raise BadArgument(
-                    "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
-                )
-            item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
-            items.append(item if when is None else (*item, when))
-        futures = await self._submit(topic, items)
-        return list(await asyncio.gather(*futures))
+        messages = list(messages)
+        with otel.send_span(topic, headers, len(messages)) as headers:
+            items: list[tuple[Any, ...]] = []
+            for m in messages:
+                if not isinstance(m, tuple) or len(m) not in (2, 3):
+                    raise BadArgument(
+                        "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
+                    )
+                item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
+                items.append(item if when is None else (*item, when))
+            futures = await self._submit(topic, items)
+            return list(await asyncio.gather(*futures))
 
     async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
         if not isinstance(topic, str):

@@ -57,6 +57,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from phxq import otel
 from phxq.config.model import ConfigError
 from phxq.logs import RateLimitedLog
 from phxq.security.signing import SIGNATURE_HEADER, sign
@@ -169,6 +170,7 @@ class HttpHandler:
 
     async def __call__(self, delivery: Delivery) -> Outcome:
         headers = http_headers(delivery)
+        otel.inject_current(headers)  # with phxq[otel]: the handler span's traceparent
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = sign(self._secret, headers, delivery.payload, time.time())
         try:
@@ -267,5 +269,22 @@ def make_handler(
     if spec.startswith(("http://", "https://")):
         if session is None:
             raise ConfigError(f"handler {spec!r}: an HTTP handler needs an aiohttp session")
-        return HttpHandler(spec, timeout=timeout, session=session, secret=secret)
-    return CallableHandler(resolve_callable(spec), timeout=timeout)
+        return TracedHandler(HttpHandler(spec, timeout=timeout, session=session, secret=secret))
+    return TracedHandler(CallableHandler(resolve_callable(spec), timeout=timeout))
+
+
+class TracedHandler:
+    """Runs each attempt inside an OpenTelemetry ``process`` span continuing the message's
+    stored ``traceparent`` (:mod:`phxq.otel`); without phxq[otel], a tracer provider or a
+    ``traceparent`` in the message, it only calls the handler it wraps."""
+
+    def __init__(self, inner: Handler) -> None:
+        self.inner = inner
+
+    async def __call__(self, delivery: Delivery) -> Outcome:
+        d = delivery
+        with otel.process_span(d.topic, d.queue, d.offset, d.consumer_group, d.headers) as span:
+            outcome = await self.inner(delivery)
+            if not outcome.ok:
+                otel.mark_failed(span, outcome.reason)
+            return outcome

@@ -25,11 +25,12 @@ wall clock) releases a message only if it is pending with exactly that ``(id, du
 proposal, an old master's release arriving after the new master's) and any cancel are no-ops.
 A cancel of a message that is no longer pending is a no-op too.
 
-**Memory.** Ids and due times live in ``array`` buckets of ``BUCKET_SECONDS`` of due time: 16
-bytes a pending message plus about 0.3 KB a non-empty bucket (at most one per minute of due
+**Memory and time.** Ids and due times live in ``array`` buckets of ``BUCKET_SECONDS`` of due
+time: 16 bytes a pending message plus about 0.3 KB a non-empty bucket (at most one per minute of due
 time: 40 days of minutes is 57,600 buckets), never a Python object per message; payloads stay in
 the log. Ids inside a bucket are kept sorted (they arrive in apply order, i.e. increasing), so
-membership is a binary search; ``due`` scans only buckets that start at or before ``now``.
+membership is a binary search; a removal only marks the entry (the bucket is compacted when
+half of it is gone); ``due`` sorts a due bucket once and then walks it from the front.
 The snapshot stores each bucket's arrays as raw little-endian bytes, so a million pending
 messages checkpoint and restore in milliseconds plus validation.
 """
@@ -92,12 +93,48 @@ class Cancelled:
     done: bool
 
 
+_GONE: Final = math.inf  # the due time of a removed entry until its bucket is compacted
+
+
 class _Bucket:
-    __slots__ = ("dues", "ids")
+    """Ids (sorted) and due times of one bucket. A removal marks the entry ``_GONE`` (no
+    memmove of a big array per release); the bucket is compacted once half of it is gone."""
+
+    __slots__ = ("adds", "dues", "gone", "ids")
 
     def __init__(self) -> None:
         self.dues = array("d")
         self.ids = array("q")
+        self.adds = 0  # additions so far (a release order built before one is stale)
+        self.gone = 0  # entries marked _GONE
+
+    def live(self) -> tuple[array[float], array[int]]:
+        """(dues, ids) without the removed entries."""
+        if not self.gone:
+            return self.dues, self.ids
+        keep = [i for i, d in enumerate(self.dues) if d != _GONE]
+        return array("d", [self.dues[i] for i in keep]), array("q", [self.ids[i] for i in keep])
+
+    def compact(self) -> None:
+        self.dues, self.ids = self.live()
+        self.gone = 0
+
+
+class _ReleaseOrder:
+    """A bucket's entries sorted by (due, id) as of ``adds`` additions, and how far from the
+    front every entry is gone (released or cancelled). Removals never make it stale: removed
+    entries are skipped. Only the master's releaser builds these (for the buckets that are
+    due), so a bucket of a million due at once is sorted once, not once per release round."""
+
+    __slots__ = ("adds", "dues", "ids", "pos")
+
+    def __init__(self, bucket: _Bucket) -> None:
+        dues, ids = bucket.live()
+        order = sorted(range(len(ids)), key=lambda i: (dues[i], ids[i]))
+        self.dues = array("d", [dues[i] for i in order])
+        self.ids = array("q", [ids[i] for i in order])
+        self.adds = bucket.adds
+        self.pos = 0
 
 
 def _key(due: float) -> int:
@@ -109,6 +146,7 @@ class Schedule:
 
     def __init__(self) -> None:
         self._buckets: dict[int, _Bucket] = {}
+        self._orders: dict[int, _ReleaseOrder] = {}  # see _ReleaseOrder (not replicated state)
         self._keys: list[int] = []  # sorted keys of the non-empty buckets
         self._count = 0
         self._next_due: float | None = None  # cache of next_due(); None: recompute
@@ -124,6 +162,7 @@ class Schedule:
         if bucket is None:
             bucket = self._buckets[key] = _Bucket()
             insort(self._keys, key)
+        bucket.adds += 1
         ids = bucket.ids
         if not ids or scheduled_id > ids[-1]:
             ids.append(scheduled_id)
@@ -158,11 +197,14 @@ class Schedule:
         if found is None:
             return False
         key, bucket, at = found
-        del bucket.ids[at]
-        del bucket.dues[at]
-        if not bucket.ids:
+        bucket.dues[at] = _GONE
+        bucket.gone += 1
+        if bucket.gone == len(bucket.ids):
             del self._buckets[key]
+            self._orders.pop(key, None)
             del self._keys[bisect_left(self._keys, key)]
+        elif bucket.gone * 2 > len(bucket.ids):
+            bucket.compact()
         self._count -= 1
         if self._next_due is not None and due <= self._next_due:
             self._next_due = None
@@ -174,19 +216,37 @@ class Schedule:
         return self._next_due
 
     def due(self, now: float, limit: int) -> list[tuple[float, int]]:
-        """Up to ``limit`` pending ``(due, id)`` with ``due <= now``, in (due, id) order."""
+        """Up to ``limit`` pending ``(due, id)`` with ``due <= now``, in (due, id) order. Each
+        due bucket is sorted once (until something is added to it), so a release round costs
+        O(limit log n), not a scan of the bucket."""
         out: list[tuple[float, int]] = []
         for key in self._keys:
             if key * BUCKET_SECONDS > now or len(out) >= limit:
                 break
             bucket = self._buckets[key]
-            ready = sorted((d, i) for d, i in zip(bucket.dues, bucket.ids, strict=True) if d <= now)
-            out.extend(ready[: limit - len(out)])
+            order = self._orders.get(key)
+            if order is None or order.adds != bucket.adds:
+                order = self._orders[key] = _ReleaseOrder(bucket)
+            dues, ids, count = order.dues, order.ids, len(order.ids)
+            i = order.pos
+            gone_so_far = True  # every entry between pos and i is gone
+            while i < count and len(out) < limit:
+                d = dues[i]
+                if d > now:
+                    break
+                sid = ids[i]
+                at = bisect_left(bucket.ids, sid)
+                if at < len(bucket.ids) and bucket.ids[at] == sid and bucket.dues[at] == d:
+                    out.append((d, sid))
+                    gone_so_far = False
+                elif gone_so_far:
+                    order.pos = i + 1
+                i += 1
         return out
 
     def oldest_id(self) -> int | None:
         """The smallest pending id (its record's instance bounds log truncation)."""
-        return min((b.ids[0] for b in self._buckets.values()), default=None)
+        return min((_first_live(b) for b in self._buckets.values()), default=None)
 
     # ----------------------------------------------------------------------- snapshot
 
@@ -194,8 +254,8 @@ class Schedule:
         """Canonical rows ``[key, dues bytes, ids bytes]`` (little-endian), by key."""
         rows = []
         for key in self._keys:
-            bucket = self._buckets[key]
-            rows.append([key, _le(bucket.dues), _le(bucket.ids)])
+            dues, ids = self._buckets[key].live()
+            rows.append([key, _le(dues), _le(ids)])
         return rows
 
     @classmethod
@@ -244,6 +304,13 @@ class Schedule:
             schedule._keys.append(key)
             schedule._count += len(bucket.ids)
         return schedule
+
+
+def _first_live(bucket: _Bucket) -> int:
+    for sid, due in zip(bucket.ids, bucket.dues, strict=True):
+        if due != _GONE:
+            return sid
+    raise AssertionError("an empty bucket is deleted")
 
 
 def _le(values: array[Any]) -> bytes:

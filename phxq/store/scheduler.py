@@ -82,6 +82,11 @@ def split_scheduled(
     """``(ordinary messages, scheduled messages' first four fields, their due times, their
     positions)`` of one batch of an enqueue request (the caller validates both lists as
     ordinary messages)."""
+    for m in raw_messages:
+        if type(m) is list and len(m) == 5:
+            break
+    else:  # the common case: no scheduled message, nothing copied
+        return raw_messages, [], [], []
     plain: list[Any] = []
     scheduled: list[Any] = []
     dues: list[float] = []

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq import metrics, trace, validate
+from phxq import metrics, otel, trace, validate
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
@@ -28,6 +28,7 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
+from phxq.store.schedule import SCHEDULED_FLAG
 from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
@@ -144,7 +145,13 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
     if trace.ON:
         trace.mark("enqueue.propose")
-    results = await replica.propose(entries)
+    spans = otel.store_spans(topic, node.node_id, (m for b in batches for m in b[1]))
+    try:
+        results = await replica.propose(entries)
+    except BaseException as exc:
+        otel.end_spans(spans, exc)
+        raise
+    otel.end_spans(spans)
     if trace.ON:
         trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
@@ -157,9 +164,11 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
             done = _enqueued(results[at])
             at += 1
             acked += len(done.offsets) - sum(done.duplicates)
-            answers = [
-                scheduler.answer(o, d) for o, d in zip(done.offsets, done.duplicates, strict=True)
-            ]
+            pairs = zip(done.offsets, done.duplicates, strict=True)
+            if max(done.offsets) < SCHEDULED_FLAG:  # no duplicate of a scheduled message
+                answers = [[o, d] for o, d in pairs]
+            else:
+                answers = [scheduler.answer(o, d) for o, d in pairs]
         if positions:
             later = scheduler.scheduled_results(results[at])
             at += 1
