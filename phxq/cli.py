@@ -323,6 +323,12 @@ def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
         for what, addr in metrics_addresses(cluster.config, DEV_CONSUMER):
             click.echo(f"          metrics of {what}: http://{addr}/metrics")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
+        client = cluster.config.client
+        if cluster.config.security is not None and client is not None:
+            click.echo(
+                f"security: TLS on every link; admin token in {client.token_file}, CA {client.ca}"
+                " (the tools read them from [client]; docs/security.md)"
+            )
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --from start")
         if cluster.gateway_url:
