@@ -182,6 +182,11 @@ RELEASE_LAG = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+SCHEDULED_ROLLED = Counter(
+    "phxq_scheduled_rolled_total",
+    "Pending scheduled messages copied further on so retention could truncate their records",
+    registry=REGISTRY,
+)
 RELEASE_LATENESS = Histogram(
     "phxq_release_lateness_seconds",
     "Release stamp minus due time of each released scheduled message",
