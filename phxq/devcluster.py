@@ -45,6 +45,11 @@ DEV_CONSUMER = "dev"
 DEV_BASE_PORT = 7101  # stores BASE.., lock nodes BASE+100..
 LOCK_PORT_OFFSET = 100
 GATEWAY_PORT_OFFSET = 200  # the dev gateway listens at base + 200 (7301)
+# Prometheus endpoints of the dev daemons: stores at base + 300.. (7401..), lock nodes at
+# base + 310.. (7411..), the consumer at base + 320 (7421).
+METRICS_PORT_OFFSET = 300
+LOCK_METRICS_OFFSET = 310
+CONSUMER_METRICS_OFFSET = 320
 
 
 class PortInUse(BadArgument):
@@ -61,8 +66,8 @@ class DevClusterFailed(PhxqError):
 
 def dev_ports(base_port: int, nodes: int) -> tuple[list[int], list[int]]:
     """Store and lock ports of a dev cluster: ``base..`` and ``base + 100..``."""
-    if not 1024 <= base_port <= 65535 - GATEWAY_PORT_OFFSET:
-        raise BadArgument(f"base port must be in 1024..{65535 - GATEWAY_PORT_OFFSET}")
+    if not 1024 <= base_port <= 65535 - CONSUMER_METRICS_OFFSET:
+        raise BadArgument(f"base port must be in 1024..{65535 - CONSUMER_METRICS_OFFSET}")
     stores = [base_port + i for i in range(nodes)]
     return stores, [p + LOCK_PORT_OFFSET for p in stores]
 
@@ -72,9 +77,21 @@ def config_ports(config: ClusterConfig) -> list[tuple[str, str]]:
     wanted = [(f"store {s.id}", s.addr) for s in config.stores]
     wanted += [(f"lock node {lk.id}", lk.addr) for lk in config.locks]
     wanted += [(f"store {s.id} metrics", s.metrics_addr) for s in config.stores if s.metrics_addr]
+    wanted += [(f"lock {n.id} metrics", n.metrics_addr) for n in config.locks if n.metrics_addr]
+    wanted += [(f"consumer {c.name} metrics", c.metrics_addr) for c in config.consumers]
     if config.gateway.listen:
         wanted.append(("the HTTP gateway", config.gateway.listen))
-    return wanted
+    return [(what, addr) for what, addr in wanted if addr]
+
+
+def metrics_addresses(config: ClusterConfig, consumer: str | None = None) -> list[tuple[str, str]]:
+    """``(what, "host:port")`` of every Prometheus endpoint ``config`` gives its stores, lock
+    nodes and the consumer daemon ``consumer``."""
+    out = [(f"store {s.id}", s.metrics_addr) for s in config.stores]
+    out += [(f"lock node {n.id}", n.metrics_addr) for n in config.locks]
+    if consumer is not None:
+        out.append((f"consumer {consumer}", config.consumer(consumer).metrics_addr))
+    return [(what, addr) for what, addr in out if addr]
 
 
 def check_ports_free(wanted: list[tuple[str, str]]) -> None:
@@ -110,6 +127,12 @@ def free_ports(count: int) -> list[int]:
 
 
 DEV_SEGMENT_BYTES = "1MiB"
+# `phxq dev` itself (not the tests' and benchmarks' clusters, which keep 1 MiB segments and the
+# default journal): an idle dev cluster preallocates a segment per group and store, and two
+# journal files per store; these keep it near 20 MB instead of 100 MB. A record larger than a
+# segment gets a segment of its size; a batch larger than the journal bypasses it.
+DEV_COMMAND_SEGMENT_BYTES = "256KiB"
+DEV_COMMAND_JOURNAL_BYTES = "1MiB"
 
 
 def write_dev_config(
@@ -119,11 +142,14 @@ def write_dev_config(
     store_ports: list[int] | None = None,
     lock_ports: list[int] | None = None,
     metrics_ports: list[int] | None = None,
+    lock_metrics_ports: list[int] | None = None,
+    consumer_metrics: dict[str, int] | None = None,
     groups: int = 16,
     extra: str = "",
     cluster_options: str = "",
     topic_retention: str = "7d",
     segment_bytes: str = DEV_SEGMENT_BYTES,
+    journal_bytes: str | None = None,
     secure: bool = False,
     gateway_port: int | None = None,
 ) -> Path:
@@ -133,7 +159,8 @@ def write_dev_config(
     Segments are ``segment_bytes`` (default ``DEV_SEGMENT_BYTES``, unless ``cluster_options``
     sets its own): every group preallocates a whole segment on every store, so the production
     default (64 MiB) would reserve 3 GiB of disk for a 16-group dev cluster, and a test suite
-    that starts a hundred clusters would fill the disk.
+    that starts a hundred clusters would fill the disk. ``journal_bytes``: the cluster's
+    journal file size (default: the config default).
 
     ``secure``: TLS and tokens (``phxq.security.setup.dev_security``): a CA, member
     certificates and an admin token under ``data/certs``, and a ``[client]`` table so every
@@ -154,6 +181,8 @@ def write_dev_config(
     lines = ["[cluster]", f"groups = {groups}", cluster_options, ""]
     if "segment_bytes" not in cluster_options:
         lines.insert(2, f'segment_bytes = "{segment_bytes}"')
+    if journal_bytes is not None and "journal_bytes" not in cluster_options:
+        lines.insert(2, f'journal_bytes = "{journal_bytes}"')
     for i, port in enumerate(store_ports, start=1):
         lines += [
             "[[store]]",
@@ -174,9 +203,16 @@ def write_dev_config(
             f'addr = "127.0.0.1:{port}"',
             f'dc = "dc{i}"',
             f'data = "lock{i}"',
+            *(
+                [f'metrics_addr = "127.0.0.1:{lock_metrics_ports[i - 1]}"']
+                if lock_metrics_ports
+                else []
+            ),
             *([sec.node_lines[("lock", i)]] if sec is not None else []),
             "",
         ]
+    for name, port in (consumer_metrics or {}).items():
+        lines += ["[[consumer]]", f'name = "{name}"', f'metrics_addr = "127.0.0.1:{port}"', ""]
     for name, queues in DEV_TOPICS:
         lines += [
             "[[topic]]",
@@ -505,12 +541,26 @@ def prepare_dev(
         wanted += [(f"lock node {i}", f"127.0.0.1:{p}") for i, p in enumerate(lock_ports, 1)]
         gateway_port = store_ports[0] + GATEWAY_PORT_OFFSET
         wanted.append(("the HTTP gateway", f"127.0.0.1:{gateway_port}"))
+        base = store_ports[0]
+        metrics = [base + METRICS_PORT_OFFSET + i for i in range(nodes)]
+        lock_metrics = [base + LOCK_METRICS_OFFSET + i for i in range(nodes)]
+        consumer_metrics = {DEV_CONSUMER: base + CONSUMER_METRICS_OFFSET}
+        wanted += [(f"store {i} metrics", f"127.0.0.1:{p}") for i, p in enumerate(metrics, 1)]
+        wanted += [(f"lock {i} metrics", f"127.0.0.1:{p}") for i, p in enumerate(lock_metrics, 1)]
+        wanted.append(
+            (f"consumer {DEV_CONSUMER} metrics", f"127.0.0.1:{consumer_metrics[DEV_CONSUMER]}")
+        )
         check_ports_free(wanted)  # before writing: a later run may pick other ports
         write_dev_config(
             data,
             nodes=nodes,
             store_ports=store_ports,
             lock_ports=lock_ports,
+            metrics_ports=metrics,
+            lock_metrics_ports=lock_metrics,
+            consumer_metrics=consumer_metrics,
+            segment_bytes=DEV_COMMAND_SEGMENT_BYTES,
+            journal_bytes=DEV_COMMAND_JOURNAL_BYTES,
             extra=DEV_CONSUMER_GROUPS,
             gateway_port=gateway_port,
             secure=secure,
@@ -533,6 +583,7 @@ def run_dev(
     on_ready: Callable[[DevStarted], None],
     ready_timeout: float = 60.0,
     secure: bool = True,
+    log_format: str = "text",
 ) -> None:
     """``phxq dev``: prepare the config (:func:`prepare_dev`), start every daemon, call
     ``on_ready`` once all serve, and supervise until SIGINT/SIGTERM. Raises
@@ -540,7 +591,11 @@ def run_dev(
     the cluster is not ready within ``ready_timeout``. The daemons are always stopped."""
     config_path, resumed = prepare_dev(data, nodes=nodes, base_port=base_port, secure=secure)
     cluster = ProcessCluster(
-        config_path.resolve(), locks=True, consumers=(DEV_CONSUMER,), gateway=True
+        config_path.resolve(),
+        locks=True,
+        consumers=(DEV_CONSUMER,),
+        gateway=True,
+        env={"PHXQ_LOG_FORMAT": log_format},  # every daemon logs as `phxq dev` was told
     )
     try:
         cluster.start()

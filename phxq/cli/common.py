@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,11 +144,28 @@ def _show(value: Any) -> str:
 
 
 def _setup_logging(prefix: str) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {prefix} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from phxq.logs import setup_logging
+
+    setup_logging(prefix, click.get_current_context().meta.get("phxq.log_format", "text"))
+
+
+def _remember_log_format(ctx: click.Context, _: click.Parameter, value: str) -> str:
+    ctx.meta["phxq.log_format"] = value
+    return value
+
+
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="PHXQ_LOG_FORMAT",
+    show_envvar=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_remember_log_format,
+    help="log lines as text or one JSON object per line",
+)
 
 
 async def _serve_until_signal(start: Callable[[], Any], config_path: Path | None = None) -> None:

@@ -13,6 +13,7 @@ from phxq.cli.common import (
     _setup_logging,
     cli,
     config_option,
+    log_format_option,
 )
 from phxq.config import ClusterConfig
 
@@ -20,6 +21,7 @@ from phxq.config import ClusterConfig
 
 
 @cli.command()
+@log_format_option
 @config_option
 @click.option("--node", "node_id", type=int, required=True, help="this store's id in the config")
 def store(config_path: Path | None, node_id: int) -> None:
@@ -37,12 +39,18 @@ def store(config_path: Path | None, node_id: int) -> None:
 @click.option(
     "--weight", type=float, default=1.0, show_default=True, help="share of pairs vs. others"
 )
-@click.option("--metrics-addr", default=None, help="host:port to serve Prometheus /metrics on")
+@click.option(
+    "--metrics-addr",
+    default=None,
+    help="host:port to serve Prometheus /metrics on (default: its [[consumer]] metrics_addr)",
+)
+@log_format_option
 def consumer(config_path: Path | None, name: str, weight: float, metrics_addr: str | None) -> None:
     """Run one consumer daemon (delivers every [[consumer_group]] of the config)."""
     from phxq.consumer.daemon import ConsumerDaemon
 
     cfg = _load(config_path)
+    metrics_addr = metrics_addr or cfg.consumer(name).metrics_addr
     _setup_logging(f"consumer-{name}")
     _run(
         _serve_until_signal(
@@ -53,6 +61,7 @@ def consumer(config_path: Path | None, name: str, weight: float, metrics_addr: s
 
 
 @cli.command()
+@log_format_option
 @config_option
 @click.option(
     "--node", "node_id", type=int, required=True, help="this lock node's id in the config"
@@ -67,6 +76,7 @@ def lock(config_path: Path | None, node_id: int) -> None:
 
 
 @cli.command()
+@log_format_option
 @config_option
 @click.option(
     "--listen", default=None, help="host:port (default: [gateway] listen, or 127.0.0.1:7301)"
@@ -110,9 +120,10 @@ def _curl_auth(config: ClusterConfig) -> str:
     is_flag=True,
     help="no TLS, no tokens (a new data dir only; default: a CA, certs and an admin token)",
 )
+@log_format_option
 def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
     """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
-    from phxq.devcluster import DEV_CONSUMER, DevStarted, run_dev
+    from phxq.devcluster import DEV_CONSUMER, DevStarted, metrics_addresses, run_dev
 
     def ready(started: DevStarted) -> None:
         cluster, config_path = started.cluster, started.config_path
@@ -125,7 +136,15 @@ def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
         click.echo(f"          consumer {DEV_CONSUMER!r} delivers group 'log' to its log")
         if cluster.gateway_url:
             click.echo(f"          HTTP gateway: {cluster.gateway_url}/v1 (docs/http-api.md)")
+        for what, addr in metrics_addresses(cluster.config, DEV_CONSUMER):
+            click.echo(f"          metrics of {what}: http://{addr}/metrics")
         click.echo(f"config: {config_path}   logs: {cluster.log_dir}")
+        client = cluster.config.client
+        if cluster.config.security is not None and client is not None:
+            click.echo(
+                f"security: TLS on every link; admin token in {client.token_file}, CA {client.ca}"
+                " (the tools read them from [client]; docs/security.md)"
+            )
         click.echo(f'try:  phxq enqueue --config {config_path} orders --key user-42 "hello"')
         click.echo(f"      phxq tail --config {config_path} orders --from start")
         if cluster.gateway_url:
@@ -134,5 +153,13 @@ def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
             )
         click.echo("Ctrl-C to stop.")
 
-    run_dev(data, nodes=nodes, base_port=base_port, on_ready=ready, secure=not insecure)
+    log_format = click.get_current_context().meta.get("phxq.log_format", "text")
+    run_dev(
+        data,
+        nodes=nodes,
+        base_port=base_port,
+        on_ready=ready,
+        secure=not insecure,
+        log_format=log_format,
+    )
     click.echo("stopped.")

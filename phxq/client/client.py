@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import os
 import random
 import ssl
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, final
 
-from phxq import trace
+from phxq import otel, trace, validate
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
 from phxq.client.types import Ack, ClusterMap, Message
@@ -110,9 +109,7 @@ class Client(StreamingMixin):
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
         self._batching = batching
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise BadArgument(f"window must be a positive integer, got {window!r}")
-        self._window = window
+        self._window = validate.integer(window, "window", minimum=1, maximum=None)
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
         self._senders: dict[tuple[str, int], _GroupSender] = {}
@@ -263,13 +260,14 @@ class Client(StreamingMixin):
         queue and gets its offset. The ack carries a ``scheduled_id`` instead of an offset.
         ``BadArgument`` for both, or a negative, non-finite or too distant time."""
         when = _when(delay, deliver_at)
-        item = (
-            (payload, key, queue, dedup_id, headers)
-            if when is None
-            else (payload, key, queue, dedup_id, headers, when)
-        )
-        futures = await self._submit(topic, [item])
-        return await futures[0]
+        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
+            item = (
+                (payload, key, queue, dedup_id, headers)
+                if when is None
+                else (payload, key, queue, dedup_id, headers, when)
+            )
+            futures = await self._submit(topic, [item])
+            return await futures[0]
 
     async def cancel_scheduled(self, scheduled_id: str) -> bool:
         """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
@@ -297,16 +295,18 @@ class Client(StreamingMixin):
         order. ``queue``, ``headers``, ``delay`` and ``deliver_at`` apply to every message, as
         in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
         when = _when(delay, deliver_at)
-        items: list[tuple[Any, ...]] = []
-        for m in messages:
-            if not isinstance(m, tuple) or len(m) not in (2, 3):
-                raise BadArgument(
-                    "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
-                )
-            item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
-            items.append(item if when is None else (*item, when))
-        futures = await self._submit(topic, items)
-        return list(await asyncio.gather(*futures))
+        messages = list(messages)
+        with otel.send_span(topic, headers, len(messages)) as headers:
+            items: list[tuple[Any, ...]] = []
+            for m in messages:
+                if not isinstance(m, tuple) or len(m) not in (2, 3):
+                    raise BadArgument(
+                        "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
+                    )
+                item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
+                items.append(item if when is None else (*item, when))
+            futures = await self._submit(topic, items)
+            return list(await asyncio.gather(*futures))
 
     async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
         if not isinstance(topic, str):
@@ -520,9 +520,7 @@ def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
     if delay is not None and deliver_at is not None:
         raise BadArgument("give delay or deliver_at, not both")
     kind, value = ("delay", delay) if delay is not None else ("at", deliver_at)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise BadArgument(f"{kind} must be a number of seconds, got {value!r}")
-    value = float(value)
+    value = validate.number(value, kind, unit="seconds")
     if kind == "delay" and not 0 <= value <= MAX_SCHEDULE_SECONDS:
         raise BadArgument(f"delay must be in [0, {MAX_SCHEDULE_SECONDS:.0f}] seconds, got {value}")
     if kind == "at" and not value <= time.time() + MAX_SCHEDULE_SECONDS:

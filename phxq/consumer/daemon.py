@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -107,11 +108,15 @@ class ConsumerDaemon:
         """``call()`` until it succeeds: daemons may start before the stores or lock nodes
         serve (``phxq dev`` starts everything at once), so waiting is not an error."""
         delay = 0.1
+        since = time.monotonic()
         while True:
             try:
                 return await call()
             except Unavailable as exc:
-                log.warning("consumer %s: waiting for %s: %s", self.name, what, exc.message)
+                # Daemons started together wait a little for each other: INFO; a long wait
+                # is worth a WARNING.
+                level = logging.WARNING if time.monotonic() - since > 10 else logging.INFO
+                log.log(level, "consumer %s: waiting for %s: %s", self.name, what, exc.message)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -155,7 +160,7 @@ class ConsumerDaemon:
             restart_delay=self.restart_delay,
         )
         if self._metrics_addr:
-            metrics.serve(self._metrics_addr)
+            metrics.serve(self._metrics_addr, "consumer")
         await self._retry("the lock service", self.member.join)
         # Unwatched: should the daemon's task group fail, the scope logs it at once (close()
         # raises it as well), instead of the daemon idling with the error unseen.

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq import metrics, trace, validate
+from phxq import metrics, otel, trace, validate
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
@@ -28,6 +28,7 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
+from phxq.store.schedule import SCHEDULED_FLAG
 from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
@@ -53,6 +54,11 @@ def _int(
     if value is None and optional:
         return None
     return validate.integer(value, name, minimum=minimum)
+
+
+def _queue(params: dict[str, Any]) -> int:
+    """The ``queue`` param (its range is the topic's: ``StoreNode.replica_for`` checks it)."""
+    return validate.integer(params.get("queue"), "queue")
 
 
 def _message(raw: Any, max_bytes: int) -> Message:
@@ -139,7 +145,13 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
     if trace.ON:
         trace.mark("enqueue.propose")
-    results = await replica.propose(entries)
+    spans = otel.store_spans(topic, node.node_id, (m for b in batches for m in b[1]))
+    try:
+        results = await replica.propose(entries)
+    except BaseException as exc:
+        otel.end_spans(spans, exc)
+        raise
+    otel.end_spans(spans)
     if trace.ON:
         trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
@@ -152,9 +164,11 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
             done = _enqueued(results[at])
             at += 1
             acked += len(done.offsets) - sum(done.duplicates)
-            answers = [
-                scheduler.answer(o, d) for o, d in zip(done.offsets, done.duplicates, strict=True)
-            ]
+            pairs = zip(done.offsets, done.duplicates, strict=True)
+            if max(done.offsets) < SCHEDULED_FLAG:  # no duplicate of a scheduled message
+                answers = [[o, d] for o, d in pairs]
+            else:
+                answers = [scheduler.answer(o, d) for o, d in pairs]
         if positions:
             later = scheduler.scheduled_results(results[at])
             at += 1
@@ -181,7 +195,7 @@ def _enqueued(result: Any) -> st.Enqueued:
 async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     group = _str(params, "group", optional=True)
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     after = _int(params, "after", optional=True)
     limit = _int(params, "limit", minimum=1)
     wait = validate.number(
@@ -226,7 +240,7 @@ def _flatten(value: bytes) -> list[tuple[float, Message]]:
 async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset")
     token = _int(params, "token")
     assert group is not None and topic is not None and offset is not None and token is not None
@@ -243,7 +257,7 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
 async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     assert group is not None and topic is not None
     replica = node.master_replica(topic, queue)
     return replica.state.cursor(group, topic, queue)
@@ -252,7 +266,7 @@ async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
 async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset", optional=True)
     when = params.get("time")
     assert group is not None and topic is not None
@@ -361,7 +375,7 @@ async def reconcile(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     resolved at instance granularity through the time index (first enqueue time per instance).
     """
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     since, until = _time(params, "since"), _time(params, "until")
     groups = params.get("groups") or []
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
