@@ -149,8 +149,7 @@ async def cancel_scheduled(node: StoreNode, params: dict[str, Any]) -> bool:
     topic = params.get("topic")
     queue = params.get("queue")
     sid = params.get("id")
-    if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid < 1 << 62:
-        raise BadArgument(f"id must be a scheduled id (an unsigned integer), got {shown(sid)}")
+    sid = validate.integer(sid, "id", maximum=(1 << 62) - 1)
     replica = node.master_replica(topic, queue)  # type: ignore[arg-type]
     original = sid
     sid = replica.state.schedule.current_id(sid)  # it may have been rolled
