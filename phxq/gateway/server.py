@@ -210,12 +210,12 @@ class Gateway:
             return self._answer(problem("message_too_large", f"body above {limit} bytes"))
         except web.HTTPException as exc:
             if exc.status == 404:
-                p = problem("not_found", f"no route {request.method} {request.path}")
+                answer = problem("not_found", f"no route {request.method} {request.path}")
             elif exc.status == 405:
-                p = problem("method_not_allowed", f"{request.method} is not allowed here")
+                answer = problem("method_not_allowed", f"{request.method} is not allowed here")
             else:
-                p = Problem(exc.status, "bad_argument", exc.reason)
-            response = self._answer(p)
+                answer = Problem(exc.status, "bad_argument", exc.reason)
+            response = self._answer(answer)
             if "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
             return response

@@ -272,6 +272,8 @@ async def test_topics_topic_status_and_lag(http, url, gw):
     assert status == 200 and set(st["stores"]) == {"1", "2", "3"}
     masters = {g["group"] for s in st["stores"].values() for g in s["groups"] if g["is_master"]}
     assert masters == set(range(4))
+    pairs = st["ownership"]["pairs"]
+    assert {(p["group"], p["queue"]) for p in pairs} == {("billing", q) for q in range(8)}
 
     status, lag, _ = await call(http, "GET", f"{url}/lag", params={"group": "billing"})
     assert status == 200 and {r["queue"] for r in lag["lag"]} == set(range(8))
