@@ -74,14 +74,14 @@ def dev_ports(base_port: int, nodes: int) -> tuple[list[int], list[int]]:
 
 def config_ports(config: ClusterConfig) -> list[tuple[str, str]]:
     """``(what, "host:port")`` of every listener of ``config``'s stores and lock nodes."""
-    wanted = [(f"store {s.id}", s.addr) for s in config.stores]
+    wanted: list[tuple[str, str | None]] = [(f"store {s.id}", s.addr) for s in config.stores]
     wanted += [(f"lock node {lk.id}", lk.addr) for lk in config.locks]
     wanted += [(f"store {s.id} metrics", s.metrics_addr) for s in config.stores if s.metrics_addr]
     wanted += [(f"lock {n.id} metrics", n.metrics_addr) for n in config.locks if n.metrics_addr]
     wanted += [(f"consumer {c.name} metrics", c.metrics_addr) for c in config.consumers]
     if config.gateway.listen:
         wanted.append(("the HTTP gateway", config.gateway.listen))
-    return [(what, addr) for what, addr in wanted if addr]
+    return [(what, addr) for what, addr in wanted if addr is not None and addr]
 
 
 def metrics_addresses(config: ClusterConfig, consumer: str | None = None) -> list[tuple[str, str]]:
