@@ -35,17 +35,15 @@ from prometheus_client import generate_latest
 
 from phxq import __version__, metrics
 from phxq.client import Client
-from phxq.config import ClusterConfig, ConfigError
+from phxq.config import ClusterConfig
 from phxq.errors import BadArgument, PhxqError
-from phxq.gateway.auth import Authorizer, authorizer_for
+from phxq.gateway.auth import Authorizer, GatewaySecurity, OpenAccess
 from phxq.gateway.handlers import Call
 from phxq.gateway.openapi import openapi_document
 from phxq.gateway.problems import PROBLEM_TYPE, Problem, problem, problem_for
 from phxq.gateway.routes import build_routes
 from phxq.gateway.schema import parse_param, validate
 from phxq.gateway.table import Route
-from phxq.security.daemon import member_credentials
-from phxq.security.tls import server_context
 
 log = logging.getLogger("phxq.gateway")
 
@@ -87,20 +85,22 @@ class Gateway:
     ) -> None:
         """``listen`` overrides ``[gateway] listen``. With ``[security]`` the gateway serves
         HTTPS with the ``[security]`` member certificate (or ``ssl_context``), requires bearer
-        tokens (or ``authorizer``) and dials the stores and lock nodes as a member."""
+        tokens (or ``authorizer``) and dials the stores and lock nodes as a member;
+        ``self.security.reload(config)`` (SIGHUP) applies renewed certificates and
+        principals."""
         self.config = config
         self.limits = config.gateway
         self.listen = listen or self.limits.listen or DEFAULT_LISTEN
         self.max_wait = self.limits.max_wait
-        self.authorizer: Authorizer = authorizer or authorizer_for(config)
-        sec = config.security
-        if ssl_context is None and sec is not None:
-            if sec.cert is None or sec.key is None:
-                raise ConfigError(f"{config.source}: [security]: the gateway needs cert and key")
-            ssl_context = server_context(sec.ca, sec.cert, sec.key)
+        # With [security]: HTTPS, bearer tokens, and the member certificate to dial the cluster.
+        self.security = GatewaySecurity(config) if config.security is not None else None
+        default_auth: Authorizer = OpenAccess() if self.security is None else self.security.tokens
+        self.authorizer = authorizer or default_auth
+        if ssl_context is None and self.security is not None:
+            ssl_context = self.security.server_ssl
         self.ssl_context = ssl_context
         self.routes = build_routes(self.limits.max_wait)
-        self._member = member_credentials(config).ssl  # None without [security]
+        self._member = None if self.security is None else self.security.dial_ssl
         self.client = Client([s.addr for s in config.stores], ca=self._member)
         self._locks: Any = None
         self._runner: web.AppRunner | None = None
