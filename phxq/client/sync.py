@@ -14,7 +14,8 @@ from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, Generic, TypeVar, final
 
-from phxq.client.client import DEFAULT_WINDOW, Client
+from phxq.client.batching import DEFAULT_WINDOW
+from phxq.client.client import Client
 from phxq.client.stream import MessageStream, TailStart
 from phxq.client.types import Ack, ConsumedMessage, Message
 
