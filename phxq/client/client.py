@@ -29,7 +29,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, final
@@ -248,7 +248,7 @@ class Client(StreamingMixin):
         key: str | None = None,
         queue: int | None = None,
         dedup_id: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
     ) -> Ack:
@@ -287,7 +287,7 @@ class Client(StreamingMixin):
         messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]],
         *,
         queue: int | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
     ) -> list[Ack]:
@@ -326,7 +326,7 @@ class Client(StreamingMixin):
             if dedup_id is not None and not isinstance(dedup_id, str):
                 raise BadArgument("dedup_id must be a str or None")
             if headers is not None and not (
-                isinstance(headers, dict)
+                isinstance(headers, Mapping)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
             ):
                 raise BadArgument("headers must be a dict of str to str")
