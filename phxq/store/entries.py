@@ -52,11 +52,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import msgpack
 
 from phxq.errors import PhxqError, ProtocolError, StorageError
+
+if TYPE_CHECKING:
+    from phxq.store.schedule_entries import CancelEntry, ReleaseHead, ScheduleHead
 
 __all__ = [
     "CommitEntry",
@@ -419,11 +422,17 @@ def decode_entry(data: bytes) -> Entry:
     return result
 
 
-def peek_entry(data: bytes) -> EnqueueHead | CommitEntry | ReplayEntry:
+# What ``peek_entry`` returns: the schedule entries' heads come from ``schedule_entries``.
+Peeked: TypeAlias = (
+    "EnqueueHead | CommitEntry | ReplayEntry | ScheduleHead | ReleaseHead | CancelEntry"
+)
+
+
+def peek_entry(data: bytes) -> Peeked:
     """What applying ``data`` needs: an enqueue's head (bodies stay packed), or the commit or
     replay entry. Raises :class:`ProtocolError` (only) if that much is malformed."""
     fields = _fields(data)
-    result: EnqueueHead | CommitEntry | ReplayEntry = _decoder(_PEEKERS, fields[0])(fields)
+    result: Peeked = _decoder(_PEEKERS, fields[0])(fields)
     return result
 
 
