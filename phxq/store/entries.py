@@ -394,6 +394,9 @@ def _decoder(table: dict[int, Any], tag: Any) -> Any:
     if decoder is None and type(tag) is int:
         # Delayed-message entries (tags 5-7): phxq.store.schedule_entries.
         decoder = (_schedule.PEEKERS if table is _PEEKERS else _schedule.DECODERS).get(tag)
+    if decoder is None and type(tag) is int:
+        # Transaction entries (tags 9-12): phxq.store.txn_entries.
+        decoder = (_txn.PEEKERS if table is _PEEKERS else _txn.DECODERS).get(tag)
     if decoder is None:
         raise ProtocolError(f"unknown log entry tag {tag!r:.40}")
     return decoder
@@ -433,12 +436,16 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
                 head = _head_v2(fields)
             elif tag == _schedule.TAG_RELEASE:
                 _schedule.PEEKERS[tag](fields)  # the head only: a bad body is a corrupt log
+            elif tag == _txn.TAG_TXN_RELEASE:
+                _txn.PEEKERS[tag](fields)
             else:
                 continue
         except PhxqError:
             continue
         if tag == _schedule.TAG_RELEASE:
             entry = _schedule.release_as_enqueue(fields)
+        elif tag == _txn.TAG_TXN_RELEASE:
+            entry = _txn.release_as_enqueue(fields)
         if tag == _TAG_ENQUEUE_V2:
             try:
                 entry = EnqueueEntry(
@@ -452,3 +459,4 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
 
 # Last: that module builds on the helpers above (and is only used at call time here).
 from phxq.store import schedule_entries as _schedule  # noqa: E402
+from phxq.store import txn_entries as _txn  # noqa: E402
