@@ -10,11 +10,12 @@ import asyncio
 import os
 import ssl
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, Generic, TypeVar, final
 
-from phxq.client.client import DEFAULT_WINDOW, Client
+from phxq.client.batching import DEFAULT_WINDOW
+from phxq.client.client import Client
 from phxq.client.stream import MessageStream, TailStart
 from phxq.client.types import Ack, ConsumedMessage, Message
 
@@ -83,7 +84,7 @@ class SyncClient:
         key: str | None = None,
         queue: int | None = None,
         dedup_id: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
     ) -> Ack:
@@ -109,9 +110,18 @@ class SyncClient:
         self,
         topic: str,
         messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]],
+        *,
+        queue: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
     ) -> list[Ack]:
         """:meth:`phxq.Client.enqueue_many`: one ack per message, in order."""
-        return self._run(self._client.enqueue_many(topic, messages))
+        return self._run(
+            self._client.enqueue_many(
+                topic, messages, queue=queue, headers=headers, delay=delay, deliver_at=deliver_at
+            )
+        )
 
     def dequeue(
         self,

@@ -201,7 +201,7 @@ class Sim(FaultsMixin, RejoinMixin):
             self.oracle.check_recovered(m, rec, sn.paxos, expect)
         if disk.durable and self.plog_checked < self.plog_checks and self._plog_rng.random() < 0.3:
             self.plog_checked += 1
-            self.oracle.check_recovered(m, plog_recover(disk.durable), sn.paxos, expect)
+            self.oracle.check_recovered(m, plog_recover(disk.durable), None, expect, "the PLog")
         sn.learned = sn.learned[: disk.chosen_up_to]
         sn.epoch += 1
         sn.disk_free_at = self.now
