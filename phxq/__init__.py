@@ -2,10 +2,11 @@
 
 The public surface is what ``__all__`` lists (see DESIGN.md §10): the clients, the message
 and ack types, and the error tree. Everything else is internal. The client classes are loaded
-on first use, so ``import phxq.paxos`` (or any core module) does not pull in the network stack.
+on first use, so ``import phxq.paxos`` (or any core module) does not pull in the network stack;
+type checkers and IDEs see the real classes (the ``TYPE_CHECKING`` imports below).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phxq.errors import (
     BadArgument,
@@ -26,13 +27,18 @@ from phxq.errors import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"Ack", "Client", "Message", "SyncClient"}
+if TYPE_CHECKING:
+    from phxq.client import Ack, Client, ConsumedMessage, Message, SyncClient
+    from phxq.lock.client import LockClient
+
+_LAZY = {"Ack", "Client", "ConsumedMessage", "Message", "SyncClient"}
 
 __all__ = [
     "Ack",
     "BadArgument",
     "Client",
     "ClientError",
+    "ConsumedMessage",
     "Forbidden",
     "LockClient",
     "LockHeld",

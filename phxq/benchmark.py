@@ -40,11 +40,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from hdrh.histogram import HdrHistogram
+from typing import TYPE_CHECKING, Any
 
 from phxq.client import Client
+from phxq.errors import BadArgument
+
+if TYPE_CHECKING:
+    from hdrh.histogram import HdrHistogram
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
@@ -124,6 +126,12 @@ class CpuMeter:
 
 
 def _histogram() -> HdrHistogram:
+    try:
+        from hdrh.histogram import HdrHistogram
+    except ImportError:
+        raise BadArgument(
+            "benchmarks need the bench extra: pip install 'phxq[bench]' (hdrhistogram)"
+        ) from None
     # microseconds, 1 us .. 60 s, 3 significant digits
     return HdrHistogram(1, 60_000_000, 3)
 

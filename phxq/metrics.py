@@ -1,12 +1,18 @@
 """Every Prometheus metric phxq exports, in one place (STYLE.md §13).
 
-Each daemon process owns one :data:`REGISTRY`; :func:`serve` exposes it over HTTP at
-``metrics_addr`` (``GET /metrics``). Metric names are part of the operator surface: keep them.
+:func:`serve` exposes one daemon role's registry over HTTP at ``metrics_addr`` (``GET
+/metrics``): a store serves the replication and store series, a lock node the replication
+series, a consumer the consumer series, each with the security series. So a daemon exports only
+its own series, also when several roles share a process (tests, embedding). :data:`REGISTRY`
+holds every metric (for tests reading sample values). Metric names are part of the operator
+surface: keep them.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from phxq.errors import BadArgument
 
 REGISTRY = CollectorRegistry()
 
@@ -176,6 +182,11 @@ RELEASE_LAG = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+SCHEDULED_ROLLED = Counter(
+    "phxq_scheduled_rolled_total",
+    "Pending scheduled messages copied further on so retention could truncate their records",
+    registry=REGISTRY,
+)
 RELEASE_LATENESS = Histogram(
     "phxq_release_lateness_seconds",
     "Release stamp minus due time of each released scheduled message",
@@ -183,8 +194,82 @@ RELEASE_LATENESS = Histogram(
     registry=REGISTRY,
 )
 
+GATEWAY_REQUESTS = Counter(
+    "phxq_gateway_requests_total",
+    "HTTP requests the gateway answered, by operation (route) and status",
+    ["operation", "status"],
+    registry=REGISTRY,
+)
+GATEWAY_LATENCY = Histogram(
+    "phxq_gateway_request_seconds",
+    "Time the gateway took to answer (a stream: its whole life), by operation",
+    ["operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+GATEWAY_IN_FLIGHT = Gauge(
+    "phxq_gateway_in_flight",
+    "Requests the gateway is serving (streams included)",
+    registry=REGISTRY,
+)
 
-def serve(addr: str) -> None:
-    """Serve ``REGISTRY`` at ``http://addr/metrics`` from a background thread."""
+
+_REPLICATED = (
+    FSYNC_LATENCY,
+    BATCH_ITEMS,
+    CATCHUP_LAG,
+    MASTERS_HELD,
+    DIVERGENCE,
+    REPLICA_NOT_VOTING,
+    STORAGE_FAILURES,
+    BAD_PEER_MESSAGES,
+)
+_STORE = (
+    ENQUEUE_LATENCY,
+    ENQUEUED,
+    RETENTION_FORCED,
+    FIRST_INSTANCE,
+    SCHEDULED_PENDING,
+    SCHEDULED_ROLLED,
+    RELEASE_LAG,
+    RELEASE_LATENESS,
+)
+_CONSUMER = (
+    CONSUMER_DELIVERED,
+    CONSUMER_ACKED,
+    CONSUMER_FAILED,
+    CONSUMER_DEAD_LETTERED,
+    CONSUMER_HANDLER_LATENCY,
+    CONSUMER_LAG,
+    CONSUMER_PAIRS_OWNED,
+    CONSUMER_BLOCKED,
+    CONSUMER_LEASES_LOST,
+)
+_EVERY_ROLE = (AUTH_REFUSED, CERT_EXPIRES)
+ROLES: dict[str, tuple[object, ...]] = {
+    "store": (*_REPLICATED, *_STORE, *_EVERY_ROLE),
+    "lock": (*_REPLICATED, *_EVERY_ROLE),
+    "consumer": (*_CONSUMER, *_EVERY_ROLE),
+    "gateway": (GATEWAY_REQUESTS, GATEWAY_LATENCY, GATEWAY_IN_FLIGHT, *_EVERY_ROLE),
+}
+
+
+def registry_for(role: str) -> CollectorRegistry:
+    """A registry of ``role``'s series only (``"store"``, ``"lock"``, ``"consumer"`` or
+    ``"gateway"``);
+    ``BadArgument`` for another role. The metrics are the same objects as in
+    :data:`REGISTRY`: what a daemon records shows up in its role's registry."""
+    collectors = ROLES.get(role)
+    if collectors is None:
+        raise BadArgument(f"no metrics role {role!r}; roles: {', '.join(ROLES)}")
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)  # type: ignore[arg-type]
+    return registry
+
+
+def serve(addr: str, role: str) -> None:
+    """Serve ``role``'s series (:func:`registry_for`) at ``http://addr/metrics`` from a
+    background thread."""
     host, port = addr.rsplit(":", 1)
-    start_http_server(int(port), addr=host, registry=REGISTRY)
+    start_http_server(int(port), addr=host, registry=registry_for(role))

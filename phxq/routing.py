@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 
-from phxq.errors import BadArgument
+from phxq import validate
 
 __all__ = [
     "INDEX_BITS",
@@ -37,41 +37,28 @@ MAX_MESSAGES_PER_INSTANCE = 1 << INDEX_BITS
 _INDEX_MASK = MAX_MESSAGES_PER_INSTANCE - 1
 
 
-def _positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise BadArgument(f"{name} must be a positive integer, got {value!r}")
-
-
-def _non_negative(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadArgument(f"{name} must be a non-negative integer, got {value!r}")
-
-
 def queue_for_key(key: str, queues: int) -> int:
     """The queue in ``[0, queues)`` that ``key`` always maps to (for a fixed ``queues``)."""
-    _positive("queues", queues)
-    if not isinstance(key, str):
-        raise BadArgument(f"key must be a string, got {key!r}")
+    validate.integer(queues, "queues", minimum=1, maximum=None)
+    validate.text(key, "key")
     return zlib.crc32(key.encode("utf-8")) % queues
 
 
 def group_for_queue(queue: int, groups: int) -> int:
     """The Paxos group that stores ``queue`` (of any topic): ``queue % groups``."""
-    _positive("groups", groups)
-    _non_negative("queue", queue)
+    validate.integer(groups, "groups", minimum=1, maximum=None)
+    validate.integer(queue, "queue", maximum=None)
     return queue % groups
 
 
 def make_offset(instance: int, index: int) -> int:
     """The offset of the ``index``-th message of the batch chosen at ``instance``."""
-    _non_negative("instance", instance)
-    _non_negative("index", index)
-    if index >= MAX_MESSAGES_PER_INSTANCE:
-        raise BadArgument(f"index must be < {MAX_MESSAGES_PER_INSTANCE}, got {index}")
+    validate.integer(instance, "instance", maximum=None)
+    validate.integer(index, "index", maximum=MAX_MESSAGES_PER_INSTANCE - 1)
     return (instance << INDEX_BITS) | index
 
 
 def split_offset(offset: int) -> tuple[int, int]:
     """``(instance, index)`` of ``offset``; ``make_offset(*split_offset(o)) == o``."""
-    _non_negative("offset", offset)
+    validate.integer(offset, "offset", maximum=None)
     return offset >> INDEX_BITS, offset & _INDEX_MASK

@@ -2,6 +2,6 @@
 
 from phxq.client.client import Client
 from phxq.client.sync import SyncClient
-from phxq.client.types import Ack, ClusterMap, Message
+from phxq.client.types import Ack, ClusterMap, ConsumedMessage, Message
 
-__all__ = ["Ack", "Client", "ClusterMap", "Message", "SyncClient"]
+__all__ = ["Ack", "Client", "ClusterMap", "ConsumedMessage", "Message", "SyncClient"]

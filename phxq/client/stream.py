@@ -16,7 +16,9 @@ starts, per queue (``from_``):
 - ``"start"``: the oldest message still retained;
 - ``"cursor"``: after ``group``'s committed cursor (what the group has yet to consume);
 - an ``int`` offset: that offset and after, in every queue read (offsets are per queue; give
-  ``queues=[q]`` to read one).
+  ``queues=[q]`` to read one);
+- a ``datetime``: the first message enqueued at or after that time, in every queue read
+  (:mod:`phxq.client.timeindex`; an aware datetime, or local time if naive).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncGenerator, Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from phxq import validate
+from phxq.client.timeindex import after_time
 from phxq.client.types import Message
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
 from phxq.routing import MAX_MESSAGES_PER_INSTANCE, group_for_queue
@@ -34,7 +39,7 @@ from phxq.tasks import TaskScope
 if TYPE_CHECKING:
     from phxq.client.client import Client
 
-TailStart = Literal["now", "start", "cursor"] | int
+TailStart = Literal["now", "start", "cursor"] | int | datetime
 TAIL_WAIT = 5.0  # seconds each read long-polls; a message arriving ends the poll at once
 
 
@@ -116,9 +121,7 @@ def check_queues(topic: str, count: int | None, queues: Sequence[int] | None) ->
         return list(range(count))
     out = []
     for q in queues:
-        if not isinstance(q, int) or isinstance(q, bool) or not 0 <= q < count:
-            raise BadArgument(f"topic {topic!r} has queues 0..{count - 1}, not {q!r}")
-        out.append(q)
+        out.append(validate.integer(q, f"queue of topic {topic!r}", maximum=count - 1))
     if not out:
         raise BadArgument("queues is empty")
     return list(dict.fromkeys(out))
@@ -157,6 +160,16 @@ async def start_positions(
         if group is None:
             raise BadArgument('from_="cursor" needs a consumer group')
         return {q: await client.cursor(group, topic, queue=q) for q in queues}
+    if isinstance(from_, datetime):
+        cmap = await client.cluster_map()
+        chosen = await _chosen_up_to(client)
+        when = from_.timestamp()
+        return {
+            q: await after_time(
+                client, topic, q, when, chosen.get(group_for_queue(q, cmap.groups), -1)
+            )
+            for q in queues
+        }
     if from_ == "now":
         cmap = await client.cluster_map()
         chosen = await _chosen_up_to(client)
@@ -168,7 +181,9 @@ async def start_positions(
         return out
     if isinstance(from_, int) and not isinstance(from_, bool) and from_ >= 0:
         return dict.fromkeys(queues, from_ - 1 if from_ > 0 else None)
-    raise BadArgument(f'from_ must be "now", "start", "cursor" or an offset >= 0, got {from_!r}')
+    raise BadArgument(
+        f'from_ must be "now", "start", "cursor", an offset >= 0 or a datetime, got {from_!r}'
+    )
 
 
 async def tail_messages(
@@ -183,8 +198,7 @@ async def tail_messages(
     wait: float = TAIL_WAIT,
 ) -> AsyncGenerator[Message, None]:
     """The generator behind ``Client.tail`` (see the module docstring)."""
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise BadArgument(f"batch must be a positive integer, got {batch!r}")
+    validate.integer(batch, "batch", minimum=1, maximum=None)
     cmap = await client.cluster_map()
     chosen_queues = check_queues(topic, cmap.topics.get(topic), queues)
     after = await start_positions(client, topic, chosen_queues, from_, group)

@@ -49,10 +49,11 @@ class ConsumedMessage(Message):
     _ack: Callable[[], Awaitable[None]] | None = field(default=None, repr=False, compare=False)
 
     async def ack(self) -> None:
-        """Mark this message processed: the group's cursor moves past it (committed with the
-        fencing token within ``commit_interval``, and before the queue is handed over). Raises
-        ``StaleToken`` if this consumer lost the queue's lock meanwhile (the next owner gets
-        the message again). Idempotent; with ``auto_commit`` the loop moving on does it."""
+        """Mark this message processed and return once the group's cursor is committed past
+        it, with the queue lock's fencing token. Raises ``StaleToken`` if this consumer lost
+        the queue's lock first (the next owner gets the message again). Idempotent; with
+        ``auto_commit`` the loop moving on marks it (and the commit follows within
+        ``commit_interval``, or at the handoff)."""
         if self._ack is not None:
             await self._ack()
 

@@ -51,6 +51,8 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
 [[principal]]      name*; token_sha256* (64 hex digits: ``phxq admin token`` prints one);
                    allow* ["produce:TOPIC", "consume:TOPIC:GROUP", "admin", "*"], with "*"
                    wildcards in names; needs [security]
+[[consumer]]       name* (a consumer daemon's --id); metrics_addr (none) "host:port" of its
+                   Prometheus endpoint (--metrics-addr overrides)
 [client]           token_file (a file holding the token the tools send), ca (the CA the tools
                    check servers against; default [security].ca)
 =================  ===========================================================================
@@ -75,6 +77,7 @@ from phxq.config.model import (
     ClusterConfig,
     ClusterSettings,
     ConfigError,
+    ConsumerConfig,
     ConsumerGroupConfig,
     GatewayConfig,
     NodeConfig,
@@ -96,6 +99,7 @@ __all__ = [
     "ClusterConfig",
     "ClusterSettings",
     "ConfigError",
+    "ConsumerConfig",
     "ConsumerGroupConfig",
     "GatewayConfig",
     "NodeConfig",

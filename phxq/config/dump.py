@@ -113,6 +113,10 @@ def dump_config(cfg: ClusterConfig) -> str:
                 "max_in_flight": gw.max_in_flight,
             }
         )
+    if cfg.consumers:
+        doc["consumer"] = [
+            _compact({"name": c.name, "metrics_addr": c.metrics_addr}) for c in cfg.consumers
+        ]
     return _render(doc)
 
 

@@ -207,6 +207,14 @@ class ConsumerGroupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    """One ``[[consumer]]``: settings of the consumer daemon ``phxq consumer --id NAME``."""
+
+    name: str
+    metrics_addr: str | None = None  # "host:port" of its Prometheus endpoint
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The ``[gateway]`` table (``phxq gateway``); durations in seconds."""
 
@@ -260,6 +268,7 @@ class ClusterConfig:
     principals: tuple[PrincipalConfig, ...] = ()
     client: ClientConfig | None = None
     gateway: GatewayConfig = GatewayConfig()
+    consumers: tuple[ConsumerConfig, ...] = ()
     source: str = field(default="<string>", compare=False)
     topics_by_name: Mapping[str, TopicConfig] = field(init=False, repr=False, compare=False)
 
@@ -295,6 +304,13 @@ class ClusterConfig:
             if group.name == name:
                 return group
         raise ConfigError(f"{self.source}: no [[consumer_group]] named {name!r}")
+
+    def consumer(self, name: str) -> ConsumerConfig:
+        """The ``[[consumer]]`` called ``name``, or its defaults if the file has none."""
+        for consumer in self.consumers:
+            if consumer.name == name:
+                return consumer
+        return ConsumerConfig(name)
 
     def consumer_groups_for(self, topic: str) -> tuple[ConsumerGroupConfig, ...]:
         """Every consumer group reading ``topic``, in file order."""

@@ -223,6 +223,19 @@ REFERENCE: Final[tuple[Key, ...]] = (
         "1024",
         "Requests served at once (long polls and streams included); more get 429.",
     ),
+    Key(
+        "consumer",
+        "name",
+        '"c1"',
+        "The consumer daemon these settings are for (`phxq consumer --id NAME`).",
+        required=True,
+    ),
+    Key(
+        "consumer",
+        "metrics_addr",
+        '"127.0.0.1:9300"',
+        "host:port of its Prometheus /metrics (`--metrics-addr` overrides); none: off.",
+    ),
 )
 
 _SINGLE_TABLES: Final = ("cluster", "security", "client", "gateway")

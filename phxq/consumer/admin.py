@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from phxq import validate
 from phxq.client import Client
 from phxq.config import ClusterConfig, ConsumerGroupConfig, parse_duration
 from phxq.consumer.assign import pair_lock_name, pairs_of
@@ -51,6 +52,7 @@ from phxq.consumer.settings import (
     unblock_key,
 )
 from phxq.errors import BadArgument, PhxqError, VersionMismatch
+from phxq.render import size
 
 CAS_RETRIES = 20
 KEEP: Any = object()  # set_limit: leave this limit as it is
@@ -183,10 +185,7 @@ async def set_limit(
     for name, value in (("messages", messages), ("bytes", bytes_per_s)):
         if value is KEEP or value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise BadArgument(f"{name}/s must be a number, got {value!r}")
-        if not math.isfinite(value) or value <= 0:
-            raise BadArgument(f"{name}/s must be > 0 (use pause to stop delivery), got {value}")
+        validate.number(value, f"{name}/s", above=0, unit="per second (pause stops delivery)")
     if reset:
         await locks.kv_delete(rate_key(group))
         return {"messages": spec.rate_limit, "bytes": spec.rate_limit_bytes, "source": "config"}
@@ -285,7 +284,7 @@ def format_ownership(status: dict[str, Any]) -> list[str]:
     for group, now in sorted(status.get("settings", {}).items()):
         rate = "unlimited" if now["rate_limit"] is None else f"{now['rate_limit']:g} messages/s"
         if now["rate_limit_bytes"] is not None:
-            rate += f", {now['rate_limit_bytes']} bytes/s"
+            rate += f", {size(now['rate_limit_bytes'])}/s"
         state = "PAUSED" if now["paused"] else "delivering"
         lines.append(f"consumer group {group}: {state}, {rate} ({now['source']})")
     lines.append("consumer group  topic  queue  owner  token")

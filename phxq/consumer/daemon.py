@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -46,7 +47,7 @@ from phxq.consumer.settings import (
     group_settings,
 )
 from phxq.errors import BadArgument, PhxqError, Unavailable
-from phxq.security.daemon import member_credentials
+from phxq.security.daemon import MemberSecurity
 from phxq.security.signing import read_secret
 from phxq.tasks import TaskScope
 
@@ -82,6 +83,8 @@ class ConsumerDaemon:
         self.restart_delay = restart_delay
         self._metrics_addr = metrics_addr
         self._given_locks = locks
+        # With [security]: the member certificate, reloaded in place on SIGHUP (phxq consumer).
+        self.security = MemberSecurity.build(cluster)
         self._locks: Any = locks
         self._lock_client: Any = None
         self._client: Client | None = None
@@ -105,17 +108,21 @@ class ConsumerDaemon:
         """``call()`` until it succeeds: daemons may start before the stores or lock nodes
         serve (``phxq dev`` starts everything at once), so waiting is not an error."""
         delay = 0.1
+        since = time.monotonic()
         while True:
             try:
                 return await call()
             except Unavailable as exc:
-                log.warning("consumer %s: waiting for %s: %s", self.name, what, exc.message)
+                # Daemons started together wait a little for each other: INFO; a long wait
+                # is worth a WARNING.
+                level = logging.WARNING if time.monotonic() - since > 10 else logging.INFO
+                log.log(level, "consumer %s: waiting for %s: %s", self.name, what, exc.message)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
     async def start(self) -> None:
         # A member: with [security] it dials with its member certificate (no token needed).
-        member = member_credentials(self.cluster).ssl
+        member = None if self.security is None else self.security.ssl
         self._client = Client([s.addr for s in self.cluster.stores], ca=member)
         cmap = await self._retry("the stores", self._client.cluster_map)
         if self._locks is None:
@@ -153,7 +160,7 @@ class ConsumerDaemon:
             restart_delay=self.restart_delay,
         )
         if self._metrics_addr:
-            metrics.serve(self._metrics_addr)
+            metrics.serve(self._metrics_addr, "consumer")
         await self._retry("the lock service", self.member.join)
         # Unwatched: should the daemon's task group fail, the scope logs it at once (close()
         # raises it as well), instead of the daemon idling with the error unseen.

@@ -35,7 +35,9 @@ status (redirects are not followed), a connection error, or no answer within
 **In-process** (``package.module:function``): the function is called with one
 :class:`Delivery`. An ``async def`` is awaited on the consumer's loop; a plain function runs in
 a worker thread (``asyncio.to_thread``) so it cannot stall the loop. Returning anything but
-``False`` acks; returning ``False`` or raising fails the attempt. After ``handler_timeout`` the
+``False`` acks; returning ``False`` or raising fails the attempt (what it raised is logged with
+its traceback, WARNING, at most once per ``HANDLER_TRACEBACK_INTERVAL`` per handler, with a count
+of those left out). After ``handler_timeout`` the
 attempt fails; an async handler is cancelled, but a thread cannot be stopped: a sync handler
 keeps running in its thread until it returns (its result is then ignored).
 """
@@ -55,10 +57,14 @@ from urllib.parse import quote
 
 import aiohttp
 
+from phxq import otel
 from phxq.config.model import ConfigError
+from phxq.logs import RateLimitedLog
 from phxq.security.signing import SIGNATURE_HEADER, sign
 
 log = logging.getLogger("phxq.consumer")
+HANDLER_TRACEBACK_INTERVAL = 10.0  # seconds between two logged tracebacks of one handler
+_TRACEBACKS = RateLimitedLog(log, HANDLER_TRACEBACK_INTERVAL)
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
@@ -164,6 +170,7 @@ class HttpHandler:
 
     async def __call__(self, delivery: Delivery) -> Outcome:
         headers = http_headers(delivery)
+        otel.inject_current(headers)  # with phxq[otel]: the handler span's traceparent
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = sign(self._secret, headers, delivery.payload, time.time())
         try:
@@ -192,6 +199,9 @@ class CallableHandler:
     def __init__(self, function: Callable[[Delivery], Any], *, timeout: float) -> None:
         self.function = function
         self.timeout = timeout
+        self._name = (
+            f"{getattr(function, '__module__', '?')}:{getattr(function, '__qualname__', function)}"
+        )
         self._is_async = inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
             getattr(function, "__call__", None)  # noqa: B004 (an async __call__ object)
         )
@@ -208,7 +218,19 @@ class CallableHandler:
         except TimeoutError:
             return Outcome(False, f"timed out after {self.timeout}s")
         except Exception as exc:  # the handler's own failure: it fails this attempt, no more
-            log.debug("handler raised for offset %d", delivery.offset, exc_info=True)
+            # The traceback is what a handler's author needs, but a handler failing on every
+            # message must not flood the log: one per handler per HANDLER_TRACEBACK_INTERVAL.
+            _TRACEBACKS.log(
+                self._name,
+                logging.WARNING,
+                "handler %s raised on %s/%d offset %d (attempt %d)",
+                self._name,
+                delivery.topic,
+                delivery.queue,
+                delivery.offset,
+                delivery.attempt,
+                exc_info=exc,
+            )
             return Outcome(False, f"{type(exc).__name__}: {exc}")
         if result is False:
             return Outcome(False, "handler returned False")
@@ -247,5 +269,22 @@ def make_handler(
     if spec.startswith(("http://", "https://")):
         if session is None:
             raise ConfigError(f"handler {spec!r}: an HTTP handler needs an aiohttp session")
-        return HttpHandler(spec, timeout=timeout, session=session, secret=secret)
-    return CallableHandler(resolve_callable(spec), timeout=timeout)
+        return TracedHandler(HttpHandler(spec, timeout=timeout, session=session, secret=secret))
+    return TracedHandler(CallableHandler(resolve_callable(spec), timeout=timeout))
+
+
+class TracedHandler:
+    """Runs each attempt inside an OpenTelemetry ``process`` span continuing the message's
+    stored ``traceparent`` (:mod:`phxq.otel`); without phxq[otel], a tracer provider or a
+    ``traceparent`` in the message, it only calls the handler it wraps."""
+
+    def __init__(self, inner: Handler) -> None:
+        self.inner = inner
+
+    async def __call__(self, delivery: Delivery) -> Outcome:
+        d = delivery
+        with otel.process_span(d.topic, d.queue, d.offset, d.consumer_group, d.headers) as span:
+            outcome = await self.inner(delivery)
+            if not outcome.ok:
+                otel.mark_failed(span, outcome.reason)
+            return outcome

@@ -24,19 +24,14 @@ random (failing consumers do not retry in lock-step).
 
 from __future__ import annotations
 
-import math
-
+from phxq import validate
 from phxq.errors import BadArgument
 
 
 def _check_rate(rate: float | None) -> float | None:
     if rate is None:
         return None
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise BadArgument(f"a rate must be a number or None, got {rate!r}")
-    if not math.isfinite(rate) or rate <= 0:
-        raise BadArgument(f"a rate must be > 0 (use pause to stop delivery), got {rate!r}")
-    return float(rate)
+    return validate.number(rate, "rate", above=0, unit="per second (use pause to stop delivery)")
 
 
 class TokenBucket:

@@ -19,12 +19,13 @@ config's value is used: a bad setting must not stop delivery.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from phxq import validate
 from phxq.config import ConsumerGroupConfig
+from phxq.errors import BadArgument
 
 log = logging.getLogger("phxq.consumer")
 
@@ -61,11 +62,7 @@ class GroupSettings:
 def _rate(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"not a number: {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"not a positive rate: {value!r}")
-    return float(value)
+    return validate.number(value, "rate", above=0)
 
 
 def group_settings(
@@ -81,7 +78,7 @@ def group_settings(
             rate = _rate(raw.get("messages"))
             by_bytes = _rate(raw.get("bytes"))
             rate_bytes = None if by_bytes is None else max(1, int(by_bytes))
-        except ValueError as exc:
+        except (ValueError, BadArgument) as exc:
             log.warning("ignoring %s: %s", rate_key(group.name), exc)
             rate, rate_bytes = group.rate_limit, group.rate_limit_bytes
     paused = entries.get(paused_key(group.name), (False, 0))[0]

@@ -11,8 +11,9 @@ reads, compare-and-set commits with the lock's fencing token, replay and pause/r
 - ``auto_commit=True``: a message counts as processed when the loop asks for the next one (or
   leaves the loop normally); leaving ``async with client.consume(...)`` by an exception leaves
   the message in hand unprocessed, so it is delivered again;
-- ``auto_commit=False``: when the caller awaits ``msg.ack()``; until then that queue yields
-  nothing more (strict order), the other queues go on.
+- ``auto_commit=False``: when the caller awaits ``msg.ack()``, which returns once the cursor
+  is committed past the message (with the lock's fencing token: ``StaleToken`` if the lock was
+  lost first); until then that queue yields nothing more (strict order), the others go on.
 
 The cursor moves past processed messages within ``commit_interval`` (batched commits) and always
 before a queue is handed over. Rebalancing as members come and go, and a lost lock (the
@@ -36,12 +37,14 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from phxq import validate
 from phxq.client.stream import StreamStop, check_queues
 from phxq.client.types import ConsumedMessage
 from phxq.config import ConsumerGroupConfig
 from phxq.consumer.group import GroupRuntime, Timings
 from phxq.consumer.handlers import Delivery, Outcome
 from phxq.consumer.member import GroupMember
+from phxq.consumer.pair import PairWorker
 from phxq.consumer.settings import SETTINGS_PREFIX, group_settings
 from phxq.errors import BadArgument, StaleToken
 from phxq.tasks import TaskScope
@@ -84,12 +87,15 @@ class _Bridge:
                 done.set_result(False)
 
 
-def _acker(done: asyncio.Future[bool]) -> Callable[[], Awaitable[None]]:
+def _acker(
+    done: asyncio.Future[bool], worker: PairWorker | None, delivery: Delivery
+) -> Callable[[], Awaitable[None]]:
     async def ack() -> None:
-        if done.cancelled():
+        if done.cancelled() or worker is None or worker.token != delivery.token:
             raise StaleToken("this consumer lost the queue's lock; its next owner redelivers")
         if not done.done():
             done.set_result(True)
+        await worker.committed_past(delivery.offset)
 
     return ack
 
@@ -113,8 +119,7 @@ async def consume_messages(
     """The generator behind ``Client.consume`` (see the module docstring)."""
     if not isinstance(group, str) or not group or "/" in group:
         raise BadArgument(f"a consumer group name must be non-empty and without '/': {group!r}")
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise BadArgument(f"batch must be a positive integer, got {batch!r}")
+    validate.integer(batch, "batch", minimum=1, maximum=None)
     cmap = await client.cluster_map()
     chosen = check_queues(topic, cmap.topics.get(topic), queues)
     spec = ConsumerGroupConfig(
@@ -154,6 +159,7 @@ async def consume_messages(
                     return
                 delivery, processed = getter.result()
                 in_hand = processed
+                running_worker = member.workers.get((group, delivery.topic, delivery.queue))
                 yield ConsumedMessage(
                     topic=delivery.topic,
                     queue=delivery.queue,
@@ -164,7 +170,11 @@ async def consume_messages(
                     enqueued_at=delivery.enqueued_at,
                     group=group,
                     token=delivery.token,
-                    _ack=_acker(processed),
+                    _ack=_acker(
+                        processed,
+                        None if running_worker is None else running_worker.worker,
+                        delivery,
+                    ),
                 )
                 if auto_commit and not processed.done():
                     processed.set_result(True)  # the loop moved on

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from phxq.client.client import MAX_SCHEDULE_SECONDS
 from phxq.gateway import handlers as h
 from phxq.gateway import schema as s
+from phxq.gateway.shapes import (
+    ACK,
+    ACQUIRE_BODY,
+    BATCH,
+    COMMIT_BODY,
+    CURSOR,
+    DELAY,
+    DELIVER_AT,
+    LAG_ROW,
+    LOCK,
+    MESSAGE,
+    SEEK_BODY,
+    TOKEN_BODY,
+    TOPIC_INFO,
+)
 from phxq.gateway.stream import stream
 from phxq.gateway.table import Param, Route
-
-MAX_BATCH = 4096  # messages in one JSON batch (the client's largest request)
 
 TOPIC = Param("topic", "path", s.NAME, "topic name", required=True, example="orders")
 QUEUE = Param(
@@ -30,160 +42,13 @@ QUEUE = Param(
 GROUP_Q = Param("group", "query", s.NAME, "consumer group", example="billing")
 GROUP_REQUIRED = Param("group", "query", s.NAME, "consumer group", required=True, example="billing")
 
-ACK = {
-    "type": "object",
-    "required": ["topic", "queue", "offset", "duplicate", "scheduled_id"],
-    "properties": {
-        "topic": {"type": "string"},
-        "queue": {"type": "integer"},
-        "offset": {
-            "type": ["integer", "null"],
-            "description": "the message's id within its queue (null: delayed, not released yet)",
-        },
-        "scheduled_id": {
-            "type": ["string", "null"],
-            "description": "a delayed message's id, topic/queue/number (to cancel it)",
-        },
-        "duplicate": {
-            "type": "boolean",
-            "description": "true: a retry of an enqueue already stored (same dedup id)",
-        },
-    },
-}
-MESSAGE = {
-    "type": "object",
-    "required": ["queue", "offset", "key", "headers", "payload_base64", "enqueued_at"],
-    "properties": {
-        "queue": {"type": "integer"},
-        "offset": {"type": "integer"},
-        "key": {"type": ["string", "null"]},
-        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-        "payload_base64": {"type": "string"},
-        "enqueued_at": {"type": "number", "description": "seconds since the epoch"},
-    },
-}
-DELAY = {"type": "number", "minimum": 0, "maximum": MAX_SCHEDULE_SECONDS}
-DELIVER_AT = {"type": "number", "minimum": 0, "maximum": 1e11}
-BATCH_ITEM = {
-    "type": "object",
-    "required": ["payload_base64"],
-    "additionalProperties": False,
-    "properties": {
-        "payload_base64": {"type": "string", "description": "the payload, base64 (RFC 4648)"},
-        "key": {**s.NAME, "type": ["string", "null"], "maxLength": 1024},
-        "dedup_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
-        "headers": s.HEADERS,
-        "queue": {**s.QUEUE, "type": ["integer", "null"]},
-        "delay": {**DELAY, "type": ["number", "null"]},
-        "deliver_at": {**DELIVER_AT, "type": ["number", "null"]},
-    },
-}
-BATCH = {
-    "type": "object",
-    "required": ["messages"],
-    "additionalProperties": False,
-    "properties": {
-        "messages": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": BATCH_ITEM}
-    },
-}
-CURSOR = {
-    "type": "object",
-    "required": ["group", "topic", "queue", "cursor"],
-    "properties": {
-        "group": {"type": "string"},
-        "topic": {"type": "string"},
-        "queue": {"type": "integer"},
-        "cursor": {"type": ["integer", "null"], "description": "last processed offset"},
-    },
-}
-COMMIT_BODY = {
-    "type": "object",
-    "required": ["group", "offset", "token"],
-    "additionalProperties": False,
-    "properties": {
-        "group": s.NAME,
-        "offset": s.OFFSET,
-        "token": {**s.TOKEN, "description": "the fencing token of the pair's lock"},
-        "expect": {
-            **s.OFFSET,
-            "type": ["integer", "null"],
-            "description": "compare-and-set: the cursor must be this (null: none yet)",
-        },
-    },
-}
-SEEK_BODY = {
-    "type": "object",
-    "required": ["group"],
-    "additionalProperties": False,
-    "properties": {
-        "group": s.NAME,
-        "offset": {**s.OFFSET, "description": "deliver this offset next"},
-        "time": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1e11,
-            "description": "deliver the first message enqueued at or after (epoch seconds)",
-        },
-    },
-}
-OWNER = {**s.NAME, "description": "who holds the lock (your reader's unique name)"}
-ACQUIRE_BODY = {
-    "type": "object",
-    "required": ["group", "owner", "ttl"],
-    "additionalProperties": False,
-    "properties": {
-        "group": s.NAME,
-        "owner": OWNER,
-        "ttl": {"type": "number", "minimum": 0.1, "maximum": 3600, "description": "seconds"},
-    },
-}
-TOKEN_BODY = {
-    "type": "object",
-    "required": ["group", "owner", "token"],
-    "additionalProperties": False,
-    "properties": {"group": s.NAME, "owner": OWNER, "token": s.TOKEN},
-}
-LOCK = {
-    "type": "object",
-    "required": ["lock"],
-    "properties": {
-        "lock": {"type": "string"},
-        "owner": {"type": ["string", "null"]},
-        "token": {"type": ["integer", "null"]},
-        "ttl": {"type": "number"},
-        "held": {"type": "boolean"},
-        "released": {"type": "boolean"},
-        "expires_in": {"type": ["number", "null"]},
-    },
-}
-TOPIC_INFO = {
-    "type": "object",
-    "required": ["name", "queues", "consumer_groups"],
-    "properties": {
-        "name": {"type": "string"},
-        "queues": {"type": "integer"},
-        "retention_seconds": {"type": ["number", "null"]},
-        "retention_bytes": {"type": ["integer", "null"]},
-        "max_message_bytes": {"type": ["integer", "null"]},
-        "consumer_groups": {"type": "array", "items": {"type": "string"}},
-    },
-}
-LAG_ROW = {
-    "type": "object",
-    "required": ["group", "topic", "queue", "cursor", "end", "lag"],
-    "properties": {
-        "group": {"type": "string"},
-        "topic": {"type": "string"},
-        "queue": {"type": "integer"},
-        "cursor": {"type": ["integer", "null"]},
-        "end": {"type": ["integer", "null"]},
-        "lag": {"type": ["integer", "null"]},
-    },
-}
-
 
 async def _openapi(call: h.Call) -> Any:
     return call.backend.openapi()
+
+
+async def _metrics(call: h.Call) -> Any:
+    return call.backend.metrics_text()
 
 
 def build_routes(max_wait: float) -> tuple[Route, ...]:
@@ -483,7 +348,8 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
             "GET",
             "/v1/status",
             "status",
-            "Every store's status (groups, masters, disk, consumer lag), as phxq admin status",
+            "Every store's status (groups, masters, disk, consumer lag) and the consumer tier's "
+            "(members, settings, pair owners), as phxq admin status",
             h.status,
             {
                 "type": "object",
@@ -491,6 +357,10 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
                 "properties": {
                     "gateway": {"type": "object"},
                     "stores": {"type": "object", "additionalProperties": {"type": "object"}},
+                    "ownership": {
+                        "type": ["object", "null"],
+                        "description": "consumers, settings and pair owners (null: no groups)",
+                    },
                     "time": {"type": "number"},
                 },
             },
@@ -521,6 +391,18 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
             _openapi,
             {"type": "object"},
             permission=None,
+            tags=("meta",),
+            errors=(429,),
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            "metrics",
+            "Prometheus metrics of this gateway (requests by operation and status, latency)",
+            _metrics,
+            {"type": "string"},
+            permission=None,
+            media_type="text/plain",
             tags=("meta",),
             errors=(429,),
         ),

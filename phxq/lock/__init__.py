@@ -8,7 +8,10 @@ versioned KV with compare-and-set, replicated by the same Paxos core and PLog as
   importing the pure modules does not pull in the network stack).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from phxq.lock.client import Lease, LockClient, LockInfo
 
 __all__ = ["Lease", "LockClient", "LockInfo"]
 

@@ -15,6 +15,10 @@
         async with locks.hold(name, owner, ttl) as lease:    # renewed in the background
             lease.token; lease.lost                          # lost: an asyncio.Event
 
+Against a secured cluster (``[security]``): ``LockClient(addrs, token=..., ca="ca.pem")`` for
+the admin tools (settings keys, reads), or ``ca=`` a member's ``ssl.SSLContext`` (consumers:
+locks and membership keys are members-only; see docs/security.md).
+
 What it promises:
 
 - **Routing.** Requests go to the lock master. ``NotMaster(hint)`` is followed at once;
@@ -40,8 +44,9 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, final
 
+from phxq import validate
 from phxq.errors import (
     BadArgument,
     LockHeld,
@@ -86,6 +91,7 @@ class Lease:
         return self.valid_until - time.monotonic()
 
 
+@final
 class LockClient:
     """Async client of the lock service (see the module docstring)."""
 
@@ -229,8 +235,7 @@ class LockClient:
     async def kv_wait(self, key: str, after_version: int, timeout: float) -> tuple[Any, int]:
         """The key's ``(value, version)`` once its version is above ``after_version`` (or it is
         deleted, when ``after_version > 0``), or after ``timeout`` seconds."""
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
-            raise BadArgument(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        timeout = validate.number(timeout, "timeout", minimum=0, unit="seconds")
         end = time.monotonic() + timeout
 
         def params() -> dict[str, Any]:
@@ -250,6 +255,7 @@ class _Hold:
         self._owner = owner
         self._ttl = ttl
         self._renewer = TaskScope(f"lock {name}", log)
+        self._task: asyncio.Task[None] | None = None  # the renewal task, while held
         self.lease: Lease | None = None
 
     async def __aenter__(self) -> Lease:
@@ -257,7 +263,9 @@ class _Hold:
         token = await self._client.acquire(self._name, self._owner, self._ttl)
         lease = Lease(self._name, self._owner, self._ttl, token, sent + local_ttl(self._ttl))
         self.lease = lease
-        self._renewer.spawn(self._keep_or_lose(lease, sent), name=f"renew {self._name}")
+        self._task = self._renewer.spawn(
+            self._keep_or_lose(lease, sent), name=f"renew {self._name}"
+        )
         return lease
 
     async def __aexit__(self, *exc: object) -> None:

@@ -46,6 +46,7 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
+from phxq import validate
 from phxq.errors import BadArgument, PhxqError, ProtocolError
 from phxq.net.frames import shown
 
@@ -163,29 +164,15 @@ _TAGS: Final[dict[type, int]] = {
 
 
 def check_name(value: Any, what: str, error: type[PhxqError] = BadArgument) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-        raise error(
-            f"{what} must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
-            f"got {shown(value)}"
-        )
-    return value
+    return validate.name(value, what, max_chars=MAX_NAME_CHARS, error=error)
 
 
 def check_ttl(value: Any, what: str = "ttl", error: type[PhxqError] = BadArgument) -> float:
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or not 0 < value <= MAX_TTL
-    ):
-        raise error(f"{what} must be a number of seconds in (0, {MAX_TTL:g}], got {shown(value)}")
-    return float(value)
+    return validate.number(value, what, above=0, maximum=MAX_TTL, unit="seconds", error=error)
 
 
 def check_uint(value: Any, what: str, error: type[PhxqError] = BadArgument) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_U64:
-        raise error(f"{what} must be an unsigned 64-bit integer, got {shown(value)}")
-    return value
+    return validate.integer(value, what, error=error)
 
 
 def check_version(value: Any, what: str, error: type[PhxqError] = BadArgument) -> int | None:

@@ -25,12 +25,11 @@ master still starting its epoch ``Unavailable``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq.errors import BadArgument
+from phxq import validate
 from phxq.lock.entries import (
     MAX_NAME_CHARS,
     Acquire,
@@ -126,9 +125,7 @@ async def kv_delete(node: LockNode, params: dict[str, Any]) -> Any:
 
 
 async def kv_list(node: LockNode, params: dict[str, Any]) -> Any:
-    prefix = params.get("prefix", "")
-    if not isinstance(prefix, str) or len(prefix) > MAX_NAME_CHARS:
-        raise BadArgument(f"prefix must be a string of at most {MAX_NAME_CHARS} characters")
+    prefix = validate.text(params.get("prefix", ""), "prefix", max_chars=MAX_NAME_CHARS)
     await node.serving_epoch()
     return {k: list(v) for k, v in node.state.kv_list(prefix, time.monotonic()).items()}
 
@@ -140,14 +137,9 @@ def _changed(version: int, after: int) -> bool:
 async def kv_wait(node: LockNode, params: dict[str, Any]) -> Any:
     key = check_name(params.get("key"), "key")
     after = check_uint(params.get("after_version"), "after_version")
-    timeout = params.get("timeout")
-    if (
-        not isinstance(timeout, (int, float))
-        or isinstance(timeout, bool)
-        or not math.isfinite(timeout)
-        or not 0 <= timeout <= MAX_WAIT
-    ):
-        raise BadArgument(f"timeout must be a number of seconds in [0, {MAX_WAIT:g}]")
+    timeout = validate.number(
+        params.get("timeout"), "timeout", minimum=0, maximum=MAX_WAIT, unit="seconds"
+    )
     deadline = time.monotonic() + timeout
     while True:
         await node.serving_epoch()

@@ -22,7 +22,8 @@ Public API:
 - ``request_id_of(body) -> int | None``: best-effort id of a malformed request, so the server
   can answer it with a typed error instead of dropping the connection.
 - ``frame_kind(body) -> int | None``: a cheap peek at the kind without decoding.
-- ``shown(value) -> str``: a short, cheap repr of a decoded value for error messages.
+- ``shown(value) -> str``: a short, cheap repr of a decoded value for error messages (from
+  ``phxq.validate``).
 - ``FrameDecoder(max_frame)``: ``feed(data) -> list[bytes]`` splits a byte stream into bodies;
   a length above ``max_frame`` raises ``ProtocolError`` as soon as the 4-byte header arrives,
   before any of the body is buffered. After that error the decoder is unusable.
@@ -31,7 +32,6 @@ Public API:
 
 from __future__ import annotations
 
-import itertools
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +39,7 @@ from typing import Any
 import msgpack
 
 from phxq.errors import PhxqError, ProtocolError, from_wire
+from phxq.validate import shown as shown  # re-exported: part of this module's API
 
 MAX_FRAME_DEFAULT = 16 << 20
 HEADER_SIZE = 4
@@ -121,35 +122,6 @@ def encode_exception(request_id: int | None, exc: PhxqError) -> bytes:
     if len(body) > MAX_ERROR_BODY:
         return encode_error(request_id, code, message, {})
     return body
-
-
-def shown(value: Any, limit: int = 60) -> str:
-    """A short printable form of a value decoded from the wire, for error messages: never a
-    full ``repr`` (of megabytes, or of an array nested past Python's recursion limit), and at
-    a cost independent of the value's size."""
-    text = _short(value, 3, limit)
-    return text if len(text) <= limit + 3 else text[:limit] + "..."
-
-
-def _short(value: Any, depth: int, limit: int) -> str:
-    if isinstance(value, str | bytes):
-        return repr(value[:limit]) + ("..." if len(value) > limit else "")
-    if value is None or isinstance(value, bool | int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        if depth == 0:
-            return "[...]"
-        inner = [_short(v, depth - 1, limit) for v in value[:4]]
-        return "[" + ", ".join(inner) + (", ...]" if len(value) > 4 else "]")
-    if isinstance(value, dict):
-        if depth == 0:
-            return "{...}"
-        pairs = [
-            f"{_short(k, 0, limit)}: {_short(v, depth - 1, limit)}"
-            for k, v in itertools.islice(value.items(), 4)
-        ]
-        return "{" + ", ".join(pairs) + (", ...}" if len(value) > 4 else "}")
-    return f"<{type(value).__name__}>"  # msgpack ext types and the like
 
 
 def frame_kind(body: bytes) -> int | None:

@@ -104,7 +104,7 @@ class ReplicatedDaemon(Generic[M]):
         host, port = self.node.addr.rsplit(":", 1)
         await self._server.start(self._bind_host or host, int(port))
         if self.node.metrics_addr:
-            metrics.serve(self.node.metrics_addr)
+            metrics.serve(self.node.metrics_addr, self.kind)
         for name, loop in self.background():
             self._tasks.spawn(loop, name=name)
         log.info(

@@ -120,7 +120,8 @@ class Membership:
         self.status = NodeStatus.PROBING
         for r in self.replicas.values():
             r.hold("probing", f"group {r.group}: new data directory, asking peers (not voting)")
-        log.warning(
+        # INFO: every first start of a cluster does this; what follows says if it is unusual.
+        log.info(
             "%s: new data directory %s: asking peers whether the cluster is new (boot id %x)",
             self._what,
             self.data,
@@ -289,7 +290,7 @@ class Membership:
                 if v.status is NodeStatus.PROBING and v.boot is not None
             }
             await asyncio.to_thread(self._write_member, "fresh")
-            log.warning("%s: every peer is new too: a new cluster, voting", what)
+            log.info("%s: every peer is new too: a new cluster, voting", what)
             for r in self.replicas.values():
                 r.resume()
             return

@@ -8,6 +8,8 @@ Public API::
     sec.reload(cluster)                          # new certs (next connections) and principals (now)
     sec.cert_status() -> dict                    # the member cert's expiry (also a metric)
     member_credentials(cluster) -> Credentials   # consumers/gateways: [security] cert/key
+    MemberSecurity.build(cluster) -> MemberSecurity | None   # the same, reloadable (SIGHUP)
+    reload_on_hup(daemon, config_path)           # SIGHUP: daemon.security.reload(new config)
     tool_credentials(cluster, token=None) -> Credentials   # CLI tools: --token, PHXQ_TOKEN, [client]
     client_options(cluster) -> {"token", "ca"}   # phxq.Client(addrs, **client_options(cfg))
     tool_pool(cluster) -> RpcPool                # raw RPC for tools, with those credentials
@@ -115,13 +117,14 @@ class NodeSecurity:
 
     def cert_status(self) -> dict[str, Any]:
         """This member certificate's file, expiry and days left (``admin status`` shows it)."""
-        not_after = cert_not_after(self.cert)
-        metrics.CERT_EXPIRES.labels(self.name).set(not_after)
-        return {
-            "cert": str(self.cert),
-            "not_after": not_after,
-            "expires_in_days": round((not_after - time.time()) / 86400, 1),
-        }
+        return _cert_status(self.cert, self.name)
+
+    def describe(self) -> str:
+        days = self.cert_status()["expires_in_days"]
+        return (
+            f"{len(self.guard.principals)} principals, certificate {self.cert} "
+            f"(expires in {days} days)"
+        )
 
 
 def reload_on_hup(daemon: Any, config_path: Path) -> None:
@@ -139,13 +142,50 @@ def reload_on_hup(daemon: Any, config_path: Path) -> None:
     except ConfigError as exc:
         log.error("SIGHUP: keeping the current certificates and principals: %s", exc.message)
         return
-    log.info(
-        "SIGHUP: reloaded %s: %d principals, certificate %s (expires in %.1f days)",
-        config_path,
-        len(security.guard.principals),
-        security.cert,
-        security.cert_status()["expires_in_days"],
-    )
+    log.info("SIGHUP: reloaded %s: %s", config_path, security.describe())
+
+
+class MemberSecurity:
+    """A consumer's (or gateway's) outgoing member certificate, reloadable in place: the
+    context given to its clients loads the renewed certificate for their next connections."""
+
+    def __init__(self, cluster: ClusterConfig) -> None:
+        sec = cluster.security
+        assert sec is not None
+        self.cert, self.key = _pair(cluster, None)
+        self.ssl = _load("member TLS context", client_context, sec.ca, self.cert, self.key)
+        self.cert_status()
+
+    @classmethod
+    def build(cls, cluster: ClusterConfig) -> MemberSecurity | None:
+        return None if cluster.security is None else cls(cluster)
+
+    def reload(self, cluster: ClusterConfig) -> None:
+        if cluster.security is None:
+            raise ConfigError(f"{cluster.source}: [security] cannot be removed without a restart")
+        cert, key = _pair(cluster, None)
+        try:
+            reload_context(self.ssl, cluster.security.ca, cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot reload the certificates: {exc}") from None
+        self.cert, self.key = cert, key
+        self.cert_status()
+
+    def cert_status(self) -> dict[str, Any]:
+        return _cert_status(self.cert, "member")
+
+    def describe(self) -> str:
+        return f"certificate {self.cert} (expires in {self.cert_status()['expires_in_days']} days)"
+
+
+def _cert_status(cert: Path, label: str) -> dict[str, Any]:
+    not_after = cert_not_after(cert)
+    metrics.CERT_EXPIRES.labels(label).set(not_after)
+    return {
+        "cert": str(cert),
+        "not_after": not_after,
+        "expires_in_days": round((not_after - time.time()) / 86400, 1),
+    }
 
 
 def member_credentials(cluster: ClusterConfig) -> Credentials:

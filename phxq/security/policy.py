@@ -36,7 +36,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from phxq import metrics
+from phxq import metrics, validate
 from phxq.errors import BadArgument, Forbidden, Unauthenticated
 from phxq.net.frames import shown
 from phxq.net.server import LogLimiter
@@ -58,10 +58,7 @@ def _params(params: Any) -> dict[str, Any]:
 
 
 def _name(params: Any, key: str) -> str:
-    value = _params(params).get(key)
-    if not isinstance(value, str) or not value:
-        raise BadArgument(f"{key} must be a non-empty string, got {shown(value)}")
-    return value
+    return validate.name(_params(params).get(key), key, max_chars=None)
 
 
 def anyone(params: Any) -> Permission | None:

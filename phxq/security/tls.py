@@ -78,8 +78,12 @@ def reload_context(
 ) -> None:
     """Load a renewed certificate and key (and CA file) into ``ctx``: connections made from
     now on use them, open ones keep theirs. The ssl module can add trusted CAs to a context but
-    not remove them: dropping a CA takes a restart."""
+    not remove them: dropping a CA takes a restart. The files are tried on a scratch context
+    first: a broken key must not leave ``ctx`` with a new certificate and the old key."""
+    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    scratch.load_verify_locations(cafile=os.fspath(ca))
     if cert is not None:
+        scratch.load_cert_chain(cert, key)
         ctx.load_cert_chain(cert, key)
     ctx.load_verify_locations(cafile=os.fspath(ca))
 

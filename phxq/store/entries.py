@@ -56,10 +56,12 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import msgpack
 
+from phxq import validate
 from phxq.errors import PhxqError, ProtocolError, StorageError
 
 if TYPE_CHECKING:
-    from phxq.store.schedule_entries import CancelEntry, ReleaseHead, ScheduleHead
+    from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
+    from phxq.store.txn_entries import DecideEntry, DiscardEntry, PrepareHead, TxnReleaseHead
 
 __all__ = [
     "CommitEntry",
@@ -223,23 +225,15 @@ def encode_enqueue_v1(entry: EnqueueEntry) -> bytes:
 
 
 def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ProtocolError(f"{what}: expected a non-empty string, got {type(value).__name__}")
-    return value
+    return validate.name(value, what, max_chars=None, error=ProtocolError)
 
 
 def _opt_text(value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ProtocolError(f"{what}: expected a string or nil, got {type(value).__name__}")
-    return value
+    return None if value is None else validate.text(value, what, error=ProtocolError)
 
 
 def _uint(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_U64:
-        raise ProtocolError(f"{what}: expected an unsigned integer, got {value!r:.40}")
-    return value
+    return validate.integer(value, what, error=ProtocolError)
 
 
 def _message(raw: Any, position: int) -> Message:
@@ -278,12 +272,7 @@ def _enqueue(fields: list[Any]) -> EnqueueEntry:
     _, topic, queue, raw_messages, enqueued_at = fields
     if not isinstance(raw_messages, list) or not raw_messages:
         raise ProtocolError("enqueue entry: messages must be a non-empty array")
-    if (
-        not isinstance(enqueued_at, (float, int))
-        or isinstance(enqueued_at, bool)
-        or not math.isfinite(enqueued_at)
-    ):
-        raise ProtocolError(f"enqueue entry: enqueued_at must be a finite number: {enqueued_at!r}")
+    validate.number(enqueued_at, "enqueue entry enqueued_at", error=ProtocolError)
     return EnqueueEntry(
         topic=_text(topic, "enqueue entry topic"),
         queue=_uint(queue, "enqueue entry queue"),
@@ -409,6 +398,9 @@ def _decoder(table: dict[int, Any], tag: Any) -> Any:
     if decoder is None and type(tag) is int:
         # Delayed-message entries (tags 5-7): phxq.store.schedule_entries.
         decoder = (_schedule.PEEKERS if table is _PEEKERS else _schedule.DECODERS).get(tag)
+    if decoder is None and type(tag) is int:
+        # Transaction entries (tags 9-12): phxq.store.txn_entries.
+        decoder = (_txn.PEEKERS if table is _PEEKERS else _txn.DECODERS).get(tag)
     if decoder is None:
         raise ProtocolError(f"unknown log entry tag {tag!r:.40}")
     return decoder
@@ -422,9 +414,10 @@ def decode_entry(data: bytes) -> Entry:
     return result
 
 
-# What ``peek_entry`` returns: the schedule entries' heads come from ``schedule_entries``.
+# What ``peek_entry`` returns (the heads of ``schedule_entries`` and ``txn_entries`` too).
 Peeked: TypeAlias = (
     "EnqueueHead | CommitEntry | ReplayEntry | ScheduleHead | ReleaseHead | CancelEntry"
+    " | RollHead | PrepareHead | TxnReleaseHead | DecideEntry | DiscardEntry"
 )
 
 
@@ -454,12 +447,16 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
                 head = _head_v2(fields)
             elif tag == _schedule.TAG_RELEASE:
                 _schedule.PEEKERS[tag](fields)  # the head only: a bad body is a corrupt log
+            elif tag == _txn.TAG_TXN_RELEASE:
+                _txn.PEEKERS[tag](fields)
             else:
                 continue
         except PhxqError:
             continue
         if tag == _schedule.TAG_RELEASE:
             entry = _schedule.release_as_enqueue(fields)
+        elif tag == _txn.TAG_TXN_RELEASE:
+            entry = _txn.release_as_enqueue(fields)
         if tag == _TAG_ENQUEUE_V2:
             try:
                 entry = EnqueueEntry(
@@ -473,3 +470,4 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
 
 # Last: that module builds on the helpers above (and is only used at call time here).
 from phxq.store import schedule_entries as _schedule  # noqa: E402
+from phxq.store import txn_entries as _txn  # noqa: E402

@@ -8,13 +8,12 @@ apply (dedup and fencing are decided there, identically on every replica).
 from __future__ import annotations
 
 import functools
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from phxq import metrics, trace
+from phxq import metrics, otel, trace, validate
 from phxq.errors import BadArgument, MessageTooLarge, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
@@ -29,6 +28,7 @@ from phxq.store.entries import (
     encode_entry,
     instance_messages,
 )
+from phxq.store.schedule import SCHEDULED_FLAG
 from phxq.store.schedule_entries import encode_schedule
 
 if TYPE_CHECKING:
@@ -44,12 +44,7 @@ def _str(params: dict[str, Any], name: str, *, optional: bool = False) -> str | 
     value = params.get(name)
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
-        raise BadArgument(
-            f"{name} must be a non-empty string of at most {MAX_NAME_CHARS} characters, "
-            f"got {shown(value)}"
-        )
-    return value
+    return validate.name(value, name, max_chars=MAX_NAME_CHARS)
 
 
 def _int(
@@ -58,9 +53,12 @@ def _int(
     value = params.get(name)
     if value is None and optional:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise BadArgument(f"{name} must be an integer >= {minimum}, got {shown(value)}")
-    return value
+    return validate.integer(value, name, minimum=minimum)
+
+
+def _queue(params: dict[str, Any]) -> int:
+    """The ``queue`` param (its range is the topic's: ``StoreNode.replica_for`` checks it)."""
+    return validate.integer(params.get("queue"), "queue")
 
 
 def _message(raw: Any, max_bytes: int) -> Message:
@@ -147,7 +145,13 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
     if trace.ON:
         trace.mark("enqueue.propose")
-    results = await replica.propose(entries)
+    spans = otel.store_spans(topic, node.node_id, (m for b in batches for m in b[1]))
+    try:
+        results = await replica.propose(entries)
+    except BaseException as exc:
+        otel.end_spans(spans, exc)
+        raise
+    otel.end_spans(spans)
     if trace.ON:
         trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
@@ -160,9 +164,11 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
             done = _enqueued(results[at])
             at += 1
             acked += len(done.offsets) - sum(done.duplicates)
-            answers = [
-                scheduler.answer(o, d) for o, d in zip(done.offsets, done.duplicates, strict=True)
-            ]
+            pairs = zip(done.offsets, done.duplicates, strict=True)
+            if max(done.offsets) < SCHEDULED_FLAG:  # no duplicate of a scheduled message
+                answers = [[o, d] for o, d in pairs]
+            else:
+                answers = [scheduler.answer(o, d) for o, d in pairs]
         if positions:
             later = scheduler.scheduled_results(results[at])
             at += 1
@@ -189,12 +195,12 @@ def _enqueued(result: Any) -> st.Enqueued:
 async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     group = _str(params, "group", optional=True)
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     after = _int(params, "after", optional=True)
     limit = _int(params, "limit", minimum=1)
-    wait = params.get("wait", 0) or 0
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_WAIT:
-        raise BadArgument(f"wait must be a number of seconds in [0, {MAX_WAIT}], got {shown(wait)}")
+    wait = validate.number(
+        params.get("wait", 0) or 0, "wait", minimum=0, maximum=MAX_WAIT, unit="seconds"
+    )
     assert topic is not None and limit is not None
     # `local` reads this replica's applied prefix whatever its role (tools and tests comparing
     # replicas); ordinary reads go to the master, whose applied state is current.
@@ -235,7 +241,7 @@ def _flatten(value: bytes) -> list[tuple[float, Message]]:
 async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset")
     token = _int(params, "token")
     assert group is not None and topic is not None and offset is not None and token is not None
@@ -253,7 +259,7 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
 async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     assert group is not None and topic is not None
     replica = node.master_replica(topic, queue)
     assert isinstance(queue, int)  # replica_for checked it
@@ -263,7 +269,7 @@ async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
 async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     group = _str(params, "group")
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     offset = _int(params, "offset", optional=True)
     when = params.get("time")
     assert group is not None and topic is not None
@@ -272,9 +278,8 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     if (offset is None) == (when is None):
         raise BadArgument("seek takes exactly one of offset or time")
     if offset is None:
-        if not isinstance(when, (int, float)) or isinstance(when, bool) or not math.isfinite(when):
-            raise BadArgument(f"time must be a number (seconds since the epoch), got {shown(when)}")
-        instance = replica.glog.instance_at_time(float(when))
+        seconds = validate.number(when, "time", unit="seconds since the epoch")
+        instance = replica.glog.instance_at_time(seconds)
         target = replica.paxos.chosen_up_to + 1 if instance is None else instance
         offset = make_offset(target, 0)
     # The cursor is "last processed": to deliver `offset` next, set it just below.
@@ -361,9 +366,7 @@ def _time(params: dict[str, Any], name: str) -> float | None:
     value = params.get(name)
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise BadArgument(f"{name} must be seconds since the epoch, got {shown(value)}")
-    return float(value)
+    return validate.number(value, name, unit="seconds since the epoch")
 
 
 RECONCILE_LIMIT = 10_000_000  # messages of one queue counted per window
@@ -376,7 +379,7 @@ async def reconcile(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     resolved at instance granularity through the time index (first enqueue time per instance).
     """
     topic = _str(params, "topic")
-    queue = params.get("queue")
+    queue = _queue(params)
     since, until = _time(params, "since"), _time(params, "until")
     groups = params.get("groups") or []
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):

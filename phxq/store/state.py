@@ -50,7 +50,15 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   the next ordinal of the instance and an offset like an enqueued message (so per-queue order
   is release order); any other (already released or cancelled, not yet due) is a no-op
   (``Released``: offset None, not indexed). A ``CancelEntry`` withdraws a pending one
-  (``Cancelled``). ``schedule`` (pending count, next due, oldest id) is part of the snapshot.
+  (``Cancelled``; by its original id, even if rolled since). A ``RollEntry`` moves pending
+  ones to new ids in its instance (``Rolled``), so their old records may be truncated.
+  ``schedule`` (pending count, next due, oldest id, rolls) is part of the snapshot.
+- **Transactions** (:mod:`phxq.store.txn`, :mod:`phxq.store.txn_entries`). A prepare entry's
+  half messages are scheduled messages due ``HELD`` (never due; their ids in the scheduled
+  space: ``TxnPrepared``); a cancel never touches one. A decide entry records the home
+  group's decision, the first one applied wins (``TxnDecided``). A transaction release entry
+  releases its transaction's pending half messages like a release entry (offsets, index); a
+  discard entry drops them (``TxnDiscarded``). ``txns`` is part of the snapshot (version 4).
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -83,6 +91,7 @@ from typing import TypeAlias
 
 import msgpack
 
+from phxq import validate
 from phxq.errors import (
     BadArgument,
     PhxqError,
@@ -94,7 +103,9 @@ from phxq.errors import (
 from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
-from phxq.store.schedule_entries import CancelEntry, ReleaseHead, ScheduleHead
+from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
+from phxq.store.txn import TxnBook, TxnDecided, TxnDiscarded, TxnPrepared
+from phxq.store.txn_entries import HELD, DecideEntry, DiscardEntry, PrepareHead, TxnReleaseHead
 
 __all__ = [
     "REPLAYS_REMEMBERED",
@@ -105,6 +116,8 @@ __all__ = [
     "IndexEntry",
     "QueueKey",
     "Rejected",
+    "Rolled",
+    "Scheduled",
     "StoreMachines",
     "StoreState",
 ]
@@ -160,7 +173,25 @@ class Scheduled:
     duplicates: tuple[bool, ...]
 
 
-ApplyResult: TypeAlias = Enqueued | Committed | Rejected | Scheduled | Released | Cancelled
+@dataclass(frozen=True, slots=True)
+class Rolled:
+    """A roll entry was applied: per message, whether it moved (it was still pending)."""
+
+    moved: tuple[bool, ...]
+
+
+ApplyResult: TypeAlias = (
+    Enqueued
+    | Committed
+    | Rejected
+    | Scheduled
+    | Released
+    | Cancelled
+    | Rolled
+    | TxnPrepared
+    | TxnDecided
+    | TxnDiscarded
+)
 
 
 class StoreState:
@@ -192,6 +223,7 @@ class StoreState:
         self._unindexed_floor = applied_up_to + 1
         self._last_index: tuple[int, list[IndexEntry]] | None = None
         self.schedule = Schedule()  # pending scheduled messages (phxq.store.schedule)
+        self.txns = TxnBook()  # transactions (phxq.store.txn); half messages are in schedule
 
     # ------------------------------------------------------------------------- queries
 
@@ -276,9 +308,44 @@ class StoreState:
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
+            elif type(entry) is RollHead:
+                count = len(entry.ids)
+                if next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    results.append(self._roll(instance, next_scheduled, entry))
+                next_scheduled += count
+            elif type(entry) is PrepareHead:
+                count = len(entry.dedup_ids)
+                if next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    results.append(
+                        self.txns.prepare(instance, next_scheduled, entry, self.schedule)
+                    )
+                next_scheduled += count
+            elif type(entry) is TxnReleaseHead:
+                count = len(entry.ids)
+                if next_index + count > MAX_MESSAGES_PER_INSTANCE:
+                    unindexed.extend(range(next_index, next_index + count))
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    done = self.txns.release(
+                        instance, next_index, entry, self.schedule, index_entries, unindexed
+                    )
+                    self._count_released(entry, done)
+                    results.append(done)
+                next_index += count
+            elif type(entry) is DecideEntry:
+                results.append(self.txns.decide(entry))
+            elif type(entry) is DiscardEntry:
+                results.append(self.txns.discard(entry, self.schedule))
             else:
                 assert type(entry) is CancelEntry
-                results.append(Cancelled(self.schedule.remove(entry.scheduled_id, entry.due)))
+                sid = self.schedule.current_id(entry.scheduled_id)  # rolled meanwhile?
+                # A half message (due HELD) is never cancelled: only its transaction decides.
+                held = entry.due == HELD
+                results.append(Cancelled(not held and self.schedule.remove(sid, entry.due)))
         self.applied_up_to = instance
         if unindexed:
             self._unindexed[instance] = tuple(unindexed)
@@ -375,7 +442,15 @@ class StoreState:
         self._expire(head.enqueued_at)
         return Scheduled(tuple(refs), tuple(i in duplicates for i in range(len(refs))))
 
-    def _count_released(self, head: ReleaseHead, done: Released) -> None:
+    def _roll(self, instance: int, first_index: int, head: RollHead) -> Rolled:
+        base = (instance << INDEX_BITS) | first_index
+        moved = [
+            self.schedule.roll(sid, due, base + i)
+            for i, (sid, due) in enumerate(zip(head.ids, head.due, strict=True))
+        ]
+        return Rolled(tuple(moved))
+
+    def _count_released(self, head: ReleaseHead | TxnReleaseHead, done: Released) -> None:
         released = [o for o in done.offsets if o is not None]
         if released:
             key = (head.topic, head.queue)
@@ -482,7 +557,7 @@ class StoreState:
                 continue
             if type(head) is EnqueueHead:
                 at, count = head.enqueued_at, len(head.dedup_ids)
-            elif type(head) is ReleaseHead:
+            elif type(head) is ReleaseHead or type(head) is TxnReleaseHead:
                 at, count = head.released_at, len(head.ids)
             else:
                 continue
@@ -527,6 +602,8 @@ class StoreState:
             [[i, list(idx)] for i, idx in sorted(self._unindexed.items())],
             self._unindexed_floor,
             self.schedule.snapshot(),
+            self.schedule.forwards(),
+            self.txns.snapshot(),
         ]
         packed: bytes = msgpack.packb(body, use_bin_type=True)
         return packed
@@ -543,10 +620,10 @@ class StoreState:
             isinstance(body, list)
             and body
             and type(body[0]) is int
-            and body[0] in (1, _SNAPSHOT_VERSION)
+            and body[0] in (1, 2, 3, _SNAPSHOT_VERSION)
             and len(body) == 11 + body[0]
         ):
-            raise ProtocolError("not a version-1 or -2 store snapshot")
+            raise ProtocolError("not a version-1 to -4 store snapshot")
         (_, group, window_s, applied, latest, cursors, replays, window, ends, counts,
          unindexed, floor) = body[:12]  # fmt: skip
         if not isinstance(window_s, float) or not window_s >= 0:
@@ -578,12 +655,17 @@ class StoreState:
                 raise ProtocolError("snapshot: bad unindexed positions")
             state._unindexed[_uint(instance)] = tuple(_uint(i) for i in indexes)
         state._unindexed_floor = _uint(floor)
-        if len(body) == 13:  # version 2: pending scheduled messages
+        if len(body) >= 13:  # version 2: pending scheduled messages
             state.schedule = Schedule.restore(body[12])
+        if len(body) >= 14:  # version 3: rolled ones
+            state.schedule.restore_forwards(body[13])
+        if len(body) >= 15:  # version 4: transactions
+            state.txns = TxnBook.restore(body[14])
         return state
 
 
-_SNAPSHOT_VERSION = 2  # 2 added the schedule; 1 is still read
+# 2 added the schedule, 3 rolled messages, 4 transactions; 1 to 3 are still read
+_SNAPSHOT_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,15 +739,11 @@ class _Window:
 
 
 def _uint(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"snapshot: expected an unsigned integer, got {value!r:.40}")
-    return value
+    return validate.integer(value, "snapshot field", error=ProtocolError)
 
 
 def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ProtocolError(f"snapshot: expected a string, got {type(value).__name__}")
-    return value
+    return validate.text(value, "snapshot field", error=ProtocolError)
 
 
 def _rows(value: object, width: int) -> list[list[object]]:

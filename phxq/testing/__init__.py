@@ -8,7 +8,9 @@
 - :class:`Faults` / :class:`FaultyTransport` / :class:`FaultStats`: wrap any transport and
   drop, duplicate, delay, stall, sever or one-way partition its frames, from a seeded RNG;
 - :class:`Inbox`: ``await inbox.recv()`` over any transport's push delivery, to look at raw
-  frame bodies.
+  frame bodies;
+- :class:`LocalCluster`: three stores (and lock nodes) in your test's event loop, on real
+  sockets and files, for a ``phxq.Client`` to talk to (``phxq.testing.cluster``).
 
 Typical use::
 
@@ -23,10 +25,14 @@ Typical use::
         faults.drop_rate = 0.2              # every fifth frame lost, reproducibly
         await pool.call("node1:1", "echo", b"x", timeout=0.5)   # may raise Unavailable
 
-An in-process cluster of store daemons is not here (yet): start ``phxq dev`` or the daemons
-on ephemeral ports instead.
+Against a whole cluster::
+
+    async with LocalCluster(tmp_path, locks=True) as cluster:
+        async with phxq.Client(cluster.addresses) as client:
+            await client.enqueue("orders", b"hello")
 """
 
+from phxq.testing.cluster import LocalCluster
 from phxq.testing.faults import Faults, FaultStats, FaultyTransport
 from phxq.testing.inbox import Inbox
 from phxq.testing.memory import MemoryNetwork, MemoryTransport, memory_pair
@@ -36,6 +42,7 @@ __all__ = [
     "Faults",
     "FaultyTransport",
     "Inbox",
+    "LocalCluster",
     "MemoryNetwork",
     "MemoryTransport",
     "memory_pair",

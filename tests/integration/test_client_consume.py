@@ -111,7 +111,8 @@ async def test_without_auto_commit_only_acked_messages_are_committed(
                 async for message in stream:
                     if message.payload == b"n2":
                         raise RuntimeError("stop here")  # n2 is in hand, not acked
-                    await message.ack()
+                    await message.ack()  # returns once committed
+                    assert await client.cursor("manual", TOPIC, queue=3) == message.offset
         again = client.consume("manual", TOPIC, queues=[3], auto_commit=False)
         async with asyncio.timeout(30), again:
             first = await again.__anext__()

@@ -23,8 +23,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode, checks
 
+from bench import gateway as gateway_bench
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
+from phxq.gateway.routes import build_routes
 from phxq.routing import queue_for_key
 
 from .gateway_cluster import gateway_cluster
@@ -271,6 +273,8 @@ async def test_topics_topic_status_and_lag(http, url, gw):
     assert status == 200 and set(st["stores"]) == {"1", "2", "3"}
     masters = {g["group"] for s in st["stores"].values() for g in s["groups"] if g["is_master"]}
     assert masters == set(range(4))
+    pairs = st["ownership"]["pairs"]
+    assert {(p["group"], p["queue"]) for p in pairs} == {("billing", q) for q in range(8)}
 
     status, lag, _ = await call(http, "GET", f"{url}/lag", params={"group": "billing"})
     assert status == 200 and {r["queue"] for r in lag["lag"]} == set(range(8))
@@ -568,7 +572,10 @@ def test_every_curl_example_in_the_docs_answers_as_documented(url, tmp_path):
         answer = blocks[i + 1] if i + 1 < len(blocks) and blocks[i + 1][0] != "sh" else None
         script += [f"echo '@@{len(expected)}'", text.rstrip("\n"), "echo"]
         expected.append((text, answer))
-    assert len(expected) >= 20, "the docs lost their examples"
+    commands = "\n".join(text for text, _ in expected)
+    for route in build_routes(60.0):  # every route has an example
+        pattern = re.sub(r"\\{\w+\\}", r"[^/?\"\\s]+", re.escape(route.path)) + r"[?\"\s]"
+        assert re.search(pattern, commands), f"no example of {route.method} {route.path}"
     env = {**os.environ, "GW": url.removesuffix("/v1")}
     run = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", "\n".join(script)],
@@ -662,3 +669,30 @@ def test_openapi_document_drives_the_live_gateway_without_5xx_or_schema_violatio
                 case.call_and_validate(base_url=gw.gateway_url, checks=CHECKS, timeout=10)
 
             drive()
+
+
+async def test_gateway_benchmark_runs_beside_the_native_client(gw):
+    """bench/gateway.py's measurement on this cluster, tiny: it works (no figure is checked)."""
+    args = gateway_bench.parse_args(["--quick", "--topic", "orders", "--outstanding", "8"])
+    args.count, args.seconds, args.warmup_seconds = 20, 0.3, 0.1
+    runs = await gateway_bench.measure(gw, args)
+    assert [(r["system"], r["name"]) for r in runs] == [
+        ("phxq", "latency"),
+        ("gateway", "latency"),
+        ("phxq", "throughput"),
+        ("gateway", "throughput"),
+    ]
+    assert all(r["messages"] > 0 and r["errors"] == 0 for r in runs), runs
+    assert len(gateway_bench.ratios(runs)) == 2
+
+
+async def test_metrics_count_requests_by_operation_and_status(http, url):
+    await call(http, "GET", f"{url}/topics/nope")
+    status, text, resp = await call(http, "GET", url.removesuffix("/v1") + "/metrics")
+    assert status == 200 and resp.content_type == "text/plain"
+    lines = text.decode().splitlines()
+    assert any(
+        line.startswith('phxq_gateway_requests_total{operation="topic",status="404"}')
+        for line in lines
+    )
+    assert any(line.startswith("phxq_gateway_in_flight ") for line in lines)

@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,21 +41,30 @@ PRINCIPALS = "".join(
     )
 )
 EVIL = b"evil"
+HOOK_SECRET = b"a-hook-secret-of-32-bytes-length"
 
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     data = tmp_path_factory.mktemp("secure")
-    ports = free_ports(6)
+    ports = free_ports(7)
+    (data / "hook.secret").write_bytes(HOOK_SECRET)
+    # A consumer daemon (a member: TLS with its certificate to stores and lock nodes) pushing
+    # topic "hooks" to an HTTP handler that test_pushes_are_signed starts, signed.
+    hooks = (
+        '\n[[topic]]\nname = "hooks"\nqueues = 1\n'
+        '\n[[consumer_group]]\nname = "hooked"\ntopic = "hooks"\n'
+        f'handler = "http://127.0.0.1:{ports[6]}/hook"\nsigning_secret_file = "hook.secret"\n'
+    )
     path = write_dev_config(
         data,
         groups=2,
         store_ports=ports[:3],
-        lock_ports=ports[3:],
+        lock_ports=ports[3:6],
         secure=True,
-        extra=PRINCIPALS,
+        extra=PRINCIPALS + hooks,
     )
-    cluster = ProcessCluster(path, locks=True)
+    cluster = ProcessCluster(path, locks=True, consumers=("c1",))
     try:
         cluster.start()
         cluster.wait_ready(timeout=30)
@@ -258,3 +268,38 @@ async def test_plaintext_and_garbage_on_a_tls_port_are_closed(secure: ProcessClu
     async with _client(secure, token=_admin(secure)) as admin:
         await admin.enqueue("orders", b"after-plaintext")
     assert EVIL not in (await _stored(secure))["payloads"]
+
+
+async def test_pushes_are_signed(secure: ProcessCluster) -> None:
+    """The consumer (a member over TLS) delivers to an HTTP handler with a signature the
+    handler can verify with the group's secret."""
+    from aiohttp import web
+
+    from phxq.security.signing import verify
+
+    group = secure.config.consumer_group("hooked")
+    port = int(group.handler.rsplit(":", 1)[1].split("/")[0])
+    received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await received.put((dict(request.headers), await request.read()))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        async with _client(secure, token=_admin(secure)) as admin:
+            await admin.enqueue("hooks", b"signed push")
+        async with asyncio.timeout(30):
+            while True:
+                headers, body = await received.get()
+                if body == b"signed push":
+                    break
+        assert verify(HOOK_SECRET, headers, body, time.time())
+        assert not verify(b"another-secret-of-some-length", headers, body, time.time())
+    finally:
+        await runner.cleanup()

@@ -1,31 +1,41 @@
 """A deterministic simulator for the Paxos core (STYLE.md §5).
 
-``Sim(seed, n=3|5, bug=None).run(steps)`` drives ``n`` ``PaxosNode`` replicas over a simulated
-network that drops, duplicates, delays, reorders and partitions (every message goes through the
-wire codec), with simulated disks (persists complete after a small random delay, in order) and
-crash/restart that loses every persist not yet complete. A virtual clock jumps from event to
-event. Clients propose unique items at random nodes and follow ``not_master`` hints.
+``Sim(seed, n, bug=None).run(steps)`` drives ``n`` ``PaxosNode`` replicas (any group size the
+config accepts: 1, 2, 3, 4, 5, ...) over a simulated network that drops, duplicates, delays,
+reorders and partitions (every message goes through the wire codec), with simulated disks
+(``disk.SimDisk``: one record stream per replica, durable in order after a small random delay,
+chosen records lazily) and a virtual clock that jumps from event to event. Clients propose unique
+items at random nodes and follow ``not_master`` hints. Every random choice comes from the seed.
 
-After every step the checker asserts (raising ``SimViolation`` with ``seed=N`` and a trace tail):
-at most one value chosen per instance (ground truth: a majority of *durable* AcceptRecords with
-one ballot); every learned value is that chosen value, learned strictly in order, once, with the
-right chain checksum; no item is chosen in two instances; an acked item is at its instance; an
-item whose every attempt failed with ``not_master`` is never chosen. After the chaos, the network
-heals and every node restarts (in ~30% of runs a random minority stays crashed for good); within
-bounded virtual time all client requests must be resolved, fresh items must be acked, and all
-live replicas must converge on the same ``chosen_up_to`` and checksum covering every chosen
-instance.
+Faults (``faults.py``; ``CHAOS`` weights, ``LONG`` for the long runs): partitions and heals,
+packet loss and duplication, crashes of any node or of the master, restarts, *same-round duels*
+(two followers start phase 1 at the same instant with the same round, as if both election timers
+had fired together: a live master is rebooted first, so it knows no master and promises anyone;
+often the two cannot hear each other and only the others' answers decide), *long partitions*
+(a minority or the master cut off for 5-20 leases while the clients keep proposing; no other
+partition change meanwhile), and *crashes inside writes*: a node that submits a ``Persist``
+(often when it holds a ``PromiseRecord``) may crash before the write completes. Every crash keeps
+the durable records plus a random prefix of those in flight (``SimDisk.crash``); a node crashed
+inside a write restarts a few leases later. Some fdatasyncs are slow (up to 10 ms).
 
-``Sim.rejoin(mode, leases)`` is the pre-vote scenario: no random faults, steady load, node 1
-(the preferred master of group 0) elected; then one node is cut off for ``leases`` lease periods
-and reconnected. ``mode``: ``"isolate"`` (a follower loses every link), ``"from_master"`` (a
-follower loses only its link to the master), ``"master"`` (the master loses every link). For
-followers the master must keep its role and ballot throughout and no replica may ever promise a
-higher ballot; when the master itself was cut off, the survivors elect one master while it is
-away, and after the heal the only election is the preferred node taking its group back.
+Checks (``SimViolation`` names the check, ``seed=N`` and ends with the trace tail):
 
-``bug`` plants a known defect to prove the checker catches it: ``"forget_promise"`` (restart
-forgets the promised ballot and accepted values) or ``"reply_before_persist"``.
+- at every send, what the message implies already holds on the sender's disk, and proposals
+  respect what is chosen (``oracle.Oracle.check_send``); ground truth for "chosen" is a majority
+  of *durable* AcceptRecords with one ballot;
+- every learned value is the chosen one, learned strictly in order, once per life, with the
+  right chain checksum; no item is chosen in two instances; an acked item is at its instance;
+  an item whose every attempt failed with ``not_master`` is never chosen;
+- at every restart, the state the core recovers (``recover_state``, or a planted bug's) and the
+  core's acceptor after taking it equal ``disk.fold`` of the node's durable records; on a sample
+  of restarts (``plog_checks`` per run) the real PLog, fed the same records, recovers it too;
+- after the chaos the network heals and every node restarts (in ~30% of runs a random minority
+  stays crashed for good); within bounded virtual time all client requests must be resolved,
+  fresh items acked, and the live replicas must converge on one ``chosen_up_to`` and checksum
+  covering every chosen instance.
+
+``Sim.rejoin`` (``rejoin.py``) is the pre-vote scenario. ``bug`` plants one of
+``planted.BUGS`` to prove the checks catch it.
 """
 
 from __future__ import annotations
@@ -37,9 +47,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phxq.paxos import (
-    ZERO,
-    AcceptRecord,
-    Ballot,
     CatchupReply,
     ChosenEntry,
     Divergence,
@@ -47,9 +54,7 @@ from phxq.paxos import (
     Learned,
     PaxosNode,
     Persist,
-    PromiseRecord,
     ProposalFailed,
-    RecoveredState,
     RoleChanged,
     Send,
     ServeCatchup,
@@ -59,19 +64,23 @@ from phxq.paxos import (
     encode_message,
     recover_state,
 )
+from tests.sim.disk import ChosenMark, SimDisk, fold
+from tests.sim.faults import CHAOS, FaultsMixin
+from tests.sim.oracle import Oracle
+from tests.sim.planted import BUGS
+from tests.sim.plogcheck import plog_recover
+from tests.sim.rejoin import RejoinMixin
 
-BUGS = ("forget_promise", "reply_before_persist")
+LAZY_DELAY = 0.05  # chosen records ride with the next write, or go out after this (PLog: lease/2)
 
 
 class SimViolation(AssertionError):
-    """An invariant failed; the message names the seed and ends with the trace tail."""
+    """An invariant failed; the message names the check and seed and ends with the trace tail."""
 
-
-class EarlyReplyNode(PaxosNode):
-    """Planted bug: sends replies without waiting for their records to be durable."""
-
-    def _after_durable(self, action: Any, out: list[Any]) -> None:
-        out.append(action)
+    @property
+    def kind(self) -> str:
+        """SAFETY, DURABILITY, RECOVERY, LIVENESS or REJOIN."""
+        return str(self).split(": ", 2)[1].split(":")[0]
 
 
 @dataclass
@@ -79,13 +88,14 @@ class SimNode:
     node_id: int
     paxos: PaxosNode | None = None
     epoch: int = 0
-    durable: list[PromiseRecord | AcceptRecord] = field(default_factory=list)
-    learned: list[Learned] = field(default_factory=list)  # the PLog's chosen records (durable)
+    disk: SimDisk = field(default_factory=SimDisk)
+    learned: list[Learned] = field(default_factory=list)  # the PLog's chosen records
     disk_free_at: float = 0.0
     tick_at: float | None = None
+    flushing: bool = False
 
 
-class Sim:
+class Sim(FaultsMixin, RejoinMixin):
     def __init__(
         self,
         seed: int,
@@ -95,12 +105,17 @@ class Sim:
         group: int = 0,
         fault_interval: float = 0.05,
         client_interval: float = 0.004,
+        faults: dict[str, int] | None = None,
+        plog_checks: int = 1,
+        restart_check: bool = True,
     ) -> None:
-        assert bug is None or bug in BUGS, bug
         self.seed = seed
         self.rng = random.Random(seed)
         self.n = n
         self.bug = bug
+        planted = BUGS[bug] if bug is not None else None
+        self.node_class = (planted and planted.node) or PaxosNode
+        self.recover = (planted and planted.recover) or recover_state
         self.now = 0.0
         self.members = tuple(range(1, n + 1))
         self.majority = n // 2 + 1
@@ -116,25 +131,33 @@ class Sim:
             )
             for m in self.members
         }
+        self.lease = self.configs[1].lease
         self.fault_interval = fault_interval
+        self.faulty = fault_interval < 1e6
         self.client_interval = client_interval
+        self.fault_kinds = list((faults or CHAOS).items())
         self.nodes = {m: SimNode(m) for m in self.members}
         self._events: list[tuple[float, int, str, tuple[Any, ...]]] = []
         self._seq = 0
         self.trace: deque[str] = deque(maxlen=30)
         self.steps = 0
         self.chaos = True
+        self.oracle = Oracle(self.majority, self.fail)
         # network
         self.drop_rate = 0.0
         self.dup_rate = 0.0
         self.side: dict[int, int] = {m: 0 for m in self.members}
         self.cut: set[frozenset[int]] = set()  # single links down (both directions)
-        self.elections: list[tuple[float, int, Ballot]] = []  # (time, node, ballot) won
-        # oracle
-        self.votes: dict[tuple[int, Ballot], tuple[bytes, set[int]]] = {}
-        self.chosen: dict[int, bytes] = {}
+        self.frozen_until = 0.0  # a long partition holds until then
+        self.elections: list[tuple[float, int, Any]] = []  # (time, node, ballot) won
+        self.restarts = self.duels = self.write_crashes = self.torn_writes = 0
+        self.long_partitions = 0
+        self._plog_rng = random.Random(seed * 7919 + 1)  # PLog checks never change the run
+        self.plog_checks = plog_checks
+        self.restart_check = restart_check  # off: only the end-to-end checks see recovery bugs
+        self.plog_checked = 0
+        # oracle of the clients
         self.item_instance: dict[bytes, int] = {}
-        # clients
         self.items: dict[int, bytes] = {}
         self.outstanding: dict[int, int] = {}  # pid -> node it was proposed to
         self.attempts: dict[int, int] = {}
@@ -149,6 +172,10 @@ class Sim:
             self._start(m)
         self._push(self.rng.expovariate(1 / client_interval), "client", ())
         self._push(self.rng.expovariate(1 / fault_interval), "fault", ())
+
+    @property
+    def chosen(self) -> dict[int, bytes]:
+        return self.oracle.chosen
 
     # --------------------------------------------------------------------- plumbing
 
@@ -165,16 +192,22 @@ class Sim:
 
     def _start(self, m: int) -> None:
         sn = self.nodes[m]
-        cup = len(sn.learned)
-        checksum = sn.learned[-1].checksum if sn.learned else 0
-        rec = recover_state(sn.durable, cup, checksum)
-        if self.bug == "forget_promise":
-            rec = RecoveredState(ZERO, rec.max_round, {}, cup, checksum)
-        cls = EarlyReplyNode if self.bug == "reply_before_persist" else PaxosNode
-        sn.paxos = cls(self.configs[m], rec, self.now)
+        disk = sn.disk
+        expect = fold(disk.durable)
+        records = [r for r in disk.durable if type(r) is not ChosenMark]
+        rec = self.recover(records, disk.chosen_up_to, disk.checksum)
+        sn.paxos = self.node_class(self.configs[m], rec, self.now)
+        if self.restart_check:
+            self.oracle.check_recovered(m, rec, sn.paxos, expect)
+        if disk.durable and self.plog_checked < self.plog_checks and self._plog_rng.random() < 0.3:
+            self.plog_checked += 1
+            self.oracle.check_recovered(m, plog_recover(disk.durable), None, expect, "the PLog")
+        sn.learned = sn.learned[: disk.chosen_up_to]
         sn.epoch += 1
         sn.disk_free_at = self.now
         sn.tick_at = None
+        sn.flushing = False
+        self.restarts += sn.epoch > 1
         self._schedule_tick(sn)
 
     def _schedule_tick(self, sn: SimNode) -> None:
@@ -187,19 +220,29 @@ class Sim:
     def up(self) -> list[int]:
         return [m for m, sn in self.nodes.items() if sn.paxos is not None]
 
+    def master(self) -> int | None:
+        """The running master with the highest ballot, if any."""
+        masters = [(sn.paxos.ballot, m) for m, sn in self.nodes.items()
+                   if sn.paxos is not None and sn.paxos.is_master]  # fmt: skip
+        return max(masters)[1] if masters else None
+
     # ---------------------------------------------------------------------- effects
 
     def execute(self, m: int, effects: list[Any]) -> None:
         sn = self.nodes[m]
         for e in effects:
             if isinstance(e, Send):
+                self.oracle.check_send(m, sn.epoch, e.msg, sn.disk)
                 self._send(m, e.to, encode_message(e.msg))
             elif isinstance(e, Persist):
-                # in order: each persist completes after the previous one
-                sn.disk_free_at = max(sn.disk_free_at, self.now) + self.rng.uniform(0.0001, 0.001)
-                self._push(sn.disk_free_at, "disk", (m, sn.epoch, e))
+                self._persist(m, sn, e)
             elif isinstance(e, Learned):
                 self._check_learned(m, e)
+                b = e.ballot
+                sn.disk.append((ChosenMark(e.instance, b, e.checksum, e.value),))
+                if not sn.flushing:
+                    sn.flushing = True
+                    self._push(self.now + LAZY_DELAY, "flush", (m, sn.epoch))
             elif isinstance(e, ProposalFailed):
                 self._proposal_failed(m, e)
             elif isinstance(e, ServeCatchup):
@@ -212,13 +255,24 @@ class Sim:
                 )
                 self._send(m, e.to, encode_message(reply))
             elif isinstance(e, Divergence):
-                self.fail(f"node {m} reported divergence {e}")
+                self.fail(f"SAFETY: node {m} reported divergence {e}")
             elif isinstance(e, RoleChanged) and e.is_master:
                 self.elections.append((self.now, m, e.ballot))
         if sn.paxos is not None:
             if sn.paxos.is_master:
                 self.masters_seen.add(m)
             self._schedule_tick(sn)
+
+    def _persist(self, m: int, sn: SimNode, e: Persist) -> None:
+        end = sn.disk.append(e.records)
+        # in order: each persist completes after the previous one
+        start = max(sn.disk_free_at, self.now)
+        took = self.rng.uniform(0.0001, 0.001)
+        if self.rng.random() < 0.05:
+            took += self.rng.uniform(0.0, 0.01)  # a slow fdatasync
+        sn.disk_free_at = start + took
+        self._push(sn.disk_free_at, "disk", (m, sn.epoch, end, e.token))
+        self._maybe_crash_in_write(m, e.records, sn.disk_free_at)
 
     def _send(self, frm: int, to: int, data: bytes) -> None:
         if self.side[frm] != self.side[to] or self.rng.random() < self.drop_rate:
@@ -232,27 +286,7 @@ class Sim:
                 delay += self.rng.uniform(0.0, 0.03)  # a straggler: reorders
             self._push(self.now + delay, "deliver", (to, data))
 
-    # ---------------------------------------------------------------------- oracle
-
-    def _on_durable(self, m: int, records: tuple[PromiseRecord | AcceptRecord, ...]) -> None:
-        self.nodes[m].durable.extend(records)
-        for r in records:
-            if not isinstance(r, AcceptRecord):
-                continue
-            key = (r.instance, r.ballot)
-            held = self.votes.get(key)
-            if held is None:
-                held = self.votes[key] = (r.value, set())
-            elif held[0] != r.value:
-                self.fail(f"two values accepted for instance {r.instance} at ballot {r.ballot}")
-            held[1].add(m)
-            if len(held[1]) >= self.majority:
-                old = self.chosen.setdefault(r.instance, r.value)
-                if old != r.value:
-                    self.fail(
-                        f"SAFETY: instance {r.instance} chosen twice: {old[:40]!r} then "
-                        f"{r.value[:40]!r} (ballot {r.ballot})"
-                    )
+    # ---------------------------------------------------------------------- learning
 
     def _check_learned(self, m: int, e: Learned) -> None:
         sn = self.nodes[m]
@@ -267,7 +301,7 @@ class Sim:
             )
         prev = sn.learned[-1].checksum if sn.learned else 0
         if e.checksum != chain_checksum(prev, e.instance, e.value):
-            self.fail(f"node {m} learned {e.instance} with a wrong chain checksum")
+            self.fail(f"SAFETY: node {m} learned {e.instance} with a wrong chain checksum")
         sn.learned.append(e)
         items = decode_batch(e.value)
         for item in items:
@@ -276,12 +310,14 @@ class Sim:
                 self.fail(f"SAFETY: item {item!r} chosen in instances {first} and {e.instance}")
         if e.proposals:
             if len(e.proposals) != len(items):
-                self.fail(f"node {m}: proposals {e.proposals} do not align with {len(items)} items")
+                self.fail(
+                    f"SAFETY: node {m}: proposals {e.proposals} misalign with {len(items)} items"
+                )
             for pid, item in zip(e.proposals, items, strict=True):
                 if self.items.get(pid) != item:
-                    self.fail(f"node {m} acked pid {pid} with someone else's item {item!r}")
+                    self.fail(f"SAFETY: node {m} acked pid {pid} with another item {item!r}")
                 if self.outstanding.pop(pid, None) != m:
-                    self.fail(f"node {m} acked pid {pid} it was not waiting for")
+                    self.fail(f"SAFETY: node {m} acked pid {pid} it was not waiting for")
                 self.acked[pid] = e.instance
 
     # ---------------------------------------------------------------------- clients
@@ -304,7 +340,7 @@ class Sim:
     def _proposal_failed(self, m: int, e: ProposalFailed) -> None:
         for pid in e.pids:
             if self.outstanding.pop(pid, None) != m:
-                self.fail(f"node {m} failed pid {pid} it was not waiting for")
+                self.fail(f"SAFETY: node {m} failed pid {pid} it was not waiting for")
             if e.reason == "unknown":
                 self.unknown.add(pid)
             elif self.attempts[pid] >= 8:
@@ -318,58 +354,6 @@ class Sim:
         self.items[pid] = b"item-%d" % pid
         self._propose(pid)
         return pid
-
-    # ----------------------------------------------------------------------- faults
-
-    def _fault(self) -> None:
-        rng = self.rng
-        roll = rng.random()
-        down = [m for m in self.members if m not in self.up()]
-        if roll < 0.25:
-            self.side = {m: rng.randrange(2) for m in self.members}
-            what = f"partition {self.side}"
-        elif roll < 0.45:
-            self.side = {m: 0 for m in self.members}
-            what = "heal"
-        elif roll < 0.65 and len(down) < self.n:
-            victim = rng.choice(self.up())
-            self.crash(victim)
-            what = f"crash {victim}"
-        elif roll < 0.85 and down:
-            m = rng.choice(down)
-            self._start(m)
-            what = f"restart {m}"
-        else:
-            self.drop_rate = rng.choice((0.0, 0.0, 0.05, 0.2))
-            self.dup_rate = rng.choice((0.0, 0.05, 0.2))
-            what = f"drop={self.drop_rate} dup={self.dup_rate}"
-        self.trace.append(f"{self.now:.4f} FAULT {what}")
-
-    def crash(self, m: int) -> None:
-        sn = self.nodes[m]
-        sn.paxos = None
-        sn.epoch += 1
-        for pid, at in list(self.outstanding.items()):
-            if at == m:  # the client sees the connection drop: outcome unknown
-                del self.outstanding[pid]
-                self.unknown.add(pid)
-
-    def heal(self, keep_down: int = 0) -> None:
-        """End of chaos: reconnect everything, no loss; restart every crashed node except
-        ``keep_down`` of them (at most a minority), which stay crashed for good."""
-        assert keep_down <= self.n - self.majority
-        self.chaos = False
-        self.side = {m: 0 for m in self.members}
-        self.cut = set()
-        self.drop_rate = self.dup_rate = 0.0
-        self.kept_down = set(self.rng.sample(self.members, keep_down))
-        for m in self.members:
-            sn = self.nodes[m]
-            if m in self.kept_down and sn.paxos is not None:
-                self.crash(m)
-            elif m not in self.kept_down and sn.paxos is None:
-                self._start(m)
-        self.trace.append(f"{self.now:.4f} HEAL (kept down: {sorted(self.kept_down)})")
 
     # ------------------------------------------------------------------------- loop
 
@@ -398,12 +382,18 @@ class Sim:
             self.trace.append(f"{self.now:.4f} {msg.sender}->{to} {_short(msg)}")
             self.execute(to, sn.paxos.on_message(msg, self.now))
         elif kind == "disk":
-            m, epoch, persist = args
+            m, epoch, end, token = args
             sn = self.nodes[m]
             if sn.paxos is None or sn.epoch != epoch:
                 return
-            self._on_durable(m, persist.records)
-            self.execute(m, sn.paxos.on_persisted(persist.token, self.now))
+            self.oracle.on_durable(m, sn.disk.sync(end))
+            self.execute(m, sn.paxos.on_persisted(token, self.now))
+        elif kind == "flush":
+            m, epoch = args
+            sn = self.nodes[m]
+            if sn.paxos is not None and sn.epoch == epoch:
+                sn.flushing = False
+                self.oracle.on_durable(m, sn.disk.sync(sn.disk.end))
         elif kind == "tick":
             m, _, _ = args
             sn = self.nodes[m]
@@ -420,12 +410,30 @@ class Sim:
         elif kind == "fault" and self.chaos:
             self._fault()
             self._push(self.now + self.rng.expovariate(1 / self.fault_interval), "fault", ())
+        elif kind == "write_crash" and self.chaos:
+            m, epoch = args
+            if self.nodes[m].paxos is not None and self.nodes[m].epoch == epoch:
+                self.write_crashes += 1
+                self.trace.append(f"{self.now:.4f} FAULT crash {m} inside a write")
+                self.crash(m)
+                downtime = self.lease * self.rng.uniform(0.2, 3.0)
+                self._push(self.now + downtime, "restart", (m, self.nodes[m].epoch))
+        elif kind == "restart" and self.chaos:
+            m, epoch = args
+            if self.nodes[m].paxos is None and self.nodes[m].epoch == epoch:
+                self.trace.append(f"{self.now:.4f} FAULT restart {m}")
+                self._start(m)
+        elif kind == "duel" and self.chaos:
+            self.duel()
+        elif kind == "uncut":
+            self.cut.discard(frozenset(args))
 
     def run(self, steps: int, settle: float = 5.0) -> None:
         """``steps`` steps of chaos, then heal and require convergence within ``settle`` s."""
         while self.steps < steps:
             self.step()
-        keep_down = self.rng.randint(1, self.n - self.majority) if self.rng.random() < 0.3 else 0
+        spare = self.n - self.majority
+        keep_down = self.rng.randint(1, spare) if spare and self.rng.random() < 0.3 else 0
         self.heal(keep_down)
         deadline = self.now + settle
         fresh: list[int] = []
@@ -438,75 +446,6 @@ class Sim:
             if fresh and self.steps % 50 == 0 and self.converged(fresh):
                 self.check_final(fresh)
                 return
-        self.check_final(fresh)
-
-    def rejoin(self, mode: str, leases: int = 20) -> None:
-        """The pre-vote scenario (see the module docstring); raises ``SimViolation``."""
-        assert mode in ("isolate", "from_master", "master"), mode
-        assert self.fault_interval >= 1e6, "rejoin needs a Sim without random faults"
-        lease = self.configs[1].lease
-        self.dup_rate = self.rng.choice((0.0, 0.05))
-        master = self.nodes[1]
-        until = self.now + 50 * lease
-        while not (master.paxos is not None and master.paxos.ready and self.acked):
-            self.step()
-            if self.now > until:
-                self.fail("REJOIN: node 1 was never elected")
-        ballot = master.paxos.ballot
-        victim = 1 if mode == "master" else self.rng.choice(self.members[1:])
-        if mode == "from_master":
-            self.cut = {frozenset((1, victim))}
-        else:
-            self.side = {m: int(m == victim) for m in self.members}
-        self.trace.append(f"{self.now:.4f} REJOIN cut {mode} node {victim}")
-        cut_at, heal_at = self.now, self.now + leases * lease
-        while self.now < heal_at:
-            self.step()
-            if mode != "master":
-                self._check_undisturbed(ballot)
-        elected = [e for e in self.elections if e[0] >= cut_at]
-        if mode == "master":
-            if not elected:
-                self.fail("REJOIN: nobody took over from the cut-off master")
-            last = max(b for _, _, b in elected)
-            self._quiet_after(cut_at + 10 * lease, last, "while the master was away")
-        self.side = {m: 0 for m in self.members}
-        self.cut = set()
-        self.trace.append(f"{self.now:.4f} REJOIN healed node {victim}")
-        healed_at = self.now
-        fresh: list[int] = []
-        while self.now < healed_at + max(20, leases) * lease:
-            self.step()
-            if mode != "master":
-                self._check_undisturbed(ballot)
-            if not fresh and self.now >= healed_at + 5 * lease:
-                fresh = [self.new_item() for _ in range(5)]
-        after = [(n, b) for t, n, b in self.elections if t >= healed_at]
-        if mode == "master" and (len(after) != 1 or after[0][0] != 1):
-            self.fail(f"REJOIN: after the heal expected one takeover by node 1, got {after}")
-        self.chaos = False
-        self._settle(fresh)
-
-    def _check_undisturbed(self, ballot: Ballot) -> None:
-        p = self.nodes[1].paxos
-        if p is None or not p.is_master or p.ballot != ballot:
-            self.fail(f"REJOIN: the healthy master lost its role or ballot {ballot}")
-        for m, sn in self.nodes.items():
-            if sn.paxos is not None and sn.paxos.promised > ballot:
-                self.fail(f"REJOIN: node {m} promised {sn.paxos.promised} above {ballot}")
-
-    def _quiet_after(self, since: float, ballot: Ballot, when: str) -> None:
-        later = [e for e in self.elections if e[0] >= since and e[2] != ballot]
-        if later:
-            self.fail(f"REJOIN: elections {when} after the new master settled: {later}")
-
-    def _settle(self, fresh: list[int], settle: float = 5.0) -> None:
-        deadline = self.now + settle
-        while self.now < deadline:
-            if not self.step():
-                break
-            if self.steps % 50 == 0 and self.converged(fresh):
-                break
         self.check_final(fresh)
 
     def converged(self, fresh: list[int]) -> bool:

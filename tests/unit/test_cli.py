@@ -89,7 +89,7 @@ def test_enqueue_rejects_bad_arguments(args: tuple[str, ...], complaint: str) ->
 
 def test_tail_rejects_an_unknown_start() -> None:
     result = run("tail", "-s", "127.0.0.1:1", "orders", "--from", "yesterday")
-    assert result.exit_code == 2 and "now, start, cursor or an offset" in result.output
+    assert result.exit_code == 2 and "now, start, cursor, an OFFSET, an ISO time" in result.output
 
 
 def test_dev_names_a_taken_port_before_anything_is_ready(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ def test_a_config_setting_every_documented_key_parses() -> None:
     doc["principal"] = [tables.pop("principal")]
     doc["client"] = tables.pop("client")
     doc["gateway"] = tables.pop("gateway")
+    doc["consumer"] = [tables.pop("consumer")]
     assert tables == {}, f"tables the test does not place yet: {sorted(tables)}"
     cfg = parse_config(tomli_w.dumps(doc), base_dir=Path("/"))
     assert cfg.topic("orders").queues == _example(

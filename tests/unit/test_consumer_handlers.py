@@ -18,6 +18,7 @@ from phxq.consumer.handlers import (
     CallableHandler,
     Delivery,
     HttpHandler,
+    TracedHandler,
     http_headers,
     make_handler,
     resolve_callable,
@@ -215,6 +216,7 @@ def test_resolve_module_function(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_make_handler_picks_the_adapter() -> None:
-    assert isinstance(make_handler("json:dumps", timeout=1.0), CallableHandler)
+    handler = make_handler("json:dumps", timeout=1.0)
+    assert isinstance(handler, TracedHandler) and isinstance(handler.inner, CallableHandler)
     with pytest.raises(ConfigError):
         make_handler("http://127.0.0.1:1/x", timeout=1.0)  # no session

@@ -518,3 +518,28 @@ async def test_drain_while_the_lock_is_being_granted_hands_over_without_deliveri
     await asyncio.wait_for(task, 5)
     assert worker.state is Ownership.RELEASED and seen == []
     assert await locks.get("cg/billing/orders/0") is None
+
+
+async def test_committed_past_waits_for_the_commit_and_fails_when_the_lease_is_lost() -> None:
+    store, locks = FakeStore(), MemoryLocks()
+    offsets = [store.add("orders", 0, b"x") for _ in range(3)]
+    release = asyncio.Event()
+
+    async def handle(d: Delivery) -> None:
+        if d.offset == offsets[2]:
+            await release.wait()  # the third message is in hand when the lease goes
+
+    worker = make_worker(store, locks, handle)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.committed_past(offsets[1]), 5)
+    assert store.cursors[PAIR] >= offsets[1]  # returned only once the store had the commit
+    pending = asyncio.ensure_future(worker.committed_past(offsets[2]))
+    await asyncio.sleep(0.05)
+    assert not pending.done()
+    locks.expire("cg/billing/orders/0")
+    with pytest.raises(StaleToken):
+        await asyncio.wait_for(pending, 5)
+    await asyncio.wait_for(task, 5)
+    await worker.committed_past(offsets[0])  # committed before the loss: fine
+    with pytest.raises(StaleToken):
+        await worker.committed_past(offsets[2])  # released: it will never get there

@@ -152,3 +152,30 @@ def test_credentials_never_show_the_token() -> None:
     assert token not in repr(creds)
     with pytest.raises(Unauthenticated):
         Credentials.for_client(token="")
+
+
+def test_member_certificate_reloads_in_place_and_a_bad_reload_keeps_the_old(
+    tmp_path: Path,
+) -> None:
+    from phxq.security.daemon import MemberSecurity
+
+    issue_certs(tmp_path / "c", {"member": ["127.0.0.1"]}, days=90)
+    cfg = parse_config(
+        BASE.format(
+            node='cert = "c/member.pem"\nkey = "c/member.key"',
+            extra='[security]\nca = "c/ca.pem"\ncert = "c/member.pem"\nkey = "c/member.key"',
+        ),
+        base_dir=tmp_path,
+    )
+    member = MemberSecurity.build(cfg)
+    assert member is not None
+    context = member.ssl
+    assert 89 < member.cert_status()["expires_in_days"] <= 90
+    issue_certs(tmp_path / "c", {"member": ["127.0.0.1"]}, days=30)
+    member.reload(cfg)
+    assert member.ssl is context  # the clients' context, updated for their next connections
+    assert 29 < member.cert_status()["expires_in_days"] <= 30
+    (tmp_path / "c" / "member.key").write_text("not a key")
+    with pytest.raises(ConfigError):
+        member.reload(cfg)
+    assert 29 < member.cert_status()["expires_in_days"] <= 30

@@ -34,6 +34,8 @@ lock            lease intervals of one lock name with different tokens never ove
                 client's interval ends at its own ``valid_until``: see phxq/lock/client.py and
                 the lease/margin rules in phxq/lock/state.py, which make that sound on one clock)
 fenced          the fenced counter's successful writes, in version order, never go back in token
+delayed-*       delayed messages: never early, never lost, never after a cancel (see
+                tools/fault/delayed.py; released once is ``stored-dup``)
 =========================================================================================
 
 Only ``deliver`` records of the ``groups`` given are checked for loss (the consumer groups of
@@ -52,6 +54,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
+from tools.fault.delayed import check_delayed
+
 Op = dict[str, Any]
 MAX_LISTED = 10  # examples kept per violated property
 # Seconds a fault's effects may outlast its healing: a consumer's pair lease (3 s) expires and
@@ -68,6 +72,7 @@ class CheckResult:
     stored_dups: int = 0
     dups: int = 0
     delivered: int = 0
+    scheduled: int = 0  # acked delayed messages (tools/fault/delayed.py)
     faults: int = 0
     max_failover_pause: float = 0.0
     overlapping_tenures: int = 0  # a paused ex-owner delivered after a newer token (fenced)
@@ -101,6 +106,7 @@ class CheckResult:
             "stored_dups": self.stored_dups,
             "dups": self.dups,
             "delivered": self.delivered,
+            "scheduled": self.scheduled,
             "faults": self.faults,
             "max_failover_pause": round(self.max_failover_pause, 3),
             "overlapping_tenures": self.overlapping_tenures,
@@ -141,6 +147,7 @@ def check(
     windows = _fault_windows(by_type, aftermath)
     stored, lost = _check_store(r, by_type)
     _check_deliveries(r, by_type, stored, lost, groups, windows)
+    check_delayed(r, by_type, stored, groups)
     _check_cursors(r, by_type)
     _check_locks(r, by_type)
     r.faults = sum(1 for op in by_type["nemesis"] if op.get("phase") == "start")
@@ -170,12 +177,22 @@ def _fault_windows(by_type: dict[str, list[Op]], aftermath: float) -> list[tuple
     return windows
 
 
+def _attempted(by_type: dict[str, list[Op]]) -> set[tuple[str, int]]:
+    """(key, seq) of every message a producer or the delayed scheduler tried to send."""
+    return {
+        (op["key"], op["seq"])
+        for kind in ("enqueue", "schedule")
+        for op in by_type[kind]
+        if op["phase"] == "invoke"
+    }
+
+
 def _check_store(
     r: CheckResult, by_type: dict[str, list[Op]]
 ) -> tuple[dict[int, dict[int, str]], set[tuple[str, int]]]:
     """Enqueue acks against the final read. Returns queue -> {offset: payload} as stored, and
     the (key, seq) of acked messages missing from it."""
-    attempted = {(op["key"], op["seq"]) for op in by_type["enqueue"] if op["phase"] == "invoke"}
+    attempted = _attempted(by_type)
     r.attempted = len(attempted)
     acks = [op for op in by_type["enqueue"] if op["phase"] == "ok"]
     r.acked = len({(op["key"], op["seq"]) for op in acks})
@@ -250,7 +267,7 @@ def _check_deliveries(
     groups: Sequence[str],
     windows: list[tuple[float, float]],
 ) -> None:
-    attempted = {(op["key"], op["seq"]) for op in by_type["enqueue"] if op["phase"] == "invoke"}
+    attempted = _attempted(by_type)
     deliveries = by_type["deliver"]
     r.delivered = len(deliveries)
     stored_offsets = {q: sorted(rows) for q, rows in stored.items()}

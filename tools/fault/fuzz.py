@@ -53,6 +53,7 @@ import collections
 import contextlib
 import random
 import reprlib
+import ssl
 import statistics
 import struct
 import time
@@ -73,6 +74,7 @@ from phxq.net.frames import (
     prefix,
 )
 from phxq.net.rpc import RpcPool
+from phxq.security.daemon import member_credentials
 from tools.fault.fuzzgen import CATEGORIES, STREAM, WEIGHTS, Generator, Shot, classify
 
 __all__ = ["CATEGORIES", "FuzzReport", "Generator", "classify", "fuzz_cluster"]
@@ -88,6 +90,7 @@ class Target:
     kind: str  # "store" | "lock"
     node: int
     addr: str
+    ssl: ssl.SSLContext | None = None  # a secured cluster: fuzz as a member, inside TLS
 
 
 @dataclass
@@ -159,7 +162,26 @@ async def _read_body(reader: asyncio.StreamReader, timeout: float) -> bytes | No
 
 async def _open(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     host, port = target.addr.rsplit(":", 1)
-    return await asyncio.open_connection(host, int(port), limit=MAX_FRAME_DEFAULT + 16)
+    tls: dict[str, Any] = {}
+    if target.ssl is not None:
+        tls = {"ssl": target.ssl, "server_hostname": host}
+    return await asyncio.open_connection(host, int(port), limit=MAX_FRAME_DEFAULT + 16, **tls)
+
+
+def _member(cluster: ProcessCluster) -> dict[str, Any]:
+    """Client keyword arguments: with [security], the member certificate (the good client
+    takes locks, which only members may)."""
+    member = member_credentials(cluster.config).ssl
+    return {} if member is None else {"ca": member}
+
+
+def _half_close(writer: asyncio.StreamWriter) -> bool:
+    """Send FIN and keep reading; False on TLS, which has no half-close (then the caller
+    cannot wait for the server's EOF and checks less)."""
+    if not writer.can_write_eof():
+        return False
+    writer.write_eof()
+    return True
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -289,10 +311,10 @@ class _Worker:
         if self.conn is None:
             return
         reader, writer = self.conn
-        writer.write_eof()
-        extra = await _read_body(reader, REPLY_TIMEOUT)
-        if extra is not None:
-            self.run.report.violation(f"{self.where()}: an extra reply {extra[:60]!r}")
+        if _half_close(writer):
+            extra = await _read_body(reader, REPLY_TIMEOUT)
+            if extra is not None:
+                self.run.report.violation(f"{self.where()}: an extra reply {extra[:60]!r}")
         writer.close()
         self.conn = None
 
@@ -333,16 +355,18 @@ class _Worker:
                     await writer.drain()
                     _abort(writer)  # a reset, mid-frame
                     return
-                writer.write_eof()
+                closed = _half_close(writer)
                 first = await _read_body(reader, REPLY_TIMEOUT)
                 reply = None if first is None else decode_body(first)
                 if not (type(reply) is Response and reply.id == 7):
                     report.violation(f"{self.where()}: truncated stream: {reprlib.repr(reply)}")
-                if await _read_body(reader, REPLY_TIMEOUT) is not None:
+                if closed and await _read_body(reader, REPLY_TIMEOUT) is not None:
                     report.violation(f"{self.where()}: reply to a truncated frame")
             else:
                 writer.write(rng.randbytes(rng.randint(1, 600)))
-                writer.write_eof()
+                if not _half_close(writer):
+                    await writer.drain()
+                    return  # TLS: no half-close; the bytes reached the decoder, abort below
                 for _ in range(1000):  # frames it answers must be well-formed, then EOF
                     answer = await _read_body(reader, REPLY_TIMEOUT)
                     if answer is None:
@@ -391,10 +415,14 @@ async def _good_client(cluster: ProcessCluster, stop: asyncio.Event, report: Fuz
     """Enqueue, read back, commit, lock and put while the fuzz runs; every error is reported."""
     done = GoodLog()
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(Client(cluster.store_addresses))
+        client = await stack.enter_async_context(
+            Client(cluster.store_addresses, **_member(cluster))
+        )
         locks = None
         if cluster.locks:
-            locks = await stack.enter_async_context(LockClient(cluster.lock_addresses))
+            locks = await stack.enter_async_context(
+                LockClient(cluster.lock_addresses, **_member(cluster))
+            )
         i = 0
         while not stop.is_set():
             i += 1
@@ -431,7 +459,7 @@ async def _good_client(cluster: ProcessCluster, stop: asyncio.Event, report: Fuz
 
 async def _seed_data(cluster: ProcessCluster) -> None:
     """A known baseline: messages in every queue, cursors, a held lock and KV keys."""
-    async with Client(cluster.store_addresses) as client:
+    async with Client(cluster.store_addresses, **_member(cluster)) as client:
         for topic in cluster.config.topics:
             for q in range(topic.queues):
                 for j in range(3):
@@ -445,7 +473,7 @@ async def _seed_data(cluster: ProcessCluster) -> None:
                     )
                 await client.commit("base", topic.name, queue=q, offset=ack.offset, token=5)
     if cluster.locks:
-        async with LockClient(cluster.lock_addresses) as locks:
+        async with LockClient(cluster.lock_addresses, **_member(cluster)) as locks:
             await locks.acquire("base/lock", "base", 3600.0)
             await locks.kv_put("base/k1", {"a": [1, 2]})
             await locks.kv_put("base/k2", b"bytes")
@@ -493,7 +521,7 @@ async def _capture(cluster: ProcessCluster, pool: RpcPool) -> dict[str, Any]:
                 state["queues"][(s.id, topic.name, q)] = [
                     (o, p, k, tuple(sorted(h.items())), t) for o, p, k, h, t in rows
                 ]
-    async with Client(cluster.store_addresses) as client:
+    async with Client(cluster.store_addresses, **_member(cluster)) as client:
         for topic in cfg.topics:
             for q in range(topic.queues):
                 for cg in ("base", "fz", GOOD_GROUP):
@@ -501,7 +529,7 @@ async def _capture(cluster: ProcessCluster, pool: RpcPool) -> dict[str, Any]:
                         cg, topic.name, queue=q
                     )
     if cluster.locks:
-        async with LockClient(cluster.lock_addresses) as locks:
+        async with LockClient(cluster.lock_addresses, **_member(cluster)) as locks:
             state["kv"] = await locks.kv_list("")
             info = await locks.get("base/lock")
             state["base_lock"] = None if info is None else (info.owner, info.token)
@@ -574,9 +602,10 @@ async def fuzz_cluster(cluster: ProcessCluster, *, frames: int, seed: int) -> Fu
     report = FuzzReport(seed)
     run = _Run(cluster, report)
     cfg = cluster.config
-    targets = [Target("store", s.id, s.addr) for s in cfg.stores]
+    member = member_credentials(cfg).ssl
+    targets = [Target("store", s.id, s.addr, member) for s in cfg.stores]
     if cluster.locks:
-        targets += [Target("lock", lk.id, lk.addr) for lk in cfg.locks]
+        targets += [Target("lock", lk.id, lk.addr, member) for lk in cfg.locks]
     pids = _pids(cluster)
     await _seed_data(cluster)
     # The client's latency without fuzz, for comparison (its writes become part of the baseline).
@@ -587,7 +616,8 @@ async def fuzz_cluster(cluster: ProcessCluster, *, frames: int, seed: int) -> Fu
     await warmup
     report.baseline_enqueue_seconds = quiet.good_enqueue_seconds
     report.good_errors += [f"before fuzzing: {e}" for e in quiet.good_errors]
-    async with RpcPool() as pool:
+    creds = member_credentials(cluster.config)
+    async with RpcPool(transport_factory=creds.transport_factory()) as pool:
         if (problem := await _settle(cluster, pool)) is not None:
             report.violation(f"before fuzzing: {problem}")
         before = await _capture(cluster, pool)

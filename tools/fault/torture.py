@@ -8,6 +8,8 @@ Public API::
 
 The workload, all recorded in the :class:`~tools.fault.history.History`:
 
+- **delayed messages**: scheduled 0.2-3 s ahead, some cancelled (:mod:`tools.fault.delayed`);
+  all released before the drain;
 - **producers**: one per key (``k0``..), sequential: enqueue ``"<key>:<seq>"`` with that key
   and dedup id ``<run>-<key>-<seq>``; a failed attempt is retried with the same seq and id
   (nothing is skipped, so at most the last message of a producer is unacked);
@@ -49,6 +51,7 @@ from phxq.lock import LockClient
 from phxq.net.rpc import RpcPool
 from tools.fault.checker import CheckResult, check
 from tools.fault.cluster import GROUP, TOPIC, FaultCluster, HarnessOptions
+from tools.fault.delayed import schedule_delayed, wait_released
 from tools.fault.history import History, load_deliveries
 from tools.fault.nemesis import KINDS, Nemesis, format_schedule, make_schedule
 
@@ -75,6 +78,7 @@ class RunOptions:
     require: tuple[str, ...] = ()
     overlap: float = 0.3  # chance that a fault starts while the previous one is under way
     replays: int = 1  # admin replays (a cursor moved back) issued during the run
+    delayed: bool = True  # the delayed-message scheduler (tools/fault/delayed.py) runs too
     keep_data: bool = False
     secure: bool = False  # [security]: TLS on every link, member certificates
 
@@ -386,6 +390,11 @@ async def _run_workload(
         asyncio.TaskGroup() as tg,
     ):
         producers = [tg.create_task(work.produce(client, f"k{i}")) for i in range(opts.keys)]
+        if opts.delayed:
+            scheduler = schedule_delayed(
+                client, history, work.stopping, topic=TOPIC, run_id=work.run_id, seed=opts.seed
+            )
+            producers.append(tg.create_task(scheduler))
         others = [tg.create_task(work.poll_cursors(reader))]
         t0 = time.monotonic()
         for _ in range(opts.replays):
@@ -422,6 +431,10 @@ async def _run_workload(
             report.problems.append(f"workload task stuck after 15 s: {_where(task)}")
         for task in others:
             task.cancel()
+        if opts.delayed:  # every scheduled message released before the drain
+            report.problems += await wait_released(
+                reader, harness.client_addresses, opts.drain_timeout
+            )
         report.problems += await _drain(reader, harness, opts.drain_timeout)
         for q in range(harness.opts.queues):
             for offset, payload in await _read_queue(reader, q):
