@@ -262,10 +262,11 @@ class TxnBook:
         if at > self._latest:
             self._latest = at
         horizon = self._latest - REMEMBER
-        for remembered in (self._decided, self._finished):
+        maps: tuple[OrderedDict[str, Any], ...] = (self._decided, self._finished)
+        for remembered in maps:
             while remembered:
                 txn, value = next(iter(remembered.items()))
-                if value[1] >= horizon:
+                if value[1] >= horizon:  # (commit, log time, ...)
                     break
                 del remembered[txn]
 
