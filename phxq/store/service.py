@@ -317,6 +317,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
                 "repair": r.repair,  # probing / joining / repairing / diverged (not voting)
                 "repair_reason": r.repair_reason,
                 "scheduled": scheduler.status_of(r, time.time()),
+                "transactions": _txn_status(r, time.time()),
             }
         )
     return {
@@ -328,6 +329,13 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "groups": groups,
         "consumers": _consumer_lag(node),
     }
+
+
+def _txn_status(replica: Any, now: float) -> dict[str, Any]:
+    """Open transactions of a group: count and the oldest one's age (seconds)."""
+    book = replica.state.txns
+    oldest = min((r.prepared_at for r in book.open.values()), default=None)
+    return {"open": len(book.open), "oldest_age": 0.0 if oldest is None else now - oldest}
 
 
 LAG_COUNT_LIMIT = 1_000_000  # lag is counted exactly up to this many messages per queue
@@ -441,3 +449,8 @@ HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
     "checksum": checksum,
     "cancel_scheduled": scheduler.cancel_scheduled,
 }
+
+# Last: the transaction handlers build on this module's validators (phxq.store.txn_service).
+from phxq.store import txn_service as _txn_service  # noqa: E402
+
+HANDLERS.update(_txn_service.HANDLERS)

@@ -262,8 +262,13 @@ class TxnBook:
         if at > self._latest:
             self._latest = at
         horizon = self._latest - REMEMBER
-        _forget_before(self._decided, horizon)
-        _forget_before(self._finished, horizon)
+        maps: tuple[OrderedDict[str, Any], ...] = (self._decided, self._finished)
+        for remembered in maps:
+            while remembered:
+                txn, value = next(iter(remembered.items()))
+                if value[1] >= horizon:  # (commit, log time, ...)
+                    break
+                del remembered[txn]
 
     # ----------------------------------------------------------------------------- snapshot
 
@@ -355,12 +360,3 @@ def _rows(value: object, width: int) -> list[list[Any]]:
     ):
         raise ProtocolError(f"snapshot: expected an array of {width}-element arrays")
     return value
-
-
-def _forget_before(remembered: OrderedDict[str, Any], horizon: float) -> None:
-    """Drop the oldest entries ``(committed, decided at, ...)`` decided before ``horizon``."""
-    while remembered:
-        txn, value = next(iter(remembered.items()))
-        if value[1] >= horizon:
-            break
-        del remembered[txn]
