@@ -52,12 +52,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import msgpack
 
 from phxq import validate
 from phxq.errors import PhxqError, ProtocolError, StorageError
+
+if TYPE_CHECKING:
+    from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
+    from phxq.store.txn_entries import DecideEntry, DiscardEntry, PrepareHead, TxnReleaseHead
 
 __all__ = [
     "CommitEntry",
@@ -410,11 +414,18 @@ def decode_entry(data: bytes) -> Entry:
     return result
 
 
-def peek_entry(data: bytes) -> EnqueueHead | CommitEntry | ReplayEntry:
+# What ``peek_entry`` returns (the heads of ``schedule_entries`` and ``txn_entries`` too).
+Peeked: TypeAlias = (
+    "EnqueueHead | CommitEntry | ReplayEntry | ScheduleHead | ReleaseHead | CancelEntry"
+    " | RollHead | PrepareHead | TxnReleaseHead | DecideEntry | DiscardEntry"
+)
+
+
+def peek_entry(data: bytes) -> Peeked:
     """What applying ``data`` needs: an enqueue's head (bodies stay packed), or the commit or
     replay entry. Raises :class:`ProtocolError` (only) if that much is malformed."""
     fields = _fields(data)
-    result: EnqueueHead | CommitEntry | ReplayEntry = _decoder(_PEEKERS, fields[0])(fields)
+    result: Peeked = _decoder(_PEEKERS, fields[0])(fields)
     return result
 
 
