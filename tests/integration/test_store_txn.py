@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -161,3 +164,21 @@ async def test_participant_master_killed_after_the_decision_applies_it_anyway(
             return await payloads(client, 0) == [b"q0"] and await payloads(client, 1) == [b"q1"]
 
         await wait_until(all_visible, 20, "every message of the transaction")
+
+
+def test_bench_txn_smoke_runs() -> None:
+    """bench/txn.py keeps working (structure only, never a figure)."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.txn", "--smoke", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    cases = json.loads(out.stdout)["cases"]
+    assert {(c["kind"], c["messages_per_txn"], c["groups"]) for c in cases} == {
+        (k, n, g) for k in ("plain", "txn") for n in (1, 10) for g in (1, 2)
+    }
+    assert all(c["msgs_per_s"] > 0 and c["latency"]["p50_ms"] > 0 for c in cases)
