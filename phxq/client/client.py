@@ -37,6 +37,8 @@ from phxq import otel, validate
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
+from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
+from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message, Route
 from phxq.errors import (
     BadArgument,
@@ -266,6 +268,16 @@ class Client(BatchingMixin, StreamingMixin):
             )
             futures = await self._submit(topic, [item])
             return await futures[0]
+
+    def transaction(
+        self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
+    ) -> Transaction:
+        """A transaction over any topics, queues and groups (:mod:`phxq.client.txn`):
+        ``async with client.transaction() as txn: await txn.enqueue(...)`` commits on exit and
+        rolls back on an exception; or ``prepare()``, then ``commit()`` / ``rollback()``.
+        ``timeout``: seconds the store waits for the decision before asking the producer
+        group's check-back handler (or, without one, rolling back)."""
+        return Transaction(self, producer_group=producer_group, timeout=timeout)
 
     async def cancel_scheduled(self, scheduled_id: str) -> bool:
         """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
