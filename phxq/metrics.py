@@ -182,10 +182,34 @@ RELEASE_LAG = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+SCHEDULED_ROLLED = Counter(
+    "phxq_scheduled_rolled_total",
+    "Pending scheduled messages copied further on so retention could truncate their records",
+    registry=REGISTRY,
+)
 RELEASE_LATENESS = Histogram(
     "phxq_release_lateness_seconds",
     "Release stamp minus due time of each released scheduled message",
     buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+    registry=REGISTRY,
+)
+
+GATEWAY_REQUESTS = Counter(
+    "phxq_gateway_requests_total",
+    "HTTP requests the gateway answered, by operation (route) and status",
+    ["operation", "status"],
+    registry=REGISTRY,
+)
+GATEWAY_LATENCY = Histogram(
+    "phxq_gateway_request_seconds",
+    "Time the gateway took to answer (a stream: its whole life), by operation",
+    ["operation"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+GATEWAY_IN_FLIGHT = Gauge(
+    "phxq_gateway_in_flight",
+    "Requests the gateway is serving (streams included)",
     registry=REGISTRY,
 )
 
@@ -206,6 +230,7 @@ _STORE = (
     RETENTION_FORCED,
     FIRST_INSTANCE,
     SCHEDULED_PENDING,
+    SCHEDULED_ROLLED,
     RELEASE_LAG,
     RELEASE_LATENESS,
 )
@@ -225,11 +250,13 @@ ROLES: dict[str, tuple[object, ...]] = {
     "store": (*_REPLICATED, *_STORE, *_EVERY_ROLE),
     "lock": (*_REPLICATED, *_EVERY_ROLE),
     "consumer": (*_CONSUMER, *_EVERY_ROLE),
+    "gateway": (GATEWAY_REQUESTS, GATEWAY_LATENCY, GATEWAY_IN_FLIGHT, *_EVERY_ROLE),
 }
 
 
 def registry_for(role: str) -> CollectorRegistry:
-    """A registry of ``role``'s series only (``"store"``, ``"lock"`` or ``"consumer"``);
+    """A registry of ``role``'s series only (``"store"``, ``"lock"``, ``"consumer"`` or
+    ``"gateway"``);
     ``BadArgument`` for another role. The metrics are the same objects as in
     :data:`REGISTRY`: what a daemon records shows up in its role's registry."""
     collectors = ROLES.get(role)

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import os
 import random
 import ssl
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any, final
 
-from phxq import otel, trace
+from phxq import otel, trace, validate
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
 from phxq.client.types import Ack, ClusterMap, Message
@@ -110,9 +109,7 @@ class Client(StreamingMixin):
         self._request_timeout = request_timeout
         self._retry_timeout = retry_timeout
         self._batching = batching
-        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise BadArgument(f"window must be a positive integer, got {window!r}")
-        self._window = window
+        self._window = validate.integer(window, "window", minimum=1, maximum=None)
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
         self._senders: dict[tuple[str, int], _GroupSender] = {}
@@ -523,9 +520,7 @@ def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
     if delay is not None and deliver_at is not None:
         raise BadArgument("give delay or deliver_at, not both")
     kind, value = ("delay", delay) if delay is not None else ("at", deliver_at)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise BadArgument(f"{kind} must be a number of seconds, got {value!r}")
-    value = float(value)
+    value = validate.number(value, kind, unit="seconds")
     if kind == "delay" and not 0 <= value <= MAX_SCHEDULE_SECONDS:
         raise BadArgument(f"delay must be in [0, {MAX_SCHEDULE_SECONDS:.0f}] seconds, got {value}")
     if kind == "at" and not value <= time.time() + MAX_SCHEDULE_SECONDS:

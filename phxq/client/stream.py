@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from phxq import validate
 from phxq.client.timeindex import after_time
 from phxq.client.types import Message
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
@@ -120,9 +121,7 @@ def check_queues(topic: str, count: int | None, queues: Sequence[int] | None) ->
         return list(range(count))
     out = []
     for q in queues:
-        if not isinstance(q, int) or isinstance(q, bool) or not 0 <= q < count:
-            raise BadArgument(f"topic {topic!r} has queues 0..{count - 1}, not {q!r}")
-        out.append(q)
+        out.append(validate.integer(q, f"queue of topic {topic!r}", maximum=count - 1))
     if not out:
         raise BadArgument("queues is empty")
     return list(dict.fromkeys(out))
@@ -199,8 +198,7 @@ async def tail_messages(
     wait: float = TAIL_WAIT,
 ) -> AsyncGenerator[Message, None]:
     """The generator behind ``Client.tail`` (see the module docstring)."""
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise BadArgument(f"batch must be a positive integer, got {batch!r}")
+    validate.integer(batch, "batch", minimum=1, maximum=None)
     cmap = await client.cluster_map()
     chosen_queues = check_queues(topic, cmap.topics.get(topic), queues)
     after = await start_positions(client, topic, chosen_queues, from_, group)

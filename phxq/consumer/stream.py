@@ -37,6 +37,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+from phxq import validate
 from phxq.client.stream import StreamStop, check_queues
 from phxq.client.types import ConsumedMessage
 from phxq.config import ConsumerGroupConfig
@@ -118,8 +119,7 @@ async def consume_messages(
     """The generator behind ``Client.consume`` (see the module docstring)."""
     if not isinstance(group, str) or not group or "/" in group:
         raise BadArgument(f"a consumer group name must be non-empty and without '/': {group!r}")
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise BadArgument(f"batch must be a positive integer, got {batch!r}")
+    validate.integer(batch, "batch", minimum=1, maximum=None)
     cmap = await client.cluster_map()
     chosen = check_queues(topic, cmap.topics.get(topic), queues)
     spec = ConsumerGroupConfig(

@@ -47,6 +47,10 @@ async def _openapi(call: h.Call) -> Any:
     return call.backend.openapi()
 
 
+async def _metrics(call: h.Call) -> Any:
+    return call.backend.metrics_text()
+
+
 def build_routes(max_wait: float) -> tuple[Route, ...]:
     """Every ``/v1`` operation; ``max_wait`` bounds long polls (seconds)."""
     wait = Param(
@@ -382,6 +386,18 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
             _openapi,
             {"type": "object"},
             permission=None,
+            tags=("meta",),
+            errors=(429,),
+        ),
+        Route(
+            "GET",
+            "/metrics",
+            "metrics",
+            "Prometheus metrics of this gateway (requests by operation and status, latency)",
+            _metrics,
+            {"type": "string"},
+            permission=None,
+            media_type="text/plain",
             tags=("meta",),
             errors=(429,),
         ),

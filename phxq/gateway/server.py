@@ -27,11 +27,13 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import generate_latest
 
-from phxq import __version__
+from phxq import __version__, metrics
 from phxq.client import Client
 from phxq.config import ClusterConfig, ConfigError
 from phxq.errors import BadArgument, PhxqError
@@ -46,6 +48,8 @@ from phxq.security.daemon import member_credentials
 from phxq.security.tls import server_context
 
 log = logging.getLogger("phxq.gateway")
+
+OPERATION = "phxq_operation"  # the request's route, for the metrics
 
 DEFAULT_LISTEN = "127.0.0.1:7301"
 
@@ -102,6 +106,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._in_flight = 0
         self._openapi: dict[str, Any] | None = None
+        self._registry = metrics.registry_for("gateway")
         self.address = self.listen
 
     @property
@@ -123,6 +128,10 @@ class Gateway:
     def describe(self) -> dict[str, Any]:
         return {"version": __version__, "address": self.address, "in_flight": self._in_flight}
 
+    def metrics_text(self) -> bytes:
+        """The gateway's Prometheus series (``GET /metrics``)."""
+        return generate_latest(self._registry)
+
     def openapi(self) -> dict[str, Any]:
         if self._openapi is None:
             self._openapi = openapi_document(
@@ -134,7 +143,8 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         app = web.Application(
-            client_max_size=self.limits.max_body_bytes, middlewares=[self._problems]
+            client_max_size=self.limits.max_body_bytes,
+            middlewares=[self._measured, self._problems],
         )
         for route in self.routes:
             app.router.add_route(route.method, route.path, self._endpoint(route))
@@ -166,6 +176,20 @@ class Gateway:
     # ------------------------------------------------------------------------- serving
 
     @web.middleware
+    async def _measured(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Counts and times every answer by operation and status (``phxq_gateway_*``)."""
+        started = time.perf_counter()
+        status = 500
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        finally:
+            operation = request.get(OPERATION, "none")
+            metrics.GATEWAY_LATENCY.labels(operation).observe(time.perf_counter() - started)
+            metrics.GATEWAY_REQUESTS.labels(operation, str(status)).inc()
+
+    @web.middleware
     async def _problems(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Every failure becomes a problem answer; over ``max_in_flight`` requests, 429."""
         if self._in_flight >= self.limits.max_in_flight:
@@ -173,6 +197,7 @@ class Gateway:
                 problem("overloaded", f"more than {self.limits.max_in_flight} requests in flight")
             )
         self._in_flight += 1
+        metrics.GATEWAY_IN_FLIGHT.set(self._in_flight)
         try:
             response: web.StreamResponse = await handler(request)
             return response
@@ -203,8 +228,11 @@ class Gateway:
             return self._answer(problem("internal", "internal error (see the gateway's log)"))
         finally:
             self._in_flight -= 1
+            metrics.GATEWAY_IN_FLIGHT.set(self._in_flight)
 
     def _answer(self, p: Problem) -> web.Response:
+        if p.status in (401, 403):
+            metrics.AUTH_REFUSED.labels("gateway").inc()
         response = problem_response(p)
         if p.status in (408, 413):
             response.force_close()  # the rest of the body was never read
@@ -212,6 +240,7 @@ class Gateway:
 
     def _endpoint(self, route: Route) -> Any:
         async def endpoint(request: web.Request) -> web.StreamResponse:
+            request[OPERATION] = route.operation_id
             principal = None
             if route.permission is not None:  # authenticate before reading anything else
                 principal = self.authorizer.authenticate(request.headers.get("Authorization"))
@@ -224,6 +253,8 @@ class Gateway:
             result = await route.handler(Call(self, args, body, request))
             if isinstance(result, web.StreamResponse):
                 return result
+            if isinstance(result, bytes):
+                return web.Response(body=result, content_type=route.media_type)
             return web.json_response(result)
 
         return endpoint

@@ -15,6 +15,10 @@
         async with locks.hold(name, owner, ttl) as lease:    # renewed in the background
             lease.token; lease.lost                          # lost: an asyncio.Event
 
+Against a secured cluster (``[security]``): ``LockClient(addrs, token=..., ca="ca.pem")`` for
+the admin tools (settings keys, reads), or ``ca=`` a member's ``ssl.SSLContext`` (consumers:
+locks and membership keys are members-only; see docs/security.md).
+
 What it promises:
 
 - **Routing.** Requests go to the lock master. ``NotMaster(hint)`` is followed at once;

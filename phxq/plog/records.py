@@ -138,10 +138,7 @@ def encode_truncated(first_instance: int, floor_checksum: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One valid record found at ``offset`` of a buffer; ``payload`` is a zero-copy view.
-
-    ``value_offset``/``value_length`` locate the value bytes (ACCEPT and CHOSEN_VALUE) inside
-    the buffer, for later reads; for other kinds they are 0."""
+    """One valid record found at ``offset`` of a buffer; ``payload`` is a zero-copy view."""
 
     offset: int
     length: int
@@ -159,11 +156,6 @@ class Record:
     def value(self) -> memoryview:
         """The value bytes (ACCEPT, CHOSEN_VALUE)."""
         return self.payload[8:] if self.kind == Kind.CHOSEN_VALUE else self.payload
-
-    @property
-    def value_offset(self) -> int:
-        extra = 8 if self.kind == Kind.CHOSEN_VALUE else 0
-        return self.offset + HEADER_SIZE + extra
 
     def checkpoint(self) -> tuple[int, int, int, int]:
         """(checksum, max_round, first_instance, floor checksum) of a CHECKPOINT record."""

@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from phxq import validate
 from phxq.errors import PhxqError, ProtocolError, StorageError, Unavailable
 from phxq.paxos import chain_checksum
 from phxq.plog.durable import fsync_dir, replace_durably
@@ -183,9 +184,9 @@ def encode_view(view: PeerView) -> dict[str, Any]:
 
 
 def _int(x: Any) -> int:
-    if not isinstance(x, int) or isinstance(x, bool):
-        raise ProtocolError(f"rejoin: expected an int, got {type(x).__name__}")
-    return x
+    return validate.integer(
+        x, "rejoin field", minimum=-(1 << 63), maximum=None, error=ProtocolError
+    )
 
 
 def decode_view(raw: Any) -> PeerView:

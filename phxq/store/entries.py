@@ -268,12 +268,7 @@ def _enqueue(fields: list[Any]) -> EnqueueEntry:
     _, topic, queue, raw_messages, enqueued_at = fields
     if not isinstance(raw_messages, list) or not raw_messages:
         raise ProtocolError("enqueue entry: messages must be a non-empty array")
-    if (
-        not isinstance(enqueued_at, (float, int))
-        or isinstance(enqueued_at, bool)
-        or not math.isfinite(enqueued_at)
-    ):
-        raise ProtocolError(f"enqueue entry: enqueued_at must be a finite number: {enqueued_at!r}")
+    validate.number(enqueued_at, "enqueue entry enqueued_at", error=ProtocolError)
     return EnqueueEntry(
         topic=_text(topic, "enqueue entry topic"),
         queue=_uint(queue, "enqueue entry queue"),

@@ -45,7 +45,7 @@ from phxq.replication.daemon import ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
 from phxq.routing import INDEX_BITS, group_for_queue, split_offset
 from phxq.security import STORE_RULES
-from phxq.store import service
+from phxq.store import scheduler, service
 from phxq.store.scheduler import Releaser
 from phxq.store.state import StoreMachines, StoreState
 
@@ -131,8 +131,15 @@ class StoreNode(ReplicatedDaemon[StoreState]):
                 keep_from=keep, max_age=max_age, max_bytes=max_bytes, now_wall=time.time()
             )
             # Never a pending scheduled message's record, whatever the limits (cancelled and
-            # released ones no longer hold it: a release entry carries its own copy).
+            # released ones no longer hold it: a release entry carries its own copy); where
+            # they hold the log, the master copies them further on first (scheduler.maybe_roll).
             oldest = replica.state.schedule.oldest_id()
+            if oldest is not None and oldest >> INDEX_BITS < floor:
+                try:
+                    await scheduler.maybe_roll(replica, floor)
+                except PhxqError as exc:  # NotMaster, Unavailable...: the next pass retries
+                    log.info("group %d: rolling scheduled messages failed: %s", group, exc)
+                oldest = replica.state.schedule.oldest_id()
             if oldest is not None:
                 floor = min(floor, oldest >> INDEX_BITS)
             if floor <= replica.glog.first_instance:

@@ -13,6 +13,8 @@ Public API::
     .due(now: float, limit: int) -> list[tuple[float, int]]  # pending with due <= now, by (due, id)
     .next_due() -> float | None                            # earliest pending due time
     .oldest_id() -> int | None                             # smallest pending id (retention floor)
+    .roll(scheduled_id, due, new_id) -> bool               # moved to a newer copy of its record
+    .current_id(original_id) -> int;  .below(instance, limit) -> list[tuple[float, int]]
     len(schedule)                                          # pending messages
     .snapshot() -> list;  Schedule.restore(rows) -> Schedule   # ProtocolError if malformed
 
@@ -24,6 +26,12 @@ wall clock) releases a message only if it is pending with exactly that ``(id, du
 ``due <= released_at``; it then stops being pending, so any later release of it (a duplicate
 proposal, an old master's release arriving after the new master's) and any cancel are no-ops.
 A cancel of a message that is no longer pending is a no-op too.
+
+**Rolls keep the log short.** A pending message's record may not be truncated; so that one
+message due in 40 days does not pin 40 days of log, the master *rolls* the ones whose record is
+below the floor retention wants: a roll entry copies the message further on and moves it to a
+new id (if it is still pending; else it is a no-op). Its original id, the one its producer
+holds, keeps naming it: cancels resolve it (:meth:`Schedule.current_id`) when they apply.
 
 **Memory and time.** Ids and due times live in ``array`` buckets of ``BUCKET_SECONDS`` of due
 time: 16 bytes a pending message plus about 0.3 KB a non-empty bucket (at most one per minute of due
@@ -150,6 +158,9 @@ class Schedule:
         self._keys: list[int] = []  # sorted keys of the non-empty buckets
         self._count = 0
         self._next_due: float | None = None  # cache of next_due(); None: recompute
+        # Rolled messages (see roll): original id -> current id, and back.
+        self._forward: dict[int, int] = {}
+        self._origin: dict[int, int] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -208,7 +219,39 @@ class Schedule:
         self._count -= 1
         if self._next_due is not None and due <= self._next_due:
             self._next_due = None
+        original = self._origin.pop(scheduled_id, None)
+        if original is not None:
+            del self._forward[original]
         return True
+
+    def roll(self, scheduled_id: int, due: float, new_id: int) -> bool:
+        """Move pending ``scheduled_id`` to ``new_id`` (a copy of its record further on in the
+        log, so the old one may be truncated); False (nothing changes) if it was not pending.
+        Its original id keeps naming it (:meth:`current_id`)."""
+        original = self._origin.get(scheduled_id, scheduled_id)
+        if not self.remove(scheduled_id, due):
+            return False
+        self.add(new_id, due)
+        self._forward[original] = new_id
+        self._origin[new_id] = original
+        return True
+
+    def current_id(self, scheduled_id: int) -> int:
+        """The id a (client-visible, original) scheduled id has now, after any rolls."""
+        return self._forward.get(scheduled_id, scheduled_id)
+
+    def below(self, instance_bound: int, limit: int) -> list[tuple[float, int]]:
+        """Up to ``limit`` pending ``(due, id)`` whose record is below ``instance_bound``."""
+        bound = instance_bound << INDEX_BITS
+        out: list[tuple[float, int]] = []
+        for key in self._keys:
+            bucket = self._buckets[key]
+            for at in range(bisect_left(bucket.ids, bound)):
+                if bucket.dues[at] != _GONE:
+                    out.append((bucket.dues[at], bucket.ids[at]))
+                    if len(out) >= limit:
+                        return out
+        return out
 
     def next_due(self) -> float | None:
         if self._next_due is None and self._keys:
@@ -249,6 +292,31 @@ class Schedule:
         return min((_first_live(b) for b in self._buckets.values()), default=None)
 
     # ----------------------------------------------------------------------- snapshot
+
+    def forwards(self) -> list[bytes]:
+        """Canonical ``[originals, currents]`` (little-endian int64) of the rolled messages."""
+        pairs = sorted(self._forward.items())
+        return [_le(array("q", [o for o, _ in pairs])), _le(array("q", [c for _, c in pairs]))]
+
+    def restore_forwards(self, value: object) -> None:
+        """Set the rolled messages from :meth:`forwards` (``ProtocolError`` if malformed)."""
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, bytes) and len(v) % 8 == 0 for v in value)
+            and len(value[0]) == len(value[1])
+        ):
+            raise ProtocolError("snapshot: bad rolled scheduled messages")
+        originals, currents = array("q"), array("q")
+        originals.frombytes(value[0])
+        currents.frombytes(value[1])
+        if sys.byteorder != "little":
+            originals.byteswap()
+            currents.byteswap()
+        self._forward = dict(zip(originals, currents, strict=True))
+        self._origin = dict(zip(currents, originals, strict=True))
+        if len(self._forward) != len(originals) or len(self._origin) != len(currents):
+            raise ProtocolError("snapshot: rolled scheduled messages repeat an id")
 
     def snapshot(self) -> list[list[Any]]:
         """Canonical rows ``[key, dues bytes, ids bytes]`` (little-endian), by key."""

@@ -7,6 +7,7 @@ Public API::
     ReleaseEntry(topic, queue, released_at: float, ids: tuple[int, ...],
                  due: tuple[float, ...], messages: tuple[Message, ...])
     CancelEntry(scheduled_id: int, due: float)
+    RollEntry(topic, queue, ids: tuple[int, ...], due: tuple[float, ...], messages)
 
     encode_schedule(topic, queue, enqueued_at, due, wire_messages) -> bytes
     encode_release(topic, queue, released_at, ids, due, wire_messages) -> bytes
@@ -29,6 +30,9 @@ Meanings:
   readable messages exactly like an enqueue entry's (:func:`phxq.store.entries.instance_messages`),
   whether applying them released them or was a no-op (already released, cancelled, or not due
   by ``released_at``).
+- A ``RollEntry`` copies pending messages (their ``[payload, key, headers]``) to a later
+  instance, so their old records may be truncated: each still pending moves to the id its
+  ordinal here gives (counted with the schedule entries' messages: :func:`instance_scheduled`).
 - A ``CancelEntry`` withdraws a pending scheduled message; ``due`` is the one in its record (the
   master reads it), so applying needs no lookup by id.
 
@@ -38,6 +42,7 @@ as in an enqueue entry)::
     [5, topic, queue, enqueued_at, [due, ...], [dedup_id, ...], body]
     [6, topic, queue, released_at, [id, ...], [due, ...], body]
     [7, scheduled_id, due]
+    [8, topic, queue, [id, ...], [due, ...], body]
 
 Decoding checks every type and range; no byte string makes it raise anything but
 :class:`~phxq.errors.ProtocolError`.
@@ -58,14 +63,18 @@ from phxq.store.entries import EnqueueEntry, EnqueueHead, Message, _body, _field
 __all__ = [
     "TAG_CANCEL",
     "TAG_RELEASE",
+    "TAG_ROLL",
     "TAG_SCHEDULE",
     "CancelEntry",
     "ReleaseEntry",
     "ReleaseHead",
+    "RollEntry",
+    "RollHead",
     "ScheduleEntry",
     "ScheduleHead",
     "encode_cancel",
     "encode_release",
+    "encode_roll",
     "encode_schedule",
     "encode_scheduled",
     "instance_scheduled",
@@ -74,6 +83,7 @@ __all__ = [
 TAG_SCHEDULE: Final = 5
 TAG_RELEASE: Final = 6
 TAG_CANCEL: Final = 7
+TAG_ROLL: Final = 8
 
 _packb = msgpack.packb
 
@@ -107,6 +117,30 @@ class CancelEntry:
 
     scheduled_id: int
     due: float
+
+
+@dataclass(frozen=True, slots=True)
+class RollEntry:
+    """Pending messages (by id, with their due times) copied here so their old records may be
+    truncated; their new ids are their ordinals among the instance's scheduled messages."""
+
+    topic: str
+    queue: int
+    ids: tuple[int, ...]
+    due: tuple[float, ...]
+    messages: tuple[Message, ...]
+
+
+class RollHead:
+    """What applying a roll entry needs (bodies stay packed)."""
+
+    __slots__ = ("due", "ids", "queue", "topic")
+
+    def __init__(self, topic: str, queue: int, ids: list[int], due: list[float]) -> None:
+        self.topic = topic
+        self.queue = queue
+        self.ids = ids
+        self.due = due
 
 
 class ScheduleHead:
@@ -188,12 +222,27 @@ def encode_release(
     return packed
 
 
+def encode_roll(
+    topic: str,
+    queue: int,
+    ids: Sequence[int],
+    due: Sequence[float],
+    wire_messages: Sequence[Sequence[Any]],
+) -> bytes:
+    """A roll entry of ``[payload, key, headers]`` messages read from their records."""
+    body = _packb([list(m[:3]) for m in wire_messages], use_bin_type=True)
+    packed: bytes = _packb(
+        [TAG_ROLL, topic, queue, list(ids), [float(d) for d in due], body], use_bin_type=True
+    )
+    return packed
+
+
 def encode_cancel(scheduled_id: int, due: float) -> bytes:
     packed: bytes = _packb([TAG_CANCEL, scheduled_id, float(due)], use_bin_type=True)
     return packed
 
 
-def encode_scheduled(entry: ScheduleEntry | ReleaseEntry | CancelEntry) -> bytes:
+def encode_scheduled(entry: ScheduleEntry | ReleaseEntry | CancelEntry | RollEntry) -> bytes:
     """The wire bytes of any entry of this module."""
     if isinstance(entry, ScheduleEntry):
         wire = [[m.payload, m.key, m.headers, m.dedup_id] for m in entry.messages]
@@ -205,6 +254,9 @@ def encode_scheduled(entry: ScheduleEntry | ReleaseEntry | CancelEntry) -> bytes
         )
     if isinstance(entry, CancelEntry):
         return encode_cancel(entry.scheduled_id, entry.due)
+    if isinstance(entry, RollEntry):
+        wire = [[m.payload, m.key, m.headers] for m in entry.messages]
+        return encode_roll(entry.topic, entry.queue, entry.ids, entry.due, wire)
     raise TypeError(f"not a scheduling log entry: {entry!r}")
 
 
@@ -266,6 +318,26 @@ def _release_head(fields: list[Any]) -> ReleaseHead:
     )
 
 
+def _roll_head(fields: list[Any]) -> RollHead:
+    if len(fields) != 6:
+        raise ProtocolError(f"roll entry: expected 6 fields, got {len(fields)}")
+    _, topic, queue, ids, due, body = fields
+    _times(due, "roll entry due")
+    if type(ids) is not list or len(ids) != len(due):
+        raise ProtocolError("roll entry: one id per due time")
+    for i in ids:
+        _uint(i, "roll entry id")
+    if type(body) is not bytes:
+        raise ProtocolError("roll entry: body must be bin")
+    return RollHead(_text(topic, "roll entry topic"), _uint(queue, "roll entry queue"), ids, due)
+
+
+def _roll(fields: list[Any]) -> RollEntry:
+    head = _roll_head(fields)
+    messages = _messages(len(head.ids), fields[5])
+    return RollEntry(head.topic, head.queue, tuple(head.ids), tuple(head.due), messages)
+
+
 def _cancel(fields: list[Any]) -> CancelEntry:
     if len(fields) != 3:
         raise ProtocolError(f"cancel entry: expected 3 fields, got {len(fields)}")
@@ -296,11 +368,13 @@ DECODERS: Final[dict[int, Any]] = {
     TAG_SCHEDULE: _schedule,
     TAG_RELEASE: _release,
     TAG_CANCEL: _cancel,
+    TAG_ROLL: _roll,
 }
 PEEKERS: Final[dict[int, Any]] = {
     TAG_SCHEDULE: _schedule_head,
     TAG_RELEASE: _release_head,
     TAG_CANCEL: _cancel,
+    TAG_ROLL: _roll_head,
 }
 
 
@@ -317,21 +391,30 @@ def release_as_enqueue(fields: list[Any]) -> EnqueueEntry:
 
 
 def instance_scheduled(items: Sequence[bytes]) -> list[tuple[ScheduleEntry, Message, float]]:
-    """Every scheduled message of a chosen instance, with its entry and due time; the list
-    position is ``k`` of its scheduled id. Undecodable items and other entries contribute
+    """Every scheduled message of a chosen instance (of schedule and roll entries), with its
+    entry (a roll entry's as a ``ScheduleEntry`` with ``enqueued_at`` 0) and due time; the
+    list position is ``k`` of its scheduled id. Undecodable items and other entries contribute
     nothing; a decodable head with an undecodable body raises ``StorageError``."""
     out: list[tuple[ScheduleEntry, Message, float]] = []
     for item in items:
         try:
             fields = _fields(item)
-            if fields[0] != TAG_SCHEDULE or type(fields[0]) is not int:
+            tag = fields[0] if type(fields[0]) is int else None
+            if tag == TAG_SCHEDULE:
+                _schedule_head(fields)
+            elif tag == TAG_ROLL:
+                _roll_head(fields)
+            else:
                 continue
-            _schedule_head(fields)
         except PhxqError:
             continue
         try:
-            entry = _schedule(fields)
+            if tag == TAG_SCHEDULE:
+                entry = _schedule(fields)
+            else:
+                rolled = _roll(fields)
+                entry = ScheduleEntry(rolled.topic, rolled.queue, rolled.messages, 0.0, rolled.due)
         except ProtocolError as exc:
-            raise StorageError(f"corrupt schedule entry body: {exc.message}") from None
+            raise StorageError(f"corrupt scheduled entry body: {exc.message}") from None
         out.extend(zip([entry] * len(entry.messages), entry.messages, entry.due, strict=True))
     return out

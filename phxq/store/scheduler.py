@@ -13,6 +13,8 @@
   time; it wakes at the earliest due time (or every ``POLL`` seconds). Each release entry
   carries the master's ``time.time()`` taken *after* choosing the due messages, so apply's
   "never early" check (due <= released_at) always holds for what it proposes.
+- :func:`roll_below`: where retention wants to truncate past pending messages' records, the
+  master copies them further on (roll entries) so that the log can go.
 - :func:`status_of`: pending count, next due time and release lag of a group (``status``).
 
 Clocks. Due times and release stamps are wall-clock times of the masters that proposed them
@@ -40,7 +42,12 @@ from phxq.paxos import decode_batch
 from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store import state as st
 from phxq.store.schedule import Cancelled, Released, is_scheduled_ref, scheduled_id_of
-from phxq.store.schedule_entries import encode_cancel, encode_release, instance_scheduled
+from phxq.store.schedule_entries import (
+    encode_cancel,
+    encode_release,
+    encode_roll,
+    instance_scheduled,
+)
 
 if TYPE_CHECKING:
     from phxq.replication.replica import GroupReplica
@@ -52,6 +59,7 @@ log = logging.getLogger("phxq.scheduler")
 MAX_SCHEDULE_SECONDS: Final = 366 * 86400.0  # how far ahead a message may be scheduled
 POLL: Final = 0.1  # seconds between looks at the groups' next due times, at most
 RELEASE_MESSAGES: Final = 1024  # messages of one release round
+ROLL_RATIO: Final = 4  # instances a roll must free per pending message it copies
 RELEASE_BYTES: Final = 512 << 10  # payload bytes of one release round (a Paxos batch is 1 MiB)
 
 
@@ -141,9 +149,10 @@ async def cancel_scheduled(node: StoreNode, params: dict[str, Any]) -> bool:
     topic = params.get("topic")
     queue = params.get("queue")
     sid = params.get("id")
-    if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid < 1 << 62:
-        raise BadArgument(f"id must be a scheduled id (an unsigned integer), got {shown(sid)}")
+    sid = validate.integer(sid, "id", maximum=(1 << 62) - 1)
     replica = node.master_replica(topic, queue)  # type: ignore[arg-type]
+    original = sid
+    sid = replica.state.schedule.current_id(sid)  # it may have been rolled
     instance, k = sid >> INDEX_BITS, sid & (MAX_MESSAGES_PER_INSTANCE - 1)
     glog = replica.glog
     if not glog.first_instance <= instance <= glog.chosen_up_to:
@@ -154,7 +163,7 @@ async def cancel_scheduled(node: StoreNode, params: dict[str, Any]) -> bool:
     entry, _, due = found[k]
     if (entry.topic, entry.queue) != (topic, queue):
         return False
-    result = await replica.propose_one(encode_cancel(sid, due))
+    result = await replica.propose_one(encode_cancel(original, due))  # resolved again at apply
     if isinstance(result, st.Rejected):
         raise result.error
     if not isinstance(result, Cancelled):
@@ -236,29 +245,10 @@ class Releaser:
     async def release_due(self, replica: GroupReplica[StoreState]) -> int:
         """One round: propose the release of up to ``RELEASE_MESSAGES`` due messages of the
         group (by due time, then id); returns how many it released."""
-        now = time.time()
-        due = replica.state.schedule.due(now, RELEASE_MESSAGES)
+        due = replica.state.schedule.due(time.time(), RELEASE_MESSAGES)
         if not due:
             return 0
-        records: dict[int, list[Any]] = {}
-        by_queue: dict[tuple[str, int], tuple[list[int], list[float], list[Any]]] = {}
-        size = 0
-        for d, sid in due:
-            instance, k = sid >> INDEX_BITS, sid & (MAX_MESSAGES_PER_INSTANCE - 1)
-            found = records.get(instance)
-            if found is None:
-                value = await replica.glog.read_value(instance)
-                found = records[instance] = instance_scheduled(decode_batch(value))
-            if k >= len(found):
-                raise StorageError(f"scheduled id {sid}: no such message in its record")
-            entry, msg, _ = found[k]
-            ids, dues, wire = by_queue.setdefault((entry.topic, entry.queue), ([], [], []))
-            ids.append(sid)
-            dues.append(d)
-            wire.append([msg.payload, msg.key, msg.headers])
-            size += len(msg.payload) + 64
-            if size >= RELEASE_BYTES:
-                break
+        by_queue = await _read_records(replica, due)
         stamp = time.time()  # after choosing them: never below their due times
         items = [
             encode_release(topic, queue, stamp, ids, dues, wire)
@@ -275,3 +265,70 @@ class Releaser:
                     released += 1
                     metrics.RELEASE_LATENESS.observe(max(0.0, stamp - d))
         return released
+
+
+async def maybe_roll(replica: GroupReplica[StoreState], floor: int) -> int:
+    """Retention wants to truncate below ``floor`` but pending records hold it: on the master,
+    roll the pending messages below what could go now (whole sealed segments) when that is
+    worth it: at most one pending message per ``ROLL_RATIO`` instances the roll frees (else
+    copying them would cost about what truncating saves). Returns how many moved."""
+    if not replica.serving:
+        return 0
+    glog = replica.glog
+    point = glog.truncation_point(floor)
+    pending = replica.state.schedule.below(point, RELEASE_MESSAGES)
+    if not pending or len(pending) * ROLL_RATIO > point - glog.first_instance:
+        return 0
+    return await roll_below(replica, point)
+
+
+async def roll_below(replica: GroupReplica[StoreState], floor: int) -> int:
+    """Propose a roll of up to ``RELEASE_MESSAGES`` pending messages whose records are below
+    instance ``floor`` (where retention wants to truncate), on the group's master; returns
+    how many moved. Their records then no longer hold the log (``node.apply_retention``)."""
+    if not replica.serving:
+        return 0
+    pending = replica.state.schedule.below(floor, RELEASE_MESSAGES)
+    if not pending:
+        return 0
+    by_queue = await _read_records(replica, pending)
+    items = [
+        encode_roll(topic, queue, ids, dues, wire)
+        for (topic, queue), (ids, dues, wire) in by_queue.items()
+    ]
+    results = await replica.propose(items)
+    moved = 0
+    for result in results:
+        if isinstance(result, st.Rejected):
+            raise result.error
+        assert isinstance(result, st.Rolled)
+        moved += sum(result.moved)
+    metrics.SCHEDULED_ROLLED.inc(moved)
+    return moved
+
+
+async def _read_records(
+    replica: GroupReplica[StoreState], chosen: list[tuple[float, int]]
+) -> dict[tuple[str, int], tuple[list[int], list[float], list[Any]]]:
+    """The ``[payload, key, headers]`` of scheduled messages ``(due, id)`` read from their
+    records, grouped by queue (ids, due times, messages), up to ``RELEASE_BYTES``."""
+    records: dict[int, list[Any]] = {}
+    by_queue: dict[tuple[str, int], tuple[list[int], list[float], list[Any]]] = {}
+    size = 0
+    for d, sid in chosen:
+        instance, k = sid >> INDEX_BITS, sid & (MAX_MESSAGES_PER_INSTANCE - 1)
+        found = records.get(instance)
+        if found is None:
+            value = await replica.glog.read_value(instance)
+            found = records[instance] = instance_scheduled(decode_batch(value))
+        if k >= len(found):
+            raise StorageError(f"scheduled id {sid}: no such message in its record")
+        entry, msg, _ = found[k]
+        ids, dues, wire = by_queue.setdefault((entry.topic, entry.queue), ([], [], []))
+        ids.append(sid)
+        dues.append(d)
+        wire.append([msg.payload, msg.key, msg.headers])
+        size += len(msg.payload) + 64
+        if size >= RELEASE_BYTES:
+            break
+    return by_queue

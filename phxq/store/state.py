@@ -50,7 +50,9 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   the next ordinal of the instance and an offset like an enqueued message (so per-queue order
   is release order); any other (already released or cancelled, not yet due) is a no-op
   (``Released``: offset None, not indexed). A ``CancelEntry`` withdraws a pending one
-  (``Cancelled``). ``schedule`` (pending count, next due, oldest id) is part of the snapshot.
+  (``Cancelled``; by its original id, even if rolled since). A ``RollEntry`` moves pending
+  ones to new ids in its instance (``Rolled``), so their old records may be truncated.
+  ``schedule`` (pending count, next due, oldest id, rolls) is part of the snapshot.
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -95,7 +97,7 @@ from phxq.errors import (
 from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
-from phxq.store.schedule_entries import CancelEntry, ReleaseHead, ScheduleHead
+from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
 
 __all__ = [
     "REPLAYS_REMEMBERED",
@@ -106,6 +108,8 @@ __all__ = [
     "IndexEntry",
     "QueueKey",
     "Rejected",
+    "Rolled",
+    "Scheduled",
     "StoreMachines",
     "StoreState",
 ]
@@ -161,7 +165,14 @@ class Scheduled:
     duplicates: tuple[bool, ...]
 
 
-ApplyResult: TypeAlias = Enqueued | Committed | Rejected | Scheduled | Released | Cancelled
+@dataclass(frozen=True, slots=True)
+class Rolled:
+    """A roll entry was applied: per message, whether it moved (it was still pending)."""
+
+    moved: tuple[bool, ...]
+
+
+ApplyResult: TypeAlias = Enqueued | Committed | Rejected | Scheduled | Released | Cancelled | Rolled
 
 
 class StoreState:
@@ -277,9 +288,17 @@ class StoreState:
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
+            elif type(entry) is RollHead:
+                count = len(entry.ids)
+                if next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    results.append(self._roll(instance, next_scheduled, entry))
+                next_scheduled += count
             else:
                 assert type(entry) is CancelEntry
-                results.append(Cancelled(self.schedule.remove(entry.scheduled_id, entry.due)))
+                sid = self.schedule.current_id(entry.scheduled_id)  # rolled meanwhile?
+                results.append(Cancelled(self.schedule.remove(sid, entry.due)))
         self.applied_up_to = instance
         if unindexed:
             self._unindexed[instance] = tuple(unindexed)
@@ -375,6 +394,14 @@ class StoreState:
                 refs.append(prior)
         self._expire(head.enqueued_at)
         return Scheduled(tuple(refs), tuple(i in duplicates for i in range(len(refs))))
+
+    def _roll(self, instance: int, first_index: int, head: RollHead) -> Rolled:
+        base = (instance << INDEX_BITS) | first_index
+        moved = [
+            self.schedule.roll(sid, due, base + i)
+            for i, (sid, due) in enumerate(zip(head.ids, head.due, strict=True))
+        ]
+        return Rolled(tuple(moved))
 
     def _count_released(self, head: ReleaseHead, done: Released) -> None:
         released = [o for o in done.offsets if o is not None]
@@ -528,6 +555,7 @@ class StoreState:
             [[i, list(idx)] for i, idx in sorted(self._unindexed.items())],
             self._unindexed_floor,
             self.schedule.snapshot(),
+            self.schedule.forwards(),
         ]
         packed: bytes = msgpack.packb(body, use_bin_type=True)
         return packed
@@ -544,7 +572,7 @@ class StoreState:
             isinstance(body, list)
             and body
             and type(body[0]) is int
-            and body[0] in (1, _SNAPSHOT_VERSION)
+            and body[0] in (1, 2, _SNAPSHOT_VERSION)
             and len(body) == 11 + body[0]
         ):
             raise ProtocolError("not a version-1 or -2 store snapshot")
@@ -579,12 +607,14 @@ class StoreState:
                 raise ProtocolError("snapshot: bad unindexed positions")
             state._unindexed[_uint(instance)] = tuple(_uint(i) for i in indexes)
         state._unindexed_floor = _uint(floor)
-        if len(body) == 13:  # version 2: pending scheduled messages
+        if len(body) >= 13:  # version 2: pending scheduled messages
             state.schedule = Schedule.restore(body[12])
+        if len(body) >= 14:  # version 3: rolled ones
+            state.schedule.restore_forwards(body[13])
         return state
 
 
-_SNAPSHOT_VERSION = 2  # 2 added the schedule; 1 is still read
+_SNAPSHOT_VERSION = 3  # 2 added the schedule, 3 rolled messages; 1 and 2 are still read
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,7 @@ SNAP = encode_snapshot(Snapshot(9, 1, StoreState(0, dedup_window=1.0).snapshot()
         (encode_notify("px", PX[:-1]), "none"),
         (encode_notify("px", PX.replace(b"\x01\x02", b"\x09\x02", 1)), "none"),  # no group 9
         (encode_notify("snap", [1, SNAP]), "skip"),  # installable
-        (encode_notify("snap", [1, SNAP[:-1] + b"\x00"]), "none"),
+        (encode_notify("snap", [1, SNAP[:-1] + bytes([SNAP[-1] ^ 0xFF])]), "none"),  # corrupt
         (b"\xc1", "reply"),
         (msgpack.packb([1, 5, "a response"]), "reply"),
     ],

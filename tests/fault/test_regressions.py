@@ -100,24 +100,25 @@ async def test_leaving_hold_while_a_renewal_answer_arrives_stops_renewing() -> N
     hold = _Hold(client, "n", "o", ttl=0.3)  # type: ignore[arg-type]
     await hold.__aenter__()
     await asyncio.wait_for(client.renewing.wait(), 2.0)
-    assert client.answer is not None and hold._task is not None
+    assert client.answer is not None and len(hold._renewer) == 1
+    (renewal,) = hold._renewer._tasks
     client.answer.set_result(7)  # the answer and the cancellation arrive together
     leaving = asyncio.get_running_loop().create_task(hold.__aexit__(None, None, None))
     await asyncio.wait({leaving}, timeout=2.0)
     assert leaving.done(), "leaving hold() hangs: the renewal task ignored its cancellation"
-    assert hold._task.cancelled()
+    assert renewal.cancelled()
 
 
 async def test_consumer_event_waits_keep_a_cancellation_that_comes_with_the_event() -> None:
     """The same 3.11 ``wait_for`` race in the consumer's event waits: a pair worker cancelled
     (lease lost) just as the event it waited for was set would have carried on."""
-    from phxq.consumer import daemon, pair
+    from phxq.consumer import member, pair
 
-    for wait in (daemon._wait_event, pair._wait_event):
+    for wait in (member.wait_event, pair._wait_event):
         event = asyncio.Event()
         task = asyncio.get_running_loop().create_task(wait(event, 5.0))
         await asyncio.sleep(0)  # the task now waits on the event
         event.set()  # the event's waiter is woken ...
         task.cancel()  # ... and the cancellation arrives in the same loop iteration
         await asyncio.wait({task}, timeout=2.0)
-        assert task.cancelled(), f"{wait.__module__}._wait_event swallowed a cancellation"
+        assert task.cancelled(), f"{wait.__module__}.{wait.__name__} swallowed a cancellation"

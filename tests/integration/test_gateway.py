@@ -678,3 +678,15 @@ async def test_gateway_benchmark_runs_beside_the_native_client(gw):
     ]
     assert all(r["messages"] > 0 and r["errors"] == 0 for r in runs), runs
     assert len(gateway_bench.ratios(runs)) == 2
+
+
+async def test_metrics_count_requests_by_operation_and_status(http, url):
+    await call(http, "GET", f"{url}/topics/nope")
+    status, text, resp = await call(http, "GET", url.removesuffix("/v1") + "/metrics")
+    assert status == 200 and resp.content_type == "text/plain"
+    lines = text.decode().splitlines()
+    assert any(
+        line.startswith('phxq_gateway_requests_total{operation="topic",status="404"}')
+        for line in lines
+    )
+    assert any(line.startswith("phxq_gateway_in_flight ") for line in lines)

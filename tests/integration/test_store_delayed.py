@@ -162,13 +162,16 @@ async def test_a_replica_behind_the_truncation_point_gets_the_schedule_by_snapsh
     short_retention: ProcessCluster,
 ) -> None:
     """Node 3 is down while "soon" is scheduled and released and the peers truncate past its
-    record: node 3 learns it only through a peer's snapshot. "later" is scheduled after that
-    and is pending while node 3 catches up. Every replica ends with both released once, at the
-    same offsets."""
+    record: node 3 learns it only through a peer's snapshot. "distant" (due in an hour, its
+    record just before soon's) does not stop that truncation: the master rolls it further on,
+    and its original id still cancels it. "later" is scheduled after that and is pending while
+    node 3 catches up. Every replica ends with both released once, at the same offsets."""
     cluster = short_retention
     filler = b"x" * 300
     async with phxq.Client(cluster.store_addresses) as client, RpcPool() as pool:
         cluster.kill(3)
+        distant = await client.enqueue(TOPIC, b"distant", queue=5, delay=3600)
+        assert distant.scheduled_id is not None
         t0 = time.time()
         due = {b"soon": t0 + 1.5}
         soon = await client.enqueue(TOPIC, b"soon", queue=4, deliver_at=due[b"soon"])
@@ -187,7 +190,9 @@ async def test_a_replica_behind_the_truncation_point_gets_the_schedule_by_snapsh
             views = await replica_views(pool, cluster)
             return min(v["groups"][0]["first_instance"] for v in views.values()) > record
 
-        await wait_until(truncated_past_the_record, 20, "stores 1 and 2 truncate past soon")
+        await wait_until(
+            truncated_past_the_record, 20, "stores 1 and 2 truncate past soon (and distant)"
+        )
         cluster.restart(3)
 
         async def converged() -> bool:
@@ -202,15 +207,20 @@ async def test_a_replica_behind_the_truncation_point_gets_the_schedule_by_snapsh
         await watcher.until_seen(set(due), 20)
         watcher.check_once_not_early(due)
         await wait_until(converged, 10, "every replica applied the releases")
+        assert await client.cancel_scheduled(distant.scheduled_id) is True  # rolled, still named
+
+        async def nothing_pending() -> bool:
+            views = await replica_views(pool, cluster)
+            return all(v["groups"][0]["scheduled"]["pending"] == 0 for v in views.values())
+
+        await wait_until(nothing_pending, 10, "every replica applied the cancel")
         # every replica holds what the master served at the same offsets (retention may have
         # dropped "soon" since), "later" included
         for s in cluster.config.stores:
             params = {"topic": TOPIC, "queue": 4, "after": None, "limit": 100, "local": True}
             rows = await pool.call(s.addr, "dequeue", params, timeout=2.0)
             assert all(watcher.seen[r[0]].payload == r[1] for r in rows)
-            assert b"later" in [r[1] for r in rows]
-            status = await pool.call(s.addr, "status", {}, timeout=2.0)
-            assert status["groups"][0]["scheduled"]["pending"] == 0
+            assert b"later" in [r[1] for r in rows] and b"distant" not in [r[1] for r in rows]
 
 
 def test_cli_enqueue_delay_at_cancel_and_status(two_groups: ProcessCluster) -> None:

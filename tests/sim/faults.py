@@ -53,6 +53,7 @@ class FaultsMixin:
     oracle: Any
     trace: Any
     duels: int
+    long_partitions: int
     torn_writes: int
     _push: Any
     _start: Any
@@ -117,6 +118,7 @@ class FaultsMixin:
             self.side = {m: int(m in away) for m in self.members}
             self.cut = set()
             self.frozen_until = self.now + self.lease * rng.uniform(5, 20)
+            self.long_partitions += 1
             what = f"long partition {sorted(away)} until {self.frozen_until:.4f}"
         else:
             what = f"{kind} (nothing to do)"

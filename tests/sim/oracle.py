@@ -191,9 +191,16 @@ class Oracle:
 
     # ------------------------------------------------------------------- at restart
 
-    def check_recovered(self, m: int, rec: RecoveredState, node: PaxosNode, expect: Folded) -> None:
-        """The state handed to the core, and the core's acceptor after taking it, must equal
-        what the node's durable records say."""
+    def check_recovered(
+        self,
+        m: int,
+        rec: RecoveredState,
+        node: PaxosNode | None,
+        expect: Folded,
+        source: str = "recovery",
+    ) -> None:
+        """The state ``source`` recovered from the node's durable records, and the core's
+        acceptor after taking it (``node``), must equal ``expect`` (``disk.fold`` of them)."""
         got = (rec.promised, rec.max_round, dict(rec.accepted), rec.chosen_up_to, rec.checksum)
         want = (
             expect.promised,
@@ -206,9 +213,11 @@ class Oracle:
         for name, g, w in zip(names, got, want, strict=True):
             if g != w:
                 self.fail(
-                    f"RECOVERY: node {m} restarted with {name}={_show(g)}, its durable "
+                    f"RECOVERY: {source} of node {m} gave {name}={_show(g)}, its durable "
                     f"records say {_show(w)}"
                 )
+        if node is None:
+            return
         core = (node.promised, node.acceptor.accepted, node.chosen_up_to, node.checksum)
         if core != (expect.promised, expect.accepted, expect.chosen_up_to, expect.checksum):
             self.fail(

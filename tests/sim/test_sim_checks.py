@@ -19,10 +19,13 @@ from phxq.paxos import (
     AcceptRecord,
     Ballot,
     Chosen,
+    GroupConfig,
     Heartbeat,
+    PaxosNode,
     Prepare,
     Promise,
     PromiseRecord,
+    RecoveredState,
     chain_checksum,
     recover_state,
 )
@@ -195,3 +198,21 @@ def test_chosen_and_heartbeat_need_durable_votes_and_promise() -> None:
         oracle.check_send(1, 1, Heartbeat(0, 1, B2, 1, 0), disk)
     with pytest.raises(Failed, match="SAFETY: two values accepted for instance 2"):
         oracle.on_durable(2, [AcceptRecord(2, B1, b"not w")])
+
+
+def test_a_restart_must_recover_what_the_durable_records_say() -> None:
+    oracle = Oracle(2, _fail)
+    records: list[PromiseRecord | AcceptRecord] = [PromiseRecord(B2), AcceptRecord(3, B1, b"v")]
+    expect = fold(records)
+    rec = recover_state(records, 0, 0)
+    node = PaxosNode(GroupConfig(group=0, node_id=1, members=(1, 2, 3)), rec, 0.0)
+    oracle.check_recovered(1, rec, node, expect)
+    oracle.check_recovered(1, plog_recover(records), None, expect, "the PLog")
+    forgot = RecoveredState(B1, 1, {3: (B1, b"v")}, 0, 0)
+    with pytest.raises(Failed, match=r"RECOVERY: recovery of node 1 gave promised=Ballot\(round"):
+        oracle.check_recovered(1, forgot, None, expect)
+    lost = RecoveredState(B2, 1, {}, 0, 0)
+    with pytest.raises(Failed, match=r"RECOVERY: the PLog of node 1 gave accepted=\{\}"):
+        oracle.check_recovered(1, lost, None, expect, "the PLog")
+    with pytest.raises(Failed, match="RECOVERY: node 1's core took"):
+        oracle.check_recovered(1, rec, PaxosNode(node.config, lost, 0.0), expect)

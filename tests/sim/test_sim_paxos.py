@@ -68,6 +68,10 @@ def test_long_runs_elect_many_masters_and_keep_every_invariant(
     for sim in sims:
         assert len(sim.elections) >= 20, (sim.seed, len(sim.elections))
         assert sim.duels >= 10 and sim.restarts >= 20, (sim.seed, sim.duels, sim.restarts)
+        assert sim.long_partitions >= 3, (sim.seed, sim.long_partitions)
+    # same-round duels with two winners (ballots (r, a) then (r, b)) in some runs of the set
+    rounds = [[b.round for _, _, b in sim.elections] for sim in sims]
+    assert sum(len(set(r)) < len(r) for r in rounds) >= len(sims) // 4, rounds
 
 
 def test_a_seed_replays_exactly() -> None:

@@ -27,7 +27,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=100)
 @given(value=json_values, index=st.integers(0, len(ROUTES) - 1))
 def test_any_json_body_is_accepted_or_refused_with_bad_argument(value, index):
     body_schema = ROUTES[index].json_body

@@ -24,10 +24,11 @@ from phxq.store.schedule import (
 from phxq.store.schedule_entries import (
     encode_cancel,
     encode_release,
+    encode_roll,
     encode_schedule,
     instance_scheduled,
 )
-from phxq.store.state import Enqueued, Rejected, Scheduled, StoreState
+from phxq.store.state import Enqueued, Rejected, Rolled, Scheduled, StoreState
 
 # ----------------------------------------------------------------------------- Schedule
 
@@ -250,18 +251,21 @@ def test_snapshot_carries_the_schedule_and_version_1_still_restores() -> None:
 
 class DelayedStateMachine(RuleBasedStateMachine):
     """Two replicas (one restored from snapshots along the way) apply the same log of schedule,
-    release (also duplicate, stale and early ones), cancel and enqueue entries: they agree,
-    each message is released at most once, never before its due time, and never after a
-    cancel; offsets are unique."""
+    release (also duplicate, stale and early ones), roll, cancel and enqueue entries: they
+    agree, each message is released at most once, never before its due time, never after a
+    cancel, and a roll keeps it pending under a new id that its original id still names;
+    offsets are unique. Messages are known by their original (client-visible) ids."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = StoreState(0, dedup_window=30.0)
         self.b = StoreState(0, dedup_window=30.0)
         self.instance = 0
-        self.due: dict[int, float] = {}  # every scheduled id -> due
+        self.due: dict[int, float] = {}  # every original id -> due
+        self.current: dict[int, int] = {}  # original id -> id now (after rolls)
+        self.old_ids: dict[int, list[int]] = {}  # original id -> ids it had before
         self.pending: set[int] = set()
-        self.released: dict[int, float] = {}  # id -> released_at
+        self.released: dict[int, float] = {}  # original id -> released_at
         self.cancelled: set[int] = set()
         self.offsets: set[int] = set()
         self.clock = 0.0
@@ -284,45 +288,66 @@ class DelayedStateMachine(RuleBasedStateMachine):
     def schedule(self, dues: list[float], dedup: str | None, step: float) -> None:
         # Entry times do not go back (the dedup window's FIFO expiry assumes it, as elsewhere)
         self.clock += step
-        now = self.clock
         msgs = [_msg(b"p", dedup if i == 0 else None) for i in range(len(dues))]
-        [res] = self._apply([encode_schedule("t", 0, now, dues, msgs)])
+        [res] = self._apply([encode_schedule("t", 0, self.clock, dues, msgs)])
         assert isinstance(res, Scheduled)
         for ref, dup, due in zip(res.refs, res.duplicates, dues, strict=True):
             if not dup:
                 sid = scheduled_id_of(ref)
                 assert sid not in self.due
                 self.due[sid] = due
+                self.current[sid] = sid
                 self.pending.add(sid)
 
     @rule(data=st.data(), at=st.floats(0, 250))
     def release_some(self, data: st.DataObject, at: float) -> None:
         if not self.due:
             return
-        ids = data.draw(st.lists(st.sampled_from(sorted(self.due)), min_size=1, max_size=4))
-        items = [encode_release("t", 0, at, [i], [self.due[i]], [[b"p", None, {}]]) for i in ids]
+        picks = data.draw(st.lists(st.sampled_from(sorted(self.due)), min_size=1, max_size=4))
+        stale = data.draw(st.lists(st.booleans(), min_size=len(picks), max_size=len(picks)))
+        items = []
+        used = []
+        for orig, old in zip(picks, stale, strict=True):
+            sid = self.old_ids[orig][0] if old and self.old_ids.get(orig) else self.current[orig]
+            used.append(sid)
+            items.append(encode_release("t", 0, at, [sid], [self.due[orig]], [[b"p", None, {}]]))
         results = self._apply(items)
-        for sid, res in zip(ids, results, strict=True):
+        for orig, sid, res in zip(picks, used, results, strict=True):
             assert isinstance(res, Released)
             offset = res.offsets[0]
-            should = sid in self.pending and self.due[sid] <= at
+            should = orig in self.pending and sid == self.current[orig] and self.due[orig] <= at
             assert (offset is not None) == should
             if offset is not None:
                 assert offset not in self.offsets
                 self.offsets.add(offset)
-                self.pending.discard(sid)
-                self.released[sid] = at
+                self.pending.discard(orig)
+                self.released[orig] = at
+
+    @rule(data=st.data())
+    def roll(self, data: st.DataObject) -> None:
+        if not self.due:
+            return
+        picks = data.draw(st.lists(st.sampled_from(sorted(self.due)), min_size=1, max_size=3))
+        picks = list(dict.fromkeys(picks))
+        ids = [self.current[o] for o in picks]
+        dues = [self.due[o] for o in picks]
+        [res] = self._apply([encode_roll("t", 0, ids, dues, [[b"p", None, {}]] * len(ids))])
+        assert res == Rolled(tuple(o in self.pending for o in picks))
+        for k, orig in enumerate(picks):
+            if orig in self.pending:
+                self.old_ids.setdefault(orig, []).append(self.current[orig])
+                self.current[orig] = make_offset(self.instance, k)
 
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         if not self.due:
             return
-        sid = data.draw(st.sampled_from(sorted(self.due)))
-        [res] = self._apply([encode_cancel(sid, self.due[sid])])
-        assert res == Cancelled(sid in self.pending)
-        if sid in self.pending:
-            self.pending.discard(sid)
-            self.cancelled.add(sid)
+        orig = data.draw(st.sampled_from(sorted(self.due)))
+        [res] = self._apply([encode_cancel(orig, self.due[orig])])  # by the original id
+        assert res == Cancelled(orig in self.pending)
+        if orig in self.pending:
+            self.pending.discard(orig)
+            self.cancelled.add(orig)
 
     @rule()
     def enqueue(self) -> None:
@@ -337,11 +362,33 @@ class DelayedStateMachine(RuleBasedStateMachine):
     @invariant()
     def agree(self) -> None:
         assert self.a.snapshot() == self.b.snapshot()
-        assert {i for _, i in self.a.schedule.due(math.inf, 1 << 30)} == self.pending
-        for sid, at in self.released.items():
-            assert at >= self.due[sid]  # never early
-            assert sid not in self.cancelled
+        now_pending = {i for _, i in self.a.schedule.due(math.inf, 1 << 30)}
+        assert now_pending == {self.current[o] for o in self.pending}
+        for orig in self.pending:
+            assert self.a.schedule.current_id(orig) == self.current[orig]
+        for orig, at in self.released.items():
+            assert at >= self.due[orig]  # never early
+            assert orig not in self.cancelled
 
 
 DelayedStateMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30)
 test_delayed_state_machine = DelayedStateMachine.TestCase
+
+
+def test_roll_moves_a_pending_message_and_its_original_id_still_cancels_it() -> None:
+    s = StoreState(0, dedup_window=0.0)
+    [r] = s.apply(1, [encode_schedule("t", 0, 1.0, [50.0], [_msg(b"x")])])
+    original = scheduled_id_of(r.refs[0])  # type: ignore[union-attr]
+    roll = encode_roll("t", 0, [original], [50.0], [[b"x", None, {}]])
+    assert s.apply(2, [encode_enqueue("t", 0, 2.0, [_msg(b"e")]), roll]) == [
+        Enqueued((make_offset(2, 0),), (False,)),
+        Rolled((True,)),
+    ]
+    assert s.schedule.oldest_id() == make_offset(2, 0)  # the record at instance 1 may go
+    assert instance_scheduled([roll])[0][1].payload == b"x"
+    assert s.apply(3, [roll]) == [Rolled((False,))]  # a stale roll: no-op
+    restored = StoreState.restore(s.snapshot())
+    assert restored.schedule.current_id(original) == make_offset(2, 0)
+    assert s.apply(4, [encode_cancel(original, 50.0)]) == [Cancelled(True)]
+    assert s.schedule.current_id(original) == original  # forgotten once not pending
+    assert len(s.schedule) == 0
