@@ -13,7 +13,8 @@ on the client (see :func:`from_wire`).
     │   ├── MessageTooLarge
     │   ├── BadArgument
     │   ├── Unauthenticated    no credentials, or credentials the cluster does not accept
-    │   └── Forbidden          authenticated, but not allowed to do this (``data['permission']``)
+    │   ├── Forbidden          authenticated, but not allowed to do this (``data['permission']``)
+    │   └── TransactionAborted the transaction was rolled back (or finished) instead
     ├── NotMaster(hint)        retry at ``hint``; the client follows it automatically
     ├── Unavailable            no majority / timed out; retry is safe with the same dedup id
     ├── StaleToken             a fencing token older than the current owner's
@@ -80,6 +81,13 @@ class Forbidden(ClientError):
     (``data['permission']``, e.g. ``"produce:orders"``)."""
 
     code = "forbidden"
+
+
+class TransactionAborted(ClientError):
+    """The transaction was rolled back (its home group's decision, maybe a timeout's or a
+    check-back's), or is already finished where a late prepare arrived."""
+
+    code = "txn_aborted"
 
 
 class NotMaster(PhxqError):

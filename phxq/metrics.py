@@ -193,6 +193,27 @@ RELEASE_LATENESS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
     registry=REGISTRY,
 )
+TXN_OPEN = Gauge(
+    "phxq_txn_open",
+    "Transactions with half messages in the groups this node masters",
+    registry=REGISTRY,
+)
+TXN_COMMITTED = Counter(
+    "phxq_txn_committed_total", "Transactions decided commit (home groups)", registry=REGISTRY
+)
+TXN_ROLLED_BACK = Counter(
+    "phxq_txn_rolled_back_total",
+    "Transactions decided rollback (home groups), by why: producer, check, timeout, max_age, "
+    "operator",
+    ["reason"],
+    registry=REGISTRY,
+)
+TXN_CHECKS = Counter(
+    "phxq_txn_checks_total",
+    "Check-back answers of producer groups' handlers: committed, rolled_back, unknown",
+    ["answer"],
+    registry=REGISTRY,
+)
 
 GATEWAY_REQUESTS = Counter(
     "phxq_gateway_requests_total",
@@ -233,6 +254,10 @@ _STORE = (
     SCHEDULED_ROLLED,
     RELEASE_LAG,
     RELEASE_LATENESS,
+    TXN_OPEN,
+    TXN_COMMITTED,
+    TXN_ROLLED_BACK,
+    TXN_CHECKS,
 )
 _CONSUMER = (
     CONSUMER_DELIVERED,

@@ -87,7 +87,7 @@ def gateway(config_path: Path, listen: str | None) -> None:
 
     cfg = _load(config_path)
     _setup_logging("gateway")
-    _run(_serve_until_signal(lambda: Gateway(cfg, listen)))
+    _run(_serve_until_signal(lambda: Gateway(cfg, listen), config_path))  # SIGHUP: reload
 
 
 def _curl_auth(config: ClusterConfig) -> str:

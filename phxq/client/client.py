@@ -29,14 +29,16 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, final
 
-from phxq import otel, trace, validate
+from phxq import otel, validate
+from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
+from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
+from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message
 from phxq.errors import (
     BadArgument,
@@ -54,33 +56,11 @@ from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
 
-MAX_REQUEST_MESSAGES = 4096
-MAX_REQUEST_BYTES = 4 << 20
 META_TIMEOUT = 0.5
-DEFAULT_WINDOW = 2  # enqueue requests in flight per (topic, group) with batching
-# A request beyond the first in flight leaves only with this many messages queued: with few
-# queued, waiting for the first to return makes one bigger Paxos instance instead of two small.
-EXTRA_REQUEST_MIN_MESSAGES = 8
-
-
-@dataclass(slots=True)
-class _Pending:
-    queue: int
-    wire: list[Any]  # [payload, key, headers, dedup_id]
-    future: asyncio.Future[Ack]
-
-
-@dataclass(slots=True)
-class _GroupSender:
-    """The adaptive batcher of one (topic, group): up to ``window`` requests in flight, the
-    rest queue."""
-
-    pending: list[_Pending] = field(default_factory=list)
-    in_flight: int = 0
 
 
 @final
-class Client(StreamingMixin):
+class Client(BatchingMixin, StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
 
@@ -112,7 +92,7 @@ class Client(StreamingMixin):
         self._window = validate.integer(window, "window", minimum=1, maximum=None)
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
-        self._senders: dict[tuple[str, int], _GroupSender] = {}
+        self._senders: dict[tuple[str, int], GroupSender] = {}
         # Default dedup ids: 96 random bits per client, then a counter (as unique as uuid4 ids,
         # without a getrandom system call and a UUID object per message).
         self._dedup_prefix = os.urandom(12).hex() + "-"
@@ -248,7 +228,7 @@ class Client(StreamingMixin):
         key: str | None = None,
         queue: int | None = None,
         dedup_id: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
     ) -> Ack:
@@ -269,6 +249,16 @@ class Client(StreamingMixin):
             futures = await self._submit(topic, [item])
             return await futures[0]
 
+    def transaction(
+        self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
+    ) -> Transaction:
+        """A transaction over any topics, queues and groups (:mod:`phxq.client.txn`):
+        ``async with client.transaction() as txn: await txn.enqueue(...)`` commits on exit and
+        rolls back on an exception; or ``prepare()``, then ``commit()`` / ``rollback()``.
+        ``timeout``: seconds the store waits for the decision before asking the producer
+        group's check-back handler (or, without one, rolling back)."""
+        return Transaction(self, producer_group=producer_group, timeout=timeout)
+
     async def cancel_scheduled(self, scheduled_id: str) -> bool:
         """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
         released. True if it was pending; False if it was already released or cancelled."""
@@ -287,7 +277,7 @@ class Client(StreamingMixin):
         messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]],
         *,
         queue: int | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
     ) -> list[Ack]:
@@ -326,7 +316,7 @@ class Client(StreamingMixin):
             if dedup_id is not None and not isinstance(dedup_id, str):
                 raise BadArgument("dedup_id must be a str or None")
             if headers is not None and not (
-                isinstance(headers, dict)
+                isinstance(headers, Mapping)
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
             ):
                 raise BadArgument("headers must be a dict of str to str")
@@ -338,88 +328,13 @@ class Client(StreamingMixin):
             wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id, *when]
             sender = senders.get((topic, group))
             if sender is None:
-                sender = senders[(topic, group)] = _GroupSender()
-            sender.pending.append(_Pending(q, wire, fut))
+                sender = senders[(topic, group)] = GroupSender()
+            sender.pending.append(Pending(q, wire, fut))
             touched.add((topic, group))
             futures.append(fut)
         for topic_group in touched:
             self._kick(*topic_group)
         return futures
-
-    def _kick(self, topic: str, group: int) -> None:
-        sender = self._senders[(topic, group)]
-        if not self._batching:
-            # One request per message, all at once: a task per message (the baseline mode).
-            while sender.pending:
-                batch = sender.pending[:1]
-                del sender.pending[:1]
-                self._spawn(self._send_batch(topic, group, batch))
-            return
-        if sender.pending and (
-            sender.in_flight == 0
-            or (
-                sender.in_flight < self._window
-                and len(sender.pending) >= EXTRA_REQUEST_MIN_MESSAGES
-            )
-        ):
-            sender.in_flight += 1
-            self._spawn(self._send_loop(topic, group, sender))
-
-    def _spawn(self, coro: Any) -> None:
-        self._tasks.spawn(coro, name="phxq.Client send")
-
-    async def _send_loop(self, topic: str, group: int, sender: _GroupSender) -> None:
-        try:
-            while sender.pending:
-                pending = sender.pending
-                size = 0
-                take = 0
-                for p in pending[:MAX_REQUEST_MESSAGES]:
-                    nbytes = len(p.wire[0]) + 64
-                    if take and size + nbytes > MAX_REQUEST_BYTES:
-                        break
-                    take += 1
-                    size += nbytes
-                batch = pending[:take]
-                del pending[:take]  # one slice, not a pop(0) per message
-                await self._send_batch(topic, group, batch)
-        finally:
-            sender.in_flight -= 1
-            if sender.pending:
-                self._kick(topic, group)
-
-    async def _send_batch(self, topic: str, group: int, batch: list[_Pending]) -> None:
-        if trace.ON:
-            trace.mark("client.batch")
-        by_queue: dict[int, list[_Pending]] = {}
-        for p in batch:
-            by_queue.setdefault(p.queue, []).append(p)
-        params = {
-            "topic": topic,
-            "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()],
-        }
-        try:
-            reply = await self._call_master(topic, group, "enqueue", params)
-            for (q, ps), results in zip(by_queue.items(), reply, strict=True):
-                for p, result in zip(ps, results, strict=True):
-                    if not p.future.done():
-                        p.future.set_result(_ack(topic, q, result))
-            if trace.ON:
-                trace.mark("client.acked")
-        except asyncio.CancelledError:
-            # The client is closing: its callers must not wait forever.
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(Unavailable("the client was closed"))
-            raise
-        except Exception as exc:  # every waiter must learn the outcome; none is left hanging
-            if not isinstance(exc, PhxqError):
-                exc = Unavailable(f"malformed enqueue reply: {exc!r}")
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-
-    # --------------------------------------------------------------------- read and commit
 
     async def dequeue(
         self,
@@ -526,14 +441,6 @@ def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
     if kind == "at" and not value <= time.time() + MAX_SCHEDULE_SECONDS:
         raise BadArgument(f"deliver_at must be at most {MAX_SCHEDULE_SECONDS:.0f} s ahead")
     return [kind, value]
-
-
-def _ack(topic: str, queue: int, result: Any) -> Ack:
-    """``[offset, duplicate]`` or ``[None, duplicate, scheduled id]`` from the store."""
-    if len(result) == 3:
-        sid = int(result[2])
-        return Ack(topic, queue, None, bool(result[1]), f"{topic}/{queue}/{sid}")
-    return Ack(topic, queue, int(result[0]), bool(result[1]))
 
 
 def _parse_scheduled_id(scheduled_id: Any) -> tuple[str, int, int]:

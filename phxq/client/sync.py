@@ -10,12 +10,15 @@ import asyncio
 import os
 import ssl
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, Generic, TypeVar, final
 
-from phxq.client.client import DEFAULT_WINDOW, Client
+from phxq.client.batching import DEFAULT_WINDOW
+from phxq.client.client import Client
 from phxq.client.stream import MessageStream, TailStart
+from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
+from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ConsumedMessage, Message
 
 T = TypeVar("T")
@@ -83,7 +86,7 @@ class SyncClient:
         key: str | None = None,
         queue: int | None = None,
         dedup_id: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
     ) -> Ack:
@@ -105,13 +108,29 @@ class SyncClient:
         """:meth:`phxq.Client.cancel_scheduled`."""
         return self._run(self._client.cancel_scheduled(scheduled_id))
 
+    def transaction(
+        self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
+    ) -> SyncTransaction:
+        """:meth:`phxq.Client.transaction`: ``with client.transaction() as txn:
+        txn.enqueue(...)`` commits on exit, rolls back on an exception."""
+        return SyncTransaction(self._client.transaction(producer_group, timeout=timeout), self._run)
+
     def enqueue_many(
         self,
         topic: str,
         messages: Iterable[tuple[bytes, str | None] | tuple[bytes, str | None, str | None]],
+        *,
+        queue: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
+        deliver_at: float | None = None,
     ) -> list[Ack]:
         """:meth:`phxq.Client.enqueue_many`: one ack per message, in order."""
-        return self._run(self._client.enqueue_many(topic, messages))
+        return self._run(
+            self._client.enqueue_many(
+                topic, messages, queue=queue, headers=headers, delay=delay, deliver_at=deliver_at
+            )
+        )
 
     def dequeue(
         self,
@@ -200,6 +219,52 @@ class SyncClient:
 
 
 M = TypeVar("M", bound=Message)
+
+
+@final
+class SyncTransaction:
+    """A blocking :class:`phxq.client.txn.Transaction` (same methods and promises)."""
+
+    def __init__(self, txn: Transaction, run: Any) -> None:
+        self._txn = txn
+        self._run = run
+        self.id = txn.id
+
+    @property
+    def state(self) -> str:
+        return self._txn.state
+
+    def enqueue(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        queue: int | None = None,
+        dedup_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._run(
+            self._txn.enqueue(
+                topic, payload, key=key, queue=queue, dedup_id=dedup_id, headers=headers
+            )
+        )
+
+    def prepare(self) -> None:
+        self._run(self._txn.prepare())
+
+    def commit(self) -> list[Ack]:
+        acks: list[Ack] = self._run(self._txn.commit())
+        return acks
+
+    def rollback(self) -> None:
+        self._run(self._txn.rollback())
+
+    def __enter__(self) -> SyncTransaction:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._run(self._txn.__aexit__(exc_type, exc, tb))
 
 
 class SyncMessageStream(Generic[M]):

@@ -34,6 +34,8 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "consumer_group.ordering": "strict",
         "consumer_group.concurrency": 1,
         "consumer_group.handler_timeout": "10s",
+        "producer_group.max_age": "10m",
+        "producer_group.check_timeout": "5s",
         "gateway.max_body_bytes": "16MiB",
         "gateway.body_timeout": "10s",
         "gateway.max_wait": "60s",
@@ -207,6 +209,18 @@ class ConsumerGroupConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProducerGroupConfig:
+    """One ``[[producer_group]]``: who the store asks about a transaction its producer left
+    undecided (``check``: ``http(s)://...`` or ``package.module:function``); durations in s."""
+
+    name: str
+    check: str | None = None
+    max_age: float = _default_duration("producer_group.max_age")
+    check_timeout: float = _default_duration("producer_group.check_timeout")
+    signing_secret_file: Path | None = None  # HTTP checks carry Phxq-Signature keyed by it
+
+
+@dataclass(frozen=True, slots=True)
 class ConsumerConfig:
     """One ``[[consumer]]``: settings of the consumer daemon ``phxq consumer --id NAME``."""
 
@@ -269,6 +283,7 @@ class ClusterConfig:
     client: ClientConfig | None = None
     gateway: GatewayConfig = GatewayConfig()
     consumers: tuple[ConsumerConfig, ...] = ()
+    producer_groups: tuple[ProducerGroupConfig, ...] = ()
     source: str = field(default="<string>", compare=False)
     topics_by_name: Mapping[str, TopicConfig] = field(init=False, repr=False, compare=False)
 

@@ -23,6 +23,7 @@ from phxq.config.model import (
     ConsumerGroupConfig,
     GatewayConfig,
     NodeConfig,
+    ProducerGroupConfig,
     TopicConfig,
     _split_addr,
     format_size,
@@ -175,6 +176,7 @@ _SECTIONS: Final = (
     "client",
     "gateway",
     "consumer",
+    "producer_group",
 )
 
 
@@ -270,6 +272,19 @@ def _consumer_group(
         t.fail('is set but on_failure = "block" never dead-letters', "dead_letter")
     t.done()
     return group, t
+
+
+def _producer_group(source: str, i: int, raw: object, base_dir: Path | None) -> Any:
+    t = _Table(source, f"producer_group[{i}]", "producer_group", raw)
+    group = ProducerGroupConfig(
+        name=t.text("name", _NAME_RE, required=True),
+        check=t.text("check", _HANDLER_RE),
+        max_age=t.duration("max_age"),
+        check_timeout=t.duration("check_timeout"),
+        signing_secret_file=t.file("signing_secret_file", base_dir),
+    )
+    t.done()
+    return group
 
 
 def _consumer(source: str, i: int, raw: object) -> ConsumerConfig:
@@ -415,6 +430,13 @@ def parse_config(
         _claim(source, consumer_names, consumer.name, f"consumer[{i}].name")
         if consumer.metrics_addr is not None:
             _claim(source, addresses, consumer.metrics_addr, f"consumer[{i}].metrics_addr")
+    producers = [
+        _producer_group(source, i, r, base_dir)
+        for i, r in enumerate(_array(source, doc, "producer_group"))
+    ]
+    producer_names: dict[object, str] = {}
+    for i, producer in enumerate(producers):
+        _claim(source, producer_names, producer.name, f"producer_group[{i}].name")
     return ClusterConfig(
         cluster=settings,
         stores=tuple(stores),
@@ -426,6 +448,7 @@ def parse_config(
         client=client,
         gateway=gateway,
         consumers=tuple(consumers),
+        producer_groups=tuple(producers),
         source=source,
     )
 

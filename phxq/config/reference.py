@@ -171,6 +171,32 @@ REFERENCE: Final[tuple[Key, ...]] = (
         "Phxq-Signature header (HMAC-SHA256, see docs/security.md).",
     ),
     Key(
+        "producer_group", "name", '"checkout"', "Producer group name (transactions).", required=True
+    ),
+    Key(
+        "producer_group",
+        "check",
+        '"http://127.0.0.1:8081/txn-check"',
+        "Check-back handler asked about a transaction left undecided past its timeout: "
+        '"http(s)://..." (POST; answers committed / rolled_back / unknown) or '
+        '"package.module:function". None: such a transaction is rolled back at its timeout.',
+    ),
+    Key(
+        "producer_group",
+        "max_age",
+        '"10m"',
+        "A transaction still undecided this long after its prepare is rolled back (logged, "
+        "phxq_txn_rolled_back_total{reason=max_age}).",
+    ),
+    Key("producer_group", "check_timeout", '"5s"', "How long one check-back call may take."),
+    Key(
+        "producer_group",
+        "signing_secret_file",
+        '"certs/checkout.secret"',
+        "A file holding this group's secret: every HTTP check then carries a Phxq-Signature "
+        "header (HMAC-SHA256, as consumer pushes).",
+    ),
+    Key(
         "security",
         "ca",
         '"certs/ca.pem"',

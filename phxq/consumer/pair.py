@@ -9,13 +9,7 @@ Public API::
     worker.state              # Ownership
     worker.committed, worker.token, worker.blocked
 
-**Ownership** is an explicit state machine (STYLE.md §2)::
-
-    UNOWNED --run()--> ACQUIRING --lock granted--> OWNED --drain()--> DRAINING --> RELEASED
-                           |  (granted after drain()) ------------------^
-                           +--drain() / error--------+--lease lost / fenced / error--> RELEASED
-
-A worker processes its pair only in OWNED/DRAINING, i.e. only while it holds the pair's lock
+**Ownership** is the state machine of :mod:`phxq.consumer.ownership`. A worker processes its pair only in OWNED/DRAINING, i.e. only while it holds the pair's lock
 (``cg/<group>/<topic>/<queue>``), and every cursor commit carries that lock's fencing token.
 When the lease is lost (``lease.lost``) or a commit answers ``StaleToken``, the loop is
 cancelled at once: nothing is committed after a loss, and the in-flight handler call is
@@ -40,22 +34,16 @@ cursor. An idle owner checks the cursor after every empty long poll, so a replay
 within ``long_poll`` seconds even when nothing is being committed. (If the commit's outcome was
 unknown and it did land, the re-read cursor equals the target: that counts as success.)
 
-**Failures.** A failed attempt is retried after :func:`~phxq.consumer.pacing.backoff_delay`
-(the message keeps its place: strict order holds). After ``max_attempts`` the message is
-enqueued to the group's dead-letter topic, with dedup id ``dlq/<group>/<topic>/<queue>/<offset>``
-so a retried or repeated dead-lettering stores it once (within the cluster's dedup window), its
-key and headers plus ``phxq-dlq-*`` headers (origin, attempts, last error); then it counts as
-done. With ``on_failure = "block"`` the pair stops instead: it commits what precedes the
-message, logs an error, sets ``phxq_consumer_blocked``, keeps its lock and waits until
-``phxq admin resume`` (retry from the message) or ``phxq admin replay`` (continue from the new
-cursor, e.g. past the message).
+**Failures** are :mod:`phxq.consumer.delivery`'s: retries with backoff, then the dead-letter
+topic, or (``on_failure = "block"``) the pair stops: it commits what precedes the message, keeps
+its lock and waits until ``phxq admin resume`` (retry the message) or ``phxq admin replay``
+(continue from the new cursor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import random
 import time
@@ -65,56 +53,27 @@ from typing import Any
 from phxq import metrics
 from phxq.client import Client, Message
 from phxq.consumer.assign import Pair, pair_lock_name
+from phxq.consumer.delivery import Deliverer, Result, wait_event
 from phxq.consumer.group import GroupRuntime, Timings
-from phxq.consumer.handlers import Delivery, Outcome
 from phxq.consumer.locking import Lease, LockApi
-from phxq.consumer.pacing import backoff_delay
+from phxq.consumer.ownership import CommitWaiters, IllegalTransition, Ownership, check_transition
 from phxq.consumer.window import DeliveryWindow
 from phxq.errors import (
     BadArgument,
-    ClientError,
     LockHeld,
     PhxqError,
     StaleToken,
     Unavailable,
     VersionMismatch,
 )
-from phxq.routing import split_offset
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.consumer")
 
+__all__ = ["IllegalTransition", "Ownership", "PairWorker"]
+
 FETCH_LIMIT = 512
 MAX_ERROR_HEADER = 512
-
-
-class Ownership(enum.Enum):
-    UNOWNED = "unowned"
-    ACQUIRING = "acquiring"
-    OWNED = "owned"
-    DRAINING = "draining"
-    RELEASED = "released"
-
-
-_TRANSITIONS: dict[Ownership, frozenset[Ownership]] = {
-    Ownership.UNOWNED: frozenset({Ownership.ACQUIRING, Ownership.RELEASED}),
-    # Straight to DRAINING when the lock is granted after drain() was called.
-    Ownership.ACQUIRING: frozenset({Ownership.OWNED, Ownership.DRAINING, Ownership.RELEASED}),
-    Ownership.OWNED: frozenset({Ownership.DRAINING, Ownership.RELEASED}),
-    Ownership.DRAINING: frozenset({Ownership.RELEASED}),
-    Ownership.RELEASED: frozenset(),
-}
-
-
-class IllegalTransition(RuntimeError):
-    """A bug: the worker tried an ownership transition the table does not allow."""
-
-
-class Result(enum.Enum):
-    ACKED = "acked"
-    DEAD_LETTERED = "dead_lettered"
-    BLOCKED = "blocked"
-    ABANDONED = "abandoned"  # handoff during the backoff: not done, the next owner retries
 
 
 _UNSET: Any = object()
@@ -125,18 +84,6 @@ class _Fetched:
     messages: list[Message]
     probe: Any  # the store cursor (int or None) after an empty read; _UNSET: not probed
     commit_seq: int  # commits finished when the read started (a probe is stale if it moved)
-
-
-async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
-    """Wait up to ``timeout`` for ``event``; True if it is set."""
-    if event.is_set():
-        return True
-    # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancellation that comes just as
-    # the event is set (a worker cancelled on a lost lease would carry on).
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    return event.is_set()
 
 
 class PairWorker:
@@ -181,23 +128,27 @@ class PairWorker:
         self._resync_to: Any = _UNSET
         self._fetch_task: asyncio.Task[_Fetched] | None = None
         self._commit_task: asyncio.Task[None] | None = None
-        self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._commit_waiters = CommitWaiters()
         self._tasks = TaskScope(f"pull {self.lock_name}", log)  # replaced by each pull loop's
         self.blocked: int | None = None
         self._unblock_seen = 0
         self._labels = (self.group, self.topic, str(self.queue))
-        # Labelled children looked up once: .labels() per message is measurable in profiles.
-        self._delivered = metrics.CONSUMER_DELIVERED.labels(self.group)
-        self._latency = metrics.CONSUMER_HANDLER_LATENCY.labels(self.group)
-        self._acked = metrics.CONSUMER_ACKED.labels(self.group)
-        self._failed = metrics.CONSUMER_FAILED.labels(self.group)
+        self._delivery = Deliverer(
+            pair,
+            runtime,
+            client=client,
+            owner=owner,
+            timings=timings,
+            paxos_group=paxos_group,
+            rng=self._rng,
+            drain=self._drain,
+        )
 
     def __repr__(self) -> str:
         return f"PairWorker({self.lock_name}, {self.state.value})"
 
     def _to(self, state: Ownership) -> None:
-        if state not in _TRANSITIONS[self.state]:
-            raise IllegalTransition(f"{self.lock_name}: {self.state.value} -> {state.value}")
+        check_transition(self.lock_name, self.state, state)
         self.state = state
 
     @property
@@ -238,17 +189,14 @@ class PairWorker:
                     if acquired:
                         raise
                     log.warning("%s: lock service unavailable: %s", self.lock_name, exc.message)
-                await _wait_event(self._drain, self._t.acquire_retry)
+                await wait_event(self._drain, self._t.acquire_retry)
         finally:
             metrics.CONSUMER_LAG.labels(*self._labels).set(0)
             metrics.CONSUMER_BLOCKED.labels(*self._labels).set(0)
             self._to(Ownership.RELEASED)
-            for _offset, waiter in self._commit_waiters:
-                if not waiter.done():
-                    waiter.set_exception(
-                        StaleToken(f"{self.lock_name}: released before the cursor got there")
-                    )
-            self._commit_waiters.clear()
+            self._commit_waiters.fail(
+                StaleToken(f"{self.lock_name}: released before the cursor got there")
+            )
 
     async def _own(self, lease: Lease) -> None:
         self.token = lease.token
@@ -372,7 +320,7 @@ class PairWorker:
                 return
             message = self._messages[offset]
             delay = self.runtime.limiter.reserve(len(message.payload))
-            if delay > 0 and await _wait_event(self._drain, delay):
+            if delay > 0 and await wait_event(self._drain, delay):
                 return  # handing over: the slot stays unfinished, so the cursor stops before it
             # A slow handler must not hold back the commit of what finished before it.
             timer = None
@@ -380,7 +328,7 @@ class PairWorker:
                 loop = asyncio.get_running_loop()
                 timer = loop.call_later(self._timeout() or 0.0, self._start_background)
             try:
-                result = await self._deliver(message)
+                result = await self._delivery.deliver(message, self.token or 0)
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -403,9 +351,11 @@ class PairWorker:
         while (offset := self._window.next_ready()) is not None:
             message = self._messages[offset]
             delay = self.runtime.limiter.reserve(len(message.payload))
-            if delay > 0 and await _wait_event(self._drain, delay):
+            if delay > 0 and await wait_event(self._drain, delay):
                 return  # handing over: the slot stays unfinished, so the cursor stops before it
-            task = self._tasks.spawn(self._deliver(message), name="deliver", watched=True)
+            task = self._tasks.spawn(
+                self._delivery.deliver(message, self.token or 0), name="deliver", watched=True
+            )
             inflight[task] = offset
 
     async def _fetch(self, commit_idle: bool) -> _Fetched:
@@ -523,7 +473,7 @@ class PairWorker:
             return
         self._commit_seq += 1
         self.committed = target
-        self._wake_commit_waiters()
+        self._commit_waiters.wake(self.committed)
         self._committed_count = max(self._committed_count, count)
         self._oldest_uncommitted = time.monotonic() if self._uncommitted else None
 
@@ -534,21 +484,7 @@ class PairWorker:
             return
         if self.state is Ownership.RELEASED:
             raise StaleToken(f"{self.lock_name}: released before the cursor got there")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commit_waiters.append((offset, waiter))
-        await waiter
-
-    def _wake_commit_waiters(self) -> None:
-        if self.committed is None:
-            return
-        waiting = []
-        for offset, waiter in self._commit_waiters:
-            if offset <= self.committed:
-                if not waiter.done():
-                    waiter.set_result(None)
-            elif not waiter.done():
-                waiting.append((offset, waiter))
-        self._commit_waiters = waiting
+        await self._commit_waiters.wait(offset)
 
     def _resync(self, cursor: int | None) -> None:
         """Continue from ``cursor`` (the store's): forget everything read ahead."""
@@ -559,7 +495,7 @@ class PairWorker:
         self._committed_count = self._window.advanced
         self._oldest_uncommitted = None
         self._resync_to = _UNSET
-        self._wake_commit_waiters()
+        self._commit_waiters.wake(self.committed)
         if self.blocked is not None:
             self.blocked = None
             metrics.CONSUMER_BLOCKED.labels(*self._labels).set(0)
@@ -576,101 +512,4 @@ class PairWorker:
                 log.info("%s: cursor moved to %s; unblocked", self.lock_name, current)
                 self._resync(current)
                 return
-            await _wait_event(self._drain, self._t.blocked_probe)
-
-    # --------------------------------------------------------------------------- delivery
-
-    def _message_id(self, offset: int) -> str:
-        instance, index = split_offset(offset)
-        return f"{self._paxos_group}-{instance}-{index}"
-
-    async def _deliver(self, message: Message) -> Result:
-        cfg = self.runtime.config
-        outcome = Outcome(False, "not attempted")
-        attempt = 0
-        for attempt in range(1, cfg.max_attempts + 1):
-            delivery = Delivery(
-                consumer_group=self.group,
-                topic=self.topic,
-                queue=self.queue,
-                offset=message.offset,
-                message_id=self._message_id(message.offset),
-                payload=message.payload,
-                key=message.key,
-                headers=message.headers,
-                enqueued_at=message.enqueued_at,
-                attempt=attempt,
-                consumer=self._owner,
-                token=self.token or 0,
-            )
-            self._delivered.inc()
-            started = time.perf_counter()
-            outcome = await self.runtime.handler(delivery)
-            self._latency.observe(time.perf_counter() - started)
-            if outcome.ok:
-                self._acked.inc()
-                return Result.ACKED
-            self._failed.inc()
-            log.info(
-                "%s: offset %d attempt %d/%d failed: %s",
-                self.lock_name,
-                message.offset,
-                attempt,
-                cfg.max_attempts,
-                outcome.reason,
-            )
-            if attempt == cfg.max_attempts:
-                break
-            delay = backoff_delay(
-                attempt,
-                base=self._t.backoff_base,
-                cap=self._t.backoff_cap,
-                jitter=self._rng.random(),
-            )
-            if await _wait_event(self._drain, delay):
-                return Result.ABANDONED
-        if cfg.on_failure == "block":
-            return Result.BLOCKED
-        return await self._dead_letter(message, outcome, attempt)
-
-    async def _dead_letter(self, message: Message, outcome: Outcome, attempts: int) -> Result:
-        dlq = self.runtime.config.dead_letter
-        assert dlq is not None  # the config fills it in whenever on_failure = "dead_letter"
-        origin = {
-            "phxq-dlq-group": self.group,
-            "phxq-dlq-topic": self.topic,
-            "phxq-dlq-queue": str(self.queue),
-            "phxq-dlq-offset": str(message.offset),
-            "phxq-dlq-attempts": str(attempts),
-            "phxq-dlq-error": outcome.reason[:MAX_ERROR_HEADER],
-        }
-        headers = {**message.headers, **origin}
-        dedup_id = f"dlq/{self.group}/{self.topic}/{self.queue}/{message.offset}"
-        while True:
-            try:
-                await self._client.enqueue(
-                    dlq, message.payload, key=message.key, headers=headers, dedup_id=dedup_id
-                )
-                break
-            except Unavailable as exc:
-                log.warning(
-                    "%s: dead-lettering offset %d: %s", self.lock_name, message.offset, exc.message
-                )
-                if await _wait_event(self._drain, 1.0):
-                    return Result.ABANDONED
-            except ClientError:
-                if headers == origin:
-                    raise
-                # The original headers plus ours broke a store limit: keep ours, which say
-                # where the message came from.
-                headers = origin
-        metrics.CONSUMER_DEAD_LETTERED.labels(self.group).inc()
-        log.warning(
-            "%s: offset %d dead-lettered to %s after %d attempts (%s)",
-            self.lock_name,
-            message.offset,
-            dlq,
-            attempts,
-            outcome.reason,
-        )
-        return Result.DEAD_LETTERED
+            await wait_event(self._drain, self._t.blocked_probe)

@@ -15,11 +15,14 @@ auth: a trusted lab, as for the RPC).
 
 from __future__ import annotations
 
+import ssl
 from typing import Protocol
 
-from phxq.config import ClusterConfig
+from phxq.config import ClusterConfig, ConfigError
 from phxq.errors import Unauthenticated
+from phxq.security.daemon import MemberSecurity, principals_of
 from phxq.security.principals import Permission, Principal, Principals, check
+from phxq.security.tls import reload_context, server_context
 
 
 class Authorizer(Protocol):
@@ -75,10 +78,36 @@ class BearerTokens:
         check(principal, need)
 
 
-def authorizer_for(config: ClusterConfig) -> Authorizer:
-    """Bearer tokens with ``[security]``, open access without (as the stores do)."""
-    if config.security is None:
-        return OpenAccess()
-    from phxq.security.daemon import principals_of
+class GatewaySecurity:
+    """``[security]`` as a gateway uses it: HTTPS with the ``[security]`` member certificate,
+    the same certificate to dial the stores and lock nodes, and the ``[[principal]]`` tokens.
+    :meth:`reload` (SIGHUP, ``phxq.security.daemon.reload_on_hup``) applies a renewed
+    certificate to new connections and a changed principal table to the next request."""
 
-    return BearerTokens(principals_of(config))
+    def __init__(self, config: ClusterConfig) -> None:
+        sec = config.security
+        assert sec is not None
+        self.member = MemberSecurity(config)  # ConfigError without [security] cert/key
+        try:
+            self.server_ssl = server_context(sec.ca, self.member.cert, self.member.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the gateway's TLS context: {exc}") from None
+        self.tokens = BearerTokens(principals_of(config))
+
+    @property
+    def dial_ssl(self) -> ssl.SSLContext:
+        return self.member.ssl
+
+    def reload(self, config: ClusterConfig) -> None:
+        """Apply a re-read config; ``ConfigError`` leaves everything as it was."""
+        principals = principals_of(config)
+        self.member.reload(config)
+        assert config.security is not None
+        try:
+            reload_context(self.server_ssl, config.security.ca, self.member.cert, self.member.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot reload the certificates: {exc}") from None
+        self.tokens.principals = principals
+
+    def describe(self) -> str:
+        return f"{len(self.tokens.principals)} principals, {self.member.describe()}"

@@ -94,16 +94,17 @@ async def _enqueue_one(backend: Backend, topic: str, payload: bytes, item: dict[
 async def enqueue(call: Call) -> Any:
     topic = call.args["topic"]
     if isinstance(call.body, bytes | bytearray):
+        headers = message_headers(call.request)
+        if len(headers) > 64:
+            raise BadArgument("at most 64 Phxq-Header-<Name> headers")
         item = {
             "key": call.args.get("key"),
             "queue": call.args.get("queue"),
             "dedup_id": call.args.get("dedup_id"),
             "delay": call.args.get("delay"),
             "deliver_at": call.args.get("deliver_at"),
-            "headers": message_headers(call.request),
+            "headers": headers,
         }
-        if len(item["headers"]) > 64:
-            raise BadArgument("at most 64 Phxq-Header-<Name> headers")
         return ack_json(await _enqueue_one(call.backend, topic, bytes(call.body), item))
     given = [p for p in ("key", "queue", "dedup_id", "delay", "deliver_at") if p in call.args]
     if given or message_headers(call.request):
@@ -312,7 +313,20 @@ async def status(call: Call) -> Any:
             stores[str(store.id)] = await backend.client.status(store.addr)
         except PhxqError as exc:
             stores[str(store.id)] = {"error": f"{type(exc).__name__}: {exc.message}"}
-    return {"gateway": backend.describe(), "stores": stores, "time": time.time()}
+    ownership: dict[str, Any] | None = None  # as phxq admin status: None without consumer groups
+    if backend.config.consumer_groups and backend.config.locks:
+        from phxq.consumer import admin as consumer_admin
+
+        try:
+            ownership = await consumer_admin.ownership(backend.config, backend.lock_client())
+        except PhxqError as exc:
+            ownership = {"error": f"{type(exc).__name__}: {exc.message}"}
+    return {
+        "gateway": backend.describe(),
+        "stores": stores,
+        "ownership": ownership,
+        "time": time.time(),
+    }
 
 
 async def lag(call: Call) -> Any:

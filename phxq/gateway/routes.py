@@ -348,7 +348,8 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
             "GET",
             "/v1/status",
             "status",
-            "Every store's status (groups, masters, disk, consumer lag), as phxq admin status",
+            "Every store's status (groups, masters, disk, consumer lag) and the consumer tier's "
+            "(members, settings, pair owners), as phxq admin status",
             h.status,
             {
                 "type": "object",
@@ -356,6 +357,10 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
                 "properties": {
                     "gateway": {"type": "object"},
                     "stores": {"type": "object", "additionalProperties": {"type": "object"}},
+                    "ownership": {
+                        "type": ["object", "null"],
+                        "description": "consumers, settings and pair owners (null: no groups)",
+                    },
                     "time": {"type": "number"},
                 },
             },

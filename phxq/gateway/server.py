@@ -24,6 +24,7 @@ What it promises:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import ssl
@@ -35,23 +36,33 @@ from prometheus_client import generate_latest
 
 from phxq import __version__, metrics
 from phxq.client import Client
-from phxq.config import ClusterConfig, ConfigError
+from phxq.config import ClusterConfig
 from phxq.errors import BadArgument, PhxqError
-from phxq.gateway.auth import Authorizer, authorizer_for
+from phxq.gateway.auth import Authorizer, GatewaySecurity, OpenAccess
 from phxq.gateway.handlers import Call
 from phxq.gateway.openapi import openapi_document
 from phxq.gateway.problems import PROBLEM_TYPE, Problem, problem, problem_for
 from phxq.gateway.routes import build_routes
 from phxq.gateway.schema import parse_param, validate
 from phxq.gateway.table import Route
-from phxq.security.daemon import member_credentials
-from phxq.security.tls import server_context
 
 log = logging.getLogger("phxq.gateway")
 
 OPERATION = "phxq_operation"  # the request's route, for the metrics
 
 DEFAULT_LISTEN = "127.0.0.1:7301"
+
+
+@functools.lru_cache(maxsize=512)
+def _latency(operation: str) -> Any:
+    """The operation's child of ``GATEWAY_LATENCY`` (``labels()`` costs a lock and a lookup
+    per request otherwise)."""
+    return metrics.GATEWAY_LATENCY.labels(operation)
+
+
+@functools.lru_cache(maxsize=2048)
+def _answered(operation: str, status: int) -> Any:
+    return metrics.GATEWAY_REQUESTS.labels(operation, str(status))
 
 
 def problem_response(p: Problem) -> web.Response:
@@ -87,20 +98,22 @@ class Gateway:
     ) -> None:
         """``listen`` overrides ``[gateway] listen``. With ``[security]`` the gateway serves
         HTTPS with the ``[security]`` member certificate (or ``ssl_context``), requires bearer
-        tokens (or ``authorizer``) and dials the stores and lock nodes as a member."""
+        tokens (or ``authorizer``) and dials the stores and lock nodes as a member;
+        ``self.security.reload(config)`` (SIGHUP) applies renewed certificates and
+        principals."""
         self.config = config
         self.limits = config.gateway
         self.listen = listen or self.limits.listen or DEFAULT_LISTEN
         self.max_wait = self.limits.max_wait
-        self.authorizer: Authorizer = authorizer or authorizer_for(config)
-        sec = config.security
-        if ssl_context is None and sec is not None:
-            if sec.cert is None or sec.key is None:
-                raise ConfigError(f"{config.source}: [security]: the gateway needs cert and key")
-            ssl_context = server_context(sec.ca, sec.cert, sec.key)
+        # With [security]: HTTPS, bearer tokens, and the member certificate to dial the cluster.
+        self.security = GatewaySecurity(config) if config.security is not None else None
+        default_auth: Authorizer = OpenAccess() if self.security is None else self.security.tokens
+        self.authorizer = authorizer or default_auth
+        if ssl_context is None and self.security is not None:
+            ssl_context = self.security.server_ssl
         self.ssl_context = ssl_context
         self.routes = build_routes(self.limits.max_wait)
-        self._member = member_credentials(config).ssl  # None without [security]
+        self._member = None if self.security is None else self.security.dial_ssl
         self.client = Client([s.addr for s in config.stores], ca=self._member)
         self._locks: Any = None
         self._runner: web.AppRunner | None = None
@@ -186,8 +199,8 @@ class Gateway:
             return response
         finally:
             operation = request.get(OPERATION, "none")
-            metrics.GATEWAY_LATENCY.labels(operation).observe(time.perf_counter() - started)
-            metrics.GATEWAY_REQUESTS.labels(operation, str(status)).inc()
+            _latency(operation).observe(time.perf_counter() - started)
+            _answered(operation, status).inc()
 
     @web.middleware
     async def _problems(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -210,12 +223,12 @@ class Gateway:
             return self._answer(problem("message_too_large", f"body above {limit} bytes"))
         except web.HTTPException as exc:
             if exc.status == 404:
-                p = problem("not_found", f"no route {request.method} {request.path}")
+                answer = problem("not_found", f"no route {request.method} {request.path}")
             elif exc.status == 405:
-                p = problem("method_not_allowed", f"{request.method} is not allowed here")
+                answer = problem("method_not_allowed", f"{request.method} is not allowed here")
             else:
-                p = Problem(exc.status, "bad_argument", exc.reason)
-            response = self._answer(p)
+                answer = Problem(exc.status, "bad_argument", exc.reason)
+            response = self._answer(answer)
             if "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
@@ -279,8 +292,11 @@ class Gateway:
         if route.json_body is None and not route.raw_body:
             return None
         try:
-            async with asyncio.timeout(self.limits.body_timeout):
+            if request.content.is_eof():  # all here already (small bodies): no timer needed
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.limits.body_timeout):
+                    raw = await request.read()
         except TimeoutError:
             timeout = self.limits.body_timeout
             raise problem("request_timeout", f"body not received within {timeout:g}s") from None

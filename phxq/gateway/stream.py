@@ -32,7 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
-from phxq.client.stream import MessageStream, start_positions
+from phxq.client.stream import MessageStream, TailStart, start_positions
+from phxq.client.types import Message
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
 from phxq.gateway.handlers import Call, message_json
 from phxq.gateway.problems import problem_for
@@ -71,7 +72,7 @@ async def _start(call: Call, queues: list[int]) -> dict[int, int | None]:
             raise BadArgument("after is an offset of one queue: give queue too")
         fresh = {a["queue"]: a["after"]}
     elif rest:
-        start = "cursor" if a.get("group") is not None else a.get("from", "now")
+        start: TailStart = "cursor" if a.get("group") is not None else a.get("from", "now")
         fresh = await start_positions(client, a["topic"], rest, start, a.get("group"))
     return {q: known[q] if q in known else fresh[q] for q in queues}
 
@@ -104,7 +105,7 @@ async def stream(call: Call) -> web.StreamResponse:
     await response.write(f": tail of {topic}, {len(queues)} queues\n\n".encode())
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(BUFFER)
 
-    async def pump(source: MessageStream) -> None:
+    async def pump(source: MessageStream[Message]) -> None:
         try:
             async for msg in source:
                 await events.put(("message", msg))

@@ -255,6 +255,7 @@ class _Hold:
         self._owner = owner
         self._ttl = ttl
         self._renewer = TaskScope(f"lock {name}", log)
+        self._task: asyncio.Task[None] | None = None  # the renewal task, while held
         self.lease: Lease | None = None
 
     async def __aenter__(self) -> Lease:
@@ -262,7 +263,9 @@ class _Hold:
         token = await self._client.acquire(self._name, self._owner, self._ttl)
         lease = Lease(self._name, self._owner, self._ttl, token, sent + local_ttl(self._ttl))
         self.lease = lease
-        self._renewer.spawn(self._keep_or_lose(lease, sent), name=f"renew {self._name}")
+        self._task = self._renewer.spawn(
+            self._keep_or_lose(lease, sent), name=f"renew {self._name}"
+        )
         return lease
 
     async def __aexit__(self, *exc: object) -> None:

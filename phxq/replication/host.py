@@ -112,7 +112,11 @@ class PaxosHost(Generic[M]):
         peers: Peers | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_input: Callable[[GroupReplica[M]], None] = _ignore,
+        replica_type: type[GroupReplica[M]] = GroupReplica,
     ) -> None:
+        """``storage``/``peers``/``clock`` default to the PLog in ``data``, RPC to
+        ``addresses`` (or ``dial``) and ``time.monotonic``; the runtime simulation passes its
+        own, and plants bugs in a ``replica_type`` subclass."""
         self.node_id = node_id
         self.addresses = dict(addresses)
         self.members = tuple(sorted(self.addresses))
@@ -132,6 +136,7 @@ class PaxosHost(Generic[M]):
         self.peers: Peers = peers or RpcPeers({**self.addresses, **(dial or {})}, node_id)
         self._clock = clock
         self._on_input = on_input
+        self._replica_type = replica_type
         self.replicas: dict[int, GroupReplica[M]] = {}
         self.membership: Membership | None = None
         self._tasks = TaskScope(f"{name} {node_id}", log)
@@ -154,7 +159,7 @@ class PaxosHost(Generic[M]):
                 heartbeat_interval=self._heartbeat,
                 lease=self._lease,
             )
-            self.replicas[group] = await GroupReplica.open(
+            self.replicas[group] = await self._replica_type.open(
                 gcfg,
                 self.storage.group_directory(group),
                 functools.partial(self.storage.open_group, group),

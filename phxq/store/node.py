@@ -22,6 +22,7 @@ seek       ``{group, topic, queue, offset | time}`` -> new cursor (one-shot repl
 status     ``{}`` -> this node's view of every group
 cancel_scheduled  ``{topic, queue, id}`` -> True if the scheduled message was pending (never
            released now), False if not (see ``phxq.store.scheduler``)
+txn_*      transactions: prepare, decide, resolve, list, settle (see ``phxq.store.txn_service``)
 =========  ==============================================================================
 
 Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.replication.rejoin``).
@@ -45,7 +46,7 @@ from phxq.replication.daemon import ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
 from phxq.routing import INDEX_BITS, group_for_queue, split_offset
 from phxq.security import STORE_RULES
-from phxq.store import scheduler, service
+from phxq.store import scheduler, service, txn_service
 from phxq.store.scheduler import Releaser
 from phxq.store.state import StoreMachines, StoreState
 
@@ -70,6 +71,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._releaser = Releaser(self)
+        self._txn_sweeper = txn_service.TxnSweeper(self)
         self.instance_id = uuid.uuid4().hex[:8]
 
     def background(self) -> list[tuple[str, Any]]:
@@ -77,6 +79,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         return [
             ("retention", self.every(interval, self.apply_retention, "retention pass")),
             ("releaser", self._releaser.run()),
+            ("transactions", self._txn_sweeper.run()),
         ]
 
     # ------------------------------------------------------------------------- retention

@@ -112,9 +112,9 @@ async def test_leaving_hold_while_a_renewal_answer_arrives_stops_renewing() -> N
 async def test_consumer_event_waits_keep_a_cancellation_that_comes_with_the_event() -> None:
     """The same 3.11 ``wait_for`` race in the consumer's event waits: a pair worker cancelled
     (lease lost) just as the event it waited for was set would have carried on."""
-    from phxq.consumer import member, pair
+    from phxq.consumer import delivery, member
 
-    for wait in (member.wait_event, pair._wait_event):
+    for wait in (member.wait_event, delivery.wait_event):
         event = asyncio.Event()
         task = asyncio.get_running_loop().create_task(wait(event, 5.0))
         await asyncio.sleep(0)  # the task now waits on the event

@@ -26,6 +26,7 @@ from schemathesis import GenerationMode, checks
 from bench import gateway as gateway_bench
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
+from phxq.gateway.routes import build_routes
 from phxq.routing import queue_for_key
 
 from .gateway_cluster import gateway_cluster
@@ -272,6 +273,8 @@ async def test_topics_topic_status_and_lag(http, url, gw):
     assert status == 200 and set(st["stores"]) == {"1", "2", "3"}
     masters = {g["group"] for s in st["stores"].values() for g in s["groups"] if g["is_master"]}
     assert masters == set(range(4))
+    pairs = st["ownership"]["pairs"]
+    assert {(p["group"], p["queue"]) for p in pairs} == {("billing", q) for q in range(8)}
 
     status, lag, _ = await call(http, "GET", f"{url}/lag", params={"group": "billing"})
     assert status == 200 and {r["queue"] for r in lag["lag"]} == set(range(8))
@@ -569,7 +572,10 @@ def test_every_curl_example_in_the_docs_answers_as_documented(url, tmp_path):
         answer = blocks[i + 1] if i + 1 < len(blocks) and blocks[i + 1][0] != "sh" else None
         script += [f"echo '@@{len(expected)}'", text.rstrip("\n"), "echo"]
         expected.append((text, answer))
-    assert len(expected) >= 20, "the docs lost their examples"
+    commands = "\n".join(text for text, _ in expected)
+    for route in build_routes(60.0):  # every route has an example
+        pattern = re.sub(r"\\{\w+\\}", r"[^/?\"\\s]+", re.escape(route.path)) + r"[?\"\s]"
+        assert re.search(pattern, commands), f"no example of {route.method} {route.path}"
     env = {**os.environ, "GW": url.removesuffix("/v1")}
     run = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", "\n".join(script)],

@@ -4,6 +4,7 @@ nodes as a member."""
 
 from __future__ import annotations
 
+import signal
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from phxq.devcluster import ProcessCluster
 from phxq.security import new_token, token_sha256
 
+from .conftest import wait_until
 from .gateway_cluster import BILLING, gateway_cluster
 
 pytestmark = pytest.mark.integration
@@ -133,3 +135,22 @@ async def test_plain_http_to_a_secure_gateway_is_refused(gw):
         with pytest.raises(aiohttp.ClientError):
             async with http.get(plain) as resp:
                 await resp.read()
+
+
+async def test_sighup_applies_a_new_principal_without_a_restart(gw, http):
+    url = f"{gw.gateway_url}/v1/topics/orders/messages"
+    newcomer = new_token()
+    status, _ = await call(http, "POST", url, data=b"n", headers=bearer(newcomer))
+    assert status == 401
+    gw.config_path.write_text(
+        gw.config_path.read_text()
+        + f'\n[[principal]]\nname = "newcomer"\ntoken_sha256 = "{token_sha256(newcomer)}"\n'
+        + 'allow = ["produce:orders"]\n'
+    )
+    gw.signal("gateway", "1", signal.SIGHUP)
+
+    async def accepted() -> bool:
+        return (await call(http, "POST", url, data=b"n", headers=bearer(newcomer)))[0] == 200
+
+    await wait_until(accepted, 10, "the new principal's token to be accepted")
+    assert (await call(http, "POST", url, data=b"p", headers=bearer(PRODUCER)))[0] == 200
