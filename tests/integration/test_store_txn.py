@@ -4,11 +4,15 @@ SIGKILL of the home group's master or of a participant's master."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 
 import pytest
+from click.testing import CliRunner
 
 import phxq
+from phxq.cli import cli
 from phxq.devcluster import ProcessCluster
 from phxq.errors import TransactionAborted
 from phxq.net.rpc import RpcPool
@@ -80,6 +84,42 @@ async def test_undecided_transaction_without_producer_group_rolls_back_at_timeou
             return sum(g["transactions"]["open"] for g in status["groups"]) == 0
 
         await wait_until(closed, 15, "the store to roll the transaction back")
+        with pytest.raises(TransactionAborted):
+            await txn.commit()
+        assert await payloads(client, 0) == [] and await payloads(client, 1) == []
+
+
+def phxq_cli(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+async def test_admin_lists_open_transactions_and_resolves_one(two_groups: ProcessCluster) -> None:
+    config = str(two_groups.config_path)
+    async with phxq.Client(two_groups.store_addresses) as client:
+        txn = client.transaction(timeout=120)
+        await txn.enqueue(TOPIC, b"o0", queue=0)
+        await txn.enqueue(TOPIC, b"o1", queue=1)
+        await txn.prepare()
+        rows = json.loads(
+            await asyncio.to_thread(phxq_cli, "admin", "txn", "list", "--config", config, "--json")
+        )
+        assert {(r["txn"], r["group"], r["home"]) for r in rows} == {(txn.id, 0, 0), (txn.id, 1, 0)}
+        assert all(r["decision"] is None and r["half_messages"] == 1 for r in rows)
+        shown = await asyncio.to_thread(phxq_cli, "admin", "status", "--config", config)
+        assert "open transactions" in shown
+        out = await asyncio.to_thread(
+            phxq_cli, "admin", "txn", "resolve", txn.id, "--rollback", "--config", config
+        )
+        assert "rolled back (operator)" in out
+
+        async def gone() -> bool:
+            return "no open transactions" in await asyncio.to_thread(
+                phxq_cli, "admin", "txn", "list", "--config", config
+            )
+
+        await wait_until(gone, 15, "the rolled back transaction to close")
         with pytest.raises(TransactionAborted):
             await txn.commit()
         assert await payloads(client, 0) == [] and await payloads(client, 1) == []
