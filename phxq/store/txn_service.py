@@ -94,7 +94,7 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
     batches = params.get("batches")
     if not isinstance(batches, list) or not batches:
         raise BadArgument("batches must be a non-empty list of [queue, part, messages]")
-    spec = node.cluster.topics_by_name.get(topic)
+    spec = node.topology.topics.get(topic)
     replica = None
     now = time.time()
     items: list[bytes] = []

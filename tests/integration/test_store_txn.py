@@ -4,11 +4,18 @@ SIGKILL of the home group's master or of a participant's master."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import phxq
+from phxq.cli import cli
 from phxq.devcluster import ProcessCluster
 from phxq.errors import TransactionAborted
 from phxq.net.rpc import RpcPool
@@ -85,6 +92,42 @@ async def test_undecided_transaction_without_producer_group_rolls_back_at_timeou
         assert await payloads(client, 0) == [] and await payloads(client, 1) == []
 
 
+def phxq_cli(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+async def test_admin_lists_open_transactions_and_resolves_one(two_groups: ProcessCluster) -> None:
+    config = str(two_groups.config_path)
+    async with phxq.Client(two_groups.store_addresses) as client:
+        txn = client.transaction(timeout=120)
+        await txn.enqueue(TOPIC, b"o0", queue=0)
+        await txn.enqueue(TOPIC, b"o1", queue=1)
+        await txn.prepare()
+        rows = json.loads(
+            await asyncio.to_thread(phxq_cli, "admin", "txn", "list", "--config", config, "--json")
+        )
+        assert {(r["txn"], r["group"], r["home"]) for r in rows} == {(txn.id, 0, 0), (txn.id, 1, 0)}
+        assert all(r["decision"] is None and r["half_messages"] == 1 for r in rows)
+        shown = await asyncio.to_thread(phxq_cli, "admin", "status", "--config", config)
+        assert "open transactions" in shown
+        out = await asyncio.to_thread(
+            phxq_cli, "admin", "txn", "resolve", txn.id, "--rollback", "--config", config
+        )
+        assert "rolled back (operator)" in out
+
+        async def gone() -> bool:
+            return "no open transactions" in await asyncio.to_thread(
+                phxq_cli, "admin", "txn", "list", "--config", config
+            )
+
+        await wait_until(gone, 15, "the rolled back transaction to close")
+        with pytest.raises(TransactionAborted):
+            await txn.commit()
+        assert await payloads(client, 0) == [] and await payloads(client, 1) == []
+
+
 async def test_commit_survives_a_sigkill_of_the_home_masters(two_groups: ProcessCluster) -> None:
     cluster = two_groups
     async with phxq.Client(cluster.store_addresses) as client, RpcPool() as pool:
@@ -121,3 +164,21 @@ async def test_participant_master_killed_after_the_decision_applies_it_anyway(
             return await payloads(client, 0) == [b"q0"] and await payloads(client, 1) == [b"q1"]
 
         await wait_until(all_visible, 20, "every message of the transaction")
+
+
+def test_bench_txn_smoke_runs() -> None:
+    """bench/txn.py keeps working (structure only, never a figure)."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.txn", "--smoke", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    cases = json.loads(out.stdout)["cases"]
+    assert {(c["kind"], c["messages_per_txn"], c["groups"]) for c in cases} == {
+        (k, n, g) for k in ("plain", "txn") for n in (1, 10) for g in (1, 2)
+    }
+    assert all(c["msgs_per_s"] > 0 and c["latency"]["p50_ms"] > 0 for c in cases)
