@@ -11,6 +11,8 @@ returns. The CLI only parses arguments, calls one of these and prints the result
     await pause(cfg, group);  await resume(cfg, group)
     await reconcile(cfg, topic, group=None, since=None, until=None) -> Report
     parse_since(text, now=None) -> float           # "5m", epoch seconds or ISO time
+    await txn_list(cfg) -> list[dict]              # open transactions: group, home, age, ...
+    await txn_resolve(cfg, txn, commit) -> dict    # an operator's decision (first one wins)
 
 Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
 ``BadArgument`` for a bad combination, ``Unavailable`` when the cluster cannot answer. A store
@@ -28,7 +30,7 @@ from phxq.client import Client
 from phxq.config import ClusterConfig
 from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
-from phxq.errors import PhxqError
+from phxq.errors import BadArgument, PhxqError
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
 from phxq.store.reconcile import reconcile as _reconcile
@@ -46,6 +48,8 @@ __all__ = [
     "resume",
     "set_limit",
     "status",
+    "txn_list",
+    "txn_resolve",
 ]
 
 STATUS_TIMEOUT = 2.0
@@ -61,28 +65,32 @@ class ClusterStatus:
     consumers: dict[str, Any] | None = None
     groups: int = 0
     lags: list[dict[str, Any]] = field(default_factory=list)
+    sets: dict[int, int] = field(default_factory=dict)  # store id -> its store set
 
     def to_json(self) -> dict[str, Any]:
         return {
             "stores": {str(node): st for node, st in self.stores.items()},
+            "sets": {str(node): number for node, number in self.sets.items()},
             "ownership": self.consumers,
         }
 
-    def masters(self) -> list[tuple[int, int | None, dict[int, int | None]]]:
-        """Per Paxos group: its master as the stores report it and each store's chosen
-        instance (``None`` for a store that is down)."""
+    def masters(self) -> list[tuple[int, int, int | None, dict[int, int | None]]]:
+        """Per store set and Paxos group: ``(set, group, master, chosen)``, the master as the
+        set's stores report it and each of its stores' chosen instance (``None``: down)."""
         rows = []
-        for g in range(self.groups):
-            master = None
-            chosen: dict[int, int | None] = {}
-            for node, st in self.stores.items():
-                if "error" in st:
-                    chosen[node] = None
-                    continue
-                info = st["groups"][g]
-                master = master if master is not None else info["master"]
-                chosen[node] = info["chosen_up_to"]
-            rows.append((g, master, chosen))
+        for number in sorted(set(self.sets.values()) or {1}):
+            members = {n: st for n, st in self.stores.items() if self.sets.get(n, 1) == number}
+            for g in range(self.groups):
+                master = None
+                chosen: dict[int, int | None] = {}
+                for node, st in members.items():
+                    if "error" in st:
+                        chosen[node] = None
+                        continue
+                    info = st["groups"][g]
+                    master = master if master is not None else info["master"]
+                    chosen[node] = info["chosen_up_to"]
+                rows.append((number, g, master, chosen))
         return rows
 
 
@@ -97,7 +105,8 @@ async def status(cfg: ClusterConfig) -> ClusterStatus:
                 stores[s.id] = {"error": f"{type(exc).__name__}: {exc.message}"}
     lags = [row for st in stores.values() for row in st.get("consumers", [])]
     consumers = await consumer_admin.consumer_status(cfg)
-    return ClusterStatus(stores, consumers, cfg.cluster.groups, lags)
+    sets = {s.id: s.set for s in cfg.stores}
+    return ClusterStatus(stores, consumers, cfg.cluster.groups, lags, sets)
 
 
 async def lag(cfg: ClusterConfig, *, group: str | None = None) -> list[LagRow]:
@@ -164,3 +173,34 @@ async def reconcile(
     if group is not None:
         cfg.consumer_group(group)  # ConfigError names it if unknown
     return await _reconcile(cfg, topic, consumer_group=group, since=since, until=until)
+
+
+async def txn_list(cfg: ClusterConfig) -> list[dict[str, Any]]:
+    """Every open transaction, one row per group holding its half messages (as that group's
+    master reports it): ``txn, group, home, producer_group, age, timeout, half_messages,
+    decision`` (None: undecided), oldest first. A store that is down is skipped (its groups
+    have, or will soon have, another master)."""
+    rows: list[dict[str, Any]] = []
+    async with tool_pool(cfg) as pool:
+        for s in cfg.stores:
+            try:
+                rows.extend(await pool.call(s.addr, "txn_list", {}, timeout=STATUS_TIMEOUT))
+            except PhxqError:
+                continue
+    seen = {(r["txn"], r["group"]): r for r in rows}  # a master change may list one twice
+    return sorted(seen.values(), key=lambda r: (-r["age"], r["txn"], r["group"]))
+
+
+async def txn_resolve(cfg: ClusterConfig, txn: str, *, commit: bool) -> dict[str, Any]:
+    """Decide open transaction ``txn`` (its home group's master writes the decision; if one
+    was already written, that one stands and is returned). A commit is refused
+    (``BadArgument``) unless every part of the transaction is prepared. ``BadArgument`` if no
+    open transaction has this id."""
+    homes = {r["home"] for r in await txn_list(cfg) if r["txn"] == txn}
+    if not homes:
+        raise BadArgument(f"no open transaction {txn!r}")
+    home = homes.pop()
+    async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
+        params = {"txn": txn, "group": home, "commit": commit}
+        result: dict[str, Any] = await client._call_master("", home, "txn_settle", params)
+    return result

@@ -13,8 +13,10 @@ on the client (see :func:`from_wire`).
     │   ├── MessageTooLarge
     │   ├── BadArgument
     │   ├── Unauthenticated    no credentials, or credentials the cluster does not accept
-    │   └── Forbidden          authenticated, but not allowed to do this (``data['permission']``)
+    │   ├── Forbidden          authenticated, but not allowed to do this (``data['permission']``)
+    │   └── TransactionAborted the transaction was rolled back (or finished) instead
     ├── NotMaster(hint)        retry at ``hint``; the client follows it automatically
+    ├── StaleMap(version)      routed with an old cluster map; the client refreshes it
     ├── Unavailable            no majority / timed out; retry is safe with the same dedup id
     ├── StaleToken             a fencing token older than the current owner's
     ├── LockHeld(holder)       the lock is held by someone else (lock service)
@@ -82,6 +84,13 @@ class Forbidden(ClientError):
     code = "forbidden"
 
 
+class TransactionAborted(ClientError):
+    """The transaction was rolled back (its home group's decision, maybe a timeout's or a
+    check-back's), or is already finished where a late prepare arrived."""
+
+    code = "txn_aborted"
+
+
 class NotMaster(PhxqError):
     """This replica is not the master of the group. ``hint`` is the likely master's address
     (or node id as a string), or ``None`` when unknown."""
@@ -100,6 +109,19 @@ class NotMaster(PhxqError):
     def hint(self) -> str | None:
         hint = self.data.get("hint")
         return hint if isinstance(hint, str) else None
+
+
+class StaleMap(PhxqError):
+    """The request was routed with an old cluster map: the queue lives on another store set
+    (``data['set']``, when known) in the map at ``data['version']``. The client refreshes its
+    map and re-sends the request by itself."""
+
+    code = "stale_map"
+
+    @property
+    def version(self) -> int | None:
+        version = self.data.get("version")
+        return version if isinstance(version, int) else None
 
 
 class Unavailable(PhxqError):

@@ -64,6 +64,12 @@ CATCHUP_LAG = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+STORE_INFO = Gauge(
+    "phxq_store_info",
+    "1 per store process, labelled with its node id and store set (join on it for per-set views)",
+    ["node", "set"],
+    registry=REGISTRY,
+)
 MASTERS_HELD = Gauge("phxq_masters_held", "Groups this node is master of", registry=REGISTRY)
 DIVERGENCE = Counter(
     "phxq_divergence_total", "Chain checksum mismatches detected", ["group"], registry=REGISTRY
@@ -193,6 +199,27 @@ RELEASE_LATENESS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
     registry=REGISTRY,
 )
+TXN_OPEN = Gauge(
+    "phxq_txn_open",
+    "Transactions with half messages in the groups this node masters",
+    registry=REGISTRY,
+)
+TXN_COMMITTED = Counter(
+    "phxq_txn_committed_total", "Transactions decided commit (home groups)", registry=REGISTRY
+)
+TXN_ROLLED_BACK = Counter(
+    "phxq_txn_rolled_back_total",
+    "Transactions decided rollback (home groups), by why: producer, check, timeout, max_age, "
+    "operator",
+    ["reason"],
+    registry=REGISTRY,
+)
+TXN_CHECKS = Counter(
+    "phxq_txn_checks_total",
+    "Check-back answers of producer groups' handlers: committed, rolled_back, unknown",
+    ["answer"],
+    registry=REGISTRY,
+)
 
 GATEWAY_REQUESTS = Counter(
     "phxq_gateway_requests_total",
@@ -225,6 +252,7 @@ _REPLICATED = (
     BAD_PEER_MESSAGES,
 )
 _STORE = (
+    STORE_INFO,
     ENQUEUE_LATENCY,
     ENQUEUED,
     RETENTION_FORCED,
@@ -233,6 +261,10 @@ _STORE = (
     SCHEDULED_ROLLED,
     RELEASE_LAG,
     RELEASE_LATENESS,
+    TXN_OPEN,
+    TXN_COMMITTED,
+    TXN_ROLLED_BACK,
+    TXN_CHECKS,
 )
 _CONSUMER = (
     CONSUMER_DELIVERED,

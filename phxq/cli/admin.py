@@ -51,7 +51,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
         masters = sum(1 for g in groups if g["is_master"])
         disk = sum(g["disk_bytes"] for g in groups)
         bad = [g["group"] for g in groups if g["failed"] or g["diverged"] or g["needs_repair"]]
-        line = f"store {node} {st['address']}: master of {masters} groups, disk {_size(disk)}"
+        where = f"store {node} (set {st.get('set', 1)}) {st['address']}"
+        line = f"{where}: master of {masters} groups, disk {_size(disk)}"
         if bad:
             line += f", UNHEALTHY groups {', '.join(map(str, bad))}"
         if st.get("membership", "member") != "member":
@@ -59,15 +60,20 @@ def status(config_path: Path | None, as_json: bool) -> None:
         if st.get("cert"):
             line += f", cert expires in {st['cert']['expires_in_days']} days"
         click.echo(line)
-    click.echo("group  master  chosen per store")
-    for g, master, chosen in result.masters():
+    click.echo("set  group  master  chosen per store")
+    for number, g, master, chosen in result.masters():
         row = " ".join(f"{node}:{_show(c)}" for node, c in chosen.items())
-        click.echo(f"{g:5d}  {_show(master):>6}  {row}")
+        click.echo(f"{number:3d}  {g:5d}  {_show(master):>6}  {row}")
     scheduled = _scheduled_rows(result.stores)
     if scheduled:
         click.echo("group  scheduled pending  next due  release lag")
         for g, pending, due, lag in scheduled:
             click.echo(f"{g:5d}  {pending:17d}  {_when_text(due)}  {lag:.1f}s")
+    open_txns = _txn_rows(result.stores)
+    if open_txns:
+        click.echo("group  open transactions  oldest age")
+        for g, count, age in open_txns:
+            click.echo(f"{g:5d}  {count:17d}  {age:.1f}s")
     if result.lags:
         click.echo("consumer group  topic  queue  cursor  lag (messages)")
         for r in sorted(result.lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
@@ -88,6 +94,18 @@ def _scheduled_rows(stores: dict[Any, Any]) -> list[tuple[int, int, float | None
             sched = g.get("scheduled")
             if g.get("is_master") and sched and sched["pending"]:
                 rows.append((g["group"], sched["pending"], sched["next_due"], sched["release_lag"]))
+    return sorted(rows)
+
+
+def _txn_rows(stores: dict[Any, Any]) -> list[tuple[int, int, float]]:
+    """(group, open transactions, oldest age) of the groups with open transactions, as their
+    masters see them."""
+    rows = []
+    for st in stores.values():
+        for g in st.get("groups", []):
+            txns = g.get("transactions")
+            if g.get("is_master") and txns and txns["open"]:
+                rows.append((g["group"], txns["open"], txns["oldest_age"]))
     return sorted(rows)
 
 
@@ -318,3 +336,50 @@ def token(name: str, grants: tuple[str, ...], as_json: bool) -> None:
     click.echo(f"token: {secret}")
     click.echo("\n# add to the config (the token itself is never stored there):")
     click.echo(snippet)
+
+
+@admin.group(cls=PhxqGroup)
+def txn() -> None:
+    """Transactions: list the open ones, resolve one by hand."""
+
+
+@txn.command("list")
+@config_option
+@auth_options
+@json_option
+def txn_list(config_path: Path | None, as_json: bool) -> None:
+    """Open transactions (one row per group holding half messages), oldest first."""
+    from phxq import admin as ops
+
+    rows = _run(ops.txn_list(_load(config_path)))
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no open transactions")
+        return
+    click.echo("txn                               group  home  age      half  producer  decision")
+    for r in rows:
+        click.echo(
+            f"{r['txn']}  {r['group']:5d}  {r['home']:4d}  {r['age']:7.1f}s  "
+            f"{r['half_messages']:4d}  {_show(r['producer_group'])}  {_show(r['decision'])}"
+        )
+
+
+@txn.command("resolve")
+@config_option
+@auth_options
+@json_option
+@click.argument("txn_id")
+@click.option("--commit/--rollback", "commit", required=True, help="the decision to write")
+def txn_resolve(config_path: Path | None, as_json: bool, txn_id: str, commit: bool) -> None:
+    """Decide an open transaction by hand (its home group's first decision wins: if one was
+    already written, that one is shown)."""
+    from phxq import admin as ops
+
+    result = _run(ops.txn_resolve(_load(config_path), txn_id, commit=commit))
+    if as_json:
+        _echo_json(result)
+        return
+    decided = "committed" if result["commit"] else "rolled back"
+    click.echo(f"{txn_id}: {decided} ({result['reason']})")

@@ -37,19 +37,22 @@ from phxq import otel, validate
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
-from phxq.client.types import Ack, ClusterMap, Message
+from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
+from phxq.client.txn import Transaction
+from phxq.client.types import Ack, ClusterMap, Message, Route
 from phxq.errors import (
     BadArgument,
     Forbidden,
     NotMaster,
     PhxqError,
+    StaleMap,
     Unauthenticated,
     Unavailable,
     UnknownTopic,
 )
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
-from phxq.routing import group_for_queue, queue_for_key
+from phxq.routing import queue_for_key
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
@@ -108,7 +111,7 @@ class Client(BatchingMixin, StreamingMixin):
         self._window = validate.integer(window, "window", minimum=1, maximum=None)
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
-        self._senders: dict[tuple[str, int], GroupSender] = {}
+        self._senders: dict[tuple[str, Route], GroupSender] = {}
         # Default dedup ids: 96 random bits per client, then a counter (as unique as uuid4 ids,
         # without a getrandom system call and a UUID object per message).
         self._dedup_prefix = os.urandom(12).hex() + "-"
@@ -167,62 +170,75 @@ class Client(BatchingMixin, StreamingMixin):
             return random.randrange(queues)
         return queue_for_key(key, queues)
 
-    def _master_addr(self, cmap: ClusterMap, group: int, avoid: set[str] | None = None) -> str:
-        node = cmap.masters.get(group)
+    def _master_addr(self, cmap: ClusterMap, route: Route, avoid: set[str] | None = None) -> str:
+        node = cmap.masters.get(route)
         if node is not None and node in cmap.nodes:
             return cmap.nodes[node]
-        # Unknown master: ask the preferred one (group % N); it answers or redirects. Skip the
-        # nodes in `avoid` (unreachable, or knew no master: a store cut off from its peers
-        # answers NotMaster without a hint forever, while the others know the new master).
-        ids = sorted(cmap.nodes)
+        # Unknown master: ask the preferred one (group % N within the set); it answers or
+        # redirects. Skip the nodes in `avoid` (unreachable, or knew no master: a store cut off
+        # from its peers answers NotMaster without a hint forever, while the others know the
+        # new master).
+        ids = cmap.set_nodes(route[0]) or sorted(cmap.nodes)
+        group = route[1]
         order = [cmap.nodes[ids[(group + i) % len(ids)]] for i in range(len(ids))]
         if avoid is not None and all(a in avoid for a in order):
             avoid.clear()
         return next(a for a in order if avoid is None or a not in avoid)
 
-    def _learn_master(self, cmap: ClusterMap, group: int, addr: str) -> None:
+    def _learn_master(self, cmap: ClusterMap, route: Route, addr: str) -> None:
         for node, node_addr in cmap.nodes.items():
             if node_addr == addr:
-                cmap.masters[group] = node
+                cmap.masters[route] = node
                 return
 
-    def _learn_hint(self, cmap: ClusterMap, group: int, exc: NotMaster) -> None:
+    def _learn_hint(self, cmap: ClusterMap, route: Route, exc: NotMaster) -> None:
         hint = exc.hint
         for node, addr in cmap.nodes.items():
             if addr == hint:
-                cmap.masters[group] = node
+                cmap.masters[route] = node
                 return
-        cmap.masters.pop(group, None)
+        cmap.masters.pop(route, None)
 
     async def _call_master(
-        self, topic: str, group: int, method: str, params: Any, *, extra_time: float = 0.0
+        self, topic: str, queue: int, method: str, params: Any, *, extra_time: float = 0.0
     ) -> Any:
-        """Call ``method`` on the master of ``group``, following NotMaster and retrying
-        Unavailable with backoff until ``retry_timeout``. ``extra_time`` is added to each
-        call's timeout (for a long poll)."""
+        """Call ``method`` on the master of the group holding ``queue`` of ``topic`` (in the
+        store set the cluster map places it on), following NotMaster and StaleMap (the map is
+        refreshed) and retrying Unavailable with backoff until ``retry_timeout``.
+        ``extra_time`` is added to each call's timeout (for a long poll)."""
         timeout = self._request_timeout + extra_time
         deadline = time.monotonic() + self._retry_timeout + extra_time
         backoff = 0.02
         avoid: set[str] = set()
         while True:
             cmap = await self.cluster_map()
-            addr = self._master_addr(cmap, group, avoid)
+            route = cmap.route(topic, queue)
+            group = route[1]
+            addr = self._master_addr(cmap, route, avoid)
             try:
                 reply = await self._pool.call(addr, method, params, timeout=timeout)
-                if group not in cmap.masters:
+                if route not in cmap.masters:
                     # Only the master answers: ask it first next time (else every call asked a
                     # node that knew no master first, e.g. a preferred node cut off from its peers).
-                    self._learn_master(cmap, group, addr)
+                    self._learn_master(cmap, route, addr)
                 return reply
+            except StaleMap:
+                # The queue lives elsewhere in a newer map: fetch it and route again (from a
+                # store of another set if this one's map is older than ours).
+                if time.monotonic() + backoff > deadline:
+                    raise
+                await self._refresh_after_stale(cmap, addr)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
             except NotMaster as exc:
-                self._learn_hint(cmap, group, exc)
+                self._learn_hint(cmap, route, exc)
                 if exc.hint is None:
                     avoid.add(addr)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 0.5)
             except Unavailable:
                 avoid.add(addr)
-                cmap.masters.pop(group, None)
+                cmap.masters.pop(route, None)
                 if time.monotonic() + backoff > deadline:
                     raise
                 await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -234,6 +250,12 @@ class Client(BatchingMixin, StreamingMixin):
                 raise Unavailable(
                     f"group {group}: no master answered within {self._retry_timeout}s"
                 )
+
+    async def _refresh_after_stale(self, cmap: ClusterMap, addr: str) -> None:
+        """Refresh the map after ``StaleMap`` from ``addr`` (``Unavailable`` is left for the
+        next attempt: the request is retried with whatever map the client then holds)."""
+        with contextlib.suppress(Unavailable):
+            await self.cluster_map(refresh=True)
 
     # --------------------------------------------------------------------------- enqueue
 
@@ -266,6 +288,16 @@ class Client(BatchingMixin, StreamingMixin):
             futures = await self._submit(topic, [item])
             return await futures[0]
 
+    def transaction(
+        self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
+    ) -> Transaction:
+        """A transaction over any topics, queues and groups (:mod:`phxq.client.txn`):
+        ``async with client.transaction() as txn: await txn.enqueue(...)`` commits on exit and
+        rolls back on an exception; or ``prepare()``, then ``commit()`` / ``rollback()``.
+        ``timeout``: seconds the store waits for the decision before asking the producer
+        group's check-back handler (or, without one, rolling back)."""
+        return Transaction(self, producer_group=producer_group, timeout=timeout)
+
     async def cancel_scheduled(self, scheduled_id: str) -> bool:
         """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
         released. True if it was pending; False if it was already released or cancelled."""
@@ -273,9 +305,7 @@ class Client(BatchingMixin, StreamingMixin):
         cmap = await self.cluster_map()
         q = self._queue_of(cmap, topic, None, queue)
         params = {"topic": topic, "queue": q, "id": sid}
-        done = await self._call_master(
-            topic, group_for_queue(q, cmap.groups), "cancel_scheduled", params
-        )
+        done = await self._call_master(topic, q, "cancel_scheduled", params)
         return bool(done)
 
     async def enqueue_many(
@@ -313,7 +343,7 @@ class Client(BatchingMixin, StreamingMixin):
         cmap = self._map if self._map is not None else await self.cluster_map()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
-        touched: set[tuple[str, int]] = set()
+        touched: set[tuple[str, Route]] = set()
         senders = self._senders
         for payload, key, queue, dedup_id, headers, *when in items:
             if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -328,16 +358,16 @@ class Client(BatchingMixin, StreamingMixin):
             ):
                 raise BadArgument("headers must be a dict of str to str")
             q = self._queue_of(cmap, topic, key, queue)
-            group = group_for_queue(q, cmap.groups)
+            route = cmap.route(topic, q)
             fut: asyncio.Future[Ack] = loop.create_future()
             if dedup_id is None:
                 dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
             wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id, *when]
-            sender = senders.get((topic, group))
+            sender = senders.get((topic, route))
             if sender is None:
-                sender = senders[(topic, group)] = GroupSender()
+                sender = senders[(topic, route)] = GroupSender()
             sender.pending.append(Pending(q, wire, fut))
-            touched.add((topic, group))
+            touched.add((topic, route))
             futures.append(fut)
         for topic_group in touched:
             self._kick(*topic_group)
@@ -369,9 +399,7 @@ class Client(BatchingMixin, StreamingMixin):
         }
         if wait:
             params["wait"] = wait
-        rows = await self._call_master(
-            topic, group_for_queue(q, cmap.groups), "dequeue", params, extra_time=wait
-        )
+        rows = await self._call_master(topic, q, "dequeue", params, extra_time=wait)
         return [Message(topic, q, int(o), bytes(p), k, dict(h), float(t)) for o, p, k, h, t in rows]
 
     async def commit(
@@ -393,7 +421,7 @@ class Client(BatchingMixin, StreamingMixin):
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
         if expect is not ...:
             params["expect"] = expect
-        await self._call_master(topic, group_for_queue(q, cmap.groups), "commit", params)
+        await self._call_master(topic, q, "commit", params)
 
     async def cursor(self, group: str, topic: str, *, queue: int) -> int | None:
         """The committed cursor of (consumer group, topic, queue), or None if never committed.
@@ -401,7 +429,7 @@ class Client(BatchingMixin, StreamingMixin):
         cmap = await self.cluster_map()
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q}
-        result = await self._call_master(topic, group_for_queue(q, cmap.groups), "cursor", params)
+        result = await self._call_master(topic, q, "cursor", params)
         return None if result is None else int(result)
 
     async def seek(
@@ -420,7 +448,7 @@ class Client(BatchingMixin, StreamingMixin):
         cmap = await self.cluster_map()
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
-        result = await self._call_master(topic, group_for_queue(q, cmap.groups), "seek", params)
+        result = await self._call_master(topic, q, "seek", params)
         return None if result is None else int(result)
 
     async def status(self, addr: str | None = None) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar, final
 from phxq.client.batching import DEFAULT_WINDOW
 from phxq.client.client import Client
 from phxq.client.stream import MessageStream, TailStart
+from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
+from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ConsumedMessage, Message
 
 T = TypeVar("T")
@@ -105,6 +107,13 @@ class SyncClient:
     def cancel_scheduled(self, scheduled_id: str) -> bool:
         """:meth:`phxq.Client.cancel_scheduled`."""
         return self._run(self._client.cancel_scheduled(scheduled_id))
+
+    def transaction(
+        self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
+    ) -> SyncTransaction:
+        """:meth:`phxq.Client.transaction`: ``with client.transaction() as txn:
+        txn.enqueue(...)`` commits on exit, rolls back on an exception."""
+        return SyncTransaction(self._client.transaction(producer_group, timeout=timeout), self._run)
 
     def enqueue_many(
         self,
@@ -210,6 +219,52 @@ class SyncClient:
 
 
 M = TypeVar("M", bound=Message)
+
+
+@final
+class SyncTransaction:
+    """A blocking :class:`phxq.client.txn.Transaction` (same methods and promises)."""
+
+    def __init__(self, txn: Transaction, run: Any) -> None:
+        self._txn = txn
+        self._run = run
+        self.id = txn.id
+
+    @property
+    def state(self) -> str:
+        return self._txn.state
+
+    def enqueue(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        queue: int | None = None,
+        dedup_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._run(
+            self._txn.enqueue(
+                topic, payload, key=key, queue=queue, dedup_id=dedup_id, headers=headers
+            )
+        )
+
+    def prepare(self) -> None:
+        self._run(self._txn.prepare())
+
+    def commit(self) -> list[Ack]:
+        acks: list[Ack] = self._run(self._txn.commit())
+        return acks
+
+    def rollback(self) -> None:
+        self._run(self._txn.rollback())
+
+    def __enter__(self) -> SyncTransaction:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._run(self._txn.__aexit__(exc_type, exc, tb))
 
 
 class SyncMessageStream(Generic[M]):

@@ -23,6 +23,7 @@ from phxq.config.model import (
     ConsumerGroupConfig,
     GatewayConfig,
     NodeConfig,
+    ProducerGroupConfig,
     TopicConfig,
     _split_addr,
     format_size,
@@ -175,6 +176,7 @@ _SECTIONS: Final = (
     "client",
     "gateway",
     "consumer",
+    "producer_group",
 )
 
 
@@ -202,6 +204,7 @@ def _node(source: str, kind: str, i: int, raw: object, base_dir: Path | None) ->
         peers=_peers(t, kind),
         cert=t.file("cert", base_dir),
         key=t.file("key", base_dir),
+        set=t.integer("set") if kind == "store" else 1,
     )
     if (node.cert is None) != (node.key is None):
         t.fail("cert and key go together", "key" if node.key is None else "cert")
@@ -239,11 +242,55 @@ def _topic(source: str, i: int, raw: object) -> TopicConfig:
         retention=t.duration("retention"),
         max_message_bytes=t.size("max_message_bytes"),
         retention_bytes=t.size("retention_bytes"),
+        sets=_sets(t),
     )
     if topic.max_message_bytes > MESSAGE_BYTES_LIMIT:
         t.fail(f"must be at most {format_size(MESSAGE_BYTES_LIMIT)}", "max_message_bytes")
     t.done()
     return topic
+
+
+def _sets(t: _Table) -> tuple[int, ...] | None:
+    """``sets = [1, 2]``: the store sets a topic's queues are dealt over (None: every set;
+    checked against the [[store]] sets by :func:`parse_config`)."""
+    raw = t.get("sets")
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in raw)
+    ):
+        t.fail(f"expected a non-empty array of store set numbers, got {_show(raw)}", "sets")
+    if len(set(raw)) != len(raw):
+        t.fail("lists a store set twice", "sets")
+    return tuple(sorted(raw))
+
+
+def _check_sets(source: str, stores: list[NodeConfig], topics: list[TopicConfig]) -> None:
+    """With more than one store set, each has 3 or 5 stores (a Paxos cluster of its own; a
+    one-set cluster may have any number, e.g. a single test store); a topic's ``sets`` exist."""
+    members: dict[int, list[int]] = {}
+    for i, node in enumerate(stores):
+        members.setdefault(node.set, []).append(i)
+    if len(members) > 1:
+        for number, indexes in sorted(members.items()):
+            if len(indexes) not in (3, 5):
+                key = f"store[{indexes[-1]}].set"
+                raise ConfigError(
+                    f"{source}: {key}: store set {number} has {len(indexes)} stores; with "
+                    "several sets each needs 3 or 5",
+                    {"key": key},
+                )
+    for i, topic in enumerate(topics):
+        for number in topic.sets or ():
+            if number not in members:
+                key = f"topic[{i}].sets"
+                known = ", ".join(map(str, sorted(members)))
+                raise ConfigError(
+                    f"{source}: {key}: no [[store]] has set = {number} (sets: {known})",
+                    {"key": key},
+                )
 
 
 def _consumer_group(
@@ -270,6 +317,19 @@ def _consumer_group(
         t.fail('is set but on_failure = "block" never dead-letters', "dead_letter")
     t.done()
     return group, t
+
+
+def _producer_group(source: str, i: int, raw: object, base_dir: Path | None) -> Any:
+    t = _Table(source, f"producer_group[{i}]", "producer_group", raw)
+    group = ProducerGroupConfig(
+        name=t.text("name", _NAME_RE, required=True),
+        check=t.text("check", _HANDLER_RE),
+        max_age=t.duration("max_age"),
+        check_timeout=t.duration("check_timeout"),
+        signing_secret_file=t.file("signing_secret_file", base_dir),
+    )
+    t.done()
+    return group
 
 
 def _consumer(source: str, i: int, raw: object) -> ConsumerConfig:
@@ -372,6 +432,7 @@ def parse_config(
     names: dict[object, str] = {}
     for i, topic in enumerate(topics):
         _claim(source, names, topic.name, f"topic[{i}].name")
+    _check_sets(source, stores, topics)
     by_name = {topic.name: topic for topic in topics}
 
     groups: list[ConsumerGroupConfig] = []
@@ -415,6 +476,13 @@ def parse_config(
         _claim(source, consumer_names, consumer.name, f"consumer[{i}].name")
         if consumer.metrics_addr is not None:
             _claim(source, addresses, consumer.metrics_addr, f"consumer[{i}].metrics_addr")
+    producers = [
+        _producer_group(source, i, r, base_dir)
+        for i, r in enumerate(_array(source, doc, "producer_group"))
+    ]
+    producer_names: dict[object, str] = {}
+    for i, producer in enumerate(producers):
+        _claim(source, producer_names, producer.name, f"producer_group[{i}].name")
     return ClusterConfig(
         cluster=settings,
         stores=tuple(stores),
@@ -426,6 +494,7 @@ def parse_config(
         client=client,
         gateway=gateway,
         consumers=tuple(consumers),
+        producer_groups=tuple(producers),
         source=source,
     )
 

@@ -109,6 +109,15 @@ REFERENCE: Final[tuple[Key, ...]] = (
         )
     ),
     Key(
+        "store",
+        "set",
+        "1",
+        "The store set this store belongs to (default 1): each set is its own Paxos cluster "
+        "running every group, with masters g % N among its own stores; with several sets each "
+        "has 3 or 5 stores. A queue lives on one set (see [[topic]] sets).",
+        defaults_kind=_NODE,
+    ),
+    Key(
         "topic",
         "name",
         '"orders"',
@@ -121,6 +130,14 @@ REFERENCE: Final[tuple[Key, ...]] = (
         "8",
         "Number of queues; a key always maps to the same queue (hash of the key mod queues).",
         required=True,
+    ),
+    Key(
+        "topic",
+        "sets",
+        "[1]",
+        "The store sets its queues are dealt over at first start, e.g. [1, 2]: queue q on "
+        "sets[q % len] "
+        "(default: every set). Later placement lives in the cluster map (phxq admin topic).",
     ),
     Key("topic", "retention", '"7d"', "How long messages are kept (by their enqueue time)."),
     Key("topic", "retention_bytes", '"10GiB"', "Per-queue size limit (none: unlimited)."),
@@ -169,6 +186,32 @@ REFERENCE: Final[tuple[Key, ...]] = (
         '"certs/billing.secret"',
         "A file holding this group's push secret: every HTTP push then carries a "
         "Phxq-Signature header (HMAC-SHA256, see docs/security.md).",
+    ),
+    Key(
+        "producer_group", "name", '"checkout"', "Producer group name (transactions).", required=True
+    ),
+    Key(
+        "producer_group",
+        "check",
+        '"http://127.0.0.1:8081/txn-check"',
+        "Check-back handler asked about a transaction left undecided past its timeout: "
+        '"http(s)://..." (POST; answers committed / rolled_back / unknown) or '
+        '"package.module:function". None: such a transaction is rolled back at its timeout.',
+    ),
+    Key(
+        "producer_group",
+        "max_age",
+        '"10m"',
+        "A transaction still undecided this long after its prepare is rolled back (logged, "
+        "phxq_txn_rolled_back_total{reason=max_age}).",
+    ),
+    Key("producer_group", "check_timeout", '"5s"', "How long one check-back call may take."),
+    Key(
+        "producer_group",
+        "signing_secret_file",
+        '"certs/checkout.secret"',
+        "A file holding this group's secret: every HTTP check then carries a Phxq-Signature "
+        "header (HMAC-SHA256, as consumer pushes).",
     ),
     Key(
         "security",

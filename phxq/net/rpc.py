@@ -55,6 +55,7 @@ from phxq.net.frames import (
 )
 from phxq.net.server import Handler, NotifyHandler, RpcServer
 from phxq.net.transport import Transport, TransportFactory, check_size, connect_tcp
+from phxq.tasks import TaskScope
 
 __all__ = ["Handler", "NotifyHandler", "PoolStats", "RpcPool", "RpcServer"]
 
@@ -123,6 +124,7 @@ class RpcPool:
         self._peers: dict[str, _Peer] = {}
         self._ids = itertools.count(1)
         self._closed = False
+        self._connects = TaskScope("rpc pool", log)  # connection attempts in progress
         self.stats = PoolStats()
 
     async def __aenter__(self) -> RpcPool:
@@ -185,7 +187,7 @@ class RpcPool:
             raise
 
     def _start_connect(self, addr: str, peer: _Peer) -> asyncio.Task[_Connection]:
-        task = asyncio.get_running_loop().create_task(self._connect(addr, peer))
+        task = self._connects.spawn(self._connect(addr, peer), name=f"connect {addr}", watched=True)
         # The outcome is consumed by callers (if any); mark it retrieved so that a failed
         # background connect for notifies does not log "exception never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -323,19 +325,15 @@ class RpcPool:
         if self._closed:
             return
         self._closed = True
-        tasks: list[asyncio.Task[Any]] = []
         transports: list[Transport] = []
         for peer in self._peers.values():
-            if peer.connecting is not None:
-                peer.connecting.cancel()
-                tasks.append(peer.connecting)
             self._drop_backlog(peer)
             conn = peer.conn
             if conn is not None:
                 transports.append(conn.transport)
                 conn.transport.close()
                 conn.fail_all(Unavailable("rpc pool is closed"))
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._connects.aclose()  # attempts in progress are cancelled
         for transport in transports:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(transport.wait_closed(), 1.0)

@@ -69,6 +69,7 @@ from phxq.net.frames import (
     request_id_of,
 )
 from phxq.net.transport import TLS_HANDSHAKE_TIMEOUT, TcpTransport, Transport, format_addr
+from phxq.tasks import TaskScope
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class RpcServer:
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self._server: asyncio.Server | None = None
-        self._request_tasks: set[asyncio.Task[None]] = set()
+        self._requests = TaskScope("rpc server", log)  # one task per request being handled
         self._transports: set[Transport] = set()
         self._closing = False
         self.address = ""
@@ -186,12 +187,9 @@ class RpcServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._request_tasks):
-            task.cancel()
         for transport in list(self._transports):
             transport.close()
-        if self._request_tasks:
-            await asyncio.gather(*self._request_tasks, return_exceptions=True)
+        await self._requests.aclose()  # in-flight handlers are cancelled; nothing replies now
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -307,13 +305,12 @@ class _ServedConnection:
             server._reply(transport, encode_exception(request_id_of(body), exc))
             return
         if type(frame) is Request:
+            if server._requests.closed:
+                return  # the server is closing: the connection is, too
             if trace.ON:
                 trace.mark("server.request")
-            task = asyncio.get_running_loop().create_task(
-                server._run(transport, frame, self.session)
-            )
+            task = server._requests.spawn(server._run(transport, frame, self.session))
             self.inflight.add(task)
-            server._request_tasks.add(task)
             task.add_done_callback(self.finished)
         elif type(frame) is Notify:
             server._on_notify(frame, self.session)
@@ -323,7 +320,6 @@ class _ServedConnection:
 
     def finished(self, task: asyncio.Task[None]) -> None:
         self.inflight.discard(task)
-        self.server._request_tasks.discard(task)
         limit = self.server.max_inflight
         while self.backlog and len(self.inflight) < limit and not self.transport.closed:
             self.handle(self.backlog.popleft())

@@ -40,7 +40,9 @@ class Snapshot:
 
 
 def encode_snapshot(snap: Snapshot) -> bytes:
-    body = msgpack.packb([_VERSION, snap.instance, snap.checksum, snap.state], use_bin_type=True)
+    body: bytes = msgpack.packb(
+        [_VERSION, snap.instance, snap.checksum, snap.state], use_bin_type=True
+    )
     return _CRC.pack(crc32c.crc32c(body)) + body
 
 

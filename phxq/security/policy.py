@@ -8,6 +8,9 @@ Store (``STORE_RULES``)                    Lock service (``LOCK_RULES``)
 =========================  ==============  ==========================  ===========================
 meta                       authenticated   meta                        authenticated
 enqueue, cancel_scheduled  produce:T       status                      admin
+txn_prepare, txn_decide,   produce:T
+  txn_resolve
+txn_list, txn_settle       admin
 dequeue (group G)          consume:T:G     acquire, renew, release     member (consumers are)
 dequeue (no group: tail)   consume:T:any   get, kv_get, kv_list,       admin (``phxq admin lag``,
 dequeue (local=true)       admin             kv_wait                     settings) or member
@@ -99,6 +102,11 @@ STORE_RULES: Final[Mapping[str, Rule]] = {
     "meta": anyone,
     "enqueue": produce,
     "cancel_scheduled": produce,
+    "txn_prepare": produce,  # per (group, topic) request: produce:T for every topic touched
+    "txn_decide": produce,  # the home's topic
+    "txn_resolve": produce,  # each participant's topic
+    "txn_list": admin,
+    "txn_settle": admin,
     "dequeue": read,
     "commit": consume,
     "cursor": consume,

@@ -52,12 +52,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import msgpack
 
 from phxq import validate
 from phxq.errors import PhxqError, ProtocolError, StorageError
+
+if TYPE_CHECKING:
+    from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
+    from phxq.store.txn_entries import DecideEntry, DiscardEntry, PrepareHead, TxnReleaseHead
 
 __all__ = [
     "CommitEntry",
@@ -394,6 +398,9 @@ def _decoder(table: dict[int, Any], tag: Any) -> Any:
     if decoder is None and type(tag) is int:
         # Delayed-message entries (tags 5-7): phxq.store.schedule_entries.
         decoder = (_schedule.PEEKERS if table is _PEEKERS else _schedule.DECODERS).get(tag)
+    if decoder is None and type(tag) is int:
+        # Transaction entries (tags 9-12): phxq.store.txn_entries.
+        decoder = (_txn.PEEKERS if table is _PEEKERS else _txn.DECODERS).get(tag)
     if decoder is None:
         raise ProtocolError(f"unknown log entry tag {tag!r:.40}")
     return decoder
@@ -407,11 +414,18 @@ def decode_entry(data: bytes) -> Entry:
     return result
 
 
-def peek_entry(data: bytes) -> EnqueueHead | CommitEntry | ReplayEntry:
+# What ``peek_entry`` returns (the heads of ``schedule_entries`` and ``txn_entries`` too).
+Peeked: TypeAlias = (
+    "EnqueueHead | CommitEntry | ReplayEntry | ScheduleHead | ReleaseHead | CancelEntry"
+    " | RollHead | PrepareHead | TxnReleaseHead | DecideEntry | DiscardEntry"
+)
+
+
+def peek_entry(data: bytes) -> Peeked:
     """What applying ``data`` needs: an enqueue's head (bodies stay packed), or the commit or
     replay entry. Raises :class:`ProtocolError` (only) if that much is malformed."""
     fields = _fields(data)
-    result: EnqueueHead | CommitEntry | ReplayEntry = _decoder(_PEEKERS, fields[0])(fields)
+    result: Peeked = _decoder(_PEEKERS, fields[0])(fields)
     return result
 
 
@@ -433,12 +447,16 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
                 head = _head_v2(fields)
             elif tag == _schedule.TAG_RELEASE:
                 _schedule.PEEKERS[tag](fields)  # the head only: a bad body is a corrupt log
+            elif tag == _txn.TAG_TXN_RELEASE:
+                _txn.PEEKERS[tag](fields)
             else:
                 continue
         except PhxqError:
             continue
         if tag == _schedule.TAG_RELEASE:
             entry = _schedule.release_as_enqueue(fields)
+        elif tag == _txn.TAG_TXN_RELEASE:
+            entry = _txn.release_as_enqueue(fields)
         if tag == _TAG_ENQUEUE_V2:
             try:
                 entry = EnqueueEntry(
@@ -452,3 +470,4 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
 
 # Last: that module builds on the helpers above (and is only used at call time here).
 from phxq.store import schedule_entries as _schedule  # noqa: E402
+from phxq.store import txn_entries as _txn  # noqa: E402

@@ -13,6 +13,7 @@ Public API::
     .due(now: float, limit: int) -> list[tuple[float, int]]  # pending with due <= now, by (due, id)
     .next_due() -> float | None                            # earliest pending due time
     .oldest_id() -> int | None                             # smallest pending id (retention floor)
+    .count_at(due) -> int                                  # pending in due's bucket (half messages)
     .roll(scheduled_id, due, new_id) -> bool               # moved to a newer copy of its record
     .current_id(original_id) -> int;  .below(instance, limit) -> list[tuple[float, int]]
     len(schedule)                                          # pending messages
@@ -252,6 +253,12 @@ class Schedule:
                     if len(out) >= limit:
                         return out
         return out
+
+    def count_at(self, due: float) -> int:
+        """Pending messages in the bucket of ``due`` (with ``txn_entries.HELD``: exactly the
+        held half messages of transactions, as nothing else may be due that far ahead)."""
+        bucket = self._buckets.get(_key(due))
+        return 0 if bucket is None else len(bucket.ids) - bucket.gone
 
     def next_due(self) -> float | None:
         if self._next_due is None and self._keys:

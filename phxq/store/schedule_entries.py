@@ -392,7 +392,8 @@ def release_as_enqueue(fields: list[Any]) -> EnqueueEntry:
 
 def instance_scheduled(items: Sequence[bytes]) -> list[tuple[ScheduleEntry, Message, float]]:
     """Every scheduled message of a chosen instance (of schedule and roll entries), with its
-    entry (a roll entry's as a ``ScheduleEntry`` with ``enqueued_at`` 0) and due time; the
+    entry (a roll entry's as a ``ScheduleEntry`` with ``enqueued_at`` 0; a transaction's
+    prepare entry's half messages with due ``HELD``: :mod:`phxq.store.txn_entries`) and due time; the
     list position is ``k`` of its scheduled id. Undecodable items and other entries contribute
     nothing; a decodable head with an undecodable body raises ``StorageError``."""
     out: list[tuple[ScheduleEntry, Message, float]] = []
@@ -404,12 +405,17 @@ def instance_scheduled(items: Sequence[bytes]) -> list[tuple[ScheduleEntry, Mess
                 _schedule_head(fields)
             elif tag == TAG_ROLL:
                 _roll_head(fields)
+            elif tag == _txn.TAG_PREPARE:  # half messages: scheduled, due HELD
+                _txn.PEEKERS[tag](fields)
             else:
                 continue
         except PhxqError:
             continue
         try:
-            if tag == TAG_SCHEDULE:
+            if tag == _txn.TAG_PREPARE:
+                topic, queue, half, at = _txn.prepare_as_scheduled(fields)
+                entry = ScheduleEntry(topic, queue, half, at, (_txn.HELD,) * len(half))
+            elif tag == TAG_SCHEDULE:
                 entry = _schedule(fields)
             else:
                 rolled = _roll(fields)
@@ -418,3 +424,7 @@ def instance_scheduled(items: Sequence[bytes]) -> list[tuple[ScheduleEntry, Mess
             raise StorageError(f"corrupt scheduled entry body: {exc.message}") from None
         out.extend(zip([entry] * len(entry.messages), entry.messages, entry.due, strict=True))
     return out
+
+
+# Last: that module builds on phxq.store.entries (and is only used at call time here).
+from phxq.store import txn_entries as _txn  # noqa: E402

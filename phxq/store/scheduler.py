@@ -48,6 +48,7 @@ from phxq.store.schedule_entries import (
     encode_roll,
     instance_scheduled,
 )
+from phxq.store.txn_entries import HELD
 
 if TYPE_CHECKING:
     from phxq.replication.replica import GroupReplica
@@ -179,8 +180,11 @@ def status_of(replica: GroupReplica[StoreState], now: float) -> dict[str, Any]:
     the earliest pending message is overdue; meaningful on the group's master)."""
     schedule = replica.state.schedule
     nxt = schedule.next_due()
+    held = schedule.count_at(HELD)  # transactions' half messages: never due (phxq.store.txn)
+    if nxt is not None and nxt >= HELD:
+        nxt = None
     return {
-        "pending": len(schedule),
+        "pending": len(schedule) - held,
         "next_due": nxt,
         "release_lag": 0.0 if nxt is None else max(0.0, now - nxt),
     }
@@ -215,7 +219,7 @@ class Releaser:
         for group, replica in self._node.replicas.items():
             schedule = replica.state.schedule
             serving = replica.serving
-            pending = len(schedule) if serving else 0
+            pending = len(schedule) - schedule.count_at(HELD) if serving else 0
             nxt = schedule.next_due() if pending else None
             metrics.SCHEDULED_PENDING.labels(str(group)).set(pending)
             metrics.RELEASE_LAG.labels(str(group)).set(0.0 if nxt is None else max(0.0, now - nxt))

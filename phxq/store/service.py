@@ -111,7 +111,7 @@ def _check_messages(raw_messages: list[Any], max_bytes: int) -> None:
 async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any]]]:
     topic = _str(params, "topic")
     assert topic is not None
-    spec = node.cluster.topics_by_name.get(topic)
+    spec = node.topology.topics.get(topic)
     batches = params.get("batches")
     if not isinstance(batches, list) or not batches:
         raise BadArgument("batches must be a non-empty list of [queue, messages]")
@@ -207,6 +207,7 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     replica = (
         node.replica_for(topic, queue) if params.get("local") else node.master_replica(topic, queue)
     )
+    assert isinstance(queue, int)  # replica_for checked it
     if after is None and group is not None:
         after = replica.state.cursor(group, topic, queue)
     start = None if after is None else split_offset(after)
@@ -247,6 +248,7 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     check = "expect" in params  # present (even as nil): compare-and-set on the cursor
     expect = _int(params, "expect", optional=True) if check else None
     replica = node.master_replica(topic, queue)
+    assert isinstance(queue, int)  # replica_for checked it
     entry = CommitEntry(group, topic, queue, offset, token, check=check, expect=expect)
     result = await replica.propose_one(encode_entry(entry))
     if isinstance(result, st.Rejected):
@@ -260,6 +262,7 @@ async def cursor(node: StoreNode, params: dict[str, Any]) -> int | None:
     queue = _queue(params)
     assert group is not None and topic is not None
     replica = node.master_replica(topic, queue)
+    assert isinstance(queue, int)  # replica_for checked it
     return replica.state.cursor(group, topic, queue)
 
 
@@ -271,6 +274,7 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
     when = params.get("time")
     assert group is not None and topic is not None
     replica = node.master_replica(topic, queue)
+    assert isinstance(queue, int)  # replica_for checked it
     if (offset is None) == (when is None):
         raise BadArgument("seek takes exactly one of offset or time")
     if offset is None:
@@ -313,10 +317,12 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
                 "repair": r.repair,  # probing / joining / repairing / diverged (not voting)
                 "repair_reason": r.repair_reason,
                 "scheduled": scheduler.status_of(r, time.time()),
+                "transactions": _txn_status(r, time.time()),
             }
         )
     return {
         "node": node.node_id,
+        "set": node.set,
         "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,
@@ -324,6 +330,13 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "groups": groups,
         "consumers": _consumer_lag(node),
     }
+
+
+def _txn_status(replica: Any, now: float) -> dict[str, Any]:
+    """Open transactions of a group: count and the oldest one's age (seconds)."""
+    book = replica.state.txns
+    oldest = min((r.prepared_at for r in book.open.values()), default=None)
+    return {"open": len(book.open), "oldest_age": 0.0 if oldest is None else now - oldest}
 
 
 LAG_COUNT_LIMIT = 1_000_000  # lag is counted exactly up to this many messages per queue
@@ -335,10 +348,7 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     groups = node.cluster.cluster.groups
     for cg in node.cluster.consumer_groups:
-        spec = node.cluster.topics_by_name.get(cg.topic)
-        if spec is None:
-            continue
-        for q in range(spec.queues):
+        for q in node.local_queues(cg.topic):
             replica = node.replicas[group_for_queue(q, groups)]
             if not replica.serving:
                 continue
@@ -382,6 +392,7 @@ async def reconcile(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         raise BadArgument(f"groups must be a list of consumer group names, got {shown(groups)}")
     assert topic is not None
     replica = node.replica_for(topic, queue)
+    assert isinstance(queue, int)  # replica_for checked it
     glog = replica.glog
     top = glog.chosen_up_to + 1
     lo = glog.first_instance if since is None else (glog.instance_at_time(since) or top)
@@ -436,3 +447,8 @@ HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
     "checksum": checksum,
     "cancel_scheduled": scheduler.cancel_scheduled,
 }
+
+# Last: the transaction handlers build on this module's validators (phxq.store.txn_service).
+from phxq.store import txn_service as _txn_service  # noqa: E402
+
+HANDLERS.update(_txn_service.HANDLERS)

@@ -53,6 +53,12 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   (``Cancelled``; by its original id, even if rolled since). A ``RollEntry`` moves pending
   ones to new ids in its instance (``Rolled``), so their old records may be truncated.
   ``schedule`` (pending count, next due, oldest id, rolls) is part of the snapshot.
+- **Transactions** (:mod:`phxq.store.txn`, :mod:`phxq.store.txn_entries`). A prepare entry's
+  half messages are scheduled messages due ``HELD`` (never due; their ids in the scheduled
+  space: ``TxnPrepared``); a cancel never touches one. A decide entry records the home
+  group's decision, the first one applied wins (``TxnDecided``). A transaction release entry
+  releases its transaction's pending half messages like a release entry (offsets, index); a
+  discard entry drops them (``TxnDiscarded``). ``txns`` is part of the snapshot (version 4).
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -98,6 +104,8 @@ from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
 from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
+from phxq.store.txn import TxnBook, TxnDecided, TxnDiscarded, TxnPrepared
+from phxq.store.txn_entries import HELD, DecideEntry, DiscardEntry, PrepareHead, TxnReleaseHead
 
 __all__ = [
     "REPLAYS_REMEMBERED",
@@ -172,7 +180,18 @@ class Rolled:
     moved: tuple[bool, ...]
 
 
-ApplyResult: TypeAlias = Enqueued | Committed | Rejected | Scheduled | Released | Cancelled | Rolled
+ApplyResult: TypeAlias = (
+    Enqueued
+    | Committed
+    | Rejected
+    | Scheduled
+    | Released
+    | Cancelled
+    | Rolled
+    | TxnPrepared
+    | TxnDecided
+    | TxnDiscarded
+)
 
 
 class StoreState:
@@ -204,6 +223,7 @@ class StoreState:
         self._unindexed_floor = applied_up_to + 1
         self._last_index: tuple[int, list[IndexEntry]] | None = None
         self.schedule = Schedule()  # pending scheduled messages (phxq.store.schedule)
+        self.txns = TxnBook()  # transactions (phxq.store.txn); half messages are in schedule
 
     # ------------------------------------------------------------------------- queries
 
@@ -295,10 +315,37 @@ class StoreState:
                 else:
                     results.append(self._roll(instance, next_scheduled, entry))
                 next_scheduled += count
+            elif type(entry) is PrepareHead:
+                count = len(entry.dedup_ids)
+                if next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    results.append(
+                        self.txns.prepare(instance, next_scheduled, entry, self.schedule)
+                    )
+                next_scheduled += count
+            elif type(entry) is TxnReleaseHead:
+                count = len(entry.ids)
+                if next_index + count > MAX_MESSAGES_PER_INSTANCE:
+                    unindexed.extend(range(next_index, next_index + count))
+                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
+                else:
+                    done = self.txns.release(
+                        instance, next_index, entry, self.schedule, index_entries, unindexed
+                    )
+                    self._count_released(entry, done)
+                    results.append(done)
+                next_index += count
+            elif type(entry) is DecideEntry:
+                results.append(self.txns.decide(entry))
+            elif type(entry) is DiscardEntry:
+                results.append(self.txns.discard(entry, self.schedule))
             else:
                 assert type(entry) is CancelEntry
                 sid = self.schedule.current_id(entry.scheduled_id)  # rolled meanwhile?
-                results.append(Cancelled(self.schedule.remove(sid, entry.due)))
+                # A half message (due HELD) is never cancelled: only its transaction decides.
+                held = entry.due == HELD
+                results.append(Cancelled(not held and self.schedule.remove(sid, entry.due)))
         self.applied_up_to = instance
         if unindexed:
             self._unindexed[instance] = tuple(unindexed)
@@ -403,7 +450,7 @@ class StoreState:
         ]
         return Rolled(tuple(moved))
 
-    def _count_released(self, head: ReleaseHead, done: Released) -> None:
+    def _count_released(self, head: ReleaseHead | TxnReleaseHead, done: Released) -> None:
         released = [o for o in done.offsets if o is not None]
         if released:
             key = (head.topic, head.queue)
@@ -510,7 +557,7 @@ class StoreState:
                 continue
             if type(head) is EnqueueHead:
                 at, count = head.enqueued_at, len(head.dedup_ids)
-            elif type(head) is ReleaseHead:
+            elif type(head) is ReleaseHead or type(head) is TxnReleaseHead:
                 at, count = head.released_at, len(head.ids)
             else:
                 continue
@@ -556,6 +603,7 @@ class StoreState:
             self._unindexed_floor,
             self.schedule.snapshot(),
             self.schedule.forwards(),
+            self.txns.snapshot(),
         ]
         packed: bytes = msgpack.packb(body, use_bin_type=True)
         return packed
@@ -572,10 +620,10 @@ class StoreState:
             isinstance(body, list)
             and body
             and type(body[0]) is int
-            and body[0] in (1, 2, _SNAPSHOT_VERSION)
+            and body[0] in (1, 2, 3, _SNAPSHOT_VERSION)
             and len(body) == 11 + body[0]
         ):
-            raise ProtocolError("not a version-1 or -2 store snapshot")
+            raise ProtocolError("not a version-1 to -4 store snapshot")
         (_, group, window_s, applied, latest, cursors, replays, window, ends, counts,
          unindexed, floor) = body[:12]  # fmt: skip
         if not isinstance(window_s, float) or not window_s >= 0:
@@ -611,10 +659,13 @@ class StoreState:
             state.schedule = Schedule.restore(body[12])
         if len(body) >= 14:  # version 3: rolled ones
             state.schedule.restore_forwards(body[13])
+        if len(body) >= 15:  # version 4: transactions
+            state.txns = TxnBook.restore(body[14])
         return state
 
 
-_SNAPSHOT_VERSION = 3  # 2 added the schedule, 3 rolled messages; 1 and 2 are still read
+# 2 added the schedule, 3 rolled messages, 4 transactions; 1 to 3 are still read
+_SNAPSHOT_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)

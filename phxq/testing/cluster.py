@@ -14,7 +14,7 @@ Three store daemons (and, with ``locks``, three lock nodes) run as ``StoreNode``
 objects in the current event loop: real sockets on ephemeral 127.0.0.1 ports, real PLog files
 with fdatasync under ``data``; only the process boundary is gone, so a test starts in about a
 second and a failure's traceback shows the daemon's frames too. The topics are those of
-``phxq dev`` (``orders`` and the others of ``phxq.devcluster.DEV_TOPICS``); ``extra`` is TOML
+``phxq dev`` (``orders`` and the others of ``phxq.devconfig.DEV_TOPICS``); ``extra`` is TOML
 appended to the config (more ``[[topic]]`` tables, say). Entering waits until every group
 has a master all stores agree on (and the lock nodes a serving master); leaving stops every
 node, even when the test failed. For crashes, partitions and restarts of real processes, see
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from phxq.config import ClusterConfig, load_config
-from phxq.devcluster import free_ports, write_dev_config
+from phxq.devconfig import free_ports, write_dev_config
 from phxq.errors import PhxqError
 from phxq.lock.node import LockNode
 from phxq.net.rpc import RpcPool

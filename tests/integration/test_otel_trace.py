@@ -92,7 +92,10 @@ async def test_one_trace_runs_from_the_producer_through_the_store_to_the_handler
             await stack.enter_async_context(StoreNode(cfg, s.id))
         for lk in cfg.locks:
             await stack.enter_async_context(LockNode(cfg, lk.id))
-        client = await stack.enter_async_context(Client([s.addr for s in cfg.stores]))
+        # Seven daemons share this loop: on a loaded machine elections may take a while.
+        client = await stack.enter_async_context(
+            Client([s.addr for s in cfg.stores], retry_timeout=60)
+        )
         await stack.enter_async_context(ConsumerDaemon(cfg, "c1"))
 
         # No tracer provider: nothing is added to the message, nothing reaches the handler.
@@ -105,12 +108,12 @@ async def test_one_trace_runs_from_the_producer_through_the_store_to_the_handler
             limit=1,
         )
         assert "traceparent" not in stored.headers
-        await wait_until(lambda: _async(len(seen) >= 1), 30, "the untraced delivery")
+        await wait_until(lambda: _async(len(seen) >= 1), 60, "the untraced delivery")
         assert "traceparent" not in {k.lower() for k in seen[0]}
 
         with in_memory_tracing() as exporter:
             ack = await client.enqueue("orders", b"traced", key="k", headers={"h": "v"})
-            await wait_until(lambda: _async(len(seen) >= 2), 30, "the traced delivery")
+            await wait_until(lambda: _async(len(seen) >= 2), 60, "the traced delivery")
             spans = list(exporter.get_finished_spans())
 
     (send,) = [s for s in spans if s.kind is SpanKind.PRODUCER]

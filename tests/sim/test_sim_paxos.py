@@ -79,6 +79,9 @@ def test_a_seed_replays_exactly() -> None:
     first.run(1500)
     second.run(1500)
     assert list(first.trace) == list(second.trace)
+    unchecked = Sim(7, 3, plog_checks=0)  # the sampled PLog checks do not change the run
+    unchecked.run(1500)
+    assert first.plog_checked and list(unchecked.trace) == list(first.trace)
     assert [e.checksum for e in first.nodes[1].learned] == [
         e.checksum for e in second.nodes[1].learned
     ]

@@ -59,6 +59,7 @@ def test_a_config_setting_every_documented_key_parses() -> None:
     doc["client"] = tables.pop("client")
     doc["gateway"] = tables.pop("gateway")
     doc["consumer"] = [tables.pop("consumer")]
+    doc["producer_group"] = [tables.pop("producer_group")]
     assert tables == {}, f"tables the test does not place yet: {sorted(tables)}"
     cfg = parse_config(tomli_w.dumps(doc), base_dir=Path("/"))
     assert cfg.topic("orders").queues == _example(

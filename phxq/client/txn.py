@@ -1,0 +1,214 @@
+"""Transactions in the client: ``async with client.transaction() as txn: await txn.enqueue(...)``.
+
+What it promises (the protocol: :mod:`phxq.store.txn`):
+
+- ``await txn.enqueue(topic, payload, key=..., queue=..., headers=..., dedup_id=...)`` buffers
+  a message (any topics, queues and groups); nothing leaves until :meth:`Transaction.prepare`.
+- ``await txn.prepare()`` writes every message as a *half message*: the home group's (the
+  group of the first message) first, then the other groups' in parallel. When it returns,
+  all of them are durable on a majority of their groups and invisible to every reader. Until
+  the producer decides, the store waits ``timeout`` seconds; then it asks the producer group's
+  check-back handler (``[[producer_group]] check``) or, without one, rolls back.
+- ``await txn.commit()`` (prepares first if needed) writes the decision in the home group --
+  the single source of truth -- and asks every participant group to apply it; it returns one
+  :class:`~phxq.client.types.Ack` per message, in enqueue order, with the offset each got at
+  commit (``None`` for a group that had not applied it yet: it will, from the decision,
+  without the producer). ``TransactionAborted`` if the decision turned out to be a rollback
+  (the store rolled back a transaction undecided past its timeout, or an operator did).
+- ``await txn.rollback()``: none of the messages ever becomes visible. Idempotent; a no-op
+  before ``prepare``.
+- As a context manager: commit on normal exit, rollback on an exception (which propagates).
+- Retries (``Unavailable``, a new master) resend the same transaction id and part numbers, so a
+  prepare or decision applies once; deciding twice answers with the first decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from phxq.client.types import Ack
+from phxq.errors import BadArgument, PhxqError, TransactionAborted
+
+if TYPE_CHECKING:
+    from phxq.client.client import Client
+
+DEFAULT_TIMEOUT: Final = 10.0  # seconds the store waits for the decision before checking back
+
+
+class Transaction:
+    """One transaction (see the module docstring); made by ``Client.transaction()``."""
+
+    def __init__(self, client: Client, *, producer_group: str | None, timeout: float) -> None:
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+            raise BadArgument(f"timeout must be in (0, 86400] seconds, got {timeout!r}")
+        if producer_group is not None and not isinstance(producer_group, str):
+            raise BadArgument("producer_group must be a str or None")
+        self.id = os.urandom(16).hex()
+        self.producer_group = producer_group
+        self.timeout = float(timeout)
+        self._client = client
+        # (topic, queue, [payload, key, headers, dedup_id]) in enqueue order
+        self._messages: list[tuple[str, int, list[Any]]] = []
+        self._state = "open"  # open -> prepared -> committed | rolled_back
+        self._home: tuple[str, int] | None = None  # topic and queue of the home's first message
+        # (route = (store set, group), topic) -> [(queue, part, positions)]
+        self._plan: dict[tuple[tuple[int, int], str], list[tuple[int, int, list[int]]]] = {}
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            await self.commit()
+        else:
+            # The original exception matters more; if this fails the store rolls back at timeout.
+            with contextlib.suppress(PhxqError):
+                await self.rollback()
+
+    async def enqueue(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        key: str | None = None,
+        queue: int | None = None,
+        dedup_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Add a message to the transaction (it leaves at :meth:`prepare`)."""
+        if self._state != "open":
+            raise BadArgument(f"transaction {self.id} is {self._state}: no more messages")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise BadArgument("payload must be bytes")
+        if key is not None and not isinstance(key, str):
+            raise BadArgument("key must be a str or None")
+        if dedup_id is not None and not isinstance(dedup_id, str):
+            raise BadArgument("dedup_id must be a str or None")
+        cmap = await self._client.cluster_map()
+        q = self._client._queue_of(cmap, topic, key, queue)
+        wire = [bytes(payload), key, dict(headers or {}), dedup_id]
+        self._messages.append((topic, q, wire))
+
+    async def prepare(self) -> None:
+        """Write every message as a half message (durable, invisible); see the module doc."""
+        if self._state == "prepared":
+            return
+        if self._state != "open":
+            raise BadArgument(f"transaction {self.id} is {self._state}")
+        if not self._messages:
+            raise BadArgument("a transaction needs at least one message")
+        cmap = await self._client.cluster_map()
+        home_topic, home_queue, _ = self._messages[0]
+        home = cmap.route(home_topic, home_queue)  # (store set, group)
+        self._home = (home_topic, home_queue)
+        # One request per (set and group, topic); one part (prepare entry) per queue within it.
+        plan: dict[tuple[tuple[int, int], str], dict[int, tuple[int, list[int], list[Any]]]] = {}
+        part = 0
+        for position, (topic, q, wire) in enumerate(self._messages):
+            batches = plan.setdefault((cmap.route(topic, q), topic), {})
+            if q not in batches:
+                batches[q] = (part, [], [])
+                part += 1
+            batches[q][1].append(position)
+            batches[q][2].append(wire)
+        expect = [[r[1], p] for (r, _), batches in plan.items() for p, _, _ in batches.values()]
+        self._plan = {
+            key: [(q, p, positions) for q, (p, positions, _) in batches.items()]
+            for key, batches in plan.items()
+        }
+
+        async def send(group: tuple[int, int], topic: str) -> None:
+            batches = plan[(group, topic)]
+            params = {
+                "txn": self.id,
+                "home": home[1],
+                "timeout": self.timeout,
+                "producer_group": self.producer_group,
+                "topic": topic,
+                "expect": expect if group == home else [],
+                "batches": [[q, p, wire] for q, (p, _, wire) in batches.items()],
+            }
+            await self._client._call_master(topic, next(iter(batches)), "txn_prepare", params)
+
+        home_keys = [k for k in plan if k[0] == home]
+        for group, topic in home_keys:  # the home first: see phxq.store.txn
+            await send(group, topic)
+        others = [send(g, t) for g, t in plan if g != home]
+        if others:
+            results = await asyncio.gather(*others, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        self._state = "prepared"
+
+    async def commit(self) -> list[Ack]:
+        """Prepare if needed, decide commit, apply it everywhere; one ack per message."""
+        if self._state == "open":
+            await self.prepare()
+        if self._state != "prepared":
+            raise BadArgument(f"transaction {self.id} is {self._state}")
+        decision = await self._decide(True)
+        if not decision["commit"]:
+            self._state = "rolled_back"
+            raise TransactionAborted(
+                f"transaction {self.id} was rolled back ({decision.get('reason')})",
+                {"txn": self.id, "reason": decision.get("reason")},
+            )
+        self._state = "committed"
+        return await self._resolve()
+
+    async def rollback(self) -> None:
+        """Decide rollback: none of the messages ever becomes visible."""
+        if self._state in ("rolled_back", "open") and self._home is None:
+            self._state = "rolled_back"
+            return
+        if self._state == "committed":
+            raise BadArgument(f"transaction {self.id} is committed")
+        decision = await self._decide(False)
+        self._state = "committed" if decision["commit"] else "rolled_back"
+        if decision["commit"]:
+            raise BadArgument(f"transaction {self.id} was already committed")
+        await self._resolve()
+
+    async def _decide(self, commit: bool) -> dict[str, Any]:
+        assert self._home is not None
+        topic, queue = self._home
+        params = {"txn": self.id, "topic": topic, "queue": queue, "commit": commit}
+        result: dict[str, Any] = await self._client._call_master(topic, queue, "txn_decide", params)
+        return result
+
+    async def _resolve(self) -> list[Ack]:
+        """Ask each participant to apply the decision now; acks in enqueue order."""
+        offsets: list[int | None] = [None] * len(self._messages)
+        positions: dict[tuple[str, int], list[int]] = {}
+        for (_, topic), batches in self._plan.items():
+            for q, _, ps in batches:
+                positions[(topic, q)] = list(ps)
+
+        async def one(group: tuple[int, int], topic: str) -> None:
+            queue = self._plan[(group, topic)][0][0]
+            params = {"txn": self.id, "topic": topic, "queue": queue}
+            try:
+                reply = await self._client._call_master(topic, queue, "txn_resolve", params)
+            except PhxqError:
+                return  # decided: the group's master applies it on its own (phxq.store.txn)
+            # Per queue, released in enqueue order (ids increase within a queue's part).
+            for topic_, q, offset in reply.get("offsets") or []:
+                waiting = positions.get((topic_, q))
+                if waiting:
+                    offsets[waiting.pop(0)] = offset
+
+        # One call per group: it applies the decision to all of the group's half messages.
+        first_topic: dict[tuple[int, int], str] = {}
+        for g, t in self._plan:
+            first_topic.setdefault(g, t)
+        await asyncio.gather(*(one(g, t) for g, t in first_topic.items()))
+        return [Ack(topic, q, offsets[i]) for i, (topic, q, _) in enumerate(self._messages)]

@@ -1,0 +1,297 @@
+"""The transaction protocol over real StoreStates: never a partial transaction, one decision.
+
+A Hypothesis rule-based state machine drives several groups' ``StoreState`` through the
+protocol of ``phxq.store.txn``: producers that prepare (home group first) and crash at any
+point, decide or not; proposals (prepare, decide, release, discard) that sit in flight and are
+chosen in any order, duplicated, or never; a home master's timeout and check-back racing the
+producer; failovers (a new master proposes from its own replica's applied state, the old
+master's proposals still in flight); replicas rebuilt from a snapshot. Invariants after every
+step: a transaction with a visible message was decided commit at its home; no message is
+visible twice; the home's decision never changes. At the end every transaction settles to all
+of its messages visible (commit) or none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from phxq.store.schedule import Released
+from phxq.store.state import StoreState
+from phxq.store.txn import all_prepared
+from phxq.store.txn_entries import (
+    HELD,
+    encode_decide,
+    encode_discard,
+    encode_prepare,
+    encode_txn_release,
+)
+
+GROUPS = 3
+
+
+@dataclass
+class Producer:
+    txn: str
+    home: int
+    parts: dict[int, list[tuple[int, int, list[bytes]]]]  # group -> [(part, queue, payloads)]
+    acked: set[int] = field(default_factory=set)  # parts whose prepare was applied
+    crashed: bool = False
+    sent_home: bool = False
+    sent_rest: bool = False
+    local_commit: bool = True  # what the check-back handler answers
+
+    def all_payloads(self) -> set[bytes]:
+        return {p for parts in self.parts.values() for _, _, ps in parts for p in ps}
+
+
+class TxnProtocol(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.states = [StoreState(g, dedup_window=60.0) for g in range(GROUPS)]
+        self.logs: list[list[list[bytes]]] = [[] for _ in range(GROUPS)]
+        self.inflight: list[list[bytes]] = [[] for _ in range(GROUPS)]
+        self.producers: list[Producer] = []
+        self.visible: dict[bytes, int] = {}  # payload -> times made visible
+        self.payload_txn: dict[bytes, str] = {}
+        self.first_decision: dict[str, bool] = {}
+        self.clock = 1000.0
+        self.part_seq = 0
+
+    # ---------------------------------------------------------------------------- helpers
+
+    def _choose(self, group: int, items: list[bytes]) -> None:
+        state = self.states[group]
+        instance = state.applied_up_to + 1
+        results = state.apply(instance, items)
+        self.logs[group].append(items)
+        for result in results:
+            if isinstance(result, Released):
+                self._saw_release(group, instance, items, result)
+        self._note_decisions()
+        self._note_prepares(group)
+
+    def _saw_release(self, group: int, instance: int, items: list[bytes], r: Released) -> None:
+        from phxq.store.entries import instance_messages
+
+        messages = instance_messages(items)
+        by_offset = {}
+        for index, (_, m) in enumerate(messages):
+            by_offset[(instance << 20) | index] = m.payload
+        for offset in r.offsets:
+            if offset is not None:
+                payload = by_offset[offset]
+                self.visible[payload] = self.visible.get(payload, 0) + 1
+
+    def _note_decisions(self) -> None:
+        for p in self.producers:
+            d = self.states[p.home].txns.decision(p.txn)
+            if d is not None:
+                assert self.first_decision.setdefault(p.txn, d) == d, "a decision changed"
+
+    def _note_prepares(self, group: int) -> None:
+        for p in self.producers:
+            record = self.states[group].txns.open.get(p.txn)
+            if record is not None:
+                p.acked |= record.parts & {part for part, _, _ in p.parts.get(group, [])}
+
+    def _prepare_items(self, p: Producer, group: int) -> list[bytes]:
+        expect = [(g, part) for g, parts in p.parts.items() for part, _, _ in parts]
+        out = []
+        for part, queue, payloads in p.parts[group]:
+            wire = [[pl, None, {}, None] for pl in payloads]
+            out.append(
+                encode_prepare(
+                    p.txn,
+                    p.home,
+                    part,
+                    5.0,
+                    "pg",
+                    "t",
+                    queue,
+                    self.clock,
+                    wire,
+                    expect if group == p.home else (),
+                )
+            )
+        return out
+
+    def _resolve_items(self, group: int) -> list[bytes]:
+        """What a participant's master proposes for each open transaction whose decision it
+        can read in the home group's applied state."""
+        state = self.states[group]
+        out = []
+        for txn, record in list(state.txns.open.items()):
+            decision = self.states[record.home].txns.decision(txn)
+            if decision is None:
+                continue
+            if decision:
+                ids = state.txns.pending_ids(txn, state.schedule)
+                if ids:
+                    wire = self._bodies(group, ids)  # copied from the records, as a master does
+                    out.append(
+                        encode_txn_release(txn, "t", 0, self.clock, ids, [HELD] * len(ids), wire)
+                    )
+            else:
+                out.append(encode_discard(txn, self.clock))
+        return out
+
+    def _bodies(self, group: int, ids: list[int]) -> list[list[object]]:
+        from phxq.store.schedule_entries import instance_scheduled
+
+        out: list[list[object]] = []
+        for sid in ids:
+            instance, k = sid >> 20, sid & ((1 << 20) - 1)
+            found = instance_scheduled(self.logs[group][instance - 1])
+            _, msg, due = found[k]
+            assert due == HELD
+            out.append([msg.payload, msg.key, msg.headers])
+        return out
+
+    # ------------------------------------------------------------------------------ rules
+
+    @rule(
+        groups=st.lists(st.integers(0, GROUPS - 1), min_size=1, max_size=4),
+        sizes=st.lists(st.integers(1, 3), min_size=4, max_size=4),
+        local_commit=st.integers(0, 3),
+    )
+    def begin(self, groups: list[int], sizes: list[int], local_commit: int) -> None:
+        if len(self.producers) >= 4:
+            return
+        n = len(self.producers)
+        txn = f"t{n}"
+        parts: dict[int, list[tuple[int, int, list[bytes]]]] = {}
+        for i, g in enumerate(groups):
+            self.part_seq += 1
+            payloads = [f"{txn}-{i}-{j}".encode() for j in range(sizes[i])]
+            for pl in payloads:
+                self.payload_txn[pl] = txn
+            parts.setdefault(g, []).append((self.part_seq, g, payloads))
+        # Mostly producers whose local transaction commits: more commits to check.
+        self.producers.append(Producer(txn, groups[0], parts, local_commit=local_commit > 0))
+
+    @rule(data=st.data())
+    def producers_step(self, data: st.DataObject) -> None:
+        """Every live producer takes its next step: prepare the home, then the others once
+        the home's parts are held, then decide (commit only with every part held)."""
+        for p in self.producers:
+            if p.crashed:
+                continue
+            home_parts = {part for part, _, _ in p.parts[p.home]}
+            if not p.sent_home:
+                self.inflight[p.home].extend(self._prepare_items(p, p.home))
+                p.sent_home = True
+            elif home_parts <= p.acked and not p.sent_rest:
+                for g in p.parts:
+                    if g != p.home:
+                        self.inflight[g].extend(self._prepare_items(p, g))
+                p.sent_rest = True
+            elif p.sent_rest:
+                every = {part for parts in p.parts.values() for part, _, _ in parts}
+                commit = p.local_commit and every <= p.acked
+                self.inflight[p.home].append(encode_decide(p.txn, commit, self.clock, "producer"))
+
+    @rule(data=st.data())
+    def producer_crashes(self, data: st.DataObject) -> None:
+        if self.producers and data.draw(st.booleans()):
+            data.draw(st.sampled_from(self.producers)).crashed = True
+
+    @rule(data=st.data(), duplicate=st.booleans())
+    def choose(self, data: st.DataObject, duplicate: bool) -> None:
+        """A proposal in flight is chosen: any one (reordering), kept in flight (duplicate,
+        e.g. a retry or an old master's copy) or not."""
+        busy = [g for g in range(GROUPS) if self.inflight[g]]
+        if not busy:
+            return
+        for _ in range(data.draw(st.integers(1, 4))):
+            group = data.draw(st.sampled_from(busy))
+            if not self.inflight[group]:
+                continue
+            i = data.draw(st.integers(0, len(self.inflight[group]) - 1))
+            item = self.inflight[group][i] if duplicate else self.inflight[group].pop(i)
+            self._choose(group, [item])
+
+    @rule(data=st.data())
+    def lose(self, data: st.DataObject) -> None:
+        group = data.draw(st.integers(0, GROUPS - 1))
+        if self.inflight[group] and data.draw(st.integers(0, 3)) == 0:
+            self.inflight[group].pop(data.draw(st.integers(0, len(self.inflight[group]) - 1)))
+
+    @rule(group=st.integers(0, GROUPS - 1))
+    def participant_master_resolves(self, group: int) -> None:
+        self.inflight[group].extend(self._resolve_items(group))
+
+    @rule(data=st.data(), answer=st.sampled_from(["checkback", "timeout"]))
+    def home_master_decides(self, data: st.DataObject, answer: str) -> None:
+        """The home master, past the timeout: the check-back handler's answer (a commit only
+        when every expected part is prepared), or a rollback (no handler / maximum age)."""
+        homes = [(g, txn) for g in range(GROUPS) for txn in self.states[g].txns.open]
+        if not homes:
+            return
+        g, txn = data.draw(st.sampled_from(homes))
+        producer = next(p for p in self.producers if p.txn == txn)
+        if self.states[g].txns.open[txn].home != g:
+            return
+        commit = answer == "checkback" and producer.local_commit
+        if commit and not all_prepared(txn, self.states[g].txns, lambda x: self.states[x].txns):
+            return
+        self.inflight[g].append(encode_decide(txn, commit, self.clock, answer))
+
+    @rule(group=st.integers(0, GROUPS - 1))
+    def failover(self, group: int) -> None:
+        """A new master: its replica's state is the same log applied (checked through a
+        snapshot round trip); the old master's proposals stay in flight."""
+        restored = StoreState.restore(self.states[group].snapshot())
+        assert restored.snapshot() == self.states[group].snapshot()
+        self.states[group] = restored
+
+    @rule()
+    def time_passes(self) -> None:
+        self.clock += 1.0
+
+    # ------------------------------------------------------------------------- invariants
+
+    @invariant()
+    def visible_only_if_committed_and_once(self) -> None:
+        for payload, times in self.visible.items():
+            assert times == 1, f"{payload!r} visible {times} times"
+            txn = self.payload_txn[payload]
+            p = next(p for p in self.producers if p.txn == txn)
+            assert self.states[p.home].txns.decision(txn) is True, f"{txn} visible, not committed"
+
+    def teardown(self) -> None:
+        # Settle: producers gone; the home masters roll back what is undecided; every in-flight
+        # proposal is chosen (in order); participants resolve until nothing changes.
+        for p in self.producers:
+            for g in range(GROUPS):
+                for item in self.inflight[g]:
+                    self._choose(g, [item])
+                self.inflight[g] = []
+            self._choose(p.home, [encode_decide(p.txn, False, self.clock, "max age")])
+        for _ in range(3):
+            for g in range(GROUPS):
+                items = self._resolve_items(g)
+                if items:
+                    self._choose(g, items)
+        self.visible_only_if_committed_and_once()
+        for p in self.producers:
+            shown = {pl for pl in p.all_payloads() if pl in self.visible}
+            if self.first_decision.get(p.txn):
+                # Committed by the producer or the check-back: only after every part was held.
+                assert shown == p.all_payloads(), f"{p.txn}: partial: {shown}"
+            else:
+                assert not shown, f"{p.txn} rolled back but visible: {shown}"
+        for g in range(GROUPS):
+            assert not self.states[g].txns.open, "a transaction stayed open"
+            assert len(self.states[g].schedule) == 0, "a half message stayed held"
+            replay = StoreState(g, dedup_window=60.0)
+            for i, items in enumerate(self.logs[g], start=1):
+                replay.apply(i, items)
+            assert replay.snapshot() == self.states[g].snapshot(), "replicas diverge"
+
+
+TxnProtocol.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+test_txn_protocol = TxnProtocol.TestCase
