@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import phxq
 from phxq.cli import cli
 from phxq.devcluster import ProcessCluster
-from phxq.errors import TransactionAborted
+from phxq.errors import ClientError, TransactionAborted
 from phxq.net.rpc import RpcPool
 
 from .conftest import group_master, wait_until
@@ -71,6 +71,36 @@ async def test_commit_shows_all_across_groups_and_rollback_shows_none(
         assert await payloads(client, 1) == [b"b0", b"p1"]
         with pytest.raises(Exception):  # noqa: B017 (any error: it is committed)
             await txn.rollback()
+
+
+async def test_bad_transaction_requests_are_typed_errors_and_store_nothing(
+    two_groups: ProcessCluster,
+) -> None:
+    msg = [b"x", None, {}, None]
+    good = {"txn": "t-1", "home": 0, "timeout": 5.0, "topic": TOPIC, "expect": []}
+    bad = [
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "txn": ""}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "txn": "x" * 200}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "home": 7}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "timeout": -1}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "expect": [["a", 1]]}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]], [1, 1, [msg]]]}),  # two groups
+        ("txn_prepare", {**good, "batches": [[0, 0, [[b"x"]]]]}),
+        ("txn_prepare", {**good, "batches": [[0, 0, []]]}),
+        ("txn_prepare", {**good, "batches": "nope"}),
+        ("txn_prepare", {**good, "batches": [[99, 0, [msg]]]}),
+        ("txn_decide", {"txn": "t-1", "topic": TOPIC, "queue": 0, "commit": "yes"}),
+        ("txn_resolve", {"txn": None, "topic": TOPIC, "queue": 0}),
+        ("txn_settle", {"txn": "t-1", "group": 5, "commit": False}),
+    ]
+    async with RpcPool() as pool, phxq.Client(two_groups.store_addresses) as client:
+        master = two_groups.store_address(await group_master(pool, two_groups, 0))
+        for method, params in bad:
+            with pytest.raises(ClientError):
+                await pool.call(master, method, params, timeout=5.0)
+        status = await client.status()
+        assert sum(g["transactions"]["open"] for g in status["groups"]) == 0
+        assert await payloads(client, 0) == []
 
 
 async def test_undecided_transaction_without_producer_group_rolls_back_at_timeout(
