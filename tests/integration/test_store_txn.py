@@ -164,8 +164,11 @@ async def test_commit_survives_a_sigkill_of_the_home_masters(two_groups: Process
         await txn.enqueue(TOPIC, b"h0", queue=0)
         await txn.enqueue(TOPIC, b"h1", queue=1)
         await txn.prepare()
+        commit = asyncio.create_task(txn.commit())
+        await asyncio.sleep(0.001)  # the decision is on its way (or chosen already)
         cluster.kill(home)
-        await txn.commit()  # retried at the new master of the home group
+        acks = await commit  # retried at the new master of the home group if it was lost
+        assert len(acks) == 2
 
         async def all_visible() -> bool:
             return await payloads(client, 0) == [b"h0"] and await payloads(client, 1) == [b"h1"]
