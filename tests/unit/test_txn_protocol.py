@@ -334,7 +334,8 @@ test_txn_protocol = TxnProtocol.TestCase
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_txn_protocol_long_run() -> None:
     run_state_machine_as_test(
-        TxnProtocol, settings=settings(max_examples=2000, stateful_step_count=120, deadline=None)
+        TxnProtocol, settings=settings(max_examples=1000, stateful_step_count=100, deadline=None)
     )
