@@ -58,6 +58,7 @@ from phxq.tasks import TaskScope
 log = logging.getLogger("phxq.client")
 
 META_TIMEOUT = 0.5
+MAP_RECHECK = 1.0  # an unknown topic or queue refetches the map at most this often
 
 
 @final
@@ -93,6 +94,7 @@ class Client(BatchingMixin, StreamingMixin):
         self._window = validate.integer(window, "window", minimum=1, maximum=None)
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
+        self._miss_refreshed = -MAP_RECHECK  # last refetch for an unknown topic or queue
         self._senders: dict[tuple[str, Route], GroupSender] = {}
         # Default dedup ids: 96 random bits per client, then a counter (as unique as uuid4 ids,
         # without a getrandom system call and a UUID object per message).
@@ -135,9 +137,33 @@ class Client(BatchingMixin, StreamingMixin):
                 except PhxqError as exc:
                     last = exc
                     continue
-                self._map = ClusterMap.from_wire(data)
+                self._adopt_map(ClusterMap.from_wire(data))
+                assert self._map is not None
                 return self._map
             raise Unavailable(f"no store reachable at {self._seeds}: {last}")
+
+    def _adopt_map(self, new: ClusterMap) -> None:
+        """Use ``new`` (a store's answer), keeping the masters it cannot know (other sets')."""
+        old = self._map
+        if old is not None:
+            if new.version < old.version:
+                return  # a store behind the map we hold: ours is newer
+            for route, node in old.masters.items():
+                new.masters.setdefault(route, node)
+        self._map = new
+
+    async def _known(self, cmap: ClusterMap, topic: str, queue: int | None) -> ClusterMap:
+        """``cmap``, or a fresh map when it lacks ``topic`` or ``queue`` (a topic created or
+        grown online since it was fetched); refetched so at most every ``MAP_RECHECK`` s."""
+        queues = cmap.topics.get(topic)
+        if queues is not None and (not isinstance(queue, int) or queue < queues):
+            return cmap
+        if time.monotonic() - self._miss_refreshed < MAP_RECHECK:
+            return cmap
+        self._miss_refreshed = time.monotonic()
+        with contextlib.suppress(Unavailable):
+            return await self.cluster_map(refresh=True)
+        return cmap
 
     def _queue_of(self, cmap: ClusterMap, topic: str, key: str | None, queue: int | None) -> int:
         queues = cmap.topics.get(topic)
@@ -194,6 +220,8 @@ class Client(BatchingMixin, StreamingMixin):
         while True:
             cmap = await self.cluster_map()
             route = cmap.route(topic, queue)
+            if cmap.version and isinstance(params, dict):
+                params["map"] = cmap.version  # a store with a newer map answers StaleMap
             group = route[1]
             addr = self._master_addr(cmap, route, avoid)
             try:
@@ -235,6 +263,14 @@ class Client(BatchingMixin, StreamingMixin):
     async def _refresh_after_stale(self, cmap: ClusterMap, addr: str) -> None:
         """Refresh the map after ``StaleMap`` from ``addr`` (``Unavailable`` is left for the
         next attempt: the request is retried with whatever map the client then holds)."""
+        with contextlib.suppress(PhxqError):
+            # First from the store that refused: its map is at least as new as the request's.
+            data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
+            fresh = ClusterMap.from_wire(data)
+            if fresh.version > cmap.version:
+                async with self._map_lock:
+                    self._adopt_map(fresh)
+                return
         with contextlib.suppress(Unavailable):
             await self.cluster_map(refresh=True)
 
@@ -284,6 +320,7 @@ class Client(BatchingMixin, StreamingMixin):
         released. True if it was pending; False if it was already released or cancelled."""
         topic, queue, sid = _parse_scheduled_id(scheduled_id)
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"topic": topic, "queue": q, "id": sid}
         done = await self._call_master(topic, q, "cancel_scheduled", params)
@@ -322,6 +359,10 @@ class Client(BatchingMixin, StreamingMixin):
         if self._tasks.closed:
             raise BadArgument("the client is closed")
         cmap = self._map if self._map is not None else await self.cluster_map()
+        queues = cmap.topics.get(topic)
+        if queues is None or any(type(it[2]) is int and it[2] >= queues for it in items):
+            explicit = [it[2] for it in items if type(it[2]) is int]
+            cmap = await self._known(cmap, topic, max(explicit) if explicit else None)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, Route]] = set()
@@ -369,6 +410,7 @@ class Client(BatchingMixin, StreamingMixin):
         With ``wait`` (seconds, at most 60), an empty read long-polls: it returns as soon as a
         message arrives, or ``[]`` when ``wait`` has passed."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params: dict[str, Any] = {
             "group": group,
@@ -397,6 +439,7 @@ class Client(BatchingMixin, StreamingMixin):
         offset, or None for "no cursor yet") the commit is a compare-and-set: it raises
         ``VersionMismatch`` if the cursor is anything else (e.g. an admin replay moved it)."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
         if expect is not ...:
@@ -406,6 +449,7 @@ class Client(BatchingMixin, StreamingMixin):
     async def cursor(self, group: str, topic: str, *, queue: int) -> int | None:
         """The committed cursor of (consumer group, topic, queue), or None if never committed."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q}
         result = await self._call_master(topic, q, "cursor", params)
@@ -424,6 +468,7 @@ class Client(BatchingMixin, StreamingMixin):
         before ``offset`` or the first message enqueued at or after ``time`` (wall clock).
         Returns the new cursor."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
         result = await self._call_master(topic, q, "seek", params)
