@@ -64,7 +64,25 @@ MAP_RECHECK = 1.0  # an unknown topic or queue refetches the map at most this of
 @final
 class Client(BatchingMixin, StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
-    secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
+    secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``.
+
+    Parameters (all but ``addresses`` keyword-only):
+
+    - ``addresses``: some store addresses (``"host:port"``); the rest come from the cluster map;
+    - ``request_timeout``: seconds one request may take (default 2);
+    - ``retry_timeout``: seconds a call keeps retrying ``Unavailable`` / ``NotMaster`` before
+      it raises ``Unavailable`` (default 15; retries never duplicate, see the module docstring);
+    - ``batching`` / ``window``: adaptive enqueue batching, and requests in flight per
+      (topic, Paxos group) (default on, 2);
+    - ``token`` / ``ca``: a principal's bearer token and the cluster CA (file or SSL context):
+      either means TLS (``phxq.security``);
+    - ``locks``: lock node addresses for :meth:`consume` (default: from the cluster map).
+
+    Raises ``BadArgument`` for no address or a bad ``window``. Every call may raise
+    ``Unavailable`` (no majority or no answer within ``retry_timeout``; a retry with the same
+    ``dedup_id`` is safe), ``Unauthenticated`` / ``Forbidden`` on a secured cluster, and the
+    ``ClientError`` subclasses for a bad request (``UnknownTopic``, ``BadArgument``,
+    ``MessageTooLarge``)."""
 
     def __init__(
         self,
@@ -120,7 +138,8 @@ class Client(BatchingMixin, StreamingMixin):
     # ----------------------------------------------------------------- cluster map and routing
 
     async def cluster_map(self, *, refresh: bool = False) -> ClusterMap:
-        """The cluster map, fetched from any reachable store (cached)."""
+        """The cluster map, fetched from any reachable store (cached; ``refresh`` asks again).
+        ``Unavailable`` when no store answers; ``Unauthenticated`` / ``Forbidden`` at once."""
         if self._map is not None and not refresh:
             return self._map
         async with self._map_lock:
@@ -408,7 +427,8 @@ class Client(BatchingMixin, StreamingMixin):
         """Messages of one queue in offset order, after ``after`` (or after the consumer group's
         committed cursor when ``after`` is None and ``group`` is given; else from the start).
         With ``wait`` (seconds, at most 60), an empty read long-polls: it returns as soon as a
-        message arrives, or ``[]`` when ``wait`` has passed."""
+        message arrives, or ``[]`` when ``wait`` has passed. ``UnknownTopic``, ``BadArgument``
+        (queue, limit or wait out of range), ``Unavailable``."""
         cmap = await self.cluster_map()
         cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
@@ -447,7 +467,8 @@ class Client(BatchingMixin, StreamingMixin):
         await self._call_master(topic, q, "commit", params)
 
     async def cursor(self, group: str, topic: str, *, queue: int) -> int | None:
-        """The committed cursor of (consumer group, topic, queue), or None if never committed."""
+        """The committed cursor of (consumer group, topic, queue), or None if never committed.
+        ``UnknownTopic``, ``BadArgument`` (queue out of range), ``Unavailable``."""
         cmap = await self.cluster_map()
         cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
@@ -466,7 +487,8 @@ class Client(BatchingMixin, StreamingMixin):
     ) -> int | None:
         """Move the consumer group's cursor of one queue (one-shot, recorded in the log) to just
         before ``offset`` or the first message enqueued at or after ``time`` (wall clock).
-        Returns the new cursor."""
+        Returns the new cursor. ``BadArgument`` unless exactly one of ``offset`` / ``time``;
+        ``UnknownTopic``, ``Unavailable``."""
         cmap = await self.cluster_map()
         cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
@@ -476,7 +498,7 @@ class Client(BatchingMixin, StreamingMixin):
 
     async def status(self, addr: str | None = None) -> dict[str, Any]:
         """One store's status (groups, masters, chosen/applied per group, disk); by default the
-        lowest-numbered store's."""
+        lowest-numbered store's. ``Unavailable`` if that store does not answer (no retry)."""
         if addr is None:
             cmap = await self.cluster_map()
             addr = cmap.nodes[min(cmap.nodes)]

@@ -20,7 +20,8 @@ keywords). Ballots travel as ``[round, node]``.
   question; ``promised`` lets the asker pick a round above it). *Added to the contract.*
 
 ``encode_message(msg) -> bytes``; ``decode_message(data) -> Message`` validates every type and
-bound and raises ``ProtocolError`` for anything malformed (never another exception).
+bound and raises ``ProtocolError`` for anything malformed (never another exception);
+``decode_raw(value)`` does the same for an unpacked value. ``phxq.paxos.bundle``: several per body.
 """
 
 from __future__ import annotations
@@ -446,6 +447,10 @@ def decode_message(data: bytes) -> Message:
         raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:
         raise ProtocolError(f"undecodable message: {type(exc).__name__}") from None
+    return decode_raw(raw)
+
+
+def decode_raw(raw: Any) -> Message:
     if type(raw) is not list or not raw or type(raw[0]) is not int:
         raise ProtocolError("message is not a tagged array")
     decoder = _DECODERS.get(raw[0])

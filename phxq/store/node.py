@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
 from phxq import mapstore, metrics, validate
@@ -95,7 +94,6 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._releaser = Releaser(self)
         self._txn_sweeper = txn_service.TxnSweeper(self)
-        self.instance_id = uuid.uuid4().hex[:8]
         metrics.STORE_INFO.labels(str(node_id), str(node.set)).set(1)
 
     def background(self) -> list[tuple[str, Any]]:
