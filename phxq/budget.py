@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from phxq.errors import BadArgument, Unavailable
 
@@ -49,6 +50,18 @@ class Budget:
     deadline: float
     answers: dict[str, str] = field(default_factory=dict)
     silent: dict[str, str] = field(default_factory=dict)
+    also: list[Budget] = field(default_factory=list)  # budgets told the same answers
+    where: Any = None  # what the call is about, for its error (the client's (topic, queue))
+
+    @classmethod
+    def joint(cls, budgets: Sequence[Budget]) -> Budget:
+        """One budget for a request that serves several calls (a batch of enqueues): it lasts
+        as long as the longest and tells each call's budget what the nodes answered."""
+        unique = list({id(b): b for b in budgets}.values())
+        if len(unique) == 1:
+            return unique[0]
+        longest = max(unique, key=lambda b: b.deadline)
+        return cls(longest.seconds, longest.deadline, also=unique)
 
     @classmethod
     def start(cls, timeout: float | None, default: float, extra: float = 0.0) -> Budget:
@@ -67,10 +80,14 @@ class Budget:
     def answered(self, addr: str, what: str) -> None:
         self.silent.pop(addr, None)
         self.answers[addr] = what
+        for other in self.also:
+            other.answered(addr, what)
 
     def no_answer(self, addr: str, why: str) -> None:
         self.answers.pop(addr, None)
         self.silent[addr] = why
+        for other in self.also:
+            other.no_answer(addr, why)
 
     def error(self, what: str, members: Sequence[str], names: Mapping[str, str]) -> Unavailable:
         """``Unavailable`` for ``what`` (e.g. ``"group 3"``) after the budget ran out, saying
@@ -94,9 +111,7 @@ class Budget:
             verdict = "a majority answered but none is master (an election in progress?)"
         parts = [f"{what}: no master within {self.seconds:g}s: {verdict}"]
         if heard:
-            parts.append(
-                "answered: " + ", ".join(f"{label(a)}: {self.answers[a]}" for a in heard)
-            )
+            parts.append("answered: " + ", ".join(f"{label(a)}: {self.answers[a]}" for a in heard))
         if silent:
             parts.append(
                 "no answer: "
