@@ -76,7 +76,6 @@ __all__ = [
     "ProcessCluster",
     "check_ports_free",
     "config_ports",
-    "default_data_dir",
     "dev_ports",
     "free_ports",
     "metrics_addresses",
@@ -367,10 +366,6 @@ class ProcessCluster:
         if not metas[master]["serving"]:
             return f"lock master {master} is not serving yet"
         return True
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("PHXQ_DATA", "./phxq-data"))
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,6 @@ class ConsumerDaemon:
         self.drain_timeout = drain_timeout
         self.restart_delay = restart_delay
         self._metrics_addr = metrics_addr
-        self._given_locks = locks
         # With [security]: the member certificate, reloaded in place on SIGHUP (phxq consumer).
         self.security = MemberSecurity.build(cluster)
         self._locks: Any = locks

@@ -93,7 +93,13 @@ class Lease:
 
 @final
 class LockClient:
-    """Async client of the lock service (see the module docstring)."""
+    """Async client of the lock service (see the module docstring).
+
+    ``addresses``: some lock node addresses; ``request_timeout`` / ``retry_timeout``: seconds
+    per request and for retrying ``Unavailable`` / ``NotMaster`` (then ``Unavailable``);
+    ``token`` / ``ca``: credentials for a secured cluster, as for :class:`phxq.Client`.
+    ``BadArgument`` without an address. Every call may raise ``Unavailable``, and
+    ``Unauthenticated`` / ``Forbidden`` on a secured cluster."""
 
     def __init__(
         self,
@@ -122,6 +128,7 @@ class LockClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the connections. Idempotent."""
         await self._pool.close()
 
     # ----------------------------------------------------------------------- transport
@@ -191,6 +198,7 @@ class LockClient:
         return bool(await self.call("release", params))
 
     async def get(self, name: str) -> LockInfo | None:
+        """The lock's holder, token and remaining lease, or None when nobody holds it."""
         row = await self.call("get", {"name": name})
         return None if row is None else LockInfo(row[0], row[1], row[2])
 
@@ -201,6 +209,7 @@ class LockClient:
     # ----------------------------------------------------------------------------- KV
 
     async def kv_get(self, key: str) -> tuple[Any, int]:
+        """``(value, version)``; ``(None, 0)`` when the key is absent."""
         value, version = await self.call("kv_get", {"key": key})
         return value, version
 
@@ -225,10 +234,13 @@ class LockClient:
         return version
 
     async def kv_delete(self, key: str, expect_version: int | None = None) -> bool:
+        """Delete the key; ``False`` if it was absent. ``expect_version``: compare-and-delete
+        (``VersionMismatch`` otherwise)."""
         params = {"key": key, "expect_version": expect_version, "rid": os.urandom(16)}
         return bool(await self.call("kv_delete", params))
 
     async def kv_list(self, prefix: str = "") -> dict[str, tuple[Any, int]]:
+        """Every live key starting with ``prefix``: ``{key: (value, version)}``."""
         rows = await self.call("kv_list", {"prefix": prefix})
         return {k: (v[0], v[1]) for k, v in rows.items()}
 

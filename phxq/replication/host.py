@@ -15,7 +15,6 @@ A :class:`PaxosHost` owns, for one node (a store node or a lock node alike):
   soonest deadline of any group (at most ``TICK_MAX_SLEEP``). After every input a replica
   processes, only that replica's deadline is compared with the loop's next wake-up (the loop is
   woken only when it moved earlier), so ordinary traffic never costs a scan of every group;
-  :meth:`wake` forces a scan;
 - its :class:`~phxq.replication.membership.Membership` (may this data directory vote; rebuilds
   of replicas that forgot what they voted for: see :mod:`phxq.replication.rejoin`).
 
@@ -211,10 +210,6 @@ class PaxosHost(Generic[M]):
         """The rejoin request methods peers call (``REJOIN_METHODS``)."""
         assert self.membership is not None, "start() first"
         return await self.membership.handle_rpc(method, params)
-
-    def wake(self) -> None:
-        """Run the tick loop now (an input may have moved a deadline)."""
-        self._wake.set()
 
     def _after_input(self, replica: GroupReplica[M]) -> None:
         deadline = replica.next_deadline()

@@ -58,6 +58,7 @@ import msgpack
 
 from phxq.errors import ProtocolError, StorageError
 from phxq.store.entries import EnqueueEntry, EnqueueHead, Message, _body, _text, _uint
+from phxq.store.schedule import HELD
 
 __all__ = [
     "HELD",
@@ -84,10 +85,10 @@ TAG_DECIDE: Final = 10
 TAG_TXN_RELEASE: Final = 11
 TAG_DISCARD: Final = 12
 
-# The due time of a half message: never due (about 142 million years from the epoch), so the
-# releaser of delayed messages never releases one, and an ordinary release entry (which
-# checks due <= released_at) cannot either. Only a TxnReleaseEntry of its transaction can.
-HELD: Final = float(2**52)
+# HELD, the due time of a half message: never due (about 142 million years from the epoch),
+# so the releaser of delayed messages never releases one, and an ordinary release entry never
+# does either (phxq.store.schedule.release skips it). Only a TxnReleaseEntry of its
+# transaction can.
 MAX_TXN_ID_CHARS: Final = 128
 MAX_TIMEOUT: Final = 86400.0
 
