@@ -73,9 +73,11 @@ async def test_commit_shows_all_across_groups_and_rollback_shows_none(
             await txn.rollback()
 
 
-async def test_bad_transaction_requests_are_typed_errors_and_store_nothing(
+async def test_bad_requests_store_nothing_and_undecided_rolls_back_at_timeout(
     two_groups: ProcessCluster,
 ) -> None:
+    """Malformed txn_* requests are typed errors that store nothing; a transaction without a
+    producer group left undecided is rolled back at its timeout."""
     msg = [b"x", None, {}, None]
     good = {"txn": "t-1", "home": 0, "timeout": 5.0, "topic": TOPIC, "expect": []}
     bad = [
@@ -102,10 +104,6 @@ async def test_bad_transaction_requests_are_typed_errors_and_store_nothing(
         assert sum(g["transactions"]["open"] for g in status["groups"]) == 0
         assert await payloads(client, 0) == []
 
-
-async def test_undecided_transaction_without_producer_group_rolls_back_at_timeout(
-    two_groups: ProcessCluster,
-) -> None:
     async with phxq.Client(two_groups.store_addresses) as client:
         txn = client.transaction(timeout=0.5)
         await txn.enqueue(TOPIC, b"late0", queue=0)
@@ -166,8 +164,11 @@ async def test_commit_survives_a_sigkill_of_the_home_masters(two_groups: Process
         await txn.enqueue(TOPIC, b"h0", queue=0)
         await txn.enqueue(TOPIC, b"h1", queue=1)
         await txn.prepare()
+        commit = asyncio.create_task(txn.commit())
+        await asyncio.sleep(0.001)  # the decision is on its way (or chosen already)
         cluster.kill(home)
-        await txn.commit()  # retried at the new master of the home group
+        acks = await commit  # retried at the new master of the home group if it was lost
+        assert len(acks) == 2
 
         async def all_visible() -> bool:
             return await payloads(client, 0) == [b"h0"] and await payloads(client, 1) == [b"h1"]

@@ -78,7 +78,7 @@ ATOMS = st.one_of(
 FIELDS = st.recursive(ATOMS, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(tag=TAGS, fields=st.lists(FIELDS, max_size=12))
 def test_malformed_entries_raise_only_protocol_error(tag: int, fields: list[object]) -> None:
     data = msgpack.packb([tag, *fields], use_bin_type=True)

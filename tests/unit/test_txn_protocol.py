@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from phxq.store.schedule import Released
 from phxq.store.schedule_entries import encode_roll
@@ -323,5 +329,13 @@ class TxnProtocol(RuleBasedStateMachine):
             assert replay.snapshot() == self.states[g].snapshot(), "replicas diverge"
 
 
-TxnProtocol.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+TxnProtocol.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
 test_txn_protocol = TxnProtocol.TestCase
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_txn_protocol_long_run() -> None:
+    run_state_machine_as_test(
+        TxnProtocol, settings=settings(max_examples=1000, stateful_step_count=100, deadline=None)
+    )
