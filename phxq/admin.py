@@ -13,6 +13,7 @@ returns. The CLI only parses arguments, calls one of these and prints the result
     parse_since(text, now=None) -> float           # "5m", epoch seconds or ISO time
     await txn_list(cfg) -> list[dict]              # open transactions: group, home, age, ...
     await txn_resolve(cfg, txn, commit) -> dict    # an operator's decision (first one wins)
+    await topic_create|topic_alter|topic_list|topic_describe(cfg, ...)  # phxq.topics: online
 
 Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
 ``BadArgument`` for a bad combination, ``Unavailable`` when the cluster cannot answer. A store
@@ -34,6 +35,7 @@ from phxq.errors import BadArgument, PhxqError
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
 from phxq.store.reconcile import reconcile as _reconcile
+from phxq.topics import topic_alter, topic_create, topic_describe, topic_list
 
 __all__ = [
     "KEEP",
@@ -48,6 +50,10 @@ __all__ = [
     "resume",
     "set_limit",
     "status",
+    "topic_alter",
+    "topic_create",
+    "topic_describe",
+    "topic_list",
     "txn_list",
     "txn_resolve",
 ]

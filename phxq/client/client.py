@@ -2,11 +2,12 @@
 
 What it promises (DESIGN.md §5, §10):
 
-- **Routing.** On first use it fetches the cluster map (``meta`` RPC: groups, nodes, topics,
-  masters) from any reachable store, maps ``key -> queue -> group -> master`` and sends each
-  request straight to the group's master. ``NotMaster(hint)`` updates the master cache and the
-  request is re-sent at once; ``Unavailable`` is retried with exponential backoff until
-  ``retry_timeout`` runs out.
+- **Routing.** On first use it fetches the cluster map (``meta`` RPC: groups, stores and their
+  store sets, topics, the set of each queue, masters) from any reachable store, maps ``key ->
+  queue -> (set, group) -> master`` and sends each request straight to the group's master.
+  ``NotMaster(hint)`` updates the master cache and the request is re-sent at once; ``StaleMap``
+  refetches the map; ``Unavailable`` is retried with exponential backoff until
+  ``retry_timeout`` runs out (:mod:`phxq.client.routing`).
 - **Retries never duplicate.** Every message gets a dedup id (the caller's, or a unique one:
   96 random bits per client plus a counter), and a retry re-sends the same ids, so the store
   answers a retried enqueue with the original offset and stores it once.
@@ -22,19 +23,17 @@ What it promises (DESIGN.md §5, §10):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
-import random
 import ssl
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, final
 
 from phxq import otel, validate
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
+from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
     MAX_SCHEDULE_SECONDS as MAX_SCHEDULE_SECONDS,
 )
@@ -47,26 +46,16 @@ from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message, Route
 from phxq.errors import (
     BadArgument,
-    Forbidden,
-    NotMaster,
-    PhxqError,
-    StaleMap,
-    Unauthenticated,
-    Unavailable,
-    UnknownTopic,
 )
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
-from phxq.routing import queue_for_key
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
 
-META_TIMEOUT = 0.5
-
 
 @final
-class Client(BatchingMixin, StreamingMixin):
+class Client(RoutingMixin, BatchingMixin, StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``.
 
@@ -116,6 +105,7 @@ class Client(BatchingMixin, StreamingMixin):
         self._window = validate.integer(window, "window", minimum=1, maximum=None)
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
+        self._miss_refreshed = -MAP_RECHECK  # last refetch for an unknown topic or queue
         self._senders: dict[tuple[str, Route], GroupSender] = {}
         # Default dedup ids: 96 random bits per client, then a counter (as unique as uuid4 ids,
         # without a getrandom system call and a UUID object per message).
@@ -137,130 +127,6 @@ class Client(BatchingMixin, StreamingMixin):
         await self._streams.aclose()
         await self._tasks.aclose()
         await self._pool.close()
-
-    # ----------------------------------------------------------------- cluster map and routing
-
-    async def cluster_map(self, *, refresh: bool = False) -> ClusterMap:
-        """The cluster map, fetched from any reachable store (cached; ``refresh`` asks again).
-        ``Unavailable`` when no store answers; ``Unauthenticated`` / ``Forbidden`` at once."""
-        if self._map is not None and not refresh:
-            return self._map
-        async with self._map_lock:
-            if self._map is not None and not refresh:
-                return self._map
-            last: PhxqError | None = None
-            seeds = list(self._map.nodes.values()) if self._map else []
-            for addr in dict.fromkeys([*self._seeds, *seeds]):
-                try:
-                    # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
-                    data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
-                except (Unauthenticated, Forbidden):
-                    raise  # every store would refuse the same credentials
-                except PhxqError as exc:
-                    last = exc
-                    continue
-                self._map = ClusterMap.from_wire(data)
-                return self._map
-            raise Unavailable(f"no store reachable at {self._seeds}: {last}")
-
-    def _queue_of(self, cmap: ClusterMap, topic: str, key: str | None, queue: int | None) -> int:
-        queues = cmap.topics.get(topic)
-        if queues is None:
-            raise UnknownTopic(f"unknown topic {topic!r}")
-        if queue is not None:
-            if not isinstance(queue, int) or not 0 <= queue < queues:
-                raise BadArgument(f"queue must be an int in [0, {queues}), got {queue!r}")
-            return queue
-        if key is None:
-            return random.randrange(queues)
-        return queue_for_key(key, queues)
-
-    def _master_addr(self, cmap: ClusterMap, route: Route, avoid: set[str] | None = None) -> str:
-        node = cmap.masters.get(route)
-        if node is not None and node in cmap.nodes:
-            return cmap.nodes[node]
-        # Unknown master: ask the preferred one (group % N within the set); it answers or
-        # redirects. Skip the nodes in `avoid` (unreachable, or knew no master: a store cut off
-        # from its peers answers NotMaster without a hint forever, while the others know the
-        # new master).
-        ids = cmap.set_nodes(route[0]) or sorted(cmap.nodes)
-        group = route[1]
-        order = [cmap.nodes[ids[(group + i) % len(ids)]] for i in range(len(ids))]
-        if avoid is not None and all(a in avoid for a in order):
-            avoid.clear()
-        return next(a for a in order if avoid is None or a not in avoid)
-
-    def _learn_master(self, cmap: ClusterMap, route: Route, addr: str) -> None:
-        for node, node_addr in cmap.nodes.items():
-            if node_addr == addr:
-                cmap.masters[route] = node
-                return
-
-    def _learn_hint(self, cmap: ClusterMap, route: Route, exc: NotMaster) -> None:
-        hint = exc.hint
-        for node, addr in cmap.nodes.items():
-            if addr == hint:
-                cmap.masters[route] = node
-                return
-        cmap.masters.pop(route, None)
-
-    async def _call_master(
-        self, topic: str, queue: int, method: str, params: Any, *, extra_time: float = 0.0
-    ) -> Any:
-        """Call ``method`` on the master of the group holding ``queue`` of ``topic`` (in the
-        store set the cluster map places it on), following NotMaster and StaleMap (the map is
-        refreshed) and retrying Unavailable with backoff until ``retry_timeout``.
-        ``extra_time`` is added to each call's timeout (for a long poll)."""
-        timeout = self._request_timeout + extra_time
-        deadline = time.monotonic() + self._retry_timeout + extra_time
-        backoff = 0.02
-        avoid: set[str] = set()
-        while True:
-            cmap = await self.cluster_map()
-            route = cmap.route(topic, queue)
-            group = route[1]
-            addr = self._master_addr(cmap, route, avoid)
-            try:
-                reply = await self._pool.call(addr, method, params, timeout=timeout)
-                if route not in cmap.masters:
-                    # Only the master answers: ask it first next time (else every call asked a
-                    # node that knew no master first, e.g. a preferred node cut off from its peers).
-                    self._learn_master(cmap, route, addr)
-                return reply
-            except StaleMap:
-                # The queue lives elsewhere in a newer map: fetch it and route again (from a
-                # store of another set if this one's map is older than ours).
-                if time.monotonic() + backoff > deadline:
-                    raise
-                await self._refresh_after_stale(cmap, addr)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
-            except NotMaster as exc:
-                self._learn_hint(cmap, route, exc)
-                if exc.hint is None:
-                    avoid.add(addr)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.5)
-            except Unavailable:
-                avoid.add(addr)
-                cmap.masters.pop(route, None)
-                if time.monotonic() + backoff > deadline:
-                    raise
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 0.5)
-                # A dead master may have vanished from the map we hold; refresh lazily.
-                with contextlib.suppress(Unavailable):
-                    await self.cluster_map(refresh=True)
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"group {group}: no master answered within {self._retry_timeout}s"
-                )
-
-    async def _refresh_after_stale(self, cmap: ClusterMap, addr: str) -> None:
-        """Refresh the map after ``StaleMap`` from ``addr`` (``Unavailable`` is left for the
-        next attempt: the request is retried with whatever map the client then holds)."""
-        with contextlib.suppress(Unavailable):
-            await self.cluster_map(refresh=True)
 
     # --------------------------------------------------------------------------- enqueue
 
@@ -308,6 +174,7 @@ class Client(BatchingMixin, StreamingMixin):
         released. True if it was pending; False if it was already released or cancelled."""
         topic, queue, sid = _parse_scheduled_id(scheduled_id)
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"topic": topic, "queue": q, "id": sid}
         done = await self._call_master(topic, q, "cancel_scheduled", params)
@@ -346,6 +213,10 @@ class Client(BatchingMixin, StreamingMixin):
         if self._tasks.closed:
             raise BadArgument("the client is closed")
         cmap = self._map if self._map is not None else await self.cluster_map()
+        queues = cmap.topics.get(topic)
+        if queues is None or any(type(it[2]) is int and it[2] >= queues for it in items):
+            explicit = [it[2] for it in items if type(it[2]) is int]
+            cmap = await self._known(cmap, topic, max(explicit) if explicit else None)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, Route]] = set()
@@ -394,6 +265,7 @@ class Client(BatchingMixin, StreamingMixin):
         message arrives, or ``[]`` when ``wait`` has passed. ``UnknownTopic``, ``BadArgument``
         (queue, limit or wait out of range), ``Unavailable``."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params: dict[str, Any] = {
             "group": group,
@@ -422,6 +294,7 @@ class Client(BatchingMixin, StreamingMixin):
         offset, or None for "no cursor yet") the commit is a compare-and-set: it raises
         ``VersionMismatch`` if the cursor is anything else (e.g. an admin replay moved it)."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
         if expect is not ...:
@@ -432,6 +305,7 @@ class Client(BatchingMixin, StreamingMixin):
         """The committed cursor of (consumer group, topic, queue), or None if never committed.
         ``UnknownTopic``, ``BadArgument`` (queue out of range), ``Unavailable``."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q}
         result = await self._call_master(topic, q, "cursor", params)
@@ -451,6 +325,7 @@ class Client(BatchingMixin, StreamingMixin):
         Returns the new cursor. ``BadArgument`` unless exactly one of ``offset`` / ``time``;
         ``UnknownTopic``, ``Unavailable``."""
         cmap = await self.cluster_map()
+        cmap = await self._known(cmap, topic, queue)
         q = self._queue_of(cmap, topic, None, queue)
         params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
         result = await self._call_master(topic, q, "seek", params)

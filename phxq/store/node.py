@@ -39,20 +39,32 @@ import logging
 import time
 from typing import Any
 
-from phxq import metrics, validate
+from phxq import mapstore, metrics, validate
 from phxq.config import ClusterConfig
 from phxq.errors import NotMaster, PhxqError, StaleMap, UnknownTopic
 from phxq.net.frames import shown
-from phxq.replication.daemon import ReplicatedDaemon
+from phxq.replication.daemon import Handler, ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
 from phxq.routing import INDEX_BITS, group_for_queue, split_offset
 from phxq.security import STORE_RULES
 from phxq.store import scheduler, service, txn_service
+from phxq.store.mapfollow import MapFollower
 from phxq.store.scheduler import Releaser
 from phxq.store.state import StoreMachines, StoreState
 from phxq.topology import Topology
 
 log = logging.getLogger("phxq.store")
+
+
+def _map_checked(handler: Handler) -> Handler:
+    """``handler`` behind the map-version check of a request naming one (param ``map``)."""
+
+    async def checked(node: Any, params: dict[str, Any]) -> Any:
+        if "map" in params:
+            await node.maps.check(params["map"])
+        return await handler(node, params)
+
+    return checked
 
 
 class StoreNode(ReplicatedDaemon[StoreState]):
@@ -62,8 +74,6 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         c = cluster.cluster
         node = cluster.store(node_id)
         self.set = node.set
-        # The cluster map: which set holds each queue (version 0: the config's own placement).
-        self.topology = Topology.from_config(cluster)
         super().__init__(
             "store",
             cluster,
@@ -72,9 +82,14 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             {s.id: s.addr for s in cluster.set_stores(node.set)},
             groups=c.groups,
             machines=StoreMachines(c.dedup_window),
-            handlers=service.HANDLERS,
+            handlers={m: _map_checked(h) for m, h in service.HANDLERS.items()},
             rules=STORE_RULES,
             host=host,
+        )
+        # The cluster map (which set holds each queue), followed in the lock service's KV.
+        tls = None if self.security is None else self.security.peer_ssl
+        self.maps = MapFollower(
+            cluster, node.data, mapstore.lock_home(cluster, tls), self._map_changed
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._releaser = Releaser(self)
@@ -87,7 +102,17 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             ("retention", self.every(interval, self.apply_retention, "retention pass")),
             ("releaser", self._releaser.run()),
             ("transactions", self._txn_sweeper.run()),
+            ("cluster map", self.maps.run()),
         ]
+
+    @property
+    def topology(self) -> Topology:
+        """The cluster map this store routes by (see ``phxq.store.mapfollow``)."""
+        return self.maps.topology
+
+    def _map_changed(self, topo: Topology) -> None:
+        groups = self.cluster.cluster.groups
+        self._retention = {g: self._retention_limits(g) for g in range(groups)}
 
     # ------------------------------------------------------------------------- retention
 

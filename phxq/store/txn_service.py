@@ -160,6 +160,10 @@ async def txn_settle(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     replica = node.replicas[group]
     if not replica.serving:
         raise NotMaster(hint=replica.master_address())
+    book = replica.state.txns
+    if txn not in book.open and book.decision(txn) is None:
+        # Never prepared here, or decided and forgotten: a decision now might contradict it.
+        raise BadArgument(f"group {group} is not the home of an open transaction {txn}")
     if commit and not all_prepared(txn, replica.state.txns, lambda g: _book(node, g)):
         raise BadArgument(f"transaction {txn}: not every part is prepared; only a rollback")
     return await _decide(replica, txn, commit, "operator")
