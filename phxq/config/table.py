@@ -1,5 +1,6 @@
 """Reading one TOML table of the cluster file (for :mod:`phxq.config.parse` and
-:mod:`phxq.config.secure`): typed getters with defaults, the value rules, and errors that name the file and the key."""
+:mod:`phxq.config.secure`): typed getters with defaults, the value rules, and errors that
+name the file and the key."""
 
 from __future__ import annotations
 
