@@ -5,6 +5,8 @@ with their last map while the lock service is down (also across a restart)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -93,6 +95,12 @@ async def test_topics_change_online_and_stale_clients_follow(map_cluster: Proces
         with pytest.raises(UnknownTopic):
             await admin.topic_describe(cfg, "nope")
 
+        # The thin CLI over the same functions.
+        described = json.loads(await _phxq(cluster, "describe", "events", "--json"))
+        assert described["placement"] == [2, 2, 2, 2] and described["map_version"] == 3
+        with pytest.raises(AssertionError, match="not removed"):
+            await _phxq(cluster, "alter", "events", "--queues", "2")
+
         # The lock service down: the stores keep serving with their last map, also a store
         # restarted meanwhile (from the copy in its data directory).
         for lk in cfg.locks:
@@ -104,6 +112,27 @@ async def test_topics_change_online_and_stale_clients_follow(map_cluster: Proces
             for q in range(4):
                 await fresh.enqueue("events", b"while the map's home is down", queue=q)
             assert (await fresh.cluster_map()).version == 3
+
+
+async def _phxq(cluster: ProcessCluster, *args: str) -> str:
+    """``phxq admin topic ARGS --config ...``: its stdout (AssertionError with stderr if it
+    fails)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "phxq",
+        "admin",
+        "topic",
+        *args,
+        "--config",
+        str(cluster.config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise AssertionError(err.decode())
+    return out.decode()
 
 
 async def _is(values: object, expected: set[int]) -> bool:
