@@ -20,6 +20,11 @@ What it promises (the protocol: :mod:`phxq.store.txn`):
 - As a context manager: commit on normal exit, rollback on an exception (which propagates).
 - Retries (``Unavailable``, a new master) resend the same transaction id and part numbers, so a
   prepare or decision applies once; deciding twice answers with the first decision.
+- ``prepare``, ``commit`` and ``rollback`` take ``timeout=`` (seconds this call may take;
+  default the client's ``retry_timeout``), then raise ``Unavailable`` -- like Kafka's
+  ``commitTransaction(timeout)``; not the transaction's own ``timeout`` (how long the store
+  waits for the decision). An ``Unavailable`` decision may still have been written: calling
+  ``commit()`` / ``rollback()`` again answers with the decision the home group holds.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from phxq.budget import Budget
 from phxq.client.types import Ack
 from phxq.errors import BadArgument, PhxqError, TransactionAborted
 
@@ -97,8 +103,17 @@ class Transaction:
         wire = [bytes(payload), key, dict(headers or {}), dedup_id]
         self._messages.append((topic, q, wire))
 
-    async def prepare(self) -> None:
-        """Write every message as a half message (durable, invisible); see the module doc."""
+    async def prepare(self, *, timeout: float | None = None) -> None:
+        """Write every message as a half message (durable, invisible); see the module doc.
+        ``Unavailable`` after ``timeout`` seconds (default the client's ``retry_timeout``)."""
+        budget = self._client._within(timeout)
+        if not self._messages:
+            return await self._prepare(budget)  # BadArgument (or nothing to do)
+        topic, queue, _ = self._messages[0]
+        async with self._client._bounded(budget, topic, queue):
+            await self._prepare(budget)
+
+    async def _prepare(self, budget: Budget) -> None:
         if self._state == "prepared":
             return
         if self._state != "open":
@@ -136,7 +151,8 @@ class Transaction:
                 "expect": expect if group == home else [],
                 "batches": [[q, p, wire] for q, (p, _, wire) in batches.items()],
             }
-            await self._client._call_master(topic, next(iter(batches)), "txn_prepare", params)
+            queue = next(iter(batches))
+            await self._client._call_master(topic, queue, "txn_prepare", params, budget=budget)
 
         home_keys = [k for k in plan if k[0] == home]
         for group, topic in home_keys:  # the home first: see phxq.store.txn
@@ -149,13 +165,21 @@ class Transaction:
                     raise result
         self._state = "prepared"
 
-    async def commit(self) -> list[Ack]:
-        """Prepare if needed, decide commit, apply it everywhere; one ack per message."""
-        if self._state == "open":
-            await self.prepare()
+    async def commit(self, *, timeout: float | None = None) -> list[Ack]:
+        """Prepare if needed, decide commit, apply it everywhere; one ack per message.
+        ``Unavailable`` when the decision is not written within ``timeout`` seconds (default
+        the client's ``retry_timeout``); applying it after that is left to the stores (offsets
+        ``None``)."""
+        budget = self._client._within(timeout)
+        if self._state == "open" and self._messages:
+            topic, queue, _ = self._messages[0]
+            async with self._client._bounded(budget, topic, queue):
+                await self._prepare(budget)
+        elif self._state == "open":
+            await self._prepare(budget)  # BadArgument: no messages
         if self._state != "prepared":
             raise BadArgument(f"transaction {self.id} is {self._state}")
-        decision = await self._decide(True)
+        decision = await self._decide(True, budget)
         if not decision["commit"]:
             self._state = "rolled_back"
             raise TransactionAborted(
@@ -163,30 +187,37 @@ class Transaction:
                 {"txn": self.id, "reason": decision.get("reason")},
             )
         self._state = "committed"
-        return await self._resolve()
+        return await self._resolve(budget)
 
-    async def rollback(self) -> None:
-        """Decide rollback: none of the messages ever becomes visible."""
+    async def rollback(self, *, timeout: float | None = None) -> None:
+        """Decide rollback: none of the messages ever becomes visible. ``Unavailable`` when
+        the decision is not written within ``timeout`` seconds (default ``retry_timeout``)."""
         if self._state in ("rolled_back", "open") and self._home is None:
             self._state = "rolled_back"
             return
         if self._state == "committed":
             raise BadArgument(f"transaction {self.id} is committed")
-        decision = await self._decide(False)
+        budget = self._client._within(timeout)
+        decision = await self._decide(False, budget)
         self._state = "committed" if decision["commit"] else "rolled_back"
         if decision["commit"]:
             raise BadArgument(f"transaction {self.id} was already committed")
-        await self._resolve()
+        await self._resolve(budget)
 
-    async def _decide(self, commit: bool) -> dict[str, Any]:
+    async def _decide(self, commit: bool, budget: Budget | None = None) -> dict[str, Any]:
         assert self._home is not None
+        budget = budget or self._client._within(None)
         topic, queue = self._home
         params = {"txn": self.id, "topic": topic, "queue": queue, "commit": commit}
-        result: dict[str, Any] = await self._client._call_master(topic, queue, "txn_decide", params)
+        async with self._client._bounded(budget, topic, queue):
+            result: dict[str, Any] = await self._client._call_master(
+                topic, queue, "txn_decide", params, budget=budget
+            )
         return result
 
-    async def _resolve(self) -> list[Ack]:
+    async def _resolve(self, budget: Budget | None = None) -> list[Ack]:
         """Ask each participant to apply the decision now; acks in enqueue order."""
+        budget = budget or self._client._within(None)
         offsets: list[int | None] = [None] * len(self._messages)
         positions: dict[tuple[str, int], list[int]] = {}
         for (_, topic), batches in self._plan.items():
@@ -197,7 +228,9 @@ class Transaction:
             queue = self._plan[(group, topic)][0][0]
             params = {"txn": self.id, "topic": topic, "queue": queue}
             try:
-                reply = await self._client._call_master(topic, queue, "txn_resolve", params)
+                reply = await self._client._call_master(
+                    topic, queue, "txn_resolve", params, budget=budget
+                )
             except PhxqError:
                 return  # decided: the group's master applies it on its own (phxq.store.txn)
             # Per queue, released in enqueue order (ids increase within a queue's part).
