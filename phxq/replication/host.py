@@ -314,6 +314,7 @@ class PaxosHost(Generic[M]):
                     deadline = replica.next_deadline()
                 if deadline is not None:
                     soonest = min(soonest, deadline)
+            self.flush()  # what the ticks sent (heartbeats of many groups) leaves now
             held = sum(r.paxos.is_master for r in self.replicas.values())
             if held != self._masters_held:
                 self._masters_held = held

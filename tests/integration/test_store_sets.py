@@ -60,7 +60,7 @@ async def test_queues_live_on_their_set_and_other_sets_redirect(two_sets: Proces
         meta = await pool.call(by_set[2], "meta", {}, timeout=2.0)
         assert meta["set"] == 2 and meta["map"]["topics"][TOPIC]["placement"][1] == 2
         status = await pool.call(by_set[2], "status", {}, timeout=2.0)
-        assert status["set"] == 2
+        assert status["set"] == 2 and status["map_version"] == 0  # no lock service: the config
         # Queue 1 lives on set 2: a set-1 store refuses it with a typed redirect, even a local
         # read, and never wrote it (each set is its own Paxos cluster).
         params = {"group": None, "topic": TOPIC, "queue": 1, "after": None, "limit": 10}
