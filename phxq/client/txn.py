@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from phxq.client.types import Ack
@@ -229,29 +230,45 @@ class Transaction:
         return [Ack(topic, q, offsets[i]) for i, (topic, q, _) in enumerate(self._messages)]
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What :func:`decide` found: the decision in force (the first one written, maybe not
+    the one asked for), who made it, ``(topic, queue, offset)`` of each message this call
+    released (a participant that applied it on its own is not listed), and ``known``: False
+    when the home group holds no such transaction (never prepared there, or finished and
+    forgotten: ``phxq.store.txn.REMEMBER``), so the decision written concerns nothing."""
+
+    commit: bool
+    reason: str | None
+    released: tuple[tuple[str, int, int], ...]
+    known: bool
+
+
 async def decide(
     client: Client, txn: str, participants: list[tuple[str, int]], commit: bool
-) -> tuple[bool, str | None, list[tuple[str, int, int]]]:
+) -> Decision:
     """Decide a prepared transaction by its id and :attr:`Transaction.participants` (the
-    home's first), then ask each participant to apply the decision now. Answers the decision
-    in force -- the first one written, maybe not this one (never raises for a contradicting
-    one) --, its reason, and ``(topic, queue, offset)`` of each message this call released
-    (a participant that applied the decision on its own, or does later, is not listed)."""
+    home's first), then ask each participant to apply the decision now (see
+    :class:`Decision`; never raises for a contradicting decision)."""
     topic, queue = participants[0]
     params = {"txn": txn, "topic": topic, "queue": queue, "commit": commit}
     decision = await client._call_master(topic, queue, "txn_decide", params)
     released: list[tuple[str, int, int]] = []
+    known = True
 
-    async def one(topic: str, queue: int) -> None:
+    async def one(i: int, topic: str, queue: int) -> None:
+        nonlocal known
         params = {"txn": txn, "topic": topic, "queue": queue}
         try:
             reply = await client._call_master(topic, queue, "txn_resolve", params)
         except PhxqError:
             return  # decided: the group's master applies it on its own (phxq.store.txn)
+        if i == 0 and reply.get("commit") is None:
+            known = False  # decided, yet the home knows neither an open nor a finished one
         released.extend((t, q, o) for t, q, o in reply.get("offsets") or [])
 
-    await asyncio.gather(*(one(t, q) for t, q in participants))
-    return bool(decision["commit"]), decision.get("reason"), released
+    await asyncio.gather(*(one(i, t, q) for i, (t, q) in enumerate(participants)))
+    return Decision(bool(decision["commit"]), decision.get("reason"), tuple(released), known)
 
 
 async def decision_of(client: Client, txn: str, home: tuple[str, int]) -> bool | None:

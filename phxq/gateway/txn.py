@@ -21,7 +21,9 @@ a handle (and those permissions) may decide it, not only the principal that prep
 
 First decision wins (the home group's log, :mod:`phxq.store.txn`): repeating it answers it
 again (200); a contradicting one answers 409 with the decided ``state``
-(``txn_aborted``: it was rolled back; ``txn_committed``: it was committed).
+(``txn_aborted``: it was rolled back; ``txn_committed``: it was committed). A handle whose
+transaction the home group does not know (never prepared, or finished and forgotten after an
+hour) answers 404 -- the decision written then concerns nothing.
 """
 
 from __future__ import annotations
@@ -247,9 +249,14 @@ async def prepare(call: Call) -> Any:
 async def _decide(call: Call, commit: bool) -> Any:
     handle = Handle.decode(call.args["id"])
     txn = handle.txn
-    decided, reason, released = await decide(
-        call.backend.client, txn, list(handle.participants), commit
-    )
+    found = await decide(call.backend.client, txn, list(handle.participants), commit)
+    if not found.known:
+        raise problem(
+            "not_found",
+            f"no transaction {txn}: never prepared, or finished over an hour ago",
+            txn=txn,
+        )
+    decided = found.commit
     state = "committed" if decided else "rolled_back"
     if decided != commit:
         code = "txn_committed" if decided else "txn_aborted"
@@ -260,8 +267,8 @@ async def _decide(call: Call, commit: bool) -> Any:
         "id": call.args["id"],
         "txn": txn,
         "state": state,
-        "reason": reason,
-        "released": [{"topic": t, "queue": q, "offset": o} for t, q, o in released],
+        "reason": found.reason,
+        "released": [{"topic": t, "queue": q, "offset": o} for t, q, o in found.released],
     }
 
 

@@ -27,6 +27,7 @@ from bench import gateway as gateway_bench
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
 from phxq.gateway.routes import build_routes
+from phxq.gateway.txn import Handle
 from phxq.routing import queue_for_key
 
 from .gateway_cluster import gateway_cluster
@@ -246,6 +247,10 @@ async def test_transaction_commit_shows_all_rollback_none_and_a_contradiction_is
 
     # An edited handle names no transaction of ours: a 404 before any store is asked.
     status, got, resp = await call(http, "POST", f"{url}/transactions/{committed['id']}x/commit")
+    assert_problem(status, got, resp, 404, "not_found")
+    # A well-formed handle of a transaction never prepared: no false "committed".
+    stranger = Handle(os.urandom(16).hex(), ("orders",), (("orders", 5),)).encode()
+    status, got, resp = await call(http, "POST", f"{url}/transactions/{stranger}/commit")
     assert_problem(status, got, resp, 404, "not_found")
 
 
