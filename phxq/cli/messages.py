@@ -167,6 +167,7 @@ def _print_acks(topic: str, acks: list[Ack], as_json: bool) -> None:
 
 @cli.command("cancel-scheduled")
 @config_option
+@auth_options
 @servers_option
 @click.argument("scheduled_id")
 @json_option
@@ -178,9 +179,10 @@ def cancel_scheduled(
     from phxq.client import Client
 
     addrs = _addresses(config_path, servers)
+    creds = _client_options(config_path)  # a secure cluster (phxq dev) needs them
 
     async def go() -> bool:
-        async with Client(addrs) as client:
+        async with Client(addrs, **creds) as client:
             return await client.cancel_scheduled(scheduled_id)
 
     done = _run(go())
