@@ -13,6 +13,7 @@ returns. The CLI only parses arguments, calls one of these and prints the result
     parse_since(text, now=None) -> float           # "5m", epoch seconds or ISO time
     await txn_list(cfg) -> list[dict]              # open transactions: group, home, age, ...
     await txn_resolve(cfg, txn, commit) -> dict    # an operator's decision (first one wins)
+    await topic_create|topic_alter|topic_list|topic_describe(cfg, ...)  # phxq.topics: online
 
 Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
 ``BadArgument`` for a bad combination, ``Unavailable`` when the cluster cannot answer. A store
@@ -34,6 +35,7 @@ from phxq.errors import BadArgument, PhxqError
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
 from phxq.store.reconcile import reconcile as _reconcile
+from phxq.topics import topic_alter, topic_create, topic_describe, topic_list
 
 __all__ = [
     "KEEP",
@@ -48,6 +50,10 @@ __all__ = [
     "resume",
     "set_limit",
     "status",
+    "topic_alter",
+    "topic_create",
+    "topic_describe",
+    "topic_list",
     "txn_list",
     "txn_resolve",
 ]
@@ -65,28 +71,32 @@ class ClusterStatus:
     consumers: dict[str, Any] | None = None
     groups: int = 0
     lags: list[dict[str, Any]] = field(default_factory=list)
+    sets: dict[int, int] = field(default_factory=dict)  # store id -> its store set
 
     def to_json(self) -> dict[str, Any]:
         return {
             "stores": {str(node): st for node, st in self.stores.items()},
+            "sets": {str(node): number for node, number in self.sets.items()},
             "ownership": self.consumers,
         }
 
-    def masters(self) -> list[tuple[int, int | None, dict[int, int | None]]]:
-        """Per Paxos group: its master as the stores report it and each store's chosen
-        instance (``None`` for a store that is down)."""
+    def masters(self) -> list[tuple[int, int, int | None, dict[int, int | None]]]:
+        """Per store set and Paxos group: ``(set, group, master, chosen)``, the master as the
+        set's stores report it and each of its stores' chosen instance (``None``: down)."""
         rows = []
-        for g in range(self.groups):
-            master = None
-            chosen: dict[int, int | None] = {}
-            for node, st in self.stores.items():
-                if "error" in st:
-                    chosen[node] = None
-                    continue
-                info = st["groups"][g]
-                master = master if master is not None else info["master"]
-                chosen[node] = info["chosen_up_to"]
-            rows.append((g, master, chosen))
+        for number in sorted(set(self.sets.values()) or {1}):
+            members = {n: st for n, st in self.stores.items() if self.sets.get(n, 1) == number}
+            for g in range(self.groups):
+                master = None
+                chosen: dict[int, int | None] = {}
+                for node, st in members.items():
+                    if "error" in st:
+                        chosen[node] = None
+                        continue
+                    info = st["groups"][g]
+                    master = master if master is not None else info["master"]
+                    chosen[node] = info["chosen_up_to"]
+                rows.append((number, g, master, chosen))
         return rows
 
 
@@ -101,7 +111,8 @@ async def status(cfg: ClusterConfig) -> ClusterStatus:
                 stores[s.id] = {"error": f"{type(exc).__name__}: {exc.message}"}
     lags = [row for st in stores.values() for row in st.get("consumers", [])]
     consumers = await consumer_admin.consumer_status(cfg)
-    return ClusterStatus(stores, consumers, cfg.cluster.groups, lags)
+    sets = {s.id: s.set for s in cfg.stores}
+    return ClusterStatus(stores, consumers, cfg.cluster.groups, lags, sets)
 
 
 async def lag(cfg: ClusterConfig, *, group: str | None = None) -> list[LagRow]:

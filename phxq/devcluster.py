@@ -76,7 +76,6 @@ __all__ = [
     "ProcessCluster",
     "check_ports_free",
     "config_ports",
-    "default_data_dir",
     "dev_ports",
     "free_ports",
     "metrics_addresses",
@@ -320,19 +319,20 @@ class ProcessCluster:
         raise TimeoutError(f"{what} not ready after {timeout}s: {last}\n{logs()}")
 
     async def _masters(self, pool: RpcPool) -> Any:
-        live = [s for s in self.config.stores if self.alive(s.id)]
-        views = []
-        for s in live:
-            meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
-            views.append(meta["masters"])
-        groups = self.config.cluster.groups
-        for g in range(groups):
-            seen = {v.get(str(g)) for v in views}
-            if len(seen) != 1 or None in seen:
-                return f"group {g}: masters seen {seen}"
-            (master,) = seen
-            if not self.alive(int(master)):
-                return f"group {g}: master {master} is not alive"
+        """True once, in every store set, the live stores agree on a live master per group."""
+        for number in self.config.sets:
+            live = [s for s in self.config.set_stores(number) if self.alive(s.id)]
+            views = []
+            for s in live:
+                meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
+                views.append(meta["masters"])
+            for g in range(self.config.cluster.groups):
+                seen = {v.get(str(g)) for v in views}
+                if len(seen) != 1 or None in seen:
+                    return f"set {number} group {g}: masters seen {seen}"
+                (master,) = seen
+                if not self.alive(int(master)):
+                    return f"set {number} group {g}: master {master} is not alive"
         return True
 
     async def _gateway_listens(self) -> Any:
@@ -368,10 +368,6 @@ class ProcessCluster:
         return True
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("PHXQ_DATA", "./phxq-data"))
-
-
 @dataclass(frozen=True)
 class DevStarted:
     """What :func:`run_dev` hands ``on_ready``: the running cluster and how it was started."""
@@ -385,6 +381,7 @@ def run_dev(
     data: Path,
     *,
     nodes: int = 3,
+    sets: int = 1,
     base_port: int | None = None,
     on_ready: Callable[[DevStarted], None],
     ready_timeout: float = 60.0,
@@ -395,7 +392,9 @@ def run_dev(
     ``on_ready`` once all serve, and supervise until SIGINT/SIGTERM. Raises
     :class:`DevClusterFailed` (one line, naming the daemon and its log) when a daemon dies or
     the cluster is not ready within ``ready_timeout``. The daemons are always stopped."""
-    config_path, resumed = prepare_dev(data, nodes=nodes, base_port=base_port, secure=secure)
+    config_path, resumed = prepare_dev(
+        data, nodes=nodes, sets=sets, base_port=base_port, secure=secure
+    )
     cluster = ProcessCluster(
         config_path.resolve(),
         locks=True,

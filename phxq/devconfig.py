@@ -135,6 +135,7 @@ def write_dev_config(
     journal_bytes: str | None = None,
     secure: bool = False,
     gateway_port: int | None = None,
+    sets: int = 1,
 ) -> Path:
     """Write ``data/cluster.toml`` for ``nodes`` stores and lock nodes on 127.0.0.1 (data under
     ``data``) and return its path. Default ports are 7101.. (stores) and 7201.. (locks).
@@ -147,11 +148,15 @@ def write_dev_config(
 
     ``secure``: TLS and tokens (``phxq.security.setup.dev_security``): a CA, member
     certificates and an admin token under ``data/certs``, and a ``[client]`` table so every
-    tool given ``--config`` authenticates by itself."""
+    tool given ``--config`` authenticates by itself.
+
+    ``sets``: store sets of ``nodes`` stores each (ids 1.., set ``(id - 1) // nodes + 1``);
+    ``store_ports`` (and ``metrics_ports``) then has ``nodes * sets`` entries; ``nodes`` lock
+    nodes either way."""
     data.mkdir(parents=True, exist_ok=True)
-    default_stores, default_locks = dev_ports(DEV_BASE_PORT, nodes)
+    default_stores, default_locks = dev_ports(DEV_BASE_PORT, nodes * sets)
     store_ports = store_ports or default_stores
-    lock_ports = lock_ports or default_locks
+    lock_ports = lock_ports or default_locks[:nodes]
     sec = None
     if secure:
         from phxq.security.setup import dev_security
@@ -173,6 +178,7 @@ def write_dev_config(
             f'addr = "127.0.0.1:{port}"',
             f'dc = "dc{i}"',
             f'data = "store{i}"',
+            *([f"set = {(i - 1) // nodes + 1}"] if sets > 1 else []),
         ]
         if metrics_ports:
             lines.append(f'metrics_addr = "127.0.0.1:{metrics_ports[i - 1]}"')
@@ -215,22 +221,31 @@ def write_dev_config(
 
 
 def prepare_dev(
-    data: Path, *, nodes: int = 3, base_port: int | None = None, secure: bool = True
+    data: Path,
+    *,
+    nodes: int = 3,
+    base_port: int | None = None,
+    secure: bool = True,
+    sets: int = 1,
 ) -> tuple[Path, bool]:
     """Write ``data/cluster.toml`` for a dev cluster (stores, lock nodes, the demo consumer
     group; with ``secure``, TLS, member certificates and an admin token the tools read from
-    its ``[client]`` table) unless it exists; ``(path, resumed)``. Raises :class:`PortInUse` if a port of the
+    its ``[client]`` table) unless it exists, with ``sets`` store sets of ``nodes`` stores;
+    ``(path, resumed)``. Raises :class:`PortInUse` if a port of the
     cluster is taken, and ``BadArgument`` if ``base_port`` contradicts an existing config."""
     config_path = data / "cluster.toml"
     resumed = config_path.exists()
+    if nodes * sets > LOCK_METRICS_OFFSET - METRICS_PORT_OFFSET:
+        raise BadArgument(f"at most {LOCK_METRICS_OFFSET - METRICS_PORT_OFFSET} dev stores")
     if not resumed:
-        store_ports, lock_ports = dev_ports(base_port or DEV_BASE_PORT, nodes)
+        store_ports, lock_ports = dev_ports(base_port or DEV_BASE_PORT, nodes * sets)
+        lock_ports = lock_ports[:nodes]  # one lock service, whatever the number of store sets
         wanted = [(f"store {i}", f"127.0.0.1:{p}") for i, p in enumerate(store_ports, 1)]
         wanted += [(f"lock node {i}", f"127.0.0.1:{p}") for i, p in enumerate(lock_ports, 1)]
         gateway_port = store_ports[0] + GATEWAY_PORT_OFFSET
         wanted.append(("the HTTP gateway", f"127.0.0.1:{gateway_port}"))
         base = store_ports[0]
-        metrics = [base + METRICS_PORT_OFFSET + i for i in range(nodes)]
+        metrics = [base + METRICS_PORT_OFFSET + i for i in range(nodes * sets)]
         lock_metrics = [base + LOCK_METRICS_OFFSET + i for i in range(nodes)]
         consumer_metrics = {DEV_CONSUMER: base + CONSUMER_METRICS_OFFSET}
         wanted += [(f"store {i} metrics", f"127.0.0.1:{p}") for i, p in enumerate(metrics, 1)]
@@ -242,6 +257,7 @@ def prepare_dev(
         write_dev_config(
             data,
             nodes=nodes,
+            sets=sets,
             store_ports=store_ports,
             lock_ports=lock_ports,
             metrics_ports=metrics,

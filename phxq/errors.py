@@ -16,6 +16,7 @@ on the client (see :func:`from_wire`).
     │   ├── Forbidden          authenticated, but not allowed to do this (``data['permission']``)
     │   └── TransactionAborted the transaction was rolled back (or finished) instead
     ├── NotMaster(hint)        retry at ``hint``; the client follows it automatically
+    ├── StaleMap(version)      routed with an old cluster map; the client refreshes it
     ├── Unavailable            no majority / timed out; retry is safe with the same dedup id
     ├── StaleToken             a fencing token older than the current owner's
     ├── LockHeld(holder)       the lock is held by someone else (lock service)
@@ -108,6 +109,19 @@ class NotMaster(PhxqError):
     def hint(self) -> str | None:
         hint = self.data.get("hint")
         return hint if isinstance(hint, str) else None
+
+
+class StaleMap(PhxqError):
+    """The request was routed with an old cluster map: the queue lives on another store set
+    (``data['set']``, when known) in the map at ``data['version']``. The client refreshes its
+    map and re-sends the request by itself."""
+
+    code = "stale_map"
+
+    @property
+    def version(self) -> int | None:
+        version = self.data.get("version")
+        return version if isinstance(version, int) else None
 
 
 class Unavailable(PhxqError):

@@ -64,6 +64,12 @@ CATCHUP_LAG = Gauge(
     ["group"],
     registry=REGISTRY,
 )
+STORE_INFO = Gauge(
+    "phxq_store_info",
+    "1 per store process, labelled with its node id and store set (join on it for per-set views)",
+    ["node", "set"],
+    registry=REGISTRY,
+)
 MASTERS_HELD = Gauge("phxq_masters_held", "Groups this node is master of", registry=REGISTRY)
 DIVERGENCE = Counter(
     "phxq_divergence_total", "Chain checksum mismatches detected", ["group"], registry=REGISTRY
@@ -246,6 +252,7 @@ _REPLICATED = (
     BAD_PEER_MESSAGES,
 )
 _STORE = (
+    STORE_INFO,
     ENQUEUE_LATENCY,
     ENQUEUED,
     RETENTION_FORCED,

@@ -51,7 +51,9 @@ def status(config_path: Path | None, as_json: bool) -> None:
         masters = sum(1 for g in groups if g["is_master"])
         disk = sum(g["disk_bytes"] for g in groups)
         bad = [g["group"] for g in groups if g["failed"] or g["diverged"] or g["needs_repair"]]
-        line = f"store {node} {st['address']}: master of {masters} groups, disk {_size(disk)}"
+        where = f"store {node} (set {st.get('set', 1)}, map v{st.get('map_version', 0)})"
+        where += f" {st['address']}"
+        line = f"{where}: master of {masters} groups, disk {_size(disk)}"
         if bad:
             line += f", UNHEALTHY groups {', '.join(map(str, bad))}"
         if st.get("membership", "member") != "member":
@@ -59,10 +61,10 @@ def status(config_path: Path | None, as_json: bool) -> None:
         if st.get("cert"):
             line += f", cert expires in {st['cert']['expires_in_days']} days"
         click.echo(line)
-    click.echo("group  master  chosen per store")
-    for g, master, chosen in result.masters():
+    click.echo("set  group  master  chosen per store")
+    for number, g, master, chosen in result.masters():
         row = " ".join(f"{node}:{_show(c)}" for node, c in chosen.items())
-        click.echo(f"{g:5d}  {_show(master):>6}  {row}")
+        click.echo(f"{number:3d}  {g:5d}  {_show(master):>6}  {row}")
     scheduled = _scheduled_rows(result.stores)
     if scheduled:
         click.echo("group  scheduled pending  next due  release lag")

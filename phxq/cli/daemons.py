@@ -110,6 +110,13 @@ def _curl_auth(config: ClusterConfig) -> str:
 )
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option(
+    "--sets",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="store sets (each its own Paxos cluster of --nodes stores; a new data dir only)",
+)
+@click.option(
     "--base-port",
     type=click.IntRange(1024, 65000),
     default=None,
@@ -121,7 +128,7 @@ def _curl_auth(config: ClusterConfig) -> str:
     help="no TLS, no tokens (a new data dir only; default: a CA, certs and an admin token)",
 )
 @log_format_option
-def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
+def dev(data: Path, nodes: int, sets: int, base_port: int | None, insecure: bool) -> None:
     """Start a local cluster on 127.0.0.1 (Ctrl-C stops it; the next run resumes its data)."""
     from phxq.devcluster import DEV_CONSUMER, DevStarted, metrics_addresses, run_dev
 
@@ -130,7 +137,9 @@ def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
         if started.resumed:
             click.echo(f"resumed the cluster in {data} ({config_path})")
         stores = ",".join(cluster.store_addresses)
-        click.echo(f"phxq dev: {len(cluster.store_addresses)} stores ready: {stores}")
+        in_sets = len(cluster.config.sets)
+        of_sets = f" in {in_sets} store sets" if in_sets > 1 else ""
+        click.echo(f"phxq dev: {len(cluster.store_addresses)} stores{of_sets} ready: {stores}")
         locks = ",".join(cluster.lock_addresses)
         click.echo(f"          {len(cluster.lock_addresses)} lock nodes ready: {locks}")
         click.echo(f"          consumer {DEV_CONSUMER!r} delivers group 'log' to its log")
@@ -157,6 +166,7 @@ def dev(data: Path, nodes: int, base_port: int | None, insecure: bool) -> None:
     run_dev(
         data,
         nodes=nodes,
+        sets=sets,
         base_port=base_port,
         on_ready=ready,
         secure=not insecure,

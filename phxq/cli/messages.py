@@ -179,10 +179,9 @@ def cancel_scheduled(
     from phxq.client import Client
 
     addrs = _addresses(config_path, servers)
-    creds = _client_options(config_path)  # a secure cluster (phxq dev) needs them
 
     async def go() -> bool:
-        async with Client(addrs, **creds) as client:
+        async with Client(addrs, **_client_options(config_path)) as client:
             return await client.cancel_scheduled(scheduled_id)
 
     done = _run(go())

@@ -1,4 +1,4 @@
-"""The enqueue half of :class:`phxq.Client`: adaptive batching per (topic, Paxos group).
+"""The enqueue half of :class:`phxq.Client`: adaptive batching per (topic, (store set, group)).
 
 Up to ``window`` (default 2) requests per (topic, group) are in flight at once; a request beside
 one already in flight leaves only once ``EXTRA_REQUEST_MIN_MESSAGES`` (8) are queued, since
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phxq import trace
-from phxq.client.types import Ack
+from phxq.budget import Budget
+from phxq.client.types import Ack, Route
 from phxq.errors import PhxqError, Unavailable
 from phxq.tasks import TaskScope
 
@@ -34,6 +35,7 @@ class Pending:
     queue: int
     wire: list[Any]  # [payload, key, headers, dedup_id]
     future: asyncio.Future[Ack]
+    budget: Budget  # the enqueue call's: the request retries while a caller still waits
 
 
 @dataclass(slots=True)
@@ -54,19 +56,21 @@ def _ack(topic: str, queue: int, result: Any) -> Ack:
 
 
 class BatchingMixin:
-    _senders: dict[tuple[str, int], GroupSender]
+    _senders: dict[tuple[str, Route], GroupSender]
     _batching: bool
     _window: int
     _tasks: TaskScope
     _call_master: Callable[..., Awaitable[Any]]
 
-    def _kick(self, topic: str, group: int) -> None:
+    def _kick(self, topic: str, group: Route) -> None:
         sender = self._senders[(topic, group)]
         if not self._batching:
             # One request per message, all at once: a task per message (the baseline mode).
             while sender.pending:
                 batch = sender.pending[:1]
                 del sender.pending[:1]
+                if batch[0].future.done():
+                    continue  # its caller gave up (timeout) before it left
                 self._spawn(self._send_batch(topic, group, batch))
             return
         if sender.pending and (
@@ -82,7 +86,7 @@ class BatchingMixin:
     def _spawn(self, coro: Any) -> None:
         self._tasks.spawn(coro, name="phxq.Client send")
 
-    async def _send_loop(self, topic: str, group: int, sender: GroupSender) -> None:
+    async def _send_loop(self, topic: str, group: Route, sender: GroupSender) -> None:
         try:
             while sender.pending:
                 pending = sender.pending
@@ -94,15 +98,17 @@ class BatchingMixin:
                         break
                     take += 1
                     size += nbytes
-                batch = pending[:take]
+                # Skip messages whose caller gave up (timeout) before they left.
+                batch = [p for p in pending[:take] if not p.future.done()]
                 del pending[:take]  # one slice, not a pop(0) per message
-                await self._send_batch(topic, group, batch)
+                if batch:
+                    await self._send_batch(topic, group, batch)
         finally:
             sender.in_flight -= 1
             if sender.pending:
                 self._kick(topic, group)
 
-    async def _send_batch(self, topic: str, group: int, batch: list[Pending]) -> None:
+    async def _send_batch(self, topic: str, group: Route, batch: list[Pending]) -> None:
         if trace.ON:
             trace.mark("client.batch")
         by_queue: dict[int, list[Pending]] = {}
@@ -113,7 +119,8 @@ class BatchingMixin:
             "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()],
         }
         try:
-            reply = await self._call_master(topic, group, "enqueue", params)
+            budget = Budget.joint([p.budget for p in batch])
+            reply = await self._call_master(topic, batch[0].queue, "enqueue", params, budget=budget)
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
                 for p, result in zip(ps, results, strict=True):
                     if not p.future.done():

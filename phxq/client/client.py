@@ -2,11 +2,12 @@
 
 What it promises (DESIGN.md §5, §10):
 
-- **Routing.** On first use it fetches the cluster map (``meta`` RPC: groups, nodes, topics,
-  masters) from any reachable store, maps ``key -> queue -> group -> master`` and sends each
-  request straight to the group's master. ``NotMaster(hint)`` updates the master cache and the
-  request is re-sent at once; ``Unavailable`` is retried with exponential backoff until
-  ``retry_timeout`` runs out.
+- **Routing.** On first use it fetches the cluster map (``meta`` RPC: groups, stores and their
+  store sets, topics, the set of each queue, masters) from any reachable store, maps ``key ->
+  queue -> (set, group) -> master`` and sends each request straight to the group's master.
+  ``NotMaster(hint)`` updates the master cache and the request is re-sent at once; ``StaleMap``
+  refetches the map; ``Unavailable`` is retried with exponential backoff until
+  ``retry_timeout`` runs out (:mod:`phxq.client.routing`).
 - **Retries never duplicate.** Every message gets a dedup id (the caller's, or a unique one:
   96 random bits per client plus a counter), and a retry re-sends the same ids, so the store
   answers a retried enqueue with the original offset and stores it once.
@@ -22,47 +23,63 @@ What it promises (DESIGN.md §5, §10):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
-import random
 import ssl
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, final
 
 from phxq import otel, validate
+from phxq.budget import Budget, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
+from phxq.client.routing import MAP_RECHECK, RoutingMixin
+from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
+    MAX_SCHEDULE_SECONDS as MAX_SCHEDULE_SECONDS,
+)
+from phxq.client.schedule import _parse_scheduled_id, _when
+from phxq.client.schedule import parse_when as parse_when
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
 from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
 from phxq.client.txn import Transaction
-from phxq.client.types import Ack, ClusterMap, Message
+from phxq.client.types import Ack, ClusterMap, Message, Route
 from phxq.errors import (
     BadArgument,
-    Forbidden,
-    NotMaster,
-    PhxqError,
-    Unauthenticated,
-    Unavailable,
-    UnknownTopic,
 )
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
-from phxq.routing import group_for_queue, queue_for_key
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
 
-META_TIMEOUT = 0.5
-
 
 @final
-class Client(BatchingMixin, StreamingMixin):
+class Client(RoutingMixin, BatchingMixin, StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
-    secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``."""
+    secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``.
+
+    Parameters (all but ``addresses`` keyword-only):
+
+    - ``addresses``: some store addresses (``"host:port"``); the rest come from the cluster map;
+    - ``request_timeout``: seconds one request may take (default 2);
+    - ``retry_timeout``: seconds a call keeps retrying ``Unavailable`` / ``NotMaster`` before
+      it raises ``Unavailable`` (default 15; retries never duplicate, see the module docstring);
+    - ``batching`` / ``window``: adaptive enqueue batching, and requests in flight per
+      (topic, Paxos group) (default on, 2);
+    - ``token`` / ``ca``: a principal's bearer token and the cluster CA (file or SSL context):
+      either means TLS (``phxq.security``);
+    - ``locks``: lock node addresses for :meth:`consume` (default: from the cluster map).
+
+    Raises ``BadArgument`` for no address or a bad ``window``. Every call that talks to the
+    cluster takes ``timeout=`` (seconds, ``float | None``; default ``retry_timeout``) and raises
+    ``Unavailable`` no later than that: when no store answered, or the queue's group has no
+    master -- the message says which stores answered and which did not, and "no majority" when
+    fewer than a majority of the group's stores answered at all (a retry with the same
+    ``dedup_id`` is safe). Every call may also raise ``Unauthenticated`` / ``Forbidden`` on a secured cluster, and the
+    ``ClientError`` subclasses for a bad request (``UnknownTopic``, ``BadArgument``,
+    ``MessageTooLarge``)."""
 
     def __init__(
         self,
@@ -92,7 +109,8 @@ class Client(BatchingMixin, StreamingMixin):
         self._window = validate.integer(window, "window", minimum=1, maximum=None)
         self._map: ClusterMap | None = None
         self._map_lock = asyncio.Lock()
-        self._senders: dict[tuple[str, int], GroupSender] = {}
+        self._miss_refreshed = -MAP_RECHECK  # last refetch for an unknown topic or queue
+        self._senders: dict[tuple[str, Route], GroupSender] = {}
         # Default dedup ids: 96 random bits per client, then a counter (as unique as uuid4 ids,
         # without a getrandom system call and a UUID object per message).
         self._dedup_prefix = os.urandom(12).hex() + "-"
@@ -114,110 +132,6 @@ class Client(BatchingMixin, StreamingMixin):
         await self._tasks.aclose()
         await self._pool.close()
 
-    # ----------------------------------------------------------------- cluster map and routing
-
-    async def cluster_map(self, *, refresh: bool = False) -> ClusterMap:
-        """The cluster map, fetched from any reachable store (cached)."""
-        if self._map is not None and not refresh:
-            return self._map
-        async with self._map_lock:
-            if self._map is not None and not refresh:
-                return self._map
-            last: PhxqError | None = None
-            seeds = list(self._map.nodes.values()) if self._map else []
-            for addr in dict.fromkeys([*self._seeds, *seeds]):
-                try:
-                    # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
-                    data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
-                except (Unauthenticated, Forbidden):
-                    raise  # every store would refuse the same credentials
-                except PhxqError as exc:
-                    last = exc
-                    continue
-                self._map = ClusterMap.from_wire(data)
-                return self._map
-            raise Unavailable(f"no store reachable at {self._seeds}: {last}")
-
-    def _queue_of(self, cmap: ClusterMap, topic: str, key: str | None, queue: int | None) -> int:
-        queues = cmap.topics.get(topic)
-        if queues is None:
-            raise UnknownTopic(f"unknown topic {topic!r}")
-        if queue is not None:
-            if not isinstance(queue, int) or not 0 <= queue < queues:
-                raise BadArgument(f"queue must be an int in [0, {queues}), got {queue!r}")
-            return queue
-        if key is None:
-            return random.randrange(queues)
-        return queue_for_key(key, queues)
-
-    def _master_addr(self, cmap: ClusterMap, group: int, avoid: set[str] | None = None) -> str:
-        node = cmap.masters.get(group)
-        if node is not None and node in cmap.nodes:
-            return cmap.nodes[node]
-        # Unknown master: ask the preferred one (group % N); it answers or redirects. Skip the
-        # nodes in `avoid` (unreachable, or knew no master: a store cut off from its peers
-        # answers NotMaster without a hint forever, while the others know the new master).
-        ids = sorted(cmap.nodes)
-        order = [cmap.nodes[ids[(group + i) % len(ids)]] for i in range(len(ids))]
-        if avoid is not None and all(a in avoid for a in order):
-            avoid.clear()
-        return next(a for a in order if avoid is None or a not in avoid)
-
-    def _learn_master(self, cmap: ClusterMap, group: int, addr: str) -> None:
-        for node, node_addr in cmap.nodes.items():
-            if node_addr == addr:
-                cmap.masters[group] = node
-                return
-
-    def _learn_hint(self, cmap: ClusterMap, group: int, exc: NotMaster) -> None:
-        hint = exc.hint
-        for node, addr in cmap.nodes.items():
-            if addr == hint:
-                cmap.masters[group] = node
-                return
-        cmap.masters.pop(group, None)
-
-    async def _call_master(
-        self, topic: str, group: int, method: str, params: Any, *, extra_time: float = 0.0
-    ) -> Any:
-        """Call ``method`` on the master of ``group``, following NotMaster and retrying
-        Unavailable with backoff until ``retry_timeout``. ``extra_time`` is added to each
-        call's timeout (for a long poll)."""
-        timeout = self._request_timeout + extra_time
-        deadline = time.monotonic() + self._retry_timeout + extra_time
-        backoff = 0.02
-        avoid: set[str] = set()
-        while True:
-            cmap = await self.cluster_map()
-            addr = self._master_addr(cmap, group, avoid)
-            try:
-                reply = await self._pool.call(addr, method, params, timeout=timeout)
-                if group not in cmap.masters:
-                    # Only the master answers: ask it first next time (else every call asked a
-                    # node that knew no master first, e.g. a preferred node cut off from its peers).
-                    self._learn_master(cmap, group, addr)
-                return reply
-            except NotMaster as exc:
-                self._learn_hint(cmap, group, exc)
-                if exc.hint is None:
-                    avoid.add(addr)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 0.5)
-            except Unavailable:
-                avoid.add(addr)
-                cmap.masters.pop(group, None)
-                if time.monotonic() + backoff > deadline:
-                    raise
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 0.5)
-                # A dead master may have vanished from the map we hold; refresh lazily.
-                with contextlib.suppress(Unavailable):
-                    await self.cluster_map(refresh=True)
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"group {group}: no master answered within {self._retry_timeout}s"
-                )
-
     # --------------------------------------------------------------------------- enqueue
 
     async def enqueue(
@@ -231,6 +145,7 @@ class Client(BatchingMixin, StreamingMixin):
         headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
+        timeout: float | None = None,
     ) -> Ack:
         """Enqueue one message; returns once it is chosen (durable on a majority).
 
@@ -238,16 +153,20 @@ class Client(BatchingMixin, StreamingMixin):
         UNIX time; in the past: at once), up to ``MAX_SCHEDULE_SECONDS`` (366 days) ahead, the
         message stays invisible to every reader until then; it is then released into its
         queue and gets its offset. The ack carries a ``scheduled_id`` instead of an offset.
-        ``BadArgument`` for both, or a negative, non-finite or too distant time."""
+        ``BadArgument`` for both, or a negative, non-finite or too distant time.
+        ``timeout``: ``Unavailable`` after that many seconds (default ``retry_timeout``); the
+        message may still be stored then: retry with the same ``dedup_id``."""
         when = _when(delay, deliver_at)
+        budget = self._within(timeout)
         with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
             item = (
                 (payload, key, queue, dedup_id, headers)
                 if when is None
                 else (payload, key, queue, dedup_id, headers, when)
             )
-            futures = await self._submit(topic, [item])
-            return await futures[0]
+            async with self._bounded(budget, topic, queue):
+                futures = await self._submit(topic, [item], budget)
+                return await futures[0]
 
     def transaction(
         self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
@@ -259,17 +178,18 @@ class Client(BatchingMixin, StreamingMixin):
         group's check-back handler (or, without one, rolling back)."""
         return Transaction(self, producer_group=producer_group, timeout=timeout)
 
-    async def cancel_scheduled(self, scheduled_id: str) -> bool:
+    async def cancel_scheduled(self, scheduled_id: str, *, timeout: float | None = None) -> bool:
         """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
         released. True if it was pending; False if it was already released or cancelled."""
         topic, queue, sid = _parse_scheduled_id(scheduled_id)
-        cmap = await self.cluster_map()
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"topic": topic, "queue": q, "id": sid}
-        done = await self._call_master(
-            topic, group_for_queue(q, cmap.groups), "cancel_scheduled", params
-        )
-        return bool(done)
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"topic": topic, "queue": q, "id": sid}
+            done = await self._call_master(topic, q, "cancel_scheduled", params, budget=budget)
+            return bool(done)
 
     async def enqueue_many(
         self,
@@ -280,11 +200,13 @@ class Client(BatchingMixin, StreamingMixin):
         headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
+        timeout: float | None = None,
     ) -> list[Ack]:
         """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in
-        order. ``queue``, ``headers``, ``delay`` and ``deliver_at`` apply to every message, as
-        in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
+        order. ``queue``, ``headers``, ``delay``, ``deliver_at`` and ``timeout`` apply to every
+        message, as in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
         when = _when(delay, deliver_at)
+        budget = self._within(timeout)
         messages = list(messages)
         with otel.send_span(topic, headers, len(messages)) as headers:
             items: list[tuple[Any, ...]] = []
@@ -295,18 +217,25 @@ class Client(BatchingMixin, StreamingMixin):
                     )
                 item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
                 items.append(item if when is None else (*item, when))
-            futures = await self._submit(topic, items)
-            return list(await asyncio.gather(*futures))
+            async with self._bounded(budget, topic, queue):
+                futures = await self._submit(topic, items, budget)
+                return list(await asyncio.gather(*futures))
 
-    async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
+    async def _submit(
+        self, topic: str, items: list[Any], budget: Budget
+    ) -> list[asyncio.Future[Ack]]:
         if not isinstance(topic, str):
             raise BadArgument("topic must be a str")
         if self._tasks.closed:
             raise BadArgument("the client is closed")
-        cmap = self._map if self._map is not None else await self.cluster_map()
+        cmap = self._map if self._map is not None else await self._map_within(budget)
+        queues = cmap.topics.get(topic)
+        if queues is None or any(type(it[2]) is int and it[2] >= queues for it in items):
+            explicit = [it[2] for it in items if type(it[2]) is int]
+            cmap = await self._known(cmap, topic, max(explicit) if explicit else None)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
-        touched: set[tuple[str, int]] = set()
+        touched: set[tuple[str, Route]] = set()
         senders = self._senders
         for payload, key, queue, dedup_id, headers, *when in items:
             if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -321,16 +250,18 @@ class Client(BatchingMixin, StreamingMixin):
             ):
                 raise BadArgument("headers must be a dict of str to str")
             q = self._queue_of(cmap, topic, key, queue)
-            group = group_for_queue(q, cmap.groups)
+            if budget.where is None:
+                budget.where = (topic, q)  # for the error if the call runs out of time
+            route = cmap.route(topic, q)
             fut: asyncio.Future[Ack] = loop.create_future()
             if dedup_id is None:
                 dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
             wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id, *when]
-            sender = senders.get((topic, group))
+            sender = senders.get((topic, route))
             if sender is None:
-                sender = senders[(topic, group)] = GroupSender()
-            sender.pending.append(Pending(q, wire, fut))
-            touched.add((topic, group))
+                sender = senders[(topic, route)] = GroupSender()
+            sender.pending.append(Pending(q, wire, fut, budget))
+            touched.add((topic, route))
             futures.append(fut)
         for topic_group in touched:
             self._kick(*topic_group)
@@ -345,25 +276,31 @@ class Client(BatchingMixin, StreamingMixin):
         after: int | None = None,
         limit: int = 100,
         wait: float = 0.0,
+        timeout: float | None = None,
     ) -> list[Message]:
         """Messages of one queue in offset order, after ``after`` (or after the consumer group's
         committed cursor when ``after`` is None and ``group`` is given; else from the start).
         With ``wait`` (seconds, at most 60), an empty read long-polls: it returns as soon as a
-        message arrives, or ``[]`` when ``wait`` has passed."""
-        cmap = await self.cluster_map()
-        q = self._queue_of(cmap, topic, None, queue)
-        params: dict[str, Any] = {
-            "group": group,
-            "topic": topic,
-            "queue": q,
-            "after": after,
-            "limit": limit,
-        }
-        if wait:
-            params["wait"] = wait
-        rows = await self._call_master(
-            topic, group_for_queue(q, cmap.groups), "dequeue", params, extra_time=wait
-        )
+        message arrives, or ``[]`` when ``wait`` has passed. ``timeout`` (default
+        ``retry_timeout``) is on top of ``wait``: the call takes at most ``wait + timeout``.
+        ``UnknownTopic``, ``BadArgument`` (queue, limit or wait out of range), ``Unavailable``."""
+        budget = self._within(timeout, wait if isinstance(wait, (int, float)) else 0.0)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params: dict[str, Any] = {
+                "group": group,
+                "topic": topic,
+                "queue": q,
+                "after": after,
+                "limit": limit,
+            }
+            if wait:
+                params["wait"] = wait
+            rows = await self._call_master(
+                topic, q, "dequeue", params, extra_time=wait, budget=budget
+            )
         return [Message(topic, q, int(o), bytes(p), k, dict(h), float(t)) for o, p, k, h, t in rows]
 
     async def commit(
@@ -375,24 +312,36 @@ class Client(BatchingMixin, StreamingMixin):
         offset: int,
         token: int,
         expect: int | EllipsisType | None = ...,
+        timeout: float | None = None,
     ) -> None:
         """Commit the consumer group's cursor (the last processed offset) through Paxos.
         Raises ``StaleToken`` if a newer lock holder already committed. With ``expect`` (an
         offset, or None for "no cursor yet") the commit is a compare-and-set: it raises
-        ``VersionMismatch`` if the cursor is anything else (e.g. an admin replay moved it)."""
-        cmap = await self.cluster_map()
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
-        if expect is not ...:
-            params["expect"] = expect
-        await self._call_master(topic, group_for_queue(q, cmap.groups), "commit", params)
+        ``VersionMismatch`` if the cursor is anything else (e.g. an admin replay moved it).
+        ``timeout``: ``Unavailable`` after that many seconds (default ``retry_timeout``)."""
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
+            if expect is not ...:
+                params["expect"] = expect
+            await self._call_master(topic, q, "commit", params, budget=budget)
 
-    async def cursor(self, group: str, topic: str, *, queue: int) -> int | None:
-        """The committed cursor of (consumer group, topic, queue), or None if never committed."""
-        cmap = await self.cluster_map()
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"group": group, "topic": topic, "queue": q}
-        result = await self._call_master(topic, group_for_queue(q, cmap.groups), "cursor", params)
+    async def cursor(
+        self, group: str, topic: str, *, queue: int, timeout: float | None = None
+    ) -> int | None:
+        """The committed cursor of (consumer group, topic, queue), or None if never committed.
+        ``UnknownTopic``, ``BadArgument`` (queue out of range), ``Unavailable`` (after
+        ``timeout`` seconds, default ``retry_timeout``)."""
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"group": group, "topic": topic, "queue": q}
+            result = await self._call_master(topic, q, "cursor", params, budget=budget)
         return None if result is None else int(result)
 
     async def seek(
@@ -403,76 +352,30 @@ class Client(BatchingMixin, StreamingMixin):
         queue: int,
         offset: int | None = None,
         time: float | None = None,
+        timeout: float | None = None,
     ) -> int | None:
         """Move the consumer group's cursor of one queue (one-shot, recorded in the log) to just
         before ``offset`` or the first message enqueued at or after ``time`` (wall clock).
-        Returns the new cursor."""
-        cmap = await self.cluster_map()
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
-        result = await self._call_master(topic, group_for_queue(q, cmap.groups), "seek", params)
+        Returns the new cursor. ``BadArgument`` unless exactly one of ``offset`` / ``time``;
+        ``UnknownTopic``, ``Unavailable`` (after ``timeout`` seconds, default ``retry_timeout``)."""
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
+            result = await self._call_master(topic, q, "seek", params, budget=budget)
         return None if result is None else int(result)
 
-    async def status(self, addr: str | None = None) -> dict[str, Any]:
+    async def status(
+        self, addr: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         """One store's status (groups, masters, chosen/applied per group, disk); by default the
-        lowest-numbered store's."""
+        lowest-numbered store's. ``Unavailable`` if that store does not answer within
+        ``timeout`` seconds (default ``request_timeout``; no retry)."""
+        wait = check_timeout(timeout) or self._request_timeout
         if addr is None:
-            cmap = await self.cluster_map()
+            cmap = await self.cluster_map(timeout=wait)
             addr = cmap.nodes[min(cmap.nodes)]
-        result: dict[str, Any] = await self._pool.call(
-            addr, "status", {}, timeout=self._request_timeout
-        )
+        result: dict[str, Any] = await self._pool.call(addr, "status", {}, timeout=wait)
         return result
-
-
-MAX_SCHEDULE_SECONDS = 366 * 86400.0  # the store's limit (phxq.store.scheduler)
-
-
-def _when(delay: float | None, deliver_at: float | None) -> list[Any] | None:
-    """The wire form of ``delay=`` / ``deliver_at=`` (``BadArgument`` if invalid)."""
-    if delay is None and deliver_at is None:
-        return None
-    if delay is not None and deliver_at is not None:
-        raise BadArgument("give delay or deliver_at, not both")
-    kind, value = ("delay", delay) if delay is not None else ("at", deliver_at)
-    value = validate.number(value, kind, unit="seconds")
-    if kind == "delay" and not 0 <= value <= MAX_SCHEDULE_SECONDS:
-        raise BadArgument(f"delay must be in [0, {MAX_SCHEDULE_SECONDS:.0f}] seconds, got {value}")
-    if kind == "at" and not value <= time.time() + MAX_SCHEDULE_SECONDS:
-        raise BadArgument(f"deliver_at must be at most {MAX_SCHEDULE_SECONDS:.0f} s ahead")
-    return [kind, value]
-
-
-def _parse_scheduled_id(scheduled_id: Any) -> tuple[str, int, int]:
-    """``topic/queue/id`` (an ``Ack.scheduled_id``) -> its parts; ``BadArgument`` if not one."""
-    parts = scheduled_id.rsplit("/", 2) if isinstance(scheduled_id, str) else []
-    if len(parts) == 3 and parts[0] and parts[1].isdigit() and parts[2].isdigit():
-        return parts[0], int(parts[1]), int(parts[2])
-    raise BadArgument(f"not a scheduled id (topic/queue/number): {scheduled_id!r}")
-
-
-def parse_when(delay: str | None, deliver_at: str | None) -> dict[str, float]:
-    """``delay=``/``deliver_at=`` keyword arguments from text (the CLI's ``--delay``: a
-    duration such as "90s", "10m", "40d"; ``--at``: epoch seconds or an ISO 8601 time, local
-    unless it has an offset). ``BadArgument`` if malformed or both are given."""
-    from datetime import datetime
-
-    from phxq.config.model import parse_duration
-
-    if delay is not None and deliver_at is not None:
-        raise BadArgument("give --delay or --at, not both")
-    if delay is not None:
-        try:
-            return {"delay": parse_duration(delay)}
-        except ValueError as exc:
-            raise BadArgument(f"--delay {delay!r}: {exc}") from None
-    if deliver_at is not None:
-        try:
-            return {"deliver_at": float(deliver_at)}
-        except ValueError:
-            pass
-        try:
-            return {"deliver_at": datetime.fromisoformat(deliver_at).timestamp()}
-        except ValueError:
-            raise BadArgument(f"--at {deliver_at!r}: not epoch seconds or an ISO time") from None
-    return {}

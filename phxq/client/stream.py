@@ -33,7 +33,7 @@ from phxq import validate
 from phxq.client.timeindex import after_time
 from phxq.client.types import Message
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
-from phxq.routing import MAX_MESSAGES_PER_INSTANCE, group_for_queue
+from phxq.routing import MAX_MESSAGES_PER_INSTANCE
 from phxq.tasks import TaskScope
 
 if TYPE_CHECKING:
@@ -127,10 +127,10 @@ def check_queues(topic: str, count: int | None, queues: Sequence[int] | None) ->
     return list(dict.fromkeys(out))
 
 
-async def _chosen_up_to(client: Client) -> dict[int, int]:
-    """The highest chosen instance per Paxos group that any reachable store reports."""
+async def _chosen_up_to(client: Client) -> dict[tuple[int, int], int]:
+    """The highest chosen instance per (store set, Paxos group) any reachable store reports."""
     cmap = await client.cluster_map()
-    best: dict[int, int] = {}
+    best: dict[tuple[int, int], int] = {}
     last: PhxqError | None = None
     for addr in cmap.nodes.values():
         try:
@@ -138,8 +138,9 @@ async def _chosen_up_to(client: Client) -> dict[int, int]:
         except PhxqError as exc:
             last = exc
             continue
+        home = int(status.get("set", 1))
         for row in status.get("groups", []):
-            g, chosen = int(row["group"]), int(row["chosen_up_to"])
+            g, chosen = (home, int(row["group"])), int(row["chosen_up_to"])
             best[g] = max(best.get(g, -1), chosen)
     if not best:
         raise last or UnknownTopic("no store reported its groups")
@@ -165,9 +166,7 @@ async def start_positions(
         chosen = await _chosen_up_to(client)
         when = from_.timestamp()
         return {
-            q: await after_time(
-                client, topic, q, when, chosen.get(group_for_queue(q, cmap.groups), -1)
-            )
+            q: await after_time(client, topic, q, when, chosen.get(cmap.route(topic, q), -1))
             for q in queues
         }
     if from_ == "now":
@@ -175,7 +174,7 @@ async def start_positions(
         chosen = await _chosen_up_to(client)
         out: dict[int, int | None] = {}
         for q in queues:
-            upto = chosen.get(group_for_queue(q, cmap.groups), -1)
+            upto = chosen.get(cmap.route(topic, q), -1)
             # After every message of every instance chosen so far: (upto << 20) | max index.
             out[q] = None if upto < 0 else (upto + 1) * MAX_MESSAGES_PER_INSTANCE - 1
         return out

@@ -17,6 +17,8 @@ from phxq.routing import MAX_MESSAGES_PER_INSTANCE, split_offset
 if TYPE_CHECKING:
     from phxq.client.client import Client
 
+RESOLUTION = 1e-6  # seconds: times compare at microsecond resolution
+
 
 async def after_time(
     client: Client, topic: str, queue: int, when: float, chosen_up_to: int
@@ -31,6 +33,9 @@ async def after_time(
         got = await client.dequeue(None, topic, queue=queue, after=after, limit=1)
         return None if not got else (split_offset(got[0].offset)[0], got[0].enqueued_at)
 
+    # A time given to the microsecond (an ISO string) may round above the float it came from:
+    # compare at microsecond resolution, or "at or after" would skip the message it names.
+    when -= RESOLUTION
     first = await first_from(0)
     if first is None or first[1] >= when:
         return None

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from phxq.client.types import Ack
 from phxq.errors import BadArgument, PhxqError, TransactionAborted
-from phxq.routing import group_for_queue
 
 if TYPE_CHECKING:
     from phxq.client.client import Client
@@ -56,7 +55,8 @@ class Transaction:
         self._messages: list[tuple[str, int, list[Any]]] = []
         self._state = "open"  # open -> prepared -> committed | rolled_back
         self._home: tuple[str, int] | None = None  # topic and queue of the home's first message
-        self._plan: dict[tuple[int, str], list[tuple[int, int, list[int]]]] = {}
+        # (route = (store set, group), topic) -> [(queue, part, positions)]
+        self._plan: dict[tuple[tuple[int, int], str], list[tuple[int, int, list[int]]]] = {}
 
     @property
     def state(self) -> str:
@@ -106,38 +106,37 @@ class Transaction:
         if not self._messages:
             raise BadArgument("a transaction needs at least one message")
         cmap = await self._client.cluster_map()
-        groups = cmap.groups
         home_topic, home_queue, _ = self._messages[0]
-        home = group_for_queue(home_queue, groups)
+        home = cmap.route(home_topic, home_queue)  # (store set, group)
         self._home = (home_topic, home_queue)
-        # One request per (group, topic); one part (prepare entry) per queue within it.
-        plan: dict[tuple[int, str], dict[int, tuple[int, list[int], list[Any]]]] = {}
+        # One request per (set and group, topic); one part (prepare entry) per queue within it.
+        plan: dict[tuple[tuple[int, int], str], dict[int, tuple[int, list[int], list[Any]]]] = {}
         part = 0
         for position, (topic, q, wire) in enumerate(self._messages):
-            batches = plan.setdefault((group_for_queue(q, groups), topic), {})
+            batches = plan.setdefault((cmap.route(topic, q), topic), {})
             if q not in batches:
                 batches[q] = (part, [], [])
                 part += 1
             batches[q][1].append(position)
             batches[q][2].append(wire)
-        expect = [[g, p] for (g, _), batches in plan.items() for p, _, _ in batches.values()]
+        expect = [[r[1], p] for (r, _), batches in plan.items() for p, _, _ in batches.values()]
         self._plan = {
             key: [(q, p, positions) for q, (p, positions, _) in batches.items()]
             for key, batches in plan.items()
         }
 
-        async def send(group: int, topic: str) -> None:
+        async def send(group: tuple[int, int], topic: str) -> None:
             batches = plan[(group, topic)]
             params = {
                 "txn": self.id,
-                "home": home,
+                "home": home[1],
                 "timeout": self.timeout,
                 "producer_group": self.producer_group,
                 "topic": topic,
                 "expect": expect if group == home else [],
                 "batches": [[q, p, wire] for q, (p, _, wire) in batches.items()],
             }
-            await self._client._call_master(topic, group, "txn_prepare", params)
+            await self._client._call_master(topic, next(iter(batches)), "txn_prepare", params)
 
         home_keys = [k for k in plan if k[0] == home]
         for group, topic in home_keys:  # the home first: see phxq.store.txn
@@ -182,11 +181,8 @@ class Transaction:
     async def _decide(self, commit: bool) -> dict[str, Any]:
         assert self._home is not None
         topic, queue = self._home
-        cmap = await self._client.cluster_map()
         params = {"txn": self.id, "topic": topic, "queue": queue, "commit": commit}
-        result: dict[str, Any] = await self._client._call_master(
-            topic, group_for_queue(queue, cmap.groups), "txn_decide", params
-        )
+        result: dict[str, Any] = await self._client._call_master(topic, queue, "txn_decide", params)
         return result
 
     async def _resolve(self) -> list[Ack]:
@@ -197,11 +193,11 @@ class Transaction:
             for q, _, ps in batches:
                 positions[(topic, q)] = list(ps)
 
-        async def one(group: int, topic: str) -> None:
+        async def one(group: tuple[int, int], topic: str) -> None:
             queue = self._plan[(group, topic)][0][0]
             params = {"txn": self.id, "topic": topic, "queue": queue}
             try:
-                reply = await self._client._call_master(topic, group, "txn_resolve", params)
+                reply = await self._client._call_master(topic, queue, "txn_resolve", params)
             except PhxqError:
                 return  # decided: the group's master applies it on its own (phxq.store.txn)
             # Per queue, released in enqueue order (ids increase within a queue's part).
@@ -211,7 +207,7 @@ class Transaction:
                     offsets[waiting.pop(0)] = offset
 
         # One call per group: it applies the decision to all of the group's half messages.
-        first_topic: dict[int, str] = {}
+        first_topic: dict[tuple[int, int], str] = {}
         for g, t in self._plan:
             first_topic.setdefault(g, t)
         await asyncio.gather(*(one(g, t) for g, t in first_topic.items()))

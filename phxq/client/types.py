@@ -8,7 +8,7 @@ from typing import Any
 
 from phxq.errors import Unavailable
 
-__all__ = ["Ack", "ClusterMap", "ConsumedMessage", "Message"]
+__all__ = ["Ack", "ClusterMap", "ConsumedMessage", "Message", "Route"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,26 +58,55 @@ class ConsumedMessage(Message):
             await self._ack()
 
 
+Route = tuple[int, int]  # (store set, Paxos group): where a queue's requests go
+
+
 @dataclass(slots=True)
 class ClusterMap:
-    """What any store says about the cluster: Paxos groups, store and lock node addresses,
-    topics (queues each) and the masters it knows."""
+    """What any store says about the cluster: Paxos groups (per set), every store's address
+    and set, topics (queues each), the store set of every queue (``placement``), the cluster
+    map's ``version``, and the masters the client knows per (set, group)."""
 
     groups: int
     nodes: dict[int, str]
     topics: dict[str, int]
-    masters: dict[int, int]
+    masters: dict[Route, int]
     locks: list[str] = field(default_factory=list)
+    sets: dict[int, int] = field(default_factory=dict)  # node id -> its store set
+    placement: dict[str, list[int]] = field(default_factory=dict)  # topic -> set of each queue
+    version: int = 0
+
+    def route(self, topic: str, queue: int) -> Route:
+        """``(set, group)`` of ``queue`` of ``topic`` (set 1 if the map does not say)."""
+        placed = self.placement.get(topic)
+        home = placed[queue] if placed is not None and queue < len(placed) else 1
+        return home, queue % self.groups
+
+    def set_nodes(self, number: int) -> list[int]:
+        """The ids of the stores of set ``number``, ascending."""
+        return sorted(n for n in self.nodes if self.sets.get(n, 1) == number)
 
     @classmethod
     def from_wire(cls, data: Any) -> ClusterMap:
         try:
+            home = int(data.get("set", 1))
+            topo = data.get("map")
+            placement = (
+                {str(k): [int(s) for s in v["placement"]] for k, v in topo["topics"].items()}
+                if topo is not None
+                else {}
+            )
             return cls(
                 groups=int(data["groups"]),
                 nodes={int(k): str(v) for k, v in data["nodes"].items()},
                 topics={str(k): int(v) for k, v in data["topics"].items()},
-                masters={int(k): int(v) for k, v in data["masters"].items() if v is not None},
+                masters={
+                    (home, int(k)): int(v) for k, v in data["masters"].items() if v is not None
+                },
                 locks=[str(a) for a in data.get("locks", [])],
+                sets={int(k): int(v) for k, v in data.get("sets", {}).items()},
+                placement=placement,
+                version=0 if topo is None else int(topo["version"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise Unavailable(f"malformed cluster map: {exc!r}") from exc

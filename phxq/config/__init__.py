@@ -32,10 +32,11 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
                    metrics_addr (none) "host:port" for the Prometheus endpoint;
                    peers (none) { "<id>" = "host:port" }, the address this node dials the
                    node <id> of its kind at instead of its addr (a proxy or NAT in between;
-                   clients and master hints still use addr)
+                   clients and master hints still use addr); [[store]] only: set (1) the
+                   store set, each its own Paxos cluster (3 or 5 stores when there are several)
 [[topic]]          name* ([A-Za-z0-9._-], <= 249 chars); queues* (>= 1); retention ("7d");
                    retention_bytes (none: unlimited) per queue; max_message_bytes ("1MiB",
-                   at most 8 MiB)
+                   at most 8 MiB); sets (every set) store sets its queues are dealt over
 [[consumer_group]] name*; topic* (a declared topic); handler* "http(s)://..." or
                    "package.module:function"; rate_limit (none: unlimited) messages/s;
                    rate_limit_bytes (none) bytes/s; max_attempts (5); on_failure

@@ -52,6 +52,7 @@ def dump_config(cfg: ClusterConfig) -> str:
                         "peers": {str(k): v for k, v in n.peers} if n.peers else None,
                         "cert": _opt(n.cert, str),
                         "key": _opt(n.key, str),
+                        "set": n.set if kind == "store" and n.set != 1 else None,
                     }
                 )
                 for n in nodes
@@ -65,6 +66,7 @@ def dump_config(cfg: ClusterConfig) -> str:
                     "retention": format_duration(t.retention),
                     "retention_bytes": _opt(t.retention_bytes, format_size),
                     "max_message_bytes": format_size(t.max_message_bytes),
+                    "sets": _opt(t.sets, list),
                 }
             )
             for t in cfg.topics

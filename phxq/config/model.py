@@ -27,6 +27,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "cluster.journal_bytes": "8MiB",
         "cluster.retention_interval": "10s",
         "node.dc": "default",
+        "node.set": 1,
         "topic.retention": "7d",
         "topic.max_message_bytes": "1MiB",
         "consumer_group.max_attempts": 5,
@@ -169,6 +170,7 @@ class NodeConfig:
     peers: tuple[tuple[int, str], ...] = ()
     cert: Path | None = None  # with [security]: this member's certificate (PEM) and key
     key: Path | None = None
+    set: int = 1  # [[store]] only: the store set (its own Paxos cluster) this node belongs to
 
     @property
     def host(self) -> str:
@@ -188,6 +190,8 @@ class TopicConfig:
     retention: float = _default_duration("topic.retention")
     max_message_bytes: int = _default_size("topic.max_message_bytes")
     retention_bytes: int | None = None
+    # The store sets its queues are dealt over (queue q on sets[q % len(sets)]); None: every set.
+    sets: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +301,15 @@ class ClusterConfig:
         if spec is None:
             raise UnknownTopic(f"unknown topic {name!r}", {"topic": name})
         return spec
+
+    @property
+    def sets(self) -> tuple[int, ...]:
+        """Every store set's number, ascending."""
+        return tuple(sorted({s.set for s in self.stores}))
+
+    def set_stores(self, number: int) -> tuple[NodeConfig, ...]:
+        """The ``[[store]]`` nodes of set ``number`` (empty if it has none)."""
+        return tuple(s for s in self.stores if s.set == number)
 
     def store(self, node_id: int) -> NodeConfig:
         """The ``[[store]]`` with ``id = node_id``; :class:`ConfigError` if there is none."""

@@ -109,6 +109,15 @@ REFERENCE: Final[tuple[Key, ...]] = (
         )
     ),
     Key(
+        "store",
+        "set",
+        "1",
+        "The store set this store belongs to (default 1): each set is its own Paxos cluster "
+        "running every group, with masters g % N among its own stores; with several sets each "
+        "has 3 or 5 stores. A queue lives on one set (see [[topic]] sets).",
+        defaults_kind=_NODE,
+    ),
+    Key(
         "topic",
         "name",
         '"orders"',
@@ -121,6 +130,14 @@ REFERENCE: Final[tuple[Key, ...]] = (
         "8",
         "Number of queues; a key always maps to the same queue (hash of the key mod queues).",
         required=True,
+    ),
+    Key(
+        "topic",
+        "sets",
+        "[1]",
+        "The store sets its queues are dealt over at first start, e.g. [1, 2]: queue q on "
+        "sets[q % len] "
+        "(default: every set). Later placement lives in the cluster map (phxq admin topic).",
     ),
     Key("topic", "retention", '"7d"', "How long messages are kept (by their enqueue time)."),
     Key("topic", "retention_bytes", '"10GiB"', "Per-queue size limit (none: unlimited)."),

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from phxq.config.model import ClientConfig, ConfigError, NodeConfig, PrincipalConfig, SecurityConfig
-from phxq.config.parse import _DIGEST_RE, _array, _claim, _show, _Table
+from phxq.config.parse import _array, _claim
+from phxq.config.table import _DIGEST_RE, _show, _Table
 from phxq.errors import BadArgument
 from phxq.security.principals import parse_grant
 

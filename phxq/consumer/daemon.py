@@ -82,7 +82,6 @@ class ConsumerDaemon:
         self.drain_timeout = drain_timeout
         self.restart_delay = restart_delay
         self._metrics_addr = metrics_addr
-        self._given_locks = locks
         # With [security]: the member certificate, reloaded in place on SIGHUP (phxq consumer).
         self.security = MemberSecurity.build(cluster)
         self._locks: Any = locks
@@ -125,6 +124,9 @@ class ConsumerDaemon:
         member = None if self.security is None else self.security.ssl
         self._client = Client([s.addr for s in self.cluster.stores], ca=member)
         cmap = await self._retry("the stores", self._client.cluster_map)
+        # The cluster map's queue counts (topics grow online: phxq admin topic alter).
+        queues = {t.name: t.queues for t in self.cluster.topics} | cmap.topics
+        self._pairs = pairs_of(self.cluster.consumer_groups, queues)
         if self._locks is None:
             from phxq.lock import LockClient
 

@@ -57,15 +57,9 @@ from phxq.consumer.delivery import Deliverer, Result, wait_event
 from phxq.consumer.group import GroupRuntime, Timings
 from phxq.consumer.locking import Lease, LockApi
 from phxq.consumer.ownership import CommitWaiters, IllegalTransition, Ownership, check_transition
+from phxq.consumer.pair_commits import UNSET, PairCommits
 from phxq.consumer.window import DeliveryWindow
-from phxq.errors import (
-    BadArgument,
-    LockHeld,
-    PhxqError,
-    StaleToken,
-    Unavailable,
-    VersionMismatch,
-)
+from phxq.errors import LockHeld, PhxqError, StaleToken, Unavailable
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.consumer")
@@ -76,17 +70,14 @@ FETCH_LIMIT = 512
 MAX_ERROR_HEADER = 512
 
 
-_UNSET: Any = object()
-
-
 @dataclass(slots=True)
 class _Fetched:
     messages: list[Message]
-    probe: Any  # the store cursor (int or None) after an empty read; _UNSET: not probed
+    probe: Any  # the store cursor (int or None) after an empty read; UNSET: not probed
     commit_seq: int  # commits finished when the read started (a probe is stale if it moved)
 
 
-class PairWorker:
+class PairWorker(PairCommits):
     """See the module docstring."""
 
     def __init__(
@@ -125,7 +116,7 @@ class PairWorker:
         self._oldest_uncommitted: float | None = None
         self._commit_seq = 0
         self._commit_retry_at = 0.0
-        self._resync_to: Any = _UNSET
+        self._resync_to: Any = UNSET
         self._fetch_task: asyncio.Task[_Fetched] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._commit_waiters = CommitWaiters()
@@ -228,7 +219,7 @@ class PairWorker:
     @property
     def _stopping(self) -> bool:
         """No new deliveries: handing over, resyncing after a replay, or blocked."""
-        return self._drain.is_set() or self._resync_to is not _UNSET or self.blocked is not None
+        return self._drain.is_set() or self._resync_to is not UNSET or self.blocked is not None
 
     async def _pull_loop(self) -> None:
         self._resync(await self._client.cursor(self.group, self.topic, queue=self.queue))
@@ -260,7 +251,7 @@ class PairWorker:
                             return
                         await asyncio.sleep(self._t.commit_interval)  # commit failed: retry
                         continue
-                    if self._resync_to is not _UNSET:
+                    if self._resync_to is not UNSET:
                         self._resync(self._resync_to)
                         continue
                     await self._wait_blocked()
@@ -293,7 +284,7 @@ class PairWorker:
             )
         if (
             self._commit_task is None
-            and self._resync_to is _UNSET
+            and self._resync_to is UNSET
             and self._commit_due(self._stopping)
         ):
             assert self._done_upto is not None
@@ -362,7 +353,7 @@ class PairWorker:
         seq = self._commit_seq
         after = self._window.last_added if self._window.last_added is not None else self.committed
         limit = min(self._window.room, FETCH_LIMIT)
-        probe = _UNSET
+        probe = UNSET
         try:
             messages = await self._client.dequeue(
                 None, self.topic, queue=self.queue, after=after, limit=limit, wait=self._t.long_poll
@@ -383,7 +374,7 @@ class PairWorker:
             self._buffered_bytes += sum(len(m.payload) for m in fetched.messages)
             return
         if (
-            fetched.probe is not _UNSET
+            fetched.probe is not UNSET
             and commit_idle
             and fetched.commit_seq == self._commit_seq
             and self._done_upto == self.committed
@@ -420,85 +411,6 @@ class PairWorker:
             if self._oldest_uncommitted is None:
                 self._oldest_uncommitted = time.monotonic()
             self._done_upto = advanced
-
-    @property
-    def _uncommitted(self) -> int:
-        """Finished messages the cursor has not been committed past yet."""
-        return self._window.advanced - self._committed_count
-
-    # ---------------------------------------------------------------------------- commits
-
-    def _commit_due(self, stopping: bool) -> bool:
-        if self._done_upto is None or self._done_upto == self.committed:
-            return False
-        now = time.monotonic()
-        if now < self._commit_retry_at:
-            return False
-        if stopping or self._uncommitted >= self._t.commit_every:
-            return True
-        start = self._oldest_uncommitted or now
-        return now - start >= self._t.commit_interval
-
-    async def _commit(self, target: int, count: int) -> None:
-        assert self.token is not None
-        try:
-            await self._client.commit(
-                self.group,
-                self.topic,
-                queue=self.queue,
-                offset=target,
-                token=self.token,
-                expect=self.committed,
-            )
-        except VersionMismatch:
-            try:
-                current = await self._client.cursor(self.group, self.topic, queue=self.queue)
-            except Unavailable as exc:
-                log.warning("%s: reading the cursor failed: %s", self.lock_name, exc.message)
-                self._commit_retry_at = time.monotonic() + max(self._t.commit_interval, 0.2)
-                return
-            if current != target:
-                log.info(
-                    "%s: cursor moved to %s (replay); continuing from there",
-                    self.lock_name,
-                    current,
-                )
-                self._resync_to = current
-                return
-        except (Unavailable, BadArgument) as exc:
-            # Unavailable: no store master right now; BadArgument: the store refused the target
-            # (e.g. its log was truncated under us). Either way: retry later from what we hold.
-            log.warning("%s: commit of %d failed: %s", self.lock_name, target, exc.message)
-            self._commit_retry_at = time.monotonic() + max(self._t.commit_interval, 0.2)
-            return
-        self._commit_seq += 1
-        self.committed = target
-        self._commit_waiters.wake(self.committed)
-        self._committed_count = max(self._committed_count, count)
-        self._oldest_uncommitted = time.monotonic() if self._uncommitted else None
-
-    async def committed_past(self, offset: int) -> None:
-        """Return once this owner's cursor is at ``offset`` or beyond (a commit carrying its
-        fencing token); ``StaleToken`` if it releases the pair first (handoff or lost lease)."""
-        if self.committed is not None and self.committed >= offset:
-            return
-        if self.state is Ownership.RELEASED:
-            raise StaleToken(f"{self.lock_name}: released before the cursor got there")
-        await self._commit_waiters.wait(offset)
-
-    def _resync(self, cursor: int | None) -> None:
-        """Continue from ``cursor`` (the store's): forget everything read ahead."""
-        self.committed = self._done_upto = cursor
-        self._window.clear()
-        self._messages.clear()
-        self._buffered_bytes = 0
-        self._committed_count = self._window.advanced
-        self._oldest_uncommitted = None
-        self._resync_to = _UNSET
-        self._commit_waiters.wake(self.committed)
-        if self.blocked is not None:
-            self.blocked = None
-            metrics.CONSUMER_BLOCKED.labels(*self._labels).set(0)
 
     async def _wait_blocked(self) -> None:
         """Blocked: wait for `admin resume` (retry the message) or a replay (new cursor)."""

@@ -18,8 +18,8 @@ Statuses by code (the first match walking up the error's class tree)::
     stale_token, lock_held, version_mismatch   409
     message_too_large                          413
     overloaded                                 429  Retry-After
-    not_master, unavailable, storage           503  Retry-After (safe to retry with the same
-                                                    dedup id)
+    not_master, stale_map, unavailable,        503  Retry-After (safe to retry with the same
+      storage                                       dedup id)
     internal                                   500  (a gateway bug; details only in its log)
 """
 
@@ -53,6 +53,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "message_too_large": 413,
     "overloaded": 429,
     "not_master": 503,
+    "stale_map": 503,
     "unavailable": 503,
     "storage": 503,
 }

@@ -28,7 +28,7 @@ from phxq.gateway.shapes import (
     TOPIC_INFO,
 )
 from phxq.gateway.stream import stream
-from phxq.gateway.table import Param, Route
+from phxq.gateway.table import Handler, Param, Route
 
 TOPIC = Param("topic", "path", s.NAME, "topic name", required=True, example="orders")
 QUEUE = Param(
@@ -41,6 +41,60 @@ QUEUE = Param(
 )
 GROUP_Q = Param("group", "query", s.NAME, "consumer group", example="billing")
 GROUP_REQUIRED = Param("group", "query", s.NAME, "consumer group", required=True, example="billing")
+
+
+# Every operation on one (consumer group, topic, queue) pair needs a grant for that group.
+PAIR_PERMISSION = "consume:{topic}:{group}"
+PAIR_POST_ERRORS = (400, 401, 403, 404, 408, 409, 413, 429, 503)
+
+
+def _pair_get(
+    path: str, operation: str, summary: str, handler: Handler, response: dict[str, Any], *, tag: str
+) -> Route:
+    """A GET of one pair's state (the group in the query)."""
+    return Route(
+        "GET",
+        path,
+        operation,
+        summary,
+        handler,
+        response,
+        params=(TOPIC, QUEUE, GROUP_REQUIRED),
+        permission=PAIR_PERMISSION,
+        tags=(tag,),
+    )
+
+
+def _pair_post(
+    path: str,
+    operation: str,
+    summary: str,
+    handler: Handler,
+    response: dict[str, Any],
+    body: dict[str, Any],
+    example: dict[str, Any],
+    *,
+    tag: str,
+    description: str = "",
+    conflict: bool = True,
+) -> Route:
+    """A POST on one pair (the group in the JSON ``body``); ``conflict``: it may answer 409."""
+    errors = tuple(e for e in PAIR_POST_ERRORS if conflict or e != 409)
+    return Route(
+        "POST",
+        path,
+        operation,
+        summary,
+        handler,
+        response,
+        params=(TOPIC, QUEUE),
+        json_body=body,
+        permission=PAIR_PERMISSION,
+        description=description,
+        errors=errors,
+        tags=(tag,),
+        body_example=example,
+    )
 
 
 async def _openapi(call: h.Call) -> Any:
@@ -181,102 +235,77 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
             permission="consume:{topic}:{group}",
             tags=("consume",),
         ),
-        Route(
-            "POST",
+        _pair_post(
             f"{queue_routes}/commit",
             "commit",
             "Commit a consumer group's cursor with the pair lock's fencing token",
             h.commit,
             CURSOR,
-            params=(TOPIC, QUEUE),
-            json_body=COMMIT_BODY,
-            permission="consume:{topic}:{group}",
-            errors=(400, 401, 403, 404, 408, 409, 413, 429, 503),
-            tags=("consume",),
-            body_example={"group": "billing", "offset": 1048576, "token": 7},
+            COMMIT_BODY,
+            {"group": "billing", "offset": 1048576, "token": 7},
+            tag="consume",
         ),
-        Route(
-            "GET",
+        _pair_get(
             f"{queue_routes}/cursor",
             "cursor",
             "The committed cursor of a consumer group",
             h.cursor,
             CURSOR,
-            params=(TOPIC, QUEUE, GROUP_REQUIRED),
-            permission="consume:{topic}:{group}",
-            tags=("consume",),
+            tag="consume",
         ),
-        Route(
-            "POST",
+        _pair_post(
             f"{queue_routes}/seek",
             "seek",
             "Move a consumer group's cursor to an offset or a time (once, in the log)",
             h.seek,
             CURSOR,
-            params=(TOPIC, QUEUE),
-            json_body=SEEK_BODY,
-            permission="consume:{topic}:{group}",
-            errors=(400, 401, 403, 404, 408, 413, 429, 503),
-            tags=("consume",),
-            body_example={"group": "billing", "time": 1700000000},
+            SEEK_BODY,
+            {"group": "billing", "time": 1700000000},
+            tag="consume",
+            conflict=False,
         ),
-        Route(
-            "GET",
+        _pair_get(
             f"{queue_routes}/lock",
             "lock_get",
             "Who holds the (consumer group, topic, queue) lock",
             h.lock_get,
             LOCK,
-            params=(TOPIC, QUEUE, GROUP_REQUIRED),
-            permission="consume:{topic}:{group}",
-            tags=("locks",),
+            tag="locks",
         ),
-        Route(
-            "POST",
+        _pair_post(
             f"{queue_routes}/lock/acquire",
             "lock_acquire",
             "Acquire the pair lock; its token fences your commits",
             h.lock_acquire,
             LOCK,
-            params=(TOPIC, QUEUE),
-            json_body=ACQUIRE_BODY,
-            permission="consume:{topic}:{group}",
+            ACQUIRE_BODY,
+            {"group": "billing", "owner": "reader-1", "ttl": 10},
+            tag="locks",
             description=(
                 "The same lock consumer daemons take for the pair, so an HTTP reader and a "
                 "daemon never own it at once. 409 (code lock_held) while someone else holds "
                 "it. Renew well within ttl."
             ),
-            errors=(400, 401, 403, 404, 408, 409, 413, 429, 503),
-            tags=("locks",),
-            body_example={"group": "billing", "owner": "reader-1", "ttl": 10},
         ),
-        Route(
-            "POST",
+        _pair_post(
             f"{queue_routes}/lock/renew",
             "lock_renew",
             "Extend the pair lock by its ttl",
             h.lock_renew,
             LOCK,
-            params=(TOPIC, QUEUE),
-            json_body=TOKEN_BODY,
-            permission="consume:{topic}:{group}",
-            errors=(400, 401, 403, 404, 408, 409, 413, 429, 503),
-            tags=("locks",),
-            body_example={"group": "billing", "owner": "reader-1", "token": 7},
+            TOKEN_BODY,
+            {"group": "billing", "owner": "reader-1", "token": 7},
+            tag="locks",
         ),
-        Route(
-            "POST",
+        _pair_post(
             f"{queue_routes}/lock/release",
             "lock_release",
             "Release the pair lock",
             h.lock_release,
             LOCK,
-            params=(TOPIC, QUEUE),
-            json_body=TOKEN_BODY,
-            permission="consume:{topic}:{group}",
-            errors=(400, 401, 403, 404, 408, 409, 413, 429, 503),
-            tags=("locks",),
-            body_example={"group": "billing", "owner": "reader-1", "token": 7},
+            TOKEN_BODY,
+            {"group": "billing", "owner": "reader-1", "token": 7},
+            tag="locks",
         ),
         Route(
             "GET",

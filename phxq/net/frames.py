@@ -33,6 +33,7 @@ Public API:
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +89,17 @@ def prefix(body: bytes) -> bytes:
     return _HEADER.pack(len(body))
 
 
+_packers = threading.local()
+
+
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    # A Packer per thread, reused (packb builds one per call, which costs more than packing a
+    # small frame); it is left empty after an error, so a failed pack leaves nothing behind.
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)  # type: ignore[no-any-return]
 
 
 def encode_request(request_id: int, method: str, params: Any) -> bytes:

@@ -76,7 +76,8 @@ Modules: ``records`` (frame format, CRC32C and why), ``writer`` (group commit), 
 from phxq.plog.group import ChosenRecord, GroupLog, IndexEntry
 from phxq.plog.index import INDEX_BITS, QueueIndex, TimeIndex
 from phxq.plog.recovery import RecoveredLog
-from phxq.plog.writer import LogWriter, SegmentFile
+from phxq.plog.segment import SegmentFile
+from phxq.plog.writer import LogWriter
 
 __all__ = [
     "INDEX_BITS",

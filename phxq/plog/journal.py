@@ -64,7 +64,7 @@ from phxq.errors import StorageError
 from phxq.plog.durable import fsync_dir
 
 if TYPE_CHECKING:
-    from phxq.plog.writer import SegmentFile
+    from phxq.plog.segment import SegmentFile
 
 __all__ = ["JOURNAL_FILES", "Journal", "ReplayStats", "journaled_ranges", "replay", "retire"]
 

@@ -6,12 +6,15 @@ A :class:`PaxosHost` owns, for one node (a store node or a lock node alike):
   commit across every group) and one :class:`~phxq.replication.replica.GroupReplica` per
   group, each with the state machine its :class:`~phxq.replication.machine.Machines` makes;
 - the Paxos traffic between peers through :class:`~phxq.replication.peers.Peers`: one-way
-  ``px`` notifications (fire-and-forget: Paxos tolerates loss) and ``snap`` snapshots;
+  ``px`` notifications (fire-and-forget: Paxos tolerates loss) and ``snap`` snapshots. What
+  every group sends a peer within one loop turn leaves as one ``px`` notification (a
+  :mod:`~phxq.paxos.bundle`: one frame, one write, one decode at the peer), sent at the end of
+  the turn, or at once at the end of handling a received notification (the replies it caused),
+  or when ``BUNDLE_BYTES`` are waiting for that peer;
 - the tick loop that drives leases, heartbeats, elections and retries. It sleeps until the
   soonest deadline of any group (at most ``TICK_MAX_SLEEP``). After every input a replica
   processes, only that replica's deadline is compared with the loop's next wake-up (the loop is
   woken only when it moved earlier), so ordinary traffic never costs a scan of every group;
-  :meth:`wake` forces a scan;
 - its :class:`~phxq.replication.membership.Membership` (may this data directory vote; rebuilds
   of replicas that forgot what they voted for: see :mod:`phxq.replication.rejoin`).
 
@@ -33,10 +36,10 @@ from typing import Any, Generic
 
 from phxq import metrics, trace
 from phxq.config import ClusterSettings, NodeConfig
-from phxq.errors import ProtocolError
 from phxq.net.server import LogLimiter
 from phxq.net.transport import TransportFactory
-from phxq.paxos import GroupConfig, decode_message
+from phxq.paxos import GroupConfig
+from phxq.paxos.bundle import MAX_BUNDLE, bundle, unbundle
 from phxq.replication.machine import M, Machines
 from phxq.replication.membership import Membership
 from phxq.replication.peers import Peers, RpcPeers
@@ -45,11 +48,12 @@ from phxq.replication.replica import GroupReplica
 from phxq.replication.storage import PlogStorage, Storage
 from phxq.tasks import TaskScope
 
-__all__ = ["TICK_MAX_SLEEP", "PaxosHost"]
+__all__ = ["BUNDLE_BYTES", "TICK_MAX_SLEEP", "PaxosHost"]
 
 log = logging.getLogger("phxq.host")
 
 TICK_MAX_SLEEP = 0.05
+BUNDLE_BYTES = 256 << 10  # encoded messages waiting for one peer before they leave at once
 
 
 def _ignore(replica: Any) -> None:
@@ -144,6 +148,11 @@ class PaxosHost(Generic[M]):
         self._next_tick = 0.0  # when the tick loop runs next (clock time)
         self._masters_held = -1
         self._bad_log = LogLimiter()  # malformed peer notifications
+        # Per peer: encoded messages waiting for the end of the loop turn (urgent, lazy) and
+        # their bytes (see ``send``).
+        self._outgoing: dict[int, tuple[list[bytes], list[bytes]]] = {}
+        self._outgoing_bytes: dict[int, int] = {}
+        self._flush_scheduled = False
 
     async def start(self) -> None:
         """Open (and recover) every group's log, decide membership and start the tick loop.
@@ -202,10 +211,6 @@ class PaxosHost(Generic[M]):
         assert self.membership is not None, "start() first"
         return await self.membership.handle_rpc(method, params)
 
-    def wake(self) -> None:
-        """Run the tick loop now (an input may have moved a deadline)."""
-        self._wake.set()
-
     def _after_input(self, replica: GroupReplica[M]) -> None:
         deadline = replica.next_deadline()
         if deadline is not None and deadline < self._next_tick:
@@ -215,13 +220,46 @@ class PaxosHost(Generic[M]):
     # --------------------------------------------------------------------- paxos plumbing
 
     def send(self, to: int, payload: bytes, lazy: bool = False) -> None:
-        """Send an encoded Paxos message to node ``to``; ``lazy``: it may wait a few ms for the
-        next message to that node."""
-        if to != self.node_id:
-            self.peers.notify(to, "px", payload, lazy=lazy)
+        """Send an encoded Paxos message to node ``to`` with the others of this loop turn;
+        ``lazy``: it may wait a few ms for the next message to that node. In a bundle the
+        urgent messages go first (each kind in order), as the transport orders its bodies."""
+        if to == self.node_id:
+            return
+        waiting = self._outgoing.get(to)
+        if waiting is None:
+            waiting = self._outgoing[to] = ([], [])
+        size = self._outgoing_bytes.get(to, 0) + len(payload)
+        if size > BUNDLE_BYTES or len(waiting[0]) + len(waiting[1]) >= MAX_BUNDLE - 1:
+            self._flush_peer(to, waiting)
+            size = len(payload)
+        waiting[1 if lazy else 0].append(payload)
+        self._outgoing_bytes[to] = size
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running (a synchronous caller): nothing to wait for
+                self.flush()
+
+    def flush(self) -> None:
+        """Send every peer's waiting messages now (one notification per peer)."""
+        self._flush_scheduled = False
+        for to, waiting in self._outgoing.items():
+            if waiting[0] or waiting[1]:
+                self._flush_peer(to, waiting)
+
+    def _flush_peer(self, to: int, waiting: tuple[list[bytes], list[bytes]]) -> None:
+        urgent, lazy = waiting
+        payloads = urgent + lazy if urgent and lazy else urgent or lazy
+        self._outgoing_bytes[to] = 0
+        if payloads:
+            self.peers.notify(to, "px", bundle(payloads), lazy=not urgent)
+            urgent.clear()
+            lazy.clear()
 
     def send_snapshot(self, to: int, group: int, data: bytes) -> None:
         if to != self.node_id:
+            self.flush()  # the messages before it go first
             self.peers.notify(to, "snap", [group, data])
 
     def on_notify(self, method: str, params: Any) -> None:
@@ -232,18 +270,19 @@ class PaxosHost(Generic[M]):
             return
         if method != "px" or not isinstance(params, bytes):
             return  # unknown notifications are ignored: notify has no reply channel
-        try:
-            msg = decode_message(params)
-        except ProtocolError as exc:
-            self._dropped("paxos message", exc)
-            return
-        if trace.ON:
-            trace.mark(f"in.{type(msg).__name__}")
-        replica = self.replicas.get(msg.group)
-        if replica is None or msg.sender not in self.addresses:
-            self._dropped("paxos message", f"no group {msg.group} or no member {msg.sender} here")
-            return
-        replica.on_message(msg)
+        messages, error = unbundle(params)
+        replicas, members = self.replicas, self.addresses
+        for msg in messages:
+            if trace.ON:
+                trace.mark(f"in.{type(msg).__name__}")
+            replica = replicas.get(msg.group)
+            if replica is None or msg.sender not in members:
+                self._dropped("paxos message", f"no group {msg.group} or no member {msg.sender}")
+                continue
+            replica.on_message(msg)
+        if error is not None:
+            self._dropped("paxos message", error)
+        self.flush()  # the replies these messages caused leave together, now
 
     def _on_snapshot(self, params: Any) -> None:
         if not (isinstance(params, list) and len(params) == 2 and isinstance(params[1], bytes)):
@@ -275,6 +314,7 @@ class PaxosHost(Generic[M]):
                     deadline = replica.next_deadline()
                 if deadline is not None:
                     soonest = min(soonest, deadline)
+            self.flush()  # what the ticks sent (heartbeats of many groups) leaves now
             held = sum(r.paxos.is_master for r in self.replicas.values())
             if held != self._masters_held:
                 self._masters_held = held

@@ -87,7 +87,6 @@ READ_TIMEOUT = 10.0
 RETRY_MIN = 0.05
 RETRY_MAX = 1.0
 READ_MAX_COUNT = 256
-READ_MAX_BYTES = 4 << 20
 
 Ballot = tuple[int, int]
 

@@ -16,7 +16,9 @@ dequeue (no group: tail)   consume:T:any   get, kv_get, kv_list,       admin (``
 dequeue (local=true)       admin             kv_wait                     settings) or member
 commit, cursor, seek       consume:T:G     kv_put, kv_delete           admin for ``settings/...``
 status, reconcile,         admin                                       (limit, pause, resume),
-  checksum                                                             member for anything else
+  checksum                                                             ``cluster/...`` (the
+                                                                       cluster map), member
+                                                                       for anything else
 rejoin_probe, rejoin_read  member
 notify px, snap            member          notify px, snap             member
 =========================  ==============  ==========================  ===========================
@@ -52,6 +54,7 @@ log = logging.getLogger("phxq.security")
 Rule = Callable[[Any], Permission | None]  # None: any authenticated caller
 
 SETTINGS_PREFIX: Final = "settings/"  # lock-service keys the admin tools write
+CLUSTER_PREFIX: Final = "cluster/"  # the cluster map (phxq.mapstore): admin tools write it too
 
 
 def _params(params: Any) -> dict[str, Any]:
@@ -95,7 +98,8 @@ def read(params: Any) -> Permission:
 
 def lock_write(params: Any) -> Permission:
     key = _name(params, "key")
-    return Permission.admin() if key.startswith(SETTINGS_PREFIX) else Permission.member()
+    admin_keys = key.startswith((SETTINGS_PREFIX, CLUSTER_PREFIX))
+    return Permission.admin() if admin_keys else Permission.member()
 
 
 STORE_RULES: Final[Mapping[str, Rule]] = {

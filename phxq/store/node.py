@@ -10,7 +10,8 @@ as the state machine of every group; what it adds is retention and the RPC handl
 RPC methods (params and results are msgpack maps/lists; errors are ``PhxqError`` codes):
 
 =========  ==============================================================================
-meta       ``{}`` -> ``{groups, nodes{id: addr}, topics{name: queues}, masters{group: id}}``
+meta       ``{}`` -> ``{groups, nodes{id: addr}, sets{id: set}, set, topics{name: queues},
+           masters{group: id} (this node's set), map}`` (``map``: ``Topology.to_wire()``)
 enqueue    ``{topic, batches: [[queue, [[payload, key, headers, dedup_id], ...]], ...]}``;
            every queue in one group -> per batch ``[[offset, duplicate], ...]``
 dequeue    ``{group, topic, queue, after, limit, wait?}`` -> ``[[offset, payload, key, headers,
@@ -28,29 +29,42 @@ txn_*      transactions: prepare, decide, resolve, list, settle (see ``phxq.stor
 Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.replication.rejoin``).
 
 Any node answers ``meta`` and ``status``; the others are master-only and a follower answers
-``NotMaster(hint)``. Paxos traffic between stores is one-way ``px`` notifications.
+``NotMaster(hint)``; a request for a queue another store set holds gets ``StaleMap`` (with the
+set and the map version) so the client refreshes its cluster map. Paxos traffic between stores is one-way ``px`` notifications.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
-from phxq import metrics, validate
+from phxq import mapstore, metrics, validate
 from phxq.config import ClusterConfig
-from phxq.errors import NotMaster, PhxqError, UnknownTopic
+from phxq.errors import NotMaster, PhxqError, StaleMap, UnknownTopic
 from phxq.net.frames import shown
-from phxq.replication.daemon import ReplicatedDaemon
+from phxq.replication.daemon import Handler, ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
 from phxq.routing import INDEX_BITS, group_for_queue, split_offset
 from phxq.security import STORE_RULES
 from phxq.store import scheduler, service, txn_service
+from phxq.store.mapfollow import MapFollower
 from phxq.store.scheduler import Releaser
 from phxq.store.state import StoreMachines, StoreState
+from phxq.topology import Topology
 
 log = logging.getLogger("phxq.store")
+
+
+def _map_checked(handler: Handler) -> Handler:
+    """``handler`` behind the map-version check of a request naming one (param ``map``)."""
+
+    async def checked(node: Any, params: dict[str, Any]) -> Any:
+        if "map" in params:
+            await node.maps.check(params["map"])
+        return await handler(node, params)
+
+    return checked
 
 
 class StoreNode(ReplicatedDaemon[StoreState]):
@@ -58,21 +72,29 @@ class StoreNode(ReplicatedDaemon[StoreState]):
 
     def __init__(self, cluster: ClusterConfig, node_id: int, *, host: str | None = None) -> None:
         c = cluster.cluster
+        node = cluster.store(node_id)
+        self.set = node.set
         super().__init__(
             "store",
             cluster,
-            cluster.store(node_id),
-            {s.id: s.addr for s in cluster.stores},
+            node,
+            # Peers: only the stores of this node's set (each set is its own Paxos cluster).
+            {s.id: s.addr for s in cluster.set_stores(node.set)},
             groups=c.groups,
             machines=StoreMachines(c.dedup_window),
-            handlers=service.HANDLERS,
+            handlers={m: _map_checked(h) for m, h in service.HANDLERS.items()},
             rules=STORE_RULES,
             host=host,
+        )
+        # The cluster map (which set holds each queue), followed in the lock service's KV.
+        tls = None if self.security is None else self.security.peer_ssl
+        self.maps = MapFollower(
+            cluster, node.data, mapstore.lock_home(cluster, tls), self._map_changed
         )
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._releaser = Releaser(self)
         self._txn_sweeper = txn_service.TxnSweeper(self)
-        self.instance_id = uuid.uuid4().hex[:8]
+        metrics.STORE_INFO.labels(str(node_id), str(node.set)).set(1)
 
     def background(self) -> list[tuple[str, Any]]:
         interval = self.cluster.cluster.retention_interval
@@ -80,7 +102,17 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             ("retention", self.every(interval, self.apply_retention, "retention pass")),
             ("releaser", self._releaser.run()),
             ("transactions", self._txn_sweeper.run()),
+            ("cluster map", self.maps.run()),
         ]
+
+    @property
+    def topology(self) -> Topology:
+        """The cluster map this store routes by (see ``phxq.store.mapfollow``)."""
+        return self.maps.topology
+
+    def _map_changed(self, topo: Topology) -> None:
+        groups = self.cluster.cluster.groups
+        self._retention = {g: self._retention_limits(g) for g in range(groups)}
 
     # ------------------------------------------------------------------------- retention
 
@@ -91,8 +123,8 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         groups = self.cluster.cluster.groups
         ages: list[float] = []
         total: int | None = 0
-        for topic in self.cluster.topics:
-            queues = sum(1 for q in range(topic.queues) if group_for_queue(q, groups) == group)
+        for topic in self.topology.topics.values():
+            queues = sum(1 for q in self.local_queues(topic.name) if q % groups == group)
             if not queues:
                 continue
             ages.append(topic.retention)
@@ -101,7 +133,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             else:
                 total += topic.retention_bytes * queues
         if not ages:  # no queue lives here: only no-ops, keep them as long as any topic
-            return max((t.retention for t in self.cluster.topics), default=None), None
+            return max((t.retention for t in self.topology.topics.values()), default=None), None
         return max(ages), total
 
     def keep_from(self, group: int) -> int:
@@ -111,10 +143,9 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         keep = glog.chosen_up_to + 1
         groups = self.cluster.cluster.groups
         for cg in self.cluster.consumer_groups:
-            spec = self.cluster.topics_by_name.get(cg.topic)
-            if spec is None:
-                continue
-            for q in range(group, spec.queues, groups):
+            for q in self.local_queues(cg.topic):
+                if q % groups != group:
+                    continue
                 cursor = replica.state.cursor(cg.name, cg.topic, q)
                 after = None if cursor is None else split_offset(cursor)
                 nxt = glog.positions((cg.topic, q), after, 1)
@@ -165,11 +196,23 @@ class StoreNode(ReplicatedDaemon[StoreState]):
 
     # ----------------------------------------------------------------------------- RPC
 
+    def local_queues(self, topic: str) -> list[int]:
+        """The queues of ``topic`` placed on this node's set (none for an unknown topic)."""
+        placement = self.topology.placement.get(topic, ())
+        return [q for q, s in enumerate(placement) if s == self.set]
+
     def replica_for(self, topic: str, queue: Any) -> GroupReplica[StoreState]:
-        spec = self.cluster.topics_by_name.get(topic) if isinstance(topic, str) else None
+        spec = self.topology.topics.get(topic) if isinstance(topic, str) else None
         if spec is None:
             raise UnknownTopic(f"unknown topic {shown(topic)}")
         validate.integer(queue, "queue", maximum=spec.queues - 1)
+        home = self.topology.placement[topic][queue]
+        if home != self.set:
+            raise StaleMap(
+                f"queue {queue} of topic {topic!r} lives on store set {home}, not on set "
+                f"{self.set} (cluster map version {self.topology.version})",
+                {"set": home, "version": self.topology.version},
+            )
         return self.replicas[group_for_queue(queue, self.cluster.cluster.groups)]
 
     def master_replica(self, topic: str, queue: Any) -> GroupReplica[StoreState]:
@@ -186,9 +229,14 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         return replica
 
     def meta(self) -> dict[str, Any]:
+        """``nodes``: every store of every set (``sets``: each one's set); ``masters``: of
+        this node's set's groups; ``map``: the cluster map (``Topology.to_wire``)."""
         return {
             "groups": self.cluster.cluster.groups,
-            "nodes": {str(k): v for k, v in self.addresses.items()},
-            "topics": {t.name: t.queues for t in self.cluster.topics},
+            "nodes": {str(s.id): s.addr for s in self.cluster.stores},
+            "sets": {str(s.id): s.set for s in self.cluster.stores},
+            "set": self.set,
+            "topics": {name: t.queues for name, t in self.topology.topics.items()},
             "masters": {str(g): r.paxos.master for g, r in self.replicas.items()},
+            "map": self.topology.to_wire(),
         }

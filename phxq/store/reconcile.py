@@ -25,8 +25,8 @@ from typing import Any
 
 from phxq.config import ClusterConfig
 from phxq.errors import PhxqError, UnknownTopic
-from phxq.routing import group_for_queue
 from phxq.security.daemon import tool_pool
+from phxq.topology import Topology
 
 TIMEOUT = 5.0
 
@@ -76,8 +76,9 @@ async def reconcile(
             except PhxqError as exc:
                 return exc
 
-        stores = list(cfg.stores)
+        topo = Topology.from_config(cfg)
         for q in range(spec.queues):
+            stores = list(cfg.set_stores(topo.set_of(topic, q)))  # the replicas of its set
             params = {"topic": topic, "queue": q, "since": since, "until": until, "groups": names}
             answers = await asyncio.gather(*(ask(s.addr, "reconcile", params) for s in stores))
             views = {}
@@ -88,8 +89,9 @@ async def reconcile(
                 else:
                     views[s.id] = a
             _check_queue(report, q, views, names)
-        for group in sorted({group_for_queue(q, cfg.cluster.groups) for q in range(spec.queues)}):
-            await _check_checksums(report, group, stores, ask)
+        routes = {topo.route(topic, q, cfg.cluster.groups) for q in range(spec.queues)}
+        for number, group in sorted(routes):
+            await _check_checksums(report, group, list(cfg.set_stores(number)), ask)
     return report
 
 

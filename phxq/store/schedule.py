@@ -59,6 +59,7 @@ from phxq.routing import INDEX_BITS
 
 __all__ = [
     "BUCKET_SECONDS",
+    "HELD",
     "SCHEDULED_FLAG",
     "Cancelled",
     "Released",
@@ -70,6 +71,9 @@ __all__ = [
 ]
 
 BUCKET_SECONDS: Final = 60.0
+# The due time of a transaction's half message (phxq.store.txn): never due, and never released
+# by a release entry whatever its stamp; only its transaction's decision makes it readable.
+HELD: Final = float(2**52)
 # A dedup window entry (and an apply result) that refers to a scheduled id rather than an
 # offset has this bit set (offsets and ids are instance << 20 | index, far below it).
 SCHEDULED_FLAG: Final = 1 << 62
@@ -413,7 +417,7 @@ def release(
     offsets: list[int | None] = []
     for i, (sid, due) in enumerate(zip(head.ids, head.due, strict=True)):
         index = first_index + i
-        if due <= at and schedule.remove(sid, due):
+        if due <= at and due != HELD and schedule.remove(sid, due):
             offsets.append(base | index)
             index_entries.append((queue_key, index, at))
         else:

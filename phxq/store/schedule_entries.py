@@ -50,7 +50,6 @@ Decoding checks every type and range; no byte string makes it raise anything but
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -59,6 +58,15 @@ import msgpack
 
 from phxq.errors import PhxqError, ProtocolError, StorageError
 from phxq.store.entries import EnqueueEntry, EnqueueHead, Message, _body, _fields, _text, _uint
+from phxq.store.entry_fields import (
+    check_bin,
+    check_dedup_ids,
+    check_ids_per_due,
+    finite_time,
+    finite_times,
+    messages_of,
+    packed_bodies,
+)
 
 __all__ = [
     "TAG_CANCEL",
@@ -189,7 +197,7 @@ def encode_schedule(
     wire_messages: Sequence[Sequence[Any]],
 ) -> bytes:
     """A schedule entry of validated ``[payload, key, headers, dedup_id, ...]`` messages."""
-    body = _packb([m[:3] for m in wire_messages], use_bin_type=True)
+    body = packed_bodies(wire_messages)
     packed: bytes = _packb(
         [
             TAG_SCHEDULE,
@@ -214,7 +222,7 @@ def encode_release(
     wire_messages: Sequence[Sequence[Any]],
 ) -> bytes:
     """A release entry of ``[payload, key, headers]`` messages read from their records."""
-    body = _packb([list(m[:3]) for m in wire_messages], use_bin_type=True)
+    body = packed_bodies(wire_messages)
     packed: bytes = _packb(
         [TAG_RELEASE, topic, queue, float(released_at), list(ids), [float(d) for d in due], body],
         use_bin_type=True,
@@ -230,7 +238,7 @@ def encode_roll(
     wire_messages: Sequence[Sequence[Any]],
 ) -> bytes:
     """A roll entry of ``[payload, key, headers]`` messages read from their records."""
-    body = _packb([list(m[:3]) for m in wire_messages], use_bin_type=True)
+    body = packed_bodies(wire_messages)
     packed: bytes = _packb(
         [TAG_ROLL, topic, queue, list(ids), [float(d) for d in due], body], use_bin_type=True
     )
@@ -263,36 +271,17 @@ def encode_scheduled(entry: ScheduleEntry | ReleaseEntry | CancelEntry | RollEnt
 # ----------------------------------------------------------------------------------- decode
 
 
-def _time(value: Any, what: str) -> float:
-    if type(value) is not float or not math.isfinite(value):
-        raise ProtocolError(f"{what}: expected a finite float, got {value!r:.40}")
-    return value
-
-
-def _times(value: Any, what: str) -> list[float]:
-    if type(value) is not list or not value:
-        raise ProtocolError(f"{what}: expected a non-empty array of times")
-    for v in value:
-        _time(v, what)
-    return value
-
-
 def _schedule_head(fields: list[Any]) -> ScheduleHead:
     if len(fields) != 7:
         raise ProtocolError(f"schedule entry: expected 7 fields, got {len(fields)}")
     _, topic, queue, enqueued_at, due, dedup_ids, body = fields
-    _times(due, "schedule entry due")
-    if type(dedup_ids) is not list or len(dedup_ids) != len(due):
-        raise ProtocolError("schedule entry: one dedup id (or nil) per due time")
-    for d in dedup_ids:
-        if d is not None and type(d) is not str:
-            raise ProtocolError("schedule entry: a dedup id must be a string or nil")
-    if type(body) is not bytes:
-        raise ProtocolError("schedule entry: body must be bin")
+    finite_times(due, "schedule entry due")
+    check_dedup_ids(dedup_ids, len(due), "schedule entry")
+    check_bin(body, "schedule entry")
     return ScheduleHead(
         _text(topic, "schedule entry topic"),
         _uint(queue, "schedule entry queue"),
-        _time(enqueued_at, "schedule entry enqueued_at"),
+        finite_time(enqueued_at, "schedule entry enqueued_at"),
         due,
         dedup_ids,
     )
@@ -302,17 +291,12 @@ def _release_head(fields: list[Any]) -> ReleaseHead:
     if len(fields) != 7:
         raise ProtocolError(f"release entry: expected 7 fields, got {len(fields)}")
     _, topic, queue, released_at, ids, due, body = fields
-    _times(due, "release entry due")
-    if type(ids) is not list or len(ids) != len(due):
-        raise ProtocolError("release entry: one id per due time")
-    for i in ids:
-        _uint(i, "release entry id")
-    if type(body) is not bytes:
-        raise ProtocolError("release entry: body must be bin")
+    check_ids_per_due(ids, due, "release entry")
+    check_bin(body, "release entry")
     return ReleaseHead(
         _text(topic, "release entry topic"),
         _uint(queue, "release entry queue"),
-        _time(released_at, "release entry released_at"),
+        finite_time(released_at, "release entry released_at"),
         ids,
         due,
     )
@@ -322,31 +306,23 @@ def _roll_head(fields: list[Any]) -> RollHead:
     if len(fields) != 6:
         raise ProtocolError(f"roll entry: expected 6 fields, got {len(fields)}")
     _, topic, queue, ids, due, body = fields
-    _times(due, "roll entry due")
-    if type(ids) is not list or len(ids) != len(due):
-        raise ProtocolError("roll entry: one id per due time")
-    for i in ids:
-        _uint(i, "roll entry id")
-    if type(body) is not bytes:
-        raise ProtocolError("roll entry: body must be bin")
+    check_ids_per_due(ids, due, "roll entry")
+    check_bin(body, "roll entry")
     return RollHead(_text(topic, "roll entry topic"), _uint(queue, "roll entry queue"), ids, due)
 
 
 def _roll(fields: list[Any]) -> RollEntry:
     head = _roll_head(fields)
-    messages = _messages(len(head.ids), fields[5])
+    messages = messages_of(len(head.ids), fields[5])
     return RollEntry(head.topic, head.queue, tuple(head.ids), tuple(head.due), messages)
 
 
 def _cancel(fields: list[Any]) -> CancelEntry:
     if len(fields) != 3:
         raise ProtocolError(f"cancel entry: expected 3 fields, got {len(fields)}")
-    return CancelEntry(_uint(fields[1], "cancel entry id"), _time(fields[2], "cancel entry due"))
-
-
-def _messages(count: int, body: bytes) -> tuple[Message, ...]:
-    # The enqueue entry's body codec (one message per dedup id; here there are none).
-    return _body(EnqueueHead("", 0, 0.0, [None] * count), body)
+    return CancelEntry(
+        _uint(fields[1], "cancel entry id"), finite_time(fields[2], "cancel entry due")
+    )
 
 
 def _schedule(fields: list[Any]) -> ScheduleEntry:
@@ -357,7 +333,7 @@ def _schedule(fields: list[Any]) -> ScheduleEntry:
 
 def _release(fields: list[Any]) -> ReleaseEntry:
     head = _release_head(fields)
-    messages = _messages(len(head.ids), fields[6])
+    messages = messages_of(len(head.ids), fields[6])
     return ReleaseEntry(
         head.topic, head.queue, head.released_at, tuple(head.ids), tuple(head.due), messages
     )
@@ -384,7 +360,7 @@ def release_as_enqueue(fields: list[Any]) -> EnqueueEntry:
     ``StorageError`` if only its body is (a corrupt log)."""
     head = _release_head(fields)
     try:
-        messages = _messages(len(head.ids), fields[6])
+        messages = messages_of(len(head.ids), fields[6])
     except ProtocolError as exc:
         raise StorageError(f"corrupt release entry body: {exc.message}") from None
     return EnqueueEntry(head.topic, head.queue, messages, head.released_at)

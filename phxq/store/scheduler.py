@@ -49,6 +49,7 @@ from phxq.store.schedule_entries import (
     instance_scheduled,
 )
 from phxq.store.txn_entries import HELD
+from phxq.tasks import TaskScope
 
 if TYPE_CHECKING:
     from phxq.replication.replica import GroupReplica
@@ -199,18 +200,14 @@ class Releaser:
     def __init__(self, node: StoreNode) -> None:
         self._node = node
         self._busy: set[int] = set()  # groups with a release round in flight
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._rounds = TaskScope("release rounds", log)
         self._log = LogLimiter()
 
     async def run(self) -> None:
         """Until cancelled (then the rounds in flight are cancelled too)."""
-        try:
+        async with self._rounds:
             while True:
                 await asyncio.sleep(self._tick())
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _tick(self) -> float:
         """Start the rounds that are due; the seconds to sleep until the next look."""
@@ -229,9 +226,7 @@ class Releaser:
                 sleep = min(sleep, nxt - now)
             elif group not in self._busy:
                 self._busy.add(group)
-                task = asyncio.get_running_loop().create_task(self._round(group, replica))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._rounds.spawn(self._round(group, replica), name=f"release group {group}")
         return max(sleep, 0.001)
 
     async def _round(self, group: int, replica: GroupReplica[StoreState]) -> None:

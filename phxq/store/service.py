@@ -111,7 +111,7 @@ def _check_messages(raw_messages: list[Any], max_bytes: int) -> None:
 async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any]]]:
     topic = _str(params, "topic")
     assert topic is not None
-    spec = node.cluster.topics_by_name.get(topic)
+    spec = node.topology.topics.get(topic)
     batches = params.get("batches")
     if not isinstance(batches, list) or not batches:
         raise BadArgument("batches must be a non-empty list of [queue, messages]")
@@ -322,6 +322,8 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         )
     return {
         "node": node.node_id,
+        "set": node.set,
+        "map_version": node.topology.version,
         "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,
@@ -347,10 +349,7 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     groups = node.cluster.cluster.groups
     for cg in node.cluster.consumer_groups:
-        spec = node.cluster.topics_by_name.get(cg.topic)
-        if spec is None:
-            continue
-        for q in range(spec.queues):
+        for q in node.local_queues(cg.topic):
             replica = node.replicas[group_for_queue(q, groups)]
             if not replica.serving:
                 continue

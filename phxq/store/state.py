@@ -82,29 +82,34 @@ restored state keeps the window of its snapshot.
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeAlias
 
-import msgpack
-
-from phxq import validate
 from phxq.errors import (
     BadArgument,
-    PhxqError,
     ProtocolError,
     StaleToken,
     StorageError,
     VersionMismatch,
 )
 from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
+from phxq.store.apply_results import (
+    ApplyResult,
+    Committed,
+    Enqueued,
+    Rejected,
+    Rolled,
+    Scheduled,
+)
+from phxq.store.dedup import DedupWindow
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
 from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
-from phxq.store.txn import TxnBook, TxnDecided, TxnDiscarded, TxnPrepared
+from phxq.store.state_snapshot import decode_state, encode_state
+from phxq.store.txn import TxnBook
 from phxq.store.txn_entries import HELD, DecideEntry, DiscardEntry, PrepareHead, TxnReleaseHead
 
 __all__ = [
@@ -129,71 +134,6 @@ CursorKey: TypeAlias = tuple[str, str, int]
 IndexEntry: TypeAlias = tuple[QueueKey, int, float]
 
 
-@dataclass(frozen=True, slots=True)
-class Enqueued:
-    """An ``EnqueueEntry`` was applied: per message, its offset (the original one for a
-    duplicate) and whether it was a duplicate (not stored again)."""
-
-    offsets: tuple[int, ...]
-    duplicates: tuple[bool, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """A commit or replay was applied; ``offset`` is the cursor it set."""
-
-    offset: int
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Rejected:
-    """The item was not applied and changed nothing; ``error`` is what the proposer raises.
-
-    Two rejections are equal when their errors have the same class, message and data (so
-    results of two replicas compare equal)."""
-
-    error: PhxqError
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Rejected):
-            return NotImplemented
-        a, b = self.error, other.error
-        return type(a) is type(b) and a.message == b.message and a.data == b.data
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, slots=True)
-class Scheduled:
-    """A schedule entry was applied: per message, its scheduled id as a ref
-    (``schedule.scheduled_ref``), or for a duplicate the original's ref (a scheduled id, or an
-    offset if the dedup id was first used by an ordinary enqueue), and whether it was one."""
-
-    refs: tuple[int, ...]
-    duplicates: tuple[bool, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Rolled:
-    """A roll entry was applied: per message, whether it moved (it was still pending)."""
-
-    moved: tuple[bool, ...]
-
-
-ApplyResult: TypeAlias = (
-    Enqueued
-    | Committed
-    | Rejected
-    | Scheduled
-    | Released
-    | Cancelled
-    | Rolled
-    | TxnPrepared
-    | TxnDecided
-    | TxnDiscarded
-)
-
-
 class StoreState:
     """Cursors, dedup window and per-queue counters of one group (see the module docstring)."""
 
@@ -207,15 +147,7 @@ class StoreState:
         self.applied_up_to = applied_up_to
         self._cursors: dict[CursorKey, tuple[int, int]] = {}
         self._replays: OrderedDict[str, int] = OrderedDict()
-        # The dedup window: per topic, dedup_id -> offset and dedup_id -> enqueued_at of the
-        # stored original (_Window). _window_order holds one (enqueued_at, topic, first_offset,
-        # dedup_ids) per applied entry (message i has offset first_offset + i), in apply order,
-        # for expiry. Millions of ids may be remembered: keys and values are plain str, int and
-        # float, so the cyclic GC never tracks these dicts (a full collection used to walk every
-        # remembered id: ~0.7 s per million, stalling the replica).
-        self._window: dict[str, _Window] = {}
-        self._window_order = _Order()
-        self._latest_enqueued_at = -math.inf
+        self._dedup = DedupWindow(self.dedup_window)
         self._end: dict[QueueKey, int] = {}
         self._enqueued: dict[QueueKey, int] = {}
         # instance -> indexes of its messages that are not in the queue index
@@ -367,7 +299,7 @@ class StoreState:
         ids = head.dedup_ids
         count = len(ids)
         first = (instance << INDEX_BITS) | first_index
-        duplicates = self._dedup(topic, at, first, ids)
+        duplicates = self._dedup.remember(topic, at, first, ids)
         if duplicates is None:
             stored = count
             index_entries.extend(
@@ -396,40 +328,13 @@ class StoreState:
             result = Enqueued(tuple(offsets), tuple(flags))
         if stored:
             self._enqueued[queue_key] = self._enqueued.get(queue_key, 0) + stored
-        self._expire(at)
+        self._dedup.expire(at)
         return result
-
-    def _dedup(
-        self, topic: str, at: float, first: int, ids: Sequence[str | None]
-    ) -> dict[int, int] | None:
-        """Remember the new dedup ids of an entry whose message i has ref ``first + i`` (an
-        offset, or a scheduled ref); position in the entry -> original ref of each duplicate."""
-        if self.dedup_window <= 0:
-            return None
-        duplicates: dict[int, int] | None = None
-        window = self._window.get(topic)
-        if window is None:
-            window = self._window[topic] = _Window()
-        offsets_of, times_of = window.offsets, window.times
-        horizon = self.dedup_window
-        for i, dedup_id in enumerate(ids):
-            if dedup_id is None:
-                continue
-            original = offsets_of.get(dedup_id)
-            if original is not None and at - times_of[dedup_id] <= horizon:
-                if duplicates is None:
-                    duplicates = {}
-                duplicates[i] = original
-            else:
-                offsets_of[dedup_id] = first + i
-                times_of[dedup_id] = at
-        self._window_order.append((at, topic, first, tuple(ids)))
-        return duplicates
 
     def _schedule(self, instance: int, first_index: int, head: ScheduleHead) -> Scheduled:
         # Scheduled ids are instance << 20 | ordinal among the instance's scheduled messages.
         first = scheduled_ref((instance << INDEX_BITS) | first_index)
-        duplicates = self._dedup(head.topic, head.enqueued_at, first, head.dedup_ids) or {}
+        duplicates = self._dedup.remember(head.topic, head.enqueued_at, first, head.dedup_ids) or {}
         refs: list[int] = []
         add = self.schedule.add
         for i, due in enumerate(head.due):
@@ -439,7 +344,7 @@ class StoreState:
                 add((instance << INDEX_BITS) | (first_index + i), due)
             else:
                 refs.append(prior)
-        self._expire(head.enqueued_at)
+        self._dedup.expire(head.enqueued_at)
         return Scheduled(tuple(refs), tuple(i in duplicates for i in range(len(refs))))
 
     def _roll(self, instance: int, first_index: int, head: RollHead) -> Rolled:
@@ -456,25 +361,6 @@ class StoreState:
             key = (head.topic, head.queue)
             self._end[key] = released[-1]
             self._enqueued[key] = self._enqueued.get(key, 0) + len(released)
-
-    def _expire(self, enqueued_at: float) -> None:
-        if enqueued_at > self._latest_enqueued_at:
-            self._latest_enqueued_at = enqueued_at
-        horizon = self._latest_enqueued_at - self.dedup_window
-        order = self._window_order
-        while (front := order.front()) is not None and front[0] < horizon:
-            _, topic, first, ids = order.popleft()
-            window = self._window.get(topic)
-            if window is None:  # nothing of this topic is remembered any more
-                continue
-            offsets_of, times_of = window.offsets, window.times
-            for i, dedup_id in enumerate(ids):
-                # Not stored (None), a duplicate, or superseded by a later original: kept.
-                if dedup_id is not None and offsets_of.get(dedup_id) == first + i:
-                    del offsets_of[dedup_id]
-                    del times_of[dedup_id]
-            if not offsets_of:
-                del self._window[topic]
 
     def _commit(self, entry: CommitEntry) -> ApplyResult:
         key = (entry.consumer_group, entry.topic, entry.queue)
@@ -527,10 +413,6 @@ class StoreState:
             self._replays.popitem(last=False)
         return Committed(entry.offset)
 
-    def _is_original(self, topic: str, dedup_id: str, offset: int) -> bool:
-        window = self._window.get(topic)
-        return window is not None and window.offsets.get(dedup_id) == offset
-
     # -------------------------------------------------------------------- queue index
 
     def index_entries(self, instance: int, items: Sequence[bytes]) -> list[IndexEntry]:
@@ -581,91 +463,14 @@ class StoreState:
     def snapshot(self) -> bytes:
         """Canonical bytes of the whole state (cursors, dedup window, replay ids, counters,
         unindexed positions, ``applied_up_to``): states that will make the same decisions
-        give equal bytes, whichever way they were reached."""
-        window = [
-            [at, topic, dedup_id, first + i]
-            for at, topic, first, ids in self._window_order
-            for i, dedup_id in enumerate(ids)
-            if dedup_id is not None and self._is_original(topic, dedup_id, first + i)
-        ]
-        body = [
-            _SNAPSHOT_VERSION,
-            self.group,
-            self.dedup_window,
-            self.applied_up_to,
-            self._latest_enqueued_at,
-            [[*key, off, tok] for key, (off, tok) in sorted(self._cursors.items())],
-            [[rid, off] for rid, off in self._replays.items()],
-            window,
-            [[*key, off] for key, off in sorted(self._end.items())],
-            [[*key, n] for key, n in sorted(self._enqueued.items())],
-            [[i, list(idx)] for i, idx in sorted(self._unindexed.items())],
-            self._unindexed_floor,
-            self.schedule.snapshot(),
-            self.schedule.forwards(),
-            self.txns.snapshot(),
-        ]
-        packed: bytes = msgpack.packb(body, use_bin_type=True)
-        return packed
+        give equal bytes, whichever way they were reached (:mod:`phxq.store.state_snapshot`)."""
+        return encode_state(self)
 
     @classmethod
     def restore(cls, data: bytes) -> StoreState:
         """The state :meth:`snapshot` captured. ``ProtocolError`` if ``data`` is malformed
         (it may come from a peer)."""
-        try:
-            body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-        except Exception as exc:  # msgpack raises many unrelated types on garbage
-            raise ProtocolError(f"undecodable store snapshot: {type(exc).__name__}") from None
-        if not (
-            isinstance(body, list)
-            and body
-            and type(body[0]) is int
-            and body[0] in (1, 2, 3, _SNAPSHOT_VERSION)
-            and len(body) == 11 + body[0]
-        ):
-            raise ProtocolError("not a version-1 to -4 store snapshot")
-        (_, group, window_s, applied, latest, cursors, replays, window, ends, counts,
-         unindexed, floor) = body[:12]  # fmt: skip
-        if not isinstance(window_s, float) or not window_s >= 0:
-            raise ProtocolError("snapshot: bad dedup_window")
-        state = cls(_uint(group), dedup_window=window_s, applied_up_to=_uint(applied))
-        if not isinstance(latest, float) or math.isnan(latest):
-            raise ProtocolError("snapshot: bad latest enqueue time")
-        state._latest_enqueued_at = latest
-        for cg, topic, queue, off, tok in _rows(cursors, 5):
-            state._cursors[(_text(cg), _text(topic), _uint(queue))] = (_uint(off), _uint(tok))
-        for rid, off in _rows(replays, 2):
-            state._replays[_text(rid)] = _uint(off)
-        for at, topic, dedup_id, off in _rows(window, 4):
-            if not isinstance(at, float) or not math.isfinite(at):
-                raise ProtocolError("snapshot: bad dedup window time")
-            key = (_text(topic), _text(dedup_id))
-            window = state._window.get(key[0])
-            if window is None:
-                window = state._window[key[0]] = _Window()
-            window.offsets[key[1]] = _uint(off)
-            window.times[key[1]] = at
-            state._window_order.append((at, key[0], _uint(off), (key[1],)))
-        for topic, queue, off in _rows(ends, 3):
-            state._end[(_text(topic), _uint(queue))] = _uint(off)
-        for topic, queue, n in _rows(counts, 3):
-            state._enqueued[(_text(topic), _uint(queue))] = _uint(n)
-        for instance, indexes in _rows(unindexed, 2):
-            if not isinstance(indexes, list):
-                raise ProtocolError("snapshot: bad unindexed positions")
-            state._unindexed[_uint(instance)] = tuple(_uint(i) for i in indexes)
-        state._unindexed_floor = _uint(floor)
-        if len(body) >= 13:  # version 2: pending scheduled messages
-            state.schedule = Schedule.restore(body[12])
-        if len(body) >= 14:  # version 3: rolled ones
-            state.schedule.restore_forwards(body[13])
-        if len(body) >= 15:  # version 4: transactions
-            state.txns = TxnBook.restore(body[14])
-        return state
-
-
-# 2 added the schedule, 3 rolled messages, 4 transactions; 1 to 3 are still read
-_SNAPSHOT_VERSION = 4
+        return decode_state(cls, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,76 +484,3 @@ class StoreMachines:
 
     def restore(self, group: int, data: bytes) -> StoreState:
         return StoreState.restore(data)
-
-
-_OrderEntry: TypeAlias = tuple[float, str, int, tuple[str | None, ...]]
-
-
-class _Order:
-    """The dedup window's expiry order: one ``(enqueued_at, topic, first_offset, dedup_ids)``
-    per applied entry, a FIFO. Entries are kept in sealed chunks of ``CHUNK`` (tuples of
-    tuples of atoms, which the cyclic GC untracks), so a collection walks a few thousand
-    chunks, not a million entries; only the open tail chunk is a tracked deque."""
-
-    __slots__ = ("_chunks", "_head", "_tail")
-    CHUNK = 1024
-
-    def __init__(self) -> None:
-        self._chunks: deque[tuple[_OrderEntry, ...]] = deque()
-        self._head = 0  # entries of _chunks[0] already popped
-        self._tail: deque[_OrderEntry] = deque()
-
-    def append(self, entry: _OrderEntry) -> None:
-        tail = self._tail
-        tail.append(entry)
-        if len(tail) >= self.CHUNK:
-            self._chunks.append(tuple(tail))
-            tail.clear()
-
-    def front(self) -> _OrderEntry | None:
-        if self._chunks:
-            return self._chunks[0][self._head]
-        return self._tail[0] if self._tail else None
-
-    def popleft(self) -> _OrderEntry:
-        chunks = self._chunks
-        if not chunks:
-            return self._tail.popleft()
-        chunk = chunks[0]
-        entry = chunk[self._head]
-        self._head += 1
-        if self._head == len(chunk):
-            chunks.popleft()
-            self._head = 0
-        return entry
-
-    def __iter__(self) -> Iterator[_OrderEntry]:
-        for n, chunk in enumerate(self._chunks):
-            yield from chunk[self._head :] if n == 0 else chunk
-        yield from self._tail
-
-
-class _Window:
-    """The remembered dedup ids of one topic (see ``StoreState.__init__``)."""
-
-    __slots__ = ("offsets", "times")
-
-    def __init__(self) -> None:
-        self.offsets: dict[str, int] = {}
-        self.times: dict[str, float] = {}
-
-
-def _uint(value: object) -> int:
-    return validate.integer(value, "snapshot field", error=ProtocolError)
-
-
-def _text(value: object) -> str:
-    return validate.text(value, "snapshot field", error=ProtocolError)
-
-
-def _rows(value: object, width: int) -> list[list[object]]:
-    if not isinstance(value, list) or not all(
-        isinstance(row, list) and len(row) == width for row in value
-    ):
-        raise ProtocolError(f"snapshot: expected an array of {width}-element arrays")
-    return value

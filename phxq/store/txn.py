@@ -49,8 +49,10 @@ The protocol (RocketMQ-style half messages, atomic over queues and groups; DESIG
 - **Forgetting.** A group remembers decisions and finished transactions for ``REMEMBER``
   seconds of log time (stamps of the entries, never a local clock), so a late duplicate prepare
   of a finished transaction is refused (``Rejected(TransactionAborted)``: closed) instead of
-  opening it again. A participant that cannot read its home's decision for longer than that
-  (a group down for a day) would wait for the home to decide again; documented limit.
+  opening it again. A participant that cannot apply its home's decision for longer than that
+  (its group without a majority for an hour) keeps its half messages held (listed by ``admin
+  txn list``); the home refuses an operator's decision for a transaction it no longer knows,
+  so nothing can contradict the forgotten one: documented limit.
 
 The book (pure, deterministic; part of :class:`phxq.store.state.StoreState`)
 -------------------------------------------------------------------------
@@ -90,7 +92,10 @@ __all__ = [
     "all_prepared",
 ]
 
-REMEMBER: Final = 86400.0  # seconds of log time decisions and finished transactions are kept
+# Seconds of log time decisions and finished transactions are kept: long past any retry of a
+# prepare, and a participant applies a decision within a tick; bounded so that memory is too
+# (100 transactions/s: 360,000 entries, tens of MB).
+REMEMBER: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,6 @@ Decoding checks every type and range; no byte string makes it raise anything but
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -58,6 +57,15 @@ import msgpack
 
 from phxq.errors import ProtocolError, StorageError
 from phxq.store.entries import EnqueueEntry, EnqueueHead, Message, _body, _text, _uint
+from phxq.store.entry_fields import (
+    check_bin,
+    check_dedup_ids,
+    check_ids_per_due,
+    finite_time,
+    messages_of,
+    packed_bodies,
+)
+from phxq.store.schedule import HELD
 
 __all__ = [
     "HELD",
@@ -84,10 +92,10 @@ TAG_DECIDE: Final = 10
 TAG_TXN_RELEASE: Final = 11
 TAG_DISCARD: Final = 12
 
-# The due time of a half message: never due (about 142 million years from the epoch), so the
-# releaser of delayed messages never releases one, and an ordinary release entry (which
-# checks due <= released_at) cannot either. Only a TxnReleaseEntry of its transaction can.
-HELD: Final = float(2**52)
+# HELD, the due time of a half message: never due (about 142 million years from the epoch),
+# so the releaser of delayed messages never releases one, and an ordinary release entry never
+# does either (phxq.store.schedule.release skips it). Only a TxnReleaseEntry of its
+# transaction can.
 MAX_TXN_ID_CHARS: Final = 128
 MAX_TIMEOUT: Final = 86400.0
 
@@ -212,7 +220,7 @@ def encode_prepare(
     expect: Sequence[tuple[int, int]] = (),
 ) -> bytes:
     """A prepare entry of validated ``[payload, key, headers, dedup_id]`` messages."""
-    body = _packb([list(m[:3]) for m in wire_messages], use_bin_type=True)
+    body = packed_bodies(wire_messages)
     fields = [
         TAG_PREPARE,
         topic,
@@ -248,7 +256,7 @@ def encode_txn_release(
     wire_messages: Sequence[Sequence[Any]],
 ) -> bytes:
     """A transaction's release entry of ``[payload, key, headers]`` read from the records."""
-    body = _packb([list(m[:3]) for m in wire_messages], use_bin_type=True)
+    body = packed_bodies(wire_messages)
     fields = [TAG_TXN_RELEASE, topic, queue, float(released_at), list(ids)]
     packed: bytes = _packb([*fields, [float(d) for d in due], body, txn], use_bin_type=True)
     return packed
@@ -290,12 +298,6 @@ def encode_txn(entry: PrepareEntry | DecideEntry | TxnReleaseEntry | DiscardEntr
 # ----------------------------------------------------------------------------------- decode
 
 
-def _time(value: Any, what: str) -> float:
-    if type(value) is not float or not math.isfinite(value):
-        raise ProtocolError(f"{what}: expected a finite float, got {value!r:.40}")
-    return value
-
-
 def _txn(value: Any) -> str:
     txn = _text(value, "transaction id")
     if len(txn) > MAX_TXN_ID_CHARS:
@@ -309,18 +311,13 @@ def _prepare_head(fields: list[Any]) -> PrepareHead:
     _, topic, queue, at, dedup_ids, body, txn, home, part, timeout, producer, expect = fields
     _text(topic, "prepare entry topic")
     _uint(queue, "prepare entry queue")
-    _time(at, "prepare entry prepared_at")
-    if type(dedup_ids) is not list or not dedup_ids:
-        raise ProtocolError("prepare entry: dedup ids must be a non-empty array")
-    for d in dedup_ids:
-        if d is not None and type(d) is not str:
-            raise ProtocolError("prepare entry: a dedup id must be a string or nil")
-    if type(body) is not bytes:
-        raise ProtocolError("prepare entry: body must be bin")
+    finite_time(at, "prepare entry prepared_at")
+    check_dedup_ids(dedup_ids, None, "prepare entry")
+    check_bin(body, "prepare entry")
     _txn(txn)
     _uint(home, "prepare entry home")
     _uint(part, "prepare entry part")
-    if not 0 < _time(timeout, "prepare entry timeout") <= MAX_TIMEOUT:
+    if not 0 < finite_time(timeout, "prepare entry timeout") <= MAX_TIMEOUT:
         raise ProtocolError("prepare entry: timeout out of range")
     if producer is not None:
         _text(producer, "prepare entry producer group")
@@ -359,38 +356,28 @@ def _decide(fields: list[Any]) -> DecideEntry:
         raise ProtocolError("decide entry: commit must be a boolean")
     if type(reason) is not str:
         raise ProtocolError("decide entry: reason must be a string")
-    return DecideEntry(_txn(txn), commit, _time(at, "decide entry decided_at"), reason)
+    return DecideEntry(_txn(txn), commit, finite_time(at, "decide entry decided_at"), reason)
 
 
 def _release_head(fields: list[Any]) -> TxnReleaseHead:
     if len(fields) != 8:
         raise ProtocolError(f"transaction release entry: expected 8 fields, got {len(fields)}")
     _, topic, queue, at, ids, due, body, txn = fields
-    if type(due) is not list or not due or type(ids) is not list or len(ids) != len(due):
-        raise ProtocolError("transaction release entry: one id per due time")
-    for d in due:
-        _time(d, "transaction release entry due")
-    for i in ids:
-        _uint(i, "transaction release entry id")
-    if type(body) is not bytes:
-        raise ProtocolError("transaction release entry: body must be bin")
+    check_ids_per_due(ids, due, "transaction release entry")
+    check_bin(body, "transaction release entry")
     return TxnReleaseHead(
         _text(topic, "transaction release entry topic"),
         _uint(queue, "transaction release entry queue"),
-        _time(at, "transaction release entry released_at"),
+        finite_time(at, "transaction release entry released_at"),
         ids,
         due,
         _txn(txn),
     )
 
 
-def _messages(count: int, body: bytes) -> tuple[Message, ...]:
-    return _body(EnqueueHead("", 0, 0.0, [None] * count), body)
-
-
 def _release(fields: list[Any]) -> TxnReleaseEntry:
     head = _release_head(fields)
-    messages = _messages(len(head.ids), fields[6])
+    messages = messages_of(len(head.ids), fields[6])
     return TxnReleaseEntry(
         head.txn,
         head.topic,
@@ -405,7 +392,7 @@ def _release(fields: list[Any]) -> TxnReleaseEntry:
 def _discard(fields: list[Any]) -> DiscardEntry:
     if len(fields) != 3:
         raise ProtocolError(f"discard entry: expected 3 fields, got {len(fields)}")
-    return DiscardEntry(_txn(fields[1]), _time(fields[2], "discard entry discarded_at"))
+    return DiscardEntry(_txn(fields[1]), finite_time(fields[2], "discard entry discarded_at"))
 
 
 # Looked up by phxq.store.entries for these tags (see its decode_entry / peek_entry).
@@ -429,7 +416,7 @@ def release_as_enqueue(fields: list[Any]) -> EnqueueEntry:
     its head is malformed; ``StorageError`` if only its body is (a corrupt log)."""
     head = _release_head(fields)
     try:
-        messages = _messages(len(head.ids), fields[6])
+        messages = messages_of(len(head.ids), fields[6])
     except ProtocolError as exc:
         raise StorageError(f"corrupt transaction release entry body: {exc.message}") from None
     return EnqueueEntry(head.topic, head.queue, messages, head.released_at)

@@ -52,6 +52,7 @@ from phxq.store.txn_entries import (
     encode_prepare,
     encode_txn_release,
 )
+from phxq.tasks import TaskScope
 
 if TYPE_CHECKING:
     from phxq.replication.replica import GroupReplica
@@ -94,7 +95,7 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
     batches = params.get("batches")
     if not isinstance(batches, list) or not batches:
         raise BadArgument("batches must be a non-empty list of [queue, part, messages]")
-    spec = node.cluster.topics_by_name.get(topic)
+    spec = node.topology.topics.get(topic)
     replica = None
     now = time.time()
     items: list[bytes] = []
@@ -159,6 +160,10 @@ async def txn_settle(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     replica = node.replicas[group]
     if not replica.serving:
         raise NotMaster(hint=replica.master_address())
+    book = replica.state.txns
+    if txn not in book.open and book.decision(txn) is None:
+        # Never prepared here, or decided and forgotten: a decision now might contradict it.
+        raise BadArgument(f"group {group} is not the home of an open transaction {txn}")
     if commit and not all_prepared(txn, replica.state.txns, lambda g: _book(node, g)):
         raise BadArgument(f"transaction {txn}: not every part is prepared; only a rollback")
     return await _decide(replica, txn, commit, "operator")
@@ -253,26 +258,24 @@ class TxnSweeper:
         self._node = node
         self._busy: set[tuple[int, str]] = set()
         self._next_check: dict[str, tuple[float, float]] = {}  # txn -> (next check, backoff)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._work = TaskScope("transaction sweeper", log)
         self._log = LogLimiter()
         self._check = CheckBack(node.cluster)
 
     async def run(self) -> None:
+        """Until cancelled (then the work in flight is cancelled too, before the check-back
+        client closes)."""
         try:
-            while True:
-                self._tick()
-                await asyncio.sleep(POLL)
+            async with self._work:
+                while True:
+                    self._tick()
+                    await asyncio.sleep(POLL)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._check.close()
 
     def _spawn(self, key: tuple[int, str], coro: Any) -> None:
         self._busy.add(key)
-        task = asyncio.get_running_loop().create_task(self._guard(key, coro))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._work.spawn(self._guard(key, coro), name=f"transaction {key[1]} group {key[0]}")
 
     async def _guard(self, key: tuple[int, str], coro: Any) -> None:
         try:

@@ -20,14 +20,18 @@ from phxq.net.rpc import RpcPool
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ProcessCluster]]:
     clusters: list[ProcessCluster] = []
 
-    def make(nodes: int = 3, groups: int = 4, locks: bool = False, **kw: Any) -> ProcessCluster:
-        ports = free_ports(2 * nodes)
+    def make(
+        nodes: int = 3, groups: int = 4, locks: bool = False, sets: int = 1, **kw: Any
+    ) -> ProcessCluster:
+        stores = nodes * sets  # ``sets`` store sets of ``nodes`` stores each
+        ports = free_ports(stores + nodes)
         path = write_dev_config(
             tmp_path / f"c{len(clusters)}",
             nodes=nodes,
             groups=groups,
-            store_ports=ports[:nodes],
-            lock_ports=ports[nodes:],
+            store_ports=ports[:stores],
+            lock_ports=ports[stores:],
+            sets=sets,
             **kw,
         )
         cluster = ProcessCluster(path, locks=locks)

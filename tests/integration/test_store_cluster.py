@@ -267,7 +267,7 @@ async def test_each_store_serves_prometheus_metrics(metrics_cluster: Any) -> Non
     async with phxq.Client(cluster.store_addresses) as client:
         ack = await client.enqueue(TOPIC, b"measured", queue=0)
         cmap = await client.cluster_map()
-    master_addr = cmap.nodes[cmap.masters[group_for_queue(0, cmap.groups)]]
+    master_addr = cmap.nodes[cmap.masters[cmap.route(TOPIC, 0)]]
     port = ports[cluster.store_addresses.index(master_addr)]
     async with (
         aiohttp.ClientSession() as http,

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,7 +17,7 @@ from click.testing import CliRunner
 import phxq
 from phxq.cli import cli
 from phxq.devcluster import ProcessCluster
-from phxq.errors import TransactionAborted
+from phxq.errors import ClientError, TransactionAborted
 from phxq.net.rpc import RpcPool
 
 from .conftest import group_master, wait_until
@@ -70,9 +73,37 @@ async def test_commit_shows_all_across_groups_and_rollback_shows_none(
             await txn.rollback()
 
 
-async def test_undecided_transaction_without_producer_group_rolls_back_at_timeout(
+async def test_bad_requests_store_nothing_and_undecided_rolls_back_at_timeout(
     two_groups: ProcessCluster,
 ) -> None:
+    """Malformed txn_* requests are typed errors that store nothing; a transaction without a
+    producer group left undecided is rolled back at its timeout."""
+    msg = [b"x", None, {}, None]
+    good = {"txn": "t-1", "home": 0, "timeout": 5.0, "topic": TOPIC, "expect": []}
+    bad = [
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "txn": ""}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "txn": "x" * 200}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "home": 7}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "timeout": -1}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]]], "expect": [["a", 1]]}),
+        ("txn_prepare", {**good, "batches": [[0, 0, [msg]], [1, 1, [msg]]]}),  # two groups
+        ("txn_prepare", {**good, "batches": [[0, 0, [[b"x"]]]]}),
+        ("txn_prepare", {**good, "batches": [[0, 0, []]]}),
+        ("txn_prepare", {**good, "batches": "nope"}),
+        ("txn_prepare", {**good, "batches": [[99, 0, [msg]]]}),
+        ("txn_decide", {"txn": "t-1", "topic": TOPIC, "queue": 0, "commit": "yes"}),
+        ("txn_resolve", {"txn": None, "topic": TOPIC, "queue": 0}),
+        ("txn_settle", {"txn": "t-1", "group": 5, "commit": False}),
+    ]
+    async with RpcPool() as pool, phxq.Client(two_groups.store_addresses) as client:
+        master = two_groups.store_address(await group_master(pool, two_groups, 0))
+        for method, params in bad:
+            with pytest.raises(ClientError):
+                await pool.call(master, method, params, timeout=5.0)
+        status = await client.status()
+        assert sum(g["transactions"]["open"] for g in status["groups"]) == 0
+        assert await payloads(client, 0) == []
+
     async with phxq.Client(two_groups.store_addresses) as client:
         txn = client.transaction(timeout=0.5)
         await txn.enqueue(TOPIC, b"late0", queue=0)
@@ -133,8 +164,11 @@ async def test_commit_survives_a_sigkill_of_the_home_masters(two_groups: Process
         await txn.enqueue(TOPIC, b"h0", queue=0)
         await txn.enqueue(TOPIC, b"h1", queue=1)
         await txn.prepare()
+        commit = asyncio.create_task(txn.commit())
+        await asyncio.sleep(0.001)  # the decision is on its way (or chosen already)
         cluster.kill(home)
-        await txn.commit()  # retried at the new master of the home group
+        acks = await commit  # retried at the new master of the home group if it was lost
+        assert len(acks) == 2
 
         async def all_visible() -> bool:
             return await payloads(client, 0) == [b"h0"] and await payloads(client, 1) == [b"h1"]
@@ -161,3 +195,21 @@ async def test_participant_master_killed_after_the_decision_applies_it_anyway(
             return await payloads(client, 0) == [b"q0"] and await payloads(client, 1) == [b"q1"]
 
         await wait_until(all_visible, 20, "every message of the transaction")
+
+
+def test_bench_txn_smoke_runs() -> None:
+    """bench/txn.py keeps working (structure only, never a figure)."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.txn", "--smoke", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    cases = json.loads(out.stdout)["cases"]
+    assert {(c["kind"], c["messages_per_txn"], c["groups"]) for c in cases} == {
+        (k, n, g) for k in ("plain", "txn") for n in (1, 10) for g in (1, 2)
+    }
+    assert all(c["msgs_per_s"] > 0 and c["latency"]["p50_ms"] > 0 for c in cases)

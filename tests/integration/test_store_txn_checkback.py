@@ -1,7 +1,8 @@
-"""Check-back with real processes: a producer process prepares two transactions and is
-SIGKILLed before deciding; the home group's master asks the producer group's HTTP check
-handler (signed like a consumer push), which answers committed for one and rolled_back for the
-other: readers see all of the first and none of the second."""
+"""Check-back with real processes: a producer process (SyncClient) commits one transaction
+with ``with``, prepares two more and is SIGKILLed before deciding; the home group's master
+asks the producer group's HTTP check handler (signed like a consumer push), which answers
+committed for one and rolled_back for the other: readers see all of the first and none of
+the second."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ SECRET = b"a-check-back-secret-of-enough-bytes"
 PRODUCER = """
 import sys, phxq
 with phxq.SyncClient(sys.argv[1].split(",")) as client:
+    with client.transaction() as txn:  # committed on exit
+        txn.enqueue("orders", b"sync0", queue=0)
     for label in ("yes", "no"):
         txn = client.transaction("checkout", timeout=1.0)
         txn.enqueue("orders", label.encode() + b"0", queue=0)
@@ -111,7 +114,7 @@ async def test_killed_producer_is_decided_by_the_signed_check_back(
             q1 = [m.payload for m in await client.dequeue(None, TOPIC, queue=1, limit=100)]
             status = await client.status()
             closed = sum(g["transactions"]["open"] for g in status["groups"]) == 0
-            return closed and q0 == [b"yes0"] and q1 == [b"yes1"]
+            return closed and q0 == [b"sync0", b"yes0"] and q1 == [b"yes1"]
 
         await wait_until(settled, 30, "the check-back to commit one and roll back the other")
     assert set(handler.asked) >= set(ids.values())

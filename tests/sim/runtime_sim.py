@@ -393,6 +393,7 @@ class RuntimeSim:
             self.unknown.discard(fresh)
             await self._client(fresh, patience=1.0)
         if fresh not in self.acked:
+            self._check(final=False)  # a safety violation found meanwhile is the news
             raise self.fail("no fresh proposal was acked within 10 s of the heal")
         deadline = self.now() + 10.0
         while self.now() < deadline:

@@ -1,4 +1,4 @@
-"""Wire codec, batch values and chain checksums of the Paxos core."""
+"""Wire codec (malformed input), batch values and chain checksums of the Paxos core."""
 
 from __future__ import annotations
 
@@ -12,20 +12,8 @@ from hypothesis import strategies as st
 from phxq.errors import ProtocolError
 from phxq.paxos import (
     Accept,
-    Accepted,
-    AcceptedEntry,
     Ballot,
-    CatchupReply,
-    CatchupRequest,
-    Chosen,
-    ChosenEntry,
-    Heartbeat,
-    HeartbeatAck,
-    Prepare,
-    PreVote,
     PreVoteReply,
-    Promise,
-    Reject,
     chain_checksum,
     decode_batch,
     decode_message,
@@ -33,55 +21,7 @@ from phxq.paxos import (
     encode_message,
 )
 
-u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
-inst = st.integers(min_value=1, max_value=(1 << 64) - 1)
-ballots = st.builds(Ballot, u64, u64)
-blobs = st.binary(max_size=64)
-hdr = {"group": u64, "sender": u64}
-
-messages = st.one_of(
-    st.builds(Prepare, **hdr, ballot=ballots, from_instance=inst),
-    st.builds(
-        Promise,
-        **hdr,
-        ballot=ballots,
-        from_instance=inst,
-        accepted=st.lists(st.builds(AcceptedEntry, inst, ballots, blobs), max_size=4).map(tuple),
-        chosen_up_to=u64,
-    ),
-    st.builds(Reject, **hdr, ballot=ballots, promised=ballots),
-    st.builds(Accept, **hdr, ballot=ballots, instance=inst, value=blobs),
-    st.builds(Accepted, **hdr, ballot=ballots, instance=inst),
-    st.builds(Heartbeat, **hdr, ballot=ballots, chosen_up_to=u64, checksum=u64),
-    st.builds(HeartbeatAck, **hdr, ballot=ballots, chosen_up_to=u64),
-    st.builds(CatchupRequest, **hdr, from_instance=inst, max_count=u64),
-    st.builds(
-        CatchupReply,
-        **hdr,
-        entries=st.lists(st.builds(ChosenEntry, inst, blobs, u64), max_size=4).map(tuple),
-        chosen_up_to=u64,
-    ),
-    st.builds(PreVote, **hdr, ballot=ballots, chosen_up_to=u64),
-    st.builds(
-        PreVoteReply,
-        **hdr,
-        ballot=ballots,
-        granted=st.booleans(),
-        promised=ballots,
-        chosen_up_to=u64,
-    ),
-)
-
-
-@given(messages)
-def test_every_message_round_trips(msg: object) -> None:
-    assert decode_message(encode_message(msg)) == msg  # type: ignore[arg-type]
-
-
-@given(ballots, inst, inst)
-def test_chosen_round_trips_when_first_le_last(ballot: Ballot, a: int, b: int) -> None:
-    msg = Chosen(group=1, sender=2, ballot=ballot, first=min(a, b), last=max(a, b))
-    assert decode_message(encode_message(msg)) == msg
+# Every message's round trip, and decoding arbitrary or mutated bytes: test_paxos_codec_fuzz.py.
 
 
 msgpack_values = st.recursive(

@@ -25,7 +25,8 @@ def _doc_example() -> Callable[..., bool]:
     block = re.search(r"<!-- signature-example -->\n```python\n(.*?)```", text, re.S)
     assert block is not None, "docs/security.md lost its signature example"
     code = block.group(1)
-    assert len(code.strip().splitlines()) <= 10, "the example promises ten lines"
+    code_lines = [line for line in code.splitlines() if line.strip()]
+    assert len(code_lines) <= 10, "the example promises ten lines (blank lines aside)"
     namespace: dict[str, Any] = {}
     exec(compile(code, str(DOC), "exec"), namespace)
     verifier: Callable[..., bool] = namespace["phxq_signed"]

@@ -15,11 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from phxq.store.schedule import Released
+from phxq.store.schedule_entries import encode_roll
 from phxq.store.state import StoreState
 from phxq.store.txn import all_prepared
 from phxq.store.txn_entries import (
@@ -173,8 +180,8 @@ class TxnProtocol(RuleBasedStateMachine):
         # Mostly producers whose local transaction commits: more commits to check.
         self.producers.append(Producer(txn, groups[0], parts, local_commit=local_commit > 0))
 
-    @rule(data=st.data())
-    def producers_step(self, data: st.DataObject) -> None:
+    @rule()
+    def producers_step(self) -> None:
         """Every live producer takes its next step: prepare the home, then the others once
         the home's parts are held, then decide (commit only with every part held)."""
         for p in self.producers:
@@ -241,6 +248,18 @@ class TxnProtocol(RuleBasedStateMachine):
         self.inflight[g].append(encode_decide(txn, commit, self.clock, answer))
 
     @rule(group=st.integers(0, GROUPS - 1))
+    def master_rolls(self, group: int) -> None:
+        """Retention wants the log: the master copies pending (half) messages further on; the
+        roll may be chosen late, after a release or discard of the same messages."""
+        state = self.states[group]
+        pending = state.schedule.below(state.applied_up_to + 1, 100)
+        if pending:
+            ids = [sid for _, sid in pending]
+            wire = self._bodies(group, ids)
+            dues = [due for due, _ in pending]
+            self.inflight[group].append(encode_roll("t", 0, ids, dues, wire))
+
+    @rule(group=st.integers(0, GROUPS - 1))
     def failover(self, group: int) -> None:
         """A new master: its replica's state is the same log applied (checked through a
         snapshot round trip); the old master's proposals stay in flight."""
@@ -255,6 +274,16 @@ class TxnProtocol(RuleBasedStateMachine):
     # ------------------------------------------------------------------------- invariants
 
     @invariant()
+    def retention_keeps_every_held_record(self) -> None:
+        """The retention floor (the oldest pending id's instance) is at or below the record of
+        every pending half message: no undecided half message's record may be truncated."""
+        for state in self.states:
+            floor = state.schedule.oldest_id()
+            for txn in state.txns.open:
+                for sid in state.txns.pending_ids(txn, state.schedule):
+                    assert floor is not None and floor <= sid
+
+    @invariant()
     def visible_only_if_committed_and_once(self) -> None:
         for payload, times in self.visible.items():
             assert times == 1, f"{payload!r} visible {times} times"
@@ -262,14 +291,21 @@ class TxnProtocol(RuleBasedStateMachine):
             p = next(p for p in self.producers if p.txn == txn)
             assert self.states[p.home].txns.decision(txn) is True, f"{txn} visible, not committed"
 
+    def _deliver_all(self) -> None:
+        for g in range(GROUPS):
+            for item in self.inflight[g]:
+                self._choose(g, [item])
+            self.inflight[g] = []
+
     def teardown(self) -> None:
-        # Settle: producers gone; the home masters roll back what is undecided; every in-flight
-        # proposal is chosen (in order); participants resolve until nothing changes.
+        # Settle: the live producers finish (every in-flight proposal is chosen, in order, each
+        # round); then the home masters roll back what is undecided (crashed producers, the
+        # maximum age); participants resolve until nothing changes.
+        for _ in range(4):
+            self._deliver_all()
+            self.producers_step()
+        self._deliver_all()
         for p in self.producers:
-            for g in range(GROUPS):
-                for item in self.inflight[g]:
-                    self._choose(g, [item])
-                self.inflight[g] = []
             self._choose(p.home, [encode_decide(p.txn, False, self.clock, "max age")])
         for _ in range(3):
             for g in range(GROUPS):
@@ -293,5 +329,13 @@ class TxnProtocol(RuleBasedStateMachine):
             assert replay.snapshot() == self.states[g].snapshot(), "replicas diverge"
 
 
-TxnProtocol.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+TxnProtocol.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
 test_txn_protocol = TxnProtocol.TestCase
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_txn_protocol_long_run() -> None:
+    run_state_machine_as_test(
+        TxnProtocol, settings=settings(max_examples=1000, stateful_step_count=100, deadline=None)
+    )

@@ -1,0 +1,306 @@
+"""Routing for :class:`phxq.Client`: the cluster map, and calling a queue's group master.
+
+- ``cluster_map()`` fetches the map (``meta``: groups, every store and its set, topics, the set
+  of each queue, the map version, the masters that store knows) from any reachable store and
+  caches it; a map older than the one held is ignored, masters of other sets are kept.
+- ``_call_master(topic, queue, ...)`` sends to the master of ``queue``'s (set, group):
+  ``NotMaster(hint)`` updates the master cache and re-sends at once; ``StaleMap`` (the request
+  named an older map version than the store's, or the queue lives on another set) refetches the
+  map, first from the store that refused, and re-sends; ``Unavailable`` is retried with
+  exponential backoff until ``retry_timeout``. Requests carry the map version (param ``map``).
+- A topic or queue the map does not have refetches it once (at most every ``MAP_RECHECK`` s):
+  topics are created and grown online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+from phxq.budget import Budget, bounded, describe
+from phxq.client.types import ClusterMap, Route
+from phxq.errors import (
+    BadArgument,
+    Forbidden,
+    NotMaster,
+    PhxqError,
+    StaleMap,
+    Unauthenticated,
+    Unavailable,
+    UnknownTopic,
+)
+from phxq.net.rpc import RpcPool
+from phxq.routing import queue_for_key
+
+META_TIMEOUT = 0.5
+MAP_RECHECK = 1.0  # an unknown topic or queue refetches the map at most this often
+
+
+class RoutingMixin:
+    """The routing half of :class:`phxq.Client` (see the module docstring)."""
+
+    _seeds: list[str]
+    _pool: RpcPool
+    _map: ClusterMap | None
+    _map_lock: asyncio.Lock
+    _miss_refreshed: float
+    _request_timeout: float
+    _retry_timeout: float
+
+    async def cluster_map(
+        self, *, refresh: bool = False, timeout: float | None = None
+    ) -> ClusterMap:
+        """The cluster map, fetched from any reachable store (cached; ``refresh`` asks again).
+        ``Unavailable`` when no store answers within ``timeout`` (default ``retry_timeout``;
+        each store gets at most ``META_TIMEOUT``); ``Unauthenticated`` / ``Forbidden`` at once."""
+        return await self._map_within(Budget.start(timeout, self._retry_timeout), refresh)
+
+    async def _map_within(self, budget: Budget | None, refresh: bool = False) -> ClusterMap:
+        if self._map is not None and not refresh:
+            return self._map
+        async with self._map_lock:
+            if self._map is not None and not refresh:
+                return self._map
+            last: PhxqError | None = None
+            seeds = list(self._map.nodes.values()) if self._map else []
+            for addr in dict.fromkeys([*self._seeds, *seeds]):
+                # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
+                wait = META_TIMEOUT if budget is None else min(META_TIMEOUT, budget.remaining())
+                if wait <= 0:
+                    break
+                try:
+                    data = await self._pool.call(addr, "meta", {}, timeout=wait)
+                except (Unauthenticated, Forbidden):
+                    raise  # every store would refuse the same credentials
+                except PhxqError as exc:
+                    last = exc
+                    continue
+                self._adopt_map(ClusterMap.from_wire(data))
+                assert self._map is not None
+                return self._map
+            raise Unavailable(f"no store reachable at {self._seeds}: {last}")
+
+    def _adopt_map(self, new: ClusterMap) -> None:
+        """Use ``new`` (a store's answer), keeping the masters it cannot know (other sets')."""
+        old = self._map
+        if old is not None:
+            if new.version < old.version:
+                return  # a store behind the map we hold: ours is newer
+            for route, node in old.masters.items():
+                new.masters.setdefault(route, node)
+        self._map = new
+
+    async def _known(self, cmap: ClusterMap, topic: str, queue: int | None) -> ClusterMap:
+        """``cmap``, or a fresh map when it lacks ``topic`` or ``queue`` (a topic created or
+        grown online since it was fetched); refetched so at most every ``MAP_RECHECK`` s."""
+        queues = cmap.topics.get(topic)
+        if queues is not None and (not isinstance(queue, int) or queue < queues):
+            return cmap
+        if time.monotonic() - self._miss_refreshed < MAP_RECHECK:
+            return cmap
+        self._miss_refreshed = time.monotonic()
+        with contextlib.suppress(Unavailable):
+            return await self.cluster_map(refresh=True)
+        return cmap
+
+    def _queue_of(self, cmap: ClusterMap, topic: str, key: str | None, queue: int | None) -> int:
+        queues = cmap.topics.get(topic)
+        if queues is None:
+            raise UnknownTopic(f"unknown topic {topic!r}")
+        if queue is not None:
+            if not isinstance(queue, int) or not 0 <= queue < queues:
+                raise BadArgument(f"queue must be an int in [0, {queues}), got {queue!r}")
+            return queue
+        if key is None:
+            return random.randrange(queues)
+        return queue_for_key(key, queues)
+
+    def _master_addr(self, cmap: ClusterMap, route: Route, avoid: set[str] | None = None) -> str:
+        node = cmap.masters.get(route)
+        if node is not None and node in cmap.nodes:
+            return cmap.nodes[node]
+        # Unknown master: ask the preferred one (group % N within the set); it answers or
+        # redirects. Skip the nodes in `avoid` (unreachable, or knew no master: a store cut off
+        # from its peers answers NotMaster without a hint forever, while the others know the
+        # new master).
+        ids = cmap.set_nodes(route[0]) or sorted(cmap.nodes)
+        group = route[1]
+        order = [cmap.nodes[ids[(group + i) % len(ids)]] for i in range(len(ids))]
+        if avoid is not None and all(a in avoid for a in order):
+            avoid.clear()
+        return next(a for a in order if avoid is None or a not in avoid)
+
+    def _learn_master(self, cmap: ClusterMap, route: Route, addr: str) -> None:
+        for node, node_addr in cmap.nodes.items():
+            if node_addr == addr:
+                cmap.masters[route] = node
+                return
+
+    def _learn_hint(self, cmap: ClusterMap, route: Route, exc: NotMaster) -> None:
+        hint = exc.hint
+        for node, addr in cmap.nodes.items():
+            if addr == hint:
+                cmap.masters[route] = node
+                return
+        cmap.masters.pop(route, None)
+
+    async def _call_master(
+        self,
+        topic: str,
+        queue: int,
+        method: str,
+        params: Any,
+        *,
+        extra_time: float = 0.0,
+        budget: Budget | None = None,
+    ) -> Any:
+        """Call ``method`` on the master of the group holding ``queue`` of ``topic`` (in the
+        store set the cluster map places it on), following NotMaster and StaleMap (the map is
+        refreshed) and retrying Unavailable with backoff until the ``budget`` runs out (default
+        ``retry_timeout`` plus ``extra_time``); then ``Unavailable`` saying which stores of the
+        set answered what ("no majority" when fewer than a majority answered at all). After a
+        failed attempt every store of the set is asked at once who the master is (``meta``).
+        ``extra_time`` is added to each call's timeout (for a long poll)."""
+        if budget is None:
+            budget = Budget.start(None, self._retry_timeout, extra_time)
+        backoff = 0.02
+        avoid: set[str] = set()
+        while True:
+            cmap = await self._map_within(budget)
+            route = cmap.route(topic, queue)
+            if cmap.version and isinstance(params, dict):
+                params["map"] = cmap.version  # a store with a newer map answers StaleMap
+            addr = self._master_addr(cmap, route, avoid)
+            timeout = min(self._request_timeout + extra_time, budget.remaining())
+            if timeout <= 0:
+                raise self._no_master(cmap, route, budget)
+            try:
+                reply = await self._pool.call(addr, method, params, timeout=timeout)
+                if route not in cmap.masters:
+                    # Only the master answers: ask it first next time (else every call asked a
+                    # node that knew no master first, e.g. a preferred node cut off from its peers).
+                    self._learn_master(cmap, route, addr)
+                return reply
+            except StaleMap:
+                # The queue lives elsewhere in a newer map: fetch it and route again (from a
+                # store of another set if this one's map is older than ours).
+                if budget.remaining() < backoff:
+                    raise
+                await self._refresh_after_stale(cmap, addr)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+            except NotMaster as exc:
+                budget.answered(addr, f"not master, {_master_said(cmap, exc.hint)}")
+                self._learn_hint(cmap, route, exc)
+                if exc.hint is None:
+                    avoid.add(addr)
+                    await self._probe(cmap, route, budget)
+                    await asyncio.sleep(max(0.0, min(backoff, budget.remaining())))
+                    backoff = min(backoff * 2, 0.5)
+            except Unavailable as exc:
+                if exc.data.get("addr") == addr:  # no answer (timeout, refused, lost)
+                    budget.no_answer(addr, describe(exc))
+                else:  # the store answered that it could not do it (e.g. nothing chosen)
+                    budget.answered(addr, describe(exc))
+                avoid.add(addr)
+                cmap.masters.pop(route, None)
+                if budget.remaining() <= 0:
+                    raise self._no_master(cmap, route, budget) from None
+                await self._probe(cmap, route, budget)
+                pause = min(backoff * (0.5 + random.random()), budget.remaining())
+                await asyncio.sleep(max(0.0, pause))
+                backoff = min(backoff * 2, 0.5)
+                # A dead master may have vanished from the map we hold; refresh lazily.
+                with contextlib.suppress(Unavailable):
+                    await self._map_within(budget, refresh=True)
+            if budget.expired():
+                raise self._no_master(cmap, route, budget)
+
+    async def _probe(self, cmap: ClusterMap, route: Route, budget: Budget) -> None:
+        """Ask every store of ``route``'s set at once (``meta``, at most ``META_TIMEOUT``) who
+        is master of its group: the answers go to ``budget`` (for the error, if the call gives
+        up) and a master named by a store becomes the next one asked."""
+        wait = min(META_TIMEOUT, budget.remaining())
+        if wait <= 0:
+            return
+        set_number, group = route
+
+        async def ask(addr: str) -> None:
+            try:
+                data = await self._pool.call(addr, "meta", {}, timeout=wait)
+                master = data.get("masters", {}).get(str(group))
+            except PhxqError as exc:
+                budget.no_answer(addr, describe(exc))
+                return
+            except (AttributeError, TypeError):  # a malformed answer: nothing to learn
+                budget.answered(addr, "a malformed meta answer")
+                return
+            budget.answered(addr, _master_said(cmap, master))
+            if isinstance(master, int) and master in cmap.nodes:
+                cmap.masters[route] = master
+
+        ids = cmap.set_nodes(set_number) or sorted(cmap.nodes)
+        await asyncio.gather(*(ask(cmap.nodes[n]) for n in ids))
+
+    def _no_master(self, cmap: ClusterMap, route: Route, budget: Budget) -> Unavailable:
+        """``Unavailable`` for a call to ``route``'s master that ran out of time."""
+        ids = cmap.set_nodes(route[0]) or sorted(cmap.nodes)
+        members = [cmap.nodes[n] for n in ids]
+        names = {cmap.nodes[n]: f"store {n}" for n in ids}
+        many_sets = len(set(cmap.sets.values())) > 1
+        what = f"group {route[1]}" + (f" of store set {route[0]}" if many_sets else "")
+        return budget.error(what, members, names)
+
+    def _expired(self, budget: Budget) -> Unavailable:
+        """``Unavailable`` for a public call whose ``timeout`` passed (see ``budget.bounded``)."""
+        topic, queue = budget.where
+        cmap = self._map
+        if cmap is None:
+            return Unavailable(
+                f"no store answered within {budget.seconds:g}s (asked {self._seeds})",
+                budget.data(self._seeds),
+            )
+        if queue is None or topic not in cmap.topics:
+            members = list(cmap.nodes.values())
+            names = {a: f"store {n}" for n, a in cmap.nodes.items()}
+            return budget.error(f"topic {topic!r}", members, names)
+        return self._no_master(cmap, cmap.route(topic, queue), budget)
+
+    def _within(self, timeout: float | None, extra: float = 0.0) -> Budget:
+        """A call's budget: ``timeout`` seconds (default ``retry_timeout``) plus ``extra``."""
+        return Budget.start(timeout, self._retry_timeout, extra)
+
+    def _bounded(
+        self, budget: Budget, topic: str, queue: int | None
+    ) -> contextlib.AbstractAsyncContextManager[Budget]:
+        """The hard limit around a public call about ``queue`` of ``topic`` (None: not chosen
+        yet): ``Unavailable`` at the budget's deadline."""
+        budget.where = (topic, queue if type(queue) is int else None)
+        return bounded(budget, lambda: self._expired(budget))
+
+    async def _refresh_after_stale(self, cmap: ClusterMap, addr: str) -> None:
+        """Refresh the map after ``StaleMap`` from ``addr`` (``Unavailable`` is left for the
+        next attempt: the request is retried with whatever map the client then holds)."""
+        with contextlib.suppress(PhxqError):
+            # First from the store that refused: its map is at least as new as the request's.
+            data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
+            fresh = ClusterMap.from_wire(data)
+            if fresh.version > cmap.version:
+                async with self._map_lock:
+                    self._adopt_map(fresh)
+                return
+        with contextlib.suppress(Unavailable):
+            await self.cluster_map(refresh=True)
+
+
+def _master_said(cmap: ClusterMap, master: object) -> str:
+    """What a store said about a group's master (a node id, an address or None)."""
+    if master is None:
+        return "knows no master"
+    for node, addr in cmap.nodes.items():
+        if master in (node, addr):
+            return f"says store {node} is master"
+    return f"says {master} is master"
