@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from phxq.budget import Budget
@@ -67,6 +68,21 @@ class Transaction:
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def participants(self) -> list[tuple[str, int]]:
+        """After :meth:`prepare`: one ``(topic, queue)`` in each group the transaction wrote,
+        the home's first (its first message's). With :func:`decide`, all a process that did
+        not prepare the transaction (a stateless gateway) needs to decide and apply it."""
+        if self._home is None:
+            raise BadArgument(f"transaction {self.id} is not prepared")
+        out = [self._home]
+        seen = {g for (g, t), batches in self._plan.items() if (t, batches[0][0]) == self._home}
+        for (group, topic), batches in self._plan.items():
+            if group not in seen:
+                seen.add(group)
+                out.append((topic, batches[0][0]))
+        return out
 
     async def __aenter__(self) -> Transaction:
         return self
@@ -245,3 +261,55 @@ class Transaction:
             first_topic.setdefault(g, t)
         await asyncio.gather(*(one(g, t) for g, t in first_topic.items()))
         return [Ack(topic, q, offsets[i]) for i, (topic, q, _) in enumerate(self._messages)]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What :func:`decide` found: the decision in force (the first one written, maybe not
+    the one asked for), who made it, ``(topic, queue, offset)`` of each message this call
+    released (a participant that applied it on its own is not listed), and ``known``: False
+    when the home group holds no such transaction (never prepared there, or finished and
+    forgotten: ``phxq.store.txn.REMEMBER``), so the decision written concerns nothing."""
+
+    commit: bool
+    reason: str | None
+    released: tuple[tuple[str, int, int], ...]
+    known: bool
+
+
+async def decide(
+    client: Client, txn: str, participants: list[tuple[str, int]], commit: bool
+) -> Decision:
+    """Decide a prepared transaction by its id and :attr:`Transaction.participants` (the
+    home's first), then ask each participant to apply the decision now (see
+    :class:`Decision`; never raises for a contradicting decision)."""
+    topic, queue = participants[0]
+    params = {"txn": txn, "topic": topic, "queue": queue, "commit": commit}
+    decision = await client._call_master(topic, queue, "txn_decide", params)
+    released: list[tuple[str, int, int]] = []
+    known = True
+
+    async def one(i: int, topic: str, queue: int) -> None:
+        nonlocal known
+        params = {"txn": txn, "topic": topic, "queue": queue}
+        try:
+            reply = await client._call_master(topic, queue, "txn_resolve", params)
+        except PhxqError:
+            return  # decided: the group's master applies it on its own (phxq.store.txn)
+        if i == 0 and reply.get("commit") is None:
+            known = False  # decided, yet the home knows neither an open nor a finished one
+        released.extend((t, q, o) for t, q, o in reply.get("offsets") or [])
+
+    await asyncio.gather(*(one(i, t, q) for i, (t, q) in enumerate(participants)))
+    return Decision(bool(decision["commit"]), decision.get("reason"), tuple(released), known)
+
+
+async def decision_of(client: Client, txn: str, home: tuple[str, int]) -> bool | None:
+    """The decision of a transaction as its home group knows it (``home``: its first
+    participant): True committed, False rolled back, None undecided (after waiting about two
+    seconds for one) or unknown there (never prepared, or finished and forgotten)."""
+    topic, queue = home
+    params = {"txn": txn, "topic": topic, "queue": queue}
+    reply = await client._call_master(topic, queue, "txn_resolve", params)
+    commit = reply.get("commit")
+    return None if commit is None else bool(commit)
