@@ -197,7 +197,7 @@ class RoutingMixin:
                 self._learn_hint(cmap, route, exc)
                 if exc.hint is None:
                     avoid.add(addr)
-                    await self._probe(cmap, route, budget)
+                    await self._probe(cmap, route, budget, avoid)
                     await asyncio.sleep(max(0.0, min(backoff, budget.remaining())))
                     backoff = min(backoff * 2, 0.5)
             except Unavailable as exc:
@@ -209,7 +209,7 @@ class RoutingMixin:
                 cmap.masters.pop(route, None)
                 if budget.remaining() <= 0:
                     raise self._no_master(cmap, route, budget) from None
-                await self._probe(cmap, route, budget)
+                await self._probe(cmap, route, budget, avoid)
                 pause = min(backoff * (0.5 + random.random()), budget.remaining())
                 await asyncio.sleep(max(0.0, pause))
                 backoff = min(backoff * 2, 0.5)
@@ -219,14 +219,16 @@ class RoutingMixin:
             if budget.expired():
                 raise self._no_master(cmap, route, budget)
 
-    async def _probe(self, cmap: ClusterMap, route: Route, budget: Budget) -> None:
+    async def _probe(self, cmap: ClusterMap, route: Route, budget: Budget, avoid: set[str]) -> None:
         """Ask every store of ``route``'s set at once (``meta``, at most ``META_TIMEOUT``) who
         is master of its group: the answers go to ``budget`` (for the error, if the call gives
-        up) and a master named by a store becomes the next one asked."""
+        up), and the master most of them name, unless it just failed (``avoid``), becomes the
+        next one asked."""
         wait = min(META_TIMEOUT, budget.remaining())
         if wait <= 0:
             return
         set_number, group = route
+        named: list[int] = []
 
         async def ask(addr: str) -> None:
             try:
@@ -239,11 +241,13 @@ class RoutingMixin:
                 budget.answered(addr, "a malformed meta answer")
                 return
             budget.answered(addr, _master_said(cmap, master))
-            if isinstance(master, int) and master in cmap.nodes:
-                cmap.masters[route] = master
+            if isinstance(master, int) and cmap.nodes.get(master) not in (None, *avoid):
+                named.append(master)
 
         ids = cmap.set_nodes(set_number) or sorted(cmap.nodes)
         await asyncio.gather(*(ask(cmap.nodes[n]) for n in ids))
+        if named:
+            cmap.masters[route] = max(set(named), key=named.count)
 
     def _no_master(self, cmap: ClusterMap, route: Route, budget: Budget) -> Unavailable:
         """``Unavailable`` for a call to ``route``'s master that ran out of time."""

@@ -106,3 +106,36 @@ async def test_calls_to_a_silent_cluster_give_up_on_time(silent: str) -> None:
         finally:
             await client.close()
             await locks.close()
+
+
+async def test_a_failed_attempt_asks_every_store_who_is_master() -> None:
+    """After a failed attempt the client asks the set's stores at once (``meta``): what each
+    said goes into the error, and the master most of them name becomes the next one asked --
+    unless that one just failed."""
+    from phxq.client.types import ClusterMap
+
+    said = {MEMBERS[0]: 1, MEMBERS[1]: 3, MEMBERS[2]: 3}
+
+    async def call(addr: str, method: str, params: object, *, timeout: float) -> object:
+        assert method == "meta" and timeout <= 0.5
+        if addr == MEMBERS[0]:
+            raise Unavailable(f"meta to {addr} timed out after {timeout}s", {"addr": addr})
+        return {"masters": {"0": said[addr]}}
+
+    client = phxq.Client(MEMBERS)
+    try:
+        client._pool.call = call  # type: ignore[method-assign]
+        cmap = ClusterMap(1, dict(enumerate(MEMBERS, 1)), {"orders": 1}, {})
+        budget = Budget.start(1.0, 15.0)
+        await client._probe(cmap, (1, 0), budget, set())
+        assert cmap.masters[(1, 0)] == 3
+        assert budget.answers == {MEMBERS[1]: "says store 3 is master"} | {
+            MEMBERS[2]: "says store 3 is master"
+        }
+        assert "timed out" in budget.silent[MEMBERS[0]]
+        said[MEMBERS[1]] = 2
+        cmap.masters.clear()
+        await client._probe(cmap, (1, 0), budget, {MEMBERS[2]})  # store 3 just failed
+        assert cmap.masters[(1, 0)] == 2
+    finally:
+        await client.close()
