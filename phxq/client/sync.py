@@ -275,15 +275,15 @@ class SyncTransaction:
             )
         )
 
-    def prepare(self) -> None:
-        self._run(self._txn.prepare())
+    def prepare(self, *, timeout: float | None = None) -> None:
+        self._run(self._txn.prepare(timeout=timeout))
 
-    def commit(self) -> list[Ack]:
-        acks: list[Ack] = self._run(self._txn.commit())
+    def commit(self, *, timeout: float | None = None) -> list[Ack]:
+        acks: list[Ack] = self._run(self._txn.commit(timeout=timeout))
         return acks
 
-    def rollback(self) -> None:
-        self._run(self._txn.rollback())
+    def rollback(self, *, timeout: float | None = None) -> None:
+        self._run(self._txn.rollback(timeout=timeout))
 
     def __enter__(self) -> SyncTransaction:
         return self

@@ -59,6 +59,11 @@ async def test_no_majority_is_reported_within_the_timeout(two_groups: ProcessClu
             err = await gives_up(call, 1.5)
             assert "no majority" in str(err), str(err)
 
+        txn = client.transaction()
+        await txn.enqueue("orders", b"t", queue=0)
+        err = await gives_up(lambda: txn.commit(timeout=1.5), 1.5)
+        assert "no majority" in str(err), str(err)
+
     # The client's retry budget is the default timeout; SyncClient takes timeout= too.
     async with phxq.Client(addrs, retry_timeout=1.5) as client:
         err = await gives_up(lambda: client.enqueue("orders", b"y", queue=1), 1.5)
