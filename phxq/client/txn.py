@@ -137,6 +137,13 @@ class Transaction:
         if not self._messages:
             raise BadArgument("a transaction needs at least one message")
         cmap = await self._client.cluster_map()
+        sets = sorted({cmap.route(topic, q)[0] for topic, q, _ in self._messages})
+        if len(sets) > 1:
+            # Parts name their home by group number, which is only unique within one set.
+            raise BadArgument(
+                f"transaction {self.id}: its queues live on store sets {sets}; a transaction's "
+                "queues must all live on one store set"
+            )
         home_topic, home_queue, _ = self._messages[0]
         home = cmap.route(home_topic, home_queue)  # (store set, group)
         self._home = (home_topic, home_queue)
