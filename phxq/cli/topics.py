@@ -63,9 +63,9 @@ def _print(row: dict[str, Any]) -> None:
     from phxq.config import format_duration
 
     sets = "every set" if row["sets"] is None else "sets " + ",".join(map(str, row["sets"]))
-    queues = f"{row['queues']} queue{'' if row['queues'] == 1 else 's'}"
+    count = f"{row['queues']} queue{'' if row['queues'] == 1 else 's'}"
     click.echo(
-        f"{row['name']}: {queues}, retention {format_duration(row['retention'])}, "
+        f"{row['name']}: {count}, retention {format_duration(row['retention'])}, "
         f"max message {_size(row['max_message_bytes'])}, on {sets} "
         f"(map version {row['map_version']})"
     )
