@@ -59,14 +59,20 @@ class ClientError(PhxqError):
 
 
 class UnknownTopic(ClientError):
+    """The topic is not in the cluster map (or the queue number is out of its range)."""
+
     code = "unknown_topic"
 
 
 class MessageTooLarge(ClientError):
+    """A payload over its topic's ``max_message_bytes``, or a request over the frame limit."""
+
     code = "message_too_large"
 
 
 class BadArgument(ClientError):
+    """A malformed or out-of-range argument; ``data['field']`` names it where known."""
+
     code = "bad_argument"
 
 

@@ -51,7 +51,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
         masters = sum(1 for g in groups if g["is_master"])
         disk = sum(g["disk_bytes"] for g in groups)
         bad = [g["group"] for g in groups if g["failed"] or g["diverged"] or g["needs_repair"]]
-        where = f"store {node} (set {st.get('set', 1)}) {st['address']}"
+        where = f"store {node} (set {st.get('set', 1)}, map v{st.get('map_version', 0)})"
+        where += f" {st['address']}"
         line = f"{where}: master of {masters} groups, disk {_size(disk)}"
         if bad:
             line += f", UNHEALTHY groups {', '.join(map(str, bad))}"

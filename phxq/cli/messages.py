@@ -167,6 +167,7 @@ def _print_acks(topic: str, acks: list[Ack], as_json: bool) -> None:
 
 @cli.command("cancel-scheduled")
 @config_option
+@auth_options
 @servers_option
 @click.argument("scheduled_id")
 @json_option
@@ -180,7 +181,7 @@ def cancel_scheduled(
     addrs = _addresses(config_path, servers)
 
     async def go() -> bool:
-        async with Client(addrs) as client:
+        async with Client(addrs, **_client_options(config_path)) as client:
             return await client.cancel_scheduled(scheduled_id)
 
     done = _run(go())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phxq import trace
+from phxq.budget import Budget
 from phxq.client.types import Ack, Route
 from phxq.errors import PhxqError, Unavailable
 from phxq.tasks import TaskScope
@@ -34,6 +35,7 @@ class Pending:
     queue: int
     wire: list[Any]  # [payload, key, headers, dedup_id]
     future: asyncio.Future[Ack]
+    budget: Budget  # the enqueue call's: the request retries while a caller still waits
 
 
 @dataclass(slots=True)
@@ -67,6 +69,8 @@ class BatchingMixin:
             while sender.pending:
                 batch = sender.pending[:1]
                 del sender.pending[:1]
+                if batch[0].future.done():
+                    continue  # its caller gave up (timeout) before it left
                 self._spawn(self._send_batch(topic, group, batch))
             return
         if sender.pending and (
@@ -94,9 +98,11 @@ class BatchingMixin:
                         break
                     take += 1
                     size += nbytes
-                batch = pending[:take]
+                # Skip messages whose caller gave up (timeout) before they left.
+                batch = [p for p in pending[:take] if not p.future.done()]
                 del pending[:take]  # one slice, not a pop(0) per message
-                await self._send_batch(topic, group, batch)
+                if batch:
+                    await self._send_batch(topic, group, batch)
         finally:
             sender.in_flight -= 1
             if sender.pending:
@@ -113,7 +119,8 @@ class BatchingMixin:
             "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()],
         }
         try:
-            reply = await self._call_master(topic, batch[0].queue, "enqueue", params)
+            budget = Budget.joint([p.budget for p in batch])
+            reply = await self._call_master(topic, batch[0].queue, "enqueue", params, budget=budget)
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
                 for p, result in zip(ps, results, strict=True):
                     if not p.future.done():

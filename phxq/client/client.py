@@ -32,6 +32,7 @@ from types import EllipsisType
 from typing import Any, final
 
 from phxq import otel, validate
+from phxq.budget import Budget, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
@@ -71,9 +72,12 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
       either means TLS (``phxq.security``);
     - ``locks``: lock node addresses for :meth:`consume` (default: from the cluster map).
 
-    Raises ``BadArgument`` for no address or a bad ``window``. Every call may raise
-    ``Unavailable`` (no majority or no answer within ``retry_timeout``; a retry with the same
-    ``dedup_id`` is safe), ``Unauthenticated`` / ``Forbidden`` on a secured cluster, and the
+    Raises ``BadArgument`` for no address or a bad ``window``. Every call that talks to the
+    cluster takes ``timeout=`` (seconds, ``float | None``; default ``retry_timeout``) and raises
+    ``Unavailable`` no later than that: when no store answered, or the queue's group has no
+    master -- the message says which stores answered and which did not, and "no majority" when
+    fewer than a majority of the group's stores answered at all (a retry with the same
+    ``dedup_id`` is safe). Every call may also raise ``Unauthenticated`` / ``Forbidden`` on a secured cluster, and the
     ``ClientError`` subclasses for a bad request (``UnknownTopic``, ``BadArgument``,
     ``MessageTooLarge``)."""
 
@@ -141,6 +145,7 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
+        timeout: float | None = None,
     ) -> Ack:
         """Enqueue one message; returns once it is chosen (durable on a majority).
 
@@ -148,16 +153,20 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         UNIX time; in the past: at once), up to ``MAX_SCHEDULE_SECONDS`` (366 days) ahead, the
         message stays invisible to every reader until then; it is then released into its
         queue and gets its offset. The ack carries a ``scheduled_id`` instead of an offset.
-        ``BadArgument`` for both, or a negative, non-finite or too distant time."""
+        ``BadArgument`` for both, or a negative, non-finite or too distant time.
+        ``timeout``: ``Unavailable`` after that many seconds (default ``retry_timeout``); the
+        message may still be stored then: retry with the same ``dedup_id``."""
         when = _when(delay, deliver_at)
+        budget = self._within(timeout)
         with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
             item = (
                 (payload, key, queue, dedup_id, headers)
                 if when is None
                 else (payload, key, queue, dedup_id, headers, when)
             )
-            futures = await self._submit(topic, [item])
-            return await futures[0]
+            async with self._bounded(budget, topic, queue):
+                futures = await self._submit(topic, [item], budget)
+                return await futures[0]
 
     def transaction(
         self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
@@ -169,16 +178,18 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         group's check-back handler (or, without one, rolling back)."""
         return Transaction(self, producer_group=producer_group, timeout=timeout)
 
-    async def cancel_scheduled(self, scheduled_id: str) -> bool:
+    async def cancel_scheduled(self, scheduled_id: str, *, timeout: float | None = None) -> bool:
         """Cancel a delayed or scheduled message (``Ack.scheduled_id``) so it is never
         released. True if it was pending; False if it was already released or cancelled."""
         topic, queue, sid = _parse_scheduled_id(scheduled_id)
-        cmap = await self.cluster_map()
-        cmap = await self._known(cmap, topic, queue)
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"topic": topic, "queue": q, "id": sid}
-        done = await self._call_master(topic, q, "cancel_scheduled", params)
-        return bool(done)
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"topic": topic, "queue": q, "id": sid}
+            done = await self._call_master(topic, q, "cancel_scheduled", params, budget=budget)
+            return bool(done)
 
     async def enqueue_many(
         self,
@@ -189,11 +200,13 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
+        timeout: float | None = None,
     ) -> list[Ack]:
         """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in
-        order. ``queue``, ``headers``, ``delay`` and ``deliver_at`` apply to every message, as
-        in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
+        order. ``queue``, ``headers``, ``delay``, ``deliver_at`` and ``timeout`` apply to every
+        message, as in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
         when = _when(delay, deliver_at)
+        budget = self._within(timeout)
         messages = list(messages)
         with otel.send_span(topic, headers, len(messages)) as headers:
             items: list[tuple[Any, ...]] = []
@@ -204,15 +217,18 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
                     )
                 item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
                 items.append(item if when is None else (*item, when))
-            futures = await self._submit(topic, items)
-            return list(await asyncio.gather(*futures))
+            async with self._bounded(budget, topic, queue):
+                futures = await self._submit(topic, items, budget)
+                return list(await asyncio.gather(*futures))
 
-    async def _submit(self, topic: str, items: list[Any]) -> list[asyncio.Future[Ack]]:
+    async def _submit(
+        self, topic: str, items: list[Any], budget: Budget
+    ) -> list[asyncio.Future[Ack]]:
         if not isinstance(topic, str):
             raise BadArgument("topic must be a str")
         if self._tasks.closed:
             raise BadArgument("the client is closed")
-        cmap = self._map if self._map is not None else await self.cluster_map()
+        cmap = self._map if self._map is not None else await self._map_within(budget)
         queues = cmap.topics.get(topic)
         if queues is None or any(type(it[2]) is int and it[2] >= queues for it in items):
             explicit = [it[2] for it in items if type(it[2]) is int]
@@ -234,6 +250,8 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             ):
                 raise BadArgument("headers must be a dict of str to str")
             q = self._queue_of(cmap, topic, key, queue)
+            if budget.where is None:
+                budget.where = (topic, q)  # for the error if the call runs out of time
             route = cmap.route(topic, q)
             fut: asyncio.Future[Ack] = loop.create_future()
             if dedup_id is None:
@@ -242,7 +260,7 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             sender = senders.get((topic, route))
             if sender is None:
                 sender = senders[(topic, route)] = GroupSender()
-            sender.pending.append(Pending(q, wire, fut))
+            sender.pending.append(Pending(q, wire, fut, budget))
             touched.add((topic, route))
             futures.append(fut)
         for topic_group in touched:
@@ -258,25 +276,31 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         after: int | None = None,
         limit: int = 100,
         wait: float = 0.0,
+        timeout: float | None = None,
     ) -> list[Message]:
         """Messages of one queue in offset order, after ``after`` (or after the consumer group's
         committed cursor when ``after`` is None and ``group`` is given; else from the start).
         With ``wait`` (seconds, at most 60), an empty read long-polls: it returns as soon as a
-        message arrives, or ``[]`` when ``wait`` has passed. ``UnknownTopic``, ``BadArgument``
-        (queue, limit or wait out of range), ``Unavailable``."""
-        cmap = await self.cluster_map()
-        cmap = await self._known(cmap, topic, queue)
-        q = self._queue_of(cmap, topic, None, queue)
-        params: dict[str, Any] = {
-            "group": group,
-            "topic": topic,
-            "queue": q,
-            "after": after,
-            "limit": limit,
-        }
-        if wait:
-            params["wait"] = wait
-        rows = await self._call_master(topic, q, "dequeue", params, extra_time=wait)
+        message arrives, or ``[]`` when ``wait`` has passed. ``timeout`` (default
+        ``retry_timeout``) is on top of ``wait``: the call takes at most ``wait + timeout``.
+        ``UnknownTopic``, ``BadArgument`` (queue, limit or wait out of range), ``Unavailable``."""
+        budget = self._within(timeout, wait if isinstance(wait, (int, float)) else 0.0)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params: dict[str, Any] = {
+                "group": group,
+                "topic": topic,
+                "queue": q,
+                "after": after,
+                "limit": limit,
+            }
+            if wait:
+                params["wait"] = wait
+            rows = await self._call_master(
+                topic, q, "dequeue", params, extra_time=wait, budget=budget
+            )
         return [Message(topic, q, int(o), bytes(p), k, dict(h), float(t)) for o, p, k, h, t in rows]
 
     async def commit(
@@ -288,27 +312,36 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         offset: int,
         token: int,
         expect: int | EllipsisType | None = ...,
+        timeout: float | None = None,
     ) -> None:
         """Commit the consumer group's cursor (the last processed offset) through Paxos.
         Raises ``StaleToken`` if a newer lock holder already committed. With ``expect`` (an
         offset, or None for "no cursor yet") the commit is a compare-and-set: it raises
-        ``VersionMismatch`` if the cursor is anything else (e.g. an admin replay moved it)."""
-        cmap = await self.cluster_map()
-        cmap = await self._known(cmap, topic, queue)
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
-        if expect is not ...:
-            params["expect"] = expect
-        await self._call_master(topic, q, "commit", params)
+        ``VersionMismatch`` if the cursor is anything else (e.g. an admin replay moved it).
+        ``timeout``: ``Unavailable`` after that many seconds (default ``retry_timeout``)."""
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
+            if expect is not ...:
+                params["expect"] = expect
+            await self._call_master(topic, q, "commit", params, budget=budget)
 
-    async def cursor(self, group: str, topic: str, *, queue: int) -> int | None:
+    async def cursor(
+        self, group: str, topic: str, *, queue: int, timeout: float | None = None
+    ) -> int | None:
         """The committed cursor of (consumer group, topic, queue), or None if never committed.
-        ``UnknownTopic``, ``BadArgument`` (queue out of range), ``Unavailable``."""
-        cmap = await self.cluster_map()
-        cmap = await self._known(cmap, topic, queue)
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"group": group, "topic": topic, "queue": q}
-        result = await self._call_master(topic, q, "cursor", params)
+        ``UnknownTopic``, ``BadArgument`` (queue out of range), ``Unavailable`` (after
+        ``timeout`` seconds, default ``retry_timeout``)."""
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"group": group, "topic": topic, "queue": q}
+            result = await self._call_master(topic, q, "cursor", params, budget=budget)
         return None if result is None else int(result)
 
     async def seek(
@@ -319,25 +352,30 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         queue: int,
         offset: int | None = None,
         time: float | None = None,
+        timeout: float | None = None,
     ) -> int | None:
         """Move the consumer group's cursor of one queue (one-shot, recorded in the log) to just
         before ``offset`` or the first message enqueued at or after ``time`` (wall clock).
         Returns the new cursor. ``BadArgument`` unless exactly one of ``offset`` / ``time``;
-        ``UnknownTopic``, ``Unavailable``."""
-        cmap = await self.cluster_map()
-        cmap = await self._known(cmap, topic, queue)
-        q = self._queue_of(cmap, topic, None, queue)
-        params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
-        result = await self._call_master(topic, q, "seek", params)
+        ``UnknownTopic``, ``Unavailable`` (after ``timeout`` seconds, default ``retry_timeout``)."""
+        budget = self._within(timeout)
+        async with self._bounded(budget, topic, queue):
+            cmap = await self._map_within(budget)
+            cmap = await self._known(cmap, topic, queue)
+            q = self._queue_of(cmap, topic, None, queue)
+            params = {"group": group, "topic": topic, "queue": q, "offset": offset, "time": time}
+            result = await self._call_master(topic, q, "seek", params, budget=budget)
         return None if result is None else int(result)
 
-    async def status(self, addr: str | None = None) -> dict[str, Any]:
+    async def status(
+        self, addr: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
         """One store's status (groups, masters, chosen/applied per group, disk); by default the
-        lowest-numbered store's. ``Unavailable`` if that store does not answer (no retry)."""
+        lowest-numbered store's. ``Unavailable`` if that store does not answer within
+        ``timeout`` seconds (default ``request_timeout``; no retry)."""
+        wait = check_timeout(timeout) or self._request_timeout
         if addr is None:
-            cmap = await self.cluster_map()
+            cmap = await self.cluster_map(timeout=wait)
             addr = cmap.nodes[min(cmap.nodes)]
-        result: dict[str, Any] = await self._pool.call(
-            addr, "status", {}, timeout=self._request_timeout
-        )
+        result: dict[str, Any] = await self._pool.call(addr, "status", {}, timeout=wait)
         return result

@@ -20,6 +20,7 @@ import random
 import time
 from typing import Any
 
+from phxq.budget import Budget, bounded, describe
 from phxq.client.types import ClusterMap, Route
 from phxq.errors import (
     BadArgument,
@@ -49,9 +50,15 @@ class RoutingMixin:
     _request_timeout: float
     _retry_timeout: float
 
-    async def cluster_map(self, *, refresh: bool = False) -> ClusterMap:
+    async def cluster_map(
+        self, *, refresh: bool = False, timeout: float | None = None
+    ) -> ClusterMap:
         """The cluster map, fetched from any reachable store (cached; ``refresh`` asks again).
-        ``Unavailable`` when no store answers; ``Unauthenticated`` / ``Forbidden`` at once."""
+        ``Unavailable`` when no store answers within ``timeout`` (default ``retry_timeout``;
+        each store gets at most ``META_TIMEOUT``); ``Unauthenticated`` / ``Forbidden`` at once."""
+        return await self._map_within(Budget.start(timeout, self._retry_timeout), refresh)
+
+    async def _map_within(self, budget: Budget | None, refresh: bool = False) -> ClusterMap:
         if self._map is not None and not refresh:
             return self._map
         async with self._map_lock:
@@ -60,9 +67,12 @@ class RoutingMixin:
             last: PhxqError | None = None
             seeds = list(self._map.nodes.values()) if self._map else []
             for addr in dict.fromkeys([*self._seeds, *seeds]):
+                # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
+                wait = META_TIMEOUT if budget is None else min(META_TIMEOUT, budget.remaining())
+                if wait <= 0:
+                    break
                 try:
-                    # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
-                    data = await self._pool.call(addr, "meta", {}, timeout=META_TIMEOUT)
+                    data = await self._pool.call(addr, "meta", {}, timeout=wait)
                 except (Unauthenticated, Forbidden):
                     raise  # every store would refuse the same credentials
                 except PhxqError as exc:
@@ -138,23 +148,35 @@ class RoutingMixin:
         cmap.masters.pop(route, None)
 
     async def _call_master(
-        self, topic: str, queue: int, method: str, params: Any, *, extra_time: float = 0.0
+        self,
+        topic: str,
+        queue: int,
+        method: str,
+        params: Any,
+        *,
+        extra_time: float = 0.0,
+        budget: Budget | None = None,
     ) -> Any:
         """Call ``method`` on the master of the group holding ``queue`` of ``topic`` (in the
         store set the cluster map places it on), following NotMaster and StaleMap (the map is
-        refreshed) and retrying Unavailable with backoff until ``retry_timeout``.
+        refreshed) and retrying Unavailable with backoff until the ``budget`` runs out (default
+        ``retry_timeout`` plus ``extra_time``); then ``Unavailable`` saying which stores of the
+        set answered what ("no majority" when fewer than a majority answered at all). After a
+        failed attempt every store of the set is asked at once who the master is (``meta``).
         ``extra_time`` is added to each call's timeout (for a long poll)."""
-        timeout = self._request_timeout + extra_time
-        deadline = time.monotonic() + self._retry_timeout + extra_time
+        if budget is None:
+            budget = Budget.start(None, self._retry_timeout, extra_time)
         backoff = 0.02
         avoid: set[str] = set()
         while True:
-            cmap = await self.cluster_map()
+            cmap = await self._map_within(budget)
             route = cmap.route(topic, queue)
             if cmap.version and isinstance(params, dict):
                 params["map"] = cmap.version  # a store with a newer map answers StaleMap
-            group = route[1]
             addr = self._master_addr(cmap, route, avoid)
+            timeout = min(self._request_timeout + extra_time, budget.remaining())
+            if timeout <= 0:
+                raise self._no_master(cmap, route, budget)
             try:
                 reply = await self._pool.call(addr, method, params, timeout=timeout)
                 if route not in cmap.masters:
@@ -165,31 +187,103 @@ class RoutingMixin:
             except StaleMap:
                 # The queue lives elsewhere in a newer map: fetch it and route again (from a
                 # store of another set if this one's map is older than ours).
-                if time.monotonic() + backoff > deadline:
+                if budget.remaining() < backoff:
                     raise
                 await self._refresh_after_stale(cmap, addr)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
             except NotMaster as exc:
+                budget.answered(addr, f"not master, {_master_said(cmap, exc.hint)}")
                 self._learn_hint(cmap, route, exc)
                 if exc.hint is None:
                     avoid.add(addr)
-                    await asyncio.sleep(backoff)
+                    await self._probe(cmap, route, budget, avoid)
+                    await asyncio.sleep(max(0.0, min(backoff, budget.remaining())))
                     backoff = min(backoff * 2, 0.5)
-            except Unavailable:
+            except Unavailable as exc:
+                if exc.data.get("addr") == addr:  # no answer (timeout, refused, lost)
+                    budget.no_answer(addr, describe(exc))
+                else:  # the store answered that it could not do it (e.g. nothing chosen)
+                    budget.answered(addr, describe(exc))
                 avoid.add(addr)
                 cmap.masters.pop(route, None)
-                if time.monotonic() + backoff > deadline:
-                    raise
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                if budget.remaining() <= 0:
+                    raise self._no_master(cmap, route, budget) from None
+                await self._probe(cmap, route, budget, avoid)
+                pause = min(backoff * (0.5 + random.random()), budget.remaining())
+                await asyncio.sleep(max(0.0, pause))
                 backoff = min(backoff * 2, 0.5)
                 # A dead master may have vanished from the map we hold; refresh lazily.
                 with contextlib.suppress(Unavailable):
-                    await self.cluster_map(refresh=True)
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"group {group}: no master answered within {self._retry_timeout}s"
-                )
+                    await self._map_within(budget, refresh=True)
+            if budget.expired():
+                raise self._no_master(cmap, route, budget)
+
+    async def _probe(self, cmap: ClusterMap, route: Route, budget: Budget, avoid: set[str]) -> None:
+        """Ask every store of ``route``'s set at once (``meta``, at most ``META_TIMEOUT``) who
+        is master of its group: the answers go to ``budget`` (for the error, if the call gives
+        up), and the master most of them name, unless it just failed (``avoid``), becomes the
+        next one asked."""
+        wait = min(META_TIMEOUT, budget.remaining())
+        if wait <= 0:
+            return
+        set_number, group = route
+        named: list[int] = []
+
+        async def ask(addr: str) -> None:
+            try:
+                data = await self._pool.call(addr, "meta", {}, timeout=wait)
+                master = data.get("masters", {}).get(str(group))
+            except PhxqError as exc:
+                budget.no_answer(addr, describe(exc))
+                return
+            except (AttributeError, TypeError):  # a malformed answer: nothing to learn
+                budget.answered(addr, "a malformed meta answer")
+                return
+            budget.answered(addr, _master_said(cmap, master))
+            if isinstance(master, int) and cmap.nodes.get(master) not in (None, *avoid):
+                named.append(master)
+
+        ids = cmap.set_nodes(set_number) or sorted(cmap.nodes)
+        await asyncio.gather(*(ask(cmap.nodes[n]) for n in ids))
+        if named:
+            cmap.masters[route] = max(set(named), key=named.count)
+
+    def _no_master(self, cmap: ClusterMap, route: Route, budget: Budget) -> Unavailable:
+        """``Unavailable`` for a call to ``route``'s master that ran out of time."""
+        ids = cmap.set_nodes(route[0]) or sorted(cmap.nodes)
+        members = [cmap.nodes[n] for n in ids]
+        names = {cmap.nodes[n]: f"store {n}" for n in ids}
+        many_sets = len(set(cmap.sets.values())) > 1
+        what = f"group {route[1]}" + (f" of store set {route[0]}" if many_sets else "")
+        return budget.error(what, members, names)
+
+    def _expired(self, budget: Budget) -> Unavailable:
+        """``Unavailable`` for a public call whose ``timeout`` passed (see ``budget.bounded``)."""
+        topic, queue = budget.where
+        cmap = self._map
+        if cmap is None:
+            return Unavailable(
+                f"no store answered within {budget.seconds:g}s (asked {self._seeds})",
+                budget.data(self._seeds),
+            )
+        if queue is None or topic not in cmap.topics:
+            members = list(cmap.nodes.values())
+            names = {a: f"store {n}" for n, a in cmap.nodes.items()}
+            return budget.error(f"topic {topic!r}", members, names)
+        return self._no_master(cmap, cmap.route(topic, queue), budget)
+
+    def _within(self, timeout: float | None, extra: float = 0.0) -> Budget:
+        """A call's budget: ``timeout`` seconds (default ``retry_timeout``) plus ``extra``."""
+        return Budget.start(timeout, self._retry_timeout, extra)
+
+    def _bounded(
+        self, budget: Budget, topic: str, queue: int | None
+    ) -> contextlib.AbstractAsyncContextManager[Budget]:
+        """The hard limit around a public call about ``queue`` of ``topic`` (None: not chosen
+        yet): ``Unavailable`` at the budget's deadline."""
+        budget.where = (topic, queue if type(queue) is int else None)
+        return bounded(budget, lambda: self._expired(budget))
 
     async def _refresh_after_stale(self, cmap: ClusterMap, addr: str) -> None:
         """Refresh the map after ``StaleMap`` from ``addr`` (``Unavailable`` is left for the
@@ -204,3 +298,13 @@ class RoutingMixin:
                 return
         with contextlib.suppress(Unavailable):
             await self.cluster_map(refresh=True)
+
+
+def _master_said(cmap: ClusterMap, master: object) -> str:
+    """What a store said about a group's master (a node id, an address or None)."""
+    if master is None:
+        return "knows no master"
+    for node, addr in cmap.nodes.items():
+        if master in (node, addr):
+            return f"says store {node} is master"
+    return f"says {master} is master"

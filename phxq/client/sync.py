@@ -29,7 +29,8 @@ class SyncClient:
     """Blocking client: ``with phxq.SyncClient(addrs) as c: c.enqueue("orders", b"x")``.
 
     The constructor's parameters and every method's are :class:`phxq.Client`'s (see there for
-    what each promises and raises); each call blocks until the async call returns."""
+    what each promises and raises); each call blocks until the async call returns, at most
+    its ``timeout`` seconds (default ``retry_timeout``), then raises ``Unavailable``."""
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class SyncClient:
         headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
+        timeout: float | None = None,
     ) -> Ack:
         """:meth:`phxq.Client.enqueue`: returns once the message is durable on a majority."""
         return self._run(
@@ -101,12 +103,13 @@ class SyncClient:
                 headers=headers,
                 delay=delay,
                 deliver_at=deliver_at,
+                timeout=timeout,
             )
         )
 
-    def cancel_scheduled(self, scheduled_id: str) -> bool:
+    def cancel_scheduled(self, scheduled_id: str, *, timeout: float | None = None) -> bool:
         """:meth:`phxq.Client.cancel_scheduled`."""
-        return self._run(self._client.cancel_scheduled(scheduled_id))
+        return self._run(self._client.cancel_scheduled(scheduled_id, timeout=timeout))
 
     def transaction(
         self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
@@ -124,11 +127,18 @@ class SyncClient:
         headers: Mapping[str, str] | None = None,
         delay: float | None = None,
         deliver_at: float | None = None,
+        timeout: float | None = None,
     ) -> list[Ack]:
         """:meth:`phxq.Client.enqueue_many`: one ack per message, in order."""
         return self._run(
             self._client.enqueue_many(
-                topic, messages, queue=queue, headers=headers, delay=delay, deliver_at=deliver_at
+                topic,
+                messages,
+                queue=queue,
+                headers=headers,
+                delay=delay,
+                deliver_at=deliver_at,
+                timeout=timeout,
             )
         )
 
@@ -141,10 +151,13 @@ class SyncClient:
         after: int | None = None,
         limit: int = 100,
         wait: float = 0.0,
+        timeout: float | None = None,
     ) -> list[Message]:
         """:meth:`phxq.Client.dequeue`: one queue's messages in offset order."""
         return self._run(
-            self._client.dequeue(group, topic, queue=queue, after=after, limit=limit, wait=wait)
+            self._client.dequeue(
+                group, topic, queue=queue, after=after, limit=limit, wait=wait, timeout=timeout
+            )
         )
 
     def commit(
@@ -156,17 +169,26 @@ class SyncClient:
         offset: int,
         token: int,
         expect: int | EllipsisType | None = ...,
+        timeout: float | None = None,
     ) -> None:
         """:meth:`phxq.Client.commit`: ``StaleToken`` if a newer lock holder committed."""
         self._run(
             self._client.commit(
-                group, topic, queue=queue, offset=offset, token=token, expect=expect
+                group,
+                topic,
+                queue=queue,
+                offset=offset,
+                token=token,
+                expect=expect,
+                timeout=timeout,
             )
         )
 
-    def cursor(self, group: str, topic: str, *, queue: int) -> int | None:
+    def cursor(
+        self, group: str, topic: str, *, queue: int, timeout: float | None = None
+    ) -> int | None:
         """:meth:`phxq.Client.cursor`: the committed cursor, or None."""
-        return self._run(self._client.cursor(group, topic, queue=queue))
+        return self._run(self._client.cursor(group, topic, queue=queue, timeout=timeout))
 
     def seek(
         self,
@@ -176,13 +198,16 @@ class SyncClient:
         queue: int,
         offset: int | None = None,
         time: float | None = None,
+        timeout: float | None = None,
     ) -> int | None:
         """:meth:`phxq.Client.seek`: move the group's cursor once; the new cursor."""
-        return self._run(self._client.seek(group, topic, queue=queue, offset=offset, time=time))
+        return self._run(
+            self._client.seek(group, topic, queue=queue, offset=offset, time=time, timeout=timeout)
+        )
 
-    def status(self, addr: str | None = None) -> dict[str, Any]:
+    def status(self, addr: str | None = None, *, timeout: float | None = None) -> dict[str, Any]:
         """:meth:`phxq.Client.status`: one store's status."""
-        return self._run(self._client.status(addr))
+        return self._run(self._client.status(addr, timeout=timeout))
 
     def tail(
         self,
@@ -250,15 +275,15 @@ class SyncTransaction:
             )
         )
 
-    def prepare(self) -> None:
-        self._run(self._txn.prepare())
+    def prepare(self, *, timeout: float | None = None) -> None:
+        self._run(self._txn.prepare(timeout=timeout))
 
-    def commit(self) -> list[Ack]:
-        acks: list[Ack] = self._run(self._txn.commit())
+    def commit(self, *, timeout: float | None = None) -> list[Ack]:
+        acks: list[Ack] = self._run(self._txn.commit(timeout=timeout))
         return acks
 
-    def rollback(self) -> None:
-        self._run(self._txn.rollback())
+    def rollback(self, *, timeout: float | None = None) -> None:
+        self._run(self._txn.rollback(timeout=timeout))
 
     def __enter__(self) -> SyncTransaction:
         return self

@@ -20,6 +20,11 @@ What it promises (the protocol: :mod:`phxq.store.txn`):
 - As a context manager: commit on normal exit, rollback on an exception (which propagates).
 - Retries (``Unavailable``, a new master) resend the same transaction id and part numbers, so a
   prepare or decision applies once; deciding twice answers with the first decision.
+- ``prepare``, ``commit`` and ``rollback`` take ``timeout=`` (seconds this call may take;
+  default the client's ``retry_timeout``), then raise ``Unavailable`` -- like Kafka's
+  ``commitTransaction(timeout)``; not the transaction's own ``timeout`` (how long the store
+  waits for the decision). An ``Unavailable`` decision may still have been written: calling
+  ``commit()`` / ``rollback()`` again answers with the decision the home group holds.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from phxq.budget import Budget
 from phxq.client.types import Ack
 from phxq.errors import BadArgument, PhxqError, TransactionAborted
 
@@ -61,6 +68,21 @@ class Transaction:
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def participants(self) -> list[tuple[str, int]]:
+        """After :meth:`prepare`: one ``(topic, queue)`` in each group the transaction wrote,
+        the home's first (its first message's). With :func:`decide`, all a process that did
+        not prepare the transaction (a stateless gateway) needs to decide and apply it."""
+        if self._home is None:
+            raise BadArgument(f"transaction {self.id} is not prepared")
+        out = [self._home]
+        seen = {g for (g, t), batches in self._plan.items() if (t, batches[0][0]) == self._home}
+        for (group, topic), batches in self._plan.items():
+            if group not in seen:
+                seen.add(group)
+                out.append((topic, batches[0][0]))
+        return out
 
     async def __aenter__(self) -> Transaction:
         return self
@@ -97,8 +119,17 @@ class Transaction:
         wire = [bytes(payload), key, dict(headers or {}), dedup_id]
         self._messages.append((topic, q, wire))
 
-    async def prepare(self) -> None:
-        """Write every message as a half message (durable, invisible); see the module doc."""
+    async def prepare(self, *, timeout: float | None = None) -> None:
+        """Write every message as a half message (durable, invisible); see the module doc.
+        ``Unavailable`` after ``timeout`` seconds (default the client's ``retry_timeout``)."""
+        budget = self._client._within(timeout)
+        if not self._messages:
+            return await self._prepare(budget)  # BadArgument (or nothing to do)
+        topic, queue, _ = self._messages[0]
+        async with self._client._bounded(budget, topic, queue):
+            await self._prepare(budget)
+
+    async def _prepare(self, budget: Budget) -> None:
         if self._state == "prepared":
             return
         if self._state != "open":
@@ -106,6 +137,13 @@ class Transaction:
         if not self._messages:
             raise BadArgument("a transaction needs at least one message")
         cmap = await self._client.cluster_map()
+        sets = sorted({cmap.route(topic, q)[0] for topic, q, _ in self._messages})
+        if len(sets) > 1:
+            # Parts name their home by group number, which is only unique within one set.
+            raise BadArgument(
+                f"transaction {self.id}: its queues live on store sets {sets}; a transaction's "
+                "queues must all live on one store set"
+            )
         home_topic, home_queue, _ = self._messages[0]
         home = cmap.route(home_topic, home_queue)  # (store set, group)
         self._home = (home_topic, home_queue)
@@ -136,7 +174,8 @@ class Transaction:
                 "expect": expect if group == home else [],
                 "batches": [[q, p, wire] for q, (p, _, wire) in batches.items()],
             }
-            await self._client._call_master(topic, next(iter(batches)), "txn_prepare", params)
+            queue = next(iter(batches))
+            await self._client._call_master(topic, queue, "txn_prepare", params, budget=budget)
 
         home_keys = [k for k in plan if k[0] == home]
         for group, topic in home_keys:  # the home first: see phxq.store.txn
@@ -149,13 +188,21 @@ class Transaction:
                     raise result
         self._state = "prepared"
 
-    async def commit(self) -> list[Ack]:
-        """Prepare if needed, decide commit, apply it everywhere; one ack per message."""
-        if self._state == "open":
-            await self.prepare()
+    async def commit(self, *, timeout: float | None = None) -> list[Ack]:
+        """Prepare if needed, decide commit, apply it everywhere; one ack per message.
+        ``Unavailable`` when the decision is not written within ``timeout`` seconds (default
+        the client's ``retry_timeout``); applying it after that is left to the stores (offsets
+        ``None``)."""
+        budget = self._client._within(timeout)
+        if self._state == "open" and self._messages:
+            topic, queue, _ = self._messages[0]
+            async with self._client._bounded(budget, topic, queue):
+                await self._prepare(budget)
+        elif self._state == "open":
+            await self._prepare(budget)  # BadArgument: no messages
         if self._state != "prepared":
             raise BadArgument(f"transaction {self.id} is {self._state}")
-        decision = await self._decide(True)
+        decision = await self._decide(True, budget)
         if not decision["commit"]:
             self._state = "rolled_back"
             raise TransactionAborted(
@@ -163,30 +210,37 @@ class Transaction:
                 {"txn": self.id, "reason": decision.get("reason")},
             )
         self._state = "committed"
-        return await self._resolve()
+        return await self._resolve(budget)
 
-    async def rollback(self) -> None:
-        """Decide rollback: none of the messages ever becomes visible."""
+    async def rollback(self, *, timeout: float | None = None) -> None:
+        """Decide rollback: none of the messages ever becomes visible. ``Unavailable`` when
+        the decision is not written within ``timeout`` seconds (default ``retry_timeout``)."""
         if self._state in ("rolled_back", "open") and self._home is None:
             self._state = "rolled_back"
             return
         if self._state == "committed":
             raise BadArgument(f"transaction {self.id} is committed")
-        decision = await self._decide(False)
+        budget = self._client._within(timeout)
+        decision = await self._decide(False, budget)
         self._state = "committed" if decision["commit"] else "rolled_back"
         if decision["commit"]:
             raise BadArgument(f"transaction {self.id} was already committed")
-        await self._resolve()
+        await self._resolve(budget)
 
-    async def _decide(self, commit: bool) -> dict[str, Any]:
+    async def _decide(self, commit: bool, budget: Budget | None = None) -> dict[str, Any]:
         assert self._home is not None
+        budget = budget or self._client._within(None)
         topic, queue = self._home
         params = {"txn": self.id, "topic": topic, "queue": queue, "commit": commit}
-        result: dict[str, Any] = await self._client._call_master(topic, queue, "txn_decide", params)
+        async with self._client._bounded(budget, topic, queue):
+            result: dict[str, Any] = await self._client._call_master(
+                topic, queue, "txn_decide", params, budget=budget
+            )
         return result
 
-    async def _resolve(self) -> list[Ack]:
+    async def _resolve(self, budget: Budget | None = None) -> list[Ack]:
         """Ask each participant to apply the decision now; acks in enqueue order."""
+        budget = budget or self._client._within(None)
         offsets: list[int | None] = [None] * len(self._messages)
         positions: dict[tuple[str, int], list[int]] = {}
         for (_, topic), batches in self._plan.items():
@@ -197,7 +251,9 @@ class Transaction:
             queue = self._plan[(group, topic)][0][0]
             params = {"txn": self.id, "topic": topic, "queue": queue}
             try:
-                reply = await self._client._call_master(topic, queue, "txn_resolve", params)
+                reply = await self._client._call_master(
+                    topic, queue, "txn_resolve", params, budget=budget
+                )
             except PhxqError:
                 return  # decided: the group's master applies it on its own (phxq.store.txn)
             # Per queue, released in enqueue order (ids increase within a queue's part).
@@ -212,3 +268,55 @@ class Transaction:
             first_topic.setdefault(g, t)
         await asyncio.gather(*(one(g, t) for g, t in first_topic.items()))
         return [Ack(topic, q, offsets[i]) for i, (topic, q, _) in enumerate(self._messages)]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What :func:`decide` found: the decision in force (the first one written, maybe not
+    the one asked for), who made it, ``(topic, queue, offset)`` of each message this call
+    released (a participant that applied it on its own is not listed), and ``known``: False
+    when the home group holds no such transaction (never prepared there, or finished and
+    forgotten: ``phxq.store.txn.REMEMBER``), so the decision written concerns nothing."""
+
+    commit: bool
+    reason: str | None
+    released: tuple[tuple[str, int, int], ...]
+    known: bool
+
+
+async def decide(
+    client: Client, txn: str, participants: list[tuple[str, int]], commit: bool
+) -> Decision:
+    """Decide a prepared transaction by its id and :attr:`Transaction.participants` (the
+    home's first), then ask each participant to apply the decision now (see
+    :class:`Decision`; never raises for a contradicting decision)."""
+    topic, queue = participants[0]
+    params = {"txn": txn, "topic": topic, "queue": queue, "commit": commit}
+    decision = await client._call_master(topic, queue, "txn_decide", params)
+    released: list[tuple[str, int, int]] = []
+    known = True
+
+    async def one(i: int, topic: str, queue: int) -> None:
+        nonlocal known
+        params = {"txn": txn, "topic": topic, "queue": queue}
+        try:
+            reply = await client._call_master(topic, queue, "txn_resolve", params)
+        except PhxqError:
+            return  # decided: the group's master applies it on its own (phxq.store.txn)
+        if i == 0 and reply.get("commit") is None:
+            known = False  # decided, yet the home knows neither an open nor a finished one
+        released.extend((t, q, o) for t, q, o in reply.get("offsets") or [])
+
+    await asyncio.gather(*(one(i, t, q) for i, (t, q) in enumerate(participants)))
+    return Decision(bool(decision["commit"]), decision.get("reason"), tuple(released), known)
+
+
+async def decision_of(client: Client, txn: str, home: tuple[str, int]) -> bool | None:
+    """The decision of a transaction as its home group knows it (``home``: its first
+    participant): True committed, False rolled back, None undecided (after waiting about two
+    seconds for one) or unknown there (never prepared, or finished and forgotten)."""
+    topic, queue = home
+    params = {"txn": txn, "topic": topic, "queue": queue}
+    reply = await client._call_master(topic, queue, "txn_resolve", params)
+    commit = reply.get("commit")
+    return None if commit is None else bool(commit)

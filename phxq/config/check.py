@@ -42,13 +42,16 @@ class CheckSummary:
     queues: int
     consumer_groups: int
     secure: bool
+    sets: int = 1
 
     def __str__(self) -> str:
         def n(count: int, what: str) -> str:
             return f"{count} {what}{'' if count == 1 else 's'}"
 
         return (
-            f"{self.source}: OK: {n(self.stores, 'store')}, {n(self.locks, 'lock node')}, "
+            f"{self.source}: OK: {n(self.stores, 'store')}"
+            f"{f' in {self.sets} store sets' if self.sets > 1 else ''}, "
+            f"{n(self.locks, 'lock node')}, "
             f"{n(self.groups, 'Paxos group')}, {n(self.topics, 'topic')} "
             f"({n(self.queues, 'queue')}), {n(self.consumer_groups, 'consumer group')}"
             f"{' (handlers resolved)' if self.consumer_groups else ''}, "
@@ -136,4 +139,5 @@ def check_config(path: str | os.PathLike[str]) -> CheckSummary:
         queues=sum(t.queues for t in cfg.topics),
         consumer_groups=len(cfg.consumer_groups),
         secure=cfg.security is not None,
+        sets=len(cfg.sets),
     )

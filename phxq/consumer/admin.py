@@ -77,10 +77,12 @@ def _groups(cfg: ClusterConfig, group: str | None) -> tuple[ConsumerGroupConfig,
     return (cfg.consumer_group(group),)
 
 
-def _queues(
-    cfg: ClusterConfig, spec: ConsumerGroupConfig, queues: Sequence[int] | None
+async def _queues(
+    cfg: ClusterConfig, client: Client, spec: ConsumerGroupConfig, queues: Sequence[int] | None
 ) -> list[int]:
-    count = cfg.topic(spec.topic).queues
+    cfg.topic(spec.topic)  # UnknownTopic if the config does not name it
+    # The cluster map's count: topics grow online (phxq admin topic alter).
+    count = (await client.cluster_map()).topics.get(spec.topic) or cfg.topic(spec.topic).queues
     if queues is None:
         return list(range(count))
     for q in queues:
@@ -103,7 +105,7 @@ async def lag(cfg: ClusterConfig, client: Client, *, group: str | None = None) -
             found.setdefault((row["group"], row["topic"], row["queue"]), row)
     rows = []
     for spec in _groups(cfg, group):
-        for q in _queues(cfg, spec, None):
+        for q in await _queues(cfg, client, spec, None):
             row = found.get((spec.name, spec.topic, q))
             if row is None:
                 rows.append(LagRow(spec.name, spec.topic, q, None, None, None))
@@ -152,7 +154,7 @@ async def replay(
     if offset is not None and (queues is None or len(queues) != 1):
         raise BadArgument("an offset belongs to one queue: give --queue with --offset")
     out = {}
-    for q in _queues(cfg, spec, queues):
+    for q in await _queues(cfg, client, spec, queues):
         out[q] = await client.seek(spec.name, spec.topic, queue=q, offset=offset, time=since)
     return out
 

@@ -15,7 +15,8 @@ Statuses by code (the first match walking up the error's class tree)::
     unknown_topic, not_found                   404
     method_not_allowed                         405
     request_timeout                            408  (the client sent its body too slowly)
-    stale_token, lock_held, version_mismatch   409
+    stale_token, lock_held, version_mismatch,  409
+      txn_aborted, txn_committed
     message_too_large                          413
     overloaded                                 429  Retry-After
     not_master, stale_map, unavailable,        503  Retry-After (safe to retry with the same
@@ -50,6 +51,8 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "stale_token": 409,
     "lock_held": 409,
     "version_mismatch": 409,
+    "txn_aborted": 409,
+    "txn_committed": 409,
     "message_too_large": 413,
     "overloaded": 429,
     "not_master": 503,
@@ -74,7 +77,7 @@ TITLES: Final[dict[int, str]] = {
 PROBLEM_STATUSES: Final = tuple(sorted(TITLES))
 
 # Fields copied from an error's ``data`` into the problem (small, safe to show a caller).
-_SHOWN_DATA: Final = ("holder", "hint", "version", "topic", "key")
+_SHOWN_DATA: Final = ("holder", "hint", "version", "topic", "key", "txn", "reason")
 
 
 @dataclass(eq=False)

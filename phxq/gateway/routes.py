@@ -29,6 +29,7 @@ from phxq.gateway.shapes import (
 )
 from phxq.gateway.stream import stream
 from phxq.gateway.table import Handler, Param, Route
+from phxq.gateway.txn import txn_routes
 
 TOPIC = Param("topic", "path", s.NAME, "topic name", required=True, example="orders")
 QUEUE = Param(
@@ -349,6 +350,7 @@ def build_routes(max_wait: float) -> tuple[Route, ...]:
             media_type="text/event-stream",
             tags=("consume",),
         ),
+        *txn_routes(),
         Route(
             "GET",
             "/v1/topics",

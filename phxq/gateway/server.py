@@ -260,8 +260,8 @@ class Gateway:
             args = self._params(route, request)
             body = await self._body(route, request)
             if route.permission is not None:
-                need = route.needs({**args, **(body if isinstance(body, dict) else {})})
-                if need is not None:
+                values = {**args, **(body if isinstance(body, dict) else {})}
+                for need in route.needs_all(values):
                     self.authorizer.check(principal, need)
             result = await route.handler(Call(self, args, body, request))
             if isinstance(result, web.StreamResponse):

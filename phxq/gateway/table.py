@@ -50,7 +50,8 @@ class Route:
     (``"produce:{topic}"``, ``"consume:{topic}:{group}"``, ``"admin"``; the names come from
     the parameters and body fields, and a consume without a group needs a grant for any
     group, as the RPC's tail); ``""`` means any authenticated caller, ``None`` no
-    authentication at all."""
+    authentication at all; with ``permissions`` (a function of the parsed parameters and
+    body giving every grant needed), ``permission`` only documents them."""
 
     method: str
     path: str
@@ -67,6 +68,16 @@ class Route:
     tags: tuple[str, ...] = ()
     errors: tuple[int, ...] = field(default=(400, 401, 403, 404, 429, 503))
     body_example: Any = None
+    permissions: Callable[[dict[str, Any]], tuple[Permission, ...]] | None = None
+
+    def needs_all(self, values: dict[str, Any]) -> tuple[Permission, ...]:
+        """Every permission this request needs: ``permissions(values)`` when the route has
+        that function (a transaction needs ``produce`` on each of its topics), else
+        :meth:`needs`."""
+        if self.permissions is not None:
+            return self.permissions(values)
+        need = self.needs(values)
+        return () if need is None else (need,)
 
     def needs(self, values: dict[str, Any]) -> Permission | None:
         """The permission this request needs, given its parsed parameters and body fields;

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, final
 
 from phxq import validate
+from phxq.budget import Budget, bounded, describe
 from phxq.errors import (
     BadArgument,
     LockHeld,
@@ -98,7 +99,9 @@ class LockClient:
     ``addresses``: some lock node addresses; ``request_timeout`` / ``retry_timeout``: seconds
     per request and for retrying ``Unavailable`` / ``NotMaster`` (then ``Unavailable``);
     ``token`` / ``ca``: credentials for a secured cluster, as for :class:`phxq.Client`.
-    ``BadArgument`` without an address. Every call may raise ``Unavailable``, and
+    ``BadArgument`` without an address. Every call takes ``timeout=`` (seconds, default
+    ``retry_timeout``): it raises ``Unavailable`` no later than that, saying which lock nodes
+    answered ("no majority" when fewer than a majority did). Every call may also raise
     ``Unauthenticated`` / ``Forbidden`` on a secured cluster."""
 
     def __init__(
@@ -140,40 +143,56 @@ class LockClient:
         *,
         extra_time: float = 0.0,
         deadline: float | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Call ``method`` on the lock master, following ``NotMaster`` and retrying
-        ``Unavailable`` until ``retry_timeout`` (or ``deadline``, local monotonic). ``params``
-        may be a callable, evaluated per attempt."""
-        give_up = time.monotonic() + self._retry_timeout + extra_time
+        ``Unavailable`` for ``timeout`` seconds (default ``retry_timeout``) plus ``extra_time``,
+        or until ``deadline`` (local monotonic) if sooner; then ``Unavailable`` saying which
+        lock nodes answered what ("no majority" when fewer than a majority answered at all).
+        ``params`` may be a callable, evaluated per attempt."""
+        budget = Budget.start(timeout, self._retry_timeout, extra_time)
         if deadline is not None:
-            give_up = min(give_up, deadline)
+            budget.deadline = min(budget.deadline, deadline)
+        async with bounded(budget, lambda: self._give_up(budget)):
+            return await self._attempts(method, params, budget, extra_time)
+
+    async def _attempts(
+        self, method: str, params: Any | Callable[[], Any], budget: Budget, extra_time: float
+    ) -> Any:
         backoff = 0.02
         redirects = 0
-        last: PhxqError | None = None
         while True:
             addr = self._master or self._seeds[self._next % len(self._seeds)]
-            timeout = min(self._request_timeout + extra_time, give_up - time.monotonic())
+            timeout = min(self._request_timeout + extra_time, budget.remaining())
             if timeout <= 0:
-                raise Unavailable(f"no lock master answered in time (last error: {last!r})")
+                raise self._give_up(budget)
             try:
                 return await self._pool.call(
                     addr, method, params() if callable(params) else params, timeout=timeout
                 )
             except NotMaster as exc:
-                last = exc
+                known = f"not master (master: {exc.hint})" if exc.hint else "knows no master"
+                budget.answered(addr, known)
                 if exc.hint is not None and exc.hint != addr and redirects < 3:
                     self._master = exc.hint
                     redirects += 1
                     continue
                 self._forget(addr)
-            except (Unavailable, StorageError) as exc:
-                last = exc
+            except StorageError as exc:
+                budget.answered(addr, describe(exc))
+                self._forget(addr)
+            except Unavailable as exc:
+                budget.no_answer(addr, describe(exc))
                 self._forget(addr)
             redirects = 0
-            pause = min(backoff * (0.5 + random.random()), give_up - time.monotonic())
+            pause = min(backoff * (0.5 + random.random()), budget.remaining())
             if pause > 0:
                 await asyncio.sleep(pause)
             backoff = min(backoff * 2, 0.5)
+
+    def _give_up(self, budget: Budget) -> Unavailable:
+        members = list(dict.fromkeys([*self._seeds, *budget.answers, *budget.silent]))
+        return budget.error("lock service", members, {})
 
     def _forget(self, addr: str) -> None:
         if self._master == addr or self._master is None:
@@ -182,24 +201,33 @@ class LockClient:
 
     # -------------------------------------------------------------------------- locks
 
-    async def acquire(self, name: str, owner: str, ttl: float) -> int:
-        """Acquire (or, as its owner, extend) the lock; its fencing token. ``LockHeld``."""
-        token: int = await self.call("acquire", {"name": name, "owner": owner, "ttl": ttl})
+    async def acquire(
+        self, name: str, owner: str, ttl: float, *, timeout: float | None = None
+    ) -> int:
+        """Acquire (or, as its owner, extend) the lock; its fencing token. ``LockHeld``.
+        ``timeout``: seconds before ``Unavailable`` (default ``retry_timeout``), as every call."""
+        params = {"name": name, "owner": owner, "ttl": ttl}
+        token: int = await self.call("acquire", params, timeout=timeout)
         return token
 
-    async def renew(self, name: str, owner: str, token: int) -> int:
+    async def renew(
+        self, name: str, owner: str, token: int, *, timeout: float | None = None
+    ) -> int:
         """Extend the lease by its ttl. ``LockHeld`` / ``StaleToken`` when it was lost."""
-        result: int = await self.call("renew", {"name": name, "owner": owner, "token": token})
+        params = {"name": name, "owner": owner, "token": token}
+        result: int = await self.call("renew", params, timeout=timeout)
         return result
 
-    async def release(self, name: str, owner: str, token: int) -> bool:
+    async def release(
+        self, name: str, owner: str, token: int, *, timeout: float | None = None
+    ) -> bool:
         """Release the lease; ``False`` if it was not held any more."""
         params = {"name": name, "owner": owner, "token": token, "rid": os.urandom(16)}
-        return bool(await self.call("release", params))
+        return bool(await self.call("release", params, timeout=timeout))
 
-    async def get(self, name: str) -> LockInfo | None:
+    async def get(self, name: str, *, timeout: float | None = None) -> LockInfo | None:
         """The lock's holder, token and remaining lease, or None when nobody holds it."""
-        row = await self.call("get", {"name": name})
+        row = await self.call("get", {"name": name}, timeout=timeout)
         return None if row is None else LockInfo(row[0], row[1], row[2])
 
     def hold(self, name: str, owner: str, ttl: float) -> _Hold:
@@ -208,9 +236,9 @@ class LockClient:
 
     # ----------------------------------------------------------------------------- KV
 
-    async def kv_get(self, key: str) -> tuple[Any, int]:
+    async def kv_get(self, key: str, *, timeout: float | None = None) -> tuple[Any, int]:
         """``(value, version)``; ``(None, 0)`` when the key is absent."""
-        value, version = await self.call("kv_get", {"key": key})
+        value, version = await self.call("kv_get", {"key": key}, timeout=timeout)
         return value, version
 
     async def kv_put(
@@ -219,6 +247,8 @@ class LockClient:
         value: Any,
         expect_version: int | None = None,
         ttl: float | None = None,
+        *,
+        timeout: float | None = None,
     ) -> int:
         """Store ``value``; the new version. ``expect_version`` makes it a compare-and-set
         (``0``: the key must be absent); ``VersionMismatch`` otherwise. With ``ttl`` the entry
@@ -230,23 +260,28 @@ class LockClient:
             "ttl": ttl,
             "rid": os.urandom(16),
         }
-        version: int = await self.call("kv_put", params)
+        version: int = await self.call("kv_put", params, timeout=timeout)
         return version
 
-    async def kv_delete(self, key: str, expect_version: int | None = None) -> bool:
+    async def kv_delete(
+        self, key: str, expect_version: int | None = None, *, timeout: float | None = None
+    ) -> bool:
         """Delete the key; ``False`` if it was absent. ``expect_version``: compare-and-delete
         (``VersionMismatch`` otherwise)."""
         params = {"key": key, "expect_version": expect_version, "rid": os.urandom(16)}
-        return bool(await self.call("kv_delete", params))
+        return bool(await self.call("kv_delete", params, timeout=timeout))
 
-    async def kv_list(self, prefix: str = "") -> dict[str, tuple[Any, int]]:
+    async def kv_list(
+        self, prefix: str = "", *, timeout: float | None = None
+    ) -> dict[str, tuple[Any, int]]:
         """Every live key starting with ``prefix``: ``{key: (value, version)}``."""
-        rows = await self.call("kv_list", {"prefix": prefix})
+        rows = await self.call("kv_list", {"prefix": prefix}, timeout=timeout)
         return {k: (v[0], v[1]) for k, v in rows.items()}
 
     async def kv_wait(self, key: str, after_version: int, timeout: float) -> tuple[Any, int]:
         """The key's ``(value, version)`` once its version is above ``after_version`` (or it is
-        deleted, when ``after_version > 0``), or after ``timeout`` seconds."""
+        deleted, when ``after_version > 0``), or after ``timeout`` seconds (here the long
+        poll's wait: reaching the lock master may take ``retry_timeout`` on top)."""
         timeout = validate.number(timeout, "timeout", minimum=0, unit="seconds")
         end = time.monotonic() + timeout
 

@@ -323,6 +323,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     return {
         "node": node.node_id,
         "set": node.set,
+        "map_version": node.topology.version,
         "membership": node.paxos_host.status.value,
         "address": node.address,
         "started_at": node.started_at,

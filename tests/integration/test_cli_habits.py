@@ -79,10 +79,22 @@ def test_enqueue_and_tail_follow_kcat_habits_and_admin_tables_are_human(
         for i in range(3):
             client.enqueue("orders", b"early%d" % i, queue=2)
         late = [client.enqueue("orders", b"late%d" % i, queue=2) for i in range(3)]
-        (first_late,) = client.dequeue(None, "orders", queue=2, after=late[0].offset - 1, limit=1)
-    since = datetime.fromtimestamp(first_late.enqueued_at).isoformat()
+        queue2 = client.dequeue(None, "orders", queue=2, after=None, limit=10)
+    assert [m.payload for m in queue2] == [
+        b"early0",
+        b"early1",
+        b"early2",
+        b"late0",
+        b"late1",
+        b"late2",
+    ]
+    last_early, first_late = queue2[2], queue2[3]
+    assert first_late.offset == late[0].offset
+    # Between the two (an ISO time has microseconds: not the exact stamp, which may round up).
+    since = datetime.fromtimestamp((last_early.enqueued_at + first_late.enqueued_at) / 2)
+    since_text = since.isoformat()
     q2 = ("tail", *s, "orders", "--queue", "2")
-    assert run(*q2, "--from", since, "--count", "3").stdout_bytes == b"late0\nlate1\nlate2\n"
+    assert run(*q2, "--from", since_text, "--count", "3").stdout_bytes == b"late0\nlate1\nlate2\n"
     assert run(*q2, "--from", "1h", "--count", "1").stdout_bytes == b"early0\n"
     bad = CliRunner().invoke(cli, [*q2, "--from", "yesterday-ish"])
     assert bad.exit_code == 2 and "duration ago" in bad.output

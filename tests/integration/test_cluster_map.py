@@ -90,6 +90,16 @@ async def test_topics_change_online_and_stale_clients_follow(map_cluster: Proces
             for a in acked[-5:]:
                 got = await producer.dequeue(None, "orders", queue=a.queue, after=a.offset - 1)
                 assert got and got[0].offset == a.offset
+        # Managed consumption of the online topic (its queues on set 2), lock-guarded.
+        locks = [lk.addr for lk in cfg.locks]
+        async with phxq.Client(addrs, locks=locks) as consumer:
+            got = []
+            async with asyncio.timeout(20):
+                async for msg in consumer.consume("readers", "events"):
+                    got.append((msg.queue, msg.payload))
+                    if len(got) == 1:
+                        break
+            assert got == [(3, b"e")]
         listed = {r["name"]: r for r in await admin.topic_list(cfg)}
         assert listed["orders"]["queues"] == 12 and listed["events"]["sets"] == [2]
         with pytest.raises(UnknownTopic):

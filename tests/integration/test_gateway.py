@@ -27,6 +27,7 @@ from bench import gateway as gateway_bench
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster
 from phxq.gateway.routes import build_routes
+from phxq.gateway.txn import Handle
 from phxq.routing import queue_for_key
 
 from .gateway_cluster import gateway_cluster
@@ -184,6 +185,73 @@ async def test_delayed_message_is_invisible_until_due_and_can_be_cancelled(http,
 
 
 # ------------------------------------------------------------------- locks and cursors
+
+
+# Three groups (queue % 4): orders 5 -> 1 (the home), orders 7 -> 3, orders.dlq 0 -> 0.
+TXN_QUEUES = (("orders", 5), ("orders", 7), ("orders.dlq", 0))
+
+
+async def prepare_txn(http: aiohttp.ClientSession, url: str, tag: str) -> dict[str, Any]:
+    messages = [
+        {"topic": t, "queue": q, "payload_base64": base64.b64encode(f"{tag}-{i}".encode()).decode()}
+        for i, (t, q) in enumerate(TXN_QUEUES)
+    ]
+    status, prepared, _ = await call(
+        http, "POST", f"{url}/transactions", json={"messages": messages, "timeout": 60}
+    )
+    assert status == 200 and prepared["state"] == "prepared", prepared
+    assert prepared["topics"] == ["orders", "orders.dlq"] and prepared["messages"] == 3
+    return prepared
+
+
+async def after_marks(native: Client, marks: list[Any]) -> list[bytes]:
+    """Payloads after each queue's mark (its offset), every queue of TXN_QUEUES."""
+    out = []
+    for (topic, q), mark in zip(TXN_QUEUES, marks, strict=True):
+        msgs = await native.dequeue(None, topic, queue=q, after=mark.offset, limit=10)
+        out += [m.payload for m in msgs]
+    return out
+
+
+async def test_transaction_commit_shows_all_rollback_none_and_a_contradiction_is_409(
+    http, url, native
+):
+    marks = [await native.enqueue(t, b"mark", queue=q) for t, q in TXN_QUEUES]
+    committed, rolled = await prepare_txn(http, url, "c"), await prepare_txn(http, url, "r")
+    assert await after_marks(native, marks) == []  # prepared: durable, readable by nobody
+
+    status, got, _ = await call(http, "POST", f"{url}/transactions/{committed['id']}/commit")
+    assert status == 200 and (got["state"], got["txn"]) == ("committed", committed["txn"]), got
+    assert {(r["topic"], r["queue"]) for r in got["released"]} <= set(TXN_QUEUES)
+    status, got, _ = await call(http, "POST", f"{url}/transactions/{rolled['id']}/rollback")
+    assert status == 200 and got["state"] == "rolled_back", got
+    ends = [await native.enqueue(t, b"end", queue=q) for t, q in TXN_QUEUES]
+    # Every committed message, once; no rolled-back one (they would come before "end").
+    assert sorted(await after_marks(native, marks)) == sorted(
+        [b"c-0", b"c-1", b"c-2"] + [b"end"] * 3
+    )
+    assert all(e.offset is not None for e in ends)
+
+    # First decision wins: the same again is answered again, the other one is a 409.
+    status, got, _ = await call(http, "POST", f"{url}/transactions/{committed['id']}/commit")
+    assert status == 200 and got["state"] == "committed"
+    status, got, resp = await call(http, "POST", f"{url}/transactions/{committed['id']}/rollback")
+    assert_problem(status, got, resp, 409, "txn_committed")
+    assert got["state"] == "committed" and got["txn"] == committed["txn"]
+    status, got, resp = await call(http, "POST", f"{url}/transactions/{rolled['id']}/commit")
+    assert_problem(status, got, resp, 409, "txn_aborted")
+    assert got["state"] == "rolled_back"
+    for prepared, state in ((committed, "committed"), (rolled, "rolled_back")):
+        status, got, _ = await call(http, "GET", f"{url}/transactions/{prepared['id']}")
+        assert status == 200 and got["state"] == state, got
+
+    # An edited handle names no transaction of ours: a 404 before any store is asked.
+    status, got, resp = await call(http, "POST", f"{url}/transactions/{committed['id']}x/commit")
+    assert_problem(status, got, resp, 404, "not_found")
+    # A well-formed handle of a transaction never prepared: no false "committed".
+    stranger = Handle(os.urandom(16).hex(), ("orders",), (("orders", 5),)).encode()
+    status, got, resp = await call(http, "POST", f"{url}/transactions/{stranger}/commit")
+    assert_problem(status, got, resp, 404, "not_found")
 
 
 async def test_reader_owns_a_pair_commits_with_its_token_and_is_fenced(http, url):

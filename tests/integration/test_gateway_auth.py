@@ -129,6 +129,41 @@ async def test_https_with_tokens_enforces_the_principals_permissions(gw, http):
     assert doc["paths"]["/v1/topics/{topic}/messages"]["post"]["security"] == [{"bearer": []}]
 
 
+async def test_transactions_need_produce_on_every_topic_to_prepare_and_to_decide(gw, http):
+    url = f"{gw.gateway_url}/v1/transactions"
+    admin = (gw.config.client.token_file).read_text().strip()
+    body = {
+        "messages": [
+            {"topic": "orders", "payload_base64": "YQ=="},
+            {"topic": "orders.dlq", "payload_base64": "Yg=="},
+        ]
+    }
+    # produce:orders alone does not cover orders.dlq: refused before anything is prepared.
+    status, data = await call(http, "POST", url, json=body, headers=bearer(PRODUCER))
+    assert (status, data["code"]) == (403, "forbidden"), data
+    assert (await call(http, "POST", url, json=body))[0] == 401
+
+    status, prepared = await call(http, "POST", url, json=body, headers=bearer(admin))
+    assert status == 200 and prepared["state"] == "prepared", prepared
+    commit = f"{url}/{prepared['id']}/commit"
+    for token in (PRODUCER, READER):  # the handle names both topics
+        status, data = await call(http, "POST", commit, headers=bearer(token))
+        assert (status, data["code"]) == (403, "forbidden"), data
+        status, data = await call(http, "GET", f"{url}/{prepared['id']}", headers=bearer(token))
+        assert status == 403
+    status, done = await call(http, "POST", commit, headers=bearer(admin))
+    assert status == 200 and done["state"] == "committed", done
+
+    # produce:orders is enough for a transaction on orders only.
+    single = {"messages": [{"topic": "orders", "payload_base64": "Yw=="}]}
+    status, prepared = await call(http, "POST", url, json=single, headers=bearer(PRODUCER))
+    assert status == 200, prepared
+    status, done = await call(
+        http, "POST", f"{url}/{prepared['id']}/rollback", headers=bearer(PRODUCER)
+    )
+    assert status == 200 and done["state"] == "rolled_back", done
+
+
 async def test_plain_http_to_a_secure_gateway_is_refused(gw):
     plain = gw.gateway_url.replace("https://", "http://") + "/v1/topics"
     async with aiohttp.ClientSession() as http:

@@ -13,7 +13,7 @@ import pytest
 
 import phxq
 from phxq.devcluster import ProcessCluster
-from phxq.errors import StaleMap, Unavailable
+from phxq.errors import BadArgument, StaleMap, Unavailable
 from phxq.net.rpc import RpcPool
 from phxq.routing import queue_for_key
 from phxq.topology import Topology
@@ -55,12 +55,21 @@ async def test_queues_live_on_their_set_and_other_sets_redirect(two_sets: Proces
         assert [a.queue for a in acks] == list(range(QUEUES))
         for q in range(QUEUES):
             assert [m.payload for m in await _read_queue(client, q)] == [f"q{q}".encode()]
+        # A transaction stays within one store set (queues 0 and 2 are on set 1, 1 on set 2).
+        async with client.transaction() as txn:
+            await txn.enqueue(TOPIC, b"t0", queue=0)
+            await txn.enqueue(TOPIC, b"t2", queue=2)
+        with pytest.raises(BadArgument, match="one store set"):
+            async with client.transaction() as txn:
+                await txn.enqueue(TOPIC, b"t0", queue=0)
+                await txn.enqueue(TOPIC, b"t1", queue=1)
+        assert [m.payload for m in await _read_queue(client, 1)] == [b"q1"]  # nothing written
     async with RpcPool() as pool:
         by_set = {s.set: s.addr for s in two_sets.config.stores}
         meta = await pool.call(by_set[2], "meta", {}, timeout=2.0)
         assert meta["set"] == 2 and meta["map"]["topics"][TOPIC]["placement"][1] == 2
         status = await pool.call(by_set[2], "status", {}, timeout=2.0)
-        assert status["set"] == 2
+        assert status["set"] == 2 and status["map_version"] == 0  # no lock service: the config
         # Queue 1 lives on set 2: a set-1 store refuses it with a typed redirect, even a local
         # read, and never wrote it (each set is its own Paxos cluster).
         params = {"group": None, "topic": TOPIC, "queue": 1, "after": None, "limit": 10}

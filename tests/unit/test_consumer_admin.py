@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from phxq.client.types import ClusterMap
 from phxq.config import ConfigError, parse_config
 from phxq.consumer import admin
 from phxq.consumer.locking import MemoryLocks
@@ -168,6 +169,9 @@ async def test_replay_arguments_are_checked() -> None:
     class NoClient:
         async def seek(self, *a: object, **k: object) -> int:
             raise AssertionError("must not be called")
+
+        async def cluster_map(self) -> object:
+            return ClusterMap(groups=4, nodes={}, topics={}, masters={})  # the config counts
 
     client = NoClient()
     with pytest.raises(BadArgument):

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from phxq import errors
 from phxq.errors import BadArgument, PhxqError
 from phxq.gateway.openapi import openapi_document
-from phxq.gateway.problems import PROBLEM_STATUSES, problem_for
+from phxq.gateway.problems import PROBLEM_STATUSES, Problem, problem_for
 from phxq.gateway.routes import build_routes
 from phxq.gateway.schema import parse_param, validate
+from phxq.gateway.txn import Handle
 from phxq.security.principals import Permission
 
 ROUTES = build_routes(60.0)
@@ -109,3 +110,38 @@ def test_permissions_are_the_rpc_ones():
     assert by_id["status"].needs({}) == Permission.admin()
     assert by_id["topics"].needs({}) is None
     assert by_id["openapi"].permission is None
+
+
+@settings(max_examples=100)
+@given(
+    topics=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=16, unique=True),
+    queues=st.lists(st.integers(0, 1 << 31), min_size=1, max_size=8),
+    nonce=st.binary(min_size=16, max_size=16),
+)
+def test_a_transaction_handle_round_trips_and_binds_its_topics_to_the_txn_id(topics, queues, nonce):
+    topics = sorted(topics)
+    parts = tuple((topics[i % len(topics)], q) for i, q in enumerate(queues))
+    handle = Handle(nonce.hex(), tuple(topics), parts)
+    text = handle.encode()
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", text)
+    back = Handle.decode(text)
+    assert back == handle and back.txn == handle.txn and len(back.txn) == 32
+    # Another topic set (or nonce) is another transaction: an edited handle decides nothing
+    # of the original.
+    assert Handle(nonce.hex(), (*topics, "~extra"), parts).txn != handle.txn
+    assert by_id_route("txn_commit").needs_all({"id": text}) == tuple(
+        Permission.produce(t) for t in topics
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["", "x", "e30", "eyJuIjoiMCJ9", Handle("0" * 32, ("b", "a"), (("a", 0),)).encode()]
+)
+def test_anything_but_a_handle_is_no_such_transaction(text):
+    with pytest.raises(Problem) as info:
+        Handle.decode(text)
+    assert (info.value.status, info.value.code) == (404, "not_found")
+
+
+def by_id_route(operation: str):
+    return next(r for r in ROUTES if r.operation_id == operation)

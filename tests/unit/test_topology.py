@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from phxq.config import ConfigError, TopicConfig, dump_config, parse_config
+from phxq.config.check import check_config
 from phxq.errors import BadArgument, ProtocolError, UnknownTopic
 from phxq.topology import Topology, deal, least_loaded
 
@@ -113,3 +116,9 @@ def test_the_map_round_trips_its_wire_form_and_rejects_garbage() -> None:
     wire["topics"]["audit"]["placement"] = [2]
     with pytest.raises(ProtocolError, match="placement"):
         Topology.from_wire(wire)
+
+
+def test_config_check_counts_the_store_sets(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(_stores({1: 3, 2: 3}) + TOPICS)
+    assert "6 stores in 2 store sets, 0 lock nodes" in str(check_config(path))

@@ -23,6 +23,9 @@ from phxq.client import ConsumedMessage
 async def produce_and_consume() -> int | None:
     async with phxq.Client(["127.0.0.1:7101"], retry_timeout=5.0) as client:
         ack: phxq.Ack = await client.enqueue("orders", b"x", key="k", headers={"h": "v"})
+        await client.enqueue_many("orders", [(b"y", None)], timeout=1.5)
+        cursor: int | None = await client.cursor("billing", "orders", queue=0, timeout=None)
+        print(cursor)
         async for msg in client.consume("billing", "orders", auto_commit=False):
             consumed: ConsumedMessage = msg
             await consumed.ack()
@@ -35,11 +38,12 @@ async def produce_and_consume() -> int | None:
 
 def script() -> None:
     with phxq.SyncClient(["127.0.0.1:7101"]) as sync:
-        sync.enqueue("orders", b"x", dedup_id="d-1")
+        sync.enqueue("orders", b"x", dedup_id="d-1", timeout=2.0)
         for message in sync.tail("orders"):
             print(message.key)
     locks = phxq.LockClient(["127.0.0.1:7201"])
     print(locks.hold("name", "me", 3.0))
+    print(locks.kv_get("key", timeout=1.0))
 
 
 async def typos() -> None:
@@ -47,6 +51,7 @@ async def typos() -> None:
         await client.enqueue("orders", b"x", kee="k")  # TYPO
         await client.enqueue("orders", "not bytes")  # TYPO
         client.tail("orders", from_="yesterday")  # TYPO
+        await client.dequeue(None, "orders", queue=0, timeout="2s")  # TYPO
     phxq.SyncClient(["127.0.0.1:7101"], retry_timout=1.0)  # TYPO
     phxq.LockClient(["127.0.0.1:7201"]).acquire("name", "me")  # TYPO
 """
