@@ -265,8 +265,9 @@ def reconcile(
         _echo_json(report.as_dict())
     else:
         for row in report.queues:
-            consumed = " ".join(f"{g}={n}" for g, n in row.get("consumed", {}).items())
-            click.echo(f"queue {row['queue']}: stored {row.get('enqueued', '-')} {consumed}")
+            consumed = ", ".join(f"{g} {n}" for g, n in row.get("consumed", {}).items())
+            consumed = f", consumed: {consumed}" if consumed else ""
+            click.echo(f"queue {row['queue']}: stored {_show(row.get('enqueued'))}{consumed}")
         for c in report.checksums:
             agree = "agree" if len(set(c["checksums"].values())) <= 1 else "DIFFER"
             click.echo(f"group {c['group']} @ {c['instance']}: checksums {agree}")

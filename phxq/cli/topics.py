@@ -62,10 +62,11 @@ def _bytes(text: str | None) -> int | None:
 def _print(row: dict[str, Any]) -> None:
     from phxq.config import format_duration
 
-    sets = "every set" if row["sets"] is None else ",".join(map(str, row["sets"]))
+    sets = "every set" if row["sets"] is None else "sets " + ",".join(map(str, row["sets"]))
+    queues = f"{row['queues']} queue{'' if row['queues'] == 1 else 's'}"
     click.echo(
-        f"{row['name']}: {row['queues']} queues, retention {format_duration(row['retention'])}, "
-        f"max message {_size(row['max_message_bytes'])}, sets {sets} "
+        f"{row['name']}: {queues}, retention {format_duration(row['retention'])}, "
+        f"max message {_size(row['max_message_bytes'])}, on {sets} "
         f"(map version {row['map_version']})"
     )
     by_set: dict[int, list[int]] = {}
