@@ -7,10 +7,12 @@ A :class:`PaxosHost` owns, for one node (a store node or a lock node alike):
   group, each with the state machine its :class:`~phxq.replication.machine.Machines` makes;
 - the Paxos traffic between peers through :class:`~phxq.replication.peers.Peers`: one-way
   ``px`` notifications (fire-and-forget: Paxos tolerates loss) and ``snap`` snapshots. What
-  every group sends a peer within one loop turn leaves as one ``px`` notification (a
-  :mod:`~phxq.paxos.bundle`: one frame, one write, one decode at the peer), sent at the end of
-  the turn, or at once at the end of handling a received notification (the replies it caused),
-  or when ``BUNDLE_BYTES`` are waiting for that peer;
+  every group sends a peer while the host handles one received notification (the replies it
+  caused) or one pass of the tick loop (heartbeats) leaves as one ``px`` notification at its
+  end (a :mod:`~phxq.paxos.bundle`: one frame, one decode at the peer; earlier when
+  ``BUNDLE_BYTES`` wait for that peer). Other sends (a proposal's Accepts, a reply after a
+  write became durable) leave at once, so no send waits a loop turn more than before; the
+  transport still puts everything of one turn into one write;
 - the tick loop that drives leases, heartbeats, elections and retries. It sleeps until the
   soonest deadline of any group (at most ``TICK_MAX_SLEEP``). After every input a replica
   processes, only that replica's deadline is compared with the loop's next wake-up (the loop is
@@ -30,7 +32,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic
 
@@ -148,11 +150,11 @@ class PaxosHost(Generic[M]):
         self._next_tick = 0.0  # when the tick loop runs next (clock time)
         self._masters_held = -1
         self._bad_log = LogLimiter()  # malformed peer notifications
-        # Per peer: encoded messages waiting for the end of the loop turn (urgent, lazy) and
+        # Per peer: encoded messages waiting for the end of bundling() (urgent, lazy) and
         # their bytes (see ``send``).
         self._outgoing: dict[int, tuple[list[bytes], list[bytes]]] = {}
         self._outgoing_bytes: dict[int, int] = {}
-        self._flush_scheduled = False
+        self._collecting = False  # inside bundling(): sends wait for its end
 
     async def start(self) -> None:
         """Open (and recover) every group's log, decide membership and start the tick loop.
@@ -220,10 +222,13 @@ class PaxosHost(Generic[M]):
     # --------------------------------------------------------------------- paxos plumbing
 
     def send(self, to: int, payload: bytes, lazy: bool = False) -> None:
-        """Send an encoded Paxos message to node ``to`` with the others of this loop turn;
+        """Send an encoded Paxos message to node ``to`` (inside :meth:`bundling`, at its end);
         ``lazy``: it may wait a few ms for the next message to that node. In a bundle the
         urgent messages go first (each kind in order), as the transport orders its bodies."""
         if to == self.node_id:
+            return
+        if not self._collecting:
+            self.peers.notify(to, "px", payload, lazy=lazy)
             return
         waiting = self._outgoing.get(to)
         if waiting is None:
@@ -234,16 +239,20 @@ class PaxosHost(Generic[M]):
             size = len(payload)
         waiting[1 if lazy else 0].append(payload)
         self._outgoing_bytes[to] = size
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop running (a synchronous caller): nothing to wait for
+
+    @contextlib.contextmanager
+    def bundling(self) -> Iterator[None]:
+        """What is sent inside leaves at the end, one ``px`` notification per peer."""
+        outer, self._collecting = self._collecting, True
+        try:
+            yield
+        finally:
+            self._collecting = outer
+            if not outer:
                 self.flush()
 
     def flush(self) -> None:
         """Send every peer's waiting messages now (one notification per peer)."""
-        self._flush_scheduled = False
         for to, waiting in self._outgoing.items():
             if waiting[0] or waiting[1]:
                 self._flush_peer(to, waiting)
@@ -272,17 +281,22 @@ class PaxosHost(Generic[M]):
             return  # unknown notifications are ignored: notify has no reply channel
         messages, error = unbundle(params)
         replicas, members = self.replicas, self.addresses
-        for msg in messages:
-            if trace.ON:
-                trace.mark(f"in.{type(msg).__name__}")
-            replica = replicas.get(msg.group)
-            if replica is None or msg.sender not in members:
-                self._dropped("paxos message", f"no group {msg.group} or no member {msg.sender}")
-                continue
-            replica.on_message(msg)
+        self._collecting = True  # bundling() inline: this runs for every notification
+        try:
+            for msg in messages:
+                if trace.ON:
+                    trace.mark(f"in.{type(msg).__name__}")
+                replica = replicas.get(msg.group)
+                if replica is None or msg.sender not in members:
+                    why = f"no group {msg.group} or no member {msg.sender}"
+                    self._dropped("paxos message", why)
+                    continue
+                replica.on_message(msg)
+        finally:
+            self._collecting = False
+            self.flush()  # the replies these messages caused leave together, now
         if error is not None:
             self._dropped("paxos message", error)
-        self.flush()  # the replies these messages caused leave together, now
 
     def _on_snapshot(self, params: Any) -> None:
         if not (isinstance(params, list) and len(params) == 2 and isinstance(params[1], bytes)):
@@ -307,14 +321,14 @@ class PaxosHost(Generic[M]):
         while True:
             now = self._clock()
             soonest = now + TICK_MAX_SLEEP
-            for replica in self.replicas.values():
-                deadline = replica.next_deadline()
-                if deadline is not None and deadline <= now:
-                    replica.on_tick(now)
+            with self.bundling():  # every group's heartbeats to a peer in one notification
+                for replica in self.replicas.values():
                     deadline = replica.next_deadline()
-                if deadline is not None:
-                    soonest = min(soonest, deadline)
-            self.flush()  # what the ticks sent (heartbeats of many groups) leaves now
+                    if deadline is not None and deadline <= now:
+                        replica.on_tick(now)
+                        deadline = replica.next_deadline()
+                    if deadline is not None:
+                        soonest = min(soonest, deadline)
             held = sum(r.paxos.is_master for r in self.replicas.values())
             if held != self._masters_held:
                 self._masters_held = held

@@ -1,9 +1,8 @@
 """Bundles: several encoded Paxos messages for one peer in one body (``phxq.paxos.bundle``),
-and the host sending one ``px`` notification per peer per loop turn."""
+and the host sending one ``px`` notification per peer for what it sends inside ``bundling()``."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,7 @@ class _Recorder:
         pass
 
 
-async def test_host_sends_one_notification_per_peer_per_turn(tmp_path: Path) -> None:
+def test_host_sends_one_notification_per_peer_per_bundling(tmp_path: Path) -> None:
     peers = _Recorder()
     host = PaxosHost(
         1,
@@ -91,13 +90,16 @@ async def test_host_sends_one_notification_per_peer_per_turn(tmp_path: Path) -> 
         Heartbeat(group=g, sender=1, ballot=Ballot(1, 1), chosen_up_to=1, checksum=0)
         for g in range(4)
     ]
-    for g in range(4):
-        host.send(2, encode_message(chosen[g]), True)  # lazy
-        host.send(2, encode_message(beats[g]), False)
-    host.send(3, encode_message(chosen[0]), True)
-    host.send(1, encode_message(chosen[0]), False)  # to itself: never sent
-    assert peers.sent == []  # nothing leaves before the end of the turn
-    await asyncio.sleep(0)
+    host.send(2, encode_message(chosen[0]), True)  # outside bundling(): leaves at once
+    assert [(to, lazy) for to, _, _, lazy in peers.sent] == [(2, True)]
+    peers.sent.clear()
+    with host.bundling():
+        for g in range(4):
+            host.send(2, encode_message(chosen[g]), True)  # lazy
+            host.send(2, encode_message(beats[g]), False)
+        host.send(3, encode_message(chosen[0]), True)
+        host.send(1, encode_message(chosen[0]), False)  # to itself: never sent
+        assert peers.sent == []  # nothing leaves before the end
     assert [(to, method, lazy) for to, method, _, lazy in peers.sent] == [
         (2, "px", False),
         (3, "px", True),  # only lazy messages: the notification is lazy too
