@@ -28,11 +28,13 @@ this page. Retried enqueues keep their dedup ids, so a retry never stores a mess
 ```python
 import asyncio, phxq
 
+
 async def main():
     async with phxq.Client(["127.0.0.1:7101"], token="...", ca="certs/ca.pem") as client:
         ack = await client.enqueue("orders", b"payload", key="user-42")
         async for msg in client.consume("billing", "orders"):
             ...  # committed when the loop moves on
+
 
 asyncio.run(main())
 ```
