@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -414,4 +414,18 @@ def run_dev(
     except KeyboardInterrupt:
         pass  # Ctrl-C while starting: stop what started, as after it
     finally:
-        cluster.stop()
+        with _stop_signals_ignored():
+            cluster.stop()
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    """While the daemons stop, a second SIGINT/SIGTERM (an impatient Ctrl-C, or `timeout`
+    and `kill` both signalling) must not kill the supervisor before its daemons: they would
+    be left running, orphaned. ``ProcessCluster.stop`` is bounded (it SIGKILLs stragglers)."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
