@@ -3,6 +3,7 @@ Python client, stops cleanly on SIGINT, and resumes from the same data."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -121,5 +122,33 @@ def test_dev_cluster_accepts_cli_and_client_and_resumes(tmp_path: Path) -> None:
         with phxq.SyncClient(stores[:1], **creds) as client:
             msgs = client.dequeue(None, "orders", queue=int(first["queue"]), limit=10)  # type: ignore[call-overload]
             assert [m.payload for m in msgs] == [b"hello", b"from python"]
+        # Only the supervisor is signalled, twice (as `timeout` plus `kill` do): it must still
+        # stop every daemon it started (each in a session of its own), not die first.
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)  # the second signal lands while the daemons are being stopped
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        deadline = time.monotonic() + 20
+        while _daemons_of(data) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _daemons_of(data) == [], "phxq dev left daemons running"
     finally:
-        _stop_dev(proc)
+        if proc.poll() is None:
+            _stop_dev(proc)
+        for pid in _daemons_of(data):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _daemons_of(data: Path) -> list[int]:
+    """Live processes whose command line names ``data`` (the dev cluster's daemons)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] if cmdline else "Z"
+        except OSError:
+            continue
+        if str(data).encode() in cmdline and state != "Z":
+            alive.append(int(entry.name))
+    return alive
