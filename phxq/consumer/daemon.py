@@ -6,6 +6,11 @@ and the lock service (``phxq.lock.LockClient``, or the ``locks`` given), builds 
 ``[[consumer_group]]``'s handler, and runs its member (heartbeat, rebalance, settings, one
 :class:`PairWorker` per owned pair: see :mod:`phxq.consumer.member`) plus:
 
+- **the cluster map**: a :class:`~phxq.consumer.mapwatch.MapWatch` long-polls the map in the
+  lock service; when a topic gains queues (or a configured group's topic is created) online
+  (``phxq admin topic create|alter``), the daemon waits (at most ``MAP_SYNC`` s) until a store
+  serves that map version, so its workers route the new queues, then hands the member the new
+  pair list: the next rebalance assigns the new pairs, no restart;
 - **lag**: every ``lag_interval`` s it asks the stores for each queue's cursor and lag (the
   ``status`` RPC, answered by each queue's master) and sets ``phxq_consumer_lag_messages`` for
   the pairs it owns.
@@ -37,10 +42,11 @@ from phxq import metrics
 from phxq.client import Client
 from phxq.config import ClusterConfig
 from phxq.consumer.admin import lag as read_lag
-from phxq.consumer.assign import pairs_of
+from phxq.consumer.assign import Pair, pairs_of
 from phxq.consumer.group import GroupRuntime, Timings
 from phxq.consumer.handlers import make_handler
 from phxq.consumer.locking import LockApi
+from phxq.consumer.mapwatch import MapWatch
 from phxq.consumer.member import GroupMember, wait_event
 from phxq.consumer.settings import (
     SETTINGS_PREFIX,
@@ -50,9 +56,12 @@ from phxq.errors import BadArgument, PhxqError, Unavailable
 from phxq.security.daemon import MemberSecurity
 from phxq.security.signing import read_secret
 from phxq.tasks import TaskScope
+from phxq.topology import Topology
 
 log = logging.getLogger("phxq.consumer")
 T = TypeVar("T")
+
+MAP_SYNC = 10.0  # seconds a new map waits for a store to serve it before its pairs start
 
 
 class ConsumerDaemon:
@@ -125,8 +134,7 @@ class ConsumerDaemon:
         self._client = Client([s.addr for s in self.cluster.stores], ca=member)
         cmap = await self._retry("the stores", self._client.cluster_map)
         # The cluster map's queue counts (topics grow online: phxq admin topic alter).
-        queues = {t.name: t.queues for t in self.cluster.topics} | cmap.topics
-        self._pairs = pairs_of(self.cluster.consumer_groups, queues)
+        self._pairs = self._pairs_in(cmap.topics)
         if self._locks is None:
             from phxq.lock import LockClient
 
@@ -204,7 +212,41 @@ class ConsumerDaemon:
         assert self.member is not None
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._lag_loop(), name=f"lag {self.name}")
+            watch = MapWatch(self._locks, self._map_changed)
+            following = tg.create_task(watch.run(), name=f"map {self.name}")
             await self.member.run()
+            following.cancel()  # the member has handed everything over: stop following
+
+    def _pairs_in(self, topics: dict[str, int]) -> list[Pair]:
+        """The pairs of the configured groups over ``topics`` (name -> queues; the config's
+        topics fill in what it lacks)."""
+        queues = {t.name: t.queues for t in self.cluster.topics} | topics
+        return pairs_of(self.cluster.consumer_groups, queues)
+
+    async def _map_changed(self, topo: Topology) -> None:
+        """A newer cluster map: wait until a store serves it (bounded by ``MAP_SYNC``), then
+        give the member the pairs it implies (see the module docstring)."""
+        client = self._client_or_fail()
+        deadline = time.monotonic() + MAP_SYNC
+        while True:
+            try:
+                served = (await client.cluster_map(refresh=True, timeout=2.0)).version
+            except PhxqError:
+                served = -1  # no store answers right now: retry until the deadline
+            if served >= topo.version or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        pairs = self._pairs_in({name: t.queues for name, t in topo.topics.items()})
+        if pairs != self._pairs and self.member is not None:
+            added = len(set(pairs) - set(self._pairs))
+            log.info(
+                "consumer %s: cluster map version %d: %d new pairs",
+                self.name,
+                topo.version,
+                added,
+            )
+            self._pairs = pairs
+            self.member.set_pairs(pairs)
 
     # -------------------------------------------------------------------------- loops
 
