@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="phxq-backlog-", dir=args.dir) as tmp:
         base = Path(tmp)
         env = benchmark.environment(base)
-        options = f'dedup_window = "{args.dedup_window}"'
+        options = f"dedup_window = {harness.toml_duration(args.dedup_window)}"
         with harness.store_cluster(
             base,
             groups=args.groups,

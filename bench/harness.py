@@ -79,6 +79,14 @@ def store_cluster(
         cluster.stop()
 
 
+def toml_duration(text: str) -> str:
+    """A duration for the config: a bare number of seconds stays a number, "10s" a string."""
+    try:
+        return str(float(text))
+    except ValueError:
+        return f'"{text}"'
+
+
 def store_pids(cluster: ProcessCluster) -> dict[str, int]:
     return {
         f"store{node}": proc.popen.pid
@@ -124,12 +132,14 @@ async def fill(
     batch: int = 4096,
     calls: int = 4,
     keys: int = 1024,
+    delay: float | None = None,
     progress_every: float = 10.0,
 ) -> dict[str, Any]:
     """Enqueue ``count`` messages of ``size`` bytes through the real client: ``calls``
     concurrent ``enqueue_many`` calls of ``batch`` messages each (about 4 MiB a call at most,
     keys spread over ``keys`` so every queue gets its share); each acked only when chosen
-    (fdatasynced on a majority), exactly like any producer's. Returns the time it took."""
+    (fdatasynced on a majority), exactly like any producer's; with ``delay``, scheduled that
+    many seconds ahead. Returns the time it took."""
     batch = max(1, min(batch, (4 << 20) // max(1, size)))
     payload = os.urandom(size)
     sent = 0
@@ -144,7 +154,7 @@ async def fill(
             sent += take
             msgs = [(payload, f"k{(i + j) % keys}") for j in range(take)]
             i += take
-            await client.enqueue_many(topic, msgs)
+            await client.enqueue_many(topic, msgs, delay=delay)
             now = time.perf_counter()
             if now - last_note >= progress_every:
                 last_note = now

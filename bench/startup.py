@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             groups=args.groups,
             topics={TOPIC: QUEUES},
             segment_bytes=args.segment,
-            cluster_options=f'dedup_window = "{args.dedup_window}"',
+            cluster_options=f"dedup_window = {harness.toml_duration(args.dedup_window)}",
             max_message_bytes=max(1 << 20, args.size),
         ) as cluster:
             written = 0
