@@ -168,7 +168,7 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             )
 
     async def _enqueue_one(
-        self, topic: str, item: tuple[Any, ...], when: float | None, budget: Budget
+        self, topic: str, item: tuple[Any, ...], when: list[Any] | None, budget: Budget
     ) -> Ack:
         queue = item[2]
         if when is not None:
