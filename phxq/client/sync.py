@@ -175,7 +175,6 @@ class SyncTransaction(_Blocking[Transaction]):
         self._run(self._inner.__aexit__(exc_type, exc, tb))
 
 
-@final
 class SyncMessageStream(_Blocking[MessageStream[M]]):
     """A blocking iterator over an async :class:`~phxq.client.stream.MessageStream`; also a
     context manager (``close`` on exit). Closing the SyncClient closes it too."""
