@@ -9,7 +9,7 @@ It is the watch the stores use (:mod:`phxq.store.mapfollow`): a ``kv_wait`` long
 ``cluster/map`` (:data:`phxq.mapstore.MAP_KEY`) in the lock service the consumers already talk
 to. It never writes the map (the stores and ``phxq admin`` seed it). The first answer hands over
 the current map at once; after that every new version does, in order, at most one call at a
-time. While the lock service is down the members keep the pairs they know and the watch retries
+time; a call that raises a ``PhxqError`` is retried with the same map. While the lock service is down the members keep the pairs they know and the watch retries
 with backoff (0.2 s doubling to 5 s). A map the watch cannot read (a newer, incompatible writer)
 is logged and skipped until the next version.
 """
@@ -70,6 +70,15 @@ class MapWatch:
             except PhxqError as exc:
                 log.warning("skipping an unreadable cluster map: %s", exc)
                 continue
-            if topo.version > self.version:
-                self.version = topo.version
+            if topo.version <= self.version:
+                continue
+            try:
                 await self._on_change(topo)
+            except PhxqError as exc:
+                # E.g. the lock service went away meanwhile: hand this map over again.
+                log.warning("cluster map version %d not applied yet: %s", topo.version, exc)
+                kv_version = 0  # the next kv_wait answers at once
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.version = topo.version

@@ -11,6 +11,7 @@ config) and ``Client.consume`` (the messages go to the caller's ``async for``) a
     member.owned() -> set[Pair]  # pairs held right now;  member.status() -> dict
     member.set_pairs(pairs)      # the pairs grew (queues added online): the next rebalance
                                  # assigns them
+    member.add_group(runtime)    # a consumer group created online (its pairs: set_pairs)
 
 While it runs (one ``asyncio.TaskGroup`` owns every task):
 
@@ -145,6 +146,10 @@ class GroupMember:
         """Balance over ``pairs`` from the next rebalance on (queues and topics are added
         online; a pair no longer listed is handed over like one assigned elsewhere)."""
         self.pairs = list(pairs)
+
+    def add_group(self, runtime: GroupRuntime) -> None:
+        """Serve one more consumer group (announced with the next heartbeat)."""
+        self.runtimes[runtime.name] = runtime
 
     @property
     def leaving(self) -> bool:
