@@ -14,6 +14,7 @@ returns. The CLI only parses arguments, calls one of these and prints the result
     await txn_list(cfg) -> list[dict]              # open transactions: group, home, age, ...
     await txn_resolve(cfg, txn, commit) -> dict    # an operator's decision (first one wins)
     await topic_create|topic_alter|topic_list|topic_describe(cfg, ...)  # phxq.topics: online
+    await group_create(cfg, name, topic=, handler=, ...);  await group_list(cfg)  # phxq.groupadmin
 
 Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
 ``BadArgument`` for a bad combination, ``Unavailable`` when the cluster cannot answer. A store
@@ -32,6 +33,7 @@ from phxq.config import ClusterConfig
 from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
 from phxq.errors import BadArgument, PhxqError
+from phxq.groupadmin import group_create, group_list
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
 from phxq.store.reconcile import reconcile as _reconcile
@@ -42,6 +44,8 @@ __all__ = [
     "ClusterStatus",
     "LagRow",
     "Report",
+    "group_create",
+    "group_list",
     "lag",
     "parse_since",
     "pause",
