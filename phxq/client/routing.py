@@ -169,7 +169,7 @@ class RoutingMixin:
         backoff = 0.02
         avoid: set[str] = set()
         while True:
-            cmap = await self._map_within(budget)
+            cmap = self._map if self._map is not None else await self._map_within(budget)
             route = cmap.route(topic, queue)
             if cmap.version and isinstance(params, dict):
                 params["map"] = cmap.version  # a store with a newer map answers StaleMap
