@@ -80,8 +80,9 @@ async def queue_move(
             raise BadArgument(f"queue {queue} of topic {topic!r}: no move recorded")
         deadline = time.monotonic() + timeout
         while wait:
-            topo, _ = await mapstore.load(locks)
-            assert topo is not None
+            current, _ = await mapstore.load(locks)
+            assert current is not None  # update() wrote it
+            topo = current
             row = _row(topo, topic, queue, move.id, move.source, move.target)
             if row["state"] != "pending":
                 return row

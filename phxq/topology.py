@@ -192,7 +192,8 @@ class Topology:
         """The set holding the messages just after ``offset`` of the queue (a read's
         ``after``, a commit's offset belongs to the set holding it: use ``offset - 1``)
         (``None``: from the start, the oldest segment)."""
-        for number, sealed in self.history.get(topic, _EMPTY).get(queue, ()):
+        segments: tuple[tuple[int, int], ...] = self.history.get(topic, _EMPTY).get(queue, ())
+        for number, sealed in segments:
             if offset is None or offset < sealed:
                 return number
         return self.set_of(topic, queue)

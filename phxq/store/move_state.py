@@ -133,7 +133,7 @@ class QueueMoves:
     def is_open(self, key: QueueKey) -> bool:
         """Whether the queue was adopted here and not sealed since (it lives here)."""
         ts = self.tenures.get(key)
-        return bool(ts) and ts[-1].sealed is None and ts[-1].move_id is not None
+        return ts is not None and ts[-1].sealed is None and ts[-1].move_id is not None
 
     def offset(self, key: QueueKey, instance: int, index: int) -> int:
         """The offset of the message at ``(instance, index)`` of queue ``key``."""
