@@ -17,6 +17,11 @@ to the set that then holds the fewest queues of every topic (ties: the lowest se
 of an existing queue never changes except by a queue move, so it is stored explicitly per queue
 (``placement[topic][q]``), not recomputed.
 
+**Consumer groups** (``groups``: name -> ``ConsumerGroupConfig``) are part of the map: the
+config's ``[[consumer_group]]`` tables seed it, ``with_group`` adds one online (``phxq admin
+group create``). Wire key ``consumer_groups`` (:mod:`phxq.groupspecs`); a map written before
+groups were in it reads as having none.
+
 **Versions.** Every change makes a new value with ``version + 1``. The map derived from the
 config alone is version 0; the lock service's copy (:mod:`phxq.mapstore`) starts at 1.
 
@@ -43,12 +48,15 @@ from types import MappingProxyType
 from typing import Any
 
 from phxq import validate
-from phxq.config import ClusterConfig, TopicConfig
+from phxq.config import ClusterConfig, ConsumerGroupConfig, TopicConfig
 from phxq.errors import BadArgument, ProtocolError, UnknownTopic
+from phxq.groupspecs import group_from_wire, group_to_wire
 
 __all__ = ["QueueMove", "Topology", "deal", "least_loaded"]
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+_NO_GROUPS: Mapping[str, ConsumerGroupConfig] = MappingProxyType({})
 
 
 def deal(queues: int, sets: Iterable[int]) -> tuple[int, ...]:
@@ -81,6 +89,7 @@ class Topology:
     sets: tuple[int, ...]  # every store set of the cluster, ascending
     topics: Mapping[str, TopicConfig]
     placement: Mapping[str, tuple[int, ...]]  # topic -> the set of each queue
+    groups: Mapping[str, ConsumerGroupConfig] = field(default_factory=lambda: _NO_GROUPS)
     moves: Mapping[tuple[str, int], QueueMove] = field(default_factory=lambda: _EMPTY)
     history: Mapping[str, Mapping[int, tuple[tuple[int, int], ...]]] = field(
         default_factory=lambda: _EMPTY
@@ -92,7 +101,8 @@ class Topology:
         sets = cfg.sets
         topics = {t.name: t for t in cfg.topics}
         placement = {t.name: deal(t.queues, t.sets or sets) for t in cfg.topics}
-        return cls(0, sets, MappingProxyType(topics), MappingProxyType(placement))
+        groups = MappingProxyType({g.name: g for g in cfg.consumer_groups})
+        return cls(0, sets, MappingProxyType(topics), MappingProxyType(placement), groups)
 
     # ----------------------------------------------------------------------------- queries
 
@@ -153,6 +163,20 @@ class Topology:
         extra = least_loaded(self.load(), allowed, new.queues - spec.queues)
         placed = (*self.placement[name], *extra)
         return self._changed({**self.topics, name: new}, {name: placed})
+
+    def with_group(self, spec: ConsumerGroupConfig) -> Topology:
+        """A new consumer group (``BadArgument`` if it exists or its dead-letter topic does
+        not; ``UnknownTopic`` if its topic does not)."""
+        if spec.name in self.groups:
+            raise BadArgument(f"consumer group {spec.name!r} already exists", {"group": spec.name})
+        self.topic(spec.topic)
+        if spec.dead_letter is not None and spec.dead_letter not in self.topics:
+            raise BadArgument(
+                f"no topic {spec.dead_letter!r} for the dead letters of {spec.name!r}",
+                {"topic": spec.dead_letter},
+            )
+        groups = MappingProxyType({**self.groups, spec.name: spec})
+        return replace(self, version=self.version + 1, groups=groups)
 
     def _allowed(self, sets: tuple[int, ...] | None) -> tuple[int, ...]:
         if sets is None:
@@ -275,6 +299,7 @@ class Topology:
                 }
                 for name, t in self.topics.items()
             },
+            "consumer_groups": {name: group_to_wire(g) for name, g in self.groups.items()},
             "moves": [m.to_wire() for m in self.moves.values()],
             "history": {
                 name: {str(q): [list(seg) for seg in segs] for q, segs in queues.items()}
@@ -303,6 +328,10 @@ class Topology:
                 placement[str(name)] = tuple(int(s) for s in t["placement"])
                 if len(placement[str(name)]) != topics[str(name)].queues:
                     raise ValueError(f"topic {name}: placement does not cover its queues")
+            groups = {
+                str(name): group_from_wire(g)
+                for name, g in (data.get("consumer_groups") or {}).items()
+            }
             sets = tuple(int(s) for s in data["sets"])
             moves = {}
             for raw in data.get("moves") or []:
@@ -329,6 +358,7 @@ class Topology:
                 sets,
                 MappingProxyType(topics),
                 MappingProxyType(placement),
+                MappingProxyType(groups),
                 MappingProxyType(moves),
                 MappingProxyType(history),
             )

@@ -33,7 +33,7 @@ from types import EllipsisType
 from typing import Any, final
 
 from phxq import otel, validate
-from phxq.budget import Budget, check_timeout
+from phxq.budget import Budget, await_within, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
@@ -157,15 +157,33 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         message may still be stored then: retry with the same ``dedup_id``."""
         when = _when(delay, deliver_at)
         budget = self._within(timeout)
-        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
-            item = (
-                (payload, key, queue, dedup_id, headers)
-                if when is None
-                else (payload, key, queue, dedup_id, headers, when)
+        if not otel.enabled():  # the common case: no span, no context manager
+            return await self._enqueue_one(
+                topic, (payload, key, queue, dedup_id, headers), when, budget
             )
+        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
+            return await self._enqueue_one(
+                topic, (payload, key, queue, dedup_id, headers), when, budget
+            )
+
+    async def _enqueue_one(
+        self, topic: str, item: tuple[Any, ...], when: list[Any] | None, budget: Budget
+    ) -> Ack:
+        queue = item[2]
+        if when is not None:
+            item = (*item, when)
+        cmap = self._map
+        queues = cmap.topics.get(topic) if cmap is not None and type(topic) is str else None
+        if (
+            cmap is None or queues is None or (type(queue) is int and queue >= queues)
+        ):  # the map must be fetched or refreshed first: the general bound around it all
             async with self._bounded(budget, topic, queue):
                 futures = await self._submit(topic, [item], budget)
                 return await futures[0]
+        # Nothing to await before the ack: bound the wait for it alone (same outcome).
+        budget.where = (topic, queue if type(queue) is int else None)
+        future = self._queue_items(cmap, topic, [item], budget)[0]
+        return await await_within(future, budget, lambda: self._expired(budget))
 
     def transaction(
         self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
@@ -232,6 +250,15 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         if queues is None or any(type(it[2]) is int and it[2] >= queues for it in items):
             explicit = [it[2] for it in items if type(it[2]) is int]
             cmap = await self._known(cmap, topic, max(explicit) if explicit else None)
+        return self._queue_items(cmap, topic, items, budget)
+
+    def _queue_items(
+        self, cmap: ClusterMap, topic: str, items: list[Any], budget: Budget
+    ) -> list[asyncio.Future[Ack]]:
+        """Check ``items`` and queue them on their groups' senders (``_submit`` without the
+        map fetch); one future each, in order."""
+        if self._tasks.closed:
+            raise BadArgument("the client is closed")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, Route]] = set()

@@ -179,7 +179,7 @@ class RoutingMixin:
         avoid: set[str] = set()
         moved_to = to_set  # the set a QueueMoved named (the map may lag behind)
         while True:
-            cmap = await self._map_within(budget)
+            cmap = self._map if self._map is not None else await self._map_within(budget)
             if moved_to is not None:
                 route = (moved_to, queue % cmap.groups)
             elif after is not ...:

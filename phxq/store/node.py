@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from phxq import mapstore, metrics, validate
-from phxq.config import ClusterConfig
+from phxq.config import ClusterConfig, ConsumerGroupConfig
 from phxq.errors import NotMaster, PhxqError, StaleMap, UnknownTopic
 from phxq.net.frames import shown
 from phxq.replication.daemon import Handler, ReplicatedDaemon
@@ -113,6 +113,13 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         """The cluster map this store routes by (see ``phxq.store.mapfollow``)."""
         return self.maps.topology
 
+    @property
+    def consumer_groups(self) -> list[ConsumerGroupConfig]:
+        """The config's consumer groups and those the cluster map adds (created online)."""
+        mine = list(self.cluster.consumer_groups)
+        known = {g.name for g in mine}
+        return mine + [g for n, g in self.topology.groups.items() if n not in known]
+
     def _map_changed(self, topo: Topology) -> None:
         groups = self.cluster.cluster.groups
         self._retention = {g: self._retention_limits(g) for g in range(groups)}
@@ -145,7 +152,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         glog = replica.glog
         keep = glog.chosen_up_to + 1
         groups = self.cluster.cluster.groups
-        for cg in self.cluster.consumer_groups:
+        for cg in self.consumer_groups:
             for q in self.local_queues(cg.topic):
                 if q % groups != group:
                     continue

@@ -377,7 +377,7 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
     queue whose group this node masters (its applied state is current there)."""
     rows: list[dict[str, Any]] = []
     groups = node.cluster.cluster.groups
-    for cg in node.cluster.consumer_groups:
+    for cg in node.consumer_groups:
         for q in node.local_queues(cg.topic):
             replica = node.replicas[group_for_queue(q, groups)]
             if not replica.serving:

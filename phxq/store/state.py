@@ -218,17 +218,7 @@ class StoreState:
                 if moved:
                     unindexed.extend(range(next_index, next_index + count))
                     results.append(Rejected(moved))
-                elif next_index + count > MAX_MESSAGES_PER_INSTANCE:
-                    unindexed.extend(range(next_index, next_index + count))
-                    results.append(
-                        Rejected(
-                            BadArgument(
-                                f"instance {instance} holds more than "
-                                f"{MAX_MESSAGES_PER_INSTANCE} messages"
-                            )
-                        )
-                    )
-                else:
+                elif not _rejected_too_many(instance, next_index, count, results, unindexed):
                     results.append(
                         self._enqueue(instance, next_index, entry, index_entries, unindexed)
                     )
@@ -242,17 +232,12 @@ class StoreState:
                 moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
                 if moved:
                     results.append(Rejected(moved))
-                elif next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
-                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
-                else:
+                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(self._schedule(instance, next_scheduled, entry))
                 next_scheduled += count
             elif type(entry) is ReleaseHead:
                 count = len(entry.ids)
-                if next_index + count > MAX_MESSAGES_PER_INSTANCE:
-                    unindexed.extend(range(next_index, next_index + count))
-                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
-                else:
+                if not _rejected_too_many(instance, next_index, count, results, unindexed):
                     done = release(
                         self.schedule, instance, next_index, entry, index_entries, unindexed
                     )
@@ -262,9 +247,7 @@ class StoreState:
                 next_index += count
             elif type(entry) is RollHead:
                 count = len(entry.ids)
-                if next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
-                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
-                else:
+                if not _rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(self._roll(instance, next_scheduled, entry))
                 next_scheduled += count
             elif type(entry) is PrepareHead:
@@ -272,19 +255,14 @@ class StoreState:
                 moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
                 if moved:
                     results.append(Rejected(moved))
-                elif next_scheduled + count > MAX_MESSAGES_PER_INSTANCE:
-                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
-                else:
+                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(
                         self.txns.prepare(instance, next_scheduled, entry, self.schedule)
                     )
                 next_scheduled += count
             elif type(entry) is TxnReleaseHead:
                 count = len(entry.ids)
-                if next_index + count > MAX_MESSAGES_PER_INSTANCE:
-                    unindexed.extend(range(next_index, next_index + count))
-                    results.append(Rejected(BadArgument(f"instance {instance}: too many")))
-                else:
+                if not _rejected_too_many(instance, next_index, count, results, unindexed):
                     done = self.txns.release(
                         instance, next_index, entry, self.schedule, index_entries, unindexed
                     )
@@ -534,6 +512,27 @@ class StoreState:
 def _result(outcome: Any) -> Any:
     """A move_state outcome as an apply result (an error is ``Rejected``)."""
     return Rejected(outcome) if isinstance(outcome, PhxqError) else outcome
+
+
+def _rejected_too_many(
+    instance: int,
+    first: int,
+    count: int,
+    results: list[ApplyResult],
+    unindexed: list[int] | None,
+) -> bool:
+    """Whether an item's ``count`` ordinals from ``first`` overflow the instance's index space
+    (``MAX_MESSAGES_PER_INSTANCE``); if so, it is answered ``Rejected(BadArgument)`` and, for
+    readable messages (``unindexed`` given), its ordinals are recorded as never indexed. The
+    caller still consumes the ordinals either way."""
+    if first + count <= MAX_MESSAGES_PER_INSTANCE:
+        return False
+    if unindexed is not None:
+        unindexed.extend(range(first, first + count))
+    space = "messages" if unindexed is not None else "scheduled messages"
+    text = f"instance {instance} holds more than {MAX_MESSAGES_PER_INSTANCE} {space}"
+    results.append(Rejected(BadArgument(text)))
+    return True
 
 
 @dataclass(frozen=True, slots=True)
