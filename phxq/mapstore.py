@@ -11,9 +11,10 @@ changed with compare-and-set (DESIGN.md §5.1)::
 **Seeding.** The first caller (a store at start, or an admin command) writes the config's
 ``[[topic]]`` tables as map version 1 with ``kv_put(expect_version=0)``; when several race, one
 wins and the others read its map. Seeding an existing map adds only what the map lacks: a
-``[[topic]]`` it has never seen (dealt over the least-loaded sets) and store sets added to the
-config (so new queues can go there). A topic the map already has keeps the map's settings:
-after the first start, ``phxq admin topic alter`` changes topics, not the TOML.
+``[[topic]]`` it has never seen (dealt over the least-loaded sets), a ``[[consumer_group]]`` it
+has never seen, and store sets added to the config (so new queues can go there). A topic or
+group the map already has keeps the map's settings: after the first start, ``phxq admin topic
+alter`` changes topics, not the TOML.
 
 **Versions.** ``Topology.version`` (inside the document) is the map version stores and clients
 compare; every change is a CAS on the KV entry's own version, so two admins altering at once
@@ -59,6 +60,9 @@ def _merge_config(topo: Topology, cfg: ClusterConfig) -> Topology:
     for spec in cfg.topics:
         if spec.name not in topo.topics:
             topo = topo.with_topic(spec)
+    for group in cfg.consumer_groups:
+        if group.name not in topo.groups:
+            topo = topo.with_group(group)
     return topo
 
 

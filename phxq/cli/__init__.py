@@ -13,7 +13,7 @@ Layout: :mod:`~phxq.cli.common` (root group, shared options, one-line errors),
 (config check, bench).
 """
 
-from phxq.cli import admin, daemons, messages, tools, topics  # noqa: F401 (they register commands)
+from phxq.cli import admin, daemons, groups, messages, tools, topics  # noqa: F401 (they register commands)
 from phxq.cli.common import cli
 
 __all__ = ["cli", "main"]

@@ -183,6 +183,12 @@ def _consumer_group(
     return group, t
 
 
+def consumer_group_table(raw: object, source: str) -> ConsumerGroupConfig:
+    """One ``[[consumer_group]]``-like table checked as the TOML's are (``ConfigError``);
+    its topic and dead-letter topic are the caller's to check (the cluster map's groups)."""
+    return _consumer_group(source, 0, raw)[0]
+
+
 def _producer_group(source: str, i: int, raw: object, base_dir: Path | None) -> Any:
     t = _Table(source, f"producer_group[{i}]", "producer_group", raw)
     group = ProducerGroupConfig(

@@ -6,6 +6,13 @@ and the lock service (``phxq.lock.LockClient``, or the ``locks`` given), builds 
 ``[[consumer_group]]``'s handler, and runs its member (heartbeat, rebalance, settings, one
 :class:`PairWorker` per owned pair: see :mod:`phxq.consumer.member`) plus:
 
+- **the cluster map**: a :class:`~phxq.consumer.mapwatch.MapWatch` long-polls the map in the
+  lock service; when a topic gains queues (``phxq admin topic create|alter``) or a consumer
+  group is created (``phxq admin group create``) online, the daemon waits (at most
+  ``MAP_SYNC`` s) until a store serves that map version, so its workers route the new queues,
+  builds the new groups' handlers and hands the member the new pair list: the next rebalance
+  assigns the new pairs, no restart. A group both in the config and in the map runs with the
+  config's settings (the map's copy was seeded from a config);
 - **lag**: every ``lag_interval`` s it asks the stores for each queue's cursor and lag (the
   ``status`` RPC, answered by each queue's master) and sets ``phxq_consumer_lag_messages`` for
   the pairs it owns.
@@ -35,12 +42,13 @@ from typing import Any, TypeVar
 
 from phxq import metrics
 from phxq.client import Client
-from phxq.config import ClusterConfig
+from phxq.config import ClusterConfig, ConsumerGroupConfig
 from phxq.consumer.admin import lag as read_lag
-from phxq.consumer.assign import pairs_of
+from phxq.consumer.assign import Pair, pairs_of
 from phxq.consumer.group import GroupRuntime, Timings
 from phxq.consumer.handlers import make_handler
 from phxq.consumer.locking import LockApi
+from phxq.consumer.mapwatch import MapWatch
 from phxq.consumer.member import GroupMember, wait_event
 from phxq.consumer.settings import (
     SETTINGS_PREFIX,
@@ -50,9 +58,12 @@ from phxq.errors import BadArgument, PhxqError, Unavailable
 from phxq.security.daemon import MemberSecurity
 from phxq.security.signing import read_secret
 from phxq.tasks import TaskScope
+from phxq.topology import Topology
 
 log = logging.getLogger("phxq.consumer")
 T = TypeVar("T")
+
+MAP_SYNC = 10.0  # seconds a new map waits for a store to serve it before its pairs start
 
 
 class ConsumerDaemon:
@@ -73,7 +84,10 @@ class ConsumerDaemon:
         if not name or "/" in name:
             raise BadArgument(f"a consumer name must be non-empty and without '/': {name!r}")
         if not cluster.consumer_groups:
-            log.warning("no [[consumer_group]] in %s: this consumer will idle", cluster.source)
+            log.warning(
+                "no [[consumer_group]] in %s: this consumer idles until the cluster map has one",
+                cluster.source,
+            )
         self.cluster = cluster
         self.name = name
         self.weight = weight
@@ -88,7 +102,9 @@ class ConsumerDaemon:
         self._lock_client: Any = None
         self._client: Client | None = None
         self._http: Any = None
-        self._pairs = pairs_of(cluster.consumer_groups, {t.name: t.queues for t in cluster.topics})
+        # The config's groups, then those the cluster map adds (phxq admin group create).
+        self._groups: list[ConsumerGroupConfig] = list(cluster.consumer_groups)
+        self._pairs = pairs_of(self._groups, {t.name: t.queues for t in cluster.topics})
         self.member: GroupMember | None = None
         self._closing = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
@@ -125,30 +141,16 @@ class ConsumerDaemon:
         self._client = Client([s.addr for s in self.cluster.stores], ca=member)
         cmap = await self._retry("the stores", self._client.cluster_map)
         # The cluster map's queue counts (topics grow online: phxq admin topic alter).
-        queues = {t.name: t.queues for t in self.cluster.topics} | cmap.topics
-        self._pairs = pairs_of(self.cluster.consumer_groups, queues)
+        self._pairs = self._pairs_in(cmap.topics)
         if self._locks is None:
             from phxq.lock import LockClient
 
             self._lock_client = LockClient([lk.addr for lk in self.cluster.locks], ca=member)
             self._locks = await self._lock_client.__aenter__()
-        if any(g.handler.startswith(("http://", "https://")) for g in self.cluster.consumer_groups):
-            import aiohttp
-
-            self._http = aiohttp.ClientSession()
         settings = await self._retry(
             "the lock service", lambda: self._locks.kv_list(SETTINGS_PREFIX)
         )
-        runtimes = {}
-        for group in self.cluster.consumer_groups:
-            secret_file = group.signing_secret_file
-            handler = make_handler(
-                group.handler,
-                timeout=group.handler_timeout,
-                session=self._http,
-                secret=None if secret_file is None else read_secret(secret_file),
-            )
-            runtimes[group.name] = GroupRuntime(group, handler, group_settings(group, settings))
+        runtimes = {g.name: self._runtime(g, settings) for g in self._groups}
         self.member = GroupMember(
             self.name,
             owner=self.owner,
@@ -204,7 +206,73 @@ class ConsumerDaemon:
         assert self.member is not None
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._lag_loop(), name=f"lag {self.name}")
+            watch = MapWatch(self._locks, self._map_changed)
+            following = tg.create_task(watch.run(), name=f"map {self.name}")
             await self.member.run()
+            following.cancel()  # the member has handed everything over: stop following
+
+    def _runtime(
+        self, group: ConsumerGroupConfig, settings: dict[str, tuple[Any, int]]
+    ) -> GroupRuntime:
+        """``group``'s handler and runtime state (``settings``: the KV's ``settings/``)."""
+        if self._http is None and group.handler.startswith(("http://", "https://")):
+            import aiohttp
+
+            self._http = aiohttp.ClientSession()
+        secret_file = group.signing_secret_file
+        handler = make_handler(
+            group.handler,
+            timeout=group.handler_timeout,
+            session=self._http,
+            secret=None if secret_file is None else read_secret(secret_file),
+        )
+        return GroupRuntime(group, handler, group_settings(group, settings))
+
+    def _pairs_in(self, topics: dict[str, int]) -> list[Pair]:
+        """The pairs of the configured groups over ``topics`` (name -> queues; the config's
+        topics fill in what it lacks)."""
+        queues = {t.name: t.queues for t in self.cluster.topics} | topics
+        return pairs_of([g for g in self._groups if g.topic in queues], queues)
+
+    async def _map_changed(self, topo: Topology) -> None:
+        """A newer cluster map: wait until a store serves it (bounded by ``MAP_SYNC``), then
+        give the member the pairs it implies (see the module docstring)."""
+        client = self._client_or_fail()
+        deadline = time.monotonic() + MAP_SYNC
+        while True:
+            try:
+                served = (await client.cluster_map(refresh=True, timeout=2.0)).version
+            except PhxqError:
+                served = -1  # no store answers right now: retry until the deadline
+            if served >= topo.version or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert self.member is not None
+        added = [g for name, g in topo.groups.items() if name not in self.member.runtimes]
+        if added:
+            settings = await self.member.read_settings()  # raises: the watch retries the map
+            for group in added:
+                try:
+                    runtime = self._runtime(group, settings)
+                except (PhxqError, OSError) as exc:  # e.g. its signing secret is not here
+                    log.error("consumer %s: cannot serve group %s: %s", self.name, group.name, exc)
+                    continue
+                self._groups.append(group)
+                self.member.add_group(runtime)
+                log.info(
+                    "consumer %s: serving consumer group %s (created online)", self.name, group.name
+                )
+        pairs = self._pairs_in({name: t.queues for name, t in topo.topics.items()})
+        if pairs != self._pairs:
+            fresh = len(set(pairs) - set(self._pairs))
+            log.info(
+                "consumer %s: cluster map version %d: %d new pairs",
+                self.name,
+                topo.version,
+                fresh,
+            )
+            self._pairs = pairs
+            self.member.set_pairs(pairs)
 
     # -------------------------------------------------------------------------- loops
 

@@ -9,6 +9,9 @@ config) and ``Client.consume`` (the messages go to the caller's ``async for``) a
     await member.join()          # the first heartbeat (raises if the lock service cannot answer)
     await member.run()           # until member.leave(); then hands every pair over
     member.owned() -> set[Pair]  # pairs held right now;  member.status() -> dict
+    member.set_pairs(pairs)      # the pairs grew (queues added online): the next rebalance
+                                 # assigns them
+    member.add_group(runtime)    # a consumer group created online (its pairs: set_pairs)
 
 While it runs (one ``asyncio.TaskGroup`` owns every task):
 
@@ -138,6 +141,15 @@ class GroupMember:
     def leave(self) -> None:
         """Ask :meth:`run` to hand every pair over and return. Idempotent."""
         self._leaving.set()
+
+    def set_pairs(self, pairs: Sequence[Pair]) -> None:
+        """Balance over ``pairs`` from the next rebalance on (queues and topics are added
+        online; a pair no longer listed is handed over like one assigned elsewhere)."""
+        self.pairs = list(pairs)
+
+    def add_group(self, runtime: GroupRuntime) -> None:
+        """Serve one more consumer group (announced with the next heartbeat)."""
+        self.runtimes[runtime.name] = runtime
 
     @property
     def leaving(self) -> bool:

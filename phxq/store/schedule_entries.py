@@ -56,16 +56,21 @@ from typing import Any, Final
 
 import msgpack
 
-from phxq.errors import PhxqError, ProtocolError, StorageError
-from phxq.store.entries import EnqueueEntry, EnqueueHead, Message, _body, _fields, _text, _uint
+from phxq.errors import PhxqError, ProtocolError
+from phxq.store.entries import EnqueueEntry, Message, _fields, _text, _uint
 from phxq.store.entry_fields import (
     check_bin,
     check_dedup_ids,
     check_ids_per_due,
+    corrupt_log,
+    encode_released,
     finite_time,
     finite_times,
     messages_of,
+    messages_with_ids,
     packed_bodies,
+    released_fields,
+    wire_of,
 )
 
 __all__ = [
@@ -139,51 +144,40 @@ class RollEntry:
     messages: tuple[Message, ...]
 
 
+# The heads: what applying an entry needs (bodies stay packed). Compared by identity, as
+# the entries they come from are not values of their own.
+
+
+@dataclass(slots=True, eq=False)
 class RollHead:
-    """What applying a roll entry needs (bodies stay packed)."""
+    """What applying a roll entry needs."""
 
-    __slots__ = ("due", "ids", "queue", "topic")
-
-    def __init__(self, topic: str, queue: int, ids: list[int], due: list[float]) -> None:
-        self.topic = topic
-        self.queue = queue
-        self.ids = ids
-        self.due = due
+    topic: str
+    queue: int
+    ids: list[int]
+    due: list[float]
 
 
+@dataclass(slots=True, eq=False)
 class ScheduleHead:
-    """What applying a schedule entry needs (bodies stay packed)."""
+    """What applying a schedule entry needs."""
 
-    __slots__ = ("dedup_ids", "due", "enqueued_at", "queue", "topic")
-
-    def __init__(
-        self,
-        topic: str,
-        queue: int,
-        enqueued_at: float,
-        due: list[float],
-        dedup_ids: list[str | None],
-    ) -> None:
-        self.topic = topic
-        self.queue = queue
-        self.enqueued_at = enqueued_at
-        self.due = due
-        self.dedup_ids = dedup_ids
+    topic: str
+    queue: int
+    enqueued_at: float
+    due: list[float]
+    dedup_ids: list[str | None]
 
 
+@dataclass(slots=True, eq=False)
 class ReleaseHead:
-    """What applying a release entry needs (bodies stay packed)."""
+    """What applying a release entry needs."""
 
-    __slots__ = ("due", "ids", "queue", "released_at", "topic")
-
-    def __init__(
-        self, topic: str, queue: int, released_at: float, ids: list[int], due: list[float]
-    ) -> None:
-        self.topic = topic
-        self.queue = queue
-        self.released_at = released_at
-        self.ids = ids
-        self.due = due
+    topic: str
+    queue: int
+    released_at: float
+    ids: list[int]
+    due: list[float]
 
 
 # ----------------------------------------------------------------------------------- encode
@@ -222,12 +216,7 @@ def encode_release(
     wire_messages: Sequence[Sequence[Any]],
 ) -> bytes:
     """A release entry of ``[payload, key, headers]`` messages read from their records."""
-    body = packed_bodies(wire_messages)
-    packed: bytes = _packb(
-        [TAG_RELEASE, topic, queue, float(released_at), list(ids), [float(d) for d in due], body],
-        use_bin_type=True,
-    )
-    return packed
+    return encode_released(TAG_RELEASE, topic, queue, released_at, ids, due, wire_messages)
 
 
 def encode_roll(
@@ -253,17 +242,17 @@ def encode_cancel(scheduled_id: int, due: float) -> bytes:
 def encode_scheduled(entry: ScheduleEntry | ReleaseEntry | CancelEntry | RollEntry) -> bytes:
     """The wire bytes of any entry of this module."""
     if isinstance(entry, ScheduleEntry):
-        wire = [[m.payload, m.key, m.headers, m.dedup_id] for m in entry.messages]
+        wire = wire_of(entry.messages, dedup=True)
         return encode_schedule(entry.topic, entry.queue, entry.enqueued_at, entry.due, wire)
     if isinstance(entry, ReleaseEntry):
-        wire = [[m.payload, m.key, m.headers] for m in entry.messages]
+        wire = wire_of(entry.messages, dedup=False)
         return encode_release(
             entry.topic, entry.queue, entry.released_at, entry.ids, entry.due, wire
         )
     if isinstance(entry, CancelEntry):
         return encode_cancel(entry.scheduled_id, entry.due)
     if isinstance(entry, RollEntry):
-        wire = [[m.payload, m.key, m.headers] for m in entry.messages]
+        wire = wire_of(entry.messages, dedup=False)
         return encode_roll(entry.topic, entry.queue, entry.ids, entry.due, wire)
     raise TypeError(f"not a scheduling log entry: {entry!r}")
 
@@ -288,18 +277,7 @@ def _schedule_head(fields: list[Any]) -> ScheduleHead:
 
 
 def _release_head(fields: list[Any]) -> ReleaseHead:
-    if len(fields) != 7:
-        raise ProtocolError(f"release entry: expected 7 fields, got {len(fields)}")
-    _, topic, queue, released_at, ids, due, body = fields
-    check_ids_per_due(ids, due, "release entry")
-    check_bin(body, "release entry")
-    return ReleaseHead(
-        _text(topic, "release entry topic"),
-        _uint(queue, "release entry queue"),
-        finite_time(released_at, "release entry released_at"),
-        ids,
-        due,
-    )
+    return ReleaseHead(*released_fields(fields, 7, "release entry"))
 
 
 def _roll_head(fields: list[Any]) -> RollHead:
@@ -327,7 +305,7 @@ def _cancel(fields: list[Any]) -> CancelEntry:
 
 def _schedule(fields: list[Any]) -> ScheduleEntry:
     head = _schedule_head(fields)
-    messages = _body(EnqueueHead(head.topic, head.queue, 0.0, head.dedup_ids), fields[6])
+    messages = messages_with_ids(head.dedup_ids, fields[6])
     return ScheduleEntry(head.topic, head.queue, messages, head.enqueued_at, tuple(head.due))
 
 
@@ -359,10 +337,8 @@ def release_as_enqueue(fields: list[Any]) -> EnqueueEntry:
     :func:`phxq.store.entries.instance_messages`). ``ProtocolError`` if its head is malformed;
     ``StorageError`` if only its body is (a corrupt log)."""
     head = _release_head(fields)
-    try:
+    with corrupt_log("release entry"):
         messages = messages_of(len(head.ids), fields[6])
-    except ProtocolError as exc:
-        raise StorageError(f"corrupt release entry body: {exc.message}") from None
     return EnqueueEntry(head.topic, head.queue, messages, head.released_at)
 
 
@@ -387,7 +363,7 @@ def instance_scheduled(items: Sequence[bytes]) -> list[tuple[ScheduleEntry, Mess
                 continue
         except PhxqError:
             continue
-        try:
+        with corrupt_log("scheduled entry"):
             if tag == _txn.TAG_PREPARE:
                 topic, queue, half, at = _txn.prepare_as_scheduled(fields)
                 entry = ScheduleEntry(topic, queue, half, at, (_txn.HELD,) * len(half))
@@ -396,8 +372,6 @@ def instance_scheduled(items: Sequence[bytes]) -> list[tuple[ScheduleEntry, Mess
             else:
                 rolled = _roll(fields)
                 entry = ScheduleEntry(rolled.topic, rolled.queue, rolled.messages, 0.0, rolled.due)
-        except ProtocolError as exc:
-            raise StorageError(f"corrupt scheduled entry body: {exc.message}") from None
         out.extend(zip([entry] * len(entry.messages), entry.messages, entry.due, strict=True))
     return out
 

@@ -55,15 +55,19 @@ from typing import Any, Final
 
 import msgpack
 
-from phxq.errors import ProtocolError, StorageError
-from phxq.store.entries import EnqueueEntry, EnqueueHead, Message, _body, _text, _uint
+from phxq.errors import ProtocolError
+from phxq.store.entries import EnqueueEntry, Message, _text, _uint
 from phxq.store.entry_fields import (
     check_bin,
     check_dedup_ids,
-    check_ids_per_due,
+    corrupt_log,
+    encode_released,
     finite_time,
     messages_of,
+    messages_with_ids,
     packed_bodies,
+    released_fields,
+    wire_of,
 )
 from phxq.store.schedule import HELD
 
@@ -182,26 +186,16 @@ class PrepareHead:
         self.expect: list[tuple[int, int]] = [(g, p) for g, p in expect]
 
 
+@dataclass(slots=True, eq=False)
 class TxnReleaseHead:
     """What applying a transaction's release entry needs (bodies stay packed)."""
 
-    __slots__ = ("due", "ids", "queue", "released_at", "topic", "txn")
-
-    def __init__(
-        self,
-        topic: str,
-        queue: int,
-        released_at: float,
-        ids: list[int],
-        due: list[float],
-        txn: str,
-    ) -> None:
-        self.topic = topic
-        self.queue = queue
-        self.released_at = released_at
-        self.ids = ids
-        self.due = due
-        self.txn = txn
+    topic: str
+    queue: int
+    released_at: float
+    ids: list[int]
+    due: list[float]
+    txn: str
 
 
 # ----------------------------------------------------------------------------------- encode
@@ -256,10 +250,7 @@ def encode_txn_release(
     wire_messages: Sequence[Sequence[Any]],
 ) -> bytes:
     """A transaction's release entry of ``[payload, key, headers]`` read from the records."""
-    body = packed_bodies(wire_messages)
-    fields = [TAG_TXN_RELEASE, topic, queue, float(released_at), list(ids)]
-    packed: bytes = _packb([*fields, [float(d) for d in due], body, txn], use_bin_type=True)
-    return packed
+    return encode_released(TAG_TXN_RELEASE, topic, queue, released_at, ids, due, wire_messages, txn)
 
 
 def encode_discard(txn: str, discarded_at: float) -> bytes:
@@ -270,7 +261,7 @@ def encode_discard(txn: str, discarded_at: float) -> bytes:
 def encode_txn(entry: PrepareEntry | DecideEntry | TxnReleaseEntry | DiscardEntry) -> bytes:
     """The wire bytes of any entry of this module."""
     if isinstance(entry, PrepareEntry):
-        wire = [[m.payload, m.key, m.headers, m.dedup_id] for m in entry.messages]
+        wire = wire_of(entry.messages, dedup=True)
         return encode_prepare(
             entry.txn,
             entry.home,
@@ -286,7 +277,7 @@ def encode_txn(entry: PrepareEntry | DecideEntry | TxnReleaseEntry | DiscardEntr
     if isinstance(entry, DecideEntry):
         return encode_decide(entry.txn, entry.commit, entry.decided_at, entry.reason)
     if isinstance(entry, TxnReleaseEntry):
-        wire = [[m.payload, m.key, m.headers] for m in entry.messages]
+        wire = wire_of(entry.messages, dedup=False)
         return encode_txn_release(
             entry.txn, entry.topic, entry.queue, entry.released_at, entry.ids, entry.due, wire
         )
@@ -333,7 +324,7 @@ def _prepare_head(fields: list[Any]) -> PrepareHead:
 
 def _prepare(fields: list[Any]) -> PrepareEntry:
     head = _prepare_head(fields)
-    messages = _body(EnqueueHead(head.topic, head.queue, 0.0, head.dedup_ids), fields[5])
+    messages = messages_with_ids(head.dedup_ids, fields[5])
     return PrepareEntry(
         head.txn,
         head.home,
@@ -360,19 +351,8 @@ def _decide(fields: list[Any]) -> DecideEntry:
 
 
 def _release_head(fields: list[Any]) -> TxnReleaseHead:
-    if len(fields) != 8:
-        raise ProtocolError(f"transaction release entry: expected 8 fields, got {len(fields)}")
-    _, topic, queue, at, ids, due, body, txn = fields
-    check_ids_per_due(ids, due, "transaction release entry")
-    check_bin(body, "transaction release entry")
-    return TxnReleaseHead(
-        _text(topic, "transaction release entry topic"),
-        _uint(queue, "transaction release entry queue"),
-        finite_time(at, "transaction release entry released_at"),
-        ids,
-        due,
-        _txn(txn),
-    )
+    released = released_fields(fields, 8, "transaction release entry")
+    return TxnReleaseHead(*released, _txn(fields[7]))
 
 
 def _release(fields: list[Any]) -> TxnReleaseEntry:
@@ -415,10 +395,8 @@ def release_as_enqueue(fields: list[Any]) -> EnqueueEntry:
     ``released_at`` (for :func:`phxq.store.entries.instance_messages`). ``ProtocolError`` if
     its head is malformed; ``StorageError`` if only its body is (a corrupt log)."""
     head = _release_head(fields)
-    try:
+    with corrupt_log("transaction release entry"):
         messages = messages_of(len(head.ids), fields[6])
-    except ProtocolError as exc:
-        raise StorageError(f"corrupt transaction release entry body: {exc.message}") from None
     return EnqueueEntry(head.topic, head.queue, messages, head.released_at)
 
 
@@ -427,8 +405,6 @@ def prepare_as_scheduled(fields: list[Any]) -> tuple[str, int, tuple[Message, ..
     :func:`phxq.store.schedule_entries.instance_scheduled`); ``ProtocolError`` if its head is
     malformed, ``StorageError`` if only its body is."""
     head = _prepare_head(fields)
-    try:
-        messages = _body(EnqueueHead(head.topic, head.queue, 0.0, head.dedup_ids), fields[5])
-    except ProtocolError as exc:
-        raise StorageError(f"corrupt prepare entry body: {exc.message}") from None
+    with corrupt_log("prepare entry"):
+        messages = messages_with_ids(head.dedup_ids, fields[5])
     return head.topic, head.queue, messages, head.enqueued_at

@@ -10,6 +10,7 @@ from phxq.errors import BadArgument, ProtocolError, StaleToken, StorageError, Ve
 from phxq.routing import make_offset
 from phxq.store import state as state_module
 from phxq.store.entries import CommitEntry, EnqueueEntry, Message, ReplayEntry, encode_entry
+from phxq.store.schedule_entries import encode_schedule
 from phxq.store.state import Committed, Enqueued, Rejected, StoreState
 
 WINDOW = 300.0
@@ -93,6 +94,21 @@ def test_an_entry_that_would_overflow_the_instance_is_rejected_but_keeps_its_ord
     assert log.state.stats == {("t", 0): 2}
     # the rejected entry recorded no dedup id
     assert log.apply(enq("t", 0, "a")) == [Enqueued((make_offset(2, 0),), (False,))]
+
+
+def test_scheduled_messages_overflow_their_own_ordinal_space_not_the_readable_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(state_module, "MAX_MESSAGES_PER_INSTANCE", 3)
+    wire = [[b"s", None, {}, None]] * 2
+    schedule = encode_schedule("t", 0, 1000.0, [5000.0, 5000.0], wire)
+    log = Log()
+    results = log.apply(schedule, schedule, enq("t", 0, None, None, None))
+    assert not isinstance(results[0], Rejected)
+    error = error_of(results[1])
+    assert isinstance(error, BadArgument) and "scheduled messages" in str(error)
+    assert results[2] == Enqueued(tuple(make_offset(1, i) for i in range(3)), (False,) * 3)
+    assert len(log.state.schedule) == 2  # the rejected entry scheduled nothing
 
 
 def test_instances_must_be_applied_in_order_without_gaps() -> None:

@@ -41,6 +41,10 @@ def script() -> None:
         sync.enqueue("orders", b"x", dedup_id="d-1", timeout=2.0)
         for message in sync.tail("orders"):
             print(message.key)
+        acks: list[phxq.Ack] = sync.enqueue_many("orders", [(b"y", None)], timeout=1.5)
+        print(acks, sync.cursor("billing", "orders", queue=0))
+        with sync.transaction("producers", timeout=5.0) as txn:
+            txn.enqueue("orders", b"z", key="k")
     locks = phxq.LockClient(["127.0.0.1:7201"])
     print(locks.hold("name", "me", 3.0))
     print(locks.kv_get("key", timeout=1.0))
@@ -53,6 +57,13 @@ async def typos() -> None:
         client.tail("orders", from_="yesterday")  # TYPO
         await client.dequeue(None, "orders", queue=0, timeout="2s")  # TYPO
     phxq.SyncClient(["127.0.0.1:7101"], retry_timout=1.0)  # TYPO
+    with phxq.SyncClient(["127.0.0.1:7101"]) as sync:
+        sync.enqueue("orders", b"x", kee="k")  # TYPO
+        sync.cursor("billing", "orders", queue="0")  # TYPO
+        with sync.transaction() as txn:
+            txn.enqueue("orders", "not bytes")  # TYPO
+        for seen in sync.tail("orders", from_="yesterday"):  # TYPO
+            print(seen.offset)
     phxq.LockClient(["127.0.0.1:7201"]).acquire("name", "me")  # TYPO
 """
 

@@ -1,0 +1,65 @@
+"""Consumer groups in the cluster map: ``phxq admin group create|list`` as functions returning
+data (re-exported by :mod:`phxq.admin`)::
+
+    await group_create(cfg, name, topic=, handler=, **settings) -> dict
+    await group_list(cfg) -> list[dict]
+
+``settings`` are the other keys of a ``[[consumer_group]]`` table, with the same names, rules
+and defaults (``rate_limit``, ``max_attempts``, ``on_failure``, ``dead_letter``, ``ordering``,
+``concurrency``, ``handler_timeout`` in seconds...). Like the TOML, a group that dead-letters
+without naming a topic uses ``<topic>.dlq``, created with the topic's settings if the map lacks
+it. The group is stored in the cluster map (compare-and-set, :mod:`phxq.mapstore`; seeded from
+the config first); running consumer daemons follow the map and start serving it without a
+restart, and the stores keep its unconsumed messages past retention checks like a configured
+group's. Rows: the group's table (``name, topic, handler, max_attempts, ...``; unset keys left
+out) and ``map_version``. Errors: ``ConfigError`` (a bad setting, named like the TOML key),
+``BadArgument`` (the group exists; no such dead-letter topic), ``UnknownTopic``,
+``Unavailable`` (no lock service), ``Forbidden`` (needs ``admin``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from phxq import mapstore
+from phxq.config import DLQ_SUFFIX, ClusterConfig, ConsumerGroupConfig
+from phxq.groupspecs import group_from_table, group_to_wire
+from phxq.topics import _confirm, _locks
+from phxq.topology import Topology
+
+__all__ = ["group_create", "group_list"]
+
+
+def _row(topo: Topology, name: str) -> dict[str, Any]:
+    return {**group_to_wire(topo.groups[name]), "map_version": topo.version}
+
+
+def _with_group(topo: Topology, spec: ConsumerGroupConfig) -> Topology:
+    if spec.on_failure == "dead_letter" and spec.dead_letter is None:
+        dlq = spec.topic + DLQ_SUFFIX
+        spec = replace(spec, dead_letter=dlq)
+        if dlq not in topo.topics:  # declared implicitly, as in the TOML
+            topo = topo.with_topic(replace(topo.topic(spec.topic), name=dlq))
+    return topo.with_group(spec)
+
+
+async def group_create(
+    cfg: ClusterConfig, name: str, *, topic: str, handler: str, **settings: Any
+) -> dict[str, Any]:
+    """Add consumer group ``name`` to the cluster map (see the module docstring)."""
+    table = {"name": name, "topic": topic, "handler": handler}
+    table.update({k: v for k, v in settings.items() if v is not None})
+    spec = group_from_table(table, source="admin group create")
+    async with _locks(cfg) as locks:
+        topo = await mapstore.update(locks, cfg, lambda t: _with_group(t, spec))
+    row = _row(topo, name)
+    row["confirmed"] = await _confirm(cfg, topo.version)
+    return row
+
+
+async def group_list(cfg: ClusterConfig) -> list[dict[str, Any]]:
+    """Every consumer group of the cluster map, by name (the map is seeded first if absent)."""
+    async with _locks(cfg) as locks:
+        topo = await mapstore.seed(locks, cfg)
+    return [_row(topo, name) for name in sorted(topo.groups)]

@@ -1,0 +1,96 @@
+"""The consumer tier follows the cluster map online, with real processes: a topic altered to
+more queues and a consumer group created (``phxq admin group create``) while a consumer daemon
+(``python -m phxq consumer``) runs; the new queues and the new group are delivered without
+restarting anything."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from phxq import admin
+from phxq.client import Client
+from phxq.devcluster import ProcessCluster
+from tests.integration import test_consumer_delivery as delivery
+from tests.integration.conftest import wait_until
+from tests.integration.test_consumer_delivery import TOPIC, Recorder, consumer_cluster
+
+pytestmark = pytest.mark.integration
+
+handler_port = delivery.handler_port  # the fixtures: an HTTP handler recording every request
+recorder = delivery.recorder
+
+
+async def test_a_running_consumer_delivers_queues_added_online(
+    make_cluster: Callable[..., ProcessCluster], handler_port: int, recorder: Recorder
+) -> None:
+    cluster = await consumer_cluster(make_cluster, handler_port)
+    cluster.start_node("consumer", "c1")
+    async with Client(cluster.store_addresses) as client:
+        await client.enqueue(TOPIC, b"before", queue=7)
+        await wait_until(
+            lambda: _true(b"before" in recorder.acked_payloads()), 20, "the consumer delivering"
+        )
+        row = await admin.topic_alter(cluster.config, TOPIC, queues=10)
+        assert row["queues"] == 10
+        new = [(await client.enqueue(TOPIC, f"new-{q}".encode(), queue=q)) for q in (8, 9)]
+        assert [a.queue for a in new] == [8, 9]
+        await wait_until(
+            lambda: _true({b"new-8", b"new-9"} <= set(recorder.acked_payloads())),
+            15,
+            "the new queues delivered by the running consumer",
+        )
+        # And with the order and exactly-once of any other queue.
+        more = [(await client.enqueue(TOPIC, f"more-{i}".encode(), queue=9)) for i in range(5)]
+        await wait_until(
+            lambda: _true(len(recorder.acked_payloads()) == 8), 15, "the rest delivered"
+        )
+        hits = [h for h in recorder.acked() if h.queue == 9]
+        assert [h.offset for h in hits] == [new[1].offset, *(a.offset for a in more)]
+        assert max(recorder.acked_payloads().values()) == 1
+        assert "cluster map version" in cluster.logs("consumer", "c1", tail=2000)
+
+        # A consumer group created online (the CLI), served by the running daemon: from its
+        # first message on (a new group starts at the beginning of each queue).
+        hook = f"http://127.0.0.1:{handler_port}/hook"
+        out = await _phxq(cluster, "create", "audit", "--topic", TOPIC, "--handler", hook)
+        assert out.startswith(f"audit: topic {TOPIC} -> {hook}")
+        listed = {r["name"]: r for r in await admin.group_list(cluster.config)}
+        assert set(listed) == {"billing", "audit"}
+        assert listed["audit"]["dead_letter"] == f"{TOPIC}.dlq"
+        await client.enqueue(TOPIC, b"both groups", queue=2)
+        # Every message, old and new, now delivered once per group.
+        await wait_until(
+            lambda: _true(set(recorder.acked_payloads().values()) == {2}),
+            15,
+            "the new group delivered by the running consumer",
+        )
+    assert len(recorder.acked_payloads()) == 9
+    assert {h.consumer for h in recorder.hits} == {"c1"}
+
+
+async def _phxq(cluster: ProcessCluster, *args: str) -> str:
+    """``phxq admin group ARGS --config ...``: its stdout (AssertionError with stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "phxq",
+        "admin",
+        "group",
+        *args,
+        "--config",
+        str(cluster.config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise AssertionError(err.decode())
+    return out.decode()
+
+
+async def _true(value: bool) -> bool:
+    return value
