@@ -10,6 +10,11 @@
   exponential backoff until ``retry_timeout``. Requests carry the map version (param ``map``).
 - A topic or queue the map does not have refetches it once (at most every ``MAP_RECHECK`` s):
   topics are created and grown online.
+- A moved queue (``phxq admin queue move``): reads and commits name an offset and go to the
+  set holding it (``ClusterMap.set_for``, from the map's segment history; ``after=``);
+  ``QueueMoved`` from a sealed set (a ``StaleMap`` naming the new set) sends the next
+  attempts there at once, before the map says so. A multi-queue enqueue batch gets
+  ``QueueMoved`` raised (``follow_moves=False``) so the sender splits it per queue.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from phxq.errors import (
     Forbidden,
     NotMaster,
     PhxqError,
+    QueueMoved,
     StaleMap,
     Unauthenticated,
     Unavailable,
@@ -156,6 +162,9 @@ class RoutingMixin:
         *,
         extra_time: float = 0.0,
         budget: Budget | None = None,
+        after: Any = ...,
+        follow_moves: bool = True,
+        to_set: int | None = None,
     ) -> Any:
         """Call ``method`` on the master of the group holding ``queue`` of ``topic`` (in the
         store set the cluster map places it on), following NotMaster and StaleMap (the map is
@@ -168,9 +177,15 @@ class RoutingMixin:
             budget = Budget.start(None, self._retry_timeout, extra_time)
         backoff = 0.02
         avoid: set[str] = set()
+        moved_to = to_set  # the set a QueueMoved named (the map may lag behind)
         while True:
             cmap = self._map if self._map is not None else await self._map_within(budget)
-            route = cmap.route(topic, queue)
+            if moved_to is not None:
+                route = (moved_to, queue % cmap.groups)
+            elif after is not ...:
+                route = (cmap.set_for(topic, queue, after), queue % cmap.groups)
+            else:
+                route = cmap.route(topic, queue)
             if cmap.version and isinstance(params, dict):
                 params["map"] = cmap.version  # a store with a newer map answers StaleMap
             addr = self._master_addr(cmap, route, avoid)
@@ -184,11 +199,22 @@ class RoutingMixin:
                     # node that knew no master first, e.g. a preferred node cut off from its peers).
                     self._learn_master(cmap, route, addr)
                 return reply
+            except QueueMoved as exc:
+                # Sealed here by a queue move: go to the set it names (it serves the queue as
+                # soon as it adopted it), and refresh the map for the calls after this one.
+                if not follow_moves or budget.remaining() < backoff:
+                    raise
+                target = exc.data.get("set")
+                moved_to = target if isinstance(target, int) and target != route[0] else None
+                await self._refresh_after_stale(cmap, addr)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
             except StaleMap:
                 # The queue lives elsewhere in a newer map: fetch it and route again (from a
                 # store of another set if this one's map is older than ours).
                 if budget.remaining() < backoff:
                     raise
+                moved_to = None
                 await self._refresh_after_stale(cmap, addr)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
