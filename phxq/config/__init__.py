@@ -45,7 +45,8 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
 [gateway]          listen (none) "host:port" of ``phxq gateway`` (``--listen`` overrides);
                    max_body_bytes ("16MiB") largest request body; body_timeout ("10s") to
                    receive a body; max_wait ("60s", at most 60s) longest long poll;
-                   max_in_flight (1024) requests at once, more get 429
+                   max_in_flight (1024) requests at once, more get 429; cors_origins (none)
+                   browser origins allowed (CORS), "scheme://host[:port]" or "*"
 [security]         ca* the cluster CA certificate (PEM); present = every link is TLS and every
                    [[store]]/[[lock]] needs cert* and key* (its member certificate and key);
                    cert, key: the member certificate of consumers/gateways using this file

@@ -241,6 +241,8 @@ class GatewayConfig:
     body_timeout: float = _default_duration("gateway.body_timeout")
     max_wait: float = _default_duration("gateway.max_wait")
     max_in_flight: int = _default("gateway.max_in_flight")
+    # Browser origins allowed to call it (CORS): "scheme://host[:port]" or "*"; none: no CORS.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

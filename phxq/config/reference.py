@@ -269,6 +269,13 @@ REFERENCE: Final[tuple[Key, ...]] = (
         "Requests served at once (long polls and streams included); more get 429.",
     ),
     Key(
+        "gateway",
+        "cors_origins",
+        '["https://app.example.com"]',
+        'Browser origins (CORS) allowed to call the gateway, "scheme://host[:port]" or "*"; '
+        "preflights from others get 403. Tokens are still required. Default: none.",
+    ),
+    Key(
         "consumer",
         "name",
         '"c1"',
