@@ -204,3 +204,46 @@ def test_startup_and_memory_tiny(tmp_path: Path) -> None:
     assert scenario["count"] == 50 and set(scenario["rss_after_bytes"]) == {"1", "2", "3"}
     assert all(v > 10 << 20 for v in scenario["rss_after_bytes"].values())
     assert "| queues | 50 |" in md_path.read_text()
+
+
+def test_sets_bench_quick(tmp_path: Path) -> None:
+    """bench.sets: both cases measured in one run, per-set figures, the capacity projection."""
+    args = ("--quick", "--seconds", "0.3", "--warmup", "0.1", "--out", str(tmp_path))
+    _run("-m", "bench.sets", *args)
+    report, md_path = _report(tmp_path)
+    assert report["environment"]["commit"] and report["command"].startswith("python -m bench.sets")
+    runs = report["runs"]
+    assert [r["params"]["sets"] for r in runs] == [1, 2]
+    for run, stores in zip(
+        runs, ({"store1", "store2", "store3"}, {f"store{i}" for i in range(1, 7)}), strict=True
+    ):
+        _check_run(run, "phxq", stores)
+        per_set = run["per_set"]
+        assert sorted(per_set) == [str(n) for n in range(1, run["params"]["sets"] + 1)]
+        assert abs(sum(p["messages"] for p in per_set.values()) - run["messages"]) <= 1
+        for p in per_set.values():
+            assert p["messages"] > 0 and p["cpu_us_per_msg"] > 0 and p["msgs_per_request"] > 0
+            assert 0 < p["busiest_store_us_per_msg"] <= p["cpu_us_per_msg"]
+    summary = report["summary"]
+    assert summary["cpu_ratio_2_sets_over_1"] > 0
+    projected = summary["capacity"]["from_2_sets"]["projected"]
+    assert projected["2"] == 2 * projected["1"] or abs(projected["2"] - 2 * projected["1"]) <= 1
+    md = md_path.read_text()
+    assert "Capacity: sets on separate machines" in md and "| 2 sets | 2 |" in md
+
+
+def test_failover_bench_tiny(tmp_path: Path) -> None:
+    """bench.failover: a SIGKILL of group 0's master and a fault-free run, on 127.0.0.1."""
+    _run(
+        "-m", "bench.failover", "--quick", "--no-netns", "--faults", "kill", "--groups", "2",
+        "--warmup", "0.5", "--down", "2", "--after", "0.2", "--steady", "1", "--hogs", "0",
+        "--out", str(tmp_path), "--dir", str(tmp_path),
+    )  # fmt: skip
+    report, md_path = _report(tmp_path)
+    (kill,) = report["faults"]
+    assert kill["fault"] == "kill" and kill["victim"] == 1 and kill["elected"] is not None
+    assert 0 < kill["pause"]["seq"] < 2 and kill["acks"]["seq"] > 0 and kill["elections"] >= 1
+    (steady,) = report["steady"]
+    assert steady["msgs_per_s"] > 0 and isinstance(steady["elections"], int)
+    assert report["meta"]["partition"].startswith("skipped")
+    assert "| kill | seq |" in md_path.read_text()
