@@ -14,6 +14,7 @@ returns. The CLI only parses arguments, calls one of these and prints the result
     await txn_list(cfg) -> list[dict]              # open transactions: group, home, age, ...
     await txn_resolve(cfg, txn, commit) -> dict    # an operator's decision (first one wins)
     await topic_create|topic_alter|topic_list|topic_describe(cfg, ...)  # phxq.topics: online
+    await queue_move(cfg, topic, queue, to_set, wait=True) / queue_move_cancel(...)  # phxq.moves
     await group_create(cfg, name, topic=, handler=, ...);  await group_list(cfg)  # phxq.groupadmin
 
 Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
@@ -36,6 +37,7 @@ from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
 from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable
 from phxq.groupadmin import group_create, group_list
+from phxq.moves import queue_move, queue_move_cancel
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
 from phxq.store.reconcile import reconcile as _reconcile
@@ -51,6 +53,8 @@ __all__ = [
     "lag",
     "parse_since",
     "pause",
+    "queue_move",
+    "queue_move_cancel",
     "reconcile",
     "replay",
     "resume",
@@ -85,7 +89,17 @@ class ClusterStatus:
             "stores": {str(node): st for node, st in self.stores.items()},
             "sets": {str(node): number for node, number in self.sets.items()},
             "ownership": self.consumers,
+            "moves": self.moves(),
         }
+
+    def moves(self) -> list[dict[str, Any]]:
+        """The queue moves in progress, as the store with the newest cluster map reports them
+        (``id, topic, queue, from, to, started_at``)."""
+        answers = [st for st in self.stores.values() if "error" not in st]
+        if not answers:
+            return []
+        newest = max(answers, key=lambda st: st.get("map_version", 0))
+        return list(newest.get("moves", []))
 
     def masters(self) -> list[tuple[int, int, int | None, dict[int, int | None]]]:
         """Per store set and Paxos group: ``(set, group, master, chosen)``, the master as the

@@ -19,9 +19,11 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from phxq.errors import BadArgument, Unavailable
+
+T = TypeVar("T")
 
 
 def check_timeout(timeout: float | None) -> float | None:
@@ -146,6 +148,25 @@ async def bounded(budget: Budget, on_expiry: Callable[[], Unavailable]) -> Async
         if not timer.expired():
             raise  # not ours
         raise on_expiry() from None
+
+
+async def await_within(
+    fut: asyncio.Future[T], budget: Budget, on_expiry: Callable[[], Unavailable]
+) -> T:
+    """``await fut``, failing it with ``on_expiry()`` at the budget's deadline: the outcome of
+    :func:`bounded` around a bare future (the future is done either way, so whoever would
+    resolve it sees that its waiter gave up), without a context manager, an async generator
+    and a cancellation per call (the hot path of ``Client.enqueue``)."""
+    timer = asyncio.get_running_loop().call_later(budget.remaining(), _fail, fut, on_expiry)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+
+
+def _fail(fut: asyncio.Future[Any], on_expiry: Callable[[], Unavailable]) -> None:
+    if not fut.done():
+        fut.set_exception(on_expiry())
 
 
 def _loop_time(deadline: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,15 @@ def status(config_path: Path | None, as_json: bool) -> None:
         for r in sorted(result.lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
             click.echo(
                 f"{r['group']}  {r['topic']}  {r['queue']}  {_show(r['cursor'])}  {r['lag']}"
+            )
+    moves = result.moves()
+    if moves:
+        click.echo("queue moves in progress")
+        for m in moves:
+            age = time.time() - m["started_at"]
+            click.echo(
+                f"  {m['topic']}/{m['queue']}: set {m['from']} -> set {m['to']} "
+                f"(move {m['id']}, {age:.0f}s)"
             )
     if result.consumers is not None:
         for line in format_ownership(result.consumers):

@@ -23,6 +23,7 @@ What it promises (DESIGN.md §5, §10):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -32,7 +33,7 @@ from types import EllipsisType
 from typing import Any, final
 
 from phxq import otel, validate
-from phxq.budget import Budget, check_timeout
+from phxq.budget import Budget, await_within, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
@@ -45,9 +46,7 @@ from phxq.client.streaming import StreamingMixin
 from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
 from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message, Route
-from phxq.errors import (
-    BadArgument,
-)
+from phxq.errors import BadArgument, QueueMoved, Unavailable
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
 from phxq.tasks import TaskScope
@@ -158,15 +157,33 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         message may still be stored then: retry with the same ``dedup_id``."""
         when = _when(delay, deliver_at)
         budget = self._within(timeout)
-        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
-            item = (
-                (payload, key, queue, dedup_id, headers)
-                if when is None
-                else (payload, key, queue, dedup_id, headers, when)
+        if not otel.enabled():  # the common case: no span, no context manager
+            return await self._enqueue_one(
+                topic, (payload, key, queue, dedup_id, headers), when, budget
             )
+        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
+            return await self._enqueue_one(
+                topic, (payload, key, queue, dedup_id, headers), when, budget
+            )
+
+    async def _enqueue_one(
+        self, topic: str, item: tuple[Any, ...], when: list[Any] | None, budget: Budget
+    ) -> Ack:
+        queue = item[2]
+        if when is not None:
+            item = (*item, when)
+        cmap = self._map
+        queues = cmap.topics.get(topic) if cmap is not None and type(topic) is str else None
+        if (
+            cmap is None or queues is None or (type(queue) is int and queue >= queues)
+        ):  # the map must be fetched or refreshed first: the general bound around it all
             async with self._bounded(budget, topic, queue):
                 futures = await self._submit(topic, [item], budget)
                 return await futures[0]
+        # Nothing to await before the ack: bound the wait for it alone (same outcome).
+        budget.where = (topic, queue if type(queue) is int else None)
+        future = self._queue_items(cmap, topic, [item], budget)[0]
+        return await await_within(future, budget, lambda: self._expired(budget))
 
     def transaction(
         self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
@@ -233,6 +250,15 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
         if queues is None or any(type(it[2]) is int and it[2] >= queues for it in items):
             explicit = [it[2] for it in items if type(it[2]) is int]
             cmap = await self._known(cmap, topic, max(explicit) if explicit else None)
+        return self._queue_items(cmap, topic, items, budget)
+
+    def _queue_items(
+        self, cmap: ClusterMap, topic: str, items: list[Any], budget: Budget
+    ) -> list[asyncio.Future[Ack]]:
+        """Check ``items`` and queue them on their groups' senders (``_submit`` without the
+        map fetch); one future each, in order."""
+        if self._tasks.closed:
+            raise BadArgument("the client is closed")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, Route]] = set()
@@ -298,9 +324,10 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             }
             if wait:
                 params["wait"] = wait
-            rows = await self._call_master(
-                topic, q, "dequeue", params, extra_time=wait, budget=budget
-            )
+            if cmap.moved(topic, q) and after is None and group is not None:
+                # A moved queue: the cursor is the newest of its sets' (see cursor()).
+                params["after"] = after = await self._cursor_of(group, topic, q, budget)
+            rows = await self._read(topic, q, params, wait, budget)
         return [Message(topic, q, int(o), bytes(p), k, dict(h), float(t)) for o, p, k, h, t in rows]
 
     async def commit(
@@ -327,7 +354,67 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
             if expect is not ...:
                 params["expect"] = expect
-            await self._call_master(topic, q, "commit", params, budget=budget)
+            await self._commit_at(topic, q, params, budget)
+
+    async def _commit_at(self, topic: str, q: int, params: dict[str, Any], budget: Any) -> None:
+        """A commit at the set holding its offset (a moved queue's segments; ``QueueMoved``
+        from a sealed set when the map does not know yet). A compare-and-set commit whose
+        ``expect`` is on the old side of a seal first brings the new set's cursor (adopted at
+        the seal) up to ``expect``: the old set is the one that knew it."""
+        offset, expect = params["offset"], params.get("expect")
+        at = offset - 1 if isinstance(offset, int) and offset > 0 else None
+        cmap = await self._map_within(budget)
+        to_set: int | None = None
+        carried = False
+        while True:
+            if (
+                not carried
+                and isinstance(expect, int)
+                and cmap.moved(topic, q)
+                and cmap.set_for(topic, q, expect - 1 if expect else None)
+                != cmap.set_for(topic, q, at)
+            ):
+                await self._carry(topic, q, params, budget, at, to_set)
+                carried = True
+            try:
+                await self._call_master(
+                    topic,
+                    q,
+                    "commit",
+                    params,
+                    budget=budget,
+                    after=at,
+                    follow_moves=False,
+                    to_set=to_set,
+                )
+                return
+            except QueueMoved as exc:
+                sealed, target = exc.data.get("sealed"), exc.data.get("set")
+                if not isinstance(target, int) or budget.remaining() <= 0:
+                    raise
+                to_set = target
+                if not carried and isinstance(expect, int) and isinstance(sealed, int):
+                    if expect <= sealed:
+                        await self._carry(topic, q, params, budget, at, to_set)
+                    carried = True
+                cmap = await self._map_within(budget)
+
+    async def _carry(
+        self,
+        topic: str,
+        q: int,
+        params: dict[str, Any],
+        budget: Any,
+        at: int | None,
+        to_set: int | None,
+    ) -> None:
+        """Commit ``params['expect']`` (no compare-and-set) where ``params['offset']`` goes."""
+        carry = {k: v for k, v in params.items() if k != "expect"}
+        carry["offset"] = params["expect"]
+        with contextlib.suppress(BadArgument):  # the cursor is past it there: the CAS decides
+            await self._call_master(
+                topic, q, "commit", carry, budget=budget, after=at, to_set=to_set
+            )
 
     async def cursor(
         self, group: str, topic: str, *, queue: int, timeout: float | None = None
@@ -340,9 +427,54 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             cmap = await self._map_within(budget)
             cmap = await self._known(cmap, topic, queue)
             q = self._queue_of(cmap, topic, None, queue)
-            params = {"group": group, "topic": topic, "queue": q}
+            result = await self._cursor_of(group, topic, q, budget)
+        return result
+
+    async def _cursor_of(self, group: str, topic: str, q: int, budget: Any) -> int | None:
+        """The cursor of a queue: for a moved one, the newest of its sets' (commits go to the
+        set holding their offset, so the set a consumer committed to last has the newest)."""
+        cmap = await self._map_within(budget)
+        params = {"group": group, "topic": topic, "queue": q}
+        if not cmap.moved(topic, q):
             result = await self._call_master(topic, q, "cursor", params, budget=budget)
-        return None if result is None else int(result)
+            return None if result is None else int(result)
+        best: int | None = None
+        segments = cmap.history.get(topic, {}).get(q, [])
+        firsts = [None, *(sealed for _, sealed in segments)]
+        for at in dict.fromkeys(firsts):
+            got = await self._call_master(topic, q, "cursor", dict(params), budget=budget, after=at)
+            if got is not None and (best is None or int(got) > best):
+                best = int(got)
+        return best
+
+    async def _read(
+        self, topic: str, q: int, params: dict[str, Any], wait: float, budget: Any
+    ) -> Any:
+        """``dequeue`` at the set holding the messages after ``params['after']``; a sealed
+        set's ``QueueMoved`` (nothing more before its seal) moves on to the next set."""
+        at = params.get("after")
+        to_set: int | None = None
+        while True:
+            try:
+                return await self._call_master(
+                    topic,
+                    q,
+                    "dequeue",
+                    params,
+                    extra_time=wait,
+                    budget=budget,
+                    after=at,
+                    follow_moves=False,
+                    to_set=to_set,
+                )
+            except QueueMoved as exc:
+                sealed, target = exc.data.get("sealed"), exc.data.get("set")
+                if not isinstance(sealed, int) or budget.remaining() <= 0:
+                    raise
+                at = sealed if at is None else max(at, sealed)
+                to_set = target if isinstance(target, int) else None
+                with contextlib.suppress(Unavailable):
+                    await self.cluster_map(refresh=True, timeout=budget.remaining())
 
     async def seek(
         self,

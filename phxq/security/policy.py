@@ -21,6 +21,8 @@ status, reconcile,         admin                                       (limit, p
                                                                        cluster map), member
                                                                        for anything else
 rejoin_probe, rejoin_read  member
+move_seal                  member
+move_cancel                admin
 notify px, snap            member          notify px, snap             member
 =========================  ==============  ==========================  ===========================
 
@@ -122,6 +124,8 @@ STORE_RULES: Final[Mapping[str, Rule]] = {
     "checksum": admin,
     "rejoin_probe": member,
     "rejoin_read": member,
+    "move_seal": member,  # the target set's group master drives a queue move (store.mover)
+    "move_cancel": admin,  # phxq admin queue move --cancel
 }
 LOCK_RULES: Final[Mapping[str, Rule]] = {
     "meta": anyone,

@@ -59,6 +59,12 @@ class MapFollower:
         self._locks: Any = None
 
     @property
+    def home(self) -> Any:
+        """The client of the map's home while :meth:`run` holds one (None: not connected, or
+        no lock service)."""
+        return self._locks
+
+    @property
     def version(self) -> int:
         return self.topology.version
 

@@ -59,6 +59,13 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   group's decision, the first one applied wins (``TxnDecided``). A transaction release entry
   releases its transaction's pending half messages like a release entry (offsets, index); a
   discard entry drops them (``TxnDiscarded``). ``txns`` is part of the snapshot (version 4).
+- **Queue moves** (:mod:`phxq.store.move_state`, :mod:`phxq.store.move_entries`). A seal
+  closes a queue here (``Sealed``): later enqueue, schedule and prepare entries of it are
+  ``Rejected(QueueMoved)`` (their ordinals are still consumed); a cancel withdraws a move
+  not sealed yet (``MoveCancelled``); an adopt opens a queue moved here (``Adopted``), with
+  the source's cursors (each kept when newer than ours), end offset and dedup ids, and an
+  offset delta so its offsets continue above the seal. ``moves`` is part of the snapshot
+  (version 5).
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -85,11 +92,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from phxq.errors import (
     BadArgument,
+    PhxqError,
     ProtocolError,
     StaleToken,
     StorageError,
@@ -106,6 +115,8 @@ from phxq.store.apply_results import (
 )
 from phxq.store.dedup import DedupWindow
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
+from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry
+from phxq.store.move_state import QueueMoves
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
 from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
 from phxq.store.state_snapshot import decode_state, encode_state
@@ -156,6 +167,7 @@ class StoreState:
         self._last_index: tuple[int, list[IndexEntry]] | None = None
         self.schedule = Schedule()  # pending scheduled messages (phxq.store.schedule)
         self.txns = TxnBook()  # transactions (phxq.store.txn); half messages are in schedule
+        self.moves = QueueMoves()  # queue moves (phxq.store.move_state)
 
     # ------------------------------------------------------------------------- queries
 
@@ -202,7 +214,11 @@ class StoreState:
                 continue
             if type(entry) is EnqueueHead:
                 count = len(entry.dedup_ids)
-                if not _rejected_too_many(instance, next_index, count, results, unindexed):
+                moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
+                if moved:
+                    unindexed.extend(range(next_index, next_index + count))
+                    results.append(Rejected(moved))
+                elif not _rejected_too_many(instance, next_index, count, results, unindexed):
                     results.append(
                         self._enqueue(instance, next_index, entry, index_entries, unindexed)
                     )
@@ -213,7 +229,10 @@ class StoreState:
                 results.append(self._replay(entry))
             elif type(entry) is ScheduleHead:
                 count = len(entry.due)
-                if not _rejected_too_many(instance, next_scheduled, count, results, None):
+                moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
+                if moved:
+                    results.append(Rejected(moved))
+                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(self._schedule(instance, next_scheduled, entry))
                 next_scheduled += count
             elif type(entry) is ReleaseHead:
@@ -222,6 +241,7 @@ class StoreState:
                     done = release(
                         self.schedule, instance, next_index, entry, index_entries, unindexed
                     )
+                    done = self._shifted(entry, done)
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
@@ -232,7 +252,10 @@ class StoreState:
                 next_scheduled += count
             elif type(entry) is PrepareHead:
                 count = len(entry.dedup_ids)
-                if not _rejected_too_many(instance, next_scheduled, count, results, None):
+                moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
+                if moved:
+                    results.append(Rejected(moved))
+                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(
                         self.txns.prepare(instance, next_scheduled, entry, self.schedule)
                     )
@@ -243,6 +266,7 @@ class StoreState:
                     done = self.txns.release(
                         instance, next_index, entry, self.schedule, index_entries, unindexed
                     )
+                    done = self._shifted(entry, done)
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
@@ -250,6 +274,12 @@ class StoreState:
                 results.append(self.txns.decide(entry))
             elif type(entry) is DiscardEntry:
                 results.append(self.txns.discard(entry, self.schedule))
+            elif type(entry) is SealEntry:
+                results.append(_result(self.moves.seal(entry, instance)))
+            elif type(entry) is CancelMoveEntry:
+                results.append(_result(self.moves.cancel(entry)))
+            elif type(entry) is AdoptEntry:
+                results.append(self._adopt(entry, instance))
             else:
                 assert type(entry) is CancelEntry
                 sid = self.schedule.current_id(entry.scheduled_id)  # rolled meanwhile?
@@ -277,6 +307,8 @@ class StoreState:
         ids = head.dedup_ids
         count = len(ids)
         first = (instance << INDEX_BITS) | first_index
+        if self.moves.shift:  # a queue moved here: its offsets continue above the seal
+            first += self.moves.shift.get(queue_key, 0) << INDEX_BITS
         duplicates = self._dedup.remember(topic, at, first, ids)
         if duplicates is None:
             stored = count
@@ -332,6 +364,32 @@ class StoreState:
             for i, (sid, due) in enumerate(zip(head.ids, head.due, strict=True))
         ]
         return Rolled(tuple(moved))
+
+    def _shifted(self, head: ReleaseHead | TxnReleaseHead, done: Released) -> Released:
+        """``done`` with the offsets of a queue moved here (see ``_enqueue``)."""
+        delta = self.moves.shift.get((head.topic, head.queue), 0) if self.moves.shift else 0
+        if not delta:
+            return done
+        offsets = tuple(None if o is None else o + (delta << INDEX_BITS) for o in done.offsets)
+        return dataclass_replace(done, offsets=offsets)
+
+    def _adopt(self, entry: AdoptEntry, instance: int) -> ApplyResult:
+        key = (entry.topic, entry.queue)
+        fresh = self.moves.adopted(key, entry.move_id) is None
+        result = self.moves.adopt(entry, instance)
+        if isinstance(result, PhxqError):
+            return Rejected(result)
+        if fresh:
+            for cg, offset, token in entry.cursors:
+                current = self._cursors.get((cg, *key))
+                if current is None or current[0] < offset:
+                    token = token if current is None else max(token, current[1])
+                    self._cursors[(cg, *key)] = (offset, token)
+            if entry.end is not None and self._end.get(key, -1) < entry.end:
+                self._end[key] = entry.end
+            for at, dedup_id, ref in entry.dedup:
+                self._dedup.remember(entry.topic, at, ref, [dedup_id])
+        return result
 
     def _count_released(self, head: ReleaseHead | TxnReleaseHead, done: Released) -> None:
         released = [o for o in done.offsets if o is not None]
@@ -449,6 +507,11 @@ class StoreState:
         """The state :meth:`snapshot` captured. ``ProtocolError`` if ``data`` is malformed
         (it may come from a peer)."""
         return decode_state(cls, data)
+
+
+def _result(outcome: Any) -> Any:
+    """A move_state outcome as an apply result (an error is ``Rejected``)."""
+    return Rejected(outcome) if isinstance(outcome, PhxqError) else outcome
 
 
 def _rejected_too_many(
