@@ -6,7 +6,7 @@ read), the parameters and body checked against the route's schemas, the permissi
 the route's handler, and the answer encoded (JSON unless the handler gave bytes or a stream).
 Every failure becomes a problem answer (:func:`failure`); every answer is counted and timed by
 operation and status (``phxq_gateway_*``). :func:`unrouted` answers what no route matches
-(404, or 405 with ``Allow``) the same way.
+(a CORS preflight, 404, or 405 with ``Allow``) the same way.
 
 Why a compiled closure rather than aiohttp middlewares: the gateway is CPU-bound, and each
 middleware layer costs a coroutine frame and a wrapper per request (three with aiohttp's own);
@@ -28,6 +28,7 @@ from aiohttp import web
 
 from phxq import metrics
 from phxq.errors import BadArgument, PhxqError
+from phxq.gateway.cors import Cors
 from phxq.gateway.handlers import Call
 from phxq.gateway.problems import PROBLEM_TYPE, Problem, problem, problem_for
 from phxq.gateway.schema import parse_param, validate
@@ -231,22 +232,34 @@ def _path_pattern(path: str) -> re.Pattern[str]:
     )
 
 
-def unrouted(routes: tuple[Route, ...]) -> Endpoint:
-    """The handler of every request no route matched: 405 with ``Allow`` when the path is a
-    route's with another method, else 404; a problem either way."""
+def unrouted(routes: tuple[Route, ...], cors: Cors | None = None) -> Endpoint:
+    """The handler of every request no route matched: a CORS preflight (with ``cors``),
+    else 405 with ``Allow`` when the path is a route's with another method, else 404; a
+    problem either way."""
     patterns = [(_path_pattern(r.path), r.method) for r in routes]
     counted = _Counted(UNROUTED)
 
-    async def serve(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
+    def respond(request: web.Request) -> web.Response:
         path = request.path
         allowed = sorted({method for pattern, method in patterns if pattern.match(path)})
+        if allowed and cors is not None:
+            try:
+                preflight = cors.preflight(request, allowed)
+            except Problem as p:  # a refused origin (not an auth refusal: no token was due)
+                return problem_response(p)
+            if preflight is not None:
+                return preflight
         if allowed:
-            p = problem("method_not_allowed", f"{request.method} is not allowed here")
-            response = answer(p)
+            response = answer(
+                problem("method_not_allowed", f"{request.method} is not allowed here")
+            )
             response.headers["Allow"] = ", ".join(allowed)
-        else:
-            response = answer(problem("not_found", f"no route {request.method} {path}"))
+            return response
+        return answer(problem("not_found", f"no route {request.method} {path}"))
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = respond(request)
         counted.record(response.status, time.perf_counter() - started)
         return response
 

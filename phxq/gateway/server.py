@@ -36,6 +36,7 @@ from phxq.client import Client
 from phxq.config import ClusterConfig
 from phxq.errors import BadArgument
 from phxq.gateway.auth import Authorizer, GatewaySecurity, OpenAccess
+from phxq.gateway.cors import Cors
 from phxq.gateway.dispatch import endpoint, unrouted
 from phxq.gateway.openapi import openapi_document
 from phxq.gateway.problems import problem
@@ -134,8 +135,11 @@ class Gateway:
         )
         for route in self.routes:
             app.router.add_route(route.method, route.path, endpoint(self, route))
-        # Last: whatever no route matched (404, or 405 with Allow), as a problem too.
-        app.router.add_route("*", "/{tail:.*}", unrouted(self.routes))
+        cors = Cors(self.limits.cors_origins) if self.limits.cors_origins else None
+        if cors is not None:  # only then: a signal per answer costs CPU
+            app.on_response_prepare.append(cors.on_prepare)
+        # Last: whatever no route matched (preflights, 404, 405 with Allow), answered as well.
+        app.router.add_route("*", "/{tail:.*}", unrouted(self.routes, cors))
         # handler_cancellation: a caller that hangs up stops its long poll or stream at once.
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0

@@ -535,6 +535,14 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("GET", "/topics/orders/stream", {"headers": {"Last-Event-ID": "zz"}}, 400, "bad_argument"),
     ("GET", "/nothing/here", {}, 404, "not_found"),
     ("DELETE", "/topics/orders/messages", {}, 405, "method_not_allowed"),
+    # No [gateway] cors_origins: a preflight is just a method this path does not take.
+    (
+        "OPTIONS",
+        "/topics/orders/messages",
+        {"headers": {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}},
+        405,
+        "method_not_allowed",
+    ),
 ]
 
 
