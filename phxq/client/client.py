@@ -352,23 +352,69 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             cmap = await self._known(cmap, topic, queue)
             q = self._queue_of(cmap, topic, None, queue)
             params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
-            # A commit goes to the set holding its offset (a moved queue's segments).
-            at = offset - 1 if isinstance(offset, int) and offset > 0 else None
-            crossing = (
-                expect is not ...
+            if expect is not ...:
+                params["expect"] = expect
+            await self._commit_at(topic, q, params, budget)
+
+    async def _commit_at(self, topic: str, q: int, params: dict[str, Any], budget: Any) -> None:
+        """A commit at the set holding its offset (a moved queue's segments; ``QueueMoved``
+        from a sealed set when the map does not know yet). A compare-and-set commit whose
+        ``expect`` is on the old side of a seal first brings the new set's cursor (adopted at
+        the seal) up to ``expect``: the old set is the one that knew it."""
+        offset, expect = params["offset"], params.get("expect")
+        at = offset - 1 if isinstance(offset, int) and offset > 0 else None
+        cmap = await self._map_within(budget)
+        to_set: int | None = None
+        carried = False
+        while True:
+            if (
+                not carried
                 and isinstance(expect, int)
                 and cmap.moved(topic, q)
                 and cmap.set_for(topic, q, expect - 1 if expect else None)
                 != cmap.set_for(topic, q, at)
+            ):
+                await self._carry(topic, q, params, budget, at, to_set)
+                carried = True
+            try:
+                await self._call_master(
+                    topic,
+                    q,
+                    "commit",
+                    params,
+                    budget=budget,
+                    after=at,
+                    follow_moves=False,
+                    to_set=to_set,
+                )
+                return
+            except QueueMoved as exc:
+                sealed, target = exc.data.get("sealed"), exc.data.get("set")
+                if not isinstance(target, int) or budget.remaining() <= 0:
+                    raise
+                to_set = target
+                if not carried and isinstance(expect, int) and isinstance(sealed, int):
+                    if expect <= sealed:
+                        await self._carry(topic, q, params, budget, at, to_set)
+                    carried = True
+                cmap = await self._map_within(budget)
+
+    async def _carry(
+        self,
+        topic: str,
+        q: int,
+        params: dict[str, Any],
+        budget: Any,
+        at: int | None,
+        to_set: int | None,
+    ) -> None:
+        """Commit ``params['expect']`` (no compare-and-set) where ``params['offset']`` goes."""
+        carry = {k: v for k, v in params.items() if k != "expect"}
+        carry["offset"] = params["expect"]
+        with contextlib.suppress(BadArgument):  # the cursor is past it there: the CAS decides
+            await self._call_master(
+                topic, q, "commit", carry, budget=budget, after=at, to_set=to_set
             )
-            if crossing:
-                # The cursor crosses a moved queue's seal: the old set checked `expect`;
-                # bring the new set's (adopted at the seal) up to it first.
-                carry = {**params, "offset": expect}
-                await self._call_master(topic, q, "commit", carry, budget=budget, after=at)
-            if expect is not ...:
-                params["expect"] = expect
-            await self._call_master(topic, q, "commit", params, budget=budget, after=at)
 
     async def cursor(
         self, group: str, topic: str, *, queue: int, timeout: float | None = None
