@@ -11,6 +11,7 @@ enqueue, cancel_scheduled  produce:T       status                      admin
 txn_prepare, txn_decide,   produce:T
   txn_resolve
 txn_list, txn_settle       admin
+txn_peek                   member
 dequeue (group G)          consume:T:G     acquire, renew, release     member (consumers are)
 dequeue (no group: tail)   consume:T:any   get, kv_get, kv_list,       admin (``phxq admin lag``,
 dequeue (local=true)       admin             kv_wait                     settings) or member
@@ -114,6 +115,7 @@ STORE_RULES: Final[Mapping[str, Rule]] = {
     "txn_resolve": produce,  # each participant's topic
     "txn_list": admin,
     "txn_settle": admin,
+    "txn_peek": member,  # a store asks another set's store about a transaction (txn_remote)
     "dequeue": read,
     "commit": consume,
     "cursor": consume,

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
 from phxq import admin
 from phxq.client import Client
+from phxq.config import ClusterConfig
 from phxq.devcluster import ProcessCluster
 from tests.integration import test_consumer_delivery as delivery
 from tests.integration.conftest import wait_until
@@ -64,12 +66,28 @@ async def test_a_running_consumer_delivers_queues_added_online(
         await client.enqueue(TOPIC, b"both groups", queue=2)
         # Every message, old and new, now delivered once per group.
         await wait_until(
-            lambda: _true(set(recorder.acked_payloads().values()) == {2}),
+            lambda: _true(_counts(recorder) == {2: 9}),
             15,
             "the new group delivered by the running consumer",
         )
-    assert len(recorder.acked_payloads()) == 9
+        assert _counts(recorder) == {2: 9}
+        # The admin commands know the group created online (through the map).
+        cfg = cluster.config
+        limit = await admin.set_limit(cfg, "audit", messages=1000.0)
+        assert limit == {"messages": 1000.0, "bytes": None, "source": "runtime"}
+        rows = await wait_until(lambda: _settled(cfg, "audit"), 15, "audit's lag reported as 0")
+        assert sorted(r.queue for r in rows) == list(range(10))
     assert {h.consumer for h in recorder.hits} == {"c1"}
+
+
+async def _settled(cfg: ClusterConfig, group: str) -> list[admin.LagRow] | None:
+    rows = await admin.lag(cfg, group=group)
+    return rows if rows and all(r.lag == 0 for r in rows) else None
+
+
+def _counts(recorder: Recorder) -> dict[int, int]:
+    """How many payloads were acked how many times ({2: 9}: nine, each twice)."""
+    return dict(Counter(recorder.acked_payloads().values()))
 
 
 async def _phxq(cluster: ProcessCluster, *args: str) -> str:
