@@ -77,6 +77,23 @@ async def test_a_running_consumer_delivers_queues_added_online(
         assert limit == {"messages": 1000.0, "bytes": None, "source": "runtime"}
         rows = await wait_until(lambda: _settled(cfg, "audit"), 15, "audit's lag reported as 0")
         assert sorted(r.queue for r in rows) == list(range(10))
+
+        # Client.consume follows the map as well: a queue added while the loop runs.
+        locks = [lk.addr for lk in cfg.locks]
+        async with Client(cluster.store_addresses, locks=locks) as reader:
+            got: list[bytes] = []
+
+            async def read() -> None:
+                async for msg in reader.consume("readers", TOPIC):
+                    got.append(msg.payload)
+                    if msg.payload == b"after-alter":
+                        return
+
+            reading = asyncio.ensure_future(read())
+            await wait_until(lambda: _true(len(got) == 9), 15, "the stream reading")
+            await admin.topic_alter(cfg, TOPIC, queues=12)
+            await client.enqueue(TOPIC, b"after-alter", queue=11)
+            await asyncio.wait_for(reading, 15)
     assert {h.consumer for h in recorder.hits} == {"c1"}
 
 
