@@ -202,6 +202,7 @@ async def reconcile(
 ) -> Report:
     """Per queue and window: messages stored vs consumed per consumer group, and whether the
     replicas' chain checksums agree; ``report.mismatches`` lists what does not."""
+    cfg = await with_map_groups(cfg)
     if group is not None:
         cfg.consumer_group(group)  # ConfigError names it if unknown
     return await _reconcile(cfg, topic, consumer_group=group, since=since, until=until)

@@ -13,11 +13,15 @@ it. The group is stored in the cluster map (compare-and-set, :mod:`phxq.mapstore
 the config first); running consumer daemons follow the map and start serving it without a
 restart, and the stores keep its unconsumed messages past retention checks like a configured
 group's. Rows: the group's table (``name, topic, handler, max_attempts, ...``; unset keys left
-out) and ``map_version``. ``with_map_groups`` is how ``phxq admin lag|replay|limit|pause|resume|
-status`` know groups created online: the config with the groups and topics the map adds (the
-config's own win); the config as it is without ``[[lock]]`` nodes, a map, or an answer. Errors: ``ConfigError`` (a bad setting, named like the TOML key),
-``BadArgument`` (the group exists; no such dead-letter topic), ``UnknownTopic``,
-``Unavailable`` (no lock service), ``Forbidden`` (needs ``admin``).
+out) and ``map_version``.
+
+``with_map_groups`` is how ``phxq admin lag|replay|limit|pause|resume|status|reconcile`` know
+groups created online: the config with the groups and topics the map adds (the config's own
+win); the config as it is without ``[[lock]]`` nodes, a map, or an answer.
+
+Errors: ``ConfigError`` (a bad setting, named like the TOML key), ``BadArgument`` (the group
+exists; no such dead-letter topic), ``UnknownTopic``, ``Unavailable`` (no lock service),
+``Forbidden`` (needs ``admin``).
 """
 
 from __future__ import annotations
