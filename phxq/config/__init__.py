@@ -21,7 +21,7 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
 =================  ===========================================================================
 [cluster]          groups (16) Paxos groups; dedup_window ("5m") idempotent-producer window,
                    0 disables; paxos_window (8) instances in flight per group;
-                   heartbeat_interval ("100ms"); lease ("1s", at least 2 heartbeats);
+                   heartbeat_interval ("100ms"); lease ("600ms", at least 2 heartbeats);
                    segment_bytes ("64MiB") PLog segment size (the unit of truncation);
                    journal_bytes ("8MiB") size of each of the two journal files that make a
                    batch over many groups durable with one fdatasync, "0" for none (a node

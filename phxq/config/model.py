@@ -22,7 +22,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "cluster.dedup_window": "5m",
         "cluster.paxos_window": 8,
         "cluster.heartbeat_interval": "100ms",
-        "cluster.lease": "1s",
+        "cluster.lease": "600ms",
         "cluster.segment_bytes": "64MiB",
         "cluster.journal_bytes": "8MiB",
         "cluster.retention_interval": "10s",

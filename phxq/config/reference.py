@@ -48,8 +48,10 @@ REFERENCE: Final[tuple[Key, ...]] = (
     Key(
         "cluster",
         "lease",
-        '"1s"',
-        "The master lease; at least two heartbeats. Longer leases mean slower failover.",
+        '"600ms"',
+        "The master lease; at least two heartbeats. A silent master is replaced about a lease "
+        "plus a heartbeat after it was last heard (clients follow within ~0.1 s); a master "
+        "stalled that long (a loaded machine) is replaced too. Safety never depends on it.",
     ),
     Key(
         "cluster",
