@@ -304,3 +304,34 @@ async def test_concurrent_map_adoptions_save_one_at_a_time(tmp_path: Path) -> No
     results = await asyncio.gather(*(follower.adopt(t) for t in maps))
     assert follower.version == 5 and seen == sorted(seen) and results.count(True) == len(seen)
     assert load_local(tmp_path / "cluster-map.json") == maps[3]
+
+
+def test_the_seal_carries_the_queues_own_dedup_ids_newest_first_within_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from phxq.store import move_service
+
+    log = Log()
+    positions: list[tuple[int, int]] = []
+    for i in range(6):
+        log.apply(enq("t", 0, f"q0-{i}"), enq("t", 1, f"q1-{i}"))
+        positions.append((i + 1, 0))  # queue 0's message is index 0 of each instance
+    [sealed] = log.apply(SEAL)
+
+    class Glog:  # the queue index of queue 0 (what GroupLog.positions answers)
+        def positions(
+            self, key: object, after: tuple[int, int] | None, limit: int
+        ) -> list[tuple[int, int]]:
+            assert key == ("t", 0)
+            return [p for p in positions if after is None or p > after][:limit]
+
+    class Replica:
+        state = log.state
+        glog = Glog()
+
+    rows = move_service._dedup_rows(Replica(), ("t", 0), sealed.sealed)  # type: ignore[union-attr]
+    assert [r[1] for r in rows] == [f"q0-{i}" for i in range(6)]  # not queue 1's ids
+    assert [r[2] for r in rows] == [make_offset(i + 1, 0) for i in range(6)]
+    monkeypatch.setattr(move_service, "DEDUP_BYTES", 2 * (len("q0-0") + 24))
+    rows = move_service._dedup_rows(Replica(), ("t", 0), sealed.sealed)  # type: ignore[union-attr]
+    assert [r[1] for r in rows] == ["q0-4", "q0-5"]  # the newest ones
