@@ -24,6 +24,7 @@ status     ``{}`` -> this node's view of every group
 cancel_scheduled  ``{topic, queue, id}`` -> True if the scheduled message was pending (never
            released now), False if not (see ``phxq.store.scheduler``)
 txn_*      transactions: prepare, decide, resolve, list, settle (see ``phxq.store.txn_service``)
+move_seal, move_cancel, queue_end   queue moves (see ``phxq.store.move_service``)
 =========  ==============================================================================
 
 Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.replication.rejoin``).

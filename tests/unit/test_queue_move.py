@@ -3,6 +3,10 @@ machine (phxq.store.move_state), and the cluster map's move records and segment 
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -10,6 +14,7 @@ from hypothesis import strategies as st
 
 from phxq.config import parse_config
 from phxq.errors import BadArgument, ProtocolError, QueueMoved, StaleMap
+from phxq.mapstore import load_local
 from phxq.routing import INDEX_BITS, make_offset
 from phxq.store.entries import decode_entry, peek_entry
 from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry, encode_move
@@ -272,3 +277,30 @@ def test_a_damaged_map_is_a_protocol_error(damage: object) -> None:
     damage(wire)  # type: ignore[operator]
     with pytest.raises(ProtocolError):
         Topology.from_wire(wire)
+
+
+def test_admin_status_lists_the_moves_of_the_newest_map() -> None:
+    from phxq.admin import ClusterStatus
+
+    move = {"id": "m1", "topic": "t", "queue": 0, "from": 1, "to": 2, "started_at": 1.0}
+    stores = {
+        1: {"map_version": 3, "moves": []},  # behind: the move is newer than its map
+        2: {"map_version": 4, "moves": [move]},
+        3: {"error": "Unavailable: down"},
+    }
+    status = ClusterStatus(stores)
+    assert status.moves() == [move] and status.to_json()["moves"] == [move]
+    assert ClusterStatus({1: {"error": "down"}}).moves() == []
+
+
+async def test_concurrent_map_adoptions_save_one_at_a_time(tmp_path: Path) -> None:
+    from phxq.store.mapfollow import MapFollower
+
+    cfg = parse_config(CONFIG)
+    seen: list[int] = []
+    follower = MapFollower(cfg, tmp_path, None, lambda t: seen.append(t.version))
+    base = Topology.from_config(cfg)
+    maps = [replace(base, version=v) for v in (3, 1, 2, 5, 4)]
+    results = await asyncio.gather(*(follower.adopt(t) for t in maps))
+    assert follower.version == 5 and seen == sorted(seen) and results.count(True) == len(seen)
+    assert load_local(tmp_path / "cluster-map.json") == maps[3]
