@@ -26,6 +26,9 @@ Spurious elections: ``--steady`` seconds with no fault, producers loading every 
 busy processes (default: one per CPU) competing for the CPUs; "became master" log lines of every
 store are counted. Any election there is spurious: no store failed.
 
+For "before" figures, copy this file into a checkout of an older commit and run it there with
+``--no-netns`` (that commit's ``ProcessCluster`` cannot run daemons in namespaces).
+
 Writes ``bench/results/failover-<commit>-<time>.{json,md}``. Figures need a quiet machine (say
 the load average, which the report records); ``--quick`` is only a smoke run.
 """
@@ -423,13 +426,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-netns", action="store_true", help="stores on 127.0.0.1")
     parser.add_argument("--dir", default=None, help="where the temporary cluster goes")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    if parser.parse_known_args(argv)[0].quick:  # its settings, unless given explicitly
+        parser.set_defaults(repeats=1, groups=4, warmup=1.0, down=3.0, after=1.0, steady=5.0)
     args = parser.parse_args(argv)
     args.faults = [f for f in args.faults.split(",") if f]
     if bad := set(args.faults) - set(FAULTS):
         parser.error(f"unknown faults {sorted(bad)}")
-    if args.quick:
-        args.repeats, args.groups, args.warmup, args.down = 1, 4, 1.0, 3.0
-        args.after, args.steady = 1.0, 5.0
     return args
 
 
@@ -449,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(dir=args.dir, prefix="phxq-failover-") as tmp:
             config = write_config(Path(tmp) / "cluster", net, args.groups, options)
-            cluster = ProcessCluster(config, wrap=net.wrap if why is None else None)
+            # No ``wrap`` without namespaces: this file then also runs on commits before it
+            # existed (copy it there for "before" figures, with --no-netns).
+            wrap = {} if why else {"wrap": net.wrap}
+            cluster = ProcessCluster(config, **wrap)  # type: ignore[arg-type]
             cluster.start()
             try:
                 cluster.wait_ready(60)

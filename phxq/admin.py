@@ -25,6 +25,8 @@ tools that already hold a client use :mod:`phxq.consumer.admin`, which these wra
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +35,8 @@ from phxq.client import Client
 from phxq.config import ClusterConfig
 from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
-from phxq.errors import BadArgument, PhxqError
-from phxq.groupadmin import group_create, group_list
+from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable
+from phxq.groupadmin import group_create, group_list, with_map_groups
 from phxq.moves import queue_move, queue_move_cancel
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
@@ -67,6 +69,7 @@ __all__ = [
 ]
 
 STATUS_TIMEOUT = 2.0
+SETTLE_TIMEOUT = 10.0  # seconds admin txn resolve looks for the home group's master
 
 
 @dataclass(frozen=True)
@@ -128,13 +131,14 @@ async def status(cfg: ClusterConfig) -> ClusterStatus:
             except PhxqError as exc:
                 stores[s.id] = {"error": f"{type(exc).__name__}: {exc.message}"}
     lags = [row for st in stores.values() for row in st.get("consumers", [])]
-    consumers = await consumer_admin.consumer_status(cfg)
+    consumers = await consumer_admin.consumer_status(await with_map_groups(cfg))
     sets = {s.id: s.set for s in cfg.stores}
     return ClusterStatus(stores, consumers, cfg.cluster.groups, lags, sets)
 
 
 async def lag(cfg: ClusterConfig, *, group: str | None = None) -> list[LagRow]:
     """Cursor, last offset and lag of every queue of ``group`` (default: every consumer group)."""
+    cfg = await with_map_groups(cfg)  # here and below: groups created online too
     async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.lag(cfg, client, group=group)
 
@@ -149,6 +153,7 @@ async def replay(
 ) -> dict[int, int | None]:
     """Deliver ``group``'s messages again from a time (epoch seconds) or an offset (one queue),
     once, whoever owns the queues; returns the new cursor per queue."""
+    cfg = await with_map_groups(cfg)
     async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.replay(
             cfg, client, group, since=since, offset=offset, queues=queues
@@ -166,6 +171,7 @@ async def set_limit(
     """Change ``group``'s rate limit at runtime (``None``: unlimited; ``KEEP``: unchanged;
     ``reset``: the config's); returns the limit now in force. Consumers apply it within a
     second."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         return await consumer_admin.set_limit(
             locks, cfg, group, messages=messages, bytes_per_s=bytes_per_s, reset=reset
@@ -174,12 +180,14 @@ async def set_limit(
 
 async def pause(cfg: ClusterConfig, group: str) -> None:
     """Stop delivering ``group``'s messages (in-flight ones finish) until :func:`resume`."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         await consumer_admin.pause(locks, cfg, group)
 
 
 async def resume(cfg: ClusterConfig, group: str) -> None:
     """Undo :func:`pause`; also retries queues stopped by ``on_failure = "block"``."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         await consumer_admin.resume(locks, cfg, group)
 
@@ -194,6 +202,7 @@ async def reconcile(
 ) -> Report:
     """Per queue and window: messages stored vs consumed per consumer group, and whether the
     replicas' chain checksums agree; ``report.mismatches`` lists what does not."""
+    cfg = await with_map_groups(cfg)
     if group is not None:
         cfg.consumer_group(group)  # ConfigError names it if unknown
     return await _reconcile(cfg, topic, consumer_group=group, since=since, until=until)
@@ -211,7 +220,8 @@ async def txn_list(cfg: ClusterConfig) -> list[dict[str, Any]]:
                 rows.extend(await pool.call(s.addr, "txn_list", {}, timeout=STATUS_TIMEOUT))
             except PhxqError:
                 continue
-    seen = {(r["txn"], r["group"]): r for r in rows}  # a master change may list one twice
+    # A master change may list one twice (group numbers repeat on each store set).
+    seen = {(r["txn"], r.get("set", 1), r["group"]): r for r in rows}
     return sorted(seen.values(), key=lambda r: (-r["age"], r["txn"], r["group"]))
 
 
@@ -220,11 +230,25 @@ async def txn_resolve(cfg: ClusterConfig, txn: str, *, commit: bool) -> dict[str
     was already written, that one stands and is returned). A commit is refused
     (``BadArgument``) unless every part of the transaction is prepared. ``BadArgument`` if no
     open transaction has this id."""
-    homes = {r["home"] for r in await txn_list(cfg) if r["txn"] == txn}
+    homes = {(r.get("home_set", 1), r["home"]) for r in await txn_list(cfg) if r["txn"] == txn}
     if not homes:
         raise BadArgument(f"no open transaction {txn!r}")
-    home = homes.pop()
-    async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
-        params = {"txn": txn, "group": home, "commit": commit}
-        result: dict[str, Any] = await client._call_master("", home, "txn_settle", params)
-    return result
+    home_set, home = homes.pop()
+    # The home group's master on the home's store set (each set is its own Paxos cluster).
+    stores = [s.addr for s in cfg.set_stores(home_set)]
+    params = {"txn": txn, "group": home, "commit": commit}
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    addr = stores[home % len(stores)]
+    async with tool_pool(cfg) as pool:
+        while True:
+            try:
+                result: dict[str, Any] = await pool.call(
+                    addr, "txn_settle", params, timeout=STATUS_TIMEOUT
+                )
+                return result
+            except (NotMaster, Unavailable) as exc:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"home group {home} of set {home_set}: {exc}") from None
+                hint = exc.hint if isinstance(exc, NotMaster) else None
+                addr = hint if hint in stores else stores[(stores.index(addr) + 1) % len(stores)]
+                await asyncio.sleep(0.1)

@@ -231,12 +231,13 @@ class RoutingMixin:
                 await self._refresh_after_stale(cmap, addr)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
-            except StaleMap:
+            except StaleMap as exc:
                 # The queue lives elsewhere in a newer map: fetch it and route again (from a
                 # store of another set if this one's map is older than ours).
                 if budget.remaining() < backoff:
                     raise
-                moved_to = None
+                if exc.data.get("set") is not None:
+                    moved_to = None  # "not here": the map decides (only the version: stay)
                 await self._refresh_after_stale(cmap, addr)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)

@@ -230,3 +230,20 @@ def test_sets_bench_quick(tmp_path: Path) -> None:
     assert projected["2"] == 2 * projected["1"] or abs(projected["2"] - 2 * projected["1"]) <= 1
     md = md_path.read_text()
     assert "Capacity: sets on separate machines" in md and "| 2 sets | 2 |" in md
+
+
+def test_failover_bench_tiny(tmp_path: Path) -> None:
+    """bench.failover: a SIGKILL of group 0's master and a fault-free run, on 127.0.0.1."""
+    _run(
+        "-m", "bench.failover", "--quick", "--no-netns", "--faults", "kill", "--groups", "2",
+        "--warmup", "0.5", "--down", "2", "--after", "0.2", "--steady", "1", "--hogs", "0",
+        "--out", str(tmp_path), "--dir", str(tmp_path),
+    )  # fmt: skip
+    report, md_path = _report(tmp_path)
+    (kill,) = report["faults"]
+    assert kill["fault"] == "kill" and kill["victim"] == 1 and kill["elected"] is not None
+    assert 0 < kill["pause"]["seq"] < 2 and kill["acks"]["seq"] > 0 and kill["elections"] >= 1
+    (steady,) = report["steady"]
+    assert steady["msgs_per_s"] > 0 and isinstance(steady["elections"], int)
+    assert report["meta"]["partition"].startswith("skipped")
+    assert "| kill | seq |" in md_path.read_text()
