@@ -36,7 +36,7 @@ from phxq.config import ClusterConfig
 from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
 from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable
-from phxq.groupadmin import group_create, group_list
+from phxq.groupadmin import group_create, group_list, with_map_groups
 from phxq.moves import queue_move, queue_move_cancel
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
@@ -131,13 +131,14 @@ async def status(cfg: ClusterConfig) -> ClusterStatus:
             except PhxqError as exc:
                 stores[s.id] = {"error": f"{type(exc).__name__}: {exc.message}"}
     lags = [row for st in stores.values() for row in st.get("consumers", [])]
-    consumers = await consumer_admin.consumer_status(cfg)
+    consumers = await consumer_admin.consumer_status(await with_map_groups(cfg))
     sets = {s.id: s.set for s in cfg.stores}
     return ClusterStatus(stores, consumers, cfg.cluster.groups, lags, sets)
 
 
 async def lag(cfg: ClusterConfig, *, group: str | None = None) -> list[LagRow]:
     """Cursor, last offset and lag of every queue of ``group`` (default: every consumer group)."""
+    cfg = await with_map_groups(cfg)  # here and below: groups created online too
     async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.lag(cfg, client, group=group)
 
@@ -152,6 +153,7 @@ async def replay(
 ) -> dict[int, int | None]:
     """Deliver ``group``'s messages again from a time (epoch seconds) or an offset (one queue),
     once, whoever owns the queues; returns the new cursor per queue."""
+    cfg = await with_map_groups(cfg)
     async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.replay(
             cfg, client, group, since=since, offset=offset, queues=queues
@@ -169,6 +171,7 @@ async def set_limit(
     """Change ``group``'s rate limit at runtime (``None``: unlimited; ``KEEP``: unchanged;
     ``reset``: the config's); returns the limit now in force. Consumers apply it within a
     second."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         return await consumer_admin.set_limit(
             locks, cfg, group, messages=messages, bytes_per_s=bytes_per_s, reset=reset
@@ -177,12 +180,14 @@ async def set_limit(
 
 async def pause(cfg: ClusterConfig, group: str) -> None:
     """Stop delivering ``group``'s messages (in-flight ones finish) until :func:`resume`."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         await consumer_admin.pause(locks, cfg, group)
 
 
 async def resume(cfg: ClusterConfig, group: str) -> None:
     """Undo :func:`pause`; also retries queues stopped by ``on_failure = "block"``."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         await consumer_admin.resume(locks, cfg, group)
 
@@ -197,6 +202,7 @@ async def reconcile(
 ) -> Report:
     """Per queue and window: messages stored vs consumed per consumer group, and whether the
     replicas' chain checksums agree; ``report.mismatches`` lists what does not."""
+    cfg = await with_map_groups(cfg)
     if group is not None:
         cfg.consumer_group(group)  # ConfigError names it if unknown
     return await _reconcile(cfg, topic, consumer_group=group, since=since, until=until)

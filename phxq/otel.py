@@ -20,6 +20,7 @@ every hook is one call returning at once: nothing is added to messages, no span 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -45,9 +46,20 @@ _PROPAGATOR: Any = TraceContextTextMapPropagator() if _trace is not None else No
 _tracers: dict[int, Any] = {}
 
 
+# opentelemetry names a provider to load in this variable; without it and without one set in
+# code, get_tracer_provider() answers its no-op proxy, after an os.environ lookup per call
+# (several microseconds on every enqueue of the client, the gateway and the stores).
+_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_UNKNOWN = object()
+
+
 def enabled() -> bool:
     """True when the extra is installed and a tracer provider is set."""
     if _trace is None:
+        return False
+    # The fast "off" answer: no provider set yet (opentelemetry's global; if a future version
+    # renames it, getattr answers _UNKNOWN and the full check below runs).
+    if getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _ENV_PROVIDER:
         return False
     provider = _trace.get_tracer_provider()
     return not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))

@@ -23,7 +23,6 @@ What it promises (DESIGN.md §5, §10):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -35,6 +34,7 @@ from typing import Any, final
 from phxq import otel, validate
 from phxq.budget import Budget, await_within, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
+from phxq.client.moves import MovesMixin
 from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
     MAX_SCHEDULE_SECONDS as MAX_SCHEDULE_SECONDS,
@@ -46,7 +46,7 @@ from phxq.client.streaming import StreamingMixin
 from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
 from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message, Route
-from phxq.errors import BadArgument, QueueMoved, Unavailable
+from phxq.errors import BadArgument
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
 from phxq.tasks import TaskScope
@@ -55,7 +55,7 @@ log = logging.getLogger("phxq.client")
 
 
 @final
-class Client(RoutingMixin, BatchingMixin, StreamingMixin):
+class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``.
 
@@ -356,66 +356,6 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
                 params["expect"] = expect
             await self._commit_at(topic, q, params, budget)
 
-    async def _commit_at(self, topic: str, q: int, params: dict[str, Any], budget: Any) -> None:
-        """A commit at the set holding its offset (a moved queue's segments; ``QueueMoved``
-        from a sealed set when the map does not know yet). A compare-and-set commit whose
-        ``expect`` is on the old side of a seal first brings the new set's cursor (adopted at
-        the seal) up to ``expect``: the old set is the one that knew it."""
-        offset, expect = params["offset"], params.get("expect")
-        at = offset - 1 if isinstance(offset, int) and offset > 0 else None
-        cmap = await self._map_within(budget)
-        to_set: int | None = None
-        carried = False
-        while True:
-            if (
-                not carried
-                and isinstance(expect, int)
-                and cmap.moved(topic, q)
-                and cmap.set_for(topic, q, expect - 1 if expect else None)
-                != cmap.set_for(topic, q, at)
-            ):
-                await self._carry(topic, q, params, budget, at, to_set)
-                carried = True
-            try:
-                await self._call_master(
-                    topic,
-                    q,
-                    "commit",
-                    params,
-                    budget=budget,
-                    after=at,
-                    follow_moves=False,
-                    to_set=to_set,
-                )
-                return
-            except QueueMoved as exc:
-                sealed, target = exc.data.get("sealed"), exc.data.get("set")
-                if not isinstance(target, int) or budget.remaining() <= 0:
-                    raise
-                to_set = target
-                if not carried and isinstance(expect, int) and isinstance(sealed, int):
-                    if expect <= sealed:
-                        await self._carry(topic, q, params, budget, at, to_set)
-                    carried = True
-                cmap = await self._map_within(budget)
-
-    async def _carry(
-        self,
-        topic: str,
-        q: int,
-        params: dict[str, Any],
-        budget: Any,
-        at: int | None,
-        to_set: int | None,
-    ) -> None:
-        """Commit ``params['expect']`` (no compare-and-set) where ``params['offset']`` goes."""
-        carry = {k: v for k, v in params.items() if k != "expect"}
-        carry["offset"] = params["expect"]
-        with contextlib.suppress(BadArgument):  # the cursor is past it there: the CAS decides
-            await self._call_master(
-                topic, q, "commit", carry, budget=budget, after=at, to_set=to_set
-            )
-
     async def cursor(
         self, group: str, topic: str, *, queue: int, timeout: float | None = None
     ) -> int | None:
@@ -429,52 +369,6 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             q = self._queue_of(cmap, topic, None, queue)
             result = await self._cursor_of(group, topic, q, budget)
         return result
-
-    async def _cursor_of(self, group: str, topic: str, q: int, budget: Any) -> int | None:
-        """The cursor of a queue: for a moved one, the newest of its sets' (commits go to the
-        set holding their offset, so the set a consumer committed to last has the newest)."""
-        cmap = await self._map_within(budget)
-        params = {"group": group, "topic": topic, "queue": q}
-        if not cmap.moved(topic, q):
-            result = await self._call_master(topic, q, "cursor", params, budget=budget)
-            return None if result is None else int(result)
-        best: int | None = None
-        segments = cmap.history.get(topic, {}).get(q, [])
-        firsts = [None, *(sealed for _, sealed in segments)]
-        for at in dict.fromkeys(firsts):
-            got = await self._call_master(topic, q, "cursor", dict(params), budget=budget, after=at)
-            if got is not None and (best is None or int(got) > best):
-                best = int(got)
-        return best
-
-    async def _read(
-        self, topic: str, q: int, params: dict[str, Any], wait: float, budget: Any
-    ) -> Any:
-        """``dequeue`` at the set holding the messages after ``params['after']``; a sealed
-        set's ``QueueMoved`` (nothing more before its seal) moves on to the next set."""
-        at = params.get("after")
-        to_set: int | None = None
-        while True:
-            try:
-                return await self._call_master(
-                    topic,
-                    q,
-                    "dequeue",
-                    params,
-                    extra_time=wait,
-                    budget=budget,
-                    after=at,
-                    follow_moves=False,
-                    to_set=to_set,
-                )
-            except QueueMoved as exc:
-                sealed, target = exc.data.get("sealed"), exc.data.get("set")
-                if not isinstance(sealed, int) or budget.remaining() <= 0:
-                    raise
-                at = sealed if at is None else max(at, sealed)
-                to_set = target if isinstance(target, int) else None
-                with contextlib.suppress(Unavailable):
-                    await self.cluster_map(refresh=True, timeout=budget.remaining())
 
     async def seek(
         self,

@@ -178,6 +178,7 @@ def endpoint(gateway: Gateway, route: Route) -> Endpoint:
     has_body = route.json_body is not None or route.raw_body
     handler = route.handler
     media_type = route.media_type
+    charset = "utf-8" if media_type == "application/json" else None  # as for a JSON answer
 
     async def run(request: web.Request) -> web.StreamResponse:
         authorizer = gateway.authorizer
@@ -194,7 +195,7 @@ def endpoint(gateway: Gateway, route: Route) -> Endpoint:
         if isinstance(result, web.StreamResponse):
             return result
         if isinstance(result, bytes):
-            return web.Response(body=result, content_type=media_type)
+            return web.Response(body=result, content_type=media_type, charset=charset)
         return web.Response(
             body=json.dumps(result).encode(), content_type="application/json", charset="utf-8"
         )

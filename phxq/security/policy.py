@@ -23,6 +23,7 @@ status, reconcile,         admin                                       (limit, p
 rejoin_probe, rejoin_read  member
 move_seal                  member
 move_cancel                admin
+queue_end                  consume:T:any
 notify px, snap            member          notify px, snap             member
 =========================  ==============  ==========================  ===========================
 
@@ -126,6 +127,7 @@ STORE_RULES: Final[Mapping[str, Rule]] = {
     "rejoin_read": member,
     "move_seal": member,  # the target set's group master drives a queue move (store.mover)
     "move_cancel": admin,  # phxq admin queue move --cancel
+    "queue_end": read,  # a tail "from now" of a moved queue (no group: consume:T:any)
 }
 LOCK_RULES: Final[Mapping[str, Rule]] = {
     "meta": anyone,

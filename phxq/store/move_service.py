@@ -2,6 +2,7 @@
 
     move_seal    {topic, queue, move, target} -> {sealed, end, cursors, dedup}   (member)
     move_cancel  {topic, queue, move} -> True                                   (admin)
+    queue_end    {topic, queue} -> offset of the queue's last message | None    (consume:T)
 
 ``move_seal`` runs on the source set's group master: it proposes a
 :class:`~phxq.store.move_entries.SealEntry` (idempotent: sealing again answers the same seal)
@@ -101,4 +102,13 @@ async def move_cancel(node: StoreNode, params: dict[str, Any]) -> bool:
     return True
 
 
-HANDLERS = {"move_seal": move_seal, "move_cancel": move_cancel}
+async def queue_end(node: StoreNode, params: dict[str, Any]) -> int | None:
+    """The offset of the queue's last message (a moved queue's offsets are not its log
+    positions: a tail "from now" starts after this)."""
+    topic = validate.name(params.get("topic"), "topic", max_chars=256)
+    queue = validate.integer(params.get("queue"), "queue")
+    end: int | None = node.master_replica(topic, queue).state.end_offset(topic, queue)
+    return end
+
+
+HANDLERS = {"move_seal": move_seal, "move_cancel": move_cancel, "queue_end": queue_end}

@@ -38,13 +38,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phxq.errors import BadArgument, ProtocolError, QueueMoved
 from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry
 
-__all__ = ["Adopted", "MoveCancelled", "QueueMoves", "Sealed", "Tenure"]
+if TYPE_CHECKING:
+    from phxq.store.schedule import Released
+    from phxq.store.state import StoreState
+
+__all__ = ["Adopted", "MoveCancelled", "QueueMoves", "Sealed", "Tenure", "adopt_into", "shifted"]
 
 MAX_INDEX = MAX_MESSAGES_PER_INSTANCE - 1
 CANCELLED_REMEMBERED = 1024
@@ -167,6 +171,13 @@ class QueueMoves:
         last = ts[-1]  # after every tenure of this group: nothing more here
         return (last.sealed_instance or 0, MAX_INDEX), last.sealed_instance, last
 
+    def position_after(self, key: QueueKey, offset: int | None) -> tuple[int, int] | None:
+        """The log position a read of the messages after ``offset`` starts after (lag and
+        retention count from there)."""
+        if key not in self.tenures:
+            return None if offset is None else (offset >> INDEX_BITS, offset & MAX_INDEX)
+        return self.read_window(key, offset)[0]
+
     # ----------------------------------------------------------------------------- apply
 
     def seal(self, entry: SealEntry, instance: int) -> Sealed | BadArgument:
@@ -267,6 +278,36 @@ class QueueMoves:
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"snapshot: bad queue moves: {exc}") from None
         return out
+
+
+def shifted(moves: QueueMoves, head: Any, done: Released) -> Released:
+    """A release's ``done`` with the offsets of a queue moved here (its tenure's delta)."""
+    delta = moves.shift.get((head.topic, head.queue), 0) if moves.shift else 0
+    if not delta:
+        return done
+    offsets = tuple(None if o is None else o + (delta << INDEX_BITS) for o in done.offsets)
+    return replace(done, offsets=offsets)
+
+
+def adopt_into(state: StoreState, entry: AdoptEntry, instance: int) -> Adopted | BadArgument:
+    """Apply an adopt entry to ``state``: the tenure, then (the first time only) the source's
+    cursors (each kept if newer than ours; the higher token stays), its end offset and its
+    dedup ids (remembered with their original offsets)."""
+    key = (entry.topic, entry.queue)
+    fresh = state.moves.adopted(key, entry.move_id) is None
+    result = state.moves.adopt(entry, instance)
+    if isinstance(result, BadArgument) or not fresh:
+        return result
+    cursors = state._cursors
+    for cg, offset, token in entry.cursors:
+        current = cursors.get((cg, *key))
+        if current is None or current[0] < offset:
+            cursors[(cg, *key)] = (offset, token if current is None else max(token, current[1]))
+    if entry.end is not None and state._end.get(key, -1) < entry.end:
+        state._end[key] = entry.end
+    for at, dedup_id, ref in entry.dedup:
+        state._dedup.remember(entry.topic, at, ref, [dedup_id])
+    return result
 
 
 def _tenure_row(t: Tenure) -> tuple[Any, ...]:

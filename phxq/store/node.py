@@ -24,6 +24,7 @@ status     ``{}`` -> this node's view of every group
 cancel_scheduled  ``{topic, queue, id}`` -> True if the scheduled message was pending (never
            released now), False if not (see ``phxq.store.scheduler``)
 txn_*      transactions: prepare, decide, resolve, list, settle (see ``phxq.store.txn_service``)
+move_seal, move_cancel, queue_end   queue moves (see ``phxq.store.move_service``)
 =========  ==============================================================================
 
 Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.replication.rejoin``).
@@ -45,7 +46,7 @@ from phxq.errors import NotMaster, PhxqError, StaleMap, UnknownTopic
 from phxq.net.frames import shown
 from phxq.replication.daemon import Handler, ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
-from phxq.routing import INDEX_BITS, group_for_queue, split_offset
+from phxq.routing import INDEX_BITS, group_for_queue
 from phxq.security import STORE_RULES
 from phxq.store import scheduler, service, txn_service
 from phxq.store.mapfollow import MapFollower
@@ -157,7 +158,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
                 if q % groups != group:
                     continue
                 cursor = replica.state.cursor(cg.name, cg.topic, q)
-                after = None if cursor is None else split_offset(cursor)
+                after = replica.state.moves.position_after((cg.topic, q), cursor)
                 nxt = glog.positions((cg.topic, q), after, 1)
                 if nxt:
                     keep = min(keep, nxt[0][0])

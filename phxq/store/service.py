@@ -383,7 +383,7 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
             if not replica.serving:
                 continue
             cursor = replica.state.cursor(cg.name, cg.topic, q)
-            after = None if cursor is None else split_offset(cursor)
+            after = replica.state.moves.position_after((cg.topic, q), cursor)
             lag = len(replica.glog.positions((cg.topic, q), after, LAG_COUNT_LIMIT))
             rows.append(
                 {

@@ -92,7 +92,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from dataclasses import replace as dataclass_replace
 from types import MappingProxyType
 from typing import Any, TypeAlias
 
@@ -116,7 +115,7 @@ from phxq.store.apply_results import (
 from phxq.store.dedup import DedupWindow
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
 from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry
-from phxq.store.move_state import QueueMoves
+from phxq.store.move_state import QueueMoves, adopt_into, shifted
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
 from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
 from phxq.store.state_snapshot import decode_state, encode_state
@@ -241,7 +240,7 @@ class StoreState:
                     done = release(
                         self.schedule, instance, next_index, entry, index_entries, unindexed
                     )
-                    done = self._shifted(entry, done)
+                    done = shifted(self.moves, entry, done)
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
@@ -266,7 +265,7 @@ class StoreState:
                     done = self.txns.release(
                         instance, next_index, entry, self.schedule, index_entries, unindexed
                     )
-                    done = self._shifted(entry, done)
+                    done = shifted(self.moves, entry, done)
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
@@ -279,7 +278,7 @@ class StoreState:
             elif type(entry) is CancelMoveEntry:
                 results.append(_result(self.moves.cancel(entry)))
             elif type(entry) is AdoptEntry:
-                results.append(self._adopt(entry, instance))
+                results.append(_result(adopt_into(self, entry, instance)))
             else:
                 assert type(entry) is CancelEntry
                 sid = self.schedule.current_id(entry.scheduled_id)  # rolled meanwhile?
@@ -364,32 +363,6 @@ class StoreState:
             for i, (sid, due) in enumerate(zip(head.ids, head.due, strict=True))
         ]
         return Rolled(tuple(moved))
-
-    def _shifted(self, head: ReleaseHead | TxnReleaseHead, done: Released) -> Released:
-        """``done`` with the offsets of a queue moved here (see ``_enqueue``)."""
-        delta = self.moves.shift.get((head.topic, head.queue), 0) if self.moves.shift else 0
-        if not delta:
-            return done
-        offsets = tuple(None if o is None else o + (delta << INDEX_BITS) for o in done.offsets)
-        return dataclass_replace(done, offsets=offsets)
-
-    def _adopt(self, entry: AdoptEntry, instance: int) -> ApplyResult:
-        key = (entry.topic, entry.queue)
-        fresh = self.moves.adopted(key, entry.move_id) is None
-        result = self.moves.adopt(entry, instance)
-        if isinstance(result, PhxqError):
-            return Rejected(result)
-        if fresh:
-            for cg, offset, token in entry.cursors:
-                current = self._cursors.get((cg, *key))
-                if current is None or current[0] < offset:
-                    token = token if current is None else max(token, current[1])
-                    self._cursors[(cg, *key)] = (offset, token)
-            if entry.end is not None and self._end.get(key, -1) < entry.end:
-                self._end[key] = entry.end
-            for at, dedup_id, ref in entry.dedup:
-                self._dedup.remember(entry.topic, at, ref, [dedup_id])
-        return result
 
     def _count_released(self, head: ReleaseHead | TxnReleaseHead, done: Released) -> None:
         released = [o for o in done.offsets if o is not None]

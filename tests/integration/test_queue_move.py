@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -126,6 +127,8 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
         async with asyncio.TaskGroup() as tg:
             producers = [tg.create_task(load.produce(key)) for key in KEYS]
             consumer = tg.create_task(load.consume())
+            tail = client.tail(TOPIC, from_="start", queues=[QUEUE])
+            tailed: list[int] = []
             await wait_until(lambda: _at_least(load.acked, 150), 20, "acks before the move")
 
             # The target set is down: the move is recorded and waits (admin status shows it).
@@ -163,6 +166,15 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
             load.produced.set()
             await asyncio.wait_for(consumer, 30)
 
+            async def follow() -> None:
+                async for msg in tail:  # a tail from the start reads across the move too
+                    tailed.append(msg.offset)
+                    if len(tailed) == len(load.read):
+                        return
+
+            await asyncio.wait_for(follow(), 30)
+            await tail.aclose()
+
         # Every acked message read exactly once, at its acked offset; offsets increase.
         offsets = [m.offset for m in load.read]
         assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
@@ -187,6 +199,13 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
             again.extend(m.offset for m in page)
             after = page[-1].offset
         assert again == offsets
+        assert tailed == offsets
+        # A tail from a time reads only what came after it, on the new set.
+        when = datetime.now(UTC)
+        last = await client.enqueue(TOPIC, b"last", key=KEYS[0])
+        async with client.tail(TOPIC, from_=when, queues=[QUEUE]) as since:
+            first = await asyncio.wait_for(anext(aiter(since)), 20)
+        assert (first.offset, first.payload) == (last.offset, b"last") and last.offset > sealed
         cmap = await client.cluster_map(refresh=True)
         assert cmap.route(TOPIC, QUEUE)[0] == 2 and cmap.history[TOPIC][QUEUE] == [(1, sealed)]
 

@@ -11,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phxq import errors
+from phxq.client import Ack
 from phxq.config import ConfigError, parse_config
 from phxq.config.dump import dump_config
 from phxq.errors import BadArgument, PhxqError
 from phxq.gateway.cors import Cors
+from phxq.gateway.handlers import ack_bytes, ack_json
 from phxq.gateway.openapi import openapi_document
 from phxq.gateway.problems import PROBLEM_STATUSES, Problem, problem_for
 from phxq.gateway.routes import build_routes
@@ -185,3 +187,15 @@ def test_cors_allows_only_its_origins_case_insensitively():
     assert not cors.allows("https://app.example.com.evil.net")
     assert not cors.allows(None)
     assert Cors(("*",)).allows("http://anything:1")
+
+
+@given(
+    topic=st.text(min_size=1, max_size=30),
+    queue=st.integers(0, 1 << 31),
+    offset=st.none() | st.integers(0, (1 << 63) - 1),
+    duplicate=st.booleans(),
+)
+def test_the_single_enqueue_answer_is_the_json_of_its_ack(topic, queue, offset, duplicate):
+    sid = None if offset is not None else f"{topic}/{queue}/7"
+    ack = Ack(topic, queue, offset, duplicate, sid)
+    assert ack_bytes(ack) == json.dumps(ack_json(ack)).encode()
