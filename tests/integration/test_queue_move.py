@@ -1,10 +1,10 @@
 """``phxq admin queue move`` with real processes: two store sets of three stores and a lock
 service; a queue moves from set 1 to set 2 under continuous enqueues (dedup ids, several keys)
-and a dequeue + commit consumer (and a tail and a managed consumer), while every store of the target set is down when
-the move is recorded (it waits, shown by ``admin status``; it is cancelled and asked again; it
-completes when they return) and the source set's master of the queue's group is SIGKILLed
-during the move. Every acked message is read exactly once at its acked offset, per-key order
-holds, offsets increase across the move and the consumer group's cursor is exact at the end."""
+with a dequeue + commit consumer, a tail and a managed consumer, while every store of the target
+set is down when the move is recorded (it waits, shown by ``admin status``; it is cancelled and
+asked again; it completes when they return) and the source set's master of the queue's group is
+SIGKILLed during the move. Every acked message is read exactly once at its acked offset,
+per-key order holds, offsets increase across the move and the cursors are exact at the end."""
 
 from __future__ import annotations
 
