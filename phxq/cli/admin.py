@@ -371,9 +371,14 @@ def txn_list(config_path: Path | None, as_json: bool) -> None:
         click.echo("no open transactions")
         return
     click.echo("txn                               group  home  age      half  producer  decision")
+    # With several store sets, groups are shown as set/group (group numbers repeat per set).
+    sets = {r.get("set", 1) for r in rows} | {r.get("home_set", 1) for r in rows}
     for r in rows:
+        group, home = f"{r['group']}", f"{r['home']}"
+        if len(sets) > 1:
+            group, home = f"{r.get('set', 1)}/{group}", f"{r.get('home_set', 1)}/{home}"
         click.echo(
-            f"{r['txn']}  {r['group']:5d}  {r['home']:4d}  {r['age']:7.1f}s  "
+            f"{r['txn']}  {group:>5}  {home:>4}  {r['age']:7.1f}s  "
             f"{r['half_messages']:4d}  {_show(r['producer_group'])}  {_show(r['decision'])}"
         )
 

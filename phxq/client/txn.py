@@ -175,7 +175,7 @@ class Transaction:
                 "batches": [[q, p, wire] for q, (p, _, wire) in batches.items()],
             }
             if group[0] != home[0]:
-                params["home_set"] = home[0]  # the home is on another store set
+                params["home"] = list(home)  # [set, group]: the home is on another store set
             queue = next(iter(batches))
             await self._client._call_master(topic, queue, "txn_prepare", params, budget=budget)
 

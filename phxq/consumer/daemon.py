@@ -229,7 +229,7 @@ class ConsumerDaemon:
         return GroupRuntime(group, handler, group_settings(group, settings))
 
     def _pairs_in(self, topics: dict[str, int]) -> list[Pair]:
-        """The pairs of the configured groups over ``topics`` (name -> queues; the config's
+        """The pairs of the groups served over ``topics`` (name -> queues; the config's
         topics fill in what it lacks)."""
         queues = {t.name: t.queues for t in self.cluster.topics} | topics
         return pairs_of([g for g in self._groups if g.topic in queues], queues)

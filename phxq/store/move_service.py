@@ -9,13 +9,16 @@
 and answers what the target needs to adopt the queue, read from the applied state right
 after the seal: the seal offset, the queue's last offset, every consumer group's cursor and
 token, and the dedup window entries of the queue's own messages (the window is per topic and
-group; ids of the topic's other queues in the group stay). ``move_cancel`` proposes a
+group; ids of the topic's other queues in the group stay), newest first up to ``DEDUP_BYTES``
+(4 MiB of ids, about 100,000: a producer retrying an older id after the move may store it
+twice; the log says when ids were left out). ``move_cancel`` proposes a
 :class:`~phxq.store.move_entries.CancelMoveEntry`: ``BadArgument`` if the move is sealed
 already (it then only goes forward).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from phxq import validate
@@ -34,6 +37,11 @@ if TYPE_CHECKING:
     from phxq.store.node import StoreNode
 
 DEDUP_ROWS_LIMIT = 1_000_000  # positions scanned to find the queue's own dedup ids
+# The dedup ids a move carries, newest first, fit in this many bytes: the seal's answer and the
+# adopt entry travel in frames of at most 16 MiB (MAX_FRAME_DEFAULT).
+DEDUP_BYTES = 4 << 20
+
+log = logging.getLogger("phxq.store.mover")
 
 
 def _params(params: dict[str, Any]) -> tuple[str, int, str]:
@@ -90,7 +98,23 @@ def _dedup_rows(replica: Any, key: tuple[str, int], sealed: int) -> list[list[An
         for instance, index in positions
         if last is None or instance <= last
     }
-    return [[float(at), d, ref] for at, d, ref in rows if ref in mine]
+    out: list[list[Any]] = []
+    budget = DEDUP_BYTES
+    for at, d, ref in reversed(rows):  # newest first: the ones a producer may still retry
+        if ref not in mine:
+            continue
+        budget -= len(d) + 24
+        if budget < 0:
+            log.warning(
+                "queue %s/%d: the move carries only the newest %d dedup ids (of the window)",
+                key[0],
+                key[1],
+                len(out),
+            )
+            break
+        out.append([float(at), d, ref])
+    out.reverse()
+    return out
 
 
 async def move_cancel(node: StoreNode, params: dict[str, Any]) -> bool:

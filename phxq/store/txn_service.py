@@ -4,12 +4,14 @@
 RPC handlers (params are msgpack maps; every one validates before proposing anything):
 
 ============  ================================================================================
-txn_prepare   ``{txn, home, home_set?, timeout, producer_group?, topic, expect, batches: [[queue,
-              part, [[payload, key, headers, dedup_id], ...]], ...]}`` (one group) -> per batch
-              the number of half messages held; ``TransactionAborted`` if the transaction is
+txn_prepare   ``{txn, home, timeout, producer_group?, topic, expect, batches: [[queue, part,
+              [[payload, key, headers, dedup_id], ...]], ...]}`` (one group) -> per batch the
+              number of half messages held; ``TransactionAborted`` if the transaction is
               already finished in this group (a prepare arriving after the decision).
-              ``home_set``: the home's store set (absent: this store's); ``expect`` items are
-              ``[group, part]`` or ``[group, part, set]``
+              ``home``: a group of this store's set, or ``[set, group]``; ``expect`` items are
+              ``[group, part]`` or ``[group, part, set]``. (The pair forms are what a store
+              older than transactions across sets refuses, BadArgument: a rolling upgrade
+              never lets such a store hold a part whose home is on another set.)
 txn_decide    ``{txn, topic, queue, commit}`` on the home group (the group of ``queue``) ->
               ``{commit, reason}``: the decision (the first one applied, maybe not this one)
 txn_resolve   ``{txn, topic, queue}`` on a participant group -> ``{commit, offsets: [[topic,
@@ -69,6 +71,7 @@ log = logging.getLogger("phxq.txn")
 
 POLL: Final = 0.2  # seconds between the sweeper's looks at open transactions
 PEEK_EVERY: Final = 0.5  # seconds between a participant's looks at its home on another set
+LIST_WAIT: Final = 1.0  # seconds txn_list spends asking homes on other store sets, in all
 RESOLVE_WAIT: Final = 2.0  # seconds txn_resolve waits for the home's decision to be readable
 
 
@@ -87,17 +90,11 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
     txn = _txn(params)
     topic = _str(params, "topic")
     assert topic is not None
-    groups = node.cluster.cluster.groups
-    home = validate.integer(params.get("home"), "home", maximum=groups - 1)
+    home_set, home = _home(node, params.get("home"))
     timeout = validate.number(params.get("timeout"), "timeout", minimum=0.001, maximum=MAX_TIMEOUT)
     producer = params.get("producer_group")
     if producer is not None:
         producer = validate.name(producer, "producer_group", max_chars=256)
-    home_set = params.get("home_set")  # absent: the home is on this store's set
-    if home_set is not None and home_set not in node.topology.sets:
-        raise BadArgument(f"home_set: no store set {shown(home_set)}")
-    if home_set == node.set:
-        home_set = None  # an entry names another set only (its bytes stay as before sets)
     expect = params.get("expect") or []
     if not isinstance(expect, list) or not all(
         isinstance(e, list) and len(e) in (2, 3) and all(type(x) is int and x >= 0 for x in e)
@@ -143,6 +140,18 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
             raise TransactionAborted(f"transaction {txn} is already finished in this group")
         out.append(len(result.ids))
     return out
+
+
+def _home(node: StoreNode, value: Any) -> tuple[int | None, int]:
+    """``(set or None for this store's, group)`` of a ``txn_prepare``'s ``home``."""
+    groups = node.cluster.cluster.groups
+    if not isinstance(value, list):
+        return None, validate.integer(value, "home", maximum=groups - 1)
+    if len(value) != 2 or value[0] not in node.topology.sets:
+        raise BadArgument(f"home must be a group or [set, group] of a store set: {shown(value)}")
+    home = validate.integer(value[1], "home group", maximum=groups - 1)
+    # An entry names another set only: its bytes stay what they were before sets.
+    return (None if value[0] == node.set else value[0]), home
 
 
 async def _decide(
@@ -275,14 +284,18 @@ async def resolve(replica: GroupReplica[StoreState], txn: str, commit: bool) -> 
 async def txn_list(node: StoreNode, params: dict[str, Any]) -> list[dict[str, Any]]:
     now = time.time()
     rows = []
+    # Homes on other store sets are asked, within LIST_WAIT in all (else shown undecided).
+    deadline = time.monotonic() + LIST_WAIT
     for group, replica in node.replicas.items():
         if not replica.serving:
             continue
         state = replica.state
         for txn, record in sorted(state.txns.open.items()):
             try:
-                decision = await _home_decision(node, txn, record)
-            except PhxqError:  # the home's set did not answer: shown as undecided
+                remaining = max(0.0, deadline - time.monotonic())
+                async with asyncio.timeout(remaining if record.home_set is not None else None):
+                    decision = await _home_decision(node, txn, record)
+            except (PhxqError, TimeoutError):  # the home's set did not answer: undecided
                 decision = None
             rows.append(
                 {

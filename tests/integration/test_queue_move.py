@@ -1,10 +1,10 @@
 """``phxq admin queue move`` with real processes: two store sets of three stores and a lock
 service; a queue moves from set 1 to set 2 under continuous enqueues (dedup ids, several keys)
-and a dequeue + commit consumer, while every store of the target set is down when the move is
-recorded (it waits, shown by ``admin status``, and completes when they return) and the source
-set's master of the queue's group is SIGKILLed during the move. Every acked message is read
-exactly once at its acked offset, per-key order holds, offsets increase across the move and
-the consumer group's cursor is exact at the end."""
+and a dequeue + commit consumer (and a tail), while every store of the target set is down when
+the move is recorded (it waits, shown by ``admin status``; it is cancelled and asked again; it
+completes when they return) and the source set's master of the queue's group is SIGKILLed
+during the move. Every acked message is read exactly once at its acked offset, per-key order
+holds, offsets increase across the move and the consumer group's cursor is exact at the end."""
 
 from __future__ import annotations
 
@@ -142,6 +142,17 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
                 return [(m["topic"], m["queue"], m["to"]) for m in moves] == [(TOPIC, QUEUE, 2)]
 
             await wait_until(shown, 15, "admin status listing the move")
+            # Cancelled before its seal (set 1 decides, in its log), then asked again.
+            cancelled = await admin.queue_move_cancel(cfg, TOPIC, QUEUE)
+            assert cancelled["state"] == "cancelled" and cancelled["move"] == row["move"]
+
+            async def none_shown() -> bool:
+                return (await admin.status(cfg)).moves() == []
+
+            await wait_until(none_shown, 15, "admin status without the cancelled move")
+            row = await admin.queue_move(cfg, TOPIC, QUEUE, 2, wait=False)
+            assert row["state"] == "pending" and row["move"] != cancelled["move"]
+            await wait_until(shown, 15, "admin status listing the second move")
             acked_before = len(load.acked)
             await wait_until(
                 lambda: _at_least(load.acked, acked_before + 50), 20, "enqueues on set 1"

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
 
 import phxq
 from phxq import admin
-from phxq.client.txn import decide
+from phxq.cli import cli
+from phxq.client.txn import Transaction, decide
+from phxq.client.types import Ack
 from phxq.devcluster import ProcessCluster, free_ports
-from phxq.errors import TransactionAborted
+from phxq.errors import BadArgument, TransactionAborted, Unavailable
 from phxq.net.rpc import RpcPool
 
 from .conftest import wait_until
@@ -40,7 +44,13 @@ SET2_G0 = ("pay", 0)
 SET2_G1_PAY = ("pay", 1)
 
 
-async def _put(txn: phxq.Transaction, where: tuple[str, int], payload: bytes) -> None:
+def phxq_cli(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+async def _put(txn: Transaction, where: tuple[str, int], payload: bytes) -> None:
     await txn.enqueue(where[0], payload, queue=where[1])
 
 
@@ -57,6 +67,24 @@ async def _open_everywhere(client: phxq.Client, cluster: ProcessCluster) -> int:
             status = await client.status(s.addr, timeout=2.0)
             total += sum(g["transactions"]["open"] for g in status["groups"])
     return total
+
+
+async def _committed(txn: Transaction, first: asyncio.Task[list[Ack]]) -> list[Ack]:
+    """The acks of ``first`` (a ``txn.commit()``), calling ``commit()`` again after an
+    ``Unavailable`` as the client documents (it answers with the decision the home holds).
+    Why again: the client may give up on a group whose new master answered "no master known"
+    during the election (it avoids that store for the rest of the call)."""
+    deadline = time.monotonic() + 20
+    try:
+        return await first
+    except Unavailable:
+        pass
+    while True:
+        try:
+            return await txn.commit(timeout=5.0)
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
 
 
 async def _set_master(pool: RpcPool, cluster: ProcessCluster, number: int, group: int) -> int:
@@ -115,7 +143,7 @@ async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
         make_cluster, nodes=3, groups=2, sets=2, secure=True, extra=extra
     )
     assert cluster.config.security is not None
-    auth = {"ca": cluster.config.security.ca, "token": cluster.credentials.token}
+    ca, token = cluster.config.security.ca, cluster.credentials.token
     # The producer prepares and vanishes (its client closes without deciding anything).
     plans: dict[str, tuple[str | None, list[tuple[str, int]]]] = {
         "yes": ("checkout", [SET2_G0, SET1_G0, SET2_G1]),  # home on set 2
@@ -123,7 +151,7 @@ async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
         "silent": (None, [SET2_G1_PAY, SET1_G0_B]),  # no check handler: the timeout
     }
     ids = {}
-    async with phxq.Client(cluster.store_addresses, **auth) as producer:
+    async with phxq.Client(cluster.store_addresses, ca=ca, token=token) as producer:
         for label, (group, where) in plans.items():
             vanishing = producer.transaction(group, timeout=1.0)
             for w in where:
@@ -132,7 +160,7 @@ async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
             ids[label] = vanishing.id
     handler.answers = {ids["yes"]: "committed", ids["no"]: "rolled_back"}
 
-    async with phxq.Client(cluster.store_addresses, **auth) as client:
+    async with phxq.Client(cluster.store_addresses, ca=ca, token=token) as client:
         # Home on set 1; parts on set 2 (group 0 there, like the home's number) and set 1.
         async with client.transaction() as txn:
             await _put(txn, SET1_G0, b"a")
@@ -155,6 +183,14 @@ async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
         late = await decide(client, txn.id, txn.participants, True)  # a late commit: too late
         assert (late.commit, late.reason, late.released) == (False, "producer", ())
 
+        # A home that names no store set (or a bad pair) is refused; nothing is held.
+        homes: list[object] = [[9, 0], [2], [2, 7], "x"]
+        for home in homes:
+            batches = [[0, 0, [[b"x", None, {}, None]]]]
+            params = {"txn": "bad", "home": home, "timeout": 1.0, "topic": "orders"}
+            params["batches"] = batches
+            with pytest.raises(BadArgument):
+                await client._call_master("orders", 0, "txn_prepare", params)
         # Left open by its producer, committed by an operator (home on set 2, a part on set 1:
         # the home's master asks set 1 whether the part is held before committing).
         txn = client.transaction(timeout=60)
@@ -166,6 +202,10 @@ async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
             (1, 0, 2, 1),
             (2, 1, 2, 1),
         ]
+        config = str(cluster.config_path)
+        shown = await asyncio.to_thread(phxq_cli, "admin", "txn", "list", "--config", config)
+        lines = sorted(line.split()[1:3] for line in shown.splitlines() if txn.id in line)
+        assert lines == [["1/0", "2/1"], ["2/1", "2/1"]]  # set/group, home set/group
         assert (await admin.txn_resolve(cluster.config, txn.id, commit=True))["commit"] is True
 
         async def settled() -> bool:
@@ -202,11 +242,11 @@ async def test_sigkill_of_the_home_master_between_prepare_and_decide_is_never_pa
         await txn.prepare()
         home = await _set_master(pool, cluster, 2, 0)
         orphan_home = await _set_master(pool, cluster, 1, 0)
-        commit = asyncio.create_task(txn.commit())
+        commit = asyncio.create_task(txn.commit(timeout=8.0))
         await asyncio.sleep(0.001)  # the decision is on its way (or chosen already)
         cluster.kill(home)
         cluster.kill(orphan_home)  # the orphan's home master (on the other set) too
-        acks = await commit  # retried at the new master of the home group
+        acks = await _committed(txn, commit)  # at the new master of the home group
         assert len(acks) == 3
 
         async def settled() -> bool:

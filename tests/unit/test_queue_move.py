@@ -3,6 +3,10 @@ machine (phxq.store.move_state), and the cluster map's move records and segment 
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -10,6 +14,7 @@ from hypothesis import strategies as st
 
 from phxq.config import parse_config
 from phxq.errors import BadArgument, ProtocolError, QueueMoved, StaleMap
+from phxq.mapstore import load_local
 from phxq.routing import INDEX_BITS, make_offset
 from phxq.store.entries import decode_entry, peek_entry
 from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry, encode_move
@@ -272,3 +277,61 @@ def test_a_damaged_map_is_a_protocol_error(damage: object) -> None:
     damage(wire)  # type: ignore[operator]
     with pytest.raises(ProtocolError):
         Topology.from_wire(wire)
+
+
+def test_admin_status_lists_the_moves_of_the_newest_map() -> None:
+    from phxq.admin import ClusterStatus
+
+    move = {"id": "m1", "topic": "t", "queue": 0, "from": 1, "to": 2, "started_at": 1.0}
+    stores = {
+        1: {"map_version": 3, "moves": []},  # behind: the move is newer than its map
+        2: {"map_version": 4, "moves": [move]},
+        3: {"error": "Unavailable: down"},
+    }
+    status = ClusterStatus(stores)
+    assert status.moves() == [move] and status.to_json()["moves"] == [move]
+    assert ClusterStatus({1: {"error": "down"}}).moves() == []
+
+
+async def test_concurrent_map_adoptions_save_one_at_a_time(tmp_path: Path) -> None:
+    from phxq.store.mapfollow import MapFollower
+
+    cfg = parse_config(CONFIG)
+    seen: list[int] = []
+    follower = MapFollower(cfg, tmp_path, None, lambda t: seen.append(t.version))
+    base = Topology.from_config(cfg)
+    maps = [replace(base, version=v) for v in (3, 1, 2, 5, 4)]
+    results = await asyncio.gather(*(follower.adopt(t) for t in maps))
+    assert follower.version == 5 and seen == sorted(seen) and results.count(True) == len(seen)
+    assert load_local(tmp_path / "cluster-map.json") == maps[3]
+
+
+def test_the_seal_carries_the_queues_own_dedup_ids_newest_first_within_a_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from phxq.store import move_service
+
+    log = Log()
+    positions: list[tuple[int, int]] = []
+    for i in range(6):
+        log.apply(enq("t", 0, f"q0-{i}"), enq("t", 1, f"q1-{i}"))
+        positions.append((i + 1, 0))  # queue 0's message is index 0 of each instance
+    [sealed] = log.apply(SEAL)
+
+    class Glog:  # the queue index of queue 0 (what GroupLog.positions answers)
+        def positions(
+            self, key: object, after: tuple[int, int] | None, limit: int
+        ) -> list[tuple[int, int]]:
+            assert key == ("t", 0)
+            return [p for p in positions if after is None or p > after][:limit]
+
+    class Replica:
+        state = log.state
+        glog = Glog()
+
+    rows = move_service._dedup_rows(Replica(), ("t", 0), sealed.sealed)  # type: ignore[union-attr]
+    assert [r[1] for r in rows] == [f"q0-{i}" for i in range(6)]  # not queue 1's ids
+    assert [r[2] for r in rows] == [make_offset(i + 1, 0) for i in range(6)]
+    monkeypatch.setattr(move_service, "DEDUP_BYTES", 2 * (len("q0-0") + 24))
+    rows = move_service._dedup_rows(Replica(), ("t", 0), sealed.sealed)  # type: ignore[union-attr]
+    assert [r[1] for r in rows] == ["q0-4", "q0-5"]  # the newest ones
