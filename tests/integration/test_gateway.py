@@ -759,7 +759,10 @@ async def test_gateway_benchmark_runs_beside_the_native_client(gw):
         ("gateway", "throughput"),
     ]
     assert all(r["messages"] > 0 and r["errors"] == 0 for r in runs), runs
-    assert len(gateway_bench.ratios(runs)) == 2
+    assert all(r["params"]["http_client"] == "raw" for r in runs)  # the lean load generator
+    summary = gateway_bench.ratios(runs)
+    assert sum("gateway/native" in line for line in summary) == 2
+    assert sum(re.search(r"gateway CPU \d+ us/msg", line) is not None for line in summary) == 2
 
 
 async def test_metrics_count_requests_by_operation_and_status(http, url):

@@ -1,10 +1,10 @@
 """``phxq admin queue move`` with real processes: two store sets of three stores and a lock
 service; a queue moves from set 1 to set 2 under continuous enqueues (dedup ids, several keys)
-and a dequeue + commit consumer (and a tail), while every store of the target set is down when
-the move is recorded (it waits, shown by ``admin status``; it is cancelled and asked again; it
-completes when they return) and the source set's master of the queue's group is SIGKILLed
-during the move. Every acked message is read exactly once at its acked offset, per-key order
-holds, offsets increase across the move and the consumer group's cursor is exact at the end."""
+with a dequeue + commit consumer, a tail and a managed consumer, while every store of the target
+set is down when the move is recorded (it waits, shown by ``admin status``; it is cancelled and
+asked again; it completes when they return) and the source set's master of the queue's group is
+SIGKILLed during the move. Every acked message is read exactly once at its acked offset,
+per-key order holds, offsets increase across the move and the cursors are exact at the end."""
 
 from __future__ import annotations
 
@@ -129,6 +129,15 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
             consumer = tg.create_task(load.consume())
             tail = client.tail(TOPIC, from_="start", queues=[QUEUE])
             tailed: list[int] = []
+            managed: list[int] = []  # Client.consume: lock-guarded, commits with its token
+
+            stream = client.consume("managed", TOPIC, queues=[QUEUE])
+
+            async def consume_managed() -> None:
+                async for msg in stream:
+                    managed.append(msg.offset)
+
+            managing = tg.create_task(consume_managed())
             await wait_until(lambda: _at_least(load.acked, 150), 20, "acks before the move")
 
             # The target set is down: the move is recorded and waits (admin status shows it).
@@ -186,6 +195,13 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
             await asyncio.wait_for(follow(), 30)
             await tail.aclose()
 
+            async def managed_done() -> bool:
+                return set(load.acked.values()) <= set(managed)
+
+            await wait_until(managed_done, 30, "the managed consumer to read every message")
+            await stream.aclose()  # hands the queue over: commits, then releases its lock
+            await asyncio.wait_for(managing, 10)
+
         # Every acked message read exactly once, at its acked offset; offsets increase.
         offsets = [m.offset for m in load.read]
         assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
@@ -211,6 +227,10 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
             after = page[-1].offset
         assert again == offsets
         assert tailed == offsets
+        # The managed consumer: every message, first deliveries in queue order (a redelivery
+        # repeats a suffix at most), and its cursor committed up to what it processed.
+        assert list(dict.fromkeys(managed)) == offsets
+        assert await client.cursor("managed", TOPIC, queue=QUEUE) in offsets[-2:]
         # A tail from a time reads only what came after it, on the new set.
         when = datetime.now(UTC)
         last = await client.enqueue(TOPIC, b"last", key=KEYS[0])
