@@ -71,6 +71,9 @@ _SEGMENT = re.compile(r"^(\d{10})\.plog$")
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 _WITH_CHECKSUM = frozenset((Kind.CHOSEN, Kind.CHOSEN_VALUE, Kind.TRUNCATED))
+_ACCEPT, _CHOSEN, _CHOSEN_VALUE = int(Kind.ACCEPT), int(Kind.CHOSEN), int(Kind.CHOSEN_VALUE)
+_PROMISE, _CHECKPOINT, _TRUNCATED = int(Kind.PROMISE), int(Kind.CHECKPOINT), int(Kind.TRUNCATED)
+_NONE: dict[Ballot, tuple[int, int, int]] = {}
 
 
 def segment_name(number: int) -> str:
@@ -284,31 +287,41 @@ def _scan(
             finally:
                 view.release()
         parsed_any = parsed_any or bool(rows)
+        # The hot loop of a start-up (one pass per record of the log): plain comparisons
+        # instead of max(), kinds bound to locals.
+        top = info.max_instance
         for kind, inst, rnd, node, offset, length, aux in rows:
-            if kind == Kind.ACCEPT:
+            if kind == _ACCEPT:
                 ballot = (rnd, node)
-                accepts.setdefault(inst, {})[ballot] = (number, offset, length)
-                promised = max(promised, ballot)
-                max_round = max(max_round, rnd)
-                max_instance_seen = max(max_instance_seen, inst)
-                info.max_instance = max(info.max_instance, inst)
-            elif kind == Kind.CHOSEN or kind == Kind.CHOSEN_VALUE:
-                max_round = max(max_round, rnd)
-                max_instance_seen = max(max_instance_seen, inst)
-                info.max_instance = max(info.max_instance, inst)
+                held = accepts.get(inst)
+                if held is None:
+                    accepts[inst] = {ballot: (number, offset, length)}
+                else:
+                    held[ballot] = (number, offset, length)
+                if ballot > promised:
+                    promised = ballot
+                if rnd > max_round:
+                    max_round = rnd
+                if inst > top:
+                    top = inst
+            elif kind in (_CHOSEN, _CHOSEN_VALUE):
+                if rnd > max_round:
+                    max_round = rnd
+                if inst > top:
+                    top = inst
                 if inst not in chosen:
-                    if kind == Kind.CHOSEN_VALUE:
+                    if kind == _CHOSEN_VALUE:
                         chosen[inst] = (number, offset, length, aux)
                     else:
-                        loc = accepts.get(inst, {}).get((rnd, node))
+                        loc = accepts.get(inst, _NONE).get((rnd, node))
                         if loc is None:
                             mark_missing.append(inst)
                         else:
-                            chosen[inst] = (*loc, aux)
-            elif kind == Kind.PROMISE:
+                            chosen[inst] = (loc[0], loc[1], loc[2], aux)
+            elif kind == _PROMISE:
                 promised = max(promised, (rnd, node))
                 max_round = max(max_round, rnd)
-            elif kind == Kind.CHECKPOINT:
+            elif kind == _CHECKPOINT:
                 checksum, cp_round, cp_first, cp_floor_sum = cps[aux]
                 promised = max(promised, (rnd, node))
                 max_round = max(max_round, cp_round, rnd)
@@ -316,8 +329,10 @@ def _scan(
                     floor, floor_checksum = cp_first, cp_floor_sum
                 if base is None:
                     base = (inst, checksum)
-            elif kind == Kind.TRUNCATED and inst > floor:
+            elif kind == _TRUNCATED and inst > floor:
                 floor, floor_checksum = inst, aux
+        info.max_instance = top
+        max_instance_seen = max(max_instance_seen, top)
         if stop_at is not None:
             break
 
