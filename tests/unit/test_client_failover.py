@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import phxq
-from phxq.client import routing
+from phxq.client import avoid, routing
 from phxq.errors import NotMaster
 from phxq.net import RpcPool, RpcServer
 from phxq.paxos import GroupConfig
@@ -75,6 +75,10 @@ class ScriptedStores:
         self.net.unlisten(ADDRS[node])
         await self.servers[node].close()
 
+    def restart(self, node: int) -> None:
+        self.servers[node] = RpcServer(self._handler(node))
+        self.net.listen(ADDRS[node], self.servers[node].accept)
+
     def elect(self, node: int) -> None:
         """The survivors elected ``node``: it and the others now say so."""
         for n in self.views:
@@ -107,12 +111,16 @@ async def longest_pause(fault: str) -> float:
             stores.paused.add(1)  # its next request hangs
         else:
             await stores.kill(1)
-        if fault == "kill-split":
+        if fault in ("kill-split", "kill-return"):
             # Mid-election: store 2 (about to win) knows no master, store 3 still names the
             # dead one. Store 2's NotMaster without a hint must not bar it once it is elected.
             stores.views[2] = None
         await asyncio.sleep(ELECTION)
-        stores.elect(2)
+        if fault == "kill-return":
+            stores.restart(1)  # restarted at once and elected again: no longer down
+            stores.elect(1)
+        else:
+            stores.elect(2)
         await asyncio.sleep(1.0)
         stop.set()
         await producer
@@ -132,4 +140,17 @@ def test_a_producer_reaches_the_new_master_soon_after_the_election(fault: str) -
         loop.close()
     assert ELECTION - 0.01 <= pause <= ELECTION + CLIENT_LAG, pause
     assert ELECTION + CLIENT_LAG < 1.0
+    assert time.monotonic() - started < 10  # virtual time: no real waiting
+
+
+def test_a_failed_store_that_comes_back_as_master_is_reached_again() -> None:
+    """A killed master avoided by a call is asked again once ``DOWN_HOLD`` has passed: store
+    3 names it (elected again after a restart), and the call must not wait for its budget."""
+    loop = VirtualLoop()
+    started = time.monotonic()
+    try:
+        pause = loop.run_until_complete(longest_pause("kill-return"))
+    finally:
+        loop.close()
+    assert ELECTION - 0.01 <= pause <= max(ELECTION, avoid.DOWN_HOLD) + CLIENT_LAG, pause
     assert time.monotonic() - started < 10  # virtual time: no real waiting
