@@ -154,3 +154,36 @@ def test_a_failed_store_that_comes_back_as_master_is_reached_again() -> None:
         loop.close()
     assert ELECTION - 0.01 <= pause <= max(ELECTION, avoid.DOWN_HOLD) + CLIENT_LAG, pause
     assert time.monotonic() - started < 10  # virtual time: no real waiting
+
+
+def test_a_down_store_is_skipped_for_a_while_and_a_clueless_one_still_counts() -> None:
+    """``_master_addr`` skips a known master that is down (a map refresh from a lagging store
+    may have put it back) and a store that knew no master; the down one only for
+    ``DOWN_HOLD`` s, the clueless one only as the first to ask: its claims count at once."""
+    from phxq.client.types import ClusterMap
+
+    async def scenario() -> None:
+        client = phxq.Client(list(ADDRS.values()))
+        try:
+            cmap = ClusterMap(1, dict(ADDRS), {"t": 1}, {(1, 0): 1})
+            shun = avoid.Avoid()
+            shun.failed(ADDRS[1])
+            shun.knows_no_master(ADDRS[2])
+            assert client._master_addr(cmap, (1, 0), shun) == ADDRS[3]
+            assert ADDRS[1] in shun and ADDRS[2] not in shun  # a probe counts store 2's claim
+            await asyncio.sleep(avoid.DOWN_HOLD)
+            assert ADDRS[1] not in shun
+            assert client._master_addr(cmap, (1, 0), shun) == ADDRS[1]
+            shun.failed(ADDRS[3])
+            shun.failed(ADDRS[1])
+            # every store skipped: start over with the preferred one (the known master here)
+            assert client._master_addr(cmap, (1, 0), shun) == ADDRS[1]
+            assert ADDRS[3] not in shun and not shun.skips(ADDRS[2])
+        finally:
+            await client.close()
+
+    loop = VirtualLoop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
