@@ -20,6 +20,7 @@ every hook is one call returning at once: nothing is added to messages, no span 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -43,11 +44,19 @@ TRACESTATE = "tracestate"
 MAX_STORE_SPANS = 64  # distinct traceparents traced per enqueue request (a batch of many)
 _PROPAGATOR: Any = TraceContextTextMapPropagator() if _trace is not None else None
 _tracers: dict[int, Any] = {}
+_UNKNOWN = object()  # an API version without the module global: always ask the API
+# Read once: opentelemetry-instrument and deployments set it before the process starts.
+_NO_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
 
 
 def enabled() -> bool:
-    """True when the extra is installed and a tracer provider is set."""
+    """True when the extra is installed and a tracer provider is set (in code, or named by
+    ``OTEL_PYTHON_TRACER_PROVIDER`` in the environment the process started with)."""
     if _trace is None:
+        return False
+    if _NO_ENV_PROVIDER and getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN) is None:
+        # No provider set and none to load: off, without the environment lookup
+        # get_tracer_provider() makes on every call (it runs for every enqueue).
         return False
     provider = _trace.get_tracer_provider()
     return not isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider))

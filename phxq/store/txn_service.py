@@ -261,6 +261,7 @@ class TxnSweeper:
         self._work = TaskScope("transaction sweeper", log)
         self._log = LogLimiter()
         self._check = CheckBack(node.cluster)
+        self._open_reported = -1
 
     async def run(self) -> None:
         """Until cancelled (then the work in flight is cancelled too, before the check-back
@@ -312,7 +313,9 @@ class TxnSweeper:
                     and now >= self._next_check.get(txn, (0.0, 0.0))[0]
                 ):
                     self._spawn(key, self._overdue(replica, txn, now))
-        metrics.TXN_OPEN.set(total)
+        if total != self._open_reported:  # a gauge set only on change (five times a second)
+            self._open_reported = total
+            metrics.TXN_OPEN.set(total)
 
     async def _overdue(self, replica: GroupReplica[StoreState], txn: str, now: float) -> None:
         record = replica.state.txns.open.get(txn)
