@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="phxq-backlog-", dir=args.dir) as tmp:
         base = Path(tmp)
         env = benchmark.environment(base)
-        options = f'dedup_window = "{args.dedup_window}"'
+        options = f"dedup_window = {harness.toml_duration(args.dedup_window)}"
         with harness.store_cluster(
             base,
             groups=args.groups,
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["data_dir_bytes"] = harness.dir_bytes(base)
             result["store_rss_bytes"] = harness.rss_bytes(cluster)
             env["load_avg"] = benchmark.environment()["load_avg"]  # just before the measured part
-            cold = harness.drop_caches()
+            cold = harness.drop_caches(keep=args.keep_cache)
             result["page_cache"] = cold or "dropped (sync; echo 3 > /proc/sys/vm/drop_caches)"
             print(f"page cache: {result['page_cache']}; consuming ...", flush=True)
             result["cold"] = asyncio.run(
@@ -215,6 +215,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-seconds", type=float, default=None, help="consume this long (120)")
     ap.add_argument("--drain", action="store_true", help="consume until all arrived")
     ap.add_argument("--interval", type=float, default=None, help="rate buckets s (10)")
+    ap.add_argument("--keep-cache", action="store_true", help="do not drop the page cache")
     ap.add_argument("--warm", action="store_true", help="then a second group, cache warm")
     ap.add_argument("--segment", default=None, help="PLog segment size (64MiB)")
     ap.add_argument("--out", type=Path, default=harness.RESULTS)

@@ -1,8 +1,8 @@
 """Cost curves: phxq msgs/s and latency against groups, message size and outstanding requests.
 
-    .venv/bin/python -m bench.curves                  # sweeps around the baseline, ~2 minutes
-    .venv/bin/python -m bench.curves --peer nats      # and NATS JetStream on the same points, ~3 min
-    .venv/bin/python -m bench.curves --full           # the whole cross product (~10 min, +NATS ~13)
+    .venv/bin/python -m bench.curves                  # sweeps around the baseline, ~1.5 min
+    .venv/bin/python -m bench.curves --peer nats      # and NATS JetStream beside, ~3 min
+    .venv/bin/python -m bench.curves --full           # the whole cross product, ~7 min (+NATS ~9)
     .venv/bin/python -m bench.curves --quick          # a few seconds (smoke)
 
 Sweeps around a baseline (``--base``: 16 groups, 100 B, 64 outstanding): groups over
@@ -13,8 +13,9 @@ count; ``--full`` runs every combination instead. Each point is ``phxq.benchmark
 ``--warmup``; one fresh 3-store cluster (fdatasync on, 127.0.0.1, production 64 MiB PLog
 segments) per group count. With ``--peer nats`` the same (size, outstanding) points run on a
 3-node JetStream cluster (``sync_interval: always``, one R3 stream) up at the same time as the
-baseline phxq cluster, cases alternating; the group sweep has no NATS counterpart (one stream is
-one Raft group, so NATS figures sit beside phxq's 1-group row only in spirit).
+baseline phxq cluster, cases alternating; and for the group sweep, after each group count's
+phxq points, a fresh JetStream cluster with that many R3 streams (a stream is one Raft group;
+the 64 subjects spread over them) runs the baseline point: NATS's own cost of groups.
 
 Output: ``bench/results/curves-<commit>-<time>.{json,md}``: a table per sweep (msgs/s, p50,
 p99, p99.9, store CPU per message, NATS beside), and every run in ``bench.compare``'s format.
@@ -110,6 +111,7 @@ class Runner:
         self._record(result, groups=point.groups, batching=True)
 
     async def nats(self, peer: Any, size: int, outstanding: int) -> None:
+        """One NATS point; ``peer.streams`` R3 streams share the 64 subjects."""
         from bench.nats_peer import nats_sender
 
         a = self.args
@@ -124,7 +126,7 @@ class Runner:
                 cpu=meter,
                 system="nats",
             )
-        self._record(result, groups=1, stream_replicas=3)
+        self._record(result, groups=peer.streams, streams=peer.streams, stream_replicas=3)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -172,6 +174,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for size, outstanding in left:
                     assert peer is not None
                     run_loop(runner.nats(peer, size, outstanding))
+                stack.close()  # phxq and the 1-stream peer stop: nothing else runs beside the next
+                if skip is None and groups > 1 and groups in args.groups:
+                    # The group sweep's NATS counterpart: as many R3 streams as phxq groups.
+                    from bench.nats_peer import NatsCluster
+
+                    with NatsCluster(base / f"nats-s{groups}", streams=groups) as many:
+                        run_loop(many.wait_ready(120))
+                        run_loop(runner.nats(many, args.base[1], args.base[2]))
     env["load_avg_after"] = benchmark.environment()["load_avg"]
     return {
         "environment": env,
@@ -211,7 +221,13 @@ def sweep_tables(report: dict[str, Any]) -> list[str]:
     nats = {
         (r["params"]["size"], r["params"]["outstanding"]): r
         for r in report["runs"]
+        if r["system"] == "nats" and r["params"].get("streams", 1) == 1
+    }
+    nats_streams = {
+        r["params"].get("streams", 1): r
+        for r in report["runs"]
         if r["system"] == "nats"
+        and (r["params"]["size"], r["params"]["outstanding"]) == (base[1], base[2])
     }
     fixed = {
         "groups": f"{base[1]} B, {base[2]} outstanding",
@@ -225,6 +241,14 @@ def sweep_tables(report: dict[str, Any]) -> list[str]:
         lines += [
             f"### msgs/s and latency against {name} ({fixed[name]})",
             "",
+            *(
+                [
+                    "NATS here: as many R3 streams as phxq has groups (subjects spread over them).",
+                    "",
+                ]
+                if name == "groups" and nats_streams
+                else []
+            ),
             f"| {name} | phxq msgs/s | p50 ms | p99 ms | p99.9 ms | store CPU us/msg | "
             "NATS msgs/s | NATS p99 ms | phxq/NATS msgs/s |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -232,7 +256,7 @@ def sweep_tables(report: dict[str, Any]) -> list[str]:
         for p in points:
             r = phxq[p]
             lat = r["latency_ms"]
-            n = None if name == "groups" else nats.get(p.peer_key)
+            n = nats_streams.get(p.groups) if name == "groups" else nats.get(p.peer_key)
             value = {"groups": p.groups, "size": p.size, "outstanding": p.outstanding}[name]
             cells = [
                 str(value),
@@ -267,8 +291,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"from the call to the ack. Peer: {report['peer']['status']}"
         + (
             " (3 JetStream servers, `sync_interval: always`, one R3 stream, same loop, cases "
-            "alternating with phxq's on the baseline cluster; no group sweep: one stream is one "
-            "Raft group)."
+            "alternating with phxq's on the baseline cluster; in the group sweep, a fresh NATS "
+            "cluster per group count with that many R3 streams, each a Raft group)."
             if report["peer"]["status"] == "ran"
             else "."
         ),

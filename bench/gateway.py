@@ -10,8 +10,16 @@ systems are driven by the same workload loops (``phxq.benchmark.run_latency`` /
 ``run_throughput``) with the same payloads and keys, alternating native and gateway cases:
 
 - native: ``phxq.Client.enqueue(topic, payload, key=...)`` (adaptive batching on);
-- gateway: ``POST /v1/topics/bench/messages`` with the raw payload and ``Phxq-Key`` over one
-  aiohttp session whose keep-alive connections (one per outstanding request) are reused.
+- gateway: ``POST /v1/topics/bench/messages`` with the raw payload and ``Phxq-Key`` over
+  keep-alive connections (one per outstanding request), reused. The load generator is
+  ``bench.http_raw`` (a lean HTTP/1.1 client) unless ``--http-client aiohttp``: on a 2-core
+  machine the generator shares the CPU with the gateway and the stores, and aiohttp's client
+  costs about as much CPU per request as the gateway itself, which real callers (curl, other
+  languages, other machines) do not add to the gateway's machine.
+
+The CPU of every process is read from /proc around each window; the summary gives the
+gateway's CPU per message, the load-independent figure of its cost (the stores' per message
+shows how well concurrent HTTP enqueues were batched), besides the msgs/s ratios.
 
 Output: ``<out>/gateway-<commit>-<time>.json`` and ``.md`` (the runs as a markdown table, then
 gateway/native ratios of sequential p50 and of msgs/s per outstanding level; the issue's target
@@ -31,6 +39,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.http_raw import RawPool
 from phxq import benchmark
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
@@ -50,6 +59,19 @@ def gateway_sender(http: aiohttp.ClientSession, url: str, topic: str) -> benchma
             if resp.status != 200:
                 raise RuntimeError(f"gateway answered {resp.status}: {body[:200]!r}")
             return body
+
+    return send
+
+
+def raw_sender(pool: RawPool, topic: str) -> benchmark.Send:
+    """The same request as :func:`gateway_sender`, through :class:`bench.http_raw.RawPool`."""
+    path = f"/v1/topics/{topic}/messages"
+
+    async def send(payload: bytes, key: str) -> object:
+        status, body = await pool.request(b"POST", path, payload, {"Phxq-Key": key})
+        if status != 200:
+            raise RuntimeError(f"gateway answered {status}: {body[:200]!r}")
+        return body
 
     return send
 
@@ -94,9 +116,12 @@ async def measure(cluster: ProcessCluster, args: argparse.Namespace) -> list[dic
         Client(cluster.store_addresses) as client,
         aiohttp.ClientSession(connector=connector) as http,
     ):
+        raw = RawPool(url) if args.http_client == "raw" and url.startswith("http:") else None
         senders = {
             "phxq": benchmark.phxq_sender(client, args.topic),
-            "gateway": gateway_sender(http, url, args.topic),
+            "gateway": (
+                raw_sender(raw, args.topic) if raw else gateway_sender(http, url, args.topic)
+            ),
         }
         for system, send in senders.items():
             result = await benchmark.run_latency(
@@ -117,8 +142,11 @@ async def measure(cluster: ProcessCluster, args: argparse.Namespace) -> list[dic
                 )
                 runs.append(result.to_json())
                 print(result.line(), file=sys.stderr)
+        if raw is not None:
+            raw.close()
     for run in runs:
         run["params"]["groups"] = args.groups
+        run["params"]["http_client"] = args.http_client
     return runs
 
 
@@ -136,7 +164,23 @@ def ratios(runs: list[dict[str, Any]]) -> list[str]:
         else:
             ratio = run["msgs_per_s"] / max(native["msgs_per_s"], 1e-9)
             lines.append(f"{outstanding} outstanding msgs/s: gateway/native = {ratio:.2f}")
+        lines.append(f"{name} {outstanding or 1} outstanding: {cpu_per_message(run, native)}")
     return lines
+
+
+def cpu_per_message(run: dict[str, Any], native: dict[str, Any]) -> str:
+    """CPU microseconds per message: the gateway's, and the stores' through the gateway
+    against the native client's run (load-independent figures; the ratios are not)."""
+
+    def per(r: dict[str, Any], prefix: str) -> float:
+        cpu = sum(v for k, v in r.get("cpu_s", {}).items() if k.startswith(prefix))
+        return cpu / max(r["messages"], 1) * 1e6
+
+    return (
+        f"gateway CPU {per(run, 'gateway'):.0f} us/msg; stores {per(run, 'store'):.0f} us/msg "
+        f"(native {per(native, 'store'):.0f}); load generator {per(run, 'client'):.0f} us/msg "
+        f"(native client {per(native, 'client'):.0f})"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,6 +196,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated concurrent request levels (default 64)",
     )
     parser.add_argument("--size", type=int, default=100, help="payload bytes")
+    parser.add_argument(
+        "--http-client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="the gateway's load generator (default raw: bench/http_raw.py, see above)",
+    )
     parser.add_argument("--topic", default=TOPIC, help=argparse.SUPPRESS)  # tests: their topic
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--dir", type=Path, default=None, help="where the cluster's data goes")

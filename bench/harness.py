@@ -79,6 +79,14 @@ def store_cluster(
         cluster.stop()
 
 
+def toml_duration(text: str) -> str:
+    """A duration for the config: a bare number of seconds stays a number, "10s" a string."""
+    try:
+        return str(float(text))
+    except ValueError:
+        return f'"{text}"'
+
+
 def store_pids(cluster: ProcessCluster) -> dict[str, int]:
     return {
         f"store{node}": proc.popen.pid
@@ -104,9 +112,12 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
 
 
-def drop_caches() -> str | None:
-    """``sync; echo 3 > /proc/sys/vm/drop_caches``: None when done, else why not (not root,
-    no procfs): a run then says its backlog was *not* cold."""
+def drop_caches(keep: bool = False) -> str | None:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches``: None when done, else why not (``keep``:
+    asked not to, e.g. a smoke test on a shared machine; not root; no procfs): a run then
+    says its data was *not* cold."""
+    if keep:
+        return "page cache kept (--keep-cache): NOT cold"
     os.sync()
     try:
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -124,12 +135,14 @@ async def fill(
     batch: int = 4096,
     calls: int = 4,
     keys: int = 1024,
+    delay: float | None = None,
     progress_every: float = 10.0,
 ) -> dict[str, Any]:
     """Enqueue ``count`` messages of ``size`` bytes through the real client: ``calls``
     concurrent ``enqueue_many`` calls of ``batch`` messages each (about 4 MiB a call at most,
     keys spread over ``keys`` so every queue gets its share); each acked only when chosen
-    (fdatasynced on a majority), exactly like any producer's. Returns the time it took."""
+    (fdatasynced on a majority), exactly like any producer's; with ``delay``, scheduled that
+    many seconds ahead. Returns the time it took."""
     batch = max(1, min(batch, (4 << 20) // max(1, size)))
     payload = os.urandom(size)
     sent = 0
@@ -144,7 +157,7 @@ async def fill(
             sent += take
             msgs = [(payload, f"k{(i + j) % keys}") for j in range(take)]
             i += take
-            await client.enqueue_many(topic, msgs)
+            await client.enqueue_many(topic, msgs, delay=delay)
             now = time.perf_counter()
             if now - last_note >= progress_every:
                 last_note = now

@@ -12,7 +12,7 @@ client always sends a dedup id too.
 Public API::
 
     find_nats_server() -> str | None
-    NatsCluster(base_dir, nodes=3)       # context manager: start(), wait_ready(), stop(), .pids
+    NatsCluster(base_dir, nodes=3, streams=1)  # context manager: start(), wait_ready(), stop()
     nats_sender(servers, queues=64)      # async context manager yielding a benchmark Send
     run_nats_windowed(servers, outstanding=64, ...) -> Result   # the peer at its best
 
@@ -66,7 +66,9 @@ def nats_py_available() -> bool:
 class NatsCluster:
     """``nodes`` JetStream servers clustered on 127.0.0.1 with data under ``base_dir``."""
 
-    def __init__(self, base_dir: Path, nodes: int = 3, binary: str | None = None) -> None:
+    def __init__(
+        self, base_dir: Path, nodes: int = 3, binary: str | None = None, streams: int = 1
+    ) -> None:
         found = binary or find_nats_server()
         if found is None:
             raise FileNotFoundError(
@@ -76,6 +78,10 @@ class NatsCluster:
         self.binary = found
         self.base_dir = base_dir
         self.nodes = nodes
+        # streams > 1: that many R3 streams (Raft groups) sharing the subjects bench.q0..q63
+        # (bench.q<n> goes to stream n % streams), JetStream's way to spread one workload
+        # over groups as phxq spreads queues over Paxos groups.
+        self.streams = streams
         ports = free_ports(3 * nodes)
         self.client_ports = ports[:nodes]
         self.route_ports = ports[nodes : 2 * nodes]
@@ -172,26 +178,30 @@ class NatsCluster:
             settled = False
             try:
                 js = nc.jetstream(timeout=2)
-                try:
-                    info = await js.stream_info(STREAM)
-                except Exception:  # absent or no meta leader yet: (re)try creating it
-                    info = await js.add_stream(
-                        StreamConfig(
-                            name=STREAM,
-                            subjects=["bench.>"],
-                            storage=StorageType.FILE,
-                            num_replicas=self.nodes,
+                unsettled = []
+                for name, subjects in self.stream_subjects().items():
+                    try:
+                        info = await js.stream_info(name)
+                    except Exception:  # absent or no meta leader yet: (re)try creating it
+                        info = await js.add_stream(
+                            StreamConfig(
+                                name=name,
+                                subjects=subjects,
+                                storage=StorageType.FILE,
+                                num_replicas=self.nodes,
+                            )
                         )
-                    )
-                cl = info.cluster
-                replicas = (cl.replicas or []) if cl else []
-                settled = bool(
-                    cl is not None
-                    and cl.leader
-                    and len(replicas) == self.nodes - 1
-                    and all(r.current for r in replicas)
-                )
-                last = f"stream cluster not settled: {cl}"
+                    cl = info.cluster
+                    replicas = (cl.replicas or []) if cl else []
+                    if not (
+                        cl is not None
+                        and cl.leader
+                        and len(replicas) == self.nodes - 1
+                        and all(r.current for r in replicas)
+                    ):
+                        unsettled.append(f"{name}: {cl}")
+                settled = not unsettled
+                last = f"stream clusters not settled: {unsettled[:3]}"
             except Exception as exc:  # JetStream still electing: keep polling until the deadline
                 last = exc
             finally:
@@ -203,6 +213,16 @@ class NatsCluster:
                 return
             await asyncio.sleep(0.2)
         raise TimeoutError(f"NATS JetStream not ready after {timeout}s: {last!r}\n{self.logs()}")
+
+    def stream_subjects(self) -> dict[str, list[str]]:
+        """Stream name -> its subjects: one stream ``BENCH`` on ``bench.>``, or ``BENCH<i>``
+        on the ``bench.q<n>`` (n < 64) with ``n % streams == i``."""
+        if self.streams == 1:
+            return {STREAM: ["bench.>"]}
+        return {
+            f"{STREAM}{i}": [f"bench.q{n}" for n in range(64) if n % self.streams == i]
+            for i in range(self.streams)
+        }
 
     def jetstream_config(self) -> list[dict[str, Any]]:
         """Each server's JetStream config as it reports it (``/varz``): proves ``sync_always``."""

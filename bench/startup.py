@@ -83,11 +83,13 @@ def stop_store(cluster: ProcessCluster, node: int) -> None:
     proc.popen.wait(60)
 
 
-async def one_store(cluster: ProcessCluster, node: int, cold: bool) -> dict[str, Any]:
+async def one_store(
+    cluster: ProcessCluster, node: int, cold: bool, keep: bool = False
+) -> dict[str, Any]:
     """Restart store ``node`` alone (the others serve): until it answers, until caught up."""
     target = await chosen_ends(cluster, 2)  # what the others have chosen: nothing new arrives
     stop_store(cluster, node)
-    cache = harness.drop_caches() if cold else "warm (not dropped)"
+    cache = harness.drop_caches(keep) if cold else "warm (not dropped)"
     t0 = time.perf_counter()
     cluster.start_node("store", str(node))
     deadline = t0 + 1800
@@ -106,10 +108,10 @@ async def one_store(cluster: ProcessCluster, node: int, cold: bool) -> dict[str,
     }
 
 
-async def whole_cluster(cluster: ProcessCluster) -> dict[str, Any]:
+async def whole_cluster(cluster: ProcessCluster, keep: bool = False) -> dict[str, Any]:
     """Stop every store, drop the cache, start all: until each answers, masters, an enqueue."""
     cluster.stop()
-    cache = harness.drop_caches()
+    cache = harness.drop_caches(keep)
     t0 = time.perf_counter()
     cluster.start()
     deadline = t0 + 1800
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             groups=args.groups,
             topics={TOPIC: QUEUES},
             segment_bytes=args.segment,
-            cluster_options=f'dedup_window = "{args.dedup_window}"',
+            cluster_options=f"dedup_window = {harness.toml_duration(args.dedup_window)}",
             max_message_bytes=max(1 << 20, args.size),
         ) as cluster:
             written = 0
@@ -166,11 +168,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "data_dir_bytes": harness.dir_bytes(base),
                     "load_avg_before": benchmark.environment()["load_avg"],
                 }
-                step["one_store_cold"] = asyncio.run(one_store(cluster, 1, cold=True))
+                step["one_store_cold"] = asyncio.run(one_store(cluster, 1, True, args.keep_cache))
                 print(f"  one store, cold: {step['one_store_cold']}", flush=True)
                 step["one_store_warm"] = asyncio.run(one_store(cluster, 1, cold=False))
                 print(f"  one store, warm: {step['one_store_warm']}", flush=True)
-                step["cluster_cold"] = asyncio.run(whole_cluster(cluster))
+                step["cluster_cold"] = asyncio.run(whole_cluster(cluster, args.keep_cache))
                 print(f"  whole cluster, cold: {step['cluster_cold']}", flush=True)
                 steps.append(step)
     env["load_avg_after"] = benchmark.environment()["load_avg"]
@@ -250,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--groups", type=int, default=16, help="Paxos groups")
     ap.add_argument("--dedup-window", default="10s", help="the cluster's dedup_window")
     ap.add_argument("--segment", default=None, help="PLog segment size (64MiB)")
+    ap.add_argument("--keep-cache", action="store_true", help="do not drop the page cache")
     ap.add_argument("--out", type=Path, default=harness.RESULTS)
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = ap.parse_args(argv)

@@ -14,6 +14,7 @@ returns. The CLI only parses arguments, calls one of these and prints the result
     await txn_list(cfg) -> list[dict]              # open transactions: group, home, age, ...
     await txn_resolve(cfg, txn, commit) -> dict    # an operator's decision (first one wins)
     await topic_create|topic_alter|topic_list|topic_describe(cfg, ...)  # phxq.topics: online
+    await queue_move(cfg, topic, queue, to_set, wait=True) / queue_move_cancel(...)  # phxq.moves
     await group_create(cfg, name, topic=, handler=, ...);  await group_list(cfg)  # phxq.groupadmin
 
 Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
@@ -24,6 +25,8 @@ tools that already hold a client use :mod:`phxq.consumer.admin`, which these wra
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +35,9 @@ from phxq.client import Client
 from phxq.config import ClusterConfig
 from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
-from phxq.errors import BadArgument, PhxqError
-from phxq.groupadmin import group_create, group_list
+from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable
+from phxq.groupadmin import group_create, group_list, with_map_groups
+from phxq.moves import queue_move, queue_move_cancel
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
 from phxq.store.reconcile import reconcile as _reconcile
@@ -49,6 +53,8 @@ __all__ = [
     "lag",
     "parse_since",
     "pause",
+    "queue_move",
+    "queue_move_cancel",
     "reconcile",
     "replay",
     "resume",
@@ -63,6 +69,7 @@ __all__ = [
 ]
 
 STATUS_TIMEOUT = 2.0
+SETTLE_TIMEOUT = 10.0  # seconds admin txn resolve looks for the home group's master
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,17 @@ class ClusterStatus:
             "stores": {str(node): st for node, st in self.stores.items()},
             "sets": {str(node): number for node, number in self.sets.items()},
             "ownership": self.consumers,
+            "moves": self.moves(),
         }
+
+    def moves(self) -> list[dict[str, Any]]:
+        """The queue moves in progress, as the store with the newest cluster map reports them
+        (``id, topic, queue, from, to, started_at``)."""
+        answers = [st for st in self.stores.values() if "error" not in st]
+        if not answers:
+            return []
+        newest = max(answers, key=lambda st: st.get("map_version", 0))
+        return list(newest.get("moves", []))
 
     def masters(self) -> list[tuple[int, int, int | None, dict[int, int | None]]]:
         """Per store set and Paxos group: ``(set, group, master, chosen)``, the master as the
@@ -114,13 +131,14 @@ async def status(cfg: ClusterConfig) -> ClusterStatus:
             except PhxqError as exc:
                 stores[s.id] = {"error": f"{type(exc).__name__}: {exc.message}"}
     lags = [row for st in stores.values() for row in st.get("consumers", [])]
-    consumers = await consumer_admin.consumer_status(cfg)
+    consumers = await consumer_admin.consumer_status(await with_map_groups(cfg))
     sets = {s.id: s.set for s in cfg.stores}
     return ClusterStatus(stores, consumers, cfg.cluster.groups, lags, sets)
 
 
 async def lag(cfg: ClusterConfig, *, group: str | None = None) -> list[LagRow]:
     """Cursor, last offset and lag of every queue of ``group`` (default: every consumer group)."""
+    cfg = await with_map_groups(cfg)  # here and below: groups created online too
     async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.lag(cfg, client, group=group)
 
@@ -135,6 +153,7 @@ async def replay(
 ) -> dict[int, int | None]:
     """Deliver ``group``'s messages again from a time (epoch seconds) or an offset (one queue),
     once, whoever owns the queues; returns the new cursor per queue."""
+    cfg = await with_map_groups(cfg)
     async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
         return await consumer_admin.replay(
             cfg, client, group, since=since, offset=offset, queues=queues
@@ -152,6 +171,7 @@ async def set_limit(
     """Change ``group``'s rate limit at runtime (``None``: unlimited; ``KEEP``: unchanged;
     ``reset``: the config's); returns the limit now in force. Consumers apply it within a
     second."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         return await consumer_admin.set_limit(
             locks, cfg, group, messages=messages, bytes_per_s=bytes_per_s, reset=reset
@@ -160,12 +180,14 @@ async def set_limit(
 
 async def pause(cfg: ClusterConfig, group: str) -> None:
     """Stop delivering ``group``'s messages (in-flight ones finish) until :func:`resume`."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         await consumer_admin.pause(locks, cfg, group)
 
 
 async def resume(cfg: ClusterConfig, group: str) -> None:
     """Undo :func:`pause`; also retries queues stopped by ``on_failure = "block"``."""
+    cfg = await with_map_groups(cfg)
     async with consumer_admin.open_locks(cfg) as locks:
         await consumer_admin.resume(locks, cfg, group)
 
@@ -180,6 +202,7 @@ async def reconcile(
 ) -> Report:
     """Per queue and window: messages stored vs consumed per consumer group, and whether the
     replicas' chain checksums agree; ``report.mismatches`` lists what does not."""
+    cfg = await with_map_groups(cfg)
     if group is not None:
         cfg.consumer_group(group)  # ConfigError names it if unknown
     return await _reconcile(cfg, topic, consumer_group=group, since=since, until=until)
@@ -197,7 +220,8 @@ async def txn_list(cfg: ClusterConfig) -> list[dict[str, Any]]:
                 rows.extend(await pool.call(s.addr, "txn_list", {}, timeout=STATUS_TIMEOUT))
             except PhxqError:
                 continue
-    seen = {(r["txn"], r["group"]): r for r in rows}  # a master change may list one twice
+    # A master change may list one twice (group numbers repeat on each store set).
+    seen = {(r["txn"], r.get("set", 1), r["group"]): r for r in rows}
     return sorted(seen.values(), key=lambda r: (-r["age"], r["txn"], r["group"]))
 
 
@@ -206,11 +230,25 @@ async def txn_resolve(cfg: ClusterConfig, txn: str, *, commit: bool) -> dict[str
     was already written, that one stands and is returned). A commit is refused
     (``BadArgument``) unless every part of the transaction is prepared. ``BadArgument`` if no
     open transaction has this id."""
-    homes = {r["home"] for r in await txn_list(cfg) if r["txn"] == txn}
+    homes = {(r.get("home_set", 1), r["home"]) for r in await txn_list(cfg) if r["txn"] == txn}
     if not homes:
         raise BadArgument(f"no open transaction {txn!r}")
-    home = homes.pop()
-    async with Client([s.addr for s in cfg.stores], **client_options(cfg)) as client:
-        params = {"txn": txn, "group": home, "commit": commit}
-        result: dict[str, Any] = await client._call_master("", home, "txn_settle", params)
-    return result
+    home_set, home = homes.pop()
+    # The home group's master on the home's store set (each set is its own Paxos cluster).
+    stores = [s.addr for s in cfg.set_stores(home_set)]
+    params = {"txn": txn, "group": home, "commit": commit}
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    addr = stores[home % len(stores)]
+    async with tool_pool(cfg) as pool:
+        while True:
+            try:
+                result: dict[str, Any] = await pool.call(
+                    addr, "txn_settle", params, timeout=STATUS_TIMEOUT
+                )
+                return result
+            except (NotMaster, Unavailable) as exc:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"home group {home} of set {home_set}: {exc}") from None
+                hint = exc.hint if isinstance(exc, NotMaster) else None
+                addr = hint if hint in stores else stores[(stores.index(addr) + 1) % len(stores)]
+                await asyncio.sleep(0.1)

@@ -107,6 +107,9 @@ class ProcessCluster:
     consumers: tuple[str, ...] = ()
     env: dict[str, str] | None = None  # extra environment variables for every daemon
     gateway: bool = False  # also run `phxq gateway` (at the config's [gateway] listen)
+    # A command each daemon runs under, by (role, node): e.g. ``["ip", "netns", "exec", ns]``
+    # (it must exec the daemon, so that its pid is the daemon's and signals reach it).
+    wrap: Callable[[str, str], list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.config: ClusterConfig = load_config(self.config_path)
@@ -170,6 +173,8 @@ class ProcessCluster:
         cmd = [sys.executable, "-m", "phxq", role, "--config", str(self.config_path), flag, node]
         if role == "gateway":
             cmd = cmd[:-2]  # stateless: no id
+        if self.wrap is not None:
+            cmd = [*self.wrap(role, node), *cmd]
         env = {**os.environ, **self.env} if self.env else None
         proc.popen = subprocess.Popen(
             cmd, stdout=proc.log, stderr=subprocess.STDOUT, start_new_session=True, env=env

@@ -17,6 +17,7 @@ on the client (see :func:`from_wire`).
     │   └── TransactionAborted the transaction was rolled back (or finished) instead
     ├── NotMaster(hint)        retry at ``hint``; the client follows it automatically
     ├── StaleMap(version)      routed with an old cluster map; the client refreshes it
+    │   └── QueueMoved(set)    the queue was sealed here by a queue move; it lives on ``set``
     ├── Unavailable            no majority / timed out; retry is safe with the same dedup id
     ├── StaleToken             a fencing token older than the current owner's
     ├── LockHeld(holder)       the lock is held by someone else (lock service)
@@ -128,6 +129,14 @@ class StaleMap(PhxqError):
     def version(self) -> int | None:
         version = self.data.get("version")
         return version if isinstance(version, int) else None
+
+
+class QueueMoved(StaleMap):
+    """The queue was sealed on this store set by ``phxq admin queue move``: its messages up
+    to ``data['sealed']`` (an offset) stay readable here, new ones go to store set
+    ``data['set']``. The client refreshes its map and follows it by itself."""
+
+    code = "queue_moved"
 
 
 class Unavailable(PhxqError):

@@ -3,6 +3,7 @@ data (re-exported by :mod:`phxq.admin`)::
 
     await group_create(cfg, name, topic=, handler=, **settings) -> dict
     await group_list(cfg) -> list[dict]
+    await with_map_groups(cfg) -> ClusterConfig   # cfg plus the map's groups and topics
 
 ``settings`` are the other keys of a ``[[consumer_group]]`` table, with the same names, rules
 and defaults (``rate_limit``, ``max_attempts``, ``on_failure``, ``dead_letter``, ``ordering``,
@@ -12,9 +13,15 @@ it. The group is stored in the cluster map (compare-and-set, :mod:`phxq.mapstore
 the config first); running consumer daemons follow the map and start serving it without a
 restart, and the stores keep its unconsumed messages past retention checks like a configured
 group's. Rows: the group's table (``name, topic, handler, max_attempts, ...``; unset keys left
-out) and ``map_version``. Errors: ``ConfigError`` (a bad setting, named like the TOML key),
-``BadArgument`` (the group exists; no such dead-letter topic), ``UnknownTopic``,
-``Unavailable`` (no lock service), ``Forbidden`` (needs ``admin``).
+out) and ``map_version``.
+
+``with_map_groups`` is how ``phxq admin lag|replay|limit|pause|resume|status|reconcile`` know
+groups created online: the config with the groups and topics the map adds (the config's own
+win); the config as it is without ``[[lock]]`` nodes, a map, or an answer.
+
+Errors: ``ConfigError`` (a bad setting, named like the TOML key), ``BadArgument`` (the group
+exists; no such dead-letter topic), ``UnknownTopic``, ``Unavailable`` (no lock service),
+``Forbidden`` (needs ``admin``).
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from typing import Any
 
 from phxq import mapstore
 from phxq.config import DLQ_SUFFIX, ClusterConfig, ConsumerGroupConfig
+from phxq.errors import PhxqError
 from phxq.groupspecs import group_from_table, group_to_wire
 from phxq.topics import _confirm, _locks
 from phxq.topology import Topology
 
-__all__ = ["group_create", "group_list"]
+__all__ = ["group_create", "group_list", "with_map_groups"]
 
 
 def _row(topo: Topology, name: str) -> dict[str, Any]:
@@ -63,3 +71,27 @@ async def group_list(cfg: ClusterConfig) -> list[dict[str, Any]]:
     async with _locks(cfg) as locks:
         topo = await mapstore.seed(locks, cfg)
     return [_row(topo, name) for name in sorted(topo.groups)]
+
+
+async def with_map_groups(cfg: ClusterConfig) -> ClusterConfig:
+    """``cfg`` with the consumer groups (and topics) the cluster map adds (see the module
+    docstring)."""
+    if not cfg.locks:
+        return cfg
+    try:
+        async with _locks(cfg) as locks:
+            topo, _ = await mapstore.load(locks)
+    except PhxqError:
+        return cfg  # the map's home is down: the config's groups still work as they are
+    if topo is None:
+        return cfg
+    groups = {g.name for g in cfg.consumer_groups}
+    topics = {t.name for t in cfg.topics}
+    return replace(
+        cfg,
+        topics=(*cfg.topics, *(t for n, t in topo.topics.items() if n not in topics)),
+        consumer_groups=(
+            *cfg.consumer_groups,
+            *(g for n, g in topo.groups.items() if n not in groups),
+        ),
+    )

@@ -24,6 +24,20 @@ groups were in it reads as having none.
 
 **Versions.** Every change makes a new value with ``version + 1``. The map derived from the
 config alone is version 0; the lock service's copy (:mod:`phxq.mapstore`) starts at 1.
+
+**Queue moves** (``phxq admin queue move``, :mod:`phxq.store.mover`). ``moves`` holds the
+moves in progress, one :class:`QueueMove` per queue at most (``with_move`` adds one,
+``without_move`` cancels it, ``moved`` completes it). ``history[topic][q]`` lists the sealed
+segments of a moved queue, oldest first: ``(set, sealed)`` means set ``set`` held every offset
+``<= sealed`` not held by an earlier segment; offsets above the last seal live on
+``placement[topic][q]``. ``set_for_offset`` routes a read or commit by offset; a queue moved
+back and forth (1 -> 2 -> 1) simply has more segments::
+
+    topo.with_move(topic, queue, to_set, move_id, now) / topo.without_move(topic, queue, id)
+    topo.moved(topic, queue, move_id, sealed) -> Topology   # placement flips, history grows
+    topo.move_of(topic, queue) -> QueueMove | None
+    topo.set_for_offset(topic, queue, offset | None) -> int  # None: the oldest segment
+    topo.segments(topic, queue) -> [(set, last offset or None)]
 """
 
 from __future__ import annotations
@@ -38,7 +52,9 @@ from phxq.config import ClusterConfig, ConsumerGroupConfig, TopicConfig
 from phxq.errors import BadArgument, ProtocolError, UnknownTopic
 from phxq.groupspecs import group_from_wire, group_to_wire
 
-__all__ = ["Topology", "deal", "least_loaded"]
+__all__ = ["QueueMove", "Topology", "deal", "least_loaded"]
+
+_EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
 _NO_GROUPS: Mapping[str, ConsumerGroupConfig] = MappingProxyType({})
 
@@ -74,6 +90,10 @@ class Topology:
     topics: Mapping[str, TopicConfig]
     placement: Mapping[str, tuple[int, ...]]  # topic -> the set of each queue
     groups: Mapping[str, ConsumerGroupConfig] = field(default_factory=lambda: _NO_GROUPS)
+    moves: Mapping[tuple[str, int], QueueMove] = field(default_factory=lambda: _EMPTY)
+    history: Mapping[str, Mapping[int, tuple[tuple[int, int], ...]]] = field(
+        default_factory=lambda: _EMPTY
+    )
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig) -> Topology:
@@ -180,6 +200,88 @@ class Topology:
             placement=MappingProxyType({**self.placement, **placement}),
         )
 
+    # ------------------------------------------------------------------------ queue moves
+
+    def move_of(self, topic: str, queue: int) -> QueueMove | None:
+        """The move of ``queue`` in progress, if any."""
+        return self.moves.get((topic, queue))
+
+    def segments(self, topic: str, queue: int) -> list[tuple[int, int | None]]:
+        """``(set, last offset)`` of each segment of the queue, oldest first; the last one is
+        the current set with ``None`` (open)."""
+        sealed = self.history.get(topic, _EMPTY).get(queue, ())
+        return [*sealed, (self.set_of(topic, queue), None)]
+
+    def set_for_offset(self, topic: str, queue: int, offset: int | None) -> int:
+        """The set holding the messages just after ``offset`` of the queue (a read's
+        ``after``, a commit's offset belongs to the set holding it: use ``offset - 1``)
+        (``None``: from the start, the oldest segment)."""
+        segments: tuple[tuple[int, int], ...] = self.history.get(topic, _EMPTY).get(queue, ())
+        for number, sealed in segments:
+            if offset is None or offset < sealed:
+                return number
+        return self.set_of(topic, queue)
+
+    def with_move(
+        self, topic: str, queue: int, to_set: int, move_id: str, started_at: float
+    ) -> Topology:
+        """A move of ``queue`` to set ``to_set`` recorded as pending (``BadArgument`` if the
+        queue is there already, the set does not exist or a move of it is in progress)."""
+        source = self.set_of(topic, queue)
+        if to_set not in self.sets:
+            raise BadArgument(
+                f"no store set {to_set} (sets: {', '.join(map(str, self.sets))})",
+                {"set": to_set},
+            )
+        current = self.moves.get((topic, queue))
+        if current is not None:
+            if current.id == move_id:
+                return self
+            raise BadArgument(
+                f"queue {queue} of topic {topic!r} is already moving to set {current.target} "
+                f"(move {current.id}; cancel it with --cancel)",
+                {"move": current.id},
+            )
+        if source == to_set:
+            raise BadArgument(f"queue {queue} of topic {topic!r} is on set {to_set} already")
+        move = QueueMove(move_id, topic, queue, source, to_set, float(started_at))
+        return replace(
+            self,
+            version=self.version + 1,
+            moves=MappingProxyType({**self.moves, (topic, queue): move}),
+        )
+
+    def without_move(self, topic: str, queue: int, move_id: str) -> Topology:
+        """The map without move ``move_id`` (cancelled); unchanged if it is not pending."""
+        current = self.moves.get((topic, queue))
+        if current is None or current.id != move_id:
+            return self
+        moves = {k: v for k, v in self.moves.items() if k != (topic, queue)}
+        return replace(self, version=self.version + 1, moves=MappingProxyType(moves))
+
+    def moved(self, topic: str, queue: int, move_id: str, sealed: int) -> Topology:
+        """Move ``move_id`` done: the source sealed the queue at offset ``sealed``, the target
+        adopted it. Placement flips, the sealed segment joins the history; unchanged if the
+        move is not pending (done already, or cancelled)."""
+        move = self.moves.get((topic, queue))
+        if move is None or move.id != move_id:
+            return self
+        old = self.history.get(topic, _EMPTY).get(queue, ())
+        if old and sealed <= old[-1][1]:
+            raise ProtocolError(f"seal offset {sealed} is not above the last one {old[-1][1]}")
+        queues = dict(self.history.get(topic, _EMPTY))
+        queues[queue] = (*old, (move.source, int(sealed)))
+        placed = list(self.placement[topic])
+        placed[queue] = move.target
+        moves = {k: v for k, v in self.moves.items() if k != (topic, queue)}
+        return replace(
+            self,
+            version=self.version + 1,
+            placement=MappingProxyType({**self.placement, topic: tuple(placed)}),
+            moves=MappingProxyType(moves),
+            history=MappingProxyType({**self.history, topic: MappingProxyType(queues)}),
+        )
+
     # ------------------------------------------------------------------------------ wire
 
     def to_wire(self) -> dict[str, Any]:
@@ -198,6 +300,11 @@ class Topology:
                 for name, t in self.topics.items()
             },
             "consumer_groups": {name: group_to_wire(g) for name, g in self.groups.items()},
+            "moves": [m.to_wire() for m in self.moves.values()],
+            "history": {
+                name: {str(q): [list(seg) for seg in segs] for q, segs in queues.items()}
+                for name, queues in self.history.items()
+            },
         }
 
     @classmethod
@@ -225,12 +332,75 @@ class Topology:
                 str(name): group_from_wire(g)
                 for name, g in (data.get("consumer_groups") or {}).items()
             }
+            sets = tuple(int(s) for s in data["sets"])
+            moves = {}
+            for raw in data.get("moves") or []:
+                move = QueueMove.from_wire(raw)
+                if move.topic not in topics or move.queue >= topics[move.topic].queues:
+                    raise ValueError(f"a move of an unknown queue: {move}")
+                if move.target not in sets or move.source == move.target:
+                    raise ValueError(f"a move to a bad set: {move}")
+                moves[(move.topic, move.queue)] = move
+            history: dict[str, Mapping[int, tuple[tuple[int, int], ...]]] = {}
+            for name, queues in (data.get("history") or {}).items():
+                if name not in topics:
+                    raise ValueError(f"history of an unknown topic {name!r}")
+                per_queue = {}
+                for q, segs in queues.items():
+                    segments = tuple((int(a), int(b)) for a, b in segs)
+                    lasts = [b for _, b in segments]
+                    if not 0 <= int(q) < topics[name].queues or lasts != sorted(set(lasts)):
+                        raise ValueError(f"bad segments of {name}/{q}: {segs!r}")
+                    per_queue[int(q)] = segments
+                history[str(name)] = MappingProxyType(per_queue)
             return cls(
                 int(data["version"]),
-                tuple(int(s) for s in data["sets"]),
+                sets,
                 MappingProxyType(topics),
                 MappingProxyType(placement),
                 MappingProxyType(groups),
+                MappingProxyType(moves),
+                MappingProxyType(history),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed cluster map: {exc!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMove:
+    """A move of ``queue`` of ``topic`` from set ``source`` to set ``target`` in progress."""
+
+    id: str
+    topic: str
+    queue: int
+    source: int
+    target: int
+    started_at: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "queue": self.queue,
+            "from": self.source,
+            "to": self.target,
+            "started_at": self.started_at,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> QueueMove:
+        """``ValueError`` (or ``KeyError``/``TypeError``) if ``raw`` is not one."""
+        move_id = raw["id"]
+        if not isinstance(move_id, str) or not move_id:
+            raise ValueError("a move id must be a non-empty string")
+        queue = raw["queue"]
+        if type(queue) is not int or queue < 0:
+            raise ValueError("a move's queue must be an int >= 0")
+        return cls(
+            move_id,
+            str(raw["topic"]),
+            queue,
+            int(raw["from"]),
+            int(raw["to"]),
+            float(raw["started_at"]),
+        )

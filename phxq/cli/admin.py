@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,15 @@ def status(config_path: Path | None, as_json: bool) -> None:
         for r in sorted(result.lags, key=lambda r: (r["group"], r["topic"], r["queue"])):
             click.echo(
                 f"{r['group']}  {r['topic']}  {r['queue']}  {_show(r['cursor'])}  {r['lag']}"
+            )
+    moves = result.moves()
+    if moves:
+        click.echo("queue moves in progress")
+        for m in moves:
+            age = time.time() - m["started_at"]
+            click.echo(
+                f"  {m['topic']}/{m['queue']}: set {m['from']} -> set {m['to']} "
+                f"(move {m['id']}, {age:.0f}s)"
             )
     if result.consumers is not None:
         for line in format_ownership(result.consumers):
@@ -361,9 +371,14 @@ def txn_list(config_path: Path | None, as_json: bool) -> None:
         click.echo("no open transactions")
         return
     click.echo("txn                               group  home  age      half  producer  decision")
+    # With several store sets, groups are shown as set/group (group numbers repeat per set).
+    sets = {r.get("set", 1) for r in rows} | {r.get("home_set", 1) for r in rows}
     for r in rows:
+        group, home = f"{r['group']}", f"{r['home']}"
+        if len(sets) > 1:
+            group, home = f"{r.get('set', 1)}/{group}", f"{r.get('home_set', 1)}/{home}"
         click.echo(
-            f"{r['txn']}  {r['group']:5d}  {r['home']:4d}  {r['age']:7.1f}s  "
+            f"{r['txn']}  {group:>5}  {home:>4}  {r['age']:7.1f}s  "
             f"{r['half_messages']:4d}  {_show(r['producer_group'])}  {_show(r['decision'])}"
         )
 

@@ -181,3 +181,52 @@ def describe(config_path: Path | None, name: str, as_json: bool) -> None:
 
     row = _run(ops.topic_describe(_load(config_path), name))
     _echo_json(row) if as_json else _print(row)
+
+
+@admin.group(cls=PhxqGroup)
+def queue() -> None:
+    """Move a queue to another store set, online (ordered, nothing lost)."""
+
+
+@queue.command()
+@config_option
+@auth_options
+@click.option("--topic", required=True)
+@click.option("--queue", "queue_", type=click.IntRange(0), required=True)
+@click.option("--to-set", type=click.IntRange(1), default=None, help="the store set to move to")
+@click.option("--cancel", is_flag=True, help="withdraw the move in progress (before its seal)")
+@click.option("--no-wait", is_flag=True, help="record the move and return at once")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds to wait")
+@json_option
+def move(
+    config_path: Path | None,
+    topic: str,
+    queue_: int,
+    to_set: int | None,
+    cancel: bool,
+    no_wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Move queue --queue of --topic to store set --to-set: the old set seals it at an offset,
+    the new one continues above it with the cursors and dedup ids (docs/operations.md)."""
+    from phxq import admin as ops
+
+    cfg = _load(config_path)
+    if cancel:
+        row = _run(ops.queue_move_cancel(cfg, topic, queue_))
+    else:
+        if to_set is None:
+            raise click.UsageError("give --to-set (or --cancel)")
+        row = _run(ops.queue_move(cfg, topic, queue_, to_set, wait=not no_wait, timeout=timeout))
+    if as_json:
+        _echo_json(row)
+        return
+    where = f"{row['topic']}/{row['queue']}"
+    if row["state"] == "done":
+        click.echo(
+            f"{where}: moved from set {row['from']} to set {row['to']} (sealed at offset "
+            f"{row['sealed']}, map version {row['map_version']})"
+        )
+    else:
+        click.echo(f"{where}: move {row['move']} to set {row['to']} is {row['state']}")

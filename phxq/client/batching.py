@@ -19,7 +19,7 @@ from typing import Any
 from phxq import trace
 from phxq.budget import Budget
 from phxq.client.types import Ack, Route
-from phxq.errors import PhxqError, Unavailable
+from phxq.errors import PhxqError, QueueMoved, Unavailable
 from phxq.tasks import TaskScope
 
 MAX_REQUEST_MESSAGES = 4096
@@ -120,7 +120,22 @@ class BatchingMixin:
         }
         try:
             budget = Budget.joint([p.budget for p in batch])
-            reply = await self._call_master(topic, batch[0].queue, "enqueue", params, budget=budget)
+            try:
+                reply = await self._call_master(
+                    topic,
+                    batch[0].queue,
+                    "enqueue",
+                    params,
+                    budget=budget,
+                    follow_moves=len(by_queue) == 1,
+                )
+            except QueueMoved:
+                # One of the queues moved to another store set (phxq admin queue move): send
+                # each queue on its own, each following its move (order per queue is kept).
+                await asyncio.gather(
+                    *(self._send_batch(topic, group, ps) for ps in by_queue.values())
+                )
+                return
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
                 for p, result in zip(ps, results, strict=True):
                     if not p.future.done():

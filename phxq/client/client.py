@@ -34,6 +34,7 @@ from typing import Any, final
 from phxq import otel, validate
 from phxq.budget import Budget, await_within, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
+from phxq.client.moves import MovesMixin
 from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
     MAX_SCHEDULE_SECONDS as MAX_SCHEDULE_SECONDS,
@@ -45,9 +46,7 @@ from phxq.client.streaming import StreamingMixin
 from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
 from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message, Route
-from phxq.errors import (
-    BadArgument,
-)
+from phxq.errors import BadArgument
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
 from phxq.tasks import TaskScope
@@ -56,7 +55,7 @@ log = logging.getLogger("phxq.client")
 
 
 @final
-class Client(RoutingMixin, BatchingMixin, StreamingMixin):
+class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
     """Async phxq client. Use as ``async with phxq.Client(addrs) as client:``; against a
     secured cluster ``phxq.Client(addrs, token=..., ca="certs/ca.pem")``.
 
@@ -325,9 +324,10 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             }
             if wait:
                 params["wait"] = wait
-            rows = await self._call_master(
-                topic, q, "dequeue", params, extra_time=wait, budget=budget
-            )
+            if cmap.moved(topic, q) and after is None and group is not None:
+                # A moved queue: the cursor is the newest of its sets' (see cursor()).
+                params["after"] = after = await self._cursor_of(group, topic, q, budget)
+            rows = await self._read(topic, q, params, wait, budget)
         return [Message(topic, q, int(o), bytes(p), k, dict(h), float(t)) for o, p, k, h, t in rows]
 
     async def commit(
@@ -354,7 +354,7 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             params = {"group": group, "topic": topic, "queue": q, "offset": offset, "token": token}
             if expect is not ...:
                 params["expect"] = expect
-            await self._call_master(topic, q, "commit", params, budget=budget)
+            await self._commit_at(topic, q, params, budget)
 
     async def cursor(
         self, group: str, topic: str, *, queue: int, timeout: float | None = None
@@ -367,9 +367,8 @@ class Client(RoutingMixin, BatchingMixin, StreamingMixin):
             cmap = await self._map_within(budget)
             cmap = await self._known(cmap, topic, queue)
             q = self._queue_of(cmap, topic, None, queue)
-            params = {"group": group, "topic": topic, "queue": q}
-            result = await self._call_master(topic, q, "cursor", params, budget=budget)
-        return None if result is None else int(result)
+            result = await self._cursor_of(group, topic, q, budget)
+        return result
 
     async def seek(
         self,

@@ -7,9 +7,21 @@
   ``NotMaster(hint)`` updates the master cache and re-sends at once; ``StaleMap`` (the request
   named an older map version than the store's, or the queue lives on another set) refetches the
   map, first from the store that refused, and re-sends; ``Unavailable`` is retried with
-  exponential backoff until ``retry_timeout``. Requests carry the map version (param ``map``).
+  exponential backoff (at most ``RETRY_BACKOFF_MAX``) until ``retry_timeout``. Requests carry
+  the map version (param ``map``).
+- Failover: after a failed attempt every store of the set is asked who is master (a store that
+  says it is itself master ends the asking at once, and is tried next without a pause); a hint
+  naming a store that just failed is not followed. An attempt unanswered after ``HEDGE_AFTER``
+  s (a paused or cut-off master: its sockets stay silent) asks the other stores every
+  ``HEDGE_EVERY`` s, and is given up as soon as one of them says it is master now, instead of
+  after ``request_timeout`` (the retry re-sends the same dedup ids: nothing is stored twice).
 - A topic or queue the map does not have refetches it once (at most every ``MAP_RECHECK`` s):
   topics are created and grown online.
+- A moved queue (``phxq admin queue move``): reads and commits name an offset and go to the
+  set holding it (``ClusterMap.set_for``, from the map's segment history; ``after=``);
+  ``QueueMoved`` from a sealed set (a ``StaleMap`` naming the new set) sends the next
+  attempts there at once, before the map says so. A multi-queue enqueue batch gets
+  ``QueueMoved`` raised (``follow_moves=False``) so the sender splits it per queue.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from phxq.errors import (
     Forbidden,
     NotMaster,
     PhxqError,
+    QueueMoved,
     StaleMap,
     Unauthenticated,
     Unavailable,
@@ -34,8 +47,12 @@ from phxq.errors import (
 )
 from phxq.net.rpc import RpcPool
 from phxq.routing import queue_for_key
+from phxq.tasks import TaskScope
 
 META_TIMEOUT = 0.5
+RETRY_BACKOFF_MAX = 0.1  # between attempts while no master is known (an election takes ~0.1 s)
+HEDGE_AFTER = 0.2  # an attempt unanswered this long: ask the other stores who is master now
+HEDGE_EVERY = 0.1
 MAP_RECHECK = 1.0  # an unknown topic or queue refetches the map at most this often
 
 
@@ -49,6 +66,7 @@ class RoutingMixin:
     _miss_refreshed: float
     _request_timeout: float
     _retry_timeout: float
+    _tasks: TaskScope
 
     async def cluster_map(
         self, *, refresh: bool = False, timeout: float | None = None
@@ -58,7 +76,11 @@ class RoutingMixin:
         each store gets at most ``META_TIMEOUT``); ``Unauthenticated`` / ``Forbidden`` at once."""
         return await self._map_within(Budget.start(timeout, self._retry_timeout), refresh)
 
-    async def _map_within(self, budget: Budget | None, refresh: bool = False) -> ClusterMap:
+    async def _map_within(
+        self, budget: Budget | None, refresh: bool = False, last_ask: set[str] | None = None
+    ) -> ClusterMap:
+        """The map (see :meth:`cluster_map`); the stores in ``last_ask`` (that just failed) are
+        asked after every other."""
         if self._map is not None and not refresh:
             return self._map
         async with self._map_lock:
@@ -66,7 +88,10 @@ class RoutingMixin:
                 return self._map
             last: PhxqError | None = None
             seeds = list(self._map.nodes.values()) if self._map else []
-            for addr in dict.fromkeys([*self._seeds, *seeds]):
+            addrs = list(dict.fromkeys([*self._seeds, *seeds]))
+            if last_ask:
+                addrs.sort(key=lambda a: a in last_ask)
+            for addr in addrs:
                 # Short: a paused (SIGSTOPped) seed must not hold up routing for long.
                 wait = META_TIMEOUT if budget is None else min(META_TIMEOUT, budget.remaining())
                 if wait <= 0:
@@ -156,6 +181,9 @@ class RoutingMixin:
         *,
         extra_time: float = 0.0,
         budget: Budget | None = None,
+        after: Any = ...,
+        follow_moves: bool = True,
+        to_set: int | None = None,
     ) -> Any:
         """Call ``method`` on the master of the group holding ``queue`` of ``topic`` (in the
         store set the cluster map places it on), following NotMaster and StaleMap (the map is
@@ -168,9 +196,15 @@ class RoutingMixin:
             budget = Budget.start(None, self._retry_timeout, extra_time)
         backoff = 0.02
         avoid: set[str] = set()
+        moved_to = to_set  # the set a QueueMoved named (the map may lag behind)
         while True:
             cmap = self._map if self._map is not None else await self._map_within(budget)
-            route = cmap.route(topic, queue)
+            if moved_to is not None:
+                route = (moved_to, queue % cmap.groups)
+            elif after is not ...:
+                route = (cmap.set_for(topic, queue, after), queue % cmap.groups)
+            else:
+                route = cmap.route(topic, queue)
             if cmap.version and isinstance(params, dict):
                 params["map"] = cmap.version  # a store with a newer map answers StaleMap
             addr = self._master_addr(cmap, route, avoid)
@@ -178,28 +212,48 @@ class RoutingMixin:
             if timeout <= 0:
                 raise self._no_master(cmap, route, budget)
             try:
-                reply = await self._pool.call(addr, method, params, timeout=timeout)
+                if extra_time:  # a long poll: silence is normal, no hedging
+                    reply = await self._pool.call(addr, method, params, timeout=timeout)
+                else:
+                    reply = await self._attempt(cmap, route, addr, method, params, timeout)
                 if route not in cmap.masters:
                     # Only the master answers: ask it first next time (else every call asked a
                     # node that knew no master first, e.g. a preferred node cut off from its peers).
                     self._learn_master(cmap, route, addr)
                 return reply
-            except StaleMap:
+            except QueueMoved as exc:
+                # Sealed here by a queue move: go to the set it names (it serves the queue as
+                # soon as it adopted it), and refresh the map for the calls after this one.
+                if not follow_moves or budget.remaining() < backoff:
+                    raise
+                target = exc.data.get("set")
+                moved_to = target if isinstance(target, int) and target != route[0] else None
+                await self._refresh_after_stale(cmap, addr)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+            except StaleMap as exc:
                 # The queue lives elsewhere in a newer map: fetch it and route again (from a
                 # store of another set if this one's map is older than ours).
                 if budget.remaining() < backoff:
                     raise
+                if exc.data.get("set") is not None:
+                    moved_to = None  # "not here": the map decides (only the version: stay)
                 await self._refresh_after_stale(cmap, addr)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
+            except _Moved:
+                budget.no_answer(addr, "silent while another store became master")
+                avoid.add(addr)
             except NotMaster as exc:
                 budget.answered(addr, f"not master, {_master_said(cmap, exc.hint)}")
-                self._learn_hint(cmap, route, exc)
-                if exc.hint is None:
-                    avoid.add(addr)
-                    await self._probe(cmap, route, budget, avoid)
-                    await asyncio.sleep(max(0.0, min(backoff, budget.remaining())))
-                    backoff = min(backoff * 2, 0.5)
+                if exc.hint is None or exc.hint in avoid:
+                    # Knows no master, or names one that just failed: ask every store.
+                    if exc.hint is None:
+                        avoid.add(addr)
+                    cmap.masters.pop(route, None)
+                    backoff = await self._regroup(cmap, route, budget, avoid, backoff)
+                else:
+                    self._learn_hint(cmap, route, exc)
             except Unavailable as exc:
                 if exc.data.get("addr") == addr:  # no answer (timeout, refused, lost)
                     budget.no_answer(addr, describe(exc))
@@ -209,28 +263,98 @@ class RoutingMixin:
                 cmap.masters.pop(route, None)
                 if budget.remaining() <= 0:
                     raise self._no_master(cmap, route, budget) from None
-                await self._probe(cmap, route, budget, avoid)
-                pause = min(backoff * (0.5 + random.random()), budget.remaining())
-                await asyncio.sleep(max(0.0, pause))
-                backoff = min(backoff * 2, 0.5)
-                # A dead master may have vanished from the map we hold; refresh lazily.
-                with contextlib.suppress(Unavailable):
-                    await self._map_within(budget, refresh=True)
+                backoff = await self._regroup(cmap, route, budget, avoid, backoff)
+                if route not in cmap.masters:
+                    # A dead master may have vanished from the map we hold; refresh lazily.
+                    with contextlib.suppress(Unavailable):
+                        await self._map_within(budget, refresh=True, last_ask=avoid)
             if budget.expired():
                 raise self._no_master(cmap, route, budget)
+
+    async def _regroup(
+        self, cmap: ClusterMap, route: Route, budget: Budget, avoid: set[str], backoff: float
+    ) -> float:
+        """After a failed attempt: ask every store who is master (:meth:`_probe`); unless one
+        said it is, pause ``backoff`` (jittered) first. Returns the next backoff."""
+        await self._probe(cmap, route, budget, avoid)
+        if route in cmap.masters:
+            return backoff
+        pause = min(backoff * (0.5 + random.random()), budget.remaining())
+        await asyncio.sleep(max(0.0, pause))
+        return min(backoff * 2, RETRY_BACKOFF_MAX)
+
+    async def _attempt(
+        self, cmap: ClusterMap, route: Route, addr: str, method: str, params: Any, timeout: float
+    ) -> Any:
+        """``method`` on ``addr``; ``_Moved`` when, while it is unanswered after
+        ``HEDGE_AFTER`` s, another store of the set says it is master now (asked every
+        ``HEDGE_EVERY`` s): a paused or cut-off master is left once the others elected a new
+        one, not after ``request_timeout``. Its answer, if it ever comes, is dropped: safe, as
+        the retry re-sends the same dedup ids. Costs one timer while answers come in time."""
+        loop = asyncio.get_running_loop()
+        watch: list[asyncio.Task[None]] = []
+        moved: list[int] = []
+        try:
+            async with asyncio.timeout(None) as scope:
+
+                def hedge() -> None:
+                    coro = self._watch(cmap, route, addr, scope, moved)
+                    watch.append(self._tasks.spawn(coro, name="phxq.Client failover watch"))
+
+                timer = loop.call_later(HEDGE_AFTER, hedge)
+                try:
+                    return await self._pool.call(addr, method, params, timeout=timeout)
+                finally:
+                    timer.cancel()
+                    for task in watch:
+                        task.cancel()
+        except TimeoutError:
+            if moved:
+                raise _Moved from None
+            raise
+
+    async def _watch(
+        self, cmap: ClusterMap, route: Route, addr: str, scope: asyncio.Timeout, moved: list[int]
+    ) -> None:
+        """Every ``HEDGE_EVERY`` s ask the stores of ``route``'s set but ``addr`` who is master;
+        once one says it is itself, make it the master and end ``scope`` (the attempt)."""
+        ids = [n for n in cmap.set_nodes(route[0]) or sorted(cmap.nodes) if cmap.nodes[n] != addr]
+        group = str(route[1])
+
+        async def claims(node: int) -> bool:
+            try:
+                async with asyncio.timeout(META_TIMEOUT):  # connecting included
+                    data = await self._pool.call(cmap.nodes[node], "meta", {}, timeout=META_TIMEOUT)
+                return bool(data.get("masters", {}).get(group) == node)
+            except (PhxqError, TimeoutError, AttributeError, TypeError):
+                return False  # silent or malformed: it does not claim the group
+
+        while True:
+            said = await asyncio.gather(*(claims(n) for n in ids))
+            claimant = next((n for n, yes in zip(ids, said, strict=True) if yes), None)
+            if claimant is not None:
+                cmap.masters[route] = claimant
+                moved.append(claimant)
+                scope.reschedule(asyncio.get_running_loop().time())
+                return
+            await asyncio.sleep(HEDGE_EVERY)
 
     async def _probe(self, cmap: ClusterMap, route: Route, budget: Budget, avoid: set[str]) -> None:
         """Ask every store of ``route``'s set at once (``meta``, at most ``META_TIMEOUT``) who
         is master of its group: the answers go to ``budget`` (for the error, if the call gives
-        up), and the master most of them name, unless it just failed (``avoid``), becomes the
-        next one asked."""
+        up). A store that says it is master itself (and did not just fail: ``avoid``) ends the
+        asking at once and is the next one asked (a silent store is not waited for); else the
+        master most of them name, unless it just failed."""
         wait = min(META_TIMEOUT, budget.remaining())
         if wait <= 0:
             return
         set_number, group = route
         named: list[int] = []
+        claimant: list[int] = []
+        ids = cmap.set_nodes(set_number) or sorted(cmap.nodes)
 
-        async def ask(addr: str) -> None:
+        async def ask(node: int, scope: asyncio.Timeout) -> None:
+            addr = cmap.nodes[node]
             try:
                 data = await self._pool.call(addr, "meta", {}, timeout=wait)
                 master = data.get("masters", {}).get(str(group))
@@ -240,13 +364,25 @@ class RoutingMixin:
             except (AttributeError, TypeError):  # a malformed answer: nothing to learn
                 budget.answered(addr, "a malformed meta answer")
                 return
+            except asyncio.CancelledError:
+                if not claimant:  # the wait ran out (still connecting): it did not answer
+                    budget.no_answer(addr, f"meta timed out after {wait:g}s")
+                raise
             budget.answered(addr, _master_said(cmap, master))
             if isinstance(master, int) and cmap.nodes.get(master) not in (None, *avoid):
                 named.append(master)
+                if master == node and not claimant:
+                    claimant.append(node)
+                    scope.reschedule(asyncio.get_running_loop().time())
 
-        ids = cmap.set_nodes(set_number) or sorted(cmap.nodes)
-        await asyncio.gather(*(ask(cmap.nodes[n]) for n in ids))
-        if named:
+        try:
+            async with asyncio.timeout(wait) as scope:
+                await asyncio.gather(*(ask(n, scope) for n in ids))
+        except TimeoutError:
+            pass  # a store claimed the group (the others need not answer), or time ran out
+        if claimant:
+            cmap.masters[route] = claimant[0]
+        elif named:
             cmap.masters[route] = max(set(named), key=named.count)
 
     def _no_master(self, cmap: ClusterMap, route: Route, budget: Budget) -> Unavailable:
@@ -298,6 +434,10 @@ class RoutingMixin:
                 return
         with contextlib.suppress(Unavailable):
             await self.cluster_map(refresh=True)
+
+
+class _Moved(Exception):
+    """An attempt given up: another store became master while it was unanswered."""
 
 
 def _master_said(cmap: ClusterMap, master: object) -> str:

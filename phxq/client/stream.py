@@ -33,7 +33,7 @@ from phxq import validate
 from phxq.client.timeindex import after_time
 from phxq.client.types import Message
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
-from phxq.routing import MAX_MESSAGES_PER_INSTANCE
+from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.tasks import TaskScope
 
 if TYPE_CHECKING:
@@ -165,16 +165,22 @@ async def start_positions(
         cmap = await client.cluster_map()
         chosen = await _chosen_up_to(client)
         when = from_.timestamp()
-        return {
-            q: await after_time(client, topic, q, when, chosen.get(cmap.route(topic, q), -1))
-            for q in queues
-        }
+        starts: dict[int, int | None] = {}
+        for q in queues:
+            bound = chosen.get(cmap.route(topic, q), -1)
+            if cmap.moved(topic, q):  # offsets are above the log's instances there
+                bound = max(bound, (await _moved_end(client, cmap, topic, q)) >> INDEX_BITS)
+            starts[q] = await after_time(client, topic, q, when, bound)
+        return starts
     if from_ == "now":
         cmap = await client.cluster_map()
         chosen = await _chosen_up_to(client)
         out: dict[int, int | None] = {}
         for q in queues:
             upto = chosen.get(cmap.route(topic, q), -1)
+            if cmap.moved(topic, q):  # a moved queue: after its last message
+                out[q] = await _moved_end(client, cmap, topic, q)
+                continue
             # After every message of every instance chosen so far: (upto << 20) | max index.
             out[q] = None if upto < 0 else (upto + 1) * MAX_MESSAGES_PER_INSTANCE - 1
         return out
@@ -183,6 +189,14 @@ async def start_positions(
     raise BadArgument(
         f'from_ must be "now", "start", "cursor", an offset >= 0 or a datetime, got {from_!r}'
     )
+
+
+async def _moved_end(client: Client, cmap: Any, topic: str, q: int) -> int:
+    """The last offset of moved queue ``q`` (its last message, else its last seal)."""
+    params = {"topic": topic, "queue": q}
+    end = await client._call_master(topic, q, "queue_end", params)
+    sealed: int = cmap.history[topic][q][-1][1]
+    return sealed if end is None else max(int(end), sealed)
 
 
 async def tail_messages(

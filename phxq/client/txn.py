@@ -3,7 +3,8 @@
 What it promises (the protocol: :mod:`phxq.store.txn`):
 
 - ``await txn.enqueue(topic, payload, key=..., queue=..., headers=..., dedup_id=...)`` buffers
-  a message (any topics, queues and groups); nothing leaves until :meth:`Transaction.prepare`.
+  a message (any topics, queues, groups and store sets); nothing leaves until
+  :meth:`Transaction.prepare`.
 - ``await txn.prepare()`` writes every message as a *half message*: the home group's (the
   group of the first message) first, then the other groups' in parallel. When it returns,
   all of them are durable on a majority of their groups and invisible to every reader. Until
@@ -137,13 +138,6 @@ class Transaction:
         if not self._messages:
             raise BadArgument("a transaction needs at least one message")
         cmap = await self._client.cluster_map()
-        sets = sorted({cmap.route(topic, q)[0] for topic, q, _ in self._messages})
-        if len(sets) > 1:
-            # Parts name their home by group number, which is only unique within one set.
-            raise BadArgument(
-                f"transaction {self.id}: its queues live on store sets {sets}; a transaction's "
-                "queues must all live on one store set"
-            )
         home_topic, home_queue, _ = self._messages[0]
         home = cmap.route(home_topic, home_queue)  # (store set, group)
         self._home = (home_topic, home_queue)
@@ -157,7 +151,13 @@ class Transaction:
                 part += 1
             batches[q][1].append(position)
             batches[q][2].append(wire)
-        expect = [[r[1], p] for (r, _), batches in plan.items() for p, _, _ in batches.values()]
+        # Every (group, part), with its set when not the home's (a part on the home's set is
+        # [group, part] as before sets: the home's prepare entries keep their old bytes).
+        expect = [
+            [r[1], p] if r[0] == home[0] else [r[1], p, r[0]]
+            for (r, _), batches in plan.items()
+            for p, _, _ in batches.values()
+        ]
         self._plan = {
             key: [(q, p, positions) for q, (p, positions, _) in batches.items()]
             for key, batches in plan.items()
@@ -165,7 +165,7 @@ class Transaction:
 
         async def send(group: tuple[int, int], topic: str) -> None:
             batches = plan[(group, topic)]
-            params = {
+            params: dict[str, Any] = {
                 "txn": self.id,
                 "home": home[1],
                 "timeout": self.timeout,
@@ -174,6 +174,8 @@ class Transaction:
                 "expect": expect if group == home else [],
                 "batches": [[q, p, wire] for q, (p, _, wire) in batches.items()],
             }
+            if group[0] != home[0]:
+                params["home"] = list(home)  # [set, group]: the home is on another store set
             queue = next(iter(batches))
             await self._client._call_master(topic, queue, "txn_prepare", params, budget=budget)
 

@@ -75,6 +75,20 @@ class ClusterMap:
     sets: dict[int, int] = field(default_factory=dict)  # node id -> its store set
     placement: dict[str, list[int]] = field(default_factory=dict)  # topic -> set of each queue
     version: int = 0
+    # topic -> queue -> sealed segments [(set, last offset)], oldest first (queue moves)
+    history: dict[str, dict[int, list[tuple[int, int]]]] = field(default_factory=dict)
+
+    def set_for(self, topic: str, queue: int, after: int | None) -> int:
+        """The set holding ``queue``'s messages just after offset ``after`` (None: from the
+        start): a sealed segment if ``after`` is below its seal, else the queue's set."""
+        for number, sealed in self.history.get(topic, {}).get(queue, ()):
+            if after is None or after < sealed:
+                return number
+        return self.route(topic, queue)[0]
+
+    def moved(self, topic: str, queue: int) -> bool:
+        """Whether ``queue`` has sealed segments on other sets (it was moved)."""
+        return bool(self.history.get(topic, {}).get(queue))
 
     def route(self, topic: str, queue: int) -> Route:
         """``(set, group)`` of ``queue`` of ``topic`` (set 1 if the map does not say)."""
@@ -107,6 +121,10 @@ class ClusterMap:
                 sets={int(k): int(v) for k, v in data.get("sets", {}).items()},
                 placement=placement,
                 version=0 if topo is None else int(topo["version"]),
+                history={
+                    str(t): {int(q): [(int(a), int(b)) for a, b in segs] for q, segs in qs.items()}
+                    for t, qs in ((topo or {}).get("history") or {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise Unavailable(f"malformed cluster map: {exc!r}") from exc

@@ -21,7 +21,7 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
 =================  ===========================================================================
 [cluster]          groups (16) Paxos groups; dedup_window ("5m") idempotent-producer window,
                    0 disables; paxos_window (8) instances in flight per group;
-                   heartbeat_interval ("100ms"); lease ("1s", at least 2 heartbeats);
+                   heartbeat_interval ("100ms"); lease ("600ms", at least 2 heartbeats);
                    segment_bytes ("64MiB") PLog segment size (the unit of truncation);
                    journal_bytes ("8MiB") size of each of the two journal files that make a
                    batch over many groups durable with one fdatasync, "0" for none (a node
@@ -45,7 +45,8 @@ sizes: an int of bytes or "512KiB", "64MiB", "1GiB"):
 [gateway]          listen (none) "host:port" of ``phxq gateway`` (``--listen`` overrides);
                    max_body_bytes ("16MiB") largest request body; body_timeout ("10s") to
                    receive a body; max_wait ("60s", at most 60s) longest long poll;
-                   max_in_flight (1024) requests at once, more get 429
+                   max_in_flight (1024) requests at once, more get 429; cors_origins (none)
+                   browser origins allowed (CORS), "scheme://host[:port]" or "*"
 [security]         ca* the cluster CA certificate (PEM); present = every link is TLS and every
                    [[store]]/[[lock]] needs cert* and key* (its member certificate and key);
                    cert, key: the member certificate of consumers/gateways using this file

@@ -113,6 +113,7 @@ def dump_config(cfg: ClusterConfig) -> str:
                 "body_timeout": format_duration(gw.body_timeout),
                 "max_wait": format_duration(gw.max_wait),
                 "max_in_flight": gw.max_in_flight,
+                "cors_origins": list(gw.cors_origins) or None,
             }
         )
     if cfg.consumers:

@@ -22,7 +22,7 @@ DEFAULTS: Final[Mapping[str, object]] = MappingProxyType(
         "cluster.dedup_window": "5m",
         "cluster.paxos_window": 8,
         "cluster.heartbeat_interval": "100ms",
-        "cluster.lease": "1s",
+        "cluster.lease": "600ms",
         "cluster.segment_bytes": "64MiB",
         "cluster.journal_bytes": "8MiB",
         "cluster.retention_interval": "10s",
@@ -241,6 +241,8 @@ class GatewayConfig:
     body_timeout: float = _default_duration("gateway.body_timeout")
     max_wait: float = _default_duration("gateway.max_wait")
     max_in_flight: int = _default("gateway.max_in_flight")
+    # Browser origins allowed to call it (CORS): "scheme://host[:port]" or "*"; none: no CORS.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -211,6 +212,20 @@ def _consumer(source: str, i: int, raw: object) -> ConsumerConfig:
     return consumer
 
 
+_ORIGIN_RE = re.compile(r"https?://([^/:\s\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?")
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    """``[gateway] cors_origins``: a list of ``"scheme://host[:port]"`` (as browsers send
+    ``Origin``, compared case-insensitively) or ``"*"`` (any origin)."""
+    if not isinstance(value, list) or not all(isinstance(o, str) for o in value):
+        raise ValueError('expected a list of origins such as ["https://app.example.com"]')
+    for origin in value:
+        if origin != "*" and not _ORIGIN_RE.fullmatch(origin):
+            raise ValueError(f'expected "*" or "http(s)://host[:port]" (no path), got {origin!r}')
+    return tuple(o.lower() for o in value)
+
+
 def _gateway(source: str, raw: object) -> GatewayConfig:
     t = _Table(source, "gateway", "gateway", raw)
     gateway = GatewayConfig(
@@ -219,6 +234,7 @@ def _gateway(source: str, raw: object) -> GatewayConfig:
         body_timeout=t.duration("body_timeout"),
         max_wait=t.duration("max_wait", positive=False),
         max_in_flight=t.integer("max_in_flight"),
+        cors_origins=t.convert("cors_origins", "", _origins) or (),
     )
     if gateway.max_wait > 60:
         t.fail("must be at most 60s (the stores' longest long poll)", "max_wait")

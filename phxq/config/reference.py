@@ -48,8 +48,10 @@ REFERENCE: Final[tuple[Key, ...]] = (
     Key(
         "cluster",
         "lease",
-        '"1s"',
-        "The master lease; at least two heartbeats. Longer leases mean slower failover.",
+        '"600ms"',
+        "The master lease; at least two heartbeats. A silent master is replaced about a lease "
+        "plus a heartbeat after it was last heard (clients follow within ~0.1 s); a master "
+        "stalled that long (a loaded machine) is replaced too. Safety never depends on it.",
     ),
     Key(
         "cluster",
@@ -265,6 +267,13 @@ REFERENCE: Final[tuple[Key, ...]] = (
         "max_in_flight",
         "1024",
         "Requests served at once (long polls and streams included); more get 429.",
+    ),
+    Key(
+        "gateway",
+        "cors_origins",
+        '["https://app.example.com"]',
+        'Browser origins (CORS) allowed to call the gateway, "scheme://host[:port]" or "*"; '
+        "preflights from others get 403. Tokens are still required. Default: none.",
     ),
     Key(
         "consumer",

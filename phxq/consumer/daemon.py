@@ -48,7 +48,7 @@ from phxq.consumer.assign import Pair, pairs_of
 from phxq.consumer.group import GroupRuntime, Timings
 from phxq.consumer.handlers import make_handler
 from phxq.consumer.locking import LockApi
-from phxq.consumer.mapwatch import MapWatch
+from phxq.consumer.mapwatch import MapWatch, served
 from phxq.consumer.member import GroupMember, wait_event
 from phxq.consumer.settings import (
     SETTINGS_PREFIX,
@@ -229,7 +229,7 @@ class ConsumerDaemon:
         return GroupRuntime(group, handler, group_settings(group, settings))
 
     def _pairs_in(self, topics: dict[str, int]) -> list[Pair]:
-        """The pairs of the configured groups over ``topics`` (name -> queues; the config's
+        """The pairs of the groups served over ``topics`` (name -> queues; the config's
         topics fill in what it lacks)."""
         queues = {t.name: t.queues for t in self.cluster.topics} | topics
         return pairs_of([g for g in self._groups if g.topic in queues], queues)
@@ -237,16 +237,7 @@ class ConsumerDaemon:
     async def _map_changed(self, topo: Topology) -> None:
         """A newer cluster map: wait until a store serves it (bounded by ``MAP_SYNC``), then
         give the member the pairs it implies (see the module docstring)."""
-        client = self._client_or_fail()
-        deadline = time.monotonic() + MAP_SYNC
-        while True:
-            try:
-                served = (await client.cluster_map(refresh=True, timeout=2.0)).version
-            except PhxqError:
-                served = -1  # no store answers right now: retry until the deadline
-            if served >= topo.version or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
+        await served(self._client_or_fail(), topo.version, MAP_SYNC)
         assert self.member is not None
         added = [g for name, g in topo.groups.items() if name not in self.member.runtimes]
         if added:

@@ -4,6 +4,7 @@ without a restart (DESIGN.md §5.1, §7)::
     watch = MapWatch(locks, on_change)   # on_change(Topology) is awaited for every newer map
     await watch.run()                    # long-polls the map's KV entry until cancelled
     watch.version                        # the newest map version handed to on_change (0: none)
+    await served(client, version)        # until a store serves that map version (bounded)
 
 It is the watch the stores use (:mod:`phxq.store.mapfollow`): a ``kv_wait`` long poll on
 ``cluster/map`` (:data:`phxq.mapstore.MAP_KEY`) in the lock service the consumers already talk
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,11 +27,29 @@ from phxq import mapstore
 from phxq.errors import PhxqError
 from phxq.topology import Topology
 
-__all__ = ["MapWatch"]
+__all__ = ["MapWatch", "served"]
 
 log = logging.getLogger("phxq.consumer")
 
 WAIT = 30.0  # seconds per kv_wait long poll
+SERVED_TIMEOUT = 10.0  # how long served() waits for a store to serve a new map
+
+
+async def served(client: Any, version: int, timeout: float = SERVED_TIMEOUT) -> bool:
+    """Refresh ``client``'s cluster map until it is at least ``version`` (a store adopted the
+    new map, so requests for new queues route), for at most ``timeout`` s; True if it is.
+    Stores adopt a new map within their own long poll, normally milliseconds after it is
+    written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if (await client.cluster_map(refresh=True, timeout=2.0)).version >= version:
+                return True
+        except PhxqError:
+            pass  # no store answers right now: retry until the deadline
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
 
 
 class MapWatch:

@@ -22,6 +22,10 @@ the workers' business, as in the daemon. Closing the stream (or the client) leav
 messages not yet processed are abandoned to the next owner, processed ones are committed, and
 the locks are released (bounded by ``DRAIN_TIMEOUT``).
 
+Without ``queues``, the stream follows the cluster map (a
+:class:`~phxq.consumer.mapwatch.MapWatch`): queues added to the topic online join the group's
+assignment without restarting the loop.
+
 With ``queues=[...]`` there is no membership: the stream holds exactly those queues' locks
 (waiting while someone else holds one), like a static partition assignment.
 """
@@ -43,11 +47,13 @@ from phxq.client.types import ConsumedMessage
 from phxq.config import ConsumerGroupConfig
 from phxq.consumer.group import GroupRuntime, Timings
 from phxq.consumer.handlers import Delivery, Outcome
+from phxq.consumer.mapwatch import MapWatch, served
 from phxq.consumer.member import GroupMember
 from phxq.consumer.pair import PairWorker
 from phxq.consumer.settings import SETTINGS_PREFIX, group_settings
 from phxq.errors import BadArgument, StaleToken
 from phxq.tasks import TaskScope
+from phxq.topology import Topology
 
 if TYPE_CHECKING:
     from phxq.client.client import Client
@@ -144,6 +150,15 @@ async def consume_messages(
         )
         await member.join()
         running = scope.spawn(member.run(), name=f"consume {group} member", watched=True)
+        if queues is None:
+
+            async def follow(topo: Topology) -> None:
+                spec = topo.topics.get(topic)
+                if spec is not None and spec.queues > len(member.pairs):
+                    await served(client, topo.version)
+                    member.set_pairs([(group, topic, q) for q in range(spec.queues)])
+
+            scope.spawn(MapWatch(locks, follow).run(), name=f"consume {group} map")
         stopped = scope.spawn(stop.wait(), name=f"consume {group} stop", watched=True)
         in_hand: asyncio.Future[bool] | None = None
         try:

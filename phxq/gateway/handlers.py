@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -65,6 +66,26 @@ def ack_json(ack: Ack) -> dict[str, Any]:
     }
 
 
+_JSON_NAMES: dict[str, str] = {}  # topic -> its JSON string (topics repeat; bounded below)
+
+
+def ack_bytes(ack: Ack) -> bytes:
+    """``json.dumps(ack_json(ack)).encode()``, byte for byte, without building the dict: the
+    answer of every single-message enqueue."""
+    topic = _JSON_NAMES.get(ack.topic)
+    if topic is None:
+        if len(_JSON_NAMES) >= 4096:
+            _JSON_NAMES.clear()
+        topic = _JSON_NAMES[ack.topic] = json.dumps(ack.topic)
+    offset = "null" if ack.offset is None else int(ack.offset)
+    sid = "null" if ack.scheduled_id is None else json.dumps(ack.scheduled_id)
+    duplicate = "true" if ack.duplicate else "false"
+    return (
+        f'{{"topic": {topic}, "queue": {int(ack.queue)}, "offset": {offset}, '
+        f'"duplicate": {duplicate}, "scheduled_id": {sid}}}'
+    ).encode()
+
+
 def message_headers(request: web.Request) -> dict[str, str]:
     """``Phxq-Header-<Name>: value`` -> ``{name: value}``; names lowercased (HTTP header names
     are case-insensitive, and clients such as fetch lowercase them)."""
@@ -92,20 +113,24 @@ async def _enqueue_one(backend: Backend, topic: str, payload: bytes, item: dict[
 
 
 async def enqueue(call: Call) -> Any:
-    topic = call.args["topic"]
-    if isinstance(call.body, bytes | bytearray):
+    args = call.args
+    topic = args["topic"]
+    body = call.body
+    if isinstance(body, bytes | bytearray):  # one message: the hot path, kept short
         headers = message_headers(call.request)
         if len(headers) > 64:
             raise BadArgument("at most 64 Phxq-Header-<Name> headers")
-        item = {
-            "key": call.args.get("key"),
-            "queue": call.args.get("queue"),
-            "dedup_id": call.args.get("dedup_id"),
-            "delay": call.args.get("delay"),
-            "deliver_at": call.args.get("deliver_at"),
-            "headers": headers,
-        }
-        return ack_json(await _enqueue_one(call.backend, topic, bytes(call.body), item))
+        ack = await call.backend.client.enqueue(
+            topic,
+            body if type(body) is bytes else bytes(body),
+            key=args.get("key"),
+            queue=args.get("queue"),
+            dedup_id=args.get("dedup_id"),
+            headers=headers or None,
+            delay=args.get("delay"),
+            deliver_at=args.get("deliver_at"),
+        )
+        return ack_bytes(ack)  # the route's media type: application/json
     given = [p for p in ("key", "queue", "dedup_id", "delay", "deliver_at") if p in call.args]
     if given or message_headers(call.request):
         raise BadArgument(

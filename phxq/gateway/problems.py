@@ -19,8 +19,8 @@ Statuses by code (the first match walking up the error's class tree)::
       txn_aborted, txn_committed
     message_too_large                          413
     overloaded                                 429  Retry-After
-    not_master, stale_map, unavailable,        503  Retry-After (safe to retry with the same
-      storage                                       dedup id)
+    not_master, stale_map, queue_moved,        503  Retry-After (safe to retry with the same
+      unavailable, storage                          dedup id)
     internal                                   500  (a gateway bug; details only in its log)
 """
 
@@ -57,6 +57,7 @@ STATUS_BY_CODE: Final[dict[str, int]] = {
     "overloaded": 429,
     "not_master": 503,
     "stale_map": 503,
+    "queue_moved": 503,  # a StaleMap: the client follows it; only seen if it ran out of time
     "unavailable": 503,
     "storage": 503,
 }

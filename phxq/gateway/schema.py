@@ -50,6 +50,10 @@ def _type_ok(kind: str, value: Any) -> bool:
     raise ValueError(f"schema type {kind!r} is not supported")
 
 
+def _any_type_ok(kinds: list[str], value: Any) -> bool:
+    return any(_type_ok(k, value) for k in kinds)
+
+
 @lru_cache(maxsize=256)
 def _pattern(text: str) -> re.Pattern[str]:
     return re.compile(text)
@@ -69,8 +73,10 @@ def validate(schema: dict[str, Any], value: Any, where: str = "body") -> None:
     """Raise ``BadArgument`` unless ``value`` satisfies ``schema``."""
     kinds = schema.get("type")
     if kinds is not None:
-        names = [kinds] if isinstance(kinds, str) else list(kinds)
-        if not any(_type_ok(k, value) for k in names):
+        # One type (the common case) without building a list and a generator per value.
+        ok = _type_ok(kinds, value) if isinstance(kinds, str) else _any_type_ok(kinds, value)
+        if not ok:
+            names = [kinds] if isinstance(kinds, str) else list(kinds)
             raise BadArgument(f"{where} must be {' or '.join(names)}, got {_show(value)}")
     if "enum" in schema and value not in schema["enum"]:
         raise BadArgument(f"{where} must be one of {schema['enum']}, got {_show(value)}")

@@ -23,12 +23,9 @@ What it promises:
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import json
 import logging
 import ssl
-import time
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -37,45 +34,22 @@ from prometheus_client import generate_latest
 from phxq import __version__, metrics
 from phxq.client import Client
 from phxq.config import ClusterConfig
-from phxq.errors import BadArgument, PhxqError
+from phxq.errors import BadArgument
 from phxq.gateway.auth import Authorizer, GatewaySecurity, OpenAccess
-from phxq.gateway.handlers import Call
+from phxq.gateway.cors import Cors
+from phxq.gateway.dispatch import endpoint, unrouted
 from phxq.gateway.openapi import openapi_document
-from phxq.gateway.problems import PROBLEM_TYPE, Problem, problem, problem_for
+from phxq.gateway.problems import problem
 from phxq.gateway.routes import build_routes
-from phxq.gateway.schema import parse_param, validate
-from phxq.gateway.table import Route
 
 log = logging.getLogger("phxq.gateway")
 
-OPERATION = "phxq_operation"  # the request's route, for the metrics
-
 DEFAULT_LISTEN = "127.0.0.1:7301"
 
-
-@functools.lru_cache(maxsize=512)
-def _latency(operation: str) -> Any:
-    """The operation's child of ``GATEWAY_LATENCY`` (``labels()`` costs a lock and a lookup
-    per request otherwise)."""
-    return metrics.GATEWAY_LATENCY.labels(operation)
-
-
-@functools.lru_cache(maxsize=2048)
-def _answered(operation: str, status: int) -> Any:
-    return metrics.GATEWAY_REQUESTS.labels(operation, str(status))
-
-
-def problem_response(p: Problem) -> web.Response:
-    return web.Response(
-        status=p.status,
-        body=json.dumps(p.body()).encode(),
-        content_type=PROBLEM_TYPE,
-        headers=p.headers(),
-    )
-
-
-def _is_json(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json")
+# The gateways of this process: phxq_gateway_in_flight is read from them when scraped, not
+# set twice per request.
+_LIVE: weakref.WeakSet[Gateway] = weakref.WeakSet()
+metrics.GATEWAY_IN_FLIGHT.set_function(lambda: sum(gw.in_flight for gw in list(_LIVE)))
 
 
 def _split(listen: str) -> tuple[str, int]:
@@ -117,10 +91,11 @@ class Gateway:
         self.client = Client([s.addr for s in config.stores], ca=self._member)
         self._locks: Any = None
         self._runner: web.AppRunner | None = None
-        self._in_flight = 0
+        self.in_flight = 0  # requests being served (the max_in_flight limit)
         self._openapi: dict[str, Any] | None = None
         self._registry = metrics.registry_for("gateway")
         self.address = self.listen
+        _LIVE.add(self)
 
     @property
     def url(self) -> str:
@@ -139,7 +114,7 @@ class Gateway:
         return self._locks
 
     def describe(self) -> dict[str, Any]:
-        return {"version": __version__, "address": self.address, "in_flight": self._in_flight}
+        return {"version": __version__, "address": self.address, "in_flight": self.in_flight}
 
     def metrics_text(self) -> bytes:
         """The gateway's Prometheus series (``GET /metrics``)."""
@@ -157,10 +132,14 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         app = web.Application(
             client_max_size=self.limits.max_body_bytes,
-            middlewares=[self._measured, self._problems],
         )
         for route in self.routes:
-            app.router.add_route(route.method, route.path, self._endpoint(route))
+            app.router.add_route(route.method, route.path, endpoint(self, route))
+        cors = Cors(self.limits.cors_origins) if self.limits.cors_origins else None
+        if cors is not None:  # only then: a signal per answer costs CPU
+            app.on_response_prepare.append(cors.on_prepare)
+        # Last: whatever no route matched (preflights, 404, 405 with Allow), answered as well.
+        app.router.add_route("*", "/{tail:.*}", unrouted(self.routes, cors))
         # handler_cancellation: a caller that hangs up stops its long poll or stream at once.
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
@@ -185,129 +164,3 @@ class Gateway:
         await self.client.close()
         if self._locks is not None:
             await self._locks.close()
-
-    # ------------------------------------------------------------------------- serving
-
-    @web.middleware
-    async def _measured(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Counts and times every answer by operation and status (``phxq_gateway_*``)."""
-        started = time.perf_counter()
-        status = 500
-        try:
-            response: web.StreamResponse = await handler(request)
-            status = response.status
-            return response
-        finally:
-            operation = request.get(OPERATION, "none")
-            _latency(operation).observe(time.perf_counter() - started)
-            _answered(operation, status).inc()
-
-    @web.middleware
-    async def _problems(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Every failure becomes a problem answer; over ``max_in_flight`` requests, 429."""
-        if self._in_flight >= self.limits.max_in_flight:
-            return problem_response(
-                problem("overloaded", f"more than {self.limits.max_in_flight} requests in flight")
-            )
-        self._in_flight += 1
-        metrics.GATEWAY_IN_FLIGHT.set(self._in_flight)
-        try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        except Problem as p:
-            return self._answer(p)
-        except PhxqError as exc:
-            return self._answer(problem_for(exc))
-        except web.HTTPRequestEntityTooLarge:
-            limit = self.limits.max_body_bytes
-            return self._answer(problem("message_too_large", f"body above {limit} bytes"))
-        except web.HTTPException as exc:
-            if exc.status == 404:
-                answer = problem("not_found", f"no route {request.method} {request.path}")
-            elif exc.status == 405:
-                answer = problem("method_not_allowed", f"{request.method} is not allowed here")
-            else:
-                answer = Problem(exc.status, "bad_argument", exc.reason)
-            response = self._answer(answer)
-            if "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
-            return response
-        except (ConnectionError, asyncio.CancelledError):
-            raise  # the caller hung up: there is nobody to answer
-        except TimeoutError:
-            return self._answer(problem("unavailable", "timed out waiting for the cluster"))
-        except Exception:
-            log.exception("gateway: %s %s failed", request.method, request.path)
-            return self._answer(problem("internal", "internal error (see the gateway's log)"))
-        finally:
-            self._in_flight -= 1
-            metrics.GATEWAY_IN_FLIGHT.set(self._in_flight)
-
-    def _answer(self, p: Problem) -> web.Response:
-        if p.status in (401, 403):
-            metrics.AUTH_REFUSED.labels("gateway").inc()
-        response = problem_response(p)
-        if p.status in (408, 413):
-            response.force_close()  # the rest of the body was never read
-        return response
-
-    def _endpoint(self, route: Route) -> Any:
-        async def endpoint(request: web.Request) -> web.StreamResponse:
-            request[OPERATION] = route.operation_id
-            principal = None
-            if route.permission is not None:  # authenticate before reading anything else
-                principal = self.authorizer.authenticate(request.headers.get("Authorization"))
-            args = self._params(route, request)
-            body = await self._body(route, request)
-            if route.permission is not None:
-                values = {**args, **(body if isinstance(body, dict) else {})}
-                for need in route.needs_all(values):
-                    self.authorizer.check(principal, need)
-            result = await route.handler(Call(self, args, body, request))
-            if isinstance(result, web.StreamResponse):
-                return result
-            if isinstance(result, bytes):
-                return web.Response(body=result, content_type=route.media_type)
-            return web.json_response(result)
-
-        return endpoint
-
-    def _params(self, route: Route, request: web.Request) -> dict[str, Any]:
-        args: dict[str, Any] = {}
-        for p in route.params:
-            if p.where == "path":
-                text = request.match_info.get(p.name)
-            elif p.where == "query":
-                text = request.query.get(p.name)
-            else:
-                text = request.headers.get(p.name)
-            if text is None:
-                if p.required:
-                    raise BadArgument(f"{p.where} parameter {p.name} is required")
-                continue
-            args[p.key] = parse_param(p.schema, text, f"{p.where} parameter {p.name}")
-        return args
-
-    async def _body(self, route: Route, request: web.Request) -> Any:
-        if route.json_body is None and not route.raw_body:
-            return None
-        try:
-            if request.content.is_eof():  # all here already (small bodies): no timer needed
-                raw = await request.read()
-            else:
-                async with asyncio.timeout(self.limits.body_timeout):
-                    raw = await request.read()
-        except TimeoutError:
-            timeout = self.limits.body_timeout
-            raise problem("request_timeout", f"body not received within {timeout:g}s") from None
-        if route.raw_body and not _is_json(request.content_type):
-            return raw
-        if not raw:
-            raise BadArgument("a JSON body is required")
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise BadArgument(f"body is not valid JSON: {str(exc)[:100]}") from None
-        assert route.json_body is not None
-        validate(route.json_body, body, "body")
-        return body

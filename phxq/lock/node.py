@@ -24,7 +24,7 @@ What the runtime adds to the pure state machine:
 - **Reads** (``get``, ``kv_get``, ``kv_list``, ``kv_wait``) are served by the master from its
   applied state, only while it is serving in its own epoch. That relies on the Paxos master
   lease: a deposed master stops within one lease of losing its majority, so a read can be stale
-  by at most about one master lease (1 s by default) during a failover, never more. Every
+  by at most about one master lease (600 ms by default) during a failover, never more. Every
   decision (acquire, renew, release, compare-and-set) goes through the log.
 """
 

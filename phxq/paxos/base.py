@@ -53,6 +53,24 @@ class IllegalTransition(AssertionError):
     """A role change the state table does not allow (a bug in the core, never input)."""
 
 
+def failover_wait(config: GroupConfig, master: int) -> float:
+    """How long this follower of ``master`` waits, after it last heard from it, before it asks
+    for a pre-vote. The first in line asks once every follower's lease view of the master has
+    run out -- a lease plus one heartbeat interval of slack, so that the others grant it -- and
+    the next ones half a lease apart, so that they rarely duel. The line: the preferred node
+    first (it would take its group back anyway), then the others in member order after the
+    master ("the next live node takes over"). Availability only: safety never depends on it."""
+    members, me, preferred = config.members, config.node_id, config.preferred_master
+    n = len(members)
+    start = members.index(master) if master in members else 0
+    line = [members[(start + k) % n] for k in range(1, n)]
+    if preferred in line:
+        line.remove(preferred)
+        line.insert(0, preferred)
+    position = line.index(me) if me in line else n
+    return config.lease + config.heartbeat_interval + position * config.lease / 2
+
+
 class NodeBase:
     """Shared state and helpers of one replica of one group."""
 
@@ -63,7 +81,10 @@ class NodeBase:
         self._peers = config.peers
         self._majority = config.majority
         self._rank = config.rank  # a computed property of the (frozen) config: read it once
+        # Before any master is known (start-up, after a step-down): the preferred node first.
         self._timeout = config.lease + self._rank * config.lease / 2
+        # While following a master: ``failover_wait`` for the master it was computed for.
+        self._follow_wait, self._follow_for = self._timeout, -1
         self.acceptor = Acceptor(rec.promised, rec.accepted)
         self.learner = Learner(rec.chosen_up_to, rec.checksum)
         self._max_round = max(rec.max_round, self.acceptor.promised.round)
@@ -190,10 +211,13 @@ class NodeBase:
         if self.role is not Role.FOLLOWER:
             return
         if self._master != sender or self._master_ballot != ballot:
+            if self._follow_for != sender:
+                self._follow_wait = failover_wait(self.config, sender)
+                self._follow_for = sender
             self._master, self._master_ballot = sender, ballot
             out.append(RoleChanged(False, sender, ballot))
         self._master_seen = now
-        self._election_at = now + self._timeout
+        self._election_at = now + self._follow_wait
 
     def _higher_ballot_seen(
         self, ballot: Ballot, now: float, out: list[Effect], by: int | None = None

@@ -1,7 +1,7 @@
 """Static configuration of one replica of one group, and the state it restarts from.
 
 - ``GroupConfig(group, node_id, members, window=8, window_bytes=8 MiB, max_batch_bytes=1 MiB,
-  max_batch_items=1024, heartbeat_interval=0.1, lease=1.0)``; ``preferred_master`` is
+  max_batch_items=1024, heartbeat_interval=0.1, lease=0.6)``; ``preferred_master`` is
   ``members[group % len(members)]``; ``rank`` is this node's position after the preferred one
   (0 for the preferred node), used to stagger elections.
 - ``RecoveredState(promised, max_round, accepted, chosen_up_to, checksum)``: what the PLog
@@ -29,7 +29,7 @@ class GroupConfig:
     max_batch_bytes: int = 1 << 20
     max_batch_items: int = 1024
     heartbeat_interval: float = 0.1
-    lease: float = 1.0
+    lease: float = 0.6
 
     def __post_init__(self) -> None:
         if tuple(sorted(set(self.members))) != tuple(self.members) or not self.members:

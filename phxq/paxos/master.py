@@ -150,7 +150,10 @@ class MasterMixin(NodeBase):
                 for p in self._peers
                 if self._peer_seen.get(p, -lease) > now - lease and p not in refused
             )
-            if live < self._majority and now - self._master_since > lease:
+            # A tick far behind its time: this node was stalled (paused, starved of CPU), not
+            # its peers. Ask them again (this heartbeat) before concluding they are gone.
+            stalled = now - self._heartbeat_at > lease / 2
+            if live < self._majority and now - self._master_since > lease and not stalled:
                 self._step_down(now, out, hint=None)
                 return
             if self._refresh_at is not None and now >= self._refresh_at:

@@ -70,7 +70,8 @@ writers, 1 group: ~40k/s (160 MiB/s). Start-up of a 1 GiB log (263k instances of
 messages indexed): 3.4 s scan+CRC alone, 8.2 s with a replay decoding every message.
 
 Modules: ``records`` (frame format, CRC32C and why), ``writer`` (group commit), ``recovery``
-(start-up scan and tail/corruption rules), ``index`` (queue and time indexes), ``group``.
+(start-up scan and tail/corruption rules), ``sidecar`` (verified record tables of sealed
+segments, so start-up does not parse them again), ``index`` (queue and time indexes), ``group``.
 """
 
 from phxq.plog.group import ChosenRecord, GroupLog, IndexEntry

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from phxq.plog import sidecar
 from phxq.plog.durable import fsync_dir
 from phxq.plog.group_base import GroupLogBase, log
 from phxq.plog.records import encode_truncated
@@ -153,5 +154,6 @@ class GroupLogTruncation(GroupLogBase):
             fd = self._read_fds.pop(f.number, None)
             if fd is not None:
                 os.close(fd)
+            sidecar.delete(f.path)  # a table whose segment is gone would be dropped at start
             f.path.unlink(missing_ok=True)
         fsync_dir(self.directory)

@@ -1,7 +1,10 @@
 """Start-up recovery of one group directory (runs in a worker thread, never on the loop).
 
 :func:`recover` reads every segment (``mmap``, zero-copy), checks every record's CRC, and
-rebuilds the acceptor state and the locations of chosen values. It does not interpret values:
+rebuilds the acceptor state and the locations of chosen values. A sealed segment (all but the
+last) whose record table (:mod:`phxq.plog.sidecar`) is intact and still matches its bytes (one
+CRC32C over the segment) is read from that table instead of record by record; the result is the
+same, and any mismatch falls back to the full parse below. It does not interpret values:
 the replication runtime replays the retained chosen values through its state machine afterwards
 (``GroupLog.iter_chosen_blocking``) and hands back each instance's index entries
 (``GroupLog.restore_index``).
@@ -42,6 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phxq.plog import sidecar
 from phxq.plog.durable import fsync_dir, replace_durably
 from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, parse_at
 
@@ -66,6 +70,7 @@ REPAIRED_FILE = "repaired"
 _SEGMENT = re.compile(r"^(\d{10})\.plog$")
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
+_WITH_CHECKSUM = frozenset((Kind.CHOSEN, Kind.CHOSEN_VALUE, Kind.TRUNCATED))
 
 
 def segment_name(number: int) -> str:
@@ -181,6 +186,7 @@ def recover(directory: Path) -> Recovery:
     """Scan ``directory`` (created if missing) and rebuild the group's state. Blocking."""
     directory.mkdir(parents=True, exist_ok=True)
     files = _list_segments(directory)
+    sidecar.drop_orphans(directory, (p for _, p in files))
     maps = [_map(p) for _, p in files]
     try:
         return _scan(directory, files, maps)
@@ -209,94 +215,118 @@ def _scan(
     stop_at: int | None = None
     parsed_any = False
 
+    tables: list[tuple[Path, bytes]] = []  # record tables to write for sealed segments
+    last = len(files) - 1
     for pos_in_list, ((number, path), buf) in enumerate(zip(files, maps, strict=True)):
         size = 0 if buf is None else len(buf)
         info = SegmentInfo(number, path, size, 0)
         segments.append(info)
         if buf is None:
             continue
-        view = memoryview(buf)
-        try:
-            pos = 0
-            while pos < size:
-                r = parse_at(view, pos)
-                if r is None:
-                    garbage_end = _nonzero_end(buf, pos)
-                    if garbage_end <= pos:
-                        break  # clean end of this segment
-                    nxt = _has_header(buf, pos + 1)
-                    later = any(_has_header(m, 0) >= 0 for m in maps[pos_in_list + 1 :])
-                    if nxt < 0 and not later:
-                        _truncate_tail(path, pos, garbage_end)
-                        rec.torn_bytes += garbage_end - pos
-                        stop_at = pos_in_list
-                        break
-                    bad_end = nxt if nxt >= 0 else garbage_end
-                    if (path.name, pos, bad_end) in repaired:
-                        rec.repaired.append((path.name, pos, bad_end))
-                        pos = nxt if nxt >= 0 else size
-                        if nxt < 0:
+        table = sidecar.load(path, number, buf) if pos_in_list < last else None
+        if table is not None and _nonzero_end(buf, table.end) == table.end:
+            rows, cps, info.end = table.rows, table.checkpoints, table.end
+        else:
+            rows, cps = [], []
+            clean = True
+            view = memoryview(buf)
+            try:
+                pos = 0
+                while pos < size:
+                    r = parse_at(view, pos)
+                    if r is None:
+                        garbage_end = _nonzero_end(buf, pos)
+                        if garbage_end <= pos:
+                            break  # clean end of this segment
+                        clean = False
+                        nxt = _has_header(buf, pos + 1)
+                        later = any(_has_header(m, 0) >= 0 for m in maps[pos_in_list + 1 :])
+                        if nxt < 0 and not later:
+                            _truncate_tail(path, pos, garbage_end)
+                            rec.torn_bytes += garbage_end - pos
+                            stop_at = pos_in_list
                             break
+                        bad_end = nxt if nxt >= 0 else garbage_end
+                        if (path.name, pos, bad_end) in repaired:
+                            rec.repaired.append((path.name, pos, bad_end))
+                            pos = nxt if nxt >= 0 else size
+                            if nxt < 0:
+                                break
+                            continue
+                        rec.corrupt.append((path.name, pos, bad_end))
+                        log.error(
+                            "plog %s: corrupt bytes %d..%d in %s (synced data followed by "
+                            "valid batches): needs repair",
+                            directory,
+                            pos,
+                            bad_end,
+                            path.name,
+                        )
+                        if nxt < 0:
+                            pos = size
+                            break
+                        pos = nxt
                         continue
-                    rec.corrupt.append((path.name, pos, bad_end))
-                    log.error(
-                        "plog %s: corrupt bytes %d..%d in %s (synced data followed by valid "
-                        "batches): needs repair",
-                        directory,
-                        pos,
-                        bad_end,
-                        path.name,
+                    aux = 0
+                    if r.kind == Kind.CHECKPOINT:
+                        aux = len(cps)
+                        cps.append(r.checkpoint())
+                    elif r.kind in _WITH_CHECKSUM:
+                        aux = r.checksum
+                    rows.append(
+                        (r.kind, r.instance, r.ballot[0], r.ballot[1], r.offset, r.length, aux)
                     )
-                    if nxt < 0:
-                        pos = size
-                        break
-                    pos = nxt
-                    continue
-                parsed_any = True
-                kind = r.kind
-                inst = r.instance
-                if kind == Kind.ACCEPT:
-                    accepts.setdefault(inst, {})[r.ballot] = (number, r.offset, r.length)
-                    promised = max(promised, r.ballot)
-                    max_round = max(max_round, r.ballot[0])
-                    max_instance_seen = max(max_instance_seen, inst)
-                    info.max_instance = max(info.max_instance, inst)
-                elif kind == Kind.CHOSEN or kind == Kind.CHOSEN_VALUE:
-                    max_round = max(max_round, r.ballot[0])
-                    max_instance_seen = max(max_instance_seen, inst)
-                    info.max_instance = max(info.max_instance, inst)
-                    if inst not in chosen:
-                        if kind == Kind.CHOSEN_VALUE:
-                            chosen[inst] = (number, r.offset, r.length, r.checksum)
+                    pos += r.length
+                info.end = pos
+                if clean and pos_in_list < last:
+                    crc = sidecar.segment_crc(view, pos)
+                    tables.append((path, sidecar.encode(number, size, pos, crc, rows, cps)))
+            finally:
+                view.release()
+        parsed_any = parsed_any or bool(rows)
+        for kind, inst, rnd, node, offset, length, aux in rows:
+            if kind == Kind.ACCEPT:
+                ballot = (rnd, node)
+                accepts.setdefault(inst, {})[ballot] = (number, offset, length)
+                promised = max(promised, ballot)
+                max_round = max(max_round, rnd)
+                max_instance_seen = max(max_instance_seen, inst)
+                info.max_instance = max(info.max_instance, inst)
+            elif kind == Kind.CHOSEN or kind == Kind.CHOSEN_VALUE:
+                max_round = max(max_round, rnd)
+                max_instance_seen = max(max_instance_seen, inst)
+                info.max_instance = max(info.max_instance, inst)
+                if inst not in chosen:
+                    if kind == Kind.CHOSEN_VALUE:
+                        chosen[inst] = (number, offset, length, aux)
+                    else:
+                        loc = accepts.get(inst, {}).get((rnd, node))
+                        if loc is None:
+                            mark_missing.append(inst)
                         else:
-                            loc = accepts.get(inst, {}).get(r.ballot)
-                            if loc is None:
-                                mark_missing.append(inst)
-                            else:
-                                chosen[inst] = (*loc, r.checksum)
-                elif kind == Kind.PROMISE:
-                    promised = max(promised, r.ballot)
-                    max_round = max(max_round, r.ballot[0])
-                elif kind == Kind.CHECKPOINT:
-                    checksum, cp_round, cp_first, cp_floor_sum = r.checkpoint()
-                    promised = max(promised, r.ballot)
-                    max_round = max(max_round, cp_round, r.ballot[0])
-                    if cp_first > floor:
-                        floor, floor_checksum = cp_first, cp_floor_sum
-                    if base is None:
-                        base = (inst, checksum)
-                elif kind == Kind.TRUNCATED and inst > floor:
-                    floor, floor_checksum = inst, r.checksum
-                pos += r.length
-            info.end = pos
-        finally:
-            view.release()
+                            chosen[inst] = (*loc, aux)
+            elif kind == Kind.PROMISE:
+                promised = max(promised, (rnd, node))
+                max_round = max(max_round, rnd)
+            elif kind == Kind.CHECKPOINT:
+                checksum, cp_round, cp_first, cp_floor_sum = cps[aux]
+                promised = max(promised, (rnd, node))
+                max_round = max(max_round, cp_round, rnd)
+                if cp_first > floor:
+                    floor, floor_checksum = cp_first, cp_floor_sum
+                if base is None:
+                    base = (inst, checksum)
+            elif kind == Kind.TRUNCATED and inst > floor:
+                floor, floor_checksum = inst, aux
         if stop_at is not None:
             break
 
+    for path, data in tables:
+        sidecar.store(path, data)
     if stop_at is not None:
         for _, path in files[stop_at + 1 :]:
             log.warning("plog %s: deleting %s (part of the torn last batch)", directory, path)
+            sidecar.delete(path)
             path.unlink()
         fsync_dir(directory)
 

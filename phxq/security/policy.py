@@ -11,6 +11,7 @@ enqueue, cancel_scheduled  produce:T       status                      admin
 txn_prepare, txn_decide,   produce:T
   txn_resolve
 txn_list, txn_settle       admin
+txn_peek                   member
 dequeue (group G)          consume:T:G     acquire, renew, release     member (consumers are)
 dequeue (no group: tail)   consume:T:any   get, kv_get, kv_list,       admin (``phxq admin lag``,
 dequeue (local=true)       admin             kv_wait                     settings) or member
@@ -20,6 +21,9 @@ status, reconcile,         admin                                       (limit, p
                                                                        cluster map), member
                                                                        for anything else
 rejoin_probe, rejoin_read  member
+move_seal                  member
+move_cancel                admin
+queue_end                  consume:T:any
 notify px, snap            member          notify px, snap             member
 =========================  ==============  ==========================  ===========================
 
@@ -111,6 +115,7 @@ STORE_RULES: Final[Mapping[str, Rule]] = {
     "txn_resolve": produce,  # each participant's topic
     "txn_list": admin,
     "txn_settle": admin,
+    "txn_peek": member,  # a store asks another set's store about a transaction (txn_remote)
     "dequeue": read,
     "commit": consume,
     "cursor": consume,
@@ -120,6 +125,9 @@ STORE_RULES: Final[Mapping[str, Rule]] = {
     "checksum": admin,
     "rejoin_probe": member,
     "rejoin_read": member,
+    "move_seal": member,  # the target set's group master drives a queue move (store.mover)
+    "move_cancel": admin,  # phxq admin queue move --cancel
+    "queue_end": read,  # a tail "from now" of a moved queue (no group: consume:T:any)
 }
 LOCK_RULES: Final[Mapping[str, Rule]] = {
     "meta": anyone,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from phxq.errors import PhxqError
+from phxq.store.move_state import Adopted, MoveCancelled, Sealed
 from phxq.store.schedule import Cancelled, Released
 from phxq.store.txn import TxnDecided, TxnDiscarded, TxnPrepared
 
@@ -75,4 +76,7 @@ ApplyResult: TypeAlias = (
     | TxnPrepared
     | TxnDecided
     | TxnDiscarded
+    | Sealed
+    | MoveCancelled
+    | Adopted
 )

@@ -60,6 +60,7 @@ from phxq import validate
 from phxq.errors import PhxqError, ProtocolError, StorageError
 
 if TYPE_CHECKING:
+    from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry
     from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
     from phxq.store.txn_entries import DecideEntry, DiscardEntry, PrepareHead, TxnReleaseHead
 
@@ -401,6 +402,9 @@ def _decoder(table: dict[int, Any], tag: Any) -> Any:
     if decoder is None and type(tag) is int:
         # Transaction entries (tags 9-12): phxq.store.txn_entries.
         decoder = (_txn.PEEKERS if table is _PEEKERS else _txn.DECODERS).get(tag)
+    if decoder is None and type(tag) is int:
+        # Queue move entries (tags 13-15): phxq.store.move_entries.
+        decoder = _move.DECODERS.get(tag)
     if decoder is None:
         raise ProtocolError(f"unknown log entry tag {tag!r:.40}")
     return decoder
@@ -418,6 +422,7 @@ def decode_entry(data: bytes) -> Entry:
 Peeked: TypeAlias = (
     "EnqueueHead | CommitEntry | ReplayEntry | ScheduleHead | ReleaseHead | CancelEntry"
     " | RollHead | PrepareHead | TxnReleaseHead | DecideEntry | DiscardEntry"
+    " | SealEntry | CancelMoveEntry | AdoptEntry"
 )
 
 
@@ -469,5 +474,6 @@ def instance_messages(items: Sequence[bytes]) -> list[tuple[EnqueueEntry, Messag
 
 
 # Last: that module builds on the helpers above (and is only used at call time here).
+from phxq.store import move_entries as _move  # noqa: E402
 from phxq.store import schedule_entries as _schedule  # noqa: E402
 from phxq.store import txn_entries as _txn  # noqa: E402

@@ -57,17 +57,29 @@ class MapFollower:
         saved = mapstore.load_local(self._path)
         self.topology: Topology = saved if saved is not None else Topology.from_config(cluster)
         self._locks: Any = None
+        self._saving = asyncio.Lock()
+
+    @property
+    def home(self) -> Any:
+        """The client of the map's home while :meth:`run` holds one (None: not connected, or
+        no lock service)."""
+        return self._locks
 
     @property
     def version(self) -> int:
         return self.topology.version
 
     async def adopt(self, topo: Topology) -> bool:
-        """Use ``topo`` if it is newer than ours (saved to disk first); True if adopted."""
+        """Use ``topo`` if it is newer than ours (saved to disk first); True if adopted.
+        Callers may race (the watch loop, a request naming a newer map, the queue mover):
+        one save at a time, so two never share the temporary file."""
         if topo.version <= self.topology.version:
             return False
-        await asyncio.to_thread(mapstore.save_local, self._path, topo)
-        self.topology = topo
+        async with self._saving:
+            if topo.version <= self.topology.version:
+                return False  # a newer one was adopted while we waited
+            await asyncio.to_thread(mapstore.save_local, self._path, topo)
+            self.topology = topo
         self._on_change(topo)
         log.info("cluster map version %d adopted", topo.version)
         return True

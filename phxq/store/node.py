@@ -24,6 +24,7 @@ status     ``{}`` -> this node's view of every group
 cancel_scheduled  ``{topic, queue, id}`` -> True if the scheduled message was pending (never
            released now), False if not (see ``phxq.store.scheduler``)
 txn_*      transactions: prepare, decide, resolve, list, settle (see ``phxq.store.txn_service``)
+move_seal, move_cancel, queue_end   queue moves (see ``phxq.store.move_service``)
 =========  ==============================================================================
 
 Peers also call ``rejoin_probe`` and ``rejoin_read`` (see ``phxq.replication.rejoin``).
@@ -45,10 +46,11 @@ from phxq.errors import NotMaster, PhxqError, StaleMap, UnknownTopic
 from phxq.net.frames import shown
 from phxq.replication.daemon import Handler, ReplicatedDaemon
 from phxq.replication.replica import GroupReplica
-from phxq.routing import INDEX_BITS, group_for_queue, split_offset
+from phxq.routing import INDEX_BITS, group_for_queue
 from phxq.security import STORE_RULES
 from phxq.store import scheduler, service, txn_service
 from phxq.store.mapfollow import MapFollower
+from phxq.store.mover import Mover
 from phxq.store.scheduler import Releaser
 from phxq.store.state import StoreMachines, StoreState
 from phxq.topology import Topology
@@ -94,6 +96,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         self._retention = {g: self._retention_limits(g) for g in range(c.groups)}
         self._releaser = Releaser(self)
         self._txn_sweeper = txn_service.TxnSweeper(self)
+        self._mover = Mover(self)
         metrics.STORE_INFO.labels(str(node_id), str(node.set)).set(1)
 
     def background(self) -> list[tuple[str, Any]]:
@@ -103,6 +106,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             ("releaser", self._releaser.run()),
             ("transactions", self._txn_sweeper.run()),
             ("cluster map", self.maps.run()),
+            ("queue moves", self._mover.run()),
         ]
 
     @property
@@ -154,7 +158,7 @@ class StoreNode(ReplicatedDaemon[StoreState]):
                 if q % groups != group:
                     continue
                 cursor = replica.state.cursor(cg.name, cg.topic, q)
-                after = None if cursor is None else split_offset(cursor)
+                after = replica.state.moves.position_after((cg.topic, q), cursor)
                 nxt = glog.positions((cg.topic, q), after, 1)
                 if nxt:
                     keep = min(keep, nxt[0][0])
@@ -214,13 +218,16 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             raise UnknownTopic(f"unknown topic {shown(topic)}")
         validate.integer(queue, "queue", maximum=spec.queues - 1)
         home = self.topology.placement[topic][queue]
-        if home != self.set:
+        group = group_for_queue(queue, self.cluster.cluster.groups)
+        if home != self.set and (topic, queue) not in self.replicas[group].state.moves.tenures:
+            # (A queue sealed here by a move stays readable up to its seal; one adopted here
+            # is served before the map says so: see phxq.store.move_state.)
             raise StaleMap(
                 f"queue {queue} of topic {topic!r} lives on store set {home}, not on set "
                 f"{self.set} (cluster map version {self.topology.version})",
                 {"set": home, "version": self.topology.version},
             )
-        return self.replicas[group_for_queue(queue, self.cluster.cluster.groups)]
+        return self.replicas[group]
 
     def master_replica(self, topic: str, queue: Any) -> GroupReplica[StoreState]:
         replica = self.replica_for(topic, queue)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from phxq import metrics, otel, trace, validate
-from phxq.errors import BadArgument, MessageTooLarge, StorageError
+from phxq.errors import BadArgument, MessageTooLarge, QueueMoved, StorageError
 from phxq.net.frames import shown
 from phxq.paxos import decode_batch
 from phxq.routing import group_for_queue, make_offset, split_offset
@@ -124,6 +124,9 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
             raise BadArgument("each batch must be [queue, [message, ...]]")
         queue, raw_messages = batch
         r = node.replica_for(topic, queue)
+        moved = r.state.moves.sealed and r.state.moves.blocked((topic, queue))
+        if moved:
+            raise moved  # sealed here by a queue move: the client follows to the new set
         if replica is not None and r is not replica:
             raise BadArgument("all queues of one enqueue request must be in the same group")
         replica = r
@@ -210,15 +213,28 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
     assert isinstance(queue, int)  # replica_for checked it
     if after is None and group is not None:
         after = replica.state.cursor(group, topic, queue)
-    start = None if after is None else split_offset(after)
-    positions = replica.glog.positions((topic, queue), start, min(limit, MAX_DEQUEUE))
+    key = (topic, queue)
+    moves = replica.state.moves
+    moved = key in moves.tenures  # offsets <-> log positions through its tenures
+    if moved:
+        start, last, tenure = moves.read_window(key, after)
+    else:
+        start, last, tenure = (None if after is None else split_offset(after)), None, None
+    positions = _within(replica.glog.positions(key, start, min(limit, MAX_DEQUEUE)), last)
+    if not positions and tenure is not None and tenure.sealed is not None:
+        # Read up to the seal: the rest of the queue is on the set it moved to.
+        raise QueueMoved(
+            f"queue {queue} of topic {topic!r} moved to store set {tenure.target} after "
+            f"offset {tenure.sealed}",
+            {"set": tenure.target, "sealed": tenure.sealed, "move": tenure.sealed_by},
+        )
     deadline = time.monotonic() + float(wait)
     while not positions and (remaining := deadline - time.monotonic()) > 0:
         # Long poll: sleep until this replica applies another instance (or the wait ends).
         await replica.wait_applied(remaining)
         if not params.get("local"):
             replica = node.master_replica(topic, queue)  # NotMaster if it stepped down meanwhile
-        positions = replica.glog.positions((topic, queue), start, min(limit, MAX_DEQUEUE))
+        positions = _within(replica.glog.positions(key, start, min(limit, MAX_DEQUEUE)), last)
     rows: list[list[Any]] = []
     cache: dict[int, list[tuple[float, Message]]] = {}
     for instance, index in positions:
@@ -229,8 +245,16 @@ async def dequeue(node: StoreNode, params: dict[str, Any]) -> list[list[Any]]:
         if index >= len(flat):
             raise StorageError(f"index points past instance {instance} ({index} >= {len(flat)})")
         enqueued_at, msg = flat[index]
-        rows.append([make_offset(instance, index), msg.payload, msg.key, msg.headers, enqueued_at])
+        offset = moves.offset(key, instance, index) if moved else make_offset(instance, index)
+        rows.append([offset, msg.payload, msg.key, msg.headers, enqueued_at])
     return rows
+
+
+def _within(positions: list[tuple[int, int]], last: int | None) -> list[tuple[int, int]]:
+    """``positions`` up to instance ``last`` (a sealed tenure's end; None: all)."""
+    if last is None or not positions or positions[-1][0] <= last:
+        return positions
+    return [p for p in positions if p[0] <= last]
 
 
 def _flatten(value: bytes) -> list[tuple[float, Message]]:
@@ -249,6 +273,10 @@ async def commit(node: StoreNode, params: dict[str, Any]) -> int:
     expect = _int(params, "expect", optional=True) if check else None
     replica = node.master_replica(topic, queue)
     assert isinstance(queue, int)  # replica_for checked it
+    sealed = replica.state.moves.sealed.get((topic, queue))
+    if sealed is not None and sealed.sealed is not None and offset > sealed.sealed:
+        # An offset of the set this queue moved to: commit it there (the client follows).
+        raise replica.state.moves.blocked((topic, queue)) or StorageError("no seal")
     entry = CommitEntry(group, topic, queue, offset, token, check=check, expect=expect)
     result = await replica.propose_one(encode_entry(entry))
     if isinstance(result, st.Rejected):
@@ -281,7 +309,7 @@ async def seek(node: StoreNode, params: dict[str, Any]) -> int:
         seconds = validate.number(when, "time", unit="seconds since the epoch")
         instance = replica.glog.instance_at_time(seconds)
         target = replica.paxos.chosen_up_to + 1 if instance is None else instance
-        offset = make_offset(target, 0)
+        offset = replica.state.moves.offset((topic, queue), target, 0)
     # The cursor is "last processed": to deliver `offset` next, set it just below.
     new_cursor = max(offset - 1, 0)
     entry = ReplayEntry(group, topic, queue, new_cursor, uuid.uuid4().hex)
@@ -330,6 +358,7 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "cert": None if node.security is None else node.security.cert_status(),
         "groups": groups,
         "consumers": _consumer_lag(node),
+        "moves": [m.to_wire() for m in node.topology.moves.values()],
     }
 
 
@@ -354,7 +383,7 @@ def _consumer_lag(node: StoreNode) -> list[dict[str, Any]]:
             if not replica.serving:
                 continue
             cursor = replica.state.cursor(cg.name, cg.topic, q)
-            after = None if cursor is None else split_offset(cursor)
+            after = replica.state.moves.position_after((cg.topic, q), cursor)
             lag = len(replica.glog.positions((cg.topic, q), after, LAG_COUNT_LIMIT))
             rows.append(
                 {
@@ -450,6 +479,8 @@ HANDLERS: dict[str, Callable[[StoreNode, dict[str, Any]], Awaitable[Any]]] = {
 }
 
 # Last: the transaction handlers build on this module's validators (phxq.store.txn_service).
+from phxq.store import move_service as _move_service  # noqa: E402
 from phxq.store import txn_service as _txn_service  # noqa: E402
 
 HANDLERS.update(_txn_service.HANDLERS)
+HANDLERS.update(_move_service.HANDLERS)

@@ -59,6 +59,13 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   group's decision, the first one applied wins (``TxnDecided``). A transaction release entry
   releases its transaction's pending half messages like a release entry (offsets, index); a
   discard entry drops them (``TxnDiscarded``). ``txns`` is part of the snapshot (version 4).
+- **Queue moves** (:mod:`phxq.store.move_state`, :mod:`phxq.store.move_entries`). A seal
+  closes a queue here (``Sealed``): later enqueue, schedule and prepare entries of it are
+  ``Rejected(QueueMoved)`` (their ordinals are still consumed); a cancel withdraws a move
+  not sealed yet (``MoveCancelled``); an adopt opens a queue moved here (``Adopted``), with
+  the source's cursors (each kept when newer than ours), end offset and dedup ids, and an
+  offset delta so its offsets continue above the seal. ``moves`` is part of the snapshot
+  (version 5).
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -86,10 +93,11 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from phxq.errors import (
     BadArgument,
+    PhxqError,
     ProtocolError,
     StaleToken,
     StorageError,
@@ -106,6 +114,8 @@ from phxq.store.apply_results import (
 )
 from phxq.store.dedup import DedupWindow
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
+from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry
+from phxq.store.move_state import QueueMoves, adopt_into, shifted
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
 from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
 from phxq.store.state_snapshot import decode_state, encode_state
@@ -156,6 +166,7 @@ class StoreState:
         self._last_index: tuple[int, list[IndexEntry]] | None = None
         self.schedule = Schedule()  # pending scheduled messages (phxq.store.schedule)
         self.txns = TxnBook()  # transactions (phxq.store.txn); half messages are in schedule
+        self.moves = QueueMoves()  # queue moves (phxq.store.move_state)
 
     # ------------------------------------------------------------------------- queries
 
@@ -202,7 +213,11 @@ class StoreState:
                 continue
             if type(entry) is EnqueueHead:
                 count = len(entry.dedup_ids)
-                if not _rejected_too_many(instance, next_index, count, results, unindexed):
+                moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
+                if moved:
+                    unindexed.extend(range(next_index, next_index + count))
+                    results.append(Rejected(moved))
+                elif not _rejected_too_many(instance, next_index, count, results, unindexed):
                     results.append(
                         self._enqueue(instance, next_index, entry, index_entries, unindexed)
                     )
@@ -213,7 +228,10 @@ class StoreState:
                 results.append(self._replay(entry))
             elif type(entry) is ScheduleHead:
                 count = len(entry.due)
-                if not _rejected_too_many(instance, next_scheduled, count, results, None):
+                moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
+                if moved:
+                    results.append(Rejected(moved))
+                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(self._schedule(instance, next_scheduled, entry))
                 next_scheduled += count
             elif type(entry) is ReleaseHead:
@@ -222,6 +240,7 @@ class StoreState:
                     done = release(
                         self.schedule, instance, next_index, entry, index_entries, unindexed
                     )
+                    done = shifted(self.moves, entry, done)
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
@@ -232,7 +251,10 @@ class StoreState:
                 next_scheduled += count
             elif type(entry) is PrepareHead:
                 count = len(entry.dedup_ids)
-                if not _rejected_too_many(instance, next_scheduled, count, results, None):
+                moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
+                if moved:
+                    results.append(Rejected(moved))
+                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(
                         self.txns.prepare(instance, next_scheduled, entry, self.schedule)
                     )
@@ -243,6 +265,7 @@ class StoreState:
                     done = self.txns.release(
                         instance, next_index, entry, self.schedule, index_entries, unindexed
                     )
+                    done = shifted(self.moves, entry, done)
                     self._count_released(entry, done)
                     results.append(done)
                 next_index += count
@@ -250,6 +273,12 @@ class StoreState:
                 results.append(self.txns.decide(entry))
             elif type(entry) is DiscardEntry:
                 results.append(self.txns.discard(entry, self.schedule))
+            elif type(entry) is SealEntry:
+                results.append(_result(self.moves.seal(entry, instance)))
+            elif type(entry) is CancelMoveEntry:
+                results.append(_result(self.moves.cancel(entry)))
+            elif type(entry) is AdoptEntry:
+                results.append(_result(adopt_into(self, entry, instance)))
             else:
                 assert type(entry) is CancelEntry
                 sid = self.schedule.current_id(entry.scheduled_id)  # rolled meanwhile?
@@ -277,6 +306,8 @@ class StoreState:
         ids = head.dedup_ids
         count = len(ids)
         first = (instance << INDEX_BITS) | first_index
+        if self.moves.shift:  # a queue moved here: its offsets continue above the seal
+            first += self.moves.shift.get(queue_key, 0) << INDEX_BITS
         duplicates = self._dedup.remember(topic, at, first, ids)
         if duplicates is None:
             stored = count
@@ -449,6 +480,11 @@ class StoreState:
         """The state :meth:`snapshot` captured. ``ProtocolError`` if ``data`` is malformed
         (it may come from a peer)."""
         return decode_state(cls, data)
+
+
+def _result(outcome: Any) -> Any:
+    """A move_state outcome as an apply result (an error is ``Rejected``)."""
+    return Rejected(outcome) if isinstance(outcome, PhxqError) else outcome
 
 
 def _rejected_too_many(

@@ -10,6 +10,7 @@ import msgpack
 
 from phxq import validate
 from phxq.errors import ProtocolError
+from phxq.store.move_state import QueueMoves
 from phxq.store.schedule import Schedule
 from phxq.store.txn import TxnBook
 
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["decode_state", "encode_state"]
 
-# 2 added the schedule, 3 rolled messages, 4 transactions; 1 to 3 are still read
-_SNAPSHOT_VERSION = 4
+# 2 added the schedule, 3 rolled messages, 4 transactions, 5 queue moves; 1 to 4 are still read
+_SNAPSHOT_VERSION = 5
 
 
 def encode_state(state: StoreState) -> bytes:
@@ -40,6 +41,7 @@ def encode_state(state: StoreState) -> bytes:
         state.schedule.snapshot(),
         state.schedule.forwards(),
         state.txns.snapshot(),
+        state.moves.snapshot(),
     ]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
@@ -56,10 +58,10 @@ def decode_state(cls: type[StoreState], data: bytes) -> StoreState:
         isinstance(body, list)
         and body
         and type(body[0]) is int
-        and body[0] in (1, 2, 3, _SNAPSHOT_VERSION)
+        and body[0] in (1, 2, 3, 4, _SNAPSHOT_VERSION)
         and len(body) == 11 + body[0]
     ):
-        raise ProtocolError("not a version-1 to -4 store snapshot")
+        raise ProtocolError("not a version-1 to -5 store snapshot")
     (_, group, window_s, applied, latest, cursors, replays, window, ends, counts,
      unindexed, floor) = body[:12]  # fmt: skip
     if not isinstance(window_s, float) or not window_s >= 0:
@@ -91,6 +93,8 @@ def decode_state(cls: type[StoreState], data: bytes) -> StoreState:
         state.schedule.restore_forwards(body[13])
     if len(body) >= 15:  # version 4: transactions
         state.txns = TxnBook.restore(body[14])
+    if len(body) >= 16:  # version 5: queue moves
+        state.moves = QueueMoves.restore(body[15])
     return state
 
 

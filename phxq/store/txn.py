@@ -4,8 +4,12 @@ The protocol (RocketMQ-style half messages, atomic over queues and groups; DESIG
 ------------------------------------------------------------------------------------
 
 - **Ids and home.** A transaction has a random id (128 bits, the client's) and a *home group*:
-  the group of the queue of its first message. Its *participants* are the groups holding any
-  of its messages; the home is always one of them.
+  the group of the queue of its first message, named by ``(store set, group)``. Its
+  *participants* are the groups holding any of its messages, on any store sets; the home is
+  always one of them. A prepare record names its home by group alone when the home is on the
+  record's own set (``home_set`` None: every record written before transactions spanned sets),
+  and by set and group otherwise; the home's expected parts likewise (``(group, part)`` on the
+  home's set, ``(group, part, set)`` elsewhere).
 - **Prepare.** The client sends the home group's half messages first (``txn_prepare``), then
   the other participants' in parallel. Each is a prepare entry (:mod:`phxq.store.txn_entries`)
   in that participant's log: when ``prepare`` returns, every half message is chosen (durable
@@ -25,8 +29,11 @@ The protocol (RocketMQ-style half messages, atomic over queues and groups; DESIG
   never answered), an operator (``admin txn resolve``).
 - **Apply the decision, exactly once per participant.** A participant's master proposes a
   release (commit) or discard (rollback) entry for the transaction only after reading the
-  decision from the home group's applied state (its own replica of the home group: every
-  store of a set holds every group of the set). The client forwards the decision
+  decision from the home group's applied state: its own replica of the home group when the
+  home is on its set (every store of a set holds every group of the set), else the home
+  group's master on the home's set, asked over RPC (``txn_peek``, a member-only method;
+  :mod:`phxq.store.txn_remote`). A decision read from any replica is final (first wins), so
+  a stale or unreachable answer only delays the participant, never contradicts the home. The client forwards the decision
   (``txn_resolve``) so that it applies at once; the participant masters also look at their
   open transactions every tick and apply any decision that became known, so a producer crash
   right after deciding delays nothing beyond a tick. At apply: a release makes each of the
@@ -66,13 +73,14 @@ The book (pure, deterministic; part of :class:`phxq.store.state.StoreState`)
     .discard(entry, schedule) -> TxnDiscarded
     .open -> Mapping[str, OpenTxn];  .decision(txn) -> bool | None;  .outcome(txn) -> ...
     .snapshot() -> list;  TxnBook.restore(value) -> TxnBook
-    all_prepared(txn, home_book, book_of) -> bool   # may a check-back commit? (see there)
+    all_prepared(txn, home_book, book_of, remote={}) -> bool   # may a check-back commit?
+    remote_groups(txn, home_book) -> set[(set, group)]         # parts on other store sets
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -90,6 +98,7 @@ __all__ = [
     "TxnDiscarded",
     "TxnPrepared",
     "all_prepared",
+    "remote_groups",
 ]
 
 # Seconds of log time decisions and finished transactions are kept: long past any retry of a
@@ -136,8 +145,14 @@ class OpenTxn:
     timeout: float
     parts: set[int] = field(default_factory=set)
     ids: list[int] = field(default_factory=list)  # original scheduled ids of its half messages
-    expect: set[tuple[int, int]] = field(default_factory=set)  # home: every (group, part)
+    # home: every (group, part) on its own set, (group, part, set) on another
+    expect: set[tuple[int, ...]] = field(default_factory=set)
     outcome: bool | None = None  # set by the first release (True) or discard (False) applied
+    home_set: int | None = None  # the home's store set; None: this group's own set
+
+    def is_home(self, group: int) -> bool:
+        """Is ``group`` (of this book's set) the transaction's home?"""
+        return self.home_set is None and self.home == group
 
 
 class TxnBook:
@@ -191,6 +206,7 @@ class TxnBook:
             record = self.open[head.txn] = OpenTxn(
                 head.home, head.producer_group, head.enqueued_at, head.timeout
             )
+            record.home_set = head.home_set
         elif head.part in record.parts:
             return TxnPrepared((), duplicate=True)
         if record.outcome is not None:
@@ -293,6 +309,7 @@ class TxnBook:
                     r.outcome,
                     [list(e) for e in sorted(r.expect)],
                 ]
+                + ([] if r.home_set is None else [r.home_set])
                 for txn, r in sorted(self.open.items())
             ],
             [[txn, c, at, why] for txn, (c, at, why) in self._decided.items()],
@@ -307,7 +324,8 @@ class TxnBook:
         book = cls()
         book._latest = value[0]
         try:
-            for txn, home, producer, at, timeout, parts, ids, outcome, expect in _rows(value[1], 9):
+            for row in _rows(value[1], 9, 10):
+                txn, home, producer, at, timeout, parts, ids, outcome, expect = row[:9]
                 if producer is not None:
                     _text(producer)
                 if outcome not in (None, True, False) or type(at) is not float:
@@ -320,7 +338,8 @@ class TxnBook:
                 record.parts = {_uint(p) for p in parts}
                 record.ids = [_uint(i) for i in ids]
                 record.outcome = outcome
-                record.expect = {(_uint(g), _uint(p)) for g, p in _rows(expect, 2)}
+                record.expect = {tuple(_uint(x) for x in e) for e in _rows(expect, 2, 3)}
+                record.home_set = _uint(row[9]) if len(row) == 10 else None
                 book.open[_text(txn)] = record
             for txn, commit, at, why in _rows(value[2], 4):
                 if type(commit) is not bool or type(at) is not float or type(why) is not str:
@@ -335,20 +354,42 @@ class TxnBook:
         return book
 
 
-def all_prepared(txn: str, home: TxnBook, book_of: Callable[[int], TxnBook | None]) -> bool:
+def all_prepared(
+    txn: str,
+    home: TxnBook,
+    book_of: Callable[[int], TxnBook | None],
+    remote: Mapping[tuple[int, int], Collection[int] | None] | None = None,
+) -> bool:
     """True when every ``(group, part)`` the home's prepare record of ``txn`` expects is held
-    in that group (``book_of(group)``: its applied state, possibly behind; None: unknown).
+    in that group (``book_of(group)``: its applied state, possibly behind; None: unknown), and
+    every ``(group, part, set)`` on another store set is among ``remote[(set, group)]`` (the
+    parts that group holds, as its master answered; missing or None: unknown).
     The home's master commits on a check-back answer only then: a producer that crashed
     mid-prepare has a participant without its half messages, and a commit would be partial."""
     record = home.open.get(txn)
     if record is None or not record.expect:
         return False
-    for group, part in record.expect:
+    for want in record.expect:
+        group, part = want[0], want[1]
+        if len(want) == 3:
+            parts = (remote or {}).get((want[2], group))
+            if parts is None or part not in parts:
+                return False
+            continue
         book = book_of(group)
         held = None if book is None else book.open.get(txn)
         if held is None or part not in held.parts:
             return False
     return True
+
+
+def remote_groups(txn: str, home: TxnBook) -> set[tuple[int, int]]:
+    """``(set, group)`` of each participant of ``txn`` on another store set than its home
+    (from the home's prepare record; empty if it has none)."""
+    record = home.open.get(txn)
+    if record is None:
+        return set()
+    return {(e[2], e[0]) for e in record.expect if len(e) == 3}
 
 
 def _uint(value: object) -> int:
@@ -359,9 +400,10 @@ def _text(value: object) -> str:
     return validate.text(value, "snapshot field", error=ProtocolError)
 
 
-def _rows(value: object, width: int) -> list[list[Any]]:
+def _rows(value: object, width: int, widest: int | None = None) -> list[list[Any]]:
+    widths = range(width, (widest or width) + 1)
     if not isinstance(value, list) or not all(
-        isinstance(row, list) and len(row) == width for row in value
+        isinstance(row, list) and len(row) in widths for row in value
     ):
         raise ProtocolError(f"snapshot: expected an array of {width}-element arrays")
     return value

@@ -3,13 +3,13 @@
 Public API::
 
     PrepareEntry(txn, home, part, timeout, producer_group, topic, queue, prepared_at, messages,
-                 expect: tuple[tuple[int, int], ...] = ())
+                 expect: tuple[tuple[int, ...], ...] = (), home_set: int | None = None)
     DecideEntry(txn, commit: bool, decided_at: float, reason: str)
     TxnReleaseEntry(txn, topic, queue, released_at, ids, due, messages)
     DiscardEntry(txn, discarded_at: float)
 
     encode_prepare(txn, home, part, timeout, producer_group, topic, queue, prepared_at,
-                   wire_messages, expect=()) -> bytes
+                   wire_messages, expect=(), home_set=None) -> bytes
     encode_decide(txn, commit, decided_at, reason) -> bytes
     encode_txn_release(txn, topic, queue, released_at, ids, due, wire_messages) -> bytes
     encode_discard(txn, discarded_at) -> bytes
@@ -28,6 +28,10 @@ Meanings (the protocol is in :mod:`phxq.store.txn`):
   the producer may stay silent before the store asks its ``producer_group`` (or rolls back).
   ``expect`` (in the home group's entries) lists every ``(group, part)`` of the transaction:
   the home's master commits on a check-back answer only once all of them are prepared.
+  **Across store sets** (DESIGN §7.1): ``home_set`` names the store set of the home group when
+  it is not the set whose log holds the entry (None, and absent on the wire: the same set, as
+  in every entry written before transactions spanned sets), and an expected part on another
+  set than the home's is a triple ``(group, part, set)``.
 - A ``DecideEntry`` (home group only) is the decision: the first one applied for ``txn``
   wins; any later one is a no-op answered with the first decision.
 - A ``TxnReleaseEntry`` is a release entry (same fields and ordinals: its messages count among
@@ -38,7 +42,8 @@ Meanings (the protocol is in :mod:`phxq.store.txn`):
 Wire forms (``msgpack``, ``use_bin_type``; body as in an enqueue entry)::
 
     [9,  topic, queue, prepared_at, [dedup_id, ...], body, txn, home, part, timeout, producer,
-         [[group, part], ...]]
+         [[group, part], ...]]                      # home on this log's own set
+    [9,  ..., [[group, part] | [group, part, set], ...], home_set]   # home on another set
     [10, txn, commit, decided_at, reason]
     [11, topic, queue, released_at, [id, ...], [due, ...], body, txn]
     [12, txn, discarded_at]
@@ -119,7 +124,8 @@ class PrepareEntry:
     queue: int
     prepared_at: float
     messages: tuple[Message, ...]
-    expect: tuple[tuple[int, int], ...] = ()
+    expect: tuple[tuple[int, ...], ...] = ()
+    home_set: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +169,7 @@ class PrepareHead:
         "enqueued_at",
         "expect",
         "home",
+        "home_set",
         "part",
         "producer_group",
         "queue",
@@ -172,7 +179,9 @@ class PrepareHead:
     )
 
     def __init__(self, fields: list[Any]) -> None:
-        (_, topic, queue, at, dedup_ids, _body, txn, home, part, timeout, producer, expect) = fields
+        (_, topic, queue, at, dedup_ids, _body, txn, home, part, timeout, producer, expect) = (
+            fields[:12]
+        )
         self.topic: str = topic
         self.queue: int = queue
         self.enqueued_at: float = at
@@ -180,10 +189,11 @@ class PrepareHead:
         self.due = [HELD] * len(dedup_ids)
         self.txn: str = txn
         self.home: int = home
+        self.home_set: int | None = fields[12] if len(fields) > 12 else None
         self.part: int = part
         self.timeout: float = timeout
         self.producer_group: str | None = producer
-        self.expect: list[tuple[int, int]] = [(g, p) for g, p in expect]
+        self.expect: list[tuple[int, ...]] = [tuple(e) for e in expect]
 
 
 @dataclass(slots=True, eq=False)
@@ -211,9 +221,11 @@ def encode_prepare(
     queue: int,
     prepared_at: float,
     wire_messages: Sequence[Sequence[Any]],
-    expect: Sequence[tuple[int, int]] = (),
+    expect: Sequence[Sequence[int]] = (),
+    home_set: int | None = None,
 ) -> bytes:
-    """A prepare entry of validated ``[payload, key, headers, dedup_id]`` messages."""
+    """A prepare entry of validated ``[payload, key, headers, dedup_id]`` messages
+    (``home_set`` None: the home is on this log's set; the entry is then 12 fields, as ever)."""
     body = packed_bodies(wire_messages)
     fields = [
         TAG_PREPARE,
@@ -227,8 +239,10 @@ def encode_prepare(
         part,
         float(timeout),
         producer_group,
-        [[g, p] for g, p in expect],
+        [list(e) for e in expect],
     ]
+    if home_set is not None:
+        fields.append(home_set)
     packed: bytes = _packb(fields, use_bin_type=True)
     return packed
 
@@ -273,6 +287,7 @@ def encode_txn(entry: PrepareEntry | DecideEntry | TxnReleaseEntry | DiscardEntr
             entry.prepared_at,
             wire,
             entry.expect,
+            entry.home_set,
         )
     if isinstance(entry, DecideEntry):
         return encode_decide(entry.txn, entry.commit, entry.decided_at, entry.reason)
@@ -297,9 +312,12 @@ def _txn(value: Any) -> str:
 
 
 def _prepare_head(fields: list[Any]) -> PrepareHead:
-    if len(fields) != 12:
-        raise ProtocolError(f"prepare entry: expected 12 fields, got {len(fields)}")
-    _, topic, queue, at, dedup_ids, body, txn, home, part, timeout, producer, expect = fields
+    if len(fields) not in (12, 13):
+        want = 12 if len(fields) < 12 else 13
+        raise ProtocolError(f"prepare entry: expected {want} fields, got {len(fields)}")
+    _, topic, queue, at, dedup_ids, body, txn, home, part, timeout, producer, expect = fields[:12]
+    if len(fields) == 13:
+        _uint(fields[12], "prepare entry home set")
     _text(topic, "prepare entry topic")
     _uint(queue, "prepare entry queue")
     finite_time(at, "prepare entry prepared_at")
@@ -315,10 +333,12 @@ def _prepare_head(fields: list[Any]) -> PrepareHead:
     if type(expect) is not list or len(expect) > 1 << 16:
         raise ProtocolError("prepare entry: expect must be an array of [group, part]")
     for pair in expect:
-        if type(pair) is not list or len(pair) != 2:
+        if type(pair) is not list or len(pair) not in (2, 3):
             raise ProtocolError("prepare entry: expect must be an array of [group, part]")
         _uint(pair[0], "prepare entry expected group")
         _uint(pair[1], "prepare entry expected part")
+        if len(pair) == 3:
+            _uint(pair[2], "prepare entry expected set")
     return PrepareHead(fields)
 
 
@@ -336,6 +356,7 @@ def _prepare(fields: list[Any]) -> PrepareEntry:
         head.enqueued_at,
         messages,
         tuple(head.expect),
+        head.home_set,
     )
 
 

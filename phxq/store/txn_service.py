@@ -7,21 +7,27 @@ RPC handlers (params are msgpack maps; every one validates before proposing anyt
 txn_prepare   ``{txn, home, timeout, producer_group?, topic, expect, batches: [[queue, part,
               [[payload, key, headers, dedup_id], ...]], ...]}`` (one group) -> per batch the
               number of half messages held; ``TransactionAborted`` if the transaction is
-              already finished in this group (a prepare arriving after the decision)
+              already finished in this group (a prepare arriving after the decision).
+              ``home``: a group of this store's set, or ``[set, group]``; ``expect`` items are
+              ``[group, part]`` or ``[group, part, set]``. (The pair forms are what a store
+              older than transactions across sets refuses, BadArgument: a rolling upgrade
+              never lets such a store hold a part whose home is on another set.)
 txn_decide    ``{txn, topic, queue, commit}`` on the home group (the group of ``queue``) ->
               ``{commit, reason}``: the decision (the first one applied, maybe not this one)
 txn_resolve   ``{txn, topic, queue}`` on a participant group -> ``{commit, offsets: [[topic,
-              queue, offset], ...]}``: waits
-              (briefly) for the home's decision in this node's replica of the home group, then
-              releases or discards the transaction's half messages held there
-txn_list      ``{}`` (admin) -> the open transactions of the groups this node masters
+              queue, offset], ...]}``: waits (briefly) for the home's decision in this node's
+              replica of the home group (a home on another set: its master, ``txn_peek``),
+              then releases or discards the transaction's half messages held there
+txn_list      ``{}`` (admin) -> the open transactions of the groups this node masters (with
+              ``set`` and ``home_set``)
+txn_peek      (member) a store of another set asks about a transaction: :mod:`txn_remote`
 txn_settle    ``{txn, group, commit}`` (admin) -> ``{commit, reason}``: an operator's decision
               written in home group ``group`` (the first decision still wins)
 ============  ================================================================================
 
 :class:`TxnSweeper` runs on every store: on each group it masters it applies every decision
-that became readable (so a producer that crashed after deciding delays nothing beyond a tick),
-and on each home group it decides the transactions undecided past their timeout: it asks the
+that became readable (so a producer that crashed after deciding delays nothing beyond a tick;
+a home on another store set is asked every ``PEEK_EVERY``), and on each home group it decides the transactions undecided past their timeout: it asks the
 producer group's ``check`` handler (:mod:`phxq.store.txn_check`) and writes its answer (a
 commit only once every expected part is held: ``phxq.store.txn.all_prepared``), retries an
 unknown answer with backoff, and rolls back at the producer group's ``max_age`` (or at the
@@ -37,11 +43,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from phxq import metrics, validate
 from phxq.errors import BadArgument, NotMaster, PhxqError, StorageError, TransactionAborted
+from phxq.net.frames import shown
 from phxq.net.server import LogLimiter
 from phxq.store import state as st
 from phxq.store.scheduler import _read_records
 from phxq.store.service import _check_messages, _str
-from phxq.store.txn import TxnBook, TxnDecided, TxnPrepared, all_prepared
+from phxq.store.txn import OpenTxn, TxnBook, TxnDecided, TxnPrepared, all_prepared, remote_groups
 from phxq.store.txn_check import CheckBack
 from phxq.store.txn_entries import (
     HELD,
@@ -52,6 +59,7 @@ from phxq.store.txn_entries import (
     encode_prepare,
     encode_txn_release,
 )
+from phxq.store.txn_remote import TxnRemote, txn_peek
 from phxq.tasks import TaskScope
 
 if TYPE_CHECKING:
@@ -62,6 +70,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("phxq.txn")
 
 POLL: Final = 0.2  # seconds between the sweeper's looks at open transactions
+PEEK_EVERY: Final = 0.5  # seconds between a participant's looks at its home on another set
+LIST_WAIT: Final = 1.0  # seconds txn_list spends asking homes on other store sets, in all
 RESOLVE_WAIT: Final = 2.0  # seconds txn_resolve waits for the home's decision to be readable
 
 
@@ -80,18 +90,19 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
     txn = _txn(params)
     topic = _str(params, "topic")
     assert topic is not None
-    groups = node.cluster.cluster.groups
-    home = validate.integer(params.get("home"), "home", maximum=groups - 1)
+    home_set, home = _home(node, params.get("home"))
     timeout = validate.number(params.get("timeout"), "timeout", minimum=0.001, maximum=MAX_TIMEOUT)
     producer = params.get("producer_group")
     if producer is not None:
         producer = validate.name(producer, "producer_group", max_chars=256)
     expect = params.get("expect") or []
     if not isinstance(expect, list) or not all(
-        isinstance(e, list) and len(e) == 2 and all(type(x) is int and x >= 0 for x in e)
+        isinstance(e, list) and len(e) in (2, 3) and all(type(x) is int and x >= 0 for x in e)
         for e in expect
     ):
-        raise BadArgument("expect must be a list of [group, part]")
+        raise BadArgument("expect must be a list of [group, part] or [group, part, set]")
+    # A part on this (the home's) set is [group, part], as before sets; others keep their set.
+    expect = [e[:2] if len(e) == 2 or e[2] == node.set else e for e in expect]
     batches = params.get("batches")
     if not isinstance(batches, list) or not batches:
         raise BadArgument("batches must be a non-empty list of [queue, part, messages]")
@@ -113,7 +124,9 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
             raise BadArgument("a batch must hold at least one message")
         _check_messages(raw, spec.max_message_bytes)
         items.append(
-            encode_prepare(txn, home, part, timeout, producer, topic, queue, now, raw, expect)
+            encode_prepare(
+                txn, home, part, timeout, producer, topic, queue, now, raw, expect, home_set
+            )
         )
     replica = node.master_replica(topic, batches[0][0])
     results = await replica.propose(items)
@@ -127,6 +140,18 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
             raise TransactionAborted(f"transaction {txn} is already finished in this group")
         out.append(len(result.ids))
     return out
+
+
+def _home(node: StoreNode, value: Any) -> tuple[int | None, int]:
+    """``(set or None for this store's, group)`` of a ``txn_prepare``'s ``home``."""
+    groups = node.cluster.cluster.groups
+    if not isinstance(value, list):
+        return None, validate.integer(value, "home", maximum=groups - 1)
+    if len(value) != 2 or value[0] not in node.topology.sets:
+        raise BadArgument(f"home must be a group or [set, group] of a store set: {shown(value)}")
+    home = validate.integer(value[1], "home group", maximum=groups - 1)
+    # An entry names another set only: its bytes stay what they were before sets.
+    return (None if value[0] == node.set else value[0]), home
 
 
 async def _decide(
@@ -164,7 +189,7 @@ async def txn_settle(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     if txn not in book.open and book.decision(txn) is None:
         # Never prepared here, or decided and forgotten: a decision now might contradict it.
         raise BadArgument(f"group {group} is not the home of an open transaction {txn}")
-    if commit and not all_prepared(txn, replica.state.txns, lambda g: _book(node, g)):
+    if commit and not await _all_prepared(node, replica, txn):
         raise BadArgument(f"transaction {txn}: not every part is prepared; only a rollback")
     return await _decide(replica, txn, commit, "operator")
 
@@ -174,25 +199,56 @@ def _book(node: StoreNode, group: int) -> TxnBook | None:
     return None if replica is None else replica.state.txns
 
 
+async def _all_prepared(node: StoreNode, home: GroupReplica[StoreState], txn: str) -> bool:
+    """``all_prepared`` of ``txn`` at its home, asking the parts on other sets (an
+    unreachable one counts as not prepared)."""
+    book = home.state.txns
+    remote: dict[tuple[int, int], list[int] | None] = {}
+    for number, group in sorted(remote_groups(txn, book)):
+        try:
+            reply = await _remote(node).peek(number, group, txn)
+            remote[(number, group)] = reply.get("parts")
+        except PhxqError as exc:
+            log.info("transaction %s: set %d group %d: %s", txn, number, group, exc)
+            remote[(number, group)] = None
+    return all_prepared(txn, book, lambda g: _book(node, g), remote)
+
+
+def _remote(node: StoreNode) -> TxnRemote:
+    return node._txn_sweeper.remote
+
+
+async def _home_decision(
+    node: StoreNode, txn: str, record: OpenTxn, *, wait: float = 0.0
+) -> bool | None:
+    """The decision of ``txn`` in its home group (``record``: its open record in some group
+    of this store); ``wait``: seconds to wait for one."""
+    if record.home_set is None:
+        home = node.replicas[record.home]
+        deadline = time.monotonic() + wait
+        while True:
+            decision = home.state.txns.decision(txn)
+            remaining = deadline - time.monotonic()
+            if decision is not None or remaining <= 0:
+                return decision
+            await home.wait_applied(min(remaining, 0.2))
+    reply = await _remote(node).peek(record.home_set, record.home, txn, wait=wait)
+    decision = reply.get("decision")
+    return None if decision is None else bool(decision)
+
+
 async def txn_resolve(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
     txn = _txn(params)
     topic = _str(params, "topic")
     assert topic is not None
     replica = node.master_replica(topic, params.get("queue"))
-    deadline = time.monotonic() + RESOLVE_WAIT
-    while True:
-        book = replica.state.txns
-        record = book.open.get(txn)
-        if record is None:
-            return {"commit": book.finished(txn), "offsets": []}
-        home = node.replicas[record.home]
-        decision = home.state.txns.decision(txn)
-        if decision is not None:
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return {"commit": None, "offsets": []}
-        await home.wait_applied(min(remaining, 0.2))
+    book = replica.state.txns
+    record = book.open.get(txn)
+    if record is None:
+        return {"commit": book.finished(txn), "offsets": []}
+    decision = await _home_decision(node, txn, record, wait=RESOLVE_WAIT)
+    if decision is None:
+        return {"commit": None, "offsets": []}
     offsets = await resolve(replica, txn, decision)
     return {"commit": decision, "offsets": offsets}
 
@@ -228,16 +284,25 @@ async def resolve(replica: GroupReplica[StoreState], txn: str, commit: bool) -> 
 async def txn_list(node: StoreNode, params: dict[str, Any]) -> list[dict[str, Any]]:
     now = time.time()
     rows = []
+    # Homes on other store sets are asked, within LIST_WAIT in all (else shown undecided).
+    deadline = time.monotonic() + LIST_WAIT
     for group, replica in node.replicas.items():
         if not replica.serving:
             continue
         state = replica.state
         for txn, record in sorted(state.txns.open.items()):
-            decision = node.replicas[record.home].state.txns.decision(txn)
+            try:
+                remaining = max(0.0, deadline - time.monotonic())
+                async with asyncio.timeout(remaining if record.home_set is not None else None):
+                    decision = await _home_decision(node, txn, record)
+            except (PhxqError, TimeoutError):  # the home's set did not answer: undecided
+                decision = None
             rows.append(
                 {
                     "txn": txn,
+                    "set": node.set,
                     "group": group,
+                    "home_set": node.set if record.home_set is None else record.home_set,
                     "home": record.home,
                     "producer_group": record.producer_group,
                     "age": max(0.0, now - record.prepared_at),
@@ -259,9 +324,11 @@ class TxnSweeper:
         self._busy: set[tuple[int, str]] = set()
         self._next_check: dict[str, tuple[float, float]] = {}  # txn -> (next check, backoff)
         self._work = TaskScope("transaction sweeper", log)
+        self._next_peek: dict[tuple[int, str], float] = {}  # (group, txn) -> next remote look
         self._log = LogLimiter()
         self._check = CheckBack(node.cluster)
         self._open_reported = -1
+        self.remote = TxnRemote(node)  # calls to other store sets (txn_remote)
 
     async def run(self) -> None:
         """Until cancelled (then the work in flight is cancelled too, before the check-back
@@ -273,6 +340,7 @@ class TxnSweeper:
                     await asyncio.sleep(POLL)
         finally:
             await self._check.close()
+            await self.remote.close()
 
     def _spawn(self, key: tuple[int, str], coro: Any) -> None:
         self._busy.add(key)
@@ -304,11 +372,17 @@ class TxnSweeper:
                 key = (group, txn)
                 if key in self._busy:
                     continue
+                if record.home_set is not None:  # the home is on another store set: ask it
+                    # (Not at once: the producer's own commit usually resolves it first.)
+                    if now >= self._next_peek.get(key, record.prepared_at + PEEK_EVERY):
+                        self._next_peek[key] = now + PEEK_EVERY
+                        self._spawn(key, self._remote_home(replica, txn, record))
+                    continue
                 decision = node.replicas[record.home].state.txns.decision(txn)
                 if decision is not None:
                     self._spawn(key, resolve(replica, txn, decision))
                 elif (
-                    record.home == group
+                    record.is_home(group)
                     and now >= record.prepared_at + record.timeout
                     and now >= self._next_check.get(txn, (0.0, 0.0))[0]
                 ):
@@ -316,6 +390,20 @@ class TxnSweeper:
         if total != self._open_reported:  # a gauge set only on change (five times a second)
             self._open_reported = total
             metrics.TXN_OPEN.set(total)
+        if len(self._next_peek) > total:  # forget finished transactions' look times
+            self._next_peek = {
+                k: t
+                for k, t in self._next_peek.items()
+                if k[1] in node.replicas[k[0]].state.txns.open
+            }
+
+    async def _remote_home(
+        self, replica: GroupReplica[StoreState], txn: str, record: OpenTxn
+    ) -> None:
+        """Apply ``txn``'s decision here once its home on another set has one."""
+        decision = await _home_decision(self._node, txn, record)
+        if decision is not None:
+            await resolve(replica, txn, decision)
 
     async def _overdue(self, replica: GroupReplica[StoreState], txn: str, now: float) -> None:
         record = replica.state.txns.open.get(txn)
@@ -339,7 +427,7 @@ class TxnSweeper:
             return
         answer = await self._check.ask(record.producer_group, txn, record.prepared_at)
         metrics.TXN_CHECKS.labels(answer).inc()
-        ready = all_prepared(txn, replica.state.txns, lambda g: _book(self._node, g))
+        ready = answer == "committed" and await _all_prepared(self._node, replica, txn)
         if answer == "rolled_back":
             await _decide(replica, txn, False, "check")
         elif answer == "committed" and ready:
@@ -359,6 +447,7 @@ HANDLERS: Final[dict[str, Any]] = {
     "txn_resolve": txn_resolve,
     "txn_list": txn_list,
     "txn_settle": txn_settle,
+    "txn_peek": txn_peek,
 }
 
 __all__ = [

@@ -5,7 +5,7 @@ Public API (used by ``generate`` and ``simulate``)::
     inv = load_inventory(path) / parse_inventory(text, source)   # InventoryError if invalid
     plan = plan_deployment(inv)          # Deployment: stores, locks, consumers, cluster_doc
     plan.cluster_toml() -> str           # the cluster config (validated by parse_config)
-    plan.units() -> {host name: {unit file name: text}}
+    plan.units() -> {host name: {unit file name: text}}   # units.py
     plan.placement() -> str              # a human summary: ids, DCs, preferred masters
     write_deployment(plan, out_dir)      # cluster.toml (round-tripped through load_config
                                          # before it is moved into place), hosts/<h>/*.service,
@@ -20,6 +20,10 @@ Layout rules (DESIGN.md §3, §8):
   over the DCs in proportion to their stores (evenly when every DC has as many stores).
 - No DC may hold half of the stores or more: the cluster must keep a majority without any one
   DC. The same holds for the 3 or 5 lock nodes, dealt round-robin over the DCs' hosts.
+- **Store sets** (``[deploy] sets = N``, ``set_size = 3|5``; or ``generate --sets N``): each
+  set has ``set_size`` stores spread over the three DCs, hosts reused across sets (one store
+  process per set on a host, on port ``store_port + set - 1``); see :mod:`multiset`. Without
+  ``sets`` every host runs one store of the single set, as above.
 - ``[cluster]``, ``[[topic]]`` and ``[[consumer_group]]`` are copied to the cluster TOML as
   written; they are validated by :func:`phxq.config.parse_config` with the inventory as the
   source, so an error names the inventory's own key.
@@ -57,6 +61,8 @@ DEPLOY_DEFAULTS: dict[str, Any] = {
     "consumer_metrics_port": None,
     "locks": 3,
     "consumers": True,
+    "sets": None,  # None: one store per host, all in one set; N: N sets of set_size stores
+    "set_size": 3,
 }
 _HOST_KEYS = ("host", "name", "store_port", "lock_port")
 _PASSED_THROUGH = ("cluster", "topic", "consumer_group")
@@ -97,10 +103,17 @@ class Node:
     kind: str
     id: int
     host: Host
+    set: int | None = None  # a store's set, with [deploy] sets (its port: store_port + set - 1)
+
+    @property
+    def port_offset(self) -> int:
+        return 0 if self.set is None else self.set - 1
 
     @property
     def addr(self) -> str:
-        port = self.host.store_port if self.kind == "store" else self.host.lock_port
+        port = (
+            self.host.store_port + self.port_offset if self.kind == "store" else self.host.lock_port
+        )
         return f"{self.host.host}:{port}"
 
 
@@ -123,6 +136,8 @@ class Deployment:
         return header + dump_config(self.config)
 
     def units(self) -> dict[str, dict[str, str]]:
+        from units import render_units
+
         return render_units(self)
 
     def placement(self) -> str:
@@ -215,6 +230,13 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
     if not isinstance(consumers, bool):
         d.fail(f"expected true or false, got {_show(consumers)}", "consumers")
     deploy["locks"], deploy["consumers"] = locks, consumers
+    sets = d.raw.get("sets", DEPLOY_DEFAULTS["sets"])
+    if sets is not None and (not isinstance(sets, int) or isinstance(sets, bool) or sets < 1):
+        d.fail(f"expected a positive number of store sets, got {_show(sets)}", "sets")
+    set_size = d.raw.get("set_size", DEPLOY_DEFAULTS["set_size"])
+    if set_size not in (3, 5) or isinstance(set_size, bool):
+        d.fail(f"expected 3 or 5 stores per set, got {_show(set_size)}", "set_size")
+    deploy["sets"], deploy["set_size"] = sets, set_size
     ports = [deploy[k] for k in DEPLOY_DEFAULTS if k.endswith("port") and deploy[k] is not None]
     for key in DEPLOY_DEFAULTS:
         if key.endswith("port") and deploy[key] is not None and ports.count(deploy[key]) > 1:
@@ -278,6 +300,8 @@ def _host_name(address: str) -> str:
 def _check_majorities(inv: Inventory) -> None:
     stores = sum(len(hosts) for _, hosts in inv.dcs)
     for i, (name, hosts) in enumerate(inv.dcs):
+        if inv.deploy["sets"] is not None:
+            break  # store sets: each set is spread over the DCs by construction (multiset)
         if 2 * len(hosts) >= stores:
             raise InventoryError(
                 f"{inv.source}: dc[{i}].hosts: DC {_show(name)} has {len(hosts)} of {stores} "
@@ -325,7 +349,12 @@ def plan_deployment(
     ``peers[i][j]``: the address store ``i`` dials store ``j`` at (``simulate`` puts a fault
     proxy there); the default is ``j``'s own address."""
     dealt = _deal(inv)
-    stores = [Node("store", i, host) for i, host in enumerate(dealt, start=1)]
+    if inv.deploy["sets"] is None:
+        stores = [Node("store", i, host) for i, host in enumerate(dealt, start=1)]
+    else:
+        from multiset import place_sets
+
+        stores = place_sets(inv)
     locks = [Node("lock", i, host) for i, host in enumerate(dealt[: inv.deploy["locks"]], 1)]
     consumers = list(dealt) if inv.deploy["consumers"] else []
     plan = Deployment(inv, stores, locks, consumers)
@@ -333,6 +362,10 @@ def plan_deployment(
     for table in plan.cluster_doc["store"]:
         if peers and peers.get(table["id"]):
             table["peers"] = {str(j): addr for j, addr in peers[table["id"]].items()}
+    if inv.deploy["sets"] is not None:
+        from multiset import check_ports
+
+        check_ports(plan)
     # The passed-through tables keep their inventory paths, so errors name the inventory key.
     plan.config = parse_config(tomli_w.dumps(plan.cluster_doc), inv.source)
     return plan
@@ -353,10 +386,12 @@ def _cluster_doc(plan: Deployment) -> dict[str, Any]:
                 "id": node.id,
                 "addr": node.addr,
                 "dc": node.host.dc,
-                "data": _data_dir(plan, node),
+                "data": data_dir(plan, node),
             }
+            if node.set is not None:
+                table["set"] = node.set
             if d[metrics_key] is not None:
-                table["metrics_addr"] = f"{node.host.host}:{d[metrics_key]}"
+                table["metrics_addr"] = f"{node.host.host}:{d[metrics_key] + node.port_offset}"
             doc[kind].append(table)
     for key in ("topic", "consumer_group"):
         if key in plan.inventory.passed_through:
@@ -364,7 +399,7 @@ def _cluster_doc(plan: Deployment) -> dict[str, Any]:
     return doc
 
 
-def _data_dir(plan: Deployment, node: Node) -> str:
+def data_dir(plan: Deployment, node: Node) -> str:
     return f"{plan.inventory.deploy['data_dir'].rstrip('/')}/{node.kind}{node.id}"
 
 
@@ -382,67 +417,12 @@ def preferred_masters(plan: Deployment) -> dict[str, list[int]]:
 
 # ------------------------------------------------------------------------------- output
 
-_UNIT = """\
-[Unit]
-Description={description}
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-Type=simple
-User={user}
-Group={user}
-ExecStart={exec_start}
-Restart=on-failure
-RestartSec=2s
-# SIGTERM lets the daemon close its logs; the PLog survives SIGKILL too (fdatasync'd).
-KillSignal=SIGTERM
-TimeoutStopSec=30s
-LimitNOFILE=65536
-Environment=PYTHONUNBUFFERED=1
-{extra}
-[Install]
-WantedBy=multi-user.target
-"""
-
-
-def _unit(plan: Deployment, description: str, args: str, data: str | None) -> str:
-    d = plan.inventory.deploy
-    extra = (
-        "" if data is None else f"# data: {data} (created by the daemon; owned by {d['user']})\n"
-    )
-    return _UNIT.format(
-        description=description,
-        user=d["user"],
-        exec_start=f"{d['phxq']} {args}",
-        extra=extra,
-    )
-
-
-def render_units(plan: Deployment) -> dict[str, dict[str, str]]:
-    """``{host name: {unit file: text}}``: phxq-store, phxq-lock (on lock hosts) and
-    phxq-consumer (when ``deploy.consumers``)."""
-    d = plan.inventory.deploy
-    cfg = d["config_path"]
-    out: dict[str, dict[str, str]] = {}
-    for node in plan.stores + plan.locks:
-        out.setdefault(node.host.name, {})[f"phxq-{node.kind}.service"] = _unit(
-            plan,
-            f"phxq {node.kind} {node.id} ({node.host.dc})",
-            f"{node.kind} --config {cfg} --node {node.id}",
-            _data_dir(plan, node),
-        )
-    for host in plan.consumers:
-        args = f"consumer --config {cfg} --id {host.name}"
-        if d["consumer_metrics_port"] is not None:
-            args += f" --metrics-addr {host.host}:{d['consumer_metrics_port']}"
-        out.setdefault(host.name, {})["phxq-consumer.service"] = _unit(
-            plan, f"phxq consumer {host.name} ({host.dc})", args, None
-        )
-    return out
-
 
 def render_placement(plan: Deployment) -> str:
+    if plan.inventory.deploy["sets"] is not None:
+        from multiset import render_sets
+
+        return render_sets(plan)
     lines = [f"inventory: {plan.inventory.source}", "", "stores (every store holds every group):"]
     lines += [f"  store {n.id:<3} {n.host.dc:<12} {n.addr}" for n in plan.stores]
     lines += ["", "locks:"]

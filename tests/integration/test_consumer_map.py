@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
 from phxq import admin
 from phxq.client import Client
+from phxq.config import ClusterConfig
 from phxq.devcluster import ProcessCluster
 from tests.integration import test_consumer_delivery as delivery
 from tests.integration.conftest import wait_until
@@ -64,12 +66,45 @@ async def test_a_running_consumer_delivers_queues_added_online(
         await client.enqueue(TOPIC, b"both groups", queue=2)
         # Every message, old and new, now delivered once per group.
         await wait_until(
-            lambda: _true(set(recorder.acked_payloads().values()) == {2}),
+            lambda: _true(_counts(recorder) == {2: 9}),
             15,
             "the new group delivered by the running consumer",
         )
-    assert len(recorder.acked_payloads()) == 9
+        assert _counts(recorder) == {2: 9}
+        # The admin commands know the group created online (through the map).
+        cfg = cluster.config
+        limit = await admin.set_limit(cfg, "audit", messages=1000.0)
+        assert limit == {"messages": 1000.0, "bytes": None, "source": "runtime"}
+        rows = await wait_until(lambda: _settled(cfg, "audit"), 15, "audit's lag reported as 0")
+        assert sorted(r.queue for r in rows) == list(range(10))
+
+        # Client.consume follows the map as well: a queue added while the loop runs.
+        locks = [lk.addr for lk in cfg.locks]
+        async with Client(cluster.store_addresses, locks=locks) as reader:
+            got: list[bytes] = []
+
+            async def read() -> None:
+                async for msg in reader.consume("readers", TOPIC):
+                    got.append(msg.payload)
+                    if msg.payload == b"after-alter":
+                        return
+
+            reading = asyncio.ensure_future(read())
+            await wait_until(lambda: _true(len(got) == 9), 15, "the stream reading")
+            await admin.topic_alter(cfg, TOPIC, queues=12)
+            await client.enqueue(TOPIC, b"after-alter", queue=11)
+            await asyncio.wait_for(reading, 15)
     assert {h.consumer for h in recorder.hits} == {"c1"}
+
+
+async def _settled(cfg: ClusterConfig, group: str) -> list[admin.LagRow] | None:
+    rows = await admin.lag(cfg, group=group)
+    return rows if rows and all(r.lag == 0 for r in rows) else None
+
+
+def _counts(recorder: Recorder) -> dict[int, int]:
+    """How many payloads were acked how many times ({2: 9}: nine, each twice)."""
+    return dict(Counter(recorder.acked_payloads().values()))
 
 
 async def _phxq(cluster: ProcessCluster, *args: str) -> str:

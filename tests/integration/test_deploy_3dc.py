@@ -62,7 +62,7 @@ handler = "http://127.0.0.1:8080/hook"
 """
 
 
-def generate(tmp_path: Path, inventory: str) -> subprocess.CompletedProcess[str]:
+def generate(tmp_path: Path, inventory: str, *options: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "inventory.toml"
     path.write_text(inventory)
     return subprocess.run(
@@ -73,6 +73,7 @@ def generate(tmp_path: Path, inventory: str) -> subprocess.CompletedProcess[str]
             str(path),
             "--out",
             str(tmp_path / "out"),
+            *options,
         ],
         capture_output=True,
         text=True,
@@ -168,6 +169,93 @@ def test_bad_inventory_is_rejected_naming_the_key_and_writes_nothing(
     assert run.returncode == 1
     assert expected in run.stderr, run.stderr
     assert "inventory.toml" in run.stderr
+    assert not (tmp_path / "out" / "cluster.toml").exists()
+
+
+def _check_sets(tmp_path: Path, sets: int, size: int) -> None:
+    """The generated multi-set deployment: every set spread over the DCs, no host with two
+    stores of one set, one port per daemon, ``phxq config check`` passing, one unit per store."""
+    out = tmp_path / "out"
+    cfg = load_config(out / "cluster.toml")
+    assert cfg.sets == tuple(range(1, sets + 1))
+    for number in cfg.sets:
+        members = [s for s in cfg.stores if s.set == number]
+        assert len(members) == size
+        dcs = Counter(s.dc for s in members)
+        assert set(dcs) == {"north", "south", "east"}
+        assert max(dcs.values()) * 2 < size, f"set {number}: a DC holds half: {dcs}"
+        assert len({s.host for s in members}) == size, "two stores of a set on one host"
+        ids = sorted(s.id for s in members)  # the set's preferred masters rotate over the DCs
+        masters = Counter(cfg.store(ids[g % size]).dc for g in range(cfg.cluster.groups))
+        assert len(masters) == 3
+    addrs = [s.addr for s in cfg.stores] + [lk.addr for lk in cfg.locks]
+    assert len(set(addrs)) == len(addrs)
+    metrics = [s.metrics_addr for s in cfg.stores]
+    assert len(set(metrics)) == len(metrics)
+    check = subprocess.run(
+        [sys.executable, "-m", "phxq", "config", "check", str(out / "cluster.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
+    assert f"in {sets} store sets" in check.stdout
+    for s in cfg.stores:
+        host = "east-2" if s.addr.startswith("10.3.0.2:") else s.host
+        unit = (out / "hosts" / host / f"phxq-store-{s.id}.service").read_text()
+        assert f"store --config /etc/phxq/cluster.toml --node {s.id}\n" in unit
+    assert len(list(out.glob("hosts/*/phxq-store*.service"))) == sets * size
+    assert f"set {sets} ({size} stores" in (out / "placement.txt").read_text()
+
+
+def test_multi_set_deployments_spread_every_set_over_the_three_dcs(tmp_path: Path) -> None:
+    run = generate(tmp_path, SAMPLE, "--sets", "4")
+    assert run.returncode == 0, run.stderr
+    _check_sets(tmp_path, 4, 3)
+    cfg = load_config(tmp_path / "out" / "cluster.toml")
+    # A host runs one store per set it hosts, each on store_port + set - 1.
+    assert {s.addr for s in cfg.stores if s.host == "10.1.0.1"} == {
+        "10.1.0.1:7101",
+        "10.1.0.1:7103",
+    }
+    assert cfg.store(5).addr == "10.3.0.2:7112"  # a host's own store_port is the base
+    # One set more later: the existing stores keep their ids, hosts and ports.
+    (tmp_path / "three").mkdir()
+    assert generate(tmp_path / "three", SAMPLE, "--sets", "3").returncode == 0
+    before = load_config(tmp_path / "three" / "out" / "cluster.toml").stores
+    assert before == cfg.stores[: len(before)]
+    # Sets of five from the inventory itself: 2/2/1 over the DCs, on 2 hosts per DC.
+    five = SAMPLE.replace("locks = 5", "locks = 5\nsets = 2\nset_size = 5")
+    (tmp_path / "five").mkdir()
+    run = generate(tmp_path / "five", five)
+    assert run.returncode == 0, run.stderr
+    _check_sets(tmp_path / "five", 2, 5)
+
+
+@pytest.mark.parametrize(
+    ("change", "options", "expected"),
+    [
+        (("", ""), ("--sets", "1", "--set-size", "4"), "--set-size: expected 3 or 5"),
+        (("locks = 5", "locks = 5\nsets = 0"), (), "deploy.sets: expected a positive number"),
+        (
+            ('hosts = ["10.2.0.1", "10.2.0.2"]', 'hosts = ["10.2.0.1"]'),
+            ("--sets", "1", "--set-size", "5"),
+            'dc[1].hosts: a set of 5 stores needs 2 hosts in DC "south"',
+        ),
+        (
+            ("user = ", "lock_port = 7102\nuser = "),
+            ("--sets", "2"),
+            "10.1.0.2:7102 would serve both store 6 and lock 4",
+        ),
+    ],
+)
+def test_bad_multi_set_layouts_are_rejected(
+    tmp_path: Path, change: tuple[str, str], options: tuple[str, ...], expected: str
+) -> None:
+    assert change[0] in SAMPLE
+    run = generate(tmp_path, SAMPLE.replace(*change, 1), *options)
+    assert run.returncode == 1
+    assert expected in run.stderr, run.stderr
     assert not (tmp_path / "out" / "cluster.toml").exists()
 
 

@@ -535,6 +535,14 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("GET", "/topics/orders/stream", {"headers": {"Last-Event-ID": "zz"}}, 400, "bad_argument"),
     ("GET", "/nothing/here", {}, 404, "not_found"),
     ("DELETE", "/topics/orders/messages", {}, 405, "method_not_allowed"),
+    # No [gateway] cors_origins: a preflight is just a method this path does not take.
+    (
+        "OPTIONS",
+        "/topics/orders/messages",
+        {"headers": {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}},
+        405,
+        "method_not_allowed",
+    ),
 ]
 
 
@@ -751,7 +759,10 @@ async def test_gateway_benchmark_runs_beside_the_native_client(gw):
         ("gateway", "throughput"),
     ]
     assert all(r["messages"] > 0 and r["errors"] == 0 for r in runs), runs
-    assert len(gateway_bench.ratios(runs)) == 2
+    assert all(r["params"]["http_client"] == "raw" for r in runs)  # the lean load generator
+    summary = gateway_bench.ratios(runs)
+    assert sum("gateway/native" in line for line in summary) == 2
+    assert sum(re.search(r"gateway CPU \d+ us/msg", line) is not None for line in summary) == 2
 
 
 async def test_metrics_count_requests_by_operation_and_status(http, url):

@@ -20,6 +20,7 @@ from .gateway_cluster import BILLING, gateway_cluster
 
 pytestmark = pytest.mark.integration
 
+APP = "https://app.example.com"  # the one browser origin allowed ([gateway] cors_origins)
 PRODUCER = new_token()
 READER = new_token()
 PRINCIPALS = f"""
@@ -38,7 +39,10 @@ allow = ["consume:orders:billing"]
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     yield from gateway_cluster(
-        tmp_path_factory.mktemp("gwsec"), extra=BILLING + PRINCIPALS, secure=True
+        tmp_path_factory.mktemp("gwsec"),
+        extra=BILLING + PRINCIPALS,
+        secure=True,
+        gateway=f'cors_origins = ["{APP}"]',
     )
 
 
@@ -189,3 +193,56 @@ async def test_sighup_applies_a_new_principal_without_a_restart(gw, http):
 
     await wait_until(accepted, 10, "the new principal's token to be accepted")
     assert (await call(http, "POST", url, data=b"p", headers=bearer(PRODUCER)))[0] == 200
+
+
+async def test_cors_serves_the_allowed_origin_and_refuses_others_still_checking_tokens(gw, http):
+    enqueue = f"{gw.gateway_url}/v1/topics/orders/messages"
+    ask = {"Access-Control-Request-Method": "POST"}
+    ask["Access-Control-Request-Headers"] = "authorization, phxq-key, content-type"
+
+    # Preflight from the allowed origin (browsers send no token): the route's methods and the
+    # asked headers, cacheable; nothing stored.
+    async with http.options(enqueue, headers={"Origin": APP, **ask}) as resp:
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == APP
+        assert resp.headers["Access-Control-Allow-Methods"] == "POST"
+        assert resp.headers["Access-Control-Allow-Headers"] == ask["Access-Control-Request-Headers"]
+        assert int(resp.headers["Access-Control-Max-Age"]) > 0
+        assert "Origin" in resp.headers.getall("Vary")
+    # Preflight from another origin: 403, no CORS headers, so the browser never sends it.
+    for origin in ("https://evil.example.com", "https://app.example.com.evil.net", None):
+        headers = {**ask, **({"Origin": origin} if origin else {})}
+        async with http.options(enqueue, headers=headers) as resp:
+            assert resp.status == 403
+            assert (await resp.json(content_type=None))["code"] == "forbidden"
+            assert "Access-Control-Allow-Origin" not in resp.headers
+    # A preflight for a method the path does not take is a plain 405.
+    async with http.options(
+        enqueue, headers={"Origin": APP, "Access-Control-Request-Method": "DELETE"}
+    ) as resp:
+        assert resp.status == 405 and resp.headers["Allow"] == "POST"
+
+    # The request itself still needs its token and permission: CORS grants nothing.
+    async with http.post(enqueue, data=b"cors", headers={"Origin": APP}) as resp:
+        assert resp.status == 401
+        assert resp.headers["Access-Control-Allow-Origin"] == APP  # the page may read why
+        assert "WWW-Authenticate" in resp.headers["Access-Control-Expose-Headers"]
+    reader = {"Origin": APP, **bearer(READER)}
+    async with http.post(enqueue, data=b"cors", headers=reader) as resp:
+        assert resp.status == 403
+    async with http.post(
+        enqueue, data=b"cors", headers={"Origin": APP, **bearer(PRODUCER)}
+    ) as resp:
+        assert resp.status == 200 and (await resp.json())["offset"] is not None
+        assert resp.headers["Access-Control-Allow-Origin"] == APP
+    # From a refused origin the answer is the same but carries no CORS headers.
+    evil = {"Origin": "https://evil.example.com", **bearer(PRODUCER)}
+    async with http.post(enqueue, data=b"cors", headers=evil) as resp:
+        assert resp.status == 200
+        assert "Access-Control-Allow-Origin" not in resp.headers
+    # An event stream (prepared by its handler) gets the headers too.
+    stream = f"{gw.gateway_url}/v1/topics/orders/stream?group=billing&timeout=0.1"
+    async with http.get(stream, headers={"Origin": APP, **bearer(READER)}) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == APP
+        await resp.read()

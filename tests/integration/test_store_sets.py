@@ -13,7 +13,7 @@ import pytest
 
 import phxq
 from phxq.devcluster import ProcessCluster
-from phxq.errors import BadArgument, StaleMap, Unavailable
+from phxq.errors import StaleMap, Unavailable
 from phxq.net.rpc import RpcPool
 from phxq.routing import queue_for_key
 from phxq.topology import Topology
@@ -55,15 +55,12 @@ async def test_queues_live_on_their_set_and_other_sets_redirect(two_sets: Proces
         assert [a.queue for a in acks] == list(range(QUEUES))
         for q in range(QUEUES):
             assert [m.payload for m in await _read_queue(client, q)] == [f"q{q}".encode()]
-        # A transaction stays within one store set (queues 0 and 2 are on set 1, 1 on set 2).
+        # A transaction may span store sets (queue 0 is on set 1, 3 on set 2; more in
+        # test_store_txn_sets.py).
         async with client.transaction() as txn:
             await txn.enqueue(TOPIC, b"t0", queue=0)
-            await txn.enqueue(TOPIC, b"t2", queue=2)
-        with pytest.raises(BadArgument, match="one store set"):
-            async with client.transaction() as txn:
-                await txn.enqueue(TOPIC, b"t0", queue=0)
-                await txn.enqueue(TOPIC, b"t1", queue=1)
-        assert [m.payload for m in await _read_queue(client, 1)] == [b"q1"]  # nothing written
+            await txn.enqueue(TOPIC, b"t3", queue=3)
+        assert [m.payload for m in await _read_queue(client, 3)] == [b"q3", b"t3"]
     async with RpcPool() as pool:
         by_set = {s.set: s.addr for s in two_sets.config.stores}
         meta = await pool.call(by_set[2], "meta", {}, timeout=2.0)

@@ -97,7 +97,7 @@ def test_omitted_keys_take_the_documented_defaults() -> None:
                        'handler = "pkg.mod:handle"\n')  # fmt: skip
     c = cfg.cluster
     assert c.groups == DEFAULTS["cluster.groups"] == 16
-    assert (c.dedup_window, c.paxos_window, c.heartbeat_interval, c.lease) == (300, 8, 0.1, 1)
+    assert (c.dedup_window, c.paxos_window, c.heartbeat_interval, c.lease) == (300, 8, 0.1, 0.6)
     assert c == ClusterSettings()
     assert c.journal_bytes == 8 << 20
     assert cfg.stores[0].dc == "default" and cfg.stores[0].metrics_addr is None

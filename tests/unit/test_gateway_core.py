@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phxq import errors
+from phxq.client import Ack
+from phxq.config import ConfigError, parse_config
+from phxq.config.dump import dump_config
 from phxq.errors import BadArgument, PhxqError
+from phxq.gateway.cors import Cors
+from phxq.gateway.handlers import ack_bytes, ack_json
 from phxq.gateway.openapi import openapi_document
 from phxq.gateway.problems import PROBLEM_STATUSES, Problem, problem_for
 from phxq.gateway.routes import build_routes
@@ -145,3 +150,52 @@ def test_anything_but_a_handle_is_no_such_transaction(text):
 
 def by_id_route(operation: str):
     return next(r for r in ROUTES if r.operation_id == operation)
+
+
+CONFIG = '[[store]]\nid = 1\naddr = "127.0.0.1:7101"\ndata = "s1"\n'
+
+
+@pytest.mark.parametrize(
+    ("origins", "want"),
+    [
+        ('["https://App.example.com", "http://localhost:5173"]', None),
+        ('["*"]', None),
+        ('["http://[::1]:8080"]', None),
+        ('"https://app.example.com"', "a list of origins"),
+        ('["https://app.example.com/"]', "no path"),
+        ('["app.example.com"]', "no path"),
+        ('["ftp://x"]', "no path"),
+        ("[1]", "a list of origins"),
+    ],
+)
+def test_cors_origins_are_origins_or_a_star(origins, want):
+    text = CONFIG + f"[gateway]\ncors_origins = {origins}\n"
+    if want is None:
+        cfg = parse_config(text)
+        assert cfg.gateway.cors_origins == tuple(o.lower() for o in json.loads(origins))
+        assert parse_config(dump_config(cfg)).gateway == cfg.gateway  # round-trips
+    else:
+        with pytest.raises(ConfigError, match=want):
+            parse_config(text)
+    assert parse_config(CONFIG).gateway.cors_origins == ()  # default: no CORS at all
+
+
+def test_cors_allows_only_its_origins_case_insensitively():
+    cors = Cors(("https://app.example.com",))
+    assert cors.allows("https://APP.example.com")
+    assert not cors.allows("https://evil.example.com")
+    assert not cors.allows("https://app.example.com.evil.net")
+    assert not cors.allows(None)
+    assert Cors(("*",)).allows("http://anything:1")
+
+
+@given(
+    topic=st.text(min_size=1, max_size=30),
+    queue=st.integers(0, 1 << 31),
+    offset=st.none() | st.integers(0, (1 << 63) - 1),
+    duplicate=st.booleans(),
+)
+def test_the_single_enqueue_answer_is_the_json_of_its_ack(topic, queue, offset, duplicate):
+    sid = None if offset is not None else f"{topic}/{queue}/7"
+    ack = Ack(topic, queue, offset, duplicate, sid)
+    assert ack_bytes(ack) == json.dumps(ack_json(ack)).encode()

@@ -211,7 +211,7 @@ def test_master_heartbeats_carry_its_learned_position() -> None:
     c.elect(1)
     c.propose(1, 1, b"a")
     c.run()
-    effects = c.nodes[1].on_tick(c.now + 1.0)
+    effects = c.nodes[1].on_tick(c.now + 0.2)
     hb = sent(effects, Heartbeat, to=2)[0]
     assert (hb.chosen_up_to, hb.checksum) == (c.nodes[1].chosen_up_to, c.nodes[1].checksum)
 

@@ -34,6 +34,9 @@ MSG = Message(b"p", "k", {"h": "v"}, None)
     [
         PrepareEntry("t1", 2, 3, 5.0, "pg", "orders", 1, 10.0, (MSG, MSG), ((2, 3), (0, 4))),
         PrepareEntry("t1", 0, 0, 0.5, None, "orders", 0, 10.0, (MSG,)),
+        # Across store sets: the home on set 2, parts on other sets named by (group, part, set).
+        PrepareEntry("t1", 1, 0, 0.5, None, "orders", 0, 10.0, (MSG,), (), 2),
+        PrepareEntry("t1", 1, 0, 5.0, "pg", "o", 1, 10.0, (MSG,), ((1, 0), (1, 1, 2)), None),
         DecideEntry("t1", True, 11.0, "producer"),
         DecideEntry("t1", False, 11.0, "max_age"),
         TxnReleaseEntry("t1", "orders", 1, 12.0, (1 << 20,), (HELD,), (MSG,)),
@@ -96,3 +99,34 @@ def test_malformed_entries_raise_only_protocol_error(tag: int, fields: list[obje
 def test_malformed_transaction_book_snapshot_raises_only_protocol_error(value: object) -> None:
     with contextlib.suppress(ProtocolError):  # the only error allowed
         TxnBook.restore(value)
+
+
+def test_a_prepare_entry_names_another_sets_home_only_in_a_thirteenth_field() -> None:
+    wire = [[b"a", None, {}, None]]
+    local = msgpack.unpackb(encode_prepare("t", 1, 0, 5.0, None, "o", 1, 10.0, wire, [[1, 0]]))
+    assert len(local) == 12 and local[11] == [[1, 0]]  # bytes as before sets
+    remote = encode_prepare("t", 1, 0, 5.0, None, "o", 1, 10.0, wire, (), home_set=3)
+    assert msgpack.unpackb(remote)[12:] == [3]
+    head = peek_entry(remote)
+    assert (head.home, head.home_set) == (1, 3)
+    for bad in ([*msgpack.unpackb(remote), 0], [*msgpack.unpackb(remote)[:12], -1]):
+        with pytest.raises(ProtocolError):
+            decode_entry(msgpack.packb(bad, use_bin_type=True))
+
+
+def test_a_participant_of_another_sets_home_is_never_the_home_and_survives_a_snapshot() -> None:
+    """Group 1 of set 1 holding a part of a transaction whose home is group 1 of set 2: not
+    its home (the sweeper must not decide it there); the book's snapshot keeps the home set,
+    and a book without one snapshots exactly as before sets (9-element rows)."""
+    state = StoreState(1, dedup_window=60.0)
+    wire = [[b"a", None, {}, None]]
+    state.apply(1, [encode_prepare("x", 1, 1, 5.0, None, "o", 1, 10.0, wire, (), home_set=2)])
+    expect = [[1, 0], [1, 1, 1]]
+    state.apply(2, [encode_prepare("y", 1, 0, 5.0, None, "o", 1, 10.0, wire, expect)])
+    book = state.txns
+    assert not book.open["x"].is_home(1) and book.open["y"].is_home(1)
+    rows = {row[0]: row for row in book.snapshot()[1]}
+    assert len(rows["x"]) == 10 and rows["x"][9] == 2 and len(rows["y"]) == 9
+    again = TxnBook.restore(book.snapshot())
+    assert again.snapshot() == book.snapshot() and again.open["x"].home_set == 2
+    assert again.open["y"].expect == {(1, 0), (1, 1, 1)}

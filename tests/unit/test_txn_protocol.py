@@ -1,6 +1,9 @@
 """The transaction protocol over real StoreStates: never a partial transaction, one decision.
 
-A Hypothesis rule-based state machine drives several groups' ``StoreState`` through the
+A Hypothesis rule-based state machine drives the ``StoreState`` of several groups on two store
+sets (group numbers repeat across sets: a participant of group g on one set must never act as
+the home group g of another; a home on another set is read through what its master answers,
+as ``txn_peek`` does) through the
 protocol of ``phxq.store.txn``: producers that prepare (home group first) and crash at any
 point, decide or not; proposals (prepare, decide, release, discard) that sit in flight and are
 chosen in any order, duplicated, or never; a home master's timeout and check-back racing the
@@ -28,7 +31,7 @@ from hypothesis.stateful import (
 from phxq.store.schedule import Released
 from phxq.store.schedule_entries import encode_roll
 from phxq.store.state import StoreState
-from phxq.store.txn import all_prepared
+from phxq.store.txn import all_prepared, remote_groups
 from phxq.store.txn_entries import (
     HELD,
     encode_decide,
@@ -37,14 +40,28 @@ from phxq.store.txn_entries import (
     encode_txn_release,
 )
 
-GROUPS = 3
+GROUPS = 2  # per store set
+SETS = (1, 2)
+NODES = GROUPS * len(SETS)  # one state per (set, group): node i is group i % GROUPS of its set
+
+
+def set_of(node: int) -> int:
+    return SETS[node // GROUPS]
+
+
+def group_of(node: int) -> int:
+    return node % GROUPS
+
+
+def node_of(number: int, group: int) -> int:
+    return SETS.index(number) * GROUPS + group
 
 
 @dataclass
 class Producer:
     txn: str
-    home: int
-    parts: dict[int, list[tuple[int, int, list[bytes]]]]  # group -> [(part, queue, payloads)]
+    home: int  # a node: (set, group)
+    parts: dict[int, list[tuple[int, int, list[bytes]]]]  # node -> [(part, queue, payloads)]
     acked: set[int] = field(default_factory=set)  # parts whose prepare was applied
     crashed: bool = False
     sent_home: bool = False
@@ -58,9 +75,9 @@ class Producer:
 class TxnProtocol(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.states = [StoreState(g, dedup_window=60.0) for g in range(GROUPS)]
-        self.logs: list[list[list[bytes]]] = [[] for _ in range(GROUPS)]
-        self.inflight: list[list[bytes]] = [[] for _ in range(GROUPS)]
+        self.states = [StoreState(group_of(n), dedup_window=60.0) for n in range(NODES)]
+        self.logs: list[list[list[bytes]]] = [[] for _ in range(NODES)]
+        self.inflight: list[list[bytes]] = [[] for _ in range(NODES)]
         self.producers: list[Producer] = []
         self.visible: dict[bytes, int] = {}  # payload -> times made visible
         self.payload_txn: dict[bytes, str] = {}
@@ -106,14 +123,19 @@ class TxnProtocol(RuleBasedStateMachine):
                 p.acked |= record.parts & {part for part, _, _ in p.parts.get(group, [])}
 
     def _prepare_items(self, p: Producer, group: int) -> list[bytes]:
-        expect = [(g, part) for g, parts in p.parts.items() for part, _, _ in parts]
+        home_set = set_of(p.home)
+        expect = [
+            (group_of(n), part) if set_of(n) == home_set else (group_of(n), part, set_of(n))
+            for n, parts in p.parts.items()
+            for part, _, _ in parts
+        ]
         out = []
         for part, queue, payloads in p.parts[group]:
             wire = [[pl, None, {}, None] for pl in payloads]
             out.append(
                 encode_prepare(
                     p.txn,
-                    p.home,
+                    group_of(p.home),
                     part,
                     5.0,
                     "pg",
@@ -122,6 +144,7 @@ class TxnProtocol(RuleBasedStateMachine):
                     self.clock,
                     wire,
                     expect if group == p.home else (),
+                    None if set_of(group) == home_set else home_set,
                 )
             )
         return out
@@ -132,7 +155,8 @@ class TxnProtocol(RuleBasedStateMachine):
         state = self.states[group]
         out = []
         for txn, record in list(state.txns.open.items()):
-            decision = self.states[record.home].txns.decision(txn)
+            home = node_of(record.home_set or set_of(group), record.home)
+            decision = self.states[home].txns.decision(txn)
             if decision is None:
                 continue
             if decision:
@@ -161,7 +185,7 @@ class TxnProtocol(RuleBasedStateMachine):
     # ------------------------------------------------------------------------------ rules
 
     @rule(
-        groups=st.lists(st.integers(0, GROUPS - 1), min_size=1, max_size=4),
+        groups=st.lists(st.integers(0, NODES - 1), min_size=1, max_size=4),
         sizes=st.lists(st.integers(1, 3), min_size=4, max_size=4),
         local_commit=st.integers(0, 3),
     )
@@ -210,7 +234,7 @@ class TxnProtocol(RuleBasedStateMachine):
     def choose(self, data: st.DataObject, duplicate: bool) -> None:
         """A proposal in flight is chosen: any one (reordering), kept in flight (duplicate,
         e.g. a retry or an old master's copy) or not."""
-        busy = [g for g in range(GROUPS) if self.inflight[g]]
+        busy = [g for g in range(NODES) if self.inflight[g]]
         if not busy:
             return
         for _ in range(data.draw(st.integers(1, 4))):
@@ -223,11 +247,11 @@ class TxnProtocol(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def lose(self, data: st.DataObject) -> None:
-        group = data.draw(st.integers(0, GROUPS - 1))
+        group = data.draw(st.integers(0, NODES - 1))
         if self.inflight[group] and data.draw(st.integers(0, 3)) == 0:
             self.inflight[group].pop(data.draw(st.integers(0, len(self.inflight[group]) - 1)))
 
-    @rule(group=st.integers(0, GROUPS - 1))
+    @rule(group=st.integers(0, NODES - 1))
     def participant_master_resolves(self, group: int) -> None:
         self.inflight[group].extend(self._resolve_items(group))
 
@@ -235,19 +259,27 @@ class TxnProtocol(RuleBasedStateMachine):
     def home_master_decides(self, data: st.DataObject, answer: str) -> None:
         """The home master, past the timeout: the check-back handler's answer (a commit only
         when every expected part is prepared), or a rollback (no handler / maximum age)."""
-        homes = [(g, txn) for g in range(GROUPS) for txn in self.states[g].txns.open]
+        homes = [(g, txn) for g in range(NODES) for txn in self.states[g].txns.open]
         if not homes:
             return
         g, txn = data.draw(st.sampled_from(homes))
         producer = next(p for p in self.producers if p.txn == txn)
-        if self.states[g].txns.open[txn].home != g:
+        if not self.states[g].txns.open[txn].is_home(group_of(g)):
+            assert g != producer.home
             return
+        assert g == producer.home
         commit = answer == "checkback" and producer.local_commit
-        if commit and not all_prepared(txn, self.states[g].txns, lambda x: self.states[x].txns):
+        book = self.states[g].txns
+        remote = {}  # what each other set's group master answers (txn_peek: parts held)
+        for number, other in remote_groups(txn, book):
+            held = self.states[node_of(number, other)].txns.open.get(txn)
+            remote[(number, other)] = None if held is None else sorted(held.parts)
+        local = lambda x: self.states[node_of(set_of(g), x)].txns  # noqa: E731
+        if commit and not all_prepared(txn, book, local, remote):
             return
         self.inflight[g].append(encode_decide(txn, commit, self.clock, answer))
 
-    @rule(group=st.integers(0, GROUPS - 1))
+    @rule(group=st.integers(0, NODES - 1))
     def master_rolls(self, group: int) -> None:
         """Retention wants the log: the master copies pending (half) messages further on; the
         roll may be chosen late, after a release or discard of the same messages."""
@@ -259,7 +291,7 @@ class TxnProtocol(RuleBasedStateMachine):
             dues = [due for due, _ in pending]
             self.inflight[group].append(encode_roll("t", 0, ids, dues, wire))
 
-    @rule(group=st.integers(0, GROUPS - 1))
+    @rule(group=st.integers(0, NODES - 1))
     def failover(self, group: int) -> None:
         """A new master: its replica's state is the same log applied (checked through a
         snapshot round trip); the old master's proposals stay in flight."""
@@ -292,7 +324,7 @@ class TxnProtocol(RuleBasedStateMachine):
             assert self.states[p.home].txns.decision(txn) is True, f"{txn} visible, not committed"
 
     def _deliver_all(self) -> None:
-        for g in range(GROUPS):
+        for g in range(NODES):
             for item in self.inflight[g]:
                 self._choose(g, [item])
             self.inflight[g] = []
@@ -308,7 +340,7 @@ class TxnProtocol(RuleBasedStateMachine):
         for p in self.producers:
             self._choose(p.home, [encode_decide(p.txn, False, self.clock, "max age")])
         for _ in range(3):
-            for g in range(GROUPS):
+            for g in range(NODES):
                 items = self._resolve_items(g)
                 if items:
                     self._choose(g, items)
@@ -320,10 +352,10 @@ class TxnProtocol(RuleBasedStateMachine):
                 assert shown == p.all_payloads(), f"{p.txn}: partial: {shown}"
             else:
                 assert not shown, f"{p.txn} rolled back but visible: {shown}"
-        for g in range(GROUPS):
+        for g in range(NODES):
             assert not self.states[g].txns.open, "a transaction stayed open"
             assert len(self.states[g].schedule) == 0, "a half message stayed held"
-            replay = StoreState(g, dedup_window=60.0)
+            replay = StoreState(group_of(g), dedup_window=60.0)
             for i, items in enumerate(self.logs[g], start=1):
                 replay.apply(i, items)
             assert replay.snapshot() == self.states[g].snapshot(), "replicas diverge"

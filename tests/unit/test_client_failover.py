@@ -1,0 +1,131 @@
+"""How fast :class:`phxq.Client` reaches a new master, on a virtual clock (issue 23).
+
+Three scripted stores of one group on an in-memory network; the real client (routing, retries,
+batching) on an event loop whose clock jumps to the next timer when every task waits, so the
+figures are exact and the test takes no real time. A producer enqueues sequentially; store 1,
+the master, is killed (its connections close, nothing listens) or paused (it accepts and never
+answers, as a SIGSTOPped process or a store cut off by a partition does); the others elect store
+2 ``ELECTION`` virtual seconds later -- what the Paxos core takes with the default settings
+(tests/unit/test_paxos_failover.py), plus a margin for its rounds. The producer's longest pause
+must stay within the election plus ``CLIENT_LAG`` (the retry/probe cadence), well under 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+import phxq
+from phxq.client import routing
+from phxq.errors import NotMaster
+from phxq.net import RpcPool, RpcServer
+from phxq.paxos import GroupConfig
+from phxq.testing import MemoryNetwork
+from tests.sim.runtime_sim_world import VirtualLoop
+
+DEFAULTS = GroupConfig(group=0, node_id=2, members=(1, 2, 3))
+ELECTION = DEFAULTS.lease + DEFAULTS.heartbeat_interval + 0.03
+# the slowest of: a paused master's next hedge, a killed one's jittered retry; plus rounds
+CLIENT_LAG = max(routing.HEDGE_EVERY, 1.5 * routing.RETRY_BACKOFF_MAX) + 0.03
+ADDRS = {i: f"store{i}:7000" for i in (1, 2, 3)}
+
+
+class ScriptedStores:
+    """Three stores of one group, as the client sees them: ``views[n]`` is who store ``n``
+    says is master; ``paused`` stores accept requests and never answer."""
+
+    def __init__(self, net: MemoryNetwork) -> None:
+        self.net = net
+        self.views: dict[int, int | None] = dict.fromkeys(ADDRS, 1)
+        self.paused: set[int] = set()
+        self.servers = {n: RpcServer(self._handler(n)) for n in ADDRS}
+        self.offset = 0
+        for n, server in self.servers.items():
+            net.listen(ADDRS[n], server.accept)
+
+    def _handler(self, node: int) -> Any:
+        async def handle(method: str, params: Any) -> Any:
+            if node in self.paused:
+                await asyncio.Event().wait()  # silent forever
+            if method == "meta":
+                return {
+                    "groups": 1,
+                    "nodes": {str(n): a for n, a in ADDRS.items()},
+                    "set": 1,
+                    "topics": {"t": 1},
+                    "masters": {"0": self.views[node]},
+                }
+            assert method == "enqueue", method
+            master = self.views[node]
+            if master != node:
+                raise NotMaster(hint=None if master is None else ADDRS[master])
+            replies = []
+            for _queue, messages in params["batches"]:
+                replies.append([[self.offset + i, False] for i in range(len(messages))])
+                self.offset += len(messages)
+            return replies
+
+        return handle
+
+    async def kill(self, node: int) -> None:
+        self.net.unlisten(ADDRS[node])
+        await self.servers[node].close()
+
+    def elect(self, node: int) -> None:
+        """The survivors elected ``node``: it and the others now say so."""
+        for n in self.views:
+            if n not in self.paused:
+                self.views[n] = node
+
+
+async def longest_pause(fault: str) -> float:
+    net = MemoryNetwork()
+    stores = ScriptedStores(net)
+    client = phxq.Client(list(ADDRS.values()))
+    await client._pool.close()
+    client._pool = RpcPool(transport_factory=net.connect)
+    loop = asyncio.get_running_loop()
+    acks: list[float] = []
+    stop = asyncio.Event()
+
+    async def produce() -> None:
+        seq = 0
+        while not stop.is_set():
+            await client.enqueue("t", b"m", queue=0, dedup_id=f"p-{seq}")
+            acks.append(loop.time())
+            seq += 1
+            await asyncio.sleep(0.001)
+
+    async with client:
+        producer = asyncio.ensure_future(produce())
+        await asyncio.sleep(0.5)
+        if fault == "kill":
+            await stores.kill(1)
+        else:
+            stores.paused.add(1)  # its next request hangs
+        await asyncio.sleep(ELECTION)
+        stores.elect(2)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await producer
+    for server in stores.servers.values():
+        await server.close()
+    assert acks and acks[-1] > 1.5 + ELECTION - 0.1, "the producer never got going again"
+    return max(b - a for a, b in itertools.pairwise(acks))
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_a_producer_reaches_the_new_master_soon_after_the_election(fault: str) -> None:
+    loop = VirtualLoop()
+    started = time.monotonic()
+    try:
+        pause = loop.run_until_complete(longest_pause(fault))
+    finally:
+        loop.close()
+    assert ELECTION - 0.01 <= pause <= ELECTION + CLIENT_LAG, pause
+    assert ELECTION + CLIENT_LAG < 1.0
+    assert time.monotonic() - started < 10  # virtual time: no real waiting
