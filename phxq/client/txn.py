@@ -140,6 +140,7 @@ class Transaction:
         cmap = await self._client.cluster_map()
         home_topic, home_queue, _ = self._messages[0]
         home = cmap.route(home_topic, home_queue)  # (store set, group)
+        multi = len(set(cmap.sets.values())) > 1
         self._home = (home_topic, home_queue)
         # One request per (set and group, topic); one part (prepare entry) per queue within it.
         plan: dict[tuple[tuple[int, int], str], dict[int, tuple[int, list[int], list[Any]]]] = {}
@@ -174,8 +175,12 @@ class Transaction:
                 "expect": expect if group == home else [],
                 "batches": [[q, p, wire] for q, (p, _, wire) in batches.items()],
             }
-            if group[0] != home[0]:
-                params["home"] = list(home)  # [set, group]: the home is on another store set
+            if multi:
+                # The home as [set, group], and the set this request is meant for: should the
+                # queue move meanwhile, the store it reaches refuses it (never a part whose
+                # home it would misread; the transaction then fails, undecided: rolled back).
+                params["home"] = list(home)
+                params["set"] = group[0]
             queue = next(iter(batches))
             await self._client._call_master(topic, queue, "txn_prepare", params, budget=budget)
 

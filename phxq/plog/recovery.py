@@ -47,7 +47,7 @@ from pathlib import Path
 
 from phxq.plog import sidecar
 from phxq.plog.durable import fsync_dir, replace_durably
-from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, parse_at
+from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, Record, parse_at
 
 __all__ = [
     "REPAIRED_FILE",
@@ -55,6 +55,7 @@ __all__ = [
     "RecoveredLog",
     "Recovery",
     "SegmentInfo",
+    "build_table",
     "read_repaired",
     "recover",
     "segment_name",
@@ -71,6 +72,9 @@ _SEGMENT = re.compile(r"^(\d{10})\.plog$")
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 _WITH_CHECKSUM = frozenset((Kind.CHOSEN, Kind.CHOSEN_VALUE, Kind.TRUNCATED))
+_ACCEPT, _CHOSEN, _CHOSEN_VALUE = int(Kind.ACCEPT), int(Kind.CHOSEN), int(Kind.CHOSEN_VALUE)
+_PROMISE, _CHECKPOINT, _TRUNCATED = int(Kind.PROMISE), int(Kind.CHECKPOINT), int(Kind.TRUNCATED)
+_NONE: dict[Ballot, tuple[int, int, int]] = {}
 
 
 def segment_name(number: int) -> str:
@@ -267,15 +271,7 @@ def _scan(
                             break
                         pos = nxt
                         continue
-                    aux = 0
-                    if r.kind == Kind.CHECKPOINT:
-                        aux = len(cps)
-                        cps.append(r.checkpoint())
-                    elif r.kind in _WITH_CHECKSUM:
-                        aux = r.checksum
-                    rows.append(
-                        (r.kind, r.instance, r.ballot[0], r.ballot[1], r.offset, r.length, aux)
-                    )
+                    rows.append(_row(r, cps))
                     pos += r.length
                 info.end = pos
                 if clean and pos_in_list < last:
@@ -284,31 +280,41 @@ def _scan(
             finally:
                 view.release()
         parsed_any = parsed_any or bool(rows)
+        # The hot loop of a start-up (one pass per record of the log): plain comparisons
+        # instead of max(), kinds bound to locals.
+        top = info.max_instance
         for kind, inst, rnd, node, offset, length, aux in rows:
-            if kind == Kind.ACCEPT:
+            if kind == _ACCEPT:
                 ballot = (rnd, node)
-                accepts.setdefault(inst, {})[ballot] = (number, offset, length)
-                promised = max(promised, ballot)
-                max_round = max(max_round, rnd)
-                max_instance_seen = max(max_instance_seen, inst)
-                info.max_instance = max(info.max_instance, inst)
-            elif kind == Kind.CHOSEN or kind == Kind.CHOSEN_VALUE:
-                max_round = max(max_round, rnd)
-                max_instance_seen = max(max_instance_seen, inst)
-                info.max_instance = max(info.max_instance, inst)
+                held = accepts.get(inst)
+                if held is None:
+                    accepts[inst] = {ballot: (number, offset, length)}
+                else:
+                    held[ballot] = (number, offset, length)
+                if ballot > promised:
+                    promised = ballot
+                if rnd > max_round:
+                    max_round = rnd
+                if inst > top:
+                    top = inst
+            elif kind in (_CHOSEN, _CHOSEN_VALUE):
+                if rnd > max_round:
+                    max_round = rnd
+                if inst > top:
+                    top = inst
                 if inst not in chosen:
-                    if kind == Kind.CHOSEN_VALUE:
+                    if kind == _CHOSEN_VALUE:
                         chosen[inst] = (number, offset, length, aux)
                     else:
-                        loc = accepts.get(inst, {}).get((rnd, node))
+                        loc = accepts.get(inst, _NONE).get((rnd, node))
                         if loc is None:
                             mark_missing.append(inst)
                         else:
-                            chosen[inst] = (*loc, aux)
-            elif kind == Kind.PROMISE:
+                            chosen[inst] = (loc[0], loc[1], loc[2], aux)
+            elif kind == _PROMISE:
                 promised = max(promised, (rnd, node))
                 max_round = max(max_round, rnd)
-            elif kind == Kind.CHECKPOINT:
+            elif kind == _CHECKPOINT:
                 checksum, cp_round, cp_first, cp_floor_sum = cps[aux]
                 promised = max(promised, (rnd, node))
                 max_round = max(max_round, cp_round, rnd)
@@ -316,8 +322,10 @@ def _scan(
                     floor, floor_checksum = cp_first, cp_floor_sum
                 if base is None:
                     base = (inst, checksum)
-            elif kind == Kind.TRUNCATED and inst > floor:
+            elif kind == _TRUNCATED and inst > floor:
                 floor, floor_checksum = inst, aux
+        info.max_instance = top
+        max_instance_seen = max(max_instance_seen, top)
         if stop_at is not None:
             break
 
@@ -373,6 +381,47 @@ def _scan(
 
     locs = [chosen[i] for i in range(first, c + 1)]
     return Recovery(rec, segments, locs, accepted_locs)
+
+
+def _row(r: Record, cps: list[tuple[int, int, int, int]]) -> sidecar.Row:
+    """A parsed record as a table row (a CHECKPOINT's payload goes to ``cps``)."""
+    aux = 0
+    if r.kind == Kind.CHECKPOINT:
+        aux = len(cps)
+        cps.append(r.checkpoint())
+    elif r.kind in _WITH_CHECKSUM:
+        aux = r.checksum
+    return (r.kind, r.instance, r.ballot[0], r.ballot[1], r.offset, r.length, aux)
+
+
+def build_table(path: Path, number: int) -> None:
+    """Blocking: write the record table of segment ``path`` (sealed, written and synced whole:
+    nothing is appended to it any more) if it parses cleanly to the end; else write none (the
+    next start parses it and reports what it finds). Missing file: nothing to do (truncated)."""
+    try:
+        buf = _map(path)
+    except FileNotFoundError:
+        return
+    if buf is None:
+        return
+    try:
+        rows: list[sidecar.Row] = []
+        cps: list[tuple[int, int, int, int]] = []
+        view = memoryview(buf)
+        try:
+            pos = 0
+            while (r := parse_at(view, pos)) is not None:
+                rows.append(_row(r, cps))
+                pos += r.length
+            if _nonzero_end(buf, pos) != pos:
+                log.warning("plog: not indexing %s: bad bytes at %d", path, pos)
+                return
+            table = sidecar.encode(number, len(buf), pos, sidecar.segment_crc(view, pos), rows, cps)
+        finally:
+            view.release()
+    finally:
+        buf.close()
+    sidecar.store(path, table)
 
 
 def value_of(buf: mmap.mmap | bytes, offset: int, length: int) -> bytes:

@@ -68,6 +68,7 @@ from typing import Final, TypeVar
 from phxq.errors import StorageError
 from phxq.plog.durable import fsync_dir
 from phxq.plog.journal import Journal, retire
+from phxq.plog.recovery import build_table
 from phxq.plog.segment import SegmentFile
 
 __all__ = ["LogWriter", "SegmentFile"]
@@ -110,6 +111,7 @@ class LogWriter:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._reader: ThreadPoolExecutor | None = None
+        self._tables: ThreadPoolExecutor | None = None  # record tables of sealed segments
         self._sync_threads = sync_threads
         self._sync_pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,6 +161,7 @@ class LogWriter:
         self._stopped = self._loop.create_future()
         self._stopping = False
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="plog-reader")
+        self._tables = ThreadPoolExecutor(1, thread_name_prefix="plog-tables")
         if self._sync_threads > 1:
             self._sync_pool = ThreadPoolExecutor(self._sync_threads, thread_name_prefix="plog-sync")
         self._thread = threading.Thread(target=self._run, name="plog-writer", daemon=True)
@@ -180,6 +183,9 @@ class LogWriter:
         if self._sync_pool is not None:
             self._sync_pool.shutdown(wait=True)
             self._sync_pool = None
+        if self._tables is not None:
+            self._tables.shutdown(wait=True)  # at most the segments sealed just now
+            self._tables = None
 
     @property
     def running(self) -> bool:
@@ -433,6 +439,10 @@ class LogWriter:
         for f in [f for f in open_files if f.sealed and not f.data and f.journal_gen <= done]:
             self._close_fd(f)
             open_files.discard(f)
+            if f.rolled and f.failed is None and self._tables is not None:
+                # Written and synced whole, never appended to again: parse it once now, off
+                # the writer thread, so that no start-up has to (phxq.plog.sidecar).
+                self._tables.submit(build_table, f.path, f.number)
 
     @staticmethod
     def _close_fd(f: SegmentFile) -> None:

@@ -9,9 +9,11 @@ txn_prepare   ``{txn, home, timeout, producer_group?, topic, expect, batches: [[
               number of half messages held; ``TransactionAborted`` if the transaction is
               already finished in this group (a prepare arriving after the decision).
               ``home``: a group of this store's set, or ``[set, group]``; ``expect`` items are
-              ``[group, part]`` or ``[group, part, set]``. (The pair forms are what a store
-              older than transactions across sets refuses, BadArgument: a rolling upgrade
-              never lets such a store hold a part whose home is on another set.)
+              ``[group, part]`` or ``[group, part, set]``; ``set``: the store set the client
+              meant the request for (``BadArgument`` on another: the queue moved since). (The
+              pair forms are what a store older than transactions across sets refuses,
+              BadArgument: a rolling upgrade never lets such a store hold a part whose home
+              is on another set.)
 txn_decide    ``{txn, topic, queue, commit}`` on the home group (the group of ``queue``) ->
               ``{commit, reason}``: the decision (the first one applied, maybe not this one)
 txn_resolve   ``{txn, topic, queue}`` on a participant group -> ``{commit, offsets: [[topic,
@@ -91,6 +93,12 @@ async def txn_prepare(node: StoreNode, params: dict[str, Any]) -> list[int]:
     topic = _str(params, "topic")
     assert topic is not None
     home_set, home = _home(node, params.get("home"))
+    meant = params.get("set")
+    if meant is not None and meant != node.set:
+        raise BadArgument(
+            f"transaction {txn}: prepared for store set {shown(meant)}, but this is set "
+            f"{node.set} (the cluster map changed since): prepare a new transaction"
+        )
     timeout = validate.number(params.get("timeout"), "timeout", minimum=0.001, maximum=MAX_TIMEOUT)
     producer = params.get("producer_group")
     if producer is not None:

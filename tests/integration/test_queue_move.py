@@ -4,7 +4,8 @@ with a dequeue + commit consumer, a tail and a managed consumer, while every sto
 set is down when the move is recorded (it waits, shown by ``admin status``; it is cancelled and
 asked again; it completes when they return) and the source set's master of the queue's group is
 SIGKILLed during the move. Every acked message is read exactly once at its acked offset,
-per-key order holds, offsets increase across the move and the cursors are exact at the end."""
+per-key order holds, offsets increase across the move and the cursors are exact at the end.
+Then the queue moves back (a third segment) and reads stay whole and ordered."""
 
 from __future__ import annotations
 
@@ -239,6 +240,22 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
         assert (first.offset, first.payload) == (last.offset, b"last") and last.offset > sealed
         cmap = await client.cluster_map(refresh=True)
         assert cmap.route(TOPIC, QUEUE)[0] == 2 and cmap.history[TOPIC][QUEUE] == [(1, sealed)]
+
+        # And back to set 1 (one surviving store there was killed): a third segment.
+        back = await admin.queue_move(cfg, TOPIC, QUEUE, 1, timeout=30)
+        assert back["state"] == "done" and back["sealed"] > last.offset
+        more = [
+            await client.enqueue(TOPIC, f"back/{i}".encode(), key=KEYS[0], dedup_id=f"back/{i}")
+            for i in range(20)
+        ]
+        assert all(a.offset > back["sealed"] for a in more)
+        again, after = [], None
+        while page := await client.dequeue(None, TOPIC, queue=QUEUE, after=after, limit=500):
+            again.extend(m.offset for m in page)
+            after = page[-1].offset
+        assert again == [*offsets, last.offset, *(a.offset for a in more)]
+        cmap = await client.cluster_map(refresh=True)
+        assert cmap.history[TOPIC][QUEUE] == [(1, sealed), (2, back["sealed"])]
 
 
 async def _at_least(acked: dict[str, int], count: int) -> bool:

@@ -183,11 +183,12 @@ async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
         late = await decide(client, txn.id, txn.participants, True)  # a late commit: too late
         assert (late.commit, late.reason, late.released) == (False, "producer", ())
 
-        # A home that names no store set (or a bad pair) is refused; nothing is held.
-        homes: list[object] = [[9, 0], [2], [2, 7], "x"]
-        for home in homes:
+        # A home that names no store set (or a bad pair), or a request meant for another set
+        # (the queue moved since the client planned it) is refused; nothing is held.
+        bad: list[tuple[object, int]] = [([9, 0], 1), ([2], 1), ([2, 7], 1), ("x", 1)]
+        for home, meant in [*bad, ([1, 0], 2)]:
             batches = [[0, 0, [[b"x", None, {}, None]]]]
-            params = {"txn": "bad", "home": home, "timeout": 1.0, "topic": "orders"}
+            params = {"txn": "bad", "home": home, "timeout": 1.0, "topic": "orders", "set": meant}
             params["batches"] = batches
             with pytest.raises(BadArgument):
                 await client._call_master("orders", 0, "txn_prepare", params)
