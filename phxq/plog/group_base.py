@@ -89,6 +89,7 @@ class GroupLogBase:
         f = SegmentFile(self.directory / segment_name(number), number, size, predecessor=old)
         if old is not None:
             old.sealed = True
+            old.rolled = True
             self._writer.kick(old)  # its lazy records go before anything of the new segment
         self._segments.append(f)
         self._by_number[number] = f

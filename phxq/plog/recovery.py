@@ -47,7 +47,7 @@ from pathlib import Path
 
 from phxq.plog import sidecar
 from phxq.plog.durable import fsync_dir, replace_durably
-from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, parse_at
+from phxq.plog.records import BATCH_RECORD, HEADER_SIZE, Kind, Record, parse_at
 
 __all__ = [
     "REPAIRED_FILE",
@@ -55,6 +55,7 @@ __all__ = [
     "RecoveredLog",
     "Recovery",
     "SegmentInfo",
+    "build_table",
     "read_repaired",
     "recover",
     "segment_name",
@@ -270,15 +271,7 @@ def _scan(
                             break
                         pos = nxt
                         continue
-                    aux = 0
-                    if r.kind == Kind.CHECKPOINT:
-                        aux = len(cps)
-                        cps.append(r.checkpoint())
-                    elif r.kind in _WITH_CHECKSUM:
-                        aux = r.checksum
-                    rows.append(
-                        (r.kind, r.instance, r.ballot[0], r.ballot[1], r.offset, r.length, aux)
-                    )
+                    rows.append(_row(r, cps))
                     pos += r.length
                 info.end = pos
                 if clean and pos_in_list < last:
@@ -388,6 +381,47 @@ def _scan(
 
     locs = [chosen[i] for i in range(first, c + 1)]
     return Recovery(rec, segments, locs, accepted_locs)
+
+
+def _row(r: Record, cps: list[tuple[int, int, int, int]]) -> sidecar.Row:
+    """A parsed record as a table row (a CHECKPOINT's payload goes to ``cps``)."""
+    aux = 0
+    if r.kind == Kind.CHECKPOINT:
+        aux = len(cps)
+        cps.append(r.checkpoint())
+    elif r.kind in _WITH_CHECKSUM:
+        aux = r.checksum
+    return (r.kind, r.instance, r.ballot[0], r.ballot[1], r.offset, r.length, aux)
+
+
+def build_table(path: Path, number: int) -> None:
+    """Blocking: write the record table of segment ``path`` (sealed, written and synced whole:
+    nothing is appended to it any more) if it parses cleanly to the end; else write none (the
+    next start parses it and reports what it finds). Missing file: nothing to do (truncated)."""
+    try:
+        buf = _map(path)
+    except FileNotFoundError:
+        return
+    if buf is None:
+        return
+    try:
+        rows: list[sidecar.Row] = []
+        cps: list[tuple[int, int, int, int]] = []
+        view = memoryview(buf)
+        try:
+            pos = 0
+            while (r := parse_at(view, pos)) is not None:
+                rows.append(_row(r, cps))
+                pos += r.length
+            if _nonzero_end(buf, pos) != pos:
+                log.warning("plog: not indexing %s: bad bytes at %d", path, pos)
+                return
+            table = sidecar.encode(number, len(buf), pos, sidecar.segment_crc(view, pos), rows, cps)
+        finally:
+            view.release()
+    finally:
+        buf.close()
+    sidecar.store(path, table)
 
 
 def value_of(buf: mmap.mmap | bytes, offset: int, length: int) -> bytes:

@@ -49,6 +49,7 @@ class SegmentFile:
         self.lazy_since = 0.0  # monotonic time its oldest lazy-only data was queued, 0 if none
         self.failed: StorageError | None = None
         self.sealed = False  # no more appends after what is queued
+        self.rolled = False  # sealed because the log moved on: wants a record table when closed
         self.fd: int | None = None
         self.write_pos = written_end  # writer: end of what it has written
         self.durable_end = written_end

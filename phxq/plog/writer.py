@@ -15,7 +15,8 @@ writer). The writer thread repeatedly
    that succeeds a rolled-over segment of the same group is written only after its
    predecessor's part of the batch is durable, so a later segment never holds data newer than
    an older one that could be lost;
-4. resolves every waiter of the batch with a single ``loop.call_soon_threadsafe``.
+4. resolves every waiter of the batch with a single ``loop.call_soon_threadsafe``, then calls
+   ``after_resolve`` (if set) in that same callback.
 
 No ``fsync`` ever runs on the event loop, and no record costs a thread hop of its own.
 
@@ -67,6 +68,7 @@ from typing import Final, TypeVar
 from phxq.errors import StorageError
 from phxq.plog.durable import fsync_dir
 from phxq.plog.journal import Journal, retire
+from phxq.plog.recovery import build_table
 from phxq.plog.segment import SegmentFile
 
 __all__ = ["LogWriter", "SegmentFile"]
@@ -109,6 +111,7 @@ class LogWriter:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._reader: ThreadPoolExecutor | None = None
+        self._tables: ThreadPoolExecutor | None = None  # record tables of sealed segments
         self._sync_threads = sync_threads
         self._sync_pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,6 +126,9 @@ class LogWriter:
         self._journal_bytes = journal_bytes
         self._journal_min_files = journal_min_files
         self.journal: Journal | None = None
+        # Called on the loop right after each batch's futures are resolved, in the same loop
+        # callback (PlogStorage.on_durable): whoever waits on them can act without a turn.
+        self.after_resolve: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- life cycle (loop side)
 
@@ -155,6 +161,7 @@ class LogWriter:
         self._stopped = self._loop.create_future()
         self._stopping = False
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="plog-reader")
+        self._tables = ThreadPoolExecutor(1, thread_name_prefix="plog-tables")
         if self._sync_threads > 1:
             self._sync_pool = ThreadPoolExecutor(self._sync_threads, thread_name_prefix="plog-sync")
         self._thread = threading.Thread(target=self._run, name="plog-writer", daemon=True)
@@ -176,6 +183,9 @@ class LogWriter:
         if self._sync_pool is not None:
             self._sync_pool.shutdown(wait=True)
             self._sync_pool = None
+        if self._tables is not None:
+            self._tables.shutdown(wait=True)  # at most the segments sealed just now
+            self._tables = None
 
     @property
     def running(self) -> bool:
@@ -258,6 +268,13 @@ class LogWriter:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 self._loop.call_soon_threadsafe(_set_done, stopped)
 
+    def _resolve(self, resolved: _Resolved) -> None:
+        """Loop side, one callback per batch: resolve its futures, then ``after_resolve``
+        (their done callbacks run only in a later loop turn; the hook runs in this one)."""
+        _resolve(resolved)
+        if self.after_resolve is not None:
+            self.after_resolve()
+
     def _take_due_lazy(self, files: list[SegmentFile]) -> None:
         """Add to ``files`` every lazy-only file whose oldest record waited ``lazy_delay`` (every
         one when stopping); keep the others for a later pass."""
@@ -317,7 +334,7 @@ class LogWriter:
         self.batches += 1
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(_resolve, resolved)
+            self._loop.call_soon_threadsafe(self._resolve, resolved)
         journaled = self.journal is not None and self.journal.usable
         for f in files:
             if f.failed is None and f.zeroed_to < f.write_pos + _ZERO_LOW:
@@ -383,7 +400,7 @@ class LogWriter:
             assert self._loop is not None
             late: _Resolved = [(futures, error)]
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(_resolve, late)
+                self._loop.call_soon_threadsafe(self._resolve, late)
         return error
 
     def _open(self, f: SegmentFile) -> None:
@@ -422,6 +439,10 @@ class LogWriter:
         for f in [f for f in open_files if f.sealed and not f.data and f.journal_gen <= done]:
             self._close_fd(f)
             open_files.discard(f)
+            if f.rolled and f.failed is None and self._tables is not None:
+                # Written and synced whole, never appended to again: parse it once now, off
+                # the writer thread, so that no start-up has to (phxq.plog.sidecar).
+                self._tables.submit(build_table, f.path, f.number)
 
     @staticmethod
     def _close_fd(f: SegmentFile) -> None:

@@ -92,3 +92,39 @@ def test_reconcile_without_consumer_groups_or_counts(
         "queue 1: stored -",
     ]
     _clean(result.output)
+
+
+def test_queue_move_and_status_read_like_english(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    done = {
+        "topic": "orders",
+        "queue": 3,
+        "move": "5f2a",
+        "from": 1,
+        "to": 2,
+        "state": "done",
+        "sealed": 123 << 20 | 0xFFFFF,
+        "map_version": 7,
+    }
+    monkeypatch.setattr(ops, "queue_move", _returning(done))
+    args = ["admin", "queue", "move", "--config", str(config), "--topic", "orders"]
+    result = CliRunner().invoke(cli, [*args, "--queue", "3", "--to-set", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        f"orders/3: moved from set 1 to set 2 (sealed at offset {done['sealed']}, map version 7)\n"
+    )
+    result = CliRunner().invoke(cli, [*args, "--queue", "3"])
+    assert result.exit_code != 0 and "--to-set" in result.output  # neither --to-set nor --cancel
+    cancelled = {**done, "state": "cancelled", "sealed": None}
+    monkeypatch.setattr(ops, "queue_move_cancel", _returning(cancelled))
+    result = CliRunner().invoke(cli, [*args, "--queue", "3", "--cancel"])
+    assert result.output == "orders/3: move 5f2a to set 2 is cancelled\n"
+    move = {"id": "5f2a", "topic": "orders", "queue": 3, "from": 1, "to": 2, "started_at": 0.0}
+    status = ops.ClusterStatus({1: {"error": "Unavailable: down", "map_version": 7}})
+    monkeypatch.setattr(ops.ClusterStatus, "moves", lambda self: [move])
+    monkeypatch.setattr(ops, "status", _returning(status))
+    result = CliRunner().invoke(cli, ["admin", "status", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "queue moves in progress" in result.output
+    assert "  orders/3: set 1 -> set 2 (move 5f2a, " in result.output

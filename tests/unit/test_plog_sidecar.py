@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from phxq.plog import GroupLog, LogWriter, sidecar
-from phxq.plog.recovery import Recovery, recover
+from phxq.plog.recovery import Recovery, build_table, recover
 
 SEG = 64 << 10
 N = 120
@@ -54,7 +54,9 @@ async def test_sealed_segments_get_tables_and_recover_identically(tmp_path: Path
     await build(tmp_path)
     segments = sorted(tmp_path.glob("*.plog"))
     assert len(segments) >= 4
-    parsed = recover(tmp_path)  # no tables yet: a full parse, which writes them
+    for t in tables(tmp_path):  # as a directory of an earlier version: no tables
+        t.unlink()
+    parsed = recover(tmp_path)  # a full parse, which writes them
     assert [t.name for t in tables(tmp_path)] == [s.name + ".idx" for s in segments[:-1]]
     from_tables = recover(tmp_path)
     assert digest(from_tables) == digest(parsed)
@@ -141,3 +143,34 @@ async def test_truncation_deletes_the_tables_of_deleted_segments(tmp_path: Path)
     left = {p.name + sidecar.SUFFIX for p in tmp_path.glob("*.plog")}
     assert {t.name for t in tables(tmp_path)} <= left
     assert {t.name for t in tables(tmp_path)} < before
+
+
+async def test_segments_get_their_tables_when_sealed_not_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    await build(tmp_path)  # the writer builds them in the background; close() waits
+    segments = sorted(tmp_path.glob("*.plog"))
+    assert [t.name for t in tables(tmp_path)] == [s.name + ".idx" for s in segments[:-1]]
+    written = {t.name: t.read_bytes() for t in tables(tmp_path)}
+    from_tables = recover(tmp_path)
+    assert {t.name: t.read_bytes() for t in tables(tmp_path)} == written, "used as they are"
+    for t in tables(tmp_path):
+        t.unlink()
+    assert digest(recover(tmp_path)) == digest(from_tables)
+    assert {t.name: t.read_bytes() for t in tables(tmp_path)} == written, "same tables"
+
+
+async def test_no_table_is_built_for_a_segment_that_does_not_parse_to_its_end(
+    tmp_path: Path,
+) -> None:
+    await build(tmp_path)
+    seg = sorted(tmp_path.glob("*.plog"))[0]
+    for t in tables(tmp_path):
+        t.unlink()
+    raw = bytearray(seg.read_bytes())
+    raw[SEG // 3] ^= 0x04
+    seg.write_bytes(bytes(raw))
+    build_table(seg, 0)
+    assert not tables(tmp_path)
+    build_table(tmp_path / "0000000077.plog", 77)  # gone (truncated meanwhile): nothing
+    assert not tables(tmp_path)
