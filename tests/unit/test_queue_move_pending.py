@@ -5,6 +5,10 @@ transactional messages of the queue are refused like enqueues (``QueueMoved``)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from phxq.errors import MoveBlocked, QueueMoved
 from phxq.routing import make_offset
 from phxq.store.apply_results import Scheduled
@@ -134,3 +138,38 @@ def test_admin_status_shows_why_a_move_waits_as_the_store_driving_it_reports() -
     }
     assert ClusterStatus(stores).moves() == [{**move, "waiting": reason}]
     assert ClusterStatus({1: stores[1]}).to_json()["moves"] == [{**move, "waiting": None}]
+
+
+def test_topic_describe_shows_each_moved_queues_segments_and_the_moves_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from phxq import admin
+    from phxq.cli import cli
+    from phxq.config import parse_config
+    from phxq.topics import _row
+    from phxq.topology import Topology
+
+    from .test_queue_move import CONFIG
+
+    topo = Topology.from_config(parse_config(CONFIG))
+    topo = topo.with_move("t", 0, 2, "m1", 1.0).moved("t", 0, "m1", 1000)
+    topo = topo.with_move("t", 0, 1, "m2", 2.0).moved("t", 0, "m2", 5000)
+    topo = topo.with_move("t", 2, 2, "m3", 3.0)
+    row = _row(topo, "t")
+    assert row["segments"] == {"0": [[1, 1000], [2, 5000], [1, None]]}
+    assert [(m["queue"], m["from"], m["to"], m["id"]) for m in row["moves"]] == [(2, 1, 2, "m3")]
+
+    async def describe(cfg: object, name: str) -> dict[str, object]:
+        return row
+
+    monkeypatch.setattr(admin, "topic_describe", describe)
+    path = tmp_path / "cluster.toml"
+    path.write_text(CONFIG)
+    result = CliRunner().invoke(cli, ["admin", "topic", "describe", "--config", str(path), "t"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == [
+        "  queue 0 moved: set 1 up to offset 1000, then set 2 up to offset 5000, then set 1",
+        "  queue 2 moving: set 1 -> set 2 (move m3)",
+    ]
