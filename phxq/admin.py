@@ -94,12 +94,19 @@ class ClusterStatus:
 
     def moves(self) -> list[dict[str, Any]]:
         """The queue moves in progress, as the store with the newest cluster map reports them
-        (``id, topic, queue, from, to, started_at``)."""
+        (``id, topic, queue, from, to, started_at``), each with ``waiting``: why it is not done
+        yet, as the store driving it last saw (e.g. ``MoveBlocked: ...``), or None."""
         answers = [st for st in self.stores.values() if "error" not in st]
         if not answers:
             return []
         newest = max(answers, key=lambda st: st.get("map_version", 0))
-        return list(newest.get("moves", []))
+        waiting = {
+            m["id"]: m["waiting"]
+            for st in answers
+            for m in st.get("moves", [])
+            if m.get("waiting") is not None
+        }
+        return [{**m, "waiting": waiting.get(m["id"])} for m in newest.get("moves", [])]
 
     def masters(self) -> list[tuple[int, int, int | None, dict[int, int | None]]]:
         """Per store set and Paxos group: ``(set, group, master, chosen)``, the master as the

@@ -139,6 +139,15 @@ class QueueMoved(StaleMap):
     code = "queue_moved"
 
 
+class MoveBlocked(PhxqError):
+    """A queue move cannot seal the queue on its old store set yet: delayed messages or
+    undecided transaction parts are pending there (``data['scheduled']``,
+    ``data['transactional']``), and once sealed they would be released where no reader looks.
+    The move stays pending and is retried until none are (or it is cancelled)."""
+
+    code = "move_blocked"
+
+
 class Unavailable(PhxqError):
     """No majority, or the request timed out. The outcome may be unknown: retrying with the
     same dedup id is safe."""

@@ -52,6 +52,12 @@ def _row(topo: Topology, name: str) -> dict[str, Any]:
         "retention_bytes": t.retention_bytes,
         "sets": None if t.sets is None else list(t.sets),
         "placement": list(topo.placement[name]),
+        # queues that moved: [set, last offset (None: open)] per segment, oldest first
+        "segments": {
+            str(q): [list(seg) for seg in topo.segments(name, q)]
+            for q in sorted(topo.history.get(name, {}))
+        },
+        "moves": [m.to_wire() for (topic, _), m in sorted(topo.moves.items()) if topic == name],
         "map_version": topo.version,
     }
 

@@ -91,6 +91,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
                 f"  {m['topic']}/{m['queue']}: set {m['from']} -> set {m['to']} "
                 f"(move {m['id']}, {age:.0f}s)"
             )
+            if m.get("waiting"):
+                click.echo(f"    waiting: {m['waiting']}")
     if result.consumers is not None:
         for line in format_ownership(result.consumers):
             click.echo(line)

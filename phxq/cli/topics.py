@@ -74,6 +74,13 @@ def _print(row: dict[str, Any]) -> None:
         by_set.setdefault(number, []).append(q)
     for number, queues in sorted(by_set.items()):
         click.echo(f"  set {number}: queues {','.join(map(str, queues))}")
+    for q, segments in row.get("segments", {}).items():
+        parts = [f"set {n} up to offset {last}" for n, last in segments[:-1]]
+        click.echo(f"  queue {q} moved: {', then '.join(parts)}, then set {segments[-1][0]}")
+    for m in row.get("moves", []):
+        click.echo(
+            f"  queue {m['queue']} moving: set {m['from']} -> set {m['to']} (move {m['id']})"
+        )
 
 
 _SETTINGS = [

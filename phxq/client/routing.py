@@ -11,7 +11,9 @@
   the map version (param ``map``).
 - Failover: after a failed attempt every store of the set is asked who is master (a store that
   says it is itself master ends the asking at once, and is tried next without a pause); a hint
-  naming a store that just failed is not followed. An attempt unanswered after ``HEDGE_AFTER``
+  naming a store that just failed (no answer) is not followed for a while, but a store that
+  only knew no master a moment ago is followed as soon as it or others say it is master
+  (:mod:`phxq.client.avoid`). An attempt unanswered after ``HEDGE_AFTER``
   s (a paused or cut-off master: its sockets stay silent) asks the other stores every
   ``HEDGE_EVERY`` s, and is given up as soon as one of them says it is master now, instead of
   after ``request_timeout`` (the retry re-sends the same dedup ids: nothing is stored twice).
@@ -30,9 +32,11 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Container
 from typing import Any
 
 from phxq.budget import Budget, bounded, describe
+from phxq.client.avoid import Avoid
 from phxq.client.types import ClusterMap, Route
 from phxq.errors import (
     BadArgument,
@@ -143,20 +147,24 @@ class RoutingMixin:
             return random.randrange(queues)
         return queue_for_key(key, queues)
 
-    def _master_addr(self, cmap: ClusterMap, route: Route, avoid: set[str] | None = None) -> str:
+    def _master_addr(self, cmap: ClusterMap, route: Route, avoid: Avoid | None = None) -> str:
         node = cmap.masters.get(route)
-        if node is not None and node in cmap.nodes:
-            return cmap.nodes[node]
+        known = cmap.nodes.get(node) if node is not None else None
+        if known is not None and (avoid is None or known not in avoid):
+            return known  # (a master that is down was put back by a map refresh: skip it)
         # Unknown master: ask the preferred one (group % N within the set); it answers or
-        # redirects. Skip the nodes in `avoid` (unreachable, or knew no master: a store cut off
+        # redirects. Skip the nodes `avoid` skips (down, or knew no master: a store cut off
         # from its peers answers NotMaster without a hint forever, while the others know the
         # new master).
         ids = cmap.set_nodes(route[0]) or sorted(cmap.nodes)
         group = route[1]
         order = [cmap.nodes[ids[(group + i) % len(ids)]] for i in range(len(ids))]
-        if avoid is not None and all(a in avoid for a in order):
+        if avoid is None:
+            return order[0]
+        if all(avoid.skips(a) for a in order):
             avoid.clear()
-        return next(a for a in order if avoid is None or a not in avoid)
+            return known or order[0]
+        return next(a for a in order if not avoid.skips(a))
 
     def _learn_master(self, cmap: ClusterMap, route: Route, addr: str) -> None:
         for node, node_addr in cmap.nodes.items():
@@ -195,7 +203,7 @@ class RoutingMixin:
         if budget is None:
             budget = Budget.start(None, self._retry_timeout, extra_time)
         backoff = 0.02
-        avoid: set[str] = set()
+        avoid = Avoid()
         moved_to = to_set  # the set a QueueMoved named (the map may lag behind)
         while True:
             cmap = self._map if self._map is not None else await self._map_within(budget)
@@ -243,13 +251,13 @@ class RoutingMixin:
                 backoff = min(backoff * 2, 0.5)
             except _Moved:
                 budget.no_answer(addr, "silent while another store became master")
-                avoid.add(addr)
+                avoid.failed(addr)
             except NotMaster as exc:
                 budget.answered(addr, f"not master, {_master_said(cmap, exc.hint)}")
                 if exc.hint is None or exc.hint in avoid:
                     # Knows no master, or names one that just failed: ask every store.
                     if exc.hint is None:
-                        avoid.add(addr)
+                        avoid.knows_no_master(addr)
                     cmap.masters.pop(route, None)
                     backoff = await self._regroup(cmap, route, budget, avoid, backoff)
                 else:
@@ -259,7 +267,7 @@ class RoutingMixin:
                     budget.no_answer(addr, describe(exc))
                 else:  # the store answered that it could not do it (e.g. nothing chosen)
                     budget.answered(addr, describe(exc))
-                avoid.add(addr)
+                avoid.failed(addr)
                 cmap.masters.pop(route, None)
                 if budget.remaining() <= 0:
                     raise self._no_master(cmap, route, budget) from None
@@ -267,12 +275,12 @@ class RoutingMixin:
                 if route not in cmap.masters:
                     # A dead master may have vanished from the map we hold; refresh lazily.
                     with contextlib.suppress(Unavailable):
-                        await self._map_within(budget, refresh=True, last_ask=avoid)
+                        await self._map_within(budget, refresh=True, last_ask=avoid.down())
             if budget.expired():
                 raise self._no_master(cmap, route, budget)
 
     async def _regroup(
-        self, cmap: ClusterMap, route: Route, budget: Budget, avoid: set[str], backoff: float
+        self, cmap: ClusterMap, route: Route, budget: Budget, avoid: Container[str], backoff: float
     ) -> float:
         """After a failed attempt: ask every store who is master (:meth:`_probe`); unless one
         said it is, pause ``backoff`` (jittered) first. Returns the next backoff."""
@@ -339,7 +347,9 @@ class RoutingMixin:
                 return
             await asyncio.sleep(HEDGE_EVERY)
 
-    async def _probe(self, cmap: ClusterMap, route: Route, budget: Budget, avoid: set[str]) -> None:
+    async def _probe(
+        self, cmap: ClusterMap, route: Route, budget: Budget, avoid: Container[str]
+    ) -> None:
         """Ask every store of ``route``'s set at once (``meta``, at most ``META_TIMEOUT``) who
         is master of its group: the answers go to ``budget`` (for the error, if the call gives
         up). A store that says it is master itself (and did not just fail: ``avoid``) ends the
@@ -369,7 +379,7 @@ class RoutingMixin:
                     budget.no_answer(addr, f"meta timed out after {wait:g}s")
                 raise
             budget.answered(addr, _master_said(cmap, master))
-            if isinstance(master, int) and cmap.nodes.get(master) not in (None, *avoid):
+            if isinstance(master, int) and master in cmap.nodes and cmap.nodes[master] not in avoid:
                 named.append(master)
                 if master == node and not claimant:
                     claimant.append(node)

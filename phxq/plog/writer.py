@@ -15,7 +15,8 @@ writer). The writer thread repeatedly
    that succeeds a rolled-over segment of the same group is written only after its
    predecessor's part of the batch is durable, so a later segment never holds data newer than
    an older one that could be lost;
-4. resolves every waiter of the batch with a single ``loop.call_soon_threadsafe``.
+4. resolves every waiter of the batch with a single ``loop.call_soon_threadsafe``, then calls
+   ``after_resolve`` (if set) in that same callback.
 
 No ``fsync`` ever runs on the event loop, and no record costs a thread hop of its own.
 
@@ -125,6 +126,9 @@ class LogWriter:
         self._journal_bytes = journal_bytes
         self._journal_min_files = journal_min_files
         self.journal: Journal | None = None
+        # Called on the loop right after each batch's futures are resolved, in the same loop
+        # callback (PlogStorage.on_durable): whoever waits on them can act without a turn.
+        self.after_resolve: Callable[[], None] | None = None
 
     # ---------------------------------------------------------------- life cycle (loop side)
 
@@ -264,6 +268,13 @@ class LogWriter:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 self._loop.call_soon_threadsafe(_set_done, stopped)
 
+    def _resolve(self, resolved: _Resolved) -> None:
+        """Loop side, one callback per batch: resolve its futures, then ``after_resolve``
+        (their done callbacks run only in a later loop turn; the hook runs in this one)."""
+        _resolve(resolved)
+        if self.after_resolve is not None:
+            self.after_resolve()
+
     def _take_due_lazy(self, files: list[SegmentFile]) -> None:
         """Add to ``files`` every lazy-only file whose oldest record waited ``lazy_delay`` (every
         one when stopping); keep the others for a later pass."""
@@ -323,7 +334,7 @@ class LogWriter:
         self.batches += 1
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(_resolve, resolved)
+            self._loop.call_soon_threadsafe(self._resolve, resolved)
         journaled = self.journal is not None and self.journal.usable
         for f in files:
             if f.failed is None and f.zeroed_to < f.write_pos + _ZERO_LOW:
@@ -389,7 +400,7 @@ class LogWriter:
             assert self._loop is not None
             late: _Resolved = [(futures, error)]
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(_resolve, late)
+                self._loop.call_soon_threadsafe(self._resolve, late)
         return error
 
     def _open(self, f: SegmentFile) -> None:

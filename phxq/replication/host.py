@@ -160,6 +160,7 @@ class PaxosHost(Generic[M]):
         """Open (and recover) every group's log, decide membership and start the tick loop.
         ``StorageError`` if another process holds the data directory."""
         await self.storage.start()
+        self.storage.on_durable(self._on_durable)
         missing = await asyncio.to_thread(self.storage.groups_without_log, self.groups)
         for group in range(self.groups):
             gcfg = GroupConfig(
@@ -218,6 +219,14 @@ class PaxosHost(Generic[M]):
         if deadline is not None and deadline < self._next_tick:
             self._wake.set()
         self._on_input(replica)
+
+    def _on_durable(self) -> None:
+        """Appends became durable: every replica tells its core in this loop callback (no
+        turn through future callbacks), and the replies that causes leave bundled, one ``px``
+        per peer for every group the storage batch covered."""
+        with self.bundling():
+            for replica in self.replicas.values():
+                replica.durable.drain()
 
     # --------------------------------------------------------------------- paxos plumbing
 

@@ -61,6 +61,7 @@ from phxq.paxos import (
     ServeCatchup,
     encode_message,
 )
+from phxq.replication.durable import Durability
 from phxq.replication.machine import M, Machines, apply_instance
 from phxq.replication.proposals import Proposals
 from phxq.replication.snapshots import CATCHUP_MAX_BYTES, SendSnapshot, Snapshots
@@ -133,6 +134,7 @@ class GroupReplica(Generic[M]):
         self._lag_reported: int | None = None
         self._lag_gauge: Any = None
         self._snapshot_lock = asyncio.Lock()  # one compaction or snapshot install at a time
+        self.durable = Durability(self._persisted)  # persists not yet reported to the core
         self.paxos = PaxosNode(config, _recovered_state(glog), clock())
 
     @classmethod
@@ -335,16 +337,14 @@ class GroupReplica(Generic[M]):
                 futures.append(
                     self.glog.append_accept(record.instance, (b.round, b.node), record.value)
                 )
-        token = effect.token
         if not futures:
-            self.execute(self.paxos.on_persisted(token, self._clock()))
+            self.execute(self.paxos.on_persisted(effect.token, self._clock()))
             return
-        # Records of one group are made durable in submission order, so the last one's
-        # completion means all of them are on disk (and its failure reports theirs: the
-        # others' are only retrieved, or asyncio logs them as never retrieved).
+        # One group's records are made durable in submission order: the last one's completion
+        # means all are on disk (its failure reports theirs: the others' are only retrieved).
         for earlier in futures[:-1]:
             earlier.add_done_callback(_retrieve)
-        futures[-1].add_done_callback(lambda f: self._persisted(token, f))
+        self.durable.add(futures[-1], effect.token)  # see phxq.replication.durable
 
     def _persisted(self, token: int, future: asyncio.Future[None]) -> None:
         exc = future.exception()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, final
 
@@ -105,6 +105,12 @@ class Storage(Protocol):
         """Open (and recover) ``group``'s log."""
         ...
 
+    def on_durable(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` on the loop each time appends became durable (or failed), right
+        after their futures were resolved and in the same loop callback, so the runtime can
+        act on them at once (their done callbacks run a loop turn later)."""
+        ...
+
 
 @final
 class PlogStorage:
@@ -147,6 +153,10 @@ class PlogStorage:
 
     def group_directory(self, group: int) -> Path:
         return self.data / f"g{group:04d}"
+
+    def on_durable(self, hook: Callable[[], None]) -> None:
+        assert self.writer is not None, "start() first"
+        self.writer.after_resolve = hook
 
     async def open_group(self, group: int) -> GroupStorage:
         assert self.writer is not None, "start() first"

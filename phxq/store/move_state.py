@@ -17,7 +17,12 @@ in its own log (:mod:`phxq.store.move_entries`) and :class:`QueueMoves` (part of
   delayed and transactional messages into the queue are ``Rejected(QueueMoved)``; reads up to
   the seal and cursor commits still work. Sealing again with the same move id answers the
   same seal (the driver may retry, a re-proposed seal is harmless); another move id is
-  refused; a cancelled move id is refused.
+  refused; a cancelled move id is refused. A seal applied while the group holds pending
+  delayed messages or undecided transaction parts is refused (``MoveBlocked``, naming their
+  counts) and changes nothing: sealed, they would be released above the seal where no reader
+  looks. The group's state does not record which queue a pending message belongs to, so the
+  check counts every queue of the group; deciding it at apply time makes it the same on every
+  replica, whatever the order of a schedule or prepare entry and the seal in the log.
 - **Cancel** (on A): refused once the move is sealed (a sealed move only goes forward);
   otherwise remembers the move id so a later seal of it is refused.
 - **Adopt** (on B, at instance I): opens a tenure ``start = I`` with ``delta = max(0,
@@ -40,15 +45,25 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from phxq.errors import BadArgument, ProtocolError, QueueMoved
+from phxq.errors import BadArgument, MoveBlocked, PhxqError, ProtocolError, QueueMoved
 from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
 from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry
+from phxq.store.schedule import HELD
 
 if TYPE_CHECKING:
     from phxq.store.schedule import Released
     from phxq.store.state import StoreState
 
-__all__ = ["Adopted", "MoveCancelled", "QueueMoves", "Sealed", "Tenure", "adopt_into", "shifted"]
+__all__ = [
+    "Adopted",
+    "MoveCancelled",
+    "QueueMoves",
+    "Sealed",
+    "Tenure",
+    "adopt_into",
+    "seal_into",
+    "shifted",
+]
 
 MAX_INDEX = MAX_MESSAGES_PER_INSTANCE - 1
 CANCELLED_REMEMBERED = 1024
@@ -180,7 +195,10 @@ class QueueMoves:
 
     # ----------------------------------------------------------------------------- apply
 
-    def seal(self, entry: SealEntry, instance: int) -> Sealed | BadArgument:
+    def seal(
+        self, entry: SealEntry, instance: int, pending: tuple[int, int] = (0, 0)
+    ) -> Sealed | BadArgument | MoveBlocked:
+        """``pending``: the group's pending (delayed, transactional) messages."""
         key = (entry.topic, entry.queue)
         done = self.seal_of(key, entry.move_id)
         if done is not None:
@@ -195,6 +213,8 @@ class QueueMoves:
                 f"{current.sealed_by}",
                 {"move": current.sealed_by},
             )
+        if any(pending):
+            return _blocked(entry, *pending)
         ts = self.tenures.setdefault(key, [Tenure(0, 0)])
         t = ts[-1]
         sealed = ((instance + t.delta) << INDEX_BITS) | MAX_INDEX
@@ -287,6 +307,22 @@ def shifted(moves: QueueMoves, head: Any, done: Released) -> Released:
         return done
     offsets = tuple(None if o is None else o + (delta << INDEX_BITS) for o in done.offsets)
     return replace(done, offsets=offsets)
+
+
+def seal_into(state: StoreState, entry: SealEntry, instance: int) -> Sealed | PhxqError:
+    """Apply a seal entry to ``state``: refused while the group holds pending delayed messages
+    or undecided transaction parts (see the module docstring)."""
+    held = state.schedule.count_at(HELD)
+    return state.moves.seal(entry, instance, (len(state.schedule) - held, held))
+
+
+def _blocked(entry: SealEntry, scheduled: int, transactional: int) -> MoveBlocked:
+    return MoveBlocked(
+        f"queue {entry.topic}/{entry.queue} cannot be sealed yet: its group has {scheduled} "
+        f"scheduled and {transactional} transactional messages pending (of any of its queues); "
+        "the move waits until they are released, cancelled or decided",
+        {"move": entry.move_id, "scheduled": scheduled, "transactional": transactional},
+    )
 
 
 def adopt_into(state: StoreState, entry: AdoptEntry, instance: int) -> Adopted | BadArgument:

@@ -22,6 +22,12 @@ move up from the map) never leaves a move half done:
 A move whose seal was never chosen can be cancelled (``phxq admin queue move --cancel``: a
 cancel entry in A, then the record leaves the map); once sealed it only goes forward, and
 the driver retries every ``INTERVAL`` until it completes (e.g. while A has no majority).
+
+A seal is refused (``MoveBlocked``) while A's group holds delayed messages or undecided
+transaction parts: they would be released above the seal, where no reader looks. The move
+then stays pending and the driver retries (every ``BLOCKED_INTERVAL``) until they are
+released, cancelled or decided. :meth:`Mover.waiting` is why each move this store drives is
+not done yet (``phxq admin status`` shows it).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from phxq import mapstore
-from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable
+from phxq.errors import BadArgument, MoveBlocked, NotMaster, PhxqError, Unavailable
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
 from phxq.routing import group_for_queue
@@ -48,6 +54,7 @@ __all__ = ["Mover"]
 log = logging.getLogger("phxq.store.mover")
 
 INTERVAL = 0.2  # seconds between passes over the map's pending moves
+BLOCKED_INTERVAL = 1.0  # seconds between seal attempts of a move refused with MoveBlocked
 CALL_TIMEOUT = 2.0
 SEAL_ATTEMPTS = 6  # calls per pass to find set A's master (NotMaster hints followed)
 
@@ -57,21 +64,35 @@ class Mover:
 
     def __init__(self, node: StoreNode) -> None:
         self._node = node
-        self._failing: dict[str, str] = {}  # move id -> last error logged (log once per change)
+        self._failing: dict[str, str] = {}  # move id -> last error (logged once per change)
+        self._blocked_until: dict[str, float] = {}  # move id -> loop time of the next attempt
+
+    def waiting(self) -> dict[str, str]:
+        """Why each move this store drives is not done yet: move id -> the last error."""
+        return dict(self._failing)
 
     async def run(self) -> None:
         tls = None if self._node.security is None else self._node.security.peer_ssl
+        loop = asyncio.get_running_loop()
         async with RpcPool(transport_factory=client_transport(None, tls)) as pool:
             while True:
                 await asyncio.sleep(INTERVAL)
-                for move in list(self._node.topology.moves.values()):
+                moves = self._node.topology.moves
+                for gone in set(self._failing) - set(moves):
+                    self._failing.pop(gone, None)
+                    self._blocked_until.pop(gone, None)
+                for move in list(moves.values()):
                     if move.target != self._node.set:
                         continue
+                    if loop.time() < self._blocked_until.get(move.id, 0.0):
+                        continue
                     try:
-                        await self.drive(move, pool)
+                        await self.drive(move, pool)  # done, or not this store's to drive
                         self._failing.pop(move.id, None)
                     except PhxqError as exc:  # retried next pass; logged once per new error
                         text = f"{type(exc).__name__}: {exc.message}"
+                        if isinstance(exc, MoveBlocked):
+                            self._blocked_until[move.id] = loop.time() + BLOCKED_INTERVAL
                         if self._failing.get(move.id) != text:
                             log.warning("queue move %s: %s (retrying)", move.id, text)
                             self._failing[move.id] = text

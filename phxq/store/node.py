@@ -109,6 +109,10 @@ class StoreNode(ReplicatedDaemon[StoreState]):
             ("queue moves", self._mover.run()),
         ]
 
+    def moves_waiting(self) -> dict[str, str]:
+        """Why each queue move this store drives is not done yet (move id -> last error)."""
+        return self._mover.waiting()
+
     @property
     def topology(self) -> Topology:
         """The cluster map this store routes by (see ``phxq.store.mapfollow``)."""

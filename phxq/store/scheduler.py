@@ -202,12 +202,31 @@ class Releaser:
         self._busy: set[int] = set()  # groups with a release round in flight
         self._rounds = TaskScope("release rounds", log)
         self._log = LogLimiter()
+        self._gauges: dict[int, tuple[Any, Any]] = {}  # per group: pending, release lag
+        self._reported: dict[int, tuple[int, float]] = {}  # the values they were last set to
 
     async def run(self) -> None:
         """Until cancelled (then the rounds in flight are cancelled too)."""
         async with self._rounds:
             while True:
                 await asyncio.sleep(self._tick())
+
+    def _report(self, group: int, pending: int, lag: float) -> None:
+        """Set the group's gauges, only when a value changed (``labels()`` costs a lock and a
+        lookup, and this runs for every group ten times a second)."""
+        last = self._reported.get(group)
+        if last is not None and last[0] == pending and last[1] == lag:
+            return
+        if group not in self._gauges:
+            label = str(group)
+            self._gauges[group] = (
+                metrics.SCHEDULED_PENDING.labels(label),
+                metrics.RELEASE_LAG.labels(label),
+            )
+        gauge_pending, gauge_lag = self._gauges[group]
+        gauge_pending.set(pending)
+        gauge_lag.set(lag)
+        self._reported[group] = (pending, lag)
 
     def _tick(self) -> float:
         """Start the rounds that are due; the seconds to sleep until the next look."""
@@ -218,8 +237,7 @@ class Releaser:
             serving = replica.serving
             pending = len(schedule) - schedule.count_at(HELD) if serving else 0
             nxt = schedule.next_due() if pending else None
-            metrics.SCHEDULED_PENDING.labels(str(group)).set(pending)
-            metrics.RELEASE_LAG.labels(str(group)).set(0.0 if nxt is None else max(0.0, now - nxt))
+            self._report(group, pending, 0.0 if nxt is None else max(0.0, now - nxt))
             if nxt is None:
                 continue
             if nxt > now:

@@ -358,8 +358,16 @@ async def status(node: StoreNode, params: dict[str, Any]) -> dict[str, Any]:
         "cert": None if node.security is None else node.security.cert_status(),
         "groups": groups,
         "consumers": _consumer_lag(node),
-        "moves": [m.to_wire() for m in node.topology.moves.values()],
+        "moves": [_move_row(m, node.moves_waiting()) for m in node.topology.moves.values()],
     }
+
+
+def _move_row(move: Any, waiting: dict[str, str]) -> dict[str, Any]:
+    """A move of the map, with why it is not done yet when this store drives it."""
+    row: dict[str, Any] = move.to_wire()
+    if move.id in waiting:
+        row["waiting"] = waiting[move.id]
+    return row
 
 
 def _txn_status(replica: Any, now: float) -> dict[str, Any]:

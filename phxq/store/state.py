@@ -60,12 +60,12 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   releases its transaction's pending half messages like a release entry (offsets, index); a
   discard entry drops them (``TxnDiscarded``). ``txns`` is part of the snapshot (version 4).
 - **Queue moves** (:mod:`phxq.store.move_state`, :mod:`phxq.store.move_entries`). A seal
-  closes a queue here (``Sealed``): later enqueue, schedule and prepare entries of it are
-  ``Rejected(QueueMoved)`` (their ordinals are still consumed); a cancel withdraws a move
-  not sealed yet (``MoveCancelled``); an adopt opens a queue moved here (``Adopted``), with
-  the source's cursors (each kept when newer than ours), end offset and dedup ids, and an
-  offset delta so its offsets continue above the seal. ``moves`` is part of the snapshot
-  (version 5).
+  closes a queue here (``Sealed``; ``MoveBlocked`` while the group has delayed or
+  transactional messages pending): later enqueue, schedule and prepare entries of it are
+  ``Rejected(QueueMoved)`` (ordinals still consumed); a cancel withdraws a move not sealed
+  yet (``MoveCancelled``); an adopt opens a queue moved here (``Adopted``), with the source's
+  cursors (each kept when newer), end offset, dedup ids and an offset delta so its offsets
+  continue above the seal. ``moves`` is part of the snapshot (version 5).
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -115,7 +115,7 @@ from phxq.store.apply_results import (
 from phxq.store.dedup import DedupWindow
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
 from phxq.store.move_entries import AdoptEntry, CancelMoveEntry, SealEntry
-from phxq.store.move_state import QueueMoves, adopt_into, shifted
+from phxq.store.move_state import QueueMoves, adopt_into, seal_into, shifted
 from phxq.store.schedule import Cancelled, Released, Schedule, release, scheduled_ref
 from phxq.store.schedule_entries import CancelEntry, ReleaseHead, RollHead, ScheduleHead
 from phxq.store.state_snapshot import decode_state, encode_state
@@ -274,7 +274,7 @@ class StoreState:
             elif type(entry) is DiscardEntry:
                 results.append(self.txns.discard(entry, self.schedule))
             elif type(entry) is SealEntry:
-                results.append(_result(self.moves.seal(entry, instance)))
+                results.append(_result(seal_into(self, entry, instance)))
             elif type(entry) is CancelMoveEntry:
                 results.append(_result(self.moves.cancel(entry)))
             elif type(entry) is AdoptEntry:

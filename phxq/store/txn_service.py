@@ -335,6 +335,7 @@ class TxnSweeper:
         self._next_peek: dict[tuple[int, str], float] = {}  # (group, txn) -> next remote look
         self._log = LogLimiter()
         self._check = CheckBack(node.cluster)
+        self._open_reported = -1
         self.remote = TxnRemote(node)  # calls to other store sets (txn_remote)
 
     async def run(self) -> None:
@@ -394,7 +395,9 @@ class TxnSweeper:
                     and now >= self._next_check.get(txn, (0.0, 0.0))[0]
                 ):
                     self._spawn(key, self._overdue(replica, txn, now))
-        metrics.TXN_OPEN.set(total)
+        if total != self._open_reported:  # a gauge set only on change (five times a second)
+            self._open_reported = total
+            metrics.TXN_OPEN.set(total)
         if len(self._next_peek) > total:  # forget finished transactions' look times
             self._next_peek = {
                 k: t

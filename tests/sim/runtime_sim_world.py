@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class MemoryLog:
 
     def __init__(self, sim: Any, disk: MemoryDisk, group: int, directory: Path) -> None:
         self._sim = sim
+        self.after_sync: Callable[[], None] = lambda: None
         self.directory = directory
         self.group = group
         self.first_instance = 1
@@ -154,6 +155,7 @@ class MemoryLog:
             self._durable.append(record)
             if not future.done():
                 future.set_result(None)
+        self.after_sync()  # Storage.on_durable: in the same loop callback, as the PLog does
 
     def crash(self) -> None:
         self.dead = True
@@ -268,12 +270,20 @@ class MemoryStorage:
         self._disk = disk
         self._data = data
         self.logs: list[MemoryLog] = []
+        self._hook: Callable[[], None] | None = None
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         pass
+
+    def on_durable(self, hook: Callable[[], None]) -> None:
+        self._hook = hook
+
+    def _after_sync(self) -> None:
+        if self._hook is not None:
+            self._hook()
 
     def groups_without_log(self, groups: int) -> set[int]:
         return set()  # every node is a member with its disk (MEMBER is written at first start)
@@ -283,6 +293,7 @@ class MemoryStorage:
 
     async def open_group(self, group: int) -> MemoryLog:
         glog = MemoryLog(self._sim, self._disk, group, self.group_directory(group))
+        glog.after_sync = self._after_sync
         self.logs.append(glog)
         return glog
 

@@ -121,6 +121,7 @@ def test_queue_move_and_status_read_like_english(
     result = CliRunner().invoke(cli, [*args, "--queue", "3", "--cancel"])
     assert result.output == "orders/3: move 5f2a to set 2 is cancelled\n"
     move = {"id": "5f2a", "topic": "orders", "queue": 3, "from": 1, "to": 2, "started_at": 0.0}
+    move["waiting"] = "MoveBlocked: 3 scheduled and 1 transactional messages pending"
     status = ops.ClusterStatus({1: {"error": "Unavailable: down", "map_version": 7}})
     monkeypatch.setattr(ops.ClusterStatus, "moves", lambda self: [move])
     monkeypatch.setattr(ops, "status", _returning(status))
@@ -128,3 +129,4 @@ def test_queue_move_and_status_read_like_english(
     assert result.exit_code == 0, result.output
     assert "queue moves in progress" in result.output
     assert "  orders/3: set 1 -> set 2 (move 5f2a, " in result.output
+    assert f"    waiting: {move['waiting']}\n" in result.output

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import phxq
-from phxq.client import routing
+from phxq.client import avoid, routing
 from phxq.errors import NotMaster
 from phxq.net import RpcPool, RpcServer
 from phxq.paxos import GroupConfig
@@ -75,6 +75,10 @@ class ScriptedStores:
         self.net.unlisten(ADDRS[node])
         await self.servers[node].close()
 
+    def restart(self, node: int) -> None:
+        self.servers[node] = RpcServer(self._handler(node))
+        self.net.listen(ADDRS[node], self.servers[node].accept)
+
     def elect(self, node: int) -> None:
         """The survivors elected ``node``: it and the others now say so."""
         for n in self.views:
@@ -103,12 +107,20 @@ async def longest_pause(fault: str) -> float:
     async with client:
         producer = asyncio.ensure_future(produce())
         await asyncio.sleep(0.5)
-        if fault == "kill":
-            await stores.kill(1)
-        else:
+        if fault == "pause":
             stores.paused.add(1)  # its next request hangs
+        else:
+            await stores.kill(1)
+        if fault in ("kill-split", "kill-return"):
+            # Mid-election: store 2 (about to win) knows no master, store 3 still names the
+            # dead one. Store 2's NotMaster without a hint must not bar it once it is elected.
+            stores.views[2] = None
         await asyncio.sleep(ELECTION)
-        stores.elect(2)
+        if fault == "kill-return":
+            stores.restart(1)  # restarted at once and elected again: no longer down
+            stores.elect(1)
+        else:
+            stores.elect(2)
         await asyncio.sleep(1.0)
         stop.set()
         await producer
@@ -118,7 +130,7 @@ async def longest_pause(fault: str) -> float:
     return max(b - a for a, b in itertools.pairwise(acks))
 
 
-@pytest.mark.parametrize("fault", ["kill", "pause"])
+@pytest.mark.parametrize("fault", ["kill", "pause", "kill-split"])
 def test_a_producer_reaches_the_new_master_soon_after_the_election(fault: str) -> None:
     loop = VirtualLoop()
     started = time.monotonic()
@@ -129,3 +141,49 @@ def test_a_producer_reaches_the_new_master_soon_after_the_election(fault: str) -
     assert ELECTION - 0.01 <= pause <= ELECTION + CLIENT_LAG, pause
     assert ELECTION + CLIENT_LAG < 1.0
     assert time.monotonic() - started < 10  # virtual time: no real waiting
+
+
+def test_a_failed_store_that_comes_back_as_master_is_reached_again() -> None:
+    """A killed master avoided by a call is asked again once ``DOWN_HOLD`` has passed: store
+    3 names it (elected again after a restart), and the call must not wait for its budget."""
+    loop = VirtualLoop()
+    started = time.monotonic()
+    try:
+        pause = loop.run_until_complete(longest_pause("kill-return"))
+    finally:
+        loop.close()
+    assert ELECTION - 0.01 <= pause <= max(ELECTION, avoid.DOWN_HOLD) + CLIENT_LAG, pause
+    assert time.monotonic() - started < 10  # virtual time: no real waiting
+
+
+def test_a_down_store_is_skipped_for_a_while_and_a_clueless_one_still_counts() -> None:
+    """``_master_addr`` skips a known master that is down (a map refresh from a lagging store
+    may have put it back) and a store that knew no master; the down one only for
+    ``DOWN_HOLD`` s, the clueless one only as the first to ask: its claims count at once."""
+    from phxq.client.types import ClusterMap
+
+    async def scenario() -> None:
+        client = phxq.Client(list(ADDRS.values()))
+        try:
+            cmap = ClusterMap(1, dict(ADDRS), {"t": 1}, {(1, 0): 1})
+            shun = avoid.Avoid()
+            shun.failed(ADDRS[1])
+            shun.knows_no_master(ADDRS[2])
+            assert client._master_addr(cmap, (1, 0), shun) == ADDRS[3]
+            assert ADDRS[1] in shun and ADDRS[2] not in shun  # a probe counts store 2's claim
+            await asyncio.sleep(avoid.DOWN_HOLD)
+            assert ADDRS[1] not in shun
+            assert client._master_addr(cmap, (1, 0), shun) == ADDRS[1]
+            shun.failed(ADDRS[3])
+            shun.failed(ADDRS[1])
+            # every store skipped: start over with the preferred one (the known master here)
+            assert client._master_addr(cmap, (1, 0), shun) == ADDRS[1]
+            assert ADDRS[3] not in shun and not shun.skips(ADDRS[2])
+        finally:
+            await client.close()
+
+    loop = VirtualLoop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()

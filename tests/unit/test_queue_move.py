@@ -289,7 +289,8 @@ def test_admin_status_lists_the_moves_of_the_newest_map() -> None:
         3: {"error": "Unavailable: down"},
     }
     status = ClusterStatus(stores)
-    assert status.moves() == [move] and status.to_json()["moves"] == [move]
+    row = {**move, "waiting": None}
+    assert status.moves() == [row] and status.to_json()["moves"] == [row]
     assert ClusterStatus({1: {"error": "down"}}).moves() == []
 
 
