@@ -68,6 +68,9 @@ bound in Python, the fsync is ~15% of a batch); 1 writer: ~4.3k/s, p50 0.22 ms. 
 16 groups: ~30k/s (100 B), since each batch costs 16 fdatasyncs (fanned out: ~1 ms). 4 KiB x 64
 writers, 1 group: ~40k/s (160 MiB/s). Start-up of a 1 GiB log (263k instances of ~4 KiB, 10.5M
 messages indexed): 3.4 s scan+CRC alone, 8.2 s with a replay decoding every message.
+Sealed segments' record tables (``sidecar``) take the scan of 16 groups x 256 MiB (1.04M
+instances of one 4 KiB message) from 13.0 to 6.2 CPU seconds in a store start (24.2 -> 16.5 s
+for the whole start, of which the replay through apply is now ~10 s; loaded machine).
 
 Modules: ``records`` (frame format, CRC32C and why), ``writer`` (group commit), ``recovery``
 (start-up scan and tail/corruption rules), ``sidecar`` (verified record tables of sealed
