@@ -173,3 +173,17 @@ def test_topic_describe_shows_each_moved_queues_segments_and_the_moves_in_progre
         "  queue 0 moved: set 1 up to offset 1000, then set 2 up to offset 5000, then set 1",
         "  queue 2 moving: set 1 -> set 2 (move m3)",
     ]
+
+
+def test_a_blocked_move_can_still_be_cancelled() -> None:
+    from phxq.store.move_entries import CancelMoveEntry
+    from phxq.store.move_state import MoveCancelled
+
+    log = Log()
+    [pending] = log.apply(schedule())
+    blocked(log.apply(SEAL)[0])
+    assert log.apply(encode_move(CancelMoveEntry("t", 0, "m1"))) == [MoveCancelled("m1")]
+    log.apply(encode_cancel(scheduled_id(pending), DUE))
+    [refused] = log.apply(SEAL)  # nothing pending now, but the move was withdrawn
+    assert isinstance(refused, Rejected) and "cancelled" in str(refused.error)
+    assert not log.state.moves.sealed
