@@ -206,7 +206,9 @@ def endpoint(gateway: Gateway, route: Route) -> Endpoint:
         try:
             if gateway.in_flight >= gateway.limits.max_in_flight:
                 limit = gateway.limits.max_in_flight
-                response = answer(problem("overloaded", f"more than {limit} requests in flight"))
+                response: web.StreamResponse = answer(
+                    problem("overloaded", f"more than {limit} requests in flight")
+                )
             else:
                 gateway.in_flight += 1
                 try:

@@ -49,7 +49,13 @@ DEFAULT_LISTEN = "127.0.0.1:7301"
 # The gateways of this process: phxq_gateway_in_flight is read from them when scraped, not
 # set twice per request.
 _LIVE: weakref.WeakSet[Gateway] = weakref.WeakSet()
-metrics.GATEWAY_IN_FLIGHT.set_function(lambda: sum(gw.in_flight for gw in list(_LIVE)))
+
+
+def _in_flight() -> int:
+    return sum(gw.in_flight for gw in list(_LIVE))
+
+
+metrics.GATEWAY_IN_FLIGHT.set_function(_in_flight)
 
 
 def _split(listen: str) -> tuple[str, int]:
@@ -91,7 +97,7 @@ class Gateway:
         self.client = Client([s.addr for s in config.stores], ca=self._member)
         self._locks: Any = None
         self._runner: web.AppRunner | None = None
-        self.in_flight = 0  # requests being served (the max_in_flight limit)
+        self.in_flight: int = 0  # requests being served (the max_in_flight limit)
         self._openapi: dict[str, Any] | None = None
         self._registry = metrics.registry_for("gateway")
         self.address = self.listen

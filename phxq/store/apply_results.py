@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from phxq.errors import PhxqError
+from phxq.errors import BadArgument, PhxqError
+from phxq.routing import MAX_MESSAGES_PER_INSTANCE
 from phxq.store.move_state import Adopted, MoveCancelled, Sealed
 from phxq.store.schedule import Cancelled, Released
 from phxq.store.txn import TxnDecided, TxnDiscarded, TxnPrepared
@@ -80,3 +81,24 @@ ApplyResult: TypeAlias = (
     | MoveCancelled
     | Adopted
 )
+
+
+def rejected_too_many(
+    instance: int,
+    first: int,
+    count: int,
+    results: list[ApplyResult],
+    unindexed: list[int] | None,
+) -> bool:
+    """Whether an item's ``count`` ordinals from ``first`` overflow the instance's index space
+    (``MAX_MESSAGES_PER_INSTANCE``); if so, it is answered ``Rejected(BadArgument)`` and, for
+    readable messages (``unindexed`` given), its ordinals are recorded as never indexed. The
+    caller still consumes the ordinals either way."""
+    if first + count <= MAX_MESSAGES_PER_INSTANCE:
+        return False
+    if unindexed is not None:
+        unindexed.extend(range(first, first + count))
+    space = "messages" if unindexed is not None else "scheduled messages"
+    text = f"instance {instance} holds more than {MAX_MESSAGES_PER_INSTANCE} {space}"
+    results.append(Rejected(BadArgument(text)))
+    return True

@@ -43,29 +43,21 @@ Rules applied to each item of an instance (``items`` = the decoded batch; a no-o
   ignoring and keeping the token, once per ``replay_id``: applying the same id again changes
   nothing and answers ``Committed(<offset set the first time>)``. The last
   ``REPLAYS_REMEMBERED`` ids are remembered.
-- **Scheduled messages** (:mod:`phxq.store.schedule_entries`, :mod:`phxq.store.schedule`).
-  A ``ScheduleEntry`` makes its messages pending (``Scheduled``: their scheduled ids as refs;
-  dedup as for an enqueue, in the same window) and readable by nobody. A ``ReleaseEntry``
-  releases each pending one whose due time is at most the entry's ``released_at``: it gets
-  the next ordinal of the instance and an offset like an enqueued message (so per-queue order
-  is release order); any other (already released or cancelled, not yet due) is a no-op
-  (``Released``: offset None, not indexed). A ``CancelEntry`` withdraws a pending one
-  (``Cancelled``; by its original id, even if rolled since). A ``RollEntry`` moves pending
-  ones to new ids in its instance (``Rolled``), so their old records may be truncated.
-  ``schedule`` (pending count, next due, oldest id, rolls) is part of the snapshot.
-- **Transactions** (:mod:`phxq.store.txn`, :mod:`phxq.store.txn_entries`). A prepare entry's
-  half messages are scheduled messages due ``HELD`` (never due; their ids in the scheduled
-  space: ``TxnPrepared``); a cancel never touches one. A decide entry records the home
-  group's decision, the first one applied wins (``TxnDecided``). A transaction release entry
-  releases its transaction's pending half messages like a release entry (offsets, index); a
-  discard entry drops them (``TxnDiscarded``). ``txns`` is part of the snapshot (version 4).
-- **Queue moves** (:mod:`phxq.store.move_state`, :mod:`phxq.store.move_entries`). A seal
-  closes a queue here (``Sealed``; ``MoveBlocked`` while the group has delayed or
-  transactional messages pending): later enqueue, schedule and prepare entries of it are
-  ``Rejected(QueueMoved)`` (ordinals still consumed); a cancel withdraws a move not sealed
-  yet (``MoveCancelled``); an adopt opens a queue moved here (``Adopted``), with the source's
-  cursors (each kept when newer), end offset, dedup ids and an offset delta so its offsets
-  continue above the seal. ``moves`` is part of the snapshot (version 5).
+- **Scheduled messages** (rules in :mod:`phxq.store.schedule`). A ``ScheduleEntry`` makes
+  its messages pending (``Scheduled``; dedup as for an enqueue) and readable by nobody; a
+  ``ReleaseEntry`` gives each due one the instance's next ordinal and an offset (``Released``),
+  a ``CancelEntry`` withdraws one (``Cancelled``), a ``RollEntry`` moves pending ones to new
+  ids (``Rolled``) so old records may be truncated. ``schedule`` is part of the snapshot.
+- **Transactions** (rules in :mod:`phxq.store.txn`). A prepare's half messages are scheduled
+  messages due ``HELD`` (``TxnPrepared``); the first decide applied wins (``TxnDecided``); a
+  transaction release releases them like a release entry, a discard drops them
+  (``TxnDiscarded``). ``txns`` is part of the snapshot (version 4).
+- **Queue moves** (rules in :mod:`phxq.store.move_state`). A seal closes a queue here
+  (``Sealed``; ``MoveBlocked`` while the group has delayed or transactional messages
+  pending), after which its enqueue, schedule and prepare entries are ``Rejected(QueueMoved)``
+  (ordinals still consumed); a cancel withdraws an unsealed move; an adopt opens a moved queue
+  (``Adopted``) with its cursors, end offset, dedup ids and offset delta. ``moves`` is part of
+  the snapshot (version 5).
 - **Bad items.** An undecodable item gives ``Rejected(ProtocolError)``: a bad item never
   stops the replica. Rejected items change nothing.
 
@@ -73,15 +65,12 @@ Only ``apply`` changes state. Applying an instance ``<= applied_up_to`` changes 
 answers ``Rejected(StorageError)`` for each item; skipping an instance raises ``StorageError``
 (the state would silently miss history, e.g. cursors).
 
-**Rebuilding the PLog queue index at start-up without double-applying.** ``index_entries`` is
-a function of the instance's items plus the positions apply decided *not* to index (duplicates
-and rejected entries), which the state records per instance (rare, so small) and keeps in its
-snapshot until :meth:`forget_below` says that part of the log is gone. So recovery is: restore
-the latest snapshot (or start empty), then for each retained chosen instance in order call
-``apply`` (a no-op for instances the snapshot already covers) and then ``index_entries``
-(exact for every instance from ``forget_below``'s bound up to ``applied_up_to``). This is what
-``phxq.replication.machine.apply_instance`` does for every instance, live or recovering.
-A runtime that truncates the log must persist a snapshot covering the truncated part first.
+**Rebuilding the queue index without double-applying.** ``index_entries`` is a function of
+the instance's items plus the positions apply decided *not* to index (duplicates, rejected
+entries), which the state keeps per instance (rare, so small; in its snapshot) until
+:meth:`forget_below`. Recovery restores the latest snapshot, then calls ``apply`` (a no-op for
+instances it covers) and ``index_entries`` for each retained chosen instance in order, as
+``phxq.replication.machine.apply_instance`` does live. Truncate only below a persisted snapshot.
 
 Every replica of a group must run with the same ``dedup_window`` (it is cluster config); a
 restored state keeps the window of its snapshot.
@@ -103,7 +92,7 @@ from phxq.errors import (
     StorageError,
     VersionMismatch,
 )
-from phxq.routing import INDEX_BITS, MAX_MESSAGES_PER_INSTANCE
+from phxq.routing import INDEX_BITS
 from phxq.store.apply_results import (
     ApplyResult,
     Committed,
@@ -111,6 +100,7 @@ from phxq.store.apply_results import (
     Rejected,
     Rolled,
     Scheduled,
+    rejected_too_many,
 )
 from phxq.store.dedup import DedupWindow
 from phxq.store.entries import CommitEntry, EnqueueHead, ReplayEntry, peek_entry
@@ -217,7 +207,7 @@ class StoreState:
                 if moved:
                     unindexed.extend(range(next_index, next_index + count))
                     results.append(Rejected(moved))
-                elif not _rejected_too_many(instance, next_index, count, results, unindexed):
+                elif not rejected_too_many(instance, next_index, count, results, unindexed):
                     results.append(
                         self._enqueue(instance, next_index, entry, index_entries, unindexed)
                     )
@@ -231,12 +221,12 @@ class StoreState:
                 moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
                 if moved:
                     results.append(Rejected(moved))
-                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
+                elif not rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(self._schedule(instance, next_scheduled, entry))
                 next_scheduled += count
             elif type(entry) is ReleaseHead:
                 count = len(entry.ids)
-                if not _rejected_too_many(instance, next_index, count, results, unindexed):
+                if not rejected_too_many(instance, next_index, count, results, unindexed):
                     done = release(
                         self.schedule, instance, next_index, entry, index_entries, unindexed
                     )
@@ -246,7 +236,7 @@ class StoreState:
                 next_index += count
             elif type(entry) is RollHead:
                 count = len(entry.ids)
-                if not _rejected_too_many(instance, next_scheduled, count, results, None):
+                if not rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(self._roll(instance, next_scheduled, entry))
                 next_scheduled += count
             elif type(entry) is PrepareHead:
@@ -254,14 +244,14 @@ class StoreState:
                 moved = self.moves.sealed and self.moves.blocked((entry.topic, entry.queue))
                 if moved:
                     results.append(Rejected(moved))
-                elif not _rejected_too_many(instance, next_scheduled, count, results, None):
+                elif not rejected_too_many(instance, next_scheduled, count, results, None):
                     results.append(
                         self.txns.prepare(instance, next_scheduled, entry, self.schedule)
                     )
                 next_scheduled += count
             elif type(entry) is TxnReleaseHead:
                 count = len(entry.ids)
-                if not _rejected_too_many(instance, next_index, count, results, unindexed):
+                if not rejected_too_many(instance, next_index, count, results, unindexed):
                     done = self.txns.release(
                         instance, next_index, entry, self.schedule, index_entries, unindexed
                     )
@@ -485,27 +475,6 @@ class StoreState:
 def _result(outcome: Any) -> Any:
     """A move_state outcome as an apply result (an error is ``Rejected``)."""
     return Rejected(outcome) if isinstance(outcome, PhxqError) else outcome
-
-
-def _rejected_too_many(
-    instance: int,
-    first: int,
-    count: int,
-    results: list[ApplyResult],
-    unindexed: list[int] | None,
-) -> bool:
-    """Whether an item's ``count`` ordinals from ``first`` overflow the instance's index space
-    (``MAX_MESSAGES_PER_INSTANCE``); if so, it is answered ``Rejected(BadArgument)`` and, for
-    readable messages (``unindexed`` given), its ordinals are recorded as never indexed. The
-    caller still consumes the ordinals either way."""
-    if first + count <= MAX_MESSAGES_PER_INSTANCE:
-        return False
-    if unindexed is not None:
-        unindexed.extend(range(first, first + count))
-    space = "messages" if unindexed is not None else "scheduled messages"
-    text = f"instance {instance} holds more than {MAX_MESSAGES_PER_INSTANCE} {space}"
-    results.append(Rejected(BadArgument(text)))
-    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from phxq.errors import BadArgument, ProtocolError, StaleToken, StorageError, VersionMismatch
 from phxq.routing import make_offset
-from phxq.store import state as state_module
+from phxq.store import apply_results
 from phxq.store.entries import CommitEntry, EnqueueEntry, Message, ReplayEntry, encode_entry
 from phxq.store.schedule_entries import encode_schedule
 from phxq.store.state import Committed, Enqueued, Rejected, StoreState
@@ -84,7 +84,7 @@ def test_an_undecodable_item_is_rejected_without_stopping_the_others() -> None:
 def test_an_entry_that_would_overflow_the_instance_is_rejected_but_keeps_its_ordinals(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(state_module, "MAX_MESSAGES_PER_INSTANCE", 3)
+    monkeypatch.setattr(apply_results, "MAX_MESSAGES_PER_INSTANCE", 3)
     log = Log()
     results = log.apply(enq("t", 0, None, None), enq("t", 0, "a", "b"), enq("t", 0, None))
     assert results[0] == Enqueued((make_offset(1, 0), make_offset(1, 1)), (False, False))
@@ -99,7 +99,7 @@ def test_an_entry_that_would_overflow_the_instance_is_rejected_but_keeps_its_ord
 def test_scheduled_messages_overflow_their_own_ordinal_space_not_the_readable_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(state_module, "MAX_MESSAGES_PER_INSTANCE", 3)
+    monkeypatch.setattr(apply_results, "MAX_MESSAGES_PER_INSTANCE", 3)
     wire = [[b"s", None, {}, None]] * 2
     schedule = encode_schedule("t", 0, 1000.0, [5000.0, 5000.0], wire)
     log = Log()
