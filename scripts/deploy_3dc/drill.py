@@ -172,6 +172,7 @@ class Producers:
                 # Not acked (maybe stored): retry the same seq and dedup id, so it is stored once.
                 self.failures += 1
                 continue
+            assert ack.offset is not None  # not delayed: stored at once, at an offset
             self.acks.append(AckRecord(queue, seq, ack.offset, time.monotonic()))
             seq += 1
 
@@ -253,7 +254,7 @@ def _gaps(acks: list[AckRecord], start: float, end: float) -> list[tuple[float, 
     by_queue: dict[int, list[float]] = defaultdict(list)
     for a in acks:
         by_queue[a.queue].append(a.at)
-    gaps = []
+    gaps: list[tuple[float, float]] = []
     for times in by_queue.values():
         edges = [start, *sorted(times), end]
         gaps.extend(pairwise(edges))
@@ -322,9 +323,9 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
             views = await _status_all(pool, live)
-            target: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # set, group
+            chosen: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # set, group
             for n, st in views.items():
-                mine = target[set_of[n]]
+                mine = chosen[set_of[n]]
                 for g in st["groups"]:
                     mine[g["group"]] = max(mine[g["group"]], g["chosen_up_to"])
             t_back = time.monotonic()
@@ -343,13 +344,13 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
             else:
                 for proxy in cut:
                     proxy.heal()
-            shown = {s: dict(t) for s, t in target.items()}
+            shown = {s: dict(t) for s, t in chosen.items()}
             log(f"DC {opts.dc} back at +{t_back - t_start:.1f}s; catching up to {shown}")
             behind = []
             for victim in victims:
                 deadline = t_back + opts.settle_timeout
                 if not await _wait_caught_up(
-                    pool, stores[victim], target[set_of[victim]], deadline, report
+                    pool, stores[victim], chosen[set_of[victim]], deadline, report
                 ):
                     behind.append(victim)
             if not behind:
