@@ -12,7 +12,7 @@ while the gateway runs is served without a restart::
 The map is read from its home, the lock service's KV (:mod:`phxq.mapstore`), where ``group
 create`` writes it: a group is known to the gateway as soon as ``group create`` returned.
 Concurrent refreshes share one read. Without ``[[lock]]`` nodes the config is all there is.
-When the map's home does not answer, :meth:`config` keeps the last view (the config's groups
+When the map's home does not answer (within ``MAP_READ_TIMEOUT``), :meth:`config` keeps the last view (the config's groups
 still work as they are) while :meth:`require` of a group that view lacks raises the error
 (``Unavailable``, 503): the gateway cannot tell that the group does not exist.
 """
@@ -22,15 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from phxq import mapstore
 from phxq.config import ClusterConfig, ConsumerGroupConfig
 from phxq.errors import PhxqError
 from phxq.gateway.problems import problem
 from phxq.groupadmin import merge_map
+from phxq.topology import Topology
 
-__all__ = ["KnownGroups"]
+__all__ = ["MAP_READ_TIMEOUT", "KnownGroups"]
+
+# Seconds a map read may take: with the lock service down, /v1/topics and /v1/status answer
+# from the last view after this, not after the lock client's whole retry budget.
+MAP_READ_TIMEOUT: Final = 2.0
 
 
 class KnownGroups:
@@ -67,9 +72,9 @@ class KnownGroups:
         seen = self._reads
         async with self._lock:
             if self._reads == seen:  # nobody read the map while this call waited
-                topo, _ = await mapstore.load(self._locks())
-                if topo is not None:
-                    self._view = merge_map(self._base, topo)
+                value, _ = await self._locks().kv_get(mapstore.MAP_KEY, timeout=MAP_READ_TIMEOUT)
+                if value is not None:
+                    self._view = merge_map(self._base, Topology.from_wire(value))
                 self._reads += 1
         return self._view
 
