@@ -6,6 +6,7 @@ Pure and deterministic, part of the state's snapshot."""
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
@@ -39,6 +40,8 @@ class DedupWindow:
         if self.seconds <= 0:
             return None
         duplicates: dict[int, int] | None = None
+        # Interned: the entry outlives the decoded message, one topic str for all its entries.
+        topic = sys.intern(topic)
         window = self._topics.get(topic)
         if window is None:
             window = self._topics[topic] = {}
@@ -94,6 +97,7 @@ class DedupWindow:
 
     def restore_row(self, at: float, topic: str, dedup_id: str, ref: int) -> None:
         """Remember one row of :meth:`rows` again (rows in their order)."""
+        topic = sys.intern(topic)
         window = self._topics.get(topic)
         if window is None:
             window = self._topics[topic] = {}
