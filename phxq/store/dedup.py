@@ -88,6 +88,10 @@ class DedupWindow:
             window = self._topics.get(topic)
             if window is None:
                 continue
+            if len(ids) == 1:  # the common entry of one message: no set to build
+                if ids[0] is not None and window.get(ids[0]) is entry:
+                    out.append([at, topic, ids[0], first])
+                continue
             seen: set[str] = set()  # an id twice in one entry: its first place is the original
             for i, dedup_id in enumerate(ids):
                 if dedup_id is not None and window.get(dedup_id) is entry and dedup_id not in seen:
