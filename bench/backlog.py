@@ -36,12 +36,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import harness
@@ -111,11 +108,9 @@ async def fill_backlog(cluster: ProcessCluster, args: argparse.Namespace) -> dic
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    args.dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="phxq-backlog-", dir=args.dir) as tmp:
-        base = Path(tmp)
+    with harness.workdir(args.dir, "phxq-backlog-") as base:
         env = benchmark.environment(base)
         options = f"dedup_window = {harness.toml_duration(args.dedup_window)}"
         with harness.store_cluster(
@@ -131,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {result['fill']}", flush=True)
             result["data_dir_bytes"] = harness.dir_bytes(base)
             result["store_rss_bytes"] = harness.rss_bytes(cluster)
-            env["load_avg"] = benchmark.environment()["load_avg"]  # just before the measured part
+            env["load_avg"] = harness.load_avg()  # just before the measured part
             cold = harness.drop_caches(keep=args.keep_cache)
             result["page_cache"] = cold or "dropped (sync; echo 3 > /proc/sys/vm/drop_caches)"
             print(f"page cache: {result['page_cache']}; consuming ...", flush=True)
@@ -146,23 +141,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 )
                 print(f"  warm: {result['warm']}", flush=True)
-    env["load_avg_after"] = benchmark.environment()["load_avg"]
-    return {
-        "environment": env,
-        "command": harness.command_line(),
-        "wall_s": round(time.monotonic() - started, 1),
-        "settings": {
-            "messages": args.messages,
-            "size": args.size,
-            "queues": args.queues,
-            "groups": args.groups,
-            "dedup_window": args.dedup_window,
-            "segment_bytes": args.segment,
-            "max_seconds": args.max_seconds,
-            "handler": "in-process no-op, strict order, one consumer daemon",
-        },
-        **result,
+    settings = {
+        "messages": args.messages,
+        "size": args.size,
+        "queues": args.queues,
+        "groups": args.groups,
+        "dedup_window": args.dedup_window,
+        "segment_bytes": args.segment,
+        "max_seconds": args.max_seconds,
+        "handler": "in-process no-op, strict order, one consumer daemon",
     }
+    return harness.finish_report(env, started, settings, **result)
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
@@ -184,7 +173,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         r = report.get(name)
         if r is None:
             continue
-        store_cpu = sum(v for k, v in r["cpu_s"].items() if k.startswith("store"))
+        store_cpu = harness.store_cpu(r["cpu_s"])
         lines.append(
             f"| {name} | {r['delivered']:,} / {r['expected']:,} | {r['first_delivery_s']} | "
             f"{r['delivery_seconds']} | {r['msgs_per_s'] or 0:,.0f} | {store_cpu:.1f} | "
@@ -201,11 +190,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.backlog",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = harness.parser("backlog", __doc__)
     ap.add_argument("--quick", action="store_true", help="20k messages (smoke)")
     ap.add_argument("--messages", type=int, default=None, help="backlog size (10,000,000)")
     ap.add_argument("--size", type=int, default=100, help="message bytes")
@@ -218,19 +203,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-cache", action="store_true", help="do not drop the page cache")
     ap.add_argument("--warm", action="store_true", help="then a second group, cache warm")
     ap.add_argument("--segment", default=None, help="PLog segment size (64MiB)")
-    ap.add_argument("--out", type=Path, default=harness.RESULTS)
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    harness.output_args(ap)
     args = ap.parse_args(argv)
     quick = args.quick
-    defaults = {
-        "messages": 20_000 if quick else 10_000_000,
-        "max_seconds": 60.0 if quick else 120.0,
-        "interval": 1.0 if quick else 10.0,
-        "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
-    }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    harness.fill_defaults(
+        args,
+        {
+            "messages": 20_000 if quick else 10_000_000,
+            "max_seconds": 60.0 if quick else 120.0,
+            "interval": 1.0 if quick else 10.0,
+            "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
+        },
+    )
     if args.drain:
         args.max_seconds = 24 * 3600.0
     if args.messages < 1:
@@ -239,14 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    report = run(args)
-    lines = markdown(report)
-    json_path, md_path = harness.write_report(args.out, "backlog", report, lines)
-    print("\n".join(lines))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return harness.main("backlog", argv, parse_args, run, markdown, log=True)
 
 
 if __name__ == "__main__":

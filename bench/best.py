@@ -29,9 +29,7 @@ import asyncio
 import contextlib
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import harness
@@ -179,10 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.nats_peer import NatsCluster
 
     runs: list[dict[str, Any]] = []
-    args.dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="phxq-best-", dir=args.dir) as tmp:
-        base = Path(tmp)
+    with harness.workdir(args.dir, "phxq-best-") as base:
         env = benchmark.environment(base)
         with contextlib.ExitStack() as stack:
             cluster = stack.enter_context(
@@ -203,24 +199,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         result = run_loop(nats_case(peer, args, level, calls is not None))
                     print(result.line(), result.params, flush=True)
                     runs.append(result.to_json())
-    env["load_avg_after"] = benchmark.environment()["load_avg"]
-    return {
-        "environment": env,
-        "command": harness.command_line(),
-        "wall_s": round(time.monotonic() - started, 1),
-        "settings": {
-            "label": "best",
-            "groups": args.groups,
-            "size": args.size,
-            "levels": args.levels,
-            "calls": args.calls,
-            "seconds": args.seconds,
-            "warmup_s": args.warmup,
-            "segment_bytes": args.segment,
-        },
-        "peer": {"servers": peer_info},
-        "runs": runs,
+    settings = {
+        "label": "best",
+        "groups": args.groups,
+        "size": args.size,
+        "levels": args.levels,
+        "calls": args.calls,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "segment_bytes": args.segment,
     }
+    return harness.finish_report(env, started, settings, peer={"servers": peer_info}, runs=runs)
 
 
 def pairs_table(runs: list[dict[str, Any]]) -> list[str]:
@@ -256,7 +245,7 @@ def pairs_table(runs: list[dict[str, Any]]) -> list[str]:
             ]
         ratio = x["msgs_per_s"] / n["msgs_per_s"] if x and n and n["msgs_per_s"] else None
         cells.append("-" if ratio is None else f"{ratio:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(harness.md_row(cells))
     return lines
 
 
@@ -280,11 +269,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.best",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = harness.parser("best", __doc__)
     ap.add_argument("--quick", action="store_true", help="a few seconds (smoke)")
     ap.add_argument("--levels", type=_ints, default=None, help="outstanding (default 64,256)")
     ap.add_argument(
@@ -295,8 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=None, help="measured window (default 5)")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up s (default 1)")
     ap.add_argument("--segment", default=harness.SEGMENT_BYTES, help="phxq PLog segment size")
-    ap.add_argument("--out", type=Path, default=harness.RESULTS)
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    harness.output_args(ap)
     args = ap.parse_args(argv)
     if args.quick:
         args.levels = args.levels or [16]
@@ -311,13 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    report = run(args)
-    lines = markdown(report)
-    json_path, md_path = harness.write_report(args.out, "best", report, lines)
-    print("\n".join(lines))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return harness.main("best", argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":

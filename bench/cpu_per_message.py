@@ -91,63 +91,76 @@ def store_pids(cluster: ProcessCluster) -> dict[str, int]:
     }
 
 
-class Perf:
-    """``perf stat -e instructions`` attached to each pid for one measured window."""
+class _Attached:
+    """A tool attached to each store pid for one measured window (``start`` .. ``stop``),
+    writing into a temporary file that is read back and removed."""
+
+    tool = ""
+    suffix = ""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
+    def command(self, pid: int, out: Path) -> list[str]:
+        raise NotImplementedError
+
     def start(self) -> None:
         for name, pid in self.pids.items():
-            out = Path(tempfile.mkstemp(prefix=f"perf-{name}-", suffix=".csv")[1])
-            cmd = ["perf", "stat", "-x", ",", "-e", "instructions", "-p", str(pid), "-o", str(out)]
+            out = Path(tempfile.mkstemp(prefix=f"{self.tool}-{name}-", suffix=self.suffix)[1])
+            cmd = self.command(pid, out)
             popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs[name] = (popen, out)
+
+    def _outputs(self) -> dict[str, str]:
+        """Detach (SIGINT makes each tool write its summary); each pid's output."""
+        texts: dict[str, str] = {}
+        for name, (popen, out) in self.procs.items():
+            popen.send_signal(signal.SIGINT)
+            popen.wait(10)
+            texts[name] = out.read_text()
+            out.unlink()
+        self.procs.clear()
+        return texts
+
+
+class Perf(_Attached):
+    """``perf stat -e instructions`` attached to each pid for one measured window."""
+
+    tool, suffix = "perf", ".csv"
+
+    def command(self, pid: int, out: Path) -> list[str]:
+        return ["perf", "stat", "-x", ",", "-e", "instructions", "-p", str(pid), "-o", str(out)]
 
     def stop(self) -> dict[str, float]:
         counts: dict[str, float] = {}
-        for name, (popen, out) in self.procs.items():
-            popen.send_signal(signal.SIGINT)
-            popen.wait(10)
-            for line in out.read_text().splitlines():
+        for name, text in self._outputs().items():
+            for line in text.splitlines():
                 parts = line.split(",")
                 if len(parts) > 2 and parts[2].startswith("instructions") and parts[0].isdigit():
                     counts[name] = float(parts[0])
-            out.unlink()
-        self.procs.clear()
         return counts
 
 
-class Strace:
+class Strace(_Attached):
     """``strace -c -f`` attached to each pid for one window: system calls per message (slows
     the stores a lot: counts, not time, are the figure)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    tool, suffix = "strace", ".txt"
 
-    def start(self) -> None:
-        for name, pid in self.pids.items():
-            out = Path(tempfile.mkstemp(prefix=f"strace-{name}-", suffix=".txt")[1])
-            cmd = ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)]
-            popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.procs[name] = (popen, out)
+    def command(self, pid: int, out: Path) -> list[str]:
+        return ["strace", "-c", "-f", "-p", str(pid), "-o", str(out)]
 
     def stop(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
-        for name, (popen, out) in self.procs.items():
-            popen.send_signal(signal.SIGINT)
-            popen.wait(10)
+        for name, text in self._outputs().items():
             calls: dict[str, int] = {}
-            for line in out.read_text().splitlines():
+            for line in text.splitlines():
                 parts = line.split()
                 # "% time seconds usecs/call calls [errors] syscall"
                 if len(parts) >= 5 and parts[3].isdigit() and not line.startswith("100"):
                     calls[parts[-1]] = int(parts[3])
             counts[name] = calls
-            out.unlink()
-        self.procs.clear()
         return counts
 
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench import harness
@@ -142,10 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.full:
         peer_points = [(s, o) for s in args.sizes for o in args.levels]
     peer_info: list[dict[str, Any]] = []
-    args.dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="phxq-curves-", dir=args.dir) as tmp:
-        base = Path(tmp)
+    with harness.workdir(args.dir, "phxq-curves-") as base:
         env = benchmark.environment(base)
         for groups, group_points in by_groups.items():  # the baseline group count first
             with contextlib.ExitStack() as stack:
@@ -182,31 +178,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     with NatsCluster(base / f"nats-s{groups}", streams=groups) as many:
                         run_loop(many.wait_ready(120))
                         run_loop(runner.nats(many, args.base[1], args.base[2]))
-    env["load_avg_after"] = benchmark.environment()["load_avg"]
-    return {
-        "environment": env,
-        "command": harness.command_line(),
-        "wall_s": round(time.monotonic() - started, 1),
-        "settings": {
-            "label": "curves",
-            "mode": "full" if args.full else ("quick" if args.quick else "sweeps"),
-            "base": {"groups": args.base[0], "size": args.base[1], "outstanding": args.base[2]},
-            "groups": args.groups,
-            "sizes": args.sizes,
-            "levels": args.levels,
-            "seconds": args.seconds,
-            "warmup_s": args.warmup,
-            "segment_bytes": args.segment,
-            "topic_queues": QUEUES,
-            "replicas": 3,
-        },
-        "peer": {"status": skip or "ran", "servers": peer_info},
-        "runs": runner.runs,
+    settings = {
+        "label": "curves",
+        "mode": "full" if args.full else ("quick" if args.quick else "sweeps"),
+        "base": {"groups": args.base[0], "size": args.base[1], "outstanding": args.base[2]},
+        "groups": args.groups,
+        "sizes": args.sizes,
+        "levels": args.levels,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "segment_bytes": args.segment,
+        "topic_queues": QUEUES,
+        "replicas": 3,
     }
+    peer = {"status": skip or "ran", "servers": peer_info}
+    return harness.finish_report(env, started, settings, peer=peer, runs=runner.runs)
 
 
-def _cpu_per_msg(r: dict[str, Any], prefix: str) -> str:
-    cpu = sum(v for k, v in r.get("cpu_s", {}).items() if k.startswith(prefix))
+def _cpu_per_msg(r: dict[str, Any]) -> str:
+    cpu = harness.store_cpu(r.get("cpu_s", {}))
     return f"{cpu / r['messages'] * 1e6:,.0f}" if r["messages"] and cpu else "-"
 
 
@@ -264,7 +254,7 @@ def sweep_tables(report: dict[str, Any]) -> list[str]:
                 f"{lat['p50']:.3f}",
                 f"{lat['p99']:.3f}",
                 f"{lat['p99.9']:.3f}",
-                _cpu_per_msg(r, "store"),
+                _cpu_per_msg(r),
             ]
             if n is None:
                 cells += ["-", "-", "-"]
@@ -275,7 +265,7 @@ def sweep_tables(report: dict[str, Any]) -> list[str]:
                     f"{n['latency_ms']['p99']:.3f}",
                     "-" if ratio is None else f"{ratio:.2f}",
                 ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(harness.md_row(cells))
         lines.append("")
     return lines
 
@@ -313,11 +303,7 @@ def _base(text: str) -> tuple[int, int, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.curves",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = harness.parser("curves", __doc__)
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="every combination, not sweeps")
     mode.add_argument("--quick", action="store_true", help="a few seconds (smoke)")
@@ -329,33 +315,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=None, help="measured window (default 4)")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up s (default 1)")
     ap.add_argument("--segment", default=None, help="PLog segment size (default 64MiB)")
-    ap.add_argument("--out", type=Path, default=harness.RESULTS)
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    harness.output_args(ap)
     args = ap.parse_args(argv)
     quick = args.quick
-    defaults: dict[str, Any] = {
-        "base": (4, 100, 16) if quick else (16, 100, 64),
-        "groups": [1, 4] if quick else [1, 4, 16, 64],
-        "sizes": [100, 16384] if quick else [100, 1024, 16384, 262144],
-        "levels": [1, 16] if quick else [1, 16, 64, 256],
-        "seconds": 0.5 if quick else 4.0,
-        "warmup": 0.2 if quick else 1.0,
-        "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
-    }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    harness.fill_defaults(
+        args,
+        {
+            "base": (4, 100, 16) if quick else (16, 100, 64),
+            "groups": [1, 4] if quick else [1, 4, 16, 64],
+            "sizes": [100, 16384] if quick else [100, 1024, 16384, 262144],
+            "levels": [1, 16] if quick else [1, 16, 64, 256],
+            "seconds": 0.5 if quick else 4.0,
+            "warmup": 0.2 if quick else 1.0,
+            "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
+        },
+    )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    report = run(args)
-    lines = markdown(report)
-    json_path, md_path = harness.write_report(args.out, "curves", report, lines)
-    print("\n".join(lines))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return harness.main("curves", argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -269,13 +269,13 @@ async def one_fault(
     try:
         await asyncio.sleep(args.warmup)
         before = elections(cluster)
+        inflict, end = {
+            "kill": (cluster.kill, cluster.restart),
+            "stop": (cluster.pause, cluster.resume),
+            "partition": (net.cut, net.heal),
+        }[fault]
         t_fault = time.monotonic()
-        if fault == "kill":
-            cluster.kill(victim)
-        elif fault == "stop":
-            cluster.pause(victim)
-        else:
-            net.cut(victim)
+        inflict(victim)
         survivors = {i: a for i, a in addrs.items() if i != victim}
         elected = None
         while time.monotonic() - t_fault < args.down:
@@ -283,12 +283,7 @@ async def one_fault(
                 elected = time.monotonic() - t_fault
             await asyncio.sleep(0.01)
         t_heal = time.monotonic()
-        if fault == "kill":
-            cluster.restart(victim)
-        elif fault == "stop":
-            cluster.resume(victim)
-        else:
-            net.heal(victim)
+        end(victim)
         await wait_master(pool, addrs, 0, 1, args.settle)
         await asyncio.sleep(args.after)
         t_end = time.monotonic()

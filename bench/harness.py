@@ -1,18 +1,26 @@
 """Shared plumbing of the cost-curve benchmarks (``bench.curves``, ``bench.best``,
-``bench.backlog``, ``bench.startup``, ``bench.memory``).
+``bench.backlog``, ``bench.startup``, ``bench.memory``, ``bench.sets``): one cluster start-up,
+one report shape (json + md, the md headed by command, commit, machine and load average
+before/after), one command skeleton.
 
 Public API::
 
-    store_cluster(base, groups=16, topics={"bench": 64}, ...)   # context manager: ProcessCluster
+    store_cluster(base, groups=16, topics={"bench": 64}, sets=1, ...)  # ctx manager: cluster
+    workdir(parent, prefix)                # ctx manager: a fresh temporary directory under parent
     store_pids(cluster) -> {"store1": pid, ...};  rss_bytes(cluster) -> {"1": bytes, ...}
     dir_bytes(path) -> int
     drop_caches() -> str | None            # sync + drop the page cache; why not (None = done)
     async fill(client, topic, count, size, ...) -> dict   # a backlog through the real client
     command_line() -> str                  # how this run was started
+    load_avg() -> list[float]              # the load average now
+    finish_report(env, started, settings, **body) -> dict   # + command, wall time, load after
     write_report(out, name, report, md_lines) -> (json_path, md_path)
     header(report, title) -> list[str]     # the md head: command, commit, machine, load average
+    md_row(cells) -> str;  store_cpu(cpu_s) -> float
+    parser(name, doc);  output_args(parser);  fill_defaults(args, defaults)   # argparse parts
+    main(name, argv, parse_args, run, markdown) -> int    # run, write json + md, print them
 
-Every cluster here is 3 real store processes (``phxq.devcluster``, fdatasync on, 127.0.0.1) with
+Every cluster here is 3 real store processes per set (``phxq.devcluster``, fdatasync on, 127.0.0.1) with
 the *production* segment size (64 MiB) unless told otherwise: the dev configs' 1 MiB segments
 make a 16 KiB or 256 KiB message batch roll a segment per request, which is a dev-config
 artefact, not the product's cost (a 256 KiB run measured 15x slower with them).
@@ -20,18 +28,22 @@ artefact, not the product's cost (a 256 KiB run measured 15x slower with them).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shlex
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from phxq import benchmark
 from phxq.client import Client
 from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
 
@@ -50,11 +62,14 @@ def store_cluster(
     locks: bool = False,
     max_message_bytes: int = 1 << 20,
     ready_timeout: float = 120.0,
+    sets: int = 1,
 ) -> Iterator[ProcessCluster]:
-    """A fresh 3-store cluster (and 3 lock nodes with ``locks``) under ``base``, ready (every
-    group has a master) when yielded, stopped on exit. ``topics``: name -> queues (default
-    ``bench`` with 64 queues, so every group of up to 64 is used)."""
-    ports = free_ports(6)
+    """A fresh cluster of ``sets`` store sets of 3 stores (and 3 lock nodes with ``locks``)
+    under ``base``, ready (every group has a master) when yielded, stopped on exit. ``topics``:
+    name -> queues (default ``bench`` with 64 queues, so every group of up to 64 is used; with
+    several sets, dealt over all of them)."""
+    stores = 3 * sets
+    ports = free_ports(stores + 3)
     extra = "".join(
         f'[[topic]]\nname = "{name}"\nqueues = {queues}\nmax_message_bytes = {max_message_bytes}\n'
         for name, queues in (topics or {"bench": 64}).items()
@@ -62,11 +77,12 @@ def store_cluster(
     config = write_dev_config(
         base,
         groups=groups,
-        store_ports=ports[:3],
-        lock_ports=ports[3:],
+        store_ports=ports[:stores],
+        lock_ports=ports[stores:],
         extra=extra,
         segment_bytes=segment_bytes,
         cluster_options=cluster_options,
+        sets=sets,
     )
     cluster = ProcessCluster(config, locks=locks)
     try:
@@ -77,6 +93,14 @@ def store_cluster(
         yield cluster
     finally:
         cluster.stop()
+
+
+@contextlib.contextmanager
+def workdir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A fresh temporary directory under ``parent`` (made if missing), removed on exit."""
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
+        yield Path(tmp)
 
 
 def toml_duration(text: str) -> str:
@@ -175,6 +199,28 @@ async def fill(
     }
 
 
+def load_avg() -> list[float]:
+    """The 1, 5 and 15 minute load average now, as ``benchmark.environment`` gives it."""
+    figures: list[float] = benchmark.environment()["load_avg"]
+    return figures
+
+
+def finish_report(
+    env: dict[str, Any], started: float, settings: dict[str, Any], **body: Any
+) -> dict[str, Any]:
+    """The report every bench writes: ``env`` (``benchmark.environment``, taken before the run)
+    with the load average after (now), the command line, the wall time since ``started``
+    (``time.monotonic``), the settings, then ``body``."""
+    env["load_avg_after"] = load_avg()
+    return {
+        "environment": env,
+        "command": command_line(),
+        "wall_s": round(time.monotonic() - started, 1),
+        "settings": settings,
+        **body,
+    }
+
+
 def command_line() -> str:
     """How this process was started, as a user would type it (``python -m bench.x ...``)."""
     main = sys.modules.get("__main__")
@@ -214,3 +260,58 @@ def header(report: dict[str, Any], title: str) -> list[str]:
         f"Wall time {report.get('wall_s', '?')} s.",
         "",
     ]
+
+
+def md_row(cells: list[str]) -> str:
+    """One md table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def store_cpu(cpu_s: Mapping[str, float]) -> float:
+    """CPU seconds of the store processes in a ``CpuMeter`` delta (``store1``, ``store2``...)."""
+    return sum(v for k, v in cpu_s.items() if k.startswith("store"))
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m bench.<name>``, its help the module docstring ``doc``."""
+    return argparse.ArgumentParser(
+        prog=f"python -m bench.{name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def output_args(ap: argparse.ArgumentParser) -> None:
+    """``--out`` (where the json + md go) and ``--dir`` (where the clusters' data goes)."""
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+
+
+def fill_defaults(args: argparse.Namespace, defaults: Mapping[str, Any]) -> None:
+    """Each option left at None takes its value from ``defaults`` (which may depend on
+    ``--quick``)."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def main(
+    name: str,
+    argv: list[str] | None,
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], list[str]],
+    *,
+    log: bool = False,
+) -> int:
+    """A bench's whole command: parse, run, write ``<name>-<commit>-<time>.{json,md}`` into
+    ``--out`` and print the md. ``log``: warnings of phxq's loggers with their time."""
+    args = parse_args(argv)
+    if log:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    result = run(args)
+    lines = markdown(result)
+    json_path, md_path = write_report(args.out, name, result, lines)
+    print("\n".join(lines))
+    print(f"wrote {json_path} and {md_path}")
+    return 0

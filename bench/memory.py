@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import harness
@@ -105,13 +102,11 @@ async def scenario(cluster: ProcessCluster, name: str, args: argparse.Namespace)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    args.dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results = []
     env: dict[str, Any] = {}
     for name in args.only:
-        with tempfile.TemporaryDirectory(prefix=f"phxq-mem-{name}-", dir=args.dir) as tmp:
-            base = Path(tmp)
+        with harness.workdir(args.dir, f"phxq-mem-{name}-") as base:
             env = env or benchmark.environment(base)
             window = "0" if name == "nodedup" else "5m"
             with harness.store_cluster(
@@ -123,26 +118,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 locks=name == "queues",
             ) as cluster:
                 print(f"{name} ...", flush=True)
-                load_avg = benchmark.environment()["load_avg"]
+                load_avg = harness.load_avg()
                 result = asyncio.run(scenario(cluster, name, args))
                 result["load_avg_before"] = load_avg
                 result["dedup_window"] = window
                 print(f"  {result['bytes_per_item']} B per item", flush=True)
                 results.append(result)
-    env["load_avg_after"] = benchmark.environment()["load_avg"]
-    return {
-        "environment": env,
-        "command": harness.command_line(),
-        "wall_s": round(time.monotonic() - started, 1),
-        "settings": {
-            "groups": args.groups,
-            "messages": args.messages,
-            "queues": args.queues,
-            "scheduled": args.scheduled,
-            "segment_bytes": args.segment,
-        },
-        "scenarios": results,
+    settings = {
+        "groups": args.groups,
+        "messages": args.messages,
+        "queues": args.queues,
+        "scheduled": args.scheduled,
+        "segment_bytes": args.segment,
     }
+    return harness.finish_report(env, started, settings, scenarios=results)
 
 
 def _mib(n: float) -> str:
@@ -191,11 +180,7 @@ def _scenarios(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = harness.parser("memory", __doc__)
     ap.add_argument("--quick", action="store_true", help="small counts (smoke)")
     ap.add_argument("--only", type=_scenarios, default=list(SCENARIOS), help=",".join(SCENARIOS))
     ap.add_argument("--messages", type=int, default=None, help="dedup ids (1,000,000)")
@@ -203,31 +188,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scheduled", type=int, default=None, help="pending (1,000,000)")
     ap.add_argument("--groups", type=int, default=16, help="Paxos groups")
     ap.add_argument("--segment", default=None, help="PLog segment size (64MiB)")
-    ap.add_argument("--out", type=Path, default=harness.RESULTS)
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    harness.output_args(ap)
     args = ap.parse_args(argv)
     quick = args.quick
-    defaults = {
-        "messages": 10_000 if quick else 1_000_000,
-        "queues": 200 if quick else 10_000,
-        "scheduled": 10_000 if quick else 1_000_000,
-        "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
-    }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    harness.fill_defaults(
+        args,
+        {
+            "messages": 10_000 if quick else 1_000_000,
+            "queues": 200 if quick else 10_000,
+            "scheduled": 10_000 if quick else 1_000_000,
+            "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
+        },
+    )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    report = run(args)
-    lines = markdown(report)
-    json_path, md_path = harness.write_report(args.out, "memory", report, lines)
-    print("\n".join(lines))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return harness.main("memory", argv, parse_args, run, markdown, log=True)
 
 
 if __name__ == "__main__":

@@ -45,17 +45,15 @@ import argparse
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench import harness
 from phxq import benchmark
 from phxq.client import Client
-from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
+from phxq.devcluster import ProcessCluster
 from phxq.net.loop import run as run_loop
 
 TOPIC = "bench"
@@ -63,28 +61,14 @@ QUEUES = 64
 PROJECTED = (1, 2, 4, 8, 16)
 
 
-@contextlib.contextmanager
-def set_cluster(base: Path, sets: int, args: argparse.Namespace) -> Iterator[ProcessCluster]:
-    """``sets`` store sets of 3 stores (fresh, under ``base``), the bench topic over all of them,
-    ready when yielded, stopped on exit."""
-    ports = free_ports(3 * sets + 3)
-    topic = f'[[topic]]\nname = "{TOPIC}"\nqueues = {QUEUES}\nmax_message_bytes = 1048576\n'
-    config = write_dev_config(
-        base,
-        groups=args.groups,
-        store_ports=ports[: 3 * sets],
-        lock_ports=ports[3 * sets :],
-        extra=topic,
-        segment_bytes=args.segment,
-        sets=sets,
+def set_cluster(
+    base: Path, sets: int, args: argparse.Namespace
+) -> contextlib.AbstractContextManager[ProcessCluster]:
+    """``sets`` store sets of 3 stores (fresh, under ``base``), the bench topic's queues dealt
+    over all of them: ``harness.store_cluster``'s context manager."""
+    return harness.store_cluster(
+        base, groups=args.groups, topics={TOPIC: QUEUES}, segment_bytes=args.segment, sets=sets
     )
-    cluster = ProcessCluster(config)
-    try:
-        cluster.start()
-        cluster.wait_ready(120)
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 async def one_round(cluster: ProcessCluster, sets: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -209,32 +193,24 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="phxq-sets-", dir=args.dir) as tmp:
-        base = Path(tmp)
+    with harness.workdir(args.dir, "phxq-sets-") as base:
         env = benchmark.environment(base)
         with set_cluster(base / "one", 1, args) as one, set_cluster(base / "two", 2, args) as two:
             for _ in range(args.rounds):
                 runs.append(run_loop(one_round(one, 1, args)))
                 runs.append(run_loop(one_round(two, 2, args)))
-    env["load_avg_after"] = benchmark.environment()["load_avg"]
-    return {
-        "environment": env,
-        "command": harness.command_line(),
-        "wall_s": round(time.monotonic() - started, 1),
-        "settings": {
-            "mode": "quick" if args.quick else "full",
-            "topic_queues": QUEUES,
-            "groups_per_set": args.groups,
-            "outstanding_per_set": args.outstanding,
-            "size": args.size,
-            "seconds": args.seconds,
-            "warmup_s": args.warmup,
-            "rounds": args.rounds,
-            "segment_bytes": args.segment,
-        },
-        "summary": summarize(runs),
-        "runs": runs,
+    settings = {
+        "mode": "quick" if args.quick else "full",
+        "topic_queues": QUEUES,
+        "groups_per_set": args.groups,
+        "outstanding_per_set": args.outstanding,
+        "size": args.size,
+        "seconds": args.seconds,
+        "warmup_s": args.warmup,
+        "rounds": args.rounds,
+        "segment_bytes": args.segment,
     }
+    return harness.finish_report(env, started, settings, summary=summarize(runs), runs=runs)
 
 
 def _num(value: float | None) -> str:
@@ -288,11 +264,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.sets",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = harness.parser("sets", __doc__)
     ap.add_argument("--quick", action="store_true", help="a few seconds (smoke)")
     ap.add_argument("--seconds", type=float, default=None, help="measured window (default 8)")
     ap.add_argument("--warmup", type=float, default=None, help="warm-up s (default 2)")
@@ -301,31 +273,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--groups", type=int, default=None, help="Paxos groups per set (16)")
     ap.add_argument("--size", type=int, default=100, help="message bytes")
     ap.add_argument("--segment", default=None, help="PLog segment size (default 64MiB)")
-    ap.add_argument("--out", type=Path, default=harness.RESULTS)
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    harness.output_args(ap)
     args = ap.parse_args(argv)
     quick = args.quick
-    defaults: dict[str, Any] = {
-        "seconds": 0.5 if quick else 8.0,
-        "warmup": 0.2 if quick else 2.0,
-        "rounds": 1 if quick else 3,
-        "groups": 4 if quick else 16,
-        "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
-    }
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    harness.fill_defaults(
+        args,
+        {
+            "seconds": 0.5 if quick else 8.0,
+            "warmup": 0.2 if quick else 2.0,
+            "rounds": 1 if quick else 3,
+            "groups": 4 if quick else 16,
+            "segment": "4MiB" if quick else harness.SEGMENT_BYTES,
+        },
+    )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    report = run(args)
-    lines = markdown(report)
-    json_path, md_path = harness.write_report(args.out, "sets", report, lines)
-    print("\n".join(lines))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return harness.main("sets", argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import harness
@@ -139,11 +136,9 @@ async def grow(cluster: ProcessCluster, messages: int, size: int) -> dict[str, A
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    args.dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     steps: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="phxq-startup-", dir=args.dir) as tmp:
-        base = Path(tmp)
+    with harness.workdir(args.dir, "phxq-startup-") as base:
         env = benchmark.environment(base)
         with harness.store_cluster(
             base,
@@ -166,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "fill": fill,
                     "plog_bytes": asyncio.run(plog_bytes(cluster)),
                     "data_dir_bytes": harness.dir_bytes(base),
-                    "load_avg_before": benchmark.environment()["load_avg"],
+                    "load_avg_before": harness.load_avg(),
                 }
                 step["one_store_cold"] = asyncio.run(one_store(cluster, 1, True, args.keep_cache))
                 print(f"  one store, cold: {step['one_store_cold']}", flush=True)
@@ -175,21 +170,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 step["cluster_cold"] = asyncio.run(whole_cluster(cluster, args.keep_cache))
                 print(f"  whole cluster, cold: {step['cluster_cold']}", flush=True)
                 steps.append(step)
-    env["load_avg_after"] = benchmark.environment()["load_avg"]
-    return {
-        "environment": env,
-        "command": harness.command_line(),
-        "wall_s": round(time.monotonic() - started, 1),
-        "settings": {
-            "gib": args.gib,
-            "size": args.size,
-            "groups": args.groups,
-            "queues": QUEUES,
-            "dedup_window": args.dedup_window,
-            "segment_bytes": args.segment,
-        },
-        "steps": steps,
+    settings = {
+        "gib": args.gib,
+        "size": args.size,
+        "groups": args.groups,
+        "queues": QUEUES,
+        "dedup_window": args.dedup_window,
+        "segment_bytes": args.segment,
     }
+    return harness.finish_report(env, started, settings, steps=steps)
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
@@ -241,11 +230,7 @@ def _gibs(text: str) -> list[float]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m bench.startup",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = harness.parser("startup", __doc__)
     ap.add_argument("--quick", action="store_true", help="16 MiB of log (smoke)")
     ap.add_argument("--gib", type=_gibs, default=None, help="log sizes per replica (1,10)")
     ap.add_argument("--size", type=int, default=4096, help="message bytes")
@@ -253,27 +238,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dedup-window", default="10s", help="the cluster's dedup_window")
     ap.add_argument("--segment", default=None, help="PLog segment size (64MiB)")
     ap.add_argument("--keep-cache", action="store_true", help="do not drop the page cache")
-    ap.add_argument("--out", type=Path, default=harness.RESULTS)
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    harness.output_args(ap)
     args = ap.parse_args(argv)
-    if args.gib is None:
-        args.gib = [1 / 64] if args.quick else [1.0, 10.0]
-    if args.segment is None:
-        args.segment = "4MiB" if args.quick else harness.SEGMENT_BYTES
+    harness.fill_defaults(
+        args,
+        {
+            "gib": [1 / 64] if args.quick else [1.0, 10.0],
+            "segment": "4MiB" if args.quick else harness.SEGMENT_BYTES,
+        },
+    )
     if args.size < 1:
         ap.error("--size must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    report = run(args)
-    lines = markdown(report)
-    json_path, md_path = harness.write_report(args.out, "startup", report, lines)
-    print("\n".join(lines))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
+    return harness.main("startup", argv, parse_args, run, markdown, log=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ data (re-exported by :mod:`phxq.admin`)::
     await group_create(cfg, name, topic=, handler=, **settings) -> dict
     await group_list(cfg) -> list[dict]
     await with_map_groups(cfg) -> ClusterConfig   # cfg plus the map's groups and topics
+    merge_map(cfg, topo) -> ClusterConfig         # the same, given the map (pure)
 
 ``settings`` are the other keys of a ``[[consumer_group]]`` table, with the same names, rules
 and defaults (``rate_limit``, ``max_attempts``, ``on_failure``, ``dead_letter``, ``ordering``,
@@ -36,7 +37,7 @@ from phxq.groupspecs import group_from_table, group_to_wire
 from phxq.topics import _confirm, _locks
 from phxq.topology import Topology
 
-__all__ = ["group_create", "group_list", "with_map_groups"]
+__all__ = ["group_create", "group_list", "merge_map", "with_map_groups"]
 
 
 def _row(topo: Topology, name: str) -> dict[str, Any]:
@@ -83,8 +84,11 @@ async def with_map_groups(cfg: ClusterConfig) -> ClusterConfig:
             topo, _ = await mapstore.load(locks)
     except PhxqError:
         return cfg  # the map's home is down: the config's groups still work as they are
-    if topo is None:
-        return cfg
+    return cfg if topo is None else merge_map(cfg, topo)
+
+
+def merge_map(cfg: ClusterConfig, topo: Topology) -> ClusterConfig:
+    """``cfg`` plus the consumer groups and topics ``topo`` adds (the config's own win)."""
     groups = {g.name for g in cfg.consumer_groups}
     topics = {t.name for t in cfg.topics}
     return replace(

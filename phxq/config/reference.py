@@ -35,7 +35,12 @@ _NODE = "node"
 
 REFERENCE: Final[tuple[Key, ...]] = (
     Key(
-        "cluster", "groups", "16", "Paxos groups per store set; queue q lives in group q % groups."
+        "cluster",
+        "groups",
+        "16",
+        "Paxos groups per store set; queue q lives in group q % groups. Fixed for the life of a "
+        "cluster (it maps queues to groups). Fewer groups batch more messages per Paxos instance "
+        "(cheaper per message on few cores: bench.curves); more spread masters over more nodes.",
     ),
     Key(
         "cluster",

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from phxq.errors import BadArgument, PhxqError, UnknownTopic
-from phxq.gateway.problems import problem
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from phxq.client import Ack, Client, Message
     from phxq.config import ClusterConfig
+    from phxq.gateway.groups import KnownGroups
     from phxq.lock.client import LockClient
 
 HEADER_PREFIX = "Phxq-Header-"
@@ -35,6 +35,7 @@ class Backend(Protocol):
 
     client: Client
     config: ClusterConfig
+    groups: KnownGroups  # the config's consumer groups and topics plus the map's (online)
     max_wait: float
 
     def lock_client(self) -> LockClient: ...
@@ -254,6 +255,8 @@ async def _check_queue(call: Call) -> str:
     group = a.get("group") or call.body["group"]
     cmap = await call.backend.client.cluster_map()
     queues = cmap.topics.get(a["topic"])
+    if queues is None or a["queue"] >= queues:  # created or grown online: ask the stores again
+        queues = (await call.backend.client.cluster_map(refresh=True)).topics.get(a["topic"])
     if queues is None:
         raise UnknownTopic(f"unknown topic {a['topic']!r}", {"topic": a["topic"]})
     if a["queue"] >= queues:
@@ -301,10 +304,11 @@ async def lock_get(call: Call) -> Any:
 
 async def _topics(backend: Backend) -> list[dict[str, Any]]:
     cmap = await backend.client.cluster_map(refresh=True)
+    cfg = await backend.groups.config(refresh=True)  # topics and groups created online too
     out = []
     for name, queues in sorted(cmap.topics.items()):
-        spec = backend.config.topics_by_name.get(name)
-        groups = [g.name for g in backend.config.consumer_groups_for(name)]
+        spec = cfg.topics_by_name.get(name)
+        groups = [g.name for g in cfg.consumer_groups_for(name)]
         out.append(
             {
                 "name": name,
@@ -339,11 +343,12 @@ async def status(call: Call) -> Any:
         except PhxqError as exc:
             stores[str(store.id)] = {"error": f"{type(exc).__name__}: {exc.message}"}
     ownership: dict[str, Any] | None = None  # as phxq admin status: None without consumer groups
-    if backend.config.consumer_groups and backend.config.locks:
+    cfg = await backend.groups.config(refresh=True)
+    if cfg.consumer_groups and cfg.locks:
         from phxq.consumer import admin as consumer_admin
 
         try:
-            ownership = await consumer_admin.ownership(backend.config, backend.lock_client())
+            ownership = await consumer_admin.ownership(cfg, backend.lock_client())
         except PhxqError as exc:
             ownership = {"error": f"{type(exc).__name__}: {exc.message}"}
     return {
@@ -359,7 +364,10 @@ async def lag(call: Call) -> Any:
 
     backend = call.backend
     group = call.args.get("group")
-    if group is not None and group not in {g.name for g in backend.config.consumer_groups}:
-        raise problem("not_found", f"no consumer group {group!r} in the cluster config")
-    rows = await consumer_admin.lag(backend.config, backend.client, group=group)
+    if group is None:
+        cfg = await backend.groups.config(refresh=True)
+    else:
+        await backend.groups.require(group)  # 404 if neither the config nor the map has it
+        cfg = await backend.groups.config()
+    rows = await consumer_admin.lag(cfg, backend.client, group=group)
     return {"lag": [r.to_json() for r in rows]}

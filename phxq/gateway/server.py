@@ -38,6 +38,7 @@ from phxq.errors import BadArgument
 from phxq.gateway.auth import Authorizer, GatewaySecurity, OpenAccess
 from phxq.gateway.cors import Cors
 from phxq.gateway.dispatch import endpoint, unrouted
+from phxq.gateway.groups import KnownGroups
 from phxq.gateway.openapi import openapi_document
 from phxq.gateway.problems import problem
 from phxq.gateway.routes import build_routes
@@ -96,6 +97,7 @@ class Gateway:
         self._member = None if self.security is None else self.security.dial_ssl
         self.client = Client([s.addr for s in config.stores], ca=self._member)
         self._locks: Any = None
+        self.groups = KnownGroups(config, self.lock_client)  # the map's groups too (online)
         self._runner: web.AppRunner | None = None
         self.in_flight: int = 0  # requests being served (the max_in_flight limit)
         self._openapi: dict[str, Any] | None = None

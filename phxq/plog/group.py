@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import final
 
 from phxq.errors import StorageError
-from phxq.plog.group_base import TAIL_CACHE_BYTES, Ballot, IndexEntry, log
+from phxq.plog.group_base import TAIL_CACHE_BYTES, Ballot, ChosenLocs, IndexEntry, log
 from phxq.plog.group_reads import ChosenRecord, GroupLogReads
 from phxq.plog.group_truncation import GroupLogTruncation
 from phxq.plog.records import encode_accept, encode_chosen_mark, encode_chosen_value, encode_promise
@@ -67,7 +67,7 @@ class GroupLog(GroupLogReads, GroupLogTruncation):
         self._corrupt_segments = {name for name, _, _ in rec.corrupt}
         self._corrupt_regions = set(rec.corrupt) | set(rec.repaired)
         self._promised, self._max_round = rec.promised, rec.max_round
-        self._chosen = r.chosen
+        self._chosen = ChosenLocs(r.chosen)
         for info in r.segments:
             f = SegmentFile(info.path, info.number, info.size, existing=True, written_end=info.end)
             f.max_instance = info.max_instance

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from array import array
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -21,7 +22,7 @@ from phxq.plog.recovery import ChosenLoc, RecoveredLog, segment_name
 from phxq.plog.segment import SegmentFile
 from phxq.plog.writer import LogWriter
 
-__all__ = ["TAIL_CACHE_BYTES", "Ballot", "GroupLogBase", "IndexEntry"]
+__all__ = ["TAIL_CACHE_BYTES", "Ballot", "ChosenLocs", "GroupLogBase", "IndexEntry"]
 
 log = logging.getLogger("phxq.plog")
 
@@ -30,6 +31,47 @@ Ballot = tuple[int, int]
 IndexEntry = tuple[Hashable, int, float]
 TAIL_CACHE_BYTES: Final = 8 << 20
 _CHECKPOINT_ROOM: Final = 4 * HEADER_SIZE + 64
+
+
+class ChosenLocs:
+    """Where each retained chosen instance is: ``(segment number, record offset, record
+    length, chain checksum)`` by position (instance - first_instance), as four packed arrays:
+    32 bytes an instance, where a list of tuples cost about 170 (the tuple, its list slot and
+    three int objects; an instance of one message paid all of it). Indexing yields the tuple;
+    ``del locs[:n]`` drops the first n."""
+
+    __slots__ = ("_checksums", "_lengths", "_numbers", "_offsets")
+
+    def __init__(self, locs: Iterable[ChosenLoc] = ()) -> None:
+        self._numbers = array("q")
+        self._offsets = array("q")
+        self._lengths = array("q")
+        self._checksums = array("Q")
+        for loc in locs:
+            self.append(loc)
+
+    def append(self, loc: ChosenLoc) -> None:
+        number, offset, length, checksum = loc
+        self._numbers.append(number)
+        self._offsets.append(offset)
+        self._lengths.append(length)
+        self._checksums.append(checksum)
+
+    def __getitem__(self, i: int) -> ChosenLoc:
+        return self._numbers[i], self._offsets[i], self._lengths[i], self._checksums[i]
+
+    def __delitem__(self, cut: slice) -> None:
+        for a in (self._numbers, self._offsets, self._lengths, self._checksums):
+            del a[cut]
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    def __iter__(self) -> Iterator[ChosenLoc]:
+        return zip(self._numbers, self._offsets, self._lengths, self._checksums, strict=True)
+
+    def clear(self) -> None:
+        del self[:]
 
 
 class GroupLogBase:
@@ -48,7 +90,7 @@ class GroupLogBase:
         self._segment_bytes = 64 << 20
         self._segments: list[SegmentFile] = []
         self._by_number: dict[int, SegmentFile] = {}
-        self._chosen: list[ChosenLoc] = []
+        self._chosen = ChosenLocs()
         self._accepted: dict[int, dict[Ballot, tuple[int, int, int, bytes]]] = {}
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_bytes = 0

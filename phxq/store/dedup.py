@@ -6,6 +6,7 @@ Pure and deterministic, part of the state's snapshot."""
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
@@ -16,17 +17,18 @@ __all__ = ["DedupWindow"]
 class DedupWindow:
     """The remembered dedup ids of one group.
 
-    Per topic, dedup_id -> offset and dedup_id -> enqueued_at of the stored original
-    (``_Window``); the expiry order holds one ``(enqueued_at, topic, first_offset, dedup_ids)``
-    per remembered entry (message i has offset first_offset + i), in apply order. Millions of
-    ids may be remembered: keys and values are plain str, int and float, so the cyclic GC never
-    tracks these dicts (a full collection used to walk every remembered id: ~0.7 s per million,
-    stalling the replica)."""
+    Per topic one dict, dedup_id -> the expiry-order entry that stored it; the expiry order
+    holds one ``(enqueued_at, topic, first_ref, dedup_ids)`` per remembered entry (message i
+    has ref first_ref + i), in apply order. An id's ref and enqueue time are read from its
+    entry, so a remembered id costs its str and one dict slot: no int, float or tuple of its
+    own (184 B an id in session 6 with an offset dict and a time dict; see ``bench/memory.py``).
+    Entries are tuples of str, float and int, which the cyclic GC untracks, so a full
+    collection never walks the remembered ids one object each."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.latest_enqueued_at = -math.inf
-        self._topics: dict[str, _Window] = {}
+        self._topics: dict[str, dict[str, _OrderEntry]] = {}
         self._order = _Order()
 
     def remember(
@@ -38,23 +40,25 @@ class DedupWindow:
         if self.seconds <= 0:
             return None
         duplicates: dict[int, int] | None = None
+        # Interned: the entry outlives the decoded message, one topic str for all its entries.
+        topic = sys.intern(topic)
         window = self._topics.get(topic)
         if window is None:
-            window = self._topics[topic] = _Window()
-        offsets_of, times_of = window.offsets, window.times
+            window = self._topics[topic] = {}
+        entry: _OrderEntry = (at, topic, first, tuple(ids))
         horizon = self.seconds
-        for i, dedup_id in enumerate(ids):
+        positions: dict[int, dict[str, int]] = {}  # id(entry) -> its ids' first positions
+        for i, dedup_id in enumerate(entry[3]):
             if dedup_id is None:
                 continue
-            original = offsets_of.get(dedup_id)
-            if original is not None and at - times_of[dedup_id] <= horizon:
+            original = window.get(dedup_id)
+            if original is not None and at - original[0] <= horizon:
                 if duplicates is None:
                     duplicates = {}
-                duplicates[i] = original
+                duplicates[i] = original[2] + _position(positions, original, dedup_id)
             else:
-                offsets_of[dedup_id] = first + i
-                times_of[dedup_id] = at
-        self._order.append((at, topic, first, tuple(ids)))
+                window[dedup_id] = entry
+        self._order.append(entry)
         return duplicates
 
     def expire(self, enqueued_at: float) -> None:
@@ -64,41 +68,58 @@ class DedupWindow:
         horizon = self.latest_enqueued_at - self.seconds
         order = self._order
         while (front := order.front()) is not None and front[0] < horizon:
-            _, topic, first, ids = order.popleft()
-            window = self._topics.get(topic)
+            entry = order.popleft()
+            window = self._topics.get(entry[1])
             if window is None:  # nothing of this topic is remembered any more
                 continue
-            offsets_of, times_of = window.offsets, window.times
-            for i, dedup_id in enumerate(ids):
+            for dedup_id in entry[3]:
                 # Not stored (None), a duplicate, or superseded by a later original: kept.
-                if dedup_id is not None and offsets_of.get(dedup_id) == first + i:
-                    del offsets_of[dedup_id]
-                    del times_of[dedup_id]
-            if not offsets_of:
-                del self._topics[topic]
-
-    def _is_original(self, topic: str, dedup_id: str, offset: int) -> bool:
-        window = self._topics.get(topic)
-        return window is not None and window.offsets.get(dedup_id) == offset
+                if dedup_id is not None and window.get(dedup_id) is entry:
+                    del window[dedup_id]
+            if not window:
+                del self._topics[entry[1]]
 
     def rows(self) -> list[list[Any]]:
         """``[enqueued_at, topic, dedup_id, ref]`` of every remembered original, in expiry
         order (the snapshot's form: equal windows give equal rows)."""
-        return [
-            [at, topic, dedup_id, first + i]
-            for at, topic, first, ids in self._order
-            for i, dedup_id in enumerate(ids)
-            if dedup_id is not None and self._is_original(topic, dedup_id, first + i)
-        ]
+        out: list[list[Any]] = []
+        for entry in self._order:
+            at, topic, first, ids = entry
+            window = self._topics.get(topic)
+            if window is None:
+                continue
+            if len(ids) == 1:  # the common entry of one message: no set to build
+                if ids[0] is not None and window.get(ids[0]) is entry:
+                    out.append([at, topic, ids[0], first])
+                continue
+            seen: set[str] = set()  # an id twice in one entry: its first place is the original
+            for i, dedup_id in enumerate(ids):
+                if dedup_id is not None and window.get(dedup_id) is entry and dedup_id not in seen:
+                    seen.add(dedup_id)
+                    out.append([at, topic, dedup_id, first + i])
+        return out
 
     def restore_row(self, at: float, topic: str, dedup_id: str, ref: int) -> None:
         """Remember one row of :meth:`rows` again (rows in their order)."""
+        topic = sys.intern(topic)
         window = self._topics.get(topic)
         if window is None:
-            window = self._topics[topic] = _Window()
-        window.offsets[dedup_id] = ref
-        window.times[dedup_id] = at
-        self._order.append((at, topic, ref, (dedup_id,)))
+            window = self._topics[topic] = {}
+        entry: _OrderEntry = (at, topic, ref, (dedup_id,))
+        window[dedup_id] = entry
+        self._order.append(entry)
+
+
+def _position(cache: dict[int, dict[str, int]], entry: _OrderEntry, dedup_id: str) -> int:
+    """The first place of ``dedup_id`` in ``entry`` (each entry's ids are scanned once per
+    :meth:`DedupWindow.remember` call, so a retried batch of n ids costs O(n), not O(n^2))."""
+    places = cache.get(id(entry))
+    if places is None:
+        places = cache[id(entry)] = {}
+        for i, x in enumerate(entry[3]):
+            if x is not None:
+                places.setdefault(x, i)
+    return places[dedup_id]
 
 
 _OrderEntry: TypeAlias = tuple[float, str, int, tuple[str | None, ...]]
@@ -146,13 +167,3 @@ class _Order:
         for n, chunk in enumerate(self._chunks):
             yield from chunk[self._head :] if n == 0 else chunk
         yield from self._tail
-
-
-class _Window:
-    """The remembered dedup ids of one topic (see :class:`DedupWindow`)."""
-
-    __slots__ = ("offsets", "times")
-
-    def __init__(self) -> None:
-        self.offsets: dict[str, int] = {}
-        self.times: dict[str, float] = {}

@@ -2,20 +2,20 @@
 
 ``run_drill(DrillOptions(...)) -> DrillReport`` (used by ``simulate``):
 
-1. Lay the cluster out with the generator's own rules (:mod:`inventory`): three "DCs" of one
-   store each (and their lock nodes in the config; the drill runs stores only). Every
-   store-to-store connection passes through a :class:`tools.fault.proxy.FaultProxy` (the stores'
+1. Lay the cluster out with the generator's own rules (:mod:`simlayout`): three "DCs" of one
+   store each, or of one store per set with ``sets`` > 1 (and their lock nodes in the config;
+   the drill runs stores only). Every store-to-store connection within a set passes through a :class:`tools.fault.proxy.FaultProxy` (the stores'
    ``peers`` key) that adds latency per direction, so a round trip between two DCs costs
    ``rtt_min..rtt_max`` (uniform jitter). Clients dial the stores directly.
 2. Producers (one per queue, sequential: send, await the ack, next) enqueue ``"<queue>:<seq>"``
    with dedup id ``drill-<queue>-<seq>`` through :class:`phxq.Client`; a failed enqueue is
    retried with the same id, so nothing is skipped. Every ack is recorded with its time.
-3. After ``warmup`` seconds the DC goes down (``kill``: SIGKILL its store; ``partition``: cut
-   every proxy to and from it), stays down ``down`` seconds, then comes back (restart / heal)
+3. After ``warmup`` seconds the DC goes down (``kill``: SIGKILL its stores; ``partition``: cut
+   every proxy to and from them), stays down ``down`` seconds, then comes back (restart / heal)
    and the drill measures how long it takes to catch up with what was chosen meanwhile.
    Producers stop ``after`` seconds later.
-4. Checks, once every replica reports the same ``chosen_up_to`` and chain checksum per group:
-   every queue read back from every replica (local reads) is identical; every acked message is
+4. Checks, once every replica reports the same ``chosen_up_to`` and chain checksum per group
+   (within each set): every queue read back from every replica of its set (local reads) is identical; every acked message is
    there at its acked offset (lost = 0); per-queue order holds (sequence numbers increase with
    offsets, acked offsets increase with sequence numbers); nothing unexpected; no group failed,
    diverged or needs repair.
@@ -37,17 +37,16 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
-import tomli_w
-from inventory import parse_inventory, plan_deployment, write_deployment
+from simlayout import DCS, TOPIC, layout
 
 import phxq
-from phxq.devcluster import ProcessCluster, free_ports
+from phxq.devcluster import ProcessCluster
 from phxq.errors import PhxqError
 from phxq.net.rpc import RpcPool
 from tools.fault.proxy import FaultProxy
 
-TOPIC = "drill"
-DCS = ("dc1", "dc2", "dc3")
+__all__ = ["DCS", "TOPIC", "DrillOptions", "DrillReport", "check_queues", "layout", "run_drill"]
+
 Fault = Literal["kill", "partition"]
 
 
@@ -64,7 +63,8 @@ class DrillOptions:
     fault: Fault = "kill"
     dc: str = "dc1"
     seed: int = 1
-    lease: str = "1s"
+    lease: str | None = None  # None: the config default
+    sets: int = 1  # store sets (each with one store per DC); the DC loss takes one of each
     # Small segments: recovery scans a segment's preallocated tail, ~0.4 s per 64 MiB here.
     segment_bytes: str = "4MiB"
     settle_timeout: float = 30.0
@@ -89,7 +89,7 @@ class DrillReport:
     restart_seconds: float | None = None  # until the returning store answered again
     failover_seconds: float | None = None  # until the surviving DCs agreed on new masters
     acks_while_down: int = 0
-    victim_groups: list[int] = field(default_factory=list)  # mastered by the lost DC
+    victim_groups: list[tuple[int, int]] = field(default_factory=list)  # (set, group) mastered
     chosen_up_to: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -129,56 +129,6 @@ class AckRecord:
     seq: int
     offset: int
     at: float  # monotonic
-
-
-# ---------------------------------------------------------------------------- the layout
-
-
-def layout(opts: DrillOptions) -> tuple[Path, dict[tuple[int, int], tuple[int, str]]]:
-    """Write the cluster config under ``opts.data``; returns its path and, per (dialer,
-    target) store pair, the proxy's port and the target's real address."""
-    ports = free_ports(3 + 3 + 6)
-    store_ports, lock_ports, proxy_ports = ports[:3], ports[3:6], ports[6:]
-    inventory = {
-        "deploy": {
-            "data_dir": str((opts.data / "nodes").resolve()),
-            "config_path": str((opts.data / "cluster.toml").resolve()),
-            "phxq": "/usr/bin/phxq",  # units are not used by the simulation
-            "locks": 3,
-            "consumers": False,
-        },
-        "cluster": {
-            "groups": opts.groups,
-            "lease": opts.lease,
-            "segment_bytes": opts.segment_bytes,
-        },
-        "dc": [
-            {
-                "name": dc,
-                "hosts": [
-                    {
-                        "host": "127.0.0.1",
-                        "name": dc,
-                        "store_port": store_ports[i],
-                        "lock_port": lock_ports[i],
-                    }
-                ],
-            }
-            for i, dc in enumerate(DCS)
-        ],
-        "topic": [{"name": TOPIC, "queues": opts.queues}],
-    }
-    inv = parse_inventory(tomli_w.dumps(inventory), "simulate-inventory")
-    plain = plan_deployment(inv)
-    addr = {n.id: n.addr for n in plain.stores}
-    proxies: dict[tuple[int, int], tuple[int, str]] = {}
-    pairs = [(i, j) for i in sorted(addr) for j in sorted(addr) if i != j]
-    for (i, j), port in zip(pairs, proxy_ports, strict=True):
-        proxies[(i, j)] = (port, addr[j])
-    peers = {i: {j: f"127.0.0.1:{proxies[(i, j)][0]}" for j in addr if j != i} for i in addr}
-    plan = plan_deployment(inv, peers=peers)
-    write_deployment(plan, opts.data)
-    return opts.data / "cluster.toml", proxies
 
 
 # ----------------------------------------------------------------------------- the drill
@@ -222,6 +172,7 @@ class Producers:
                 # Not acked (maybe stored): retry the same seq and dedup id, so it is stored once.
                 self.failures += 1
                 continue
+            assert ack.offset is not None  # not delayed: stored at once, at an offset
             self.acks.append(AckRecord(queue, seq, ack.offset, time.monotonic()))
             seq += 1
 
@@ -253,18 +204,21 @@ async def _wait_caught_up(
 
 
 async def _wait_failover(
-    pool: RpcPool, live: dict[int, str], victim: int, report: DrillReport
+    pool: RpcPool, live: dict[int, str], set_of: dict[int, int], report: DrillReport
 ) -> None:
-    """Record when every live store agrees on a live master for every group."""
+    """Record when, in every set, its live stores agree on a live master for every group."""
     started = time.monotonic()
     while True:
         try:
-            metas = [await pool.call(a, "meta", {}, timeout=1.0) for a in live.values()]
+            metas = {n: await pool.call(a, "meta", {}, timeout=1.0) for n, a in live.items()}
         except PhxqError:
-            metas = []  # a store busy past the timeout: ask again
-        views = [m["masters"] for m in metas]
-        if views and all(
-            len({v.get(g) for v in views}) == 1 and views[0].get(g) not in (None, victim)
+            metas = {}  # a store busy past the timeout: ask again
+        by_set: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for n, m in metas.items():
+            by_set[set_of[n]].append(m["masters"])
+        if metas and all(
+            len({v.get(g) for v in views}) == 1 and views[0].get(g) in live
+            for views in by_set.values()
             for g in views[0]
         ):
             report.failover_seconds = time.monotonic() - started
@@ -300,7 +254,7 @@ def _gaps(acks: list[AckRecord], start: float, end: float) -> list[tuple[float, 
     by_queue: dict[int, list[float]] = defaultdict(list)
     for a in acks:
         by_queue[a.queue].append(a.at)
-    gaps = []
+    gaps: list[tuple[float, float]] = []
     for times in by_queue.values():
         edges = [start, *sorted(times), end]
         gaps.extend(pairwise(edges))
@@ -316,7 +270,8 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
     config_path, proxy_plan = layout(opts)
     cluster = ProcessCluster(config_path)
     stores = {s.id: s.addr for s in cluster.config.stores}
-    victim = next(s.id for s in cluster.config.stores if s.dc == opts.dc)
+    set_of = {s.id: s.set for s in cluster.config.stores}
+    victims = [s.id for s in cluster.config.stores if s.dc == opts.dc]  # one per set
     rng = random.Random(opts.seed)
     proxies: dict[tuple[int, int], FaultProxy] = {}
     one_way, jitter = opts.rtt_min / 2, (opts.rtt_max - opts.rtt_min) / 2
@@ -328,7 +283,7 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
             proxies[(i, j)] = proxy
         cluster.start()
         await cluster.wait_ready_async(timeout=30)
-        log(f"cluster up: stores {stores}; DC {opts.dc} = store {victim}; data {opts.data}")
+        log(f"cluster up: stores {stores}; DC {opts.dc} = stores {victims}; data {opts.data}")
         async with (
             RpcPool() as pool,
             phxq.Client(list(stores.values()), request_timeout=1.0, retry_timeout=60.0) as client,
@@ -341,21 +296,25 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
             idle = sorted(pair for pair, proxy in proxies.items() if not proxy.connections)
             if idle:  # the stores must dial their peers through the proxies (`peers` key)
                 report.problems.append(f"store pairs {idle} carry no traffic through proxies")
-            held = await pool.call(stores[victim], "meta", {}, timeout=2.0)
-            report.victim_groups = sorted(int(g) for g, m in held["masters"].items() if m == victim)
+            for victim in victims:
+                held = await pool.call(stores[victim], "meta", {}, timeout=2.0)
+                report.victim_groups += sorted(
+                    (set_of[victim], int(g)) for g, m in held["masters"].items() if m == victim
+                )
             if not report.victim_groups:
                 report.problems.append(f"DC {opts.dc} masters no group: the drill proves little")
             t_fault = time.monotonic()
-            cut = [p for (i, j), p in proxies.items() if victim in (i, j)]
+            cut = [p for (i, j), p in proxies.items() if i in victims or j in victims]
             if opts.fault == "kill":
-                cluster.kill(victim)
+                for victim in victims:
+                    cluster.kill(victim)
             else:
                 for proxy in cut:
                     proxy.partition("both")
             log(f"{opts.fault}: DC {opts.dc} down at +{t_fault - t_start:.1f}s")
-            live = {n: a for n, a in stores.items() if n != victim}
+            live = {n: a for n, a in stores.items() if n not in victims}
             watch = asyncio.get_running_loop().create_task(
-                _wait_failover(pool, live, victim, report)
+                _wait_failover(pool, live, set_of, report)
             )
             await asyncio.sleep(opts.down)
             if not watch.done():
@@ -364,10 +323,11 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
             views = await _status_all(pool, live)
-            target: dict[int, int] = defaultdict(int)
-            for st in views.values():
+            chosen: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # set, group
+            for n, st in views.items():
+                mine = chosen[set_of[n]]
                 for g in st["groups"]:
-                    target[g["group"]] = max(target[g["group"]], g["chosen_up_to"])
+                    mine[g["group"]] = max(mine[g["group"]], g["chosen_up_to"])
             t_back = time.monotonic()
             report.acks_while_down = sum(1 for a in producers.acks if t_fault < a.at < t_back)
             stalled = sorted(
@@ -379,19 +339,25 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
                     f"queues {stalled}: no enqueue acked while DC {opts.dc} was down"
                 )
             if opts.fault == "kill":
-                cluster.restart(victim)
+                for victim in victims:
+                    cluster.restart(victim)
             else:
                 for proxy in cut:
                     proxy.heal()
-            log(f"DC {opts.dc} back at +{t_back - t_start:.1f}s; catching up to {target}")
-            caught = await _wait_caught_up(
-                pool, stores[victim], target, t_back + opts.settle_timeout, report
-            )
-            if caught:
+            shown = {s: dict(t) for s, t in chosen.items()}
+            log(f"DC {opts.dc} back at +{t_back - t_start:.1f}s; catching up to {shown}")
+            behind = []
+            for victim in victims:
+                deadline = t_back + opts.settle_timeout
+                if not await _wait_caught_up(
+                    pool, stores[victim], chosen[set_of[victim]], deadline, report
+                ):
+                    behind.append(victim)
+            if not behind:
                 report.catchup_seconds = time.monotonic() - t_back
             else:
                 report.problems.append(
-                    f"store {victim} did not catch up within {opts.settle_timeout}s"
+                    f"stores {behind} did not catch up within {opts.settle_timeout}s"
                 )
             await asyncio.sleep(max(0.0, t_back + opts.after - time.monotonic()))
             await producers.stop()
@@ -404,7 +370,7 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
             report.pause_dc_loss = _longest_overlapping(gaps, t_fault, t_back)
             report.pause_dc_return = _longest_overlapping(gaps, t_back, t_end)
             report.longest_pause = max((b - a for a, b in gaps), default=0.0)
-            await _settle_and_check(pool, stores, producers, report, opts)
+            await _settle_and_check(pool, stores, set_of, producers, report, opts)
     finally:
         cluster.stop()
         for proxy in proxies.values():
@@ -420,6 +386,7 @@ async def run_drill(opts: DrillOptions, log: Any = print) -> DrillReport:
 async def _settle_and_check(
     pool: RpcPool,
     stores: dict[int, str],
+    set_of: dict[int, int],
     producers: Producers,
     report: DrillReport,
     opts: DrillOptions,
@@ -429,11 +396,12 @@ async def _settle_and_check(
     while time.monotonic() < deadline:
         views = await _status_all(pool, stores)
         if len(views) == len(stores):
-            heads = {
-                n: [(g["chosen_up_to"], g["checksum"]) for g in st["groups"]]
-                for n, st in views.items()
-            }
-            if len({tuple(h) for h in heads.values()}) == 1:
+            heads: dict[int, set[tuple[Any, ...]]] = defaultdict(set)  # set -> its replicas' heads
+            for n, st in views.items():
+                heads[set_of[n]].add(
+                    tuple((g["chosen_up_to"], g["checksum"]) for g in st["groups"])
+                )
+            if all(len(h) == 1 for h in heads.values()):
                 report.replicas_agree = True
                 break
         await asyncio.sleep(0.1)
@@ -446,9 +414,12 @@ async def _settle_and_check(
                 report.unhealthy_groups += 1
                 report.problems.append(f"store {node} group {g['group']}: {g}")
 
+    meta = await pool.call(next(iter(stores.values())), "meta", {}, timeout=2.0)
+    placement = meta["map"]["topics"][TOPIC]["placement"]  # the set of every queue
     copies: dict[int, dict[int, list[tuple[int, bytes]]]] = {}
     for node, addr in stores.items():
-        copies[node] = {q: await _read_queue(pool, addr, q) for q in range(opts.queues)}
+        mine = [q for q in range(opts.queues) if placement[q] == set_of[node]]
+        copies[node] = {q: await _read_queue(pool, addr, q) for q in mine}
     check_queues(report, producers.acks, producers.attempted, copies)
 
 
@@ -459,7 +430,7 @@ def check_queues(
     copies: dict[int, dict[int, list[tuple[int, bytes]]]],
 ) -> None:
     """The history checker (pure): ``copies[node][queue]`` is every ``(offset, payload)`` the
-    replica holds, in offset order. Counts into ``report``: acked messages missing from any
+    replica holds, in offset order (only the queues of its store set). Counts into ``report``: acked messages missing from any
     replica or at another offset (lost), payloads no producer sent (unexpected), a seq stored
     twice (duplicates, counted once per queue copy of the first replica), seqs going back in a
     queue or acked offsets not increasing with seq (order violations), replicas that differ."""
@@ -467,14 +438,17 @@ def check_queues(
     for a in acks:
         acked[a.queue].append(a)
     lost: set[tuple[int, int]] = set()
-    first = min(copies)
     for q in sorted({q for per_node in copies.values() for q in per_node} | set(acked)):
         mine = sorted(acked[q], key=lambda a: a.seq)
         if any(x.offset >= y.offset for x, y in pairwise(mine)):
             report.order_violations += 1
             report.problems.append(f"queue {q}: acked offsets do not increase with seq")
-        reference = copies[first].get(q, [])
-        for node, per_node in copies.items():
+        holders = {n: per_node for n, per_node in copies.items() if q in per_node}
+        if not holders:
+            holders = copies  # nobody holds an acked queue: every replica lost it
+        first = min(holders)
+        reference = holders[first].get(q, [])
+        for node, per_node in holders.items():
             rows = per_node.get(q, [])
             if rows != reference:
                 report.replica_mismatches += 1

@@ -38,7 +38,7 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 import tomli_w
 
@@ -158,9 +158,9 @@ class _Reader:
         self.source, self.path = source, path
         if not isinstance(raw, dict):
             self.fail(f"expected a table, got {_show(raw)}")
-        self.raw: dict[str, Any] = raw  # type: ignore[assignment]
+        self.raw: dict[str, Any] = raw
 
-    def fail(self, problem: str, key: str | None = None) -> None:
+    def fail(self, problem: str, key: str | None = None) -> NoReturn:
         where = self.path if key is None else f"{self.path}.{key}" if self.path else key
         raise InventoryError(f"{self.source}: {where}: {problem}", {"key": where})
 

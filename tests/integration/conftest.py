@@ -4,8 +4,9 @@ and always stop them, even when the test fails."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,22 @@ from phxq.devcluster import ProcessCluster, free_ports, write_dev_config
 from phxq.errors import PhxqError
 from phxq.net.rpc import RpcPool
 
+from .checkback import CheckHandler, serving
+
 
 @pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ProcessCluster]]:
     clusters: list[ProcessCluster] = []
 
     def make(
-        nodes: int = 3, groups: int = 4, locks: bool = False, sets: int = 1, **kw: Any
+        nodes: int = 3,
+        groups: int = 4,
+        locks: bool = False,
+        sets: int = 1,
+        wait_locks: bool = False,
+        **kw: Any,
     ) -> ProcessCluster:
+        """Started, every group with a master; ``wait_locks``: the lock service too."""
         stores = nodes * sets  # ``sets`` store sets of ``nodes`` stores each
         ports = free_ports(stores + nodes)
         path = write_dev_config(
@@ -38,6 +47,8 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., ProcessCluster]]:
         clusters.append(cluster)
         cluster.start()
         cluster.wait_ready(timeout=30)
+        if wait_locks:
+            cluster.wait_locks_ready()
         return cluster
 
     yield make
@@ -65,18 +76,24 @@ async def wait_until(check: Callable[[], Awaitable[Any]], timeout: float, what: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-async def group_master(pool: RpcPool, cluster: ProcessCluster, group: int) -> int:
-    """The store id every live store agrees is master of ``group``."""
+async def group_master(
+    pool: RpcPool, cluster: ProcessCluster, group: int, set_number: int | None = None
+) -> int:
+    """The store id every live store (of set ``set_number``, if given) agrees is master of
+    ``group``."""
+    cfg = cluster.config
+    stores = cfg.stores if set_number is None else cfg.set_stores(set_number)
+    where = "" if set_number is None else f" in set {set_number}"
 
     async def agreed() -> int | None:
         seen = set()
-        for s in cluster.config.stores:
+        for s in stores:
             if cluster.alive(s.id):
                 meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
                 seen.add(meta["masters"].get(str(group)))
         return int(seen.pop()) if len(seen) == 1 and None not in seen else None
 
-    result: int = await wait_until(agreed, 20, f"an agreed master of group {group}")
+    result: int = await wait_until(agreed, 20, f"an agreed master of group {group}{where}")
     return result
 
 
@@ -86,3 +103,31 @@ async def replica_views(pool: RpcPool, cluster: ProcessCluster) -> dict[int, dic
         if cluster.alive(s.id):
             views[s.id] = await pool.call(s.addr, "status", {}, timeout=2.0)
     return views
+
+
+async def phxq_admin(cluster: ProcessCluster, *args: str) -> str:
+    """``phxq admin ARGS --config <cluster's>`` as a subprocess: its stdout (AssertionError
+    with its stderr if it fails)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "phxq",
+        "admin",
+        *args,
+        "--config",
+        str(cluster.config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise AssertionError(err.decode())
+    return out.decode()
+
+
+@pytest.fixture
+async def check_handler() -> AsyncIterator[tuple[CheckHandler, int]]:
+    """A producer group's check handler served on 127.0.0.1, and its port (see checkback)."""
+    handler = CheckHandler()
+    async with serving(handler) as port:
+        yield handler, port

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -17,7 +16,7 @@ from phxq.devcluster import ProcessCluster
 from phxq.errors import BadArgument, StaleMap, UnknownTopic
 from phxq.net.rpc import RpcPool
 
-from .conftest import wait_until
+from .conftest import phxq_admin, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +40,7 @@ async def _produce(client: phxq.Client, stop: asyncio.Event, acked: list[phxq.Ac
 
 @pytest.fixture
 def map_cluster(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
-    cluster = make_cluster(nodes=3, groups=4, sets=2, locks=True)
-    cluster.wait_locks_ready()
-    return cluster
+    return make_cluster(nodes=3, groups=4, sets=2, locks=True, wait_locks=True)
 
 
 async def test_topics_change_online_and_stale_clients_follow(map_cluster: ProcessCluster) -> None:
@@ -106,10 +103,10 @@ async def test_topics_change_online_and_stale_clients_follow(map_cluster: Proces
             await admin.topic_describe(cfg, "nope")
 
         # The thin CLI over the same functions.
-        described = json.loads(await _phxq(cluster, "describe", "events", "--json"))
+        described = json.loads(await phxq_admin(cluster, "topic", "describe", "events", "--json"))
         assert described["placement"] == [2, 2, 2, 2] and described["map_version"] == 3
         with pytest.raises(AssertionError, match="not removed"):
-            await _phxq(cluster, "alter", "events", "--queues", "2")
+            await phxq_admin(cluster, "topic", "alter", "events", "--queues", "2")
 
         # The lock service down: the stores keep serving with their last map, also a store
         # restarted meanwhile (from the copy in its data directory).
@@ -122,27 +119,6 @@ async def test_topics_change_online_and_stale_clients_follow(map_cluster: Proces
             for q in range(4):
                 await fresh.enqueue("events", b"while the map's home is down", queue=q)
             assert (await fresh.cluster_map()).version == 3
-
-
-async def _phxq(cluster: ProcessCluster, *args: str) -> str:
-    """``phxq admin topic ARGS --config ...``: its stdout (AssertionError with stderr if it
-    fails)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "phxq",
-        "admin",
-        "topic",
-        *args,
-        "--config",
-        str(cluster.config_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise AssertionError(err.decode())
-    return out.decode()
 
 
 async def _is(values: object, expected: set[int]) -> bool:

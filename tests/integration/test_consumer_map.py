@@ -6,7 +6,6 @@ restarting anything."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import Counter
 from collections.abc import Callable
 
@@ -17,7 +16,7 @@ from phxq.client import Client
 from phxq.config import ClusterConfig
 from phxq.devcluster import ProcessCluster
 from tests.integration import test_consumer_delivery as delivery
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import phxq_admin, wait_until
 from tests.integration.test_consumer_delivery import TOPIC, Recorder, consumer_cluster
 
 pytestmark = pytest.mark.integration
@@ -58,7 +57,9 @@ async def test_a_running_consumer_delivers_queues_added_online(
         # A consumer group created online (the CLI), served by the running daemon: from its
         # first message on (a new group starts at the beginning of each queue).
         hook = f"http://127.0.0.1:{handler_port}/hook"
-        out = await _phxq(cluster, "create", "audit", "--topic", TOPIC, "--handler", hook)
+        out = await phxq_admin(
+            cluster, "group", "create", "audit", "--topic", TOPIC, "--handler", hook
+        )
         assert out.startswith(f"audit: topic {TOPIC} -> {hook}")
         listed = {r["name"]: r for r in await admin.group_list(cluster.config)}
         assert set(listed) == {"billing", "audit"}
@@ -105,26 +106,6 @@ async def _settled(cfg: ClusterConfig, group: str) -> list[admin.LagRow] | None:
 def _counts(recorder: Recorder) -> dict[int, int]:
     """How many payloads were acked how many times ({2: 9}: nine, each twice)."""
     return dict(Counter(recorder.acked_payloads().values()))
-
-
-async def _phxq(cluster: ProcessCluster, *args: str) -> str:
-    """``phxq admin group ARGS --config ...``: its stdout (AssertionError with stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "phxq",
-        "admin",
-        "group",
-        *args,
-        "--config",
-        str(cluster.config_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise AssertionError(err.decode())
-    return out.decode()
 
 
 async def _true(value: bool) -> bool:

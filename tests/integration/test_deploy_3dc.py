@@ -368,6 +368,20 @@ def test_drill_whole_dc_sigkilled_under_load_loses_nothing(tmp_path: Path) -> No
     assert "producer pause:" in run.stdout
 
 
+def test_drill_with_two_store_sets_loses_one_store_of_each_and_nothing_acked(
+    tmp_path: Path,
+) -> None:
+    run = simulate(tmp_path, "--sets", "2", "--warmup", "2", "--down", "4", "--after", "3")
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = _summary(run)
+    assert summary["status"] == "OK" and summary["lost"] == "0"
+    assert summary["replicas"] == "identical" and int(summary["acks_while_down"]) > 0
+    (up,) = [x for x in run.stdout.splitlines() if x.startswith("cluster up:")]
+    assert re.search(r"DC dc1 = stores \[\d+, \d+\]", up), up  # one store of each set
+    config = (tmp_path / "sim" / "cluster.toml").read_text()
+    assert "set = 2" in config and 'lease = "600ms"' in config  # the default lease
+
+
 async def test_client_finds_the_new_master_when_the_first_store_it_asks_is_cut_off(
     tmp_path: Path, drill: ModuleType
 ) -> None:

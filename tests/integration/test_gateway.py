@@ -351,6 +351,54 @@ async def test_topics_topic_status_and_lag(http, url, gw):
     assert_problem(status, data, resp, 404, "not_found")
 
 
+async def test_a_topic_and_group_created_online_are_served_without_a_restart(http, url, gw):
+    from phxq import admin
+
+    # The gateway reads the map again on an unknown group and still finds none: 404.
+    status, data, resp = await call(http, "GET", f"{url}/lag", params={"group": "web"})
+    assert_problem(status, data, resp, 404, "not_found")
+    await admin.topic_create(gw.config, "clicks", queues=2)
+    handler = "phxq.consumer.demo:log_message"
+    await admin.group_create(gw.config, "web", topic="clicks", handler=handler)
+
+    status, lag, _ = await call(http, "GET", f"{url}/lag", params={"group": "web"})
+    assert status == 200 and {(r["topic"], r["queue"]) for r in lag["lag"]} == {
+        ("clicks", 0),
+        ("clicks", 1),
+    }
+    status, clicks, _ = await call(http, "GET", f"{url}/topics/clicks")
+    assert (status, clicks["queues"], clicks["consumer_groups"]) == (200, 2, ["web"]), clicks
+
+    # Read and commit as the new group: lock, dequeue after the cursor, commit, lag follows.
+    q = f"{url}/topics/clicks/queues/1"
+    status, lock, _ = await call(
+        http, "POST", f"{q}/lock/acquire", json={"group": "web", "owner": "w1", "ttl": 30}
+    )
+    assert status == 200 and lock["lock"] == "cg/web/clicks/1", lock
+    _, ack, _ = await call(
+        http, "POST", f"{url}/topics/clicks/messages", data=b"k", headers={"Phxq-Queue": "1"}
+    )
+    status, got, _ = await call(http, "GET", f"{q}/messages", params={"group": "web"})
+    assert status == 200 and [m["offset"] for m in got["messages"]] == [ack["offset"]]
+    commit = {"group": "web", "offset": ack["offset"], "token": lock["token"]}
+    status, done, _ = await call(http, "POST", f"{q}/commit", json=commit)
+    assert (status, done["cursor"]) == (200, ack["offset"]), done
+    _, again, _ = await call(http, "GET", f"{q}/messages", params={"group": "web"})
+    assert again["messages"] == []
+    deadline = time.monotonic() + 10
+    while True:  # the stores report the new group's lag once they serve the new map
+        _, lag, _ = await call(http, "GET", f"{url}/lag", params={"group": "web"})
+        row = next(r for r in lag["lag"] if r["queue"] == 1)
+        if (row["cursor"], row["lag"]) == (ack["offset"], 0) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert (row["cursor"], row["lag"]) == (ack["offset"], 0), row
+    _, st, _ = await call(http, "GET", f"{url}/status")
+    assert {(p["group"], p["queue"]) for p in st["ownership"]["pairs"]} >= {("web", 0), ("web", 1)}
+    status, data, resp = await call(http, "GET", f"{url}/lag", params={"group": "nobody"})
+    assert_problem(status, data, resp, 404, "not_found")
+
+
 # ---------------------------------------------------------------------------- stream
 
 

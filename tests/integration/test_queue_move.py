@@ -24,7 +24,7 @@ from phxq.errors import Unavailable, VersionMismatch
 from phxq.net.rpc import RpcPool
 from phxq.routing import queue_for_key
 
-from .conftest import wait_until
+from .conftest import group_master, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,9 +35,7 @@ CG = "movers"
 
 @pytest.fixture
 def sets_with_locks(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
-    cluster = make_cluster(nodes=3, groups=4, sets=2, locks=True)
-    cluster.wait_locks_ready()
-    return cluster
+    return make_cluster(nodes=3, groups=4, sets=2, locks=True, wait_locks=True)
 
 
 class Load:
@@ -103,18 +101,6 @@ class Load:
             self.cursor = after
 
 
-async def _set_master(pool: RpcPool, cluster: ProcessCluster, number: int, group: int) -> int:
-    async def agreed() -> int | None:
-        seen = set()
-        for s in cluster.config.set_stores(number):
-            if cluster.alive(s.id):
-                meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
-                seen.add(meta["masters"].get(str(group)))
-        return int(seen.pop()) if len(seen) == 1 and None not in seen else None
-
-    return int(await wait_until(agreed, 20, f"a master of group {group} in set {number}"))
-
-
 async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: ProcessCluster) -> None:
     cluster = sets_with_locks
     cfg = cluster.config
@@ -171,7 +157,9 @@ async def test_a_queue_moves_under_load_through_crashes(sets_with_locks: Process
             # The target set returns and drives the move; the source's master dies meanwhile.
             for node in target:
                 cluster.restart(node)
-            source_master = await _set_master(pool, cluster, 1, QUEUE % cfg.cluster.groups)
+            source_master = await group_master(
+                pool, cluster, QUEUE % cfg.cluster.groups, set_number=1
+            )
             cluster.kill(source_master)
 
             async def moved() -> bool:

@@ -23,9 +23,7 @@ DELAY = 3.0
 
 @pytest.fixture
 def two_sets(make_cluster: Callable[..., ProcessCluster]) -> ProcessCluster:
-    cluster = make_cluster(nodes=3, groups=2, sets=2, locks=True)
-    cluster.wait_locks_ready()
-    return cluster
+    return make_cluster(nodes=3, groups=2, sets=2, locks=True, wait_locks=True)
 
 
 async def test_a_move_waits_for_a_pending_delayed_message(two_sets: ProcessCluster) -> None:

@@ -7,22 +7,19 @@ the second."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 import phxq
-from phxq.devcluster import ProcessCluster, free_ports
-from phxq.security.signing import verify
+from phxq.devcluster import ProcessCluster
 
+from .checkback import CheckHandler, producer_group_toml
 from .conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -45,48 +42,16 @@ with phxq.SyncClient(sys.argv[1].split(",")) as client:
 """
 
 
-class CheckHandler:
-    def __init__(self) -> None:
-        self.answers: dict[str, str] = {}
-        self.asked: list[str] = []
-        self.bad_signatures = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        if not verify(SECRET, dict(request.headers), body, time.time()):
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        txn = json.loads(body)["txn"]
-        assert request.headers["X-Phxq-Txn"] == txn
-        self.asked.append(txn)
-        return web.json_response({"state": self.answers.get(txn, "unknown")})
-
-
-@pytest.fixture
-async def check_handler() -> AsyncIterator[tuple[CheckHandler, int]]:
-    handler = CheckHandler()
-    port = free_ports(1)[0]
-    app = web.Application()
-    app.router.add_post("/check", handler.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield handler, port
-    await runner.cleanup()
-
-
 async def test_killed_producer_is_decided_by_the_signed_check_back(
     make_cluster: Callable[..., ProcessCluster],
     check_handler: tuple[CheckHandler, int],
     tmp_path: Path,
 ) -> None:
     handler, port = check_handler
+    handler.secret = SECRET  # every check-back request must come signed with it
     secret = tmp_path / "checkout.secret"
     secret.write_bytes(SECRET)
-    extra = (
-        f'\n[[producer_group]]\nname = "checkout"\ncheck = "http://127.0.0.1:{port}/check"\n'
-        f'max_age = "1m"\nsigning_secret_file = "{secret}"\n'
-    )
+    extra = producer_group_toml(port, more=f'signing_secret_file = "{secret}"\n')
     cluster = await asyncio.to_thread(make_cluster, groups=2, extra=extra)
     producer = subprocess.Popen(
         [sys.executable, "-c", PRODUCER, ",".join(cluster.store_addresses)],

@@ -13,12 +13,10 @@ SIGKILL of the home group's master between prepare and decide.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
-from aiohttp import web
 from click.testing import CliRunner
 
 import phxq
@@ -26,11 +24,12 @@ from phxq import admin
 from phxq.cli import cli
 from phxq.client.txn import Transaction, decide
 from phxq.client.types import Ack
-from phxq.devcluster import ProcessCluster, free_ports
+from phxq.devcluster import ProcessCluster
 from phxq.errors import BadArgument, TransactionAborted, Unavailable
 from phxq.net.rpc import RpcPool
 
-from .conftest import wait_until
+from .checkback import CheckHandler, producer_group_toml
+from .conftest import group_master, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -87,45 +86,6 @@ async def _committed(txn: Transaction, first: asyncio.Task[list[Ack]]) -> list[A
                 raise
 
 
-async def _set_master(pool: RpcPool, cluster: ProcessCluster, number: int, group: int) -> int:
-    """The store id every live store of set ``number`` agrees is master of ``group``."""
-
-    async def agreed() -> int | None:
-        seen = set()
-        for s in cluster.config.set_stores(number):
-            if cluster.alive(s.id):
-                meta = await pool.call(s.addr, "meta", {}, timeout=1.0)
-                seen.add(meta["masters"].get(str(group)))
-        return int(seen.pop()) if len(seen) == 1 and None not in seen else None
-
-    result: int = await wait_until(agreed, 20, f"an agreed master of group {group}/set {number}")
-    return result
-
-
-class CheckHandler:
-    def __init__(self) -> None:
-        self.answers: dict[str, str] = {}
-        self.asked: list[str] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        txn = json.loads(await request.read())["txn"]
-        self.asked.append(txn)
-        return web.json_response({"state": self.answers.get(txn, "unknown")})
-
-
-@pytest.fixture
-async def check_handler() -> AsyncIterator[tuple[CheckHandler, int]]:
-    handler = CheckHandler()
-    port = free_ports(1)[0]
-    app = web.Application()
-    app.router.add_post("/check", handler.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield handler, port
-    await runner.cleanup()
-
-
 async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
     make_cluster: Callable[..., ProcessCluster], check_handler: tuple[CheckHandler, int]
 ) -> None:
@@ -135,10 +95,7 @@ async def test_commit_rollback_and_a_vanished_producer_across_sets_over_tls(
     parts on the other set said they hold theirs) and rolls back another; the third has no
     producer group and rolls back at its timeout."""
     handler, port = check_handler
-    extra = PAY + (
-        f'\n[[producer_group]]\nname = "checkout"\ncheck = "http://127.0.0.1:{port}/check"\n'
-        'max_age = "1m"\n'
-    )
+    extra = PAY + producer_group_toml(port)
     cluster = await asyncio.to_thread(
         make_cluster, nodes=3, groups=2, sets=2, secure=True, extra=extra
     )
@@ -241,8 +198,8 @@ async def test_sigkill_of_the_home_master_between_prepare_and_decide_is_never_pa
         await _put(txn, SET1_G0, b"k-set1")
         await _put(txn, SET2_G1, b"k-set2")
         await txn.prepare()
-        home = await _set_master(pool, cluster, 2, 0)
-        orphan_home = await _set_master(pool, cluster, 1, 0)
+        home = await group_master(pool, cluster, 0, set_number=2)
+        orphan_home = await group_master(pool, cluster, 0, set_number=1)
         commit = asyncio.create_task(txn.commit(timeout=8.0))
         await asyncio.sleep(0.001)  # the decision is on its way (or chosen already)
         cluster.kill(home)
