@@ -28,6 +28,7 @@ DEFAULT_WINDOW = 2  # enqueue requests in flight per (topic, group) with batchin
 # A request beyond the first in flight leaves only with this many messages queued: with few
 # queued, waiting for the first to return makes one bigger Paxos instance instead of two small.
 EXTRA_REQUEST_MIN_MESSAGES = 8
+_SEND = "phxq.Client send"
 
 
 @dataclass(slots=True)
@@ -56,11 +57,12 @@ class GroupSender:
 
 
 def _ack(topic: str, queue: int, result: Any) -> Ack:
-    """``[offset, duplicate]`` or ``[None, duplicate, scheduled id]`` from the store."""
-    if len(result) == 3:
-        sid = int(result[2])
-        return Ack(topic, queue, None, bool(result[1]), f"{topic}/{queue}/{sid}")
-    return Ack(topic, queue, int(result[0]), bool(result[1]))
+    """The ack of ``[None, duplicate, scheduled id]`` from the store (a delayed message; the
+    common ``[offset, duplicate]`` is read where the reply is)."""
+    if len(result) != 3:
+        raise TypeError(f"an enqueue result of {len(result)} fields")
+    sid = int(result[2])
+    return Ack(topic, queue, None, bool(result[1]), f"{topic}/{queue}/{sid}")
 
 
 class BatchingMixin:
@@ -95,7 +97,7 @@ class BatchingMixin:
                 del sender.pending[:1]
                 if batch[0].future.done():
                     continue  # its caller gave up (timeout) before it left
-                self._spawn(self._send_batch(topic, group, batch))
+                self._tasks.spawn(self._send_batch(topic, group, batch), name=_SEND)
             return
         if sender.pending and (
             sender.in_flight == 0
@@ -105,10 +107,7 @@ class BatchingMixin:
             )
         ):
             sender.in_flight += 1
-            self._spawn(self._send_loop(topic, group, sender))
-
-    def _spawn(self, coro: Any) -> None:
-        self._tasks.spawn(coro, name="phxq.Client send")
+            self._tasks.spawn(self._send_loop(topic, group, sender), name=_SEND)
 
     async def _send_loop(self, topic: str, group: Route, sender: GroupSender) -> None:
         try:
@@ -175,7 +174,11 @@ class BatchingMixin:
                 return
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
                 for p, result in zip(ps, results, strict=True):
-                    if not p.future.done():
+                    if p.future.done():
+                        continue
+                    if len(result) == 2:  # [offset, duplicate]
+                        p.future.set_result(Ack(topic, q, int(result[0]), bool(result[1])))
+                    else:
                         p.future.set_result(_ack(topic, q, result))
             if trace.ON:
                 trace.mark("client.acked")

@@ -36,7 +36,7 @@ from phxq import otel, validate
 from phxq.budget import Budget, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.moves import MovesMixin
-from phxq.client.routing import MAP_RECHECK, RoutingMixin, _Attempt
+from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
     MAX_SCHEDULE_SECONDS as MAX_SCHEDULE_SECONDS,
 )
@@ -44,7 +44,7 @@ from phxq.client.schedule import _parse_scheduled_id, _when
 from phxq.client.schedule import parse_when as parse_when
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
-from phxq.client.sweep import Sweep
+from phxq.client.sweep import InFlight, Sweep
 from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
 from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message, Route
@@ -122,7 +122,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         self._dedup_seq = itertools.count()
         self._tasks = TaskScope("phxq.Client", log)  # the batch senders
         self._expiry: Sweep[Pending] = Sweep(self._time_out)  # enqueue deadlines
-        self._hedges: Sweep[_Attempt] = Sweep(self._hedge)  # requests unanswered for a while
+        self._inflight = InFlight(self._hedge)  # requests in flight, for the failover watch
         self._streams = StreamRegistry()  # open tail / consume iterators
 
     async def __aenter__(self) -> Client:
@@ -140,7 +140,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         for p in self._expiry.entries():  # queued, never sent: they must not wait forever
             p.future.set_exception(Unavailable("the client was closed"))
         self._expiry.close()
-        self._hedges.close()
+        self._inflight.close()
         await self._pool.close()
 
     # --------------------------------------------------------------------------- enqueue
@@ -288,6 +288,10 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         touched: set[tuple[str, Route]] = set()
         senders = self._senders
         expiry = self._expiry
+        # Deadlines go straight into the sweep's lane for ``delay`` (Sweep.add inlined: this
+        # is the hot path); a first one of its delay goes through add(), which makes the lane.
+        due = loop.time() + delay
+        lane = expiry.lanes.get(delay)
         for payload, key, queue, dedup_id, headers, when in items:
             if type(payload) is not bytes and not isinstance(payload, (bytearray, memoryview)):
                 raise BadArgument("payload must be bytes")
@@ -313,7 +317,15 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
                 sender = senders[(topic, route)] = GroupSender()
             p = Pending(topic, q, wire, fut, deadline, seconds)
             sender.pending.append(p)
-            expiry.add(loop, delay, fut, p)
+            if lane is None:
+                expiry.add(loop, delay, fut, p)
+                lane = expiry.lanes.get(delay)
+            else:
+                while lane and lane[0][1].done():
+                    lane.popleft()
+                lane.append((due, fut, p))
+                if due < expiry.at:
+                    expiry.arm(loop, due)
             touched.add((topic, route))
             futures.append(fut)
         for topic_group in touched:

@@ -37,7 +37,7 @@ from typing import Any
 
 from phxq.budget import Budget, bounded, describe
 from phxq.client.avoid import Avoid
-from phxq.client.sweep import Sweep
+from phxq.client.sweep import InFlight
 from phxq.client.types import ClusterMap, Route
 from phxq.errors import (
     BadArgument,
@@ -72,7 +72,7 @@ class RoutingMixin:
     _request_timeout: float
     _retry_timeout: float
     _tasks: TaskScope
-    _hedges: Sweep[_Attempt]
+    _inflight: InFlight
 
     async def cluster_map(
         self, *, refresh: bool = False, timeout: float | None = None
@@ -218,7 +218,7 @@ class RoutingMixin:
             if cmap.version and isinstance(params, dict):
                 params["map"] = cmap.version  # a store with a newer map answers StaleMap
             addr = self._master_addr(cmap, route, avoid)
-            timeout = min(self._request_timeout + extra_time, budget.remaining())
+            timeout = min(self._request_timeout + extra_time, budget.deadline - time.monotonic())
             if timeout <= 0:
                 raise self._no_master(cmap, route, budget)
             try:
@@ -303,36 +303,43 @@ class RoutingMixin:
         ``HEDGE_AFTER`` s, another store of the set says it is master now (asked every
         ``HEDGE_EVERY`` s): a paused or cut-off master is left once the others elected a new
         one, not after ``request_timeout``. Its answer, if it ever comes, is dropped: safe, as
-        the retry re-sends the same dedup ids. While answers come in time this costs an entry
-        in the client's hedge sweep (one timer for every request in flight), no timer or
-        cancel scope of its own."""
-        task = asyncio.current_task()
+        the retry re-sends the same dedup ids. While answers come in time this costs two dict
+        operations (:class:`~phxq.client.sweep.InFlight`: one timer for every request in
+        flight), no timer or cancel scope of its own."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None  # called from a task (the sender's or the caller's)
-        attempt = _Attempt(task, cmap, route, addr)
-        self._hedges.add(asyncio.get_running_loop(), HEDGE_AFTER, attempt, attempt)
+        inflight = self._inflight
+        due = loop.time() + HEDGE_AFTER
+        inflight.due[task] = (due, (cmap, route, addr))
+        if due < inflight.at:
+            inflight.arm(loop, due)
+        cancelling = task.cancelling()  # cancels already pending when it started
         try:
             return await self._pool.call(addr, method, params, timeout=timeout)
         except asyncio.CancelledError:
             # Our own cancel (the watch saw another master) unless someone else's is pending.
-            if attempt.moved and task.uncancel() <= attempt.cancelling:
+            if task in inflight.moved and task.uncancel() <= cancelling:
                 raise _Moved from None
             raise
         finally:
-            attempt.finished = True
-            if attempt.watch is not None:
-                attempt.watch.cancel()
+            del inflight.due[task]
+            if inflight.watches or inflight.moved:
+                inflight.ended(task)
 
-    def _hedge(self, attempt: _Attempt, delay: float) -> None:
-        """The hedge sweep's call for a request unanswered for ``HEDGE_AFTER`` s: watch it."""
+    def _hedge(self, task: asyncio.Task[Any], info: tuple[ClusterMap, Route, str]) -> None:
+        """``task``'s request is unanswered after ``HEDGE_AFTER`` s: watch it."""
         if not self._tasks.closed:
-            coro = self._watch(attempt)
-            attempt.watch = self._tasks.spawn(coro, name="phxq.Client failover watch")
+            coro = self._watch(task, *info)
+            watch = self._tasks.spawn(coro, name="phxq.Client failover watch")
+            self._inflight.watches[task] = watch
 
-    async def _watch(self, attempt: _Attempt) -> None:
-        """Every ``HEDGE_EVERY`` s ask the stores of the attempt's set but its own who is
-        master; once one says it is itself, make it the master and end the attempt (cancel
-        its task: ``_attempt`` raises ``_Moved``)."""
-        cmap, route, addr = attempt.cmap, attempt.route, attempt.addr
+    async def _watch(
+        self, task: asyncio.Task[Any], cmap: ClusterMap, route: Route, addr: str
+    ) -> None:
+        """Every ``HEDGE_EVERY`` s ask the stores of ``route``'s set but ``addr`` who is
+        master; once one says it is itself, make it the master and end ``task``'s request to
+        ``addr`` (cancel it: ``_attempt`` raises ``_Moved``)."""
         ids = [n for n in cmap.set_nodes(route[0]) or sorted(cmap.nodes) if cmap.nodes[n] != addr]
         group = str(route[1])
 
@@ -349,9 +356,10 @@ class RoutingMixin:
             claimant = next((n for n, yes in zip(ids, said, strict=True) if yes), None)
             if claimant is not None:
                 cmap.masters[route] = claimant
-                if not attempt.finished:
-                    attempt.moved = True
-                    attempt.task.cancel()
+                # (the request's end cancels this watch: a request still registered is its)
+                if task in self._inflight.due:
+                    self._inflight.moved.add(task)
+                    task.cancel()
                 return
             await asyncio.sleep(HEDGE_EVERY)
 
@@ -456,26 +464,6 @@ class RoutingMixin:
 
 class _Moved(Exception):
     """An attempt given up: another store became master while it was unanswered."""
-
-
-class _Attempt:
-    """A request in flight for the hedge sweep: ``done()`` once it ended; ``watch`` asks the
-    other stores (from ``HEDGE_AFTER`` s on); ``moved`` once it cancelled ``task`` for that."""
-
-    __slots__ = ("addr", "cancelling", "cmap", "finished", "moved", "route", "task", "watch")
-
-    def __init__(self, task: asyncio.Task[Any], cmap: ClusterMap, route: Route, addr: str) -> None:
-        self.task = task
-        self.cancelling = task.cancelling()  # cancels already pending when it started
-        self.cmap = cmap
-        self.route = route
-        self.addr = addr
-        self.finished = False
-        self.watch: asyncio.Task[None] | None = None
-        self.moved = False
-
-    def done(self) -> bool:
-        return self.finished
 
 
 def _master_said(cmap: ClusterMap, master: object) -> str:
