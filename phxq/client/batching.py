@@ -18,7 +18,7 @@ from typing import Any
 
 from phxq import trace
 from phxq.budget import Budget
-from phxq.client.types import Ack, Route
+from phxq.client.types import Ack, ClusterMap, Route
 from phxq.errors import PhxqError, QueueMoved, Unavailable
 from phxq.tasks import TaskScope
 
@@ -32,10 +32,17 @@ EXTRA_REQUEST_MIN_MESSAGES = 8
 
 @dataclass(slots=True)
 class Pending:
+    """One enqueued message until its ack. Its deadline is kept by the client's expiry
+    :class:`~phxq.client.sweep.Sweep` (no timer and no :class:`Budget` of its own); the
+    request carrying it retries until the latest deadline of its messages."""
+
+    topic: str
     queue: int
-    wire: list[Any]  # [payload, key, headers, dedup_id]
+    wire: list[Any]  # [payload, key, headers, dedup_id(, when)]
     future: asyncio.Future[Ack]
-    budget: Budget  # the enqueue call's: the request retries while a caller still waits
+    deadline: float  # time.monotonic() at which its call gives up
+    seconds: float  # its call's timeout
+    budget: Budget | None = None  # the latest request carrying it: what the stores said
 
 
 @dataclass(slots=True)
@@ -45,6 +52,7 @@ class GroupSender:
 
     pending: list[Pending] = field(default_factory=list)
     in_flight: int = 0
+    last: Budget | None = None  # the budget of the latest request sent
 
 
 def _ack(topic: str, queue: int, result: Any) -> Ack:
@@ -60,7 +68,23 @@ class BatchingMixin:
     _batching: bool
     _window: int
     _tasks: TaskScope
+    _map: ClusterMap | None
     _call_master: Callable[..., Awaitable[Any]]
+    _expired: Callable[[Budget], Unavailable]
+
+    def _time_out(self, p: Pending, delay: float) -> None:
+        """The expiry sweep's call for ``p``, still unacked at its deadline: its caller gets
+        ``Unavailable`` saying what the stores answered the request carrying it (or, still
+        queued, the latest request to its group)."""
+        told = p.budget
+        if told is None and self._map is not None:
+            sender = self._senders.get((p.topic, self._map.route(p.topic, p.queue)))
+            told = sender.last if sender is not None else None
+        budget = Budget(p.seconds, p.deadline, where=(p.topic, p.queue))
+        if told is not None:
+            budget.answers.update(told.answers)
+            budget.silent.update(told.silent)
+        p.future.set_exception(self._expired(budget))
 
     def _kick(self, topic: str, group: Route) -> None:
         sender = self._senders[(topic, group)]
@@ -111,15 +135,28 @@ class BatchingMixin:
     async def _send_batch(self, topic: str, group: Route, batch: list[Pending]) -> None:
         if trace.ON:
             trace.mark("client.batch")
+        # One budget for the request: it lasts as long as the longest call waiting on it, and
+        # what the stores answer reaches each message's timeout error (``p.budget``).
+        last = batch[-1]
+        budget = Budget(last.seconds, last.deadline)
         by_queue: dict[int, list[Pending]] = {}
         for p in batch:
-            by_queue.setdefault(p.queue, []).append(p)
+            p.budget = budget
+            if p.deadline > budget.deadline:
+                budget.seconds, budget.deadline = p.seconds, p.deadline
+            ps = by_queue.get(p.queue)
+            if ps is None:
+                by_queue[p.queue] = [p]
+            else:
+                ps.append(p)
+        sender = self._senders.get((topic, group))
+        if sender is not None:
+            sender.last = budget
         params = {
             "topic": topic,
             "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()],
         }
         try:
-            budget = Budget.joint([p.budget for p in batch])
             try:
                 reply = await self._call_master(
                     topic,

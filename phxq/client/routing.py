@@ -37,6 +37,7 @@ from typing import Any
 
 from phxq.budget import Budget, bounded, describe
 from phxq.client.avoid import Avoid
+from phxq.client.sweep import Sweep
 from phxq.client.types import ClusterMap, Route
 from phxq.errors import (
     BadArgument,
@@ -71,6 +72,7 @@ class RoutingMixin:
     _request_timeout: float
     _retry_timeout: float
     _tasks: TaskScope
+    _hedges: Sweep[_Attempt]
 
     async def cluster_map(
         self, *, refresh: bool = False, timeout: float | None = None
@@ -203,7 +205,7 @@ class RoutingMixin:
         if budget is None:
             budget = Budget.start(None, self._retry_timeout, extra_time)
         backoff = 0.02
-        avoid = Avoid()
+        avoid: Avoid | None = None  # made at the first failure (none on the common path)
         moved_to = to_set  # the set a QueueMoved named (the map may lag behind)
         while True:
             cmap = self._map if self._map is not None else await self._map_within(budget)
@@ -251,9 +253,11 @@ class RoutingMixin:
                 backoff = min(backoff * 2, 0.5)
             except _Moved:
                 budget.no_answer(addr, "silent while another store became master")
+                avoid = avoid or Avoid()
                 avoid.failed(addr)
             except NotMaster as exc:
                 budget.answered(addr, f"not master, {_master_said(cmap, exc.hint)}")
+                avoid = avoid or Avoid()
                 if exc.hint is None or exc.hint in avoid:
                     # Knows no master, or names one that just failed: ask every store.
                     if exc.hint is None:
@@ -267,6 +271,7 @@ class RoutingMixin:
                     budget.no_answer(addr, describe(exc))
                 else:  # the store answered that it could not do it (e.g. nothing chosen)
                     budget.answered(addr, describe(exc))
+                avoid = avoid or Avoid()
                 avoid.failed(addr)
                 cmap.masters.pop(route, None)
                 if budget.remaining() <= 0:
@@ -298,34 +303,36 @@ class RoutingMixin:
         ``HEDGE_AFTER`` s, another store of the set says it is master now (asked every
         ``HEDGE_EVERY`` s): a paused or cut-off master is left once the others elected a new
         one, not after ``request_timeout``. Its answer, if it ever comes, is dropped: safe, as
-        the retry re-sends the same dedup ids. Costs one timer while answers come in time."""
-        loop = asyncio.get_running_loop()
-        watch: list[asyncio.Task[None]] = []
-        moved: list[int] = []
+        the retry re-sends the same dedup ids. While answers come in time this costs an entry
+        in the client's hedge sweep (one timer for every request in flight), no timer or
+        cancel scope of its own."""
+        task = asyncio.current_task()
+        assert task is not None  # called from a task (the sender's or the caller's)
+        attempt = _Attempt(task, cmap, route, addr)
+        self._hedges.add(asyncio.get_running_loop(), HEDGE_AFTER, attempt, attempt)
         try:
-            async with asyncio.timeout(None) as scope:
-
-                def hedge() -> None:
-                    coro = self._watch(cmap, route, addr, scope, moved)
-                    watch.append(self._tasks.spawn(coro, name="phxq.Client failover watch"))
-
-                timer = loop.call_later(HEDGE_AFTER, hedge)
-                try:
-                    return await self._pool.call(addr, method, params, timeout=timeout)
-                finally:
-                    timer.cancel()
-                    for task in watch:
-                        task.cancel()
-        except TimeoutError:
-            if moved:
+            return await self._pool.call(addr, method, params, timeout=timeout)
+        except asyncio.CancelledError:
+            # Our own cancel (the watch saw another master) unless someone else's is pending.
+            if attempt.moved and task.uncancel() <= attempt.cancelling:
                 raise _Moved from None
             raise
+        finally:
+            attempt.finished = True
+            if attempt.watch is not None:
+                attempt.watch.cancel()
 
-    async def _watch(
-        self, cmap: ClusterMap, route: Route, addr: str, scope: asyncio.Timeout, moved: list[int]
-    ) -> None:
-        """Every ``HEDGE_EVERY`` s ask the stores of ``route``'s set but ``addr`` who is master;
-        once one says it is itself, make it the master and end ``scope`` (the attempt)."""
+    def _hedge(self, attempt: _Attempt, delay: float) -> None:
+        """The hedge sweep's call for a request unanswered for ``HEDGE_AFTER`` s: watch it."""
+        if not self._tasks.closed:
+            coro = self._watch(attempt)
+            attempt.watch = self._tasks.spawn(coro, name="phxq.Client failover watch")
+
+    async def _watch(self, attempt: _Attempt) -> None:
+        """Every ``HEDGE_EVERY`` s ask the stores of the attempt's set but its own who is
+        master; once one says it is itself, make it the master and end the attempt (cancel
+        its task: ``_attempt`` raises ``_Moved``)."""
+        cmap, route, addr = attempt.cmap, attempt.route, attempt.addr
         ids = [n for n in cmap.set_nodes(route[0]) or sorted(cmap.nodes) if cmap.nodes[n] != addr]
         group = str(route[1])
 
@@ -342,8 +349,9 @@ class RoutingMixin:
             claimant = next((n for n, yes in zip(ids, said, strict=True) if yes), None)
             if claimant is not None:
                 cmap.masters[route] = claimant
-                moved.append(claimant)
-                scope.reschedule(asyncio.get_running_loop().time())
+                if not attempt.finished:
+                    attempt.moved = True
+                    attempt.task.cancel()
                 return
             await asyncio.sleep(HEDGE_EVERY)
 
@@ -448,6 +456,26 @@ class RoutingMixin:
 
 class _Moved(Exception):
     """An attempt given up: another store became master while it was unanswered."""
+
+
+class _Attempt:
+    """A request in flight for the hedge sweep: ``done()`` once it ended; ``watch`` asks the
+    other stores (from ``HEDGE_AFTER`` s on); ``moved`` once it cancelled ``task`` for that."""
+
+    __slots__ = ("addr", "cancelling", "cmap", "finished", "moved", "route", "task", "watch")
+
+    def __init__(self, task: asyncio.Task[Any], cmap: ClusterMap, route: Route, addr: str) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()  # cancels already pending when it started
+        self.cmap = cmap
+        self.route = route
+        self.addr = addr
+        self.finished = False
+        self.watch: asyncio.Task[None] | None = None
+        self.moved = False
+
+    def done(self) -> bool:
+        return self.finished
 
 
 def _master_said(cmap: ClusterMap, master: object) -> str:
