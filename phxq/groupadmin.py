@@ -18,7 +18,9 @@ out) and ``map_version``.
 
 ``with_map_groups`` is how ``phxq admin lag|replay|limit|pause|resume|status|reconcile`` know
 groups created online: the config with the groups and topics the map adds (the config's own
-win); the config as it is without ``[[lock]]`` nodes, a map, or an answer.
+win); the config as it is without ``[[lock]]`` nodes, a map, or an answer within
+``MAP_READ_TIMEOUT`` seconds (so an admin command against a cluster whose lock service is down
+costs 2 s, not the lock client's whole retry budget).
 
 Errors: ``ConfigError`` (a bad setting, named like the TOML key), ``BadArgument`` (the group
 exists; no such dead-letter topic), ``UnknownTopic``, ``Unavailable`` (no lock service),
@@ -27,6 +29,7 @@ exists; no such dead-letter topic), ``UnknownTopic``, ``Unavailable`` (no lock s
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +40,9 @@ from phxq.groupspecs import group_from_table, group_to_wire
 from phxq.topics import _confirm, _locks
 from phxq.topology import Topology
 
-__all__ = ["group_create", "group_list", "merge_map", "with_map_groups"]
+__all__ = ["MAP_READ_TIMEOUT", "group_create", "group_list", "merge_map", "with_map_groups"]
+
+MAP_READ_TIMEOUT = 2.0
 
 
 def _row(topo: Topology, name: str) -> dict[str, Any]:
@@ -80,9 +85,9 @@ async def with_map_groups(cfg: ClusterConfig) -> ClusterConfig:
     if not cfg.locks:
         return cfg
     try:
-        async with _locks(cfg) as locks:
+        async with asyncio.timeout(MAP_READ_TIMEOUT), _locks(cfg) as locks:
             topo, _ = await mapstore.load(locks)
-    except PhxqError:
+    except (PhxqError, TimeoutError):
         return cfg  # the map's home is down: the config's groups still work as they are
     return cfg if topo is None else merge_map(cfg, topo)
 

@@ -29,6 +29,7 @@ consumers pick them up within ``settings_poll`` (0.5 s). ``resume`` also bumps t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -55,6 +56,7 @@ from phxq.errors import BadArgument, PhxqError, VersionMismatch
 from phxq.render import size
 
 CAS_RETRIES = 20
+STATUS_LOCK_TIMEOUT = 3.0
 KEEP: Any = object()  # set_limit: leave this limit as it is
 
 
@@ -267,14 +269,18 @@ async def open_locks(cfg: ClusterConfig) -> AsyncIterator[Any]:
 
 async def consumer_status(cfg: ClusterConfig) -> dict[str, Any] | None:
     """:func:`ownership` through the config's lock nodes, for ``phxq admin status``; ``None``
-    without consumer groups; ``{"error": ...}`` when the lock service cannot answer."""
+    without consumer groups; ``{"error": ...}`` when the lock service cannot answer within
+    ``STATUS_LOCK_TIMEOUT`` seconds (status reports the rest instead of waiting out the lock
+    client's whole retry budget)."""
     if not cfg.consumer_groups:
         return None
     try:
-        async with open_locks(cfg) as locks:
+        async with asyncio.timeout(STATUS_LOCK_TIMEOUT), open_locks(cfg) as locks:
             return await ownership(cfg, locks)
     except PhxqError as exc:
         return {"error": f"{type(exc).__name__}: {exc.message}"}
+    except TimeoutError:
+        return {"error": f"Unavailable: no answer within {STATUS_LOCK_TIMEOUT:g} s"}
 
 
 def format_ownership(status: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@ groups still read."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,3 +89,33 @@ def test_groups_created_online_follow_the_tomls_rules(tmp_path: Path) -> None:
         group_from_table({"name": "x", "topic": "orders", "handler": "not a handler"})
     with pytest.raises(ConfigError, match="concurrency"):
         group_from_table({"name": "x", "topic": "orders", "handler": "m:f", "concurrency": 4})
+
+
+async def test_admin_commands_fall_back_to_the_config_fast_when_the_lock_service_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Lock nodes configured but none running: the map read gives up after MAP_READ_TIMEOUT
+    # (not the lock client's whole retry budget) and the config's groups are used as they are.
+    from phxq import groupadmin
+    from phxq.devcluster import free_ports
+
+    ports = free_ports(2)
+    cfg = parse_config(
+        f"""
+[[store]]
+id = 1
+addr = "127.0.0.1:{ports[0]}"
+data = "s1"
+
+[[lock]]
+id = 1
+addr = "127.0.0.1:{ports[1]}"
+data = "l1"
+
+[[topic]]
+name = "orders"
+queues = 2
+"""
+    )
+    monkeypatch.setattr(groupadmin, "MAP_READ_TIMEOUT", 0.2)
+    assert await asyncio.wait_for(groupadmin.with_map_groups(cfg), 5.0) is cfg
