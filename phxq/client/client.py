@@ -28,7 +28,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, final
 
@@ -51,6 +51,7 @@ from phxq.client.types import Ack, ClusterMap, Message, Route
 from phxq.errors import BadArgument, Unavailable
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
+from phxq.routing import queue_for_key
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
@@ -121,6 +122,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         self._dedup_prefix = os.urandom(12).hex() + "-"
         self._dedup_seq = itertools.count()
         self._tasks = TaskScope("phxq.Client", log)  # the batch senders
+        self._closed = False
         self._expiry: Sweep[Pending] = Sweep(self._time_out)  # enqueue deadlines
         self._inflight = InFlight(self._hedge)  # requests in flight, for the failover watch
         self._streams = StreamRegistry()  # open tail / consume iterators
@@ -136,6 +138,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         """Close open streams, cancel requests in flight (their callers get ``Unavailable``
         or ``CancelledError``) and close the connections. Idempotent."""
         await self._streams.aclose()
+        self._closed = True  # no enqueue is queued from here on
         await self._tasks.aclose()
         for p in self._expiry.entries():  # queued, never sent: they must not wait forever
             p.future.set_exception(Unavailable("the client was closed"))
@@ -170,33 +173,30 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         when = None if delay is None and deliver_at is None else _when(delay, deliver_at)
         # (check_timeout answers a positive number of seconds for anything but None)
         seconds = self._retry_timeout if timeout is None else check_timeout(timeout) or 0.0
-        if not otel.enabled():  # the common case: no span, no context manager
-            return await self._enqueue_one(
-                topic, (payload, key, queue, dedup_id, headers, when), seconds
-            )
-        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
-            return await self._enqueue_one(
-                topic, (payload, key, queue, dedup_id, headers, when), seconds
-            )
-
-    def _enqueue_one(self, topic: str, item: Item, seconds: float) -> Awaitable[Ack]:
-        """The ack of one enqueue of ``seconds``: with the map held, the message is queued at
-        once and its future returned (the expiry sweep fails it at the deadline); else a
-        coroutine that fetches the map first."""
-        queue = item[2]
+        item = (payload, key, queue, dedup_id, headers, when)
         cmap = self._map
         queues = cmap.topics.get(topic) if cmap is not None and type(topic) is str else None
-        if cmap is None or queues is None or (type(queue) is int and queue >= queues):
-            return self._enqueue_later(topic, item, seconds)
+        if (
+            cmap is None
+            or queues is None
+            or (type(queue) is int and queue >= queues)
+            or otel.enabled()
+        ):
+            return await self._enqueue_later(topic, item, seconds)
+        # The common case: the message is queued at once and its future awaited (the expiry
+        # sweep fails it at the deadline); no span, no context manager, no other coroutine.
         deadline = time.monotonic() + seconds
-        return self._queue_items(cmap, topic, [item], seconds, deadline, seconds)[0]
+        return await self._queue_items(cmap, topic, [item], seconds, deadline, seconds)[0]
 
     async def _enqueue_later(self, topic: str, item: Item, seconds: float) -> Ack:
-        # The map must be fetched or refreshed first: the general bound around that.
-        budget = Budget(seconds, time.monotonic() + seconds)
-        async with self._bounded(budget, topic, item[2]):
-            future = (await self._submit(topic, [item], budget))[0]
-        return await future
+        """An enqueue off the common path: the map must be fetched or refreshed first (the
+        general bound around that), or a span is traced around it (phxq[otel])."""
+        with otel.send_span(topic, item[4]) as headers:  # a traceparent with phxq[otel]
+            item = (*item[:4], headers, item[5])
+            budget = Budget(seconds, time.monotonic() + seconds)
+            async with self._bounded(budget, topic, item[2]):
+                future = (await self._submit(topic, [item], budget))[0]
+            return await future
 
     def transaction(
         self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
@@ -258,7 +258,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         ``budget``: each message's call gives up at the budget's deadline."""
         if not isinstance(topic, str):
             raise BadArgument("topic must be a str")
-        if self._tasks.closed:
+        if self._closed:
             raise BadArgument("the client is closed")
         cmap = self._map if self._map is not None else await self._map_within(budget)
         queues = cmap.topics.get(topic)
@@ -281,7 +281,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         map fetch); one future each, in order, failed with ``Unavailable`` by the expiry sweep
         if still unacked in ``delay`` seconds (at ``deadline``, ``time.monotonic()``, of a call
         of ``seconds``)."""
-        if self._tasks.closed:
+        if self._closed:
             raise BadArgument("the client is closed")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
@@ -292,6 +292,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         # is the hot path); a first one of its delay goes through add(), which makes the lane.
         due = loop.time() + delay
         lane = expiry.lanes.get(delay)
+        queues = cmap.topics.get(topic)
         for payload, key, queue, dedup_id, headers, when in items:
             if type(payload) is not bytes and not isinstance(payload, (bytearray, memoryview)):
                 raise BadArgument("payload must be bytes")
@@ -304,7 +305,10 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
             ):
                 raise BadArgument("headers must be a dict of str to str")
-            q = self._queue_of(cmap, topic, key, queue)
+            if queue is None and type(key) is str and queues is not None:
+                q = queue_for_key(key, queues)  # (the common case of _queue_of)
+            else:
+                q = self._queue_of(cmap, topic, key, queue)
             route = cmap.route(topic, q)
             fut: asyncio.Future[Ack] = loop.create_future()
             if dedup_id is None:

@@ -53,7 +53,7 @@ async def test_batched_enqueues_give_up_at_their_own_deadlines_saying_what_store
 
     client = phxq.Client(MEMBERS)
     try:
-        client._pool.call = call  # type: ignore[method-assign]
+        client._pool.call = call  # type: ignore[method-assign,assignment]
         await client.cluster_map()
         calls: list[asyncio.Future[phxq.Ack]] = []
         loop = asyncio.get_running_loop()
