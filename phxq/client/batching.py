@@ -121,11 +121,9 @@ class BatchingMixin:
                         break
                     take += 1
                     size += nbytes
-                # Skip messages whose caller gave up (timeout) before they left.
-                batch = [p for p in pending[:take] if not p.future.done()]
+                batch = pending[:take]
                 del pending[:take]  # one slice, not a pop(0) per message
-                if batch:
-                    await self._send_batch(topic, group, batch)
+                await self._send_batch(topic, group, batch)
         finally:
             sender.in_flight -= 1
             if sender.pending:
@@ -140,6 +138,8 @@ class BatchingMixin:
         budget = Budget(last.seconds, last.deadline)
         by_queue: dict[int, list[Pending]] = {}
         for p in batch:
+            if p.future.done():
+                continue  # its caller gave up (timeout) before it left: not sent
             p.budget = budget
             if p.deadline > budget.deadline:
                 budget.seconds, budget.deadline = p.seconds, p.deadline
@@ -148,6 +148,8 @@ class BatchingMixin:
                 by_queue[p.queue] = [p]
             else:
                 ps.append(p)
+        if not by_queue:
+            return
         sender = self._senders.get((topic, group))
         if sender is not None:
             sender.last = budget
@@ -159,7 +161,7 @@ class BatchingMixin:
             try:
                 reply = await self._call_master(
                     topic,
-                    batch[0].queue,
+                    next(iter(by_queue)),
                     "enqueue",
                     params,
                     budget=budget,
