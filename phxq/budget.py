@@ -52,18 +52,7 @@ class Budget:
     deadline: float
     answers: dict[str, str] = field(default_factory=dict)
     silent: dict[str, str] = field(default_factory=dict)
-    also: list[Budget] = field(default_factory=list)  # budgets told the same answers
     where: Any = None  # what the call is about, for its error (the client's (topic, queue))
-
-    @classmethod
-    def joint(cls, budgets: Sequence[Budget]) -> Budget:
-        """One budget for a request that serves several calls (a batch of enqueues): it lasts
-        as long as the longest and tells each call's budget what the nodes answered."""
-        unique = list({id(b): b for b in budgets}.values())
-        if len(unique) == 1:
-            return unique[0]
-        longest = max(unique, key=lambda b: b.deadline)
-        return cls(longest.seconds, longest.deadline, also=unique)
 
     @classmethod
     def start(cls, timeout: float | None, default: float, extra: float = 0.0) -> Budget:
@@ -82,14 +71,10 @@ class Budget:
     def answered(self, addr: str, what: str) -> None:
         self.silent.pop(addr, None)
         self.answers[addr] = what
-        for other in self.also:
-            other.answered(addr, what)
 
     def no_answer(self, addr: str, why: str) -> None:
         self.answers.pop(addr, None)
         self.silent[addr] = why
-        for other in self.also:
-            other.no_answer(addr, why)
 
     def error(self, what: str, members: Sequence[str], names: Mapping[str, str]) -> Unavailable:
         """``Unavailable`` for ``what`` (e.g. ``"group 3"``) after the budget ran out, saying
@@ -148,25 +133,6 @@ async def bounded(budget: Budget, on_expiry: Callable[[], Unavailable]) -> Async
         if not timer.expired():
             raise  # not ours
         raise on_expiry() from None
-
-
-async def await_within(
-    fut: asyncio.Future[T], budget: Budget, on_expiry: Callable[[], Unavailable]
-) -> T:
-    """``await fut``, failing it with ``on_expiry()`` at the budget's deadline: the outcome of
-    :func:`bounded` around a bare future (the future is done either way, so whoever would
-    resolve it sees that its waiter gave up), without a context manager, an async generator
-    and a cancellation per call (the hot path of ``Client.enqueue``)."""
-    timer = asyncio.get_running_loop().call_later(budget.remaining(), _fail, fut, on_expiry)
-    try:
-        return await fut
-    finally:
-        timer.cancel()
-
-
-def _fail(fut: asyncio.Future[Any], on_expiry: Callable[[], Unavailable]) -> None:
-    if not fut.done():
-        fut.set_exception(on_expiry())
 
 
 def _loop_time(deadline: float) -> float:

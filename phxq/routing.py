@@ -39,8 +39,9 @@ _INDEX_MASK = MAX_MESSAGES_PER_INSTANCE - 1
 
 def queue_for_key(key: str, queues: int) -> int:
     """The queue in ``[0, queues)`` that ``key`` always maps to (for a fixed ``queues``)."""
-    validate.integer(queues, "queues", minimum=1, maximum=None)
-    validate.text(key, "key")
+    if type(key) is not str or type(queues) is not int or queues < 1:  # (one test when valid)
+        validate.integer(queues, "queues", minimum=1, maximum=None)
+        validate.text(key, "key")
     return zlib.crc32(key.encode("utf-8")) % queues
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from phxq import trace
 from phxq.budget import Budget
-from phxq.client.types import Ack, Route
+from phxq.client.types import Ack, ClusterMap, Route
 from phxq.errors import PhxqError, QueueMoved, Unavailable
 from phxq.tasks import TaskScope
 
@@ -28,14 +28,22 @@ DEFAULT_WINDOW = 2  # enqueue requests in flight per (topic, group) with batchin
 # A request beyond the first in flight leaves only with this many messages queued: with few
 # queued, waiting for the first to return makes one bigger Paxos instance instead of two small.
 EXTRA_REQUEST_MIN_MESSAGES = 8
+_SEND = "phxq.Client send"
 
 
 @dataclass(slots=True)
 class Pending:
+    """One enqueued message until its ack. Its deadline is kept by the client's expiry
+    :class:`~phxq.client.sweep.Sweep` (no timer and no :class:`Budget` of its own); the
+    request carrying it retries until the latest deadline of its messages."""
+
+    topic: str
     queue: int
-    wire: list[Any]  # [payload, key, headers, dedup_id]
+    wire: list[Any]  # [payload, key, headers, dedup_id(, when)]
     future: asyncio.Future[Ack]
-    budget: Budget  # the enqueue call's: the request retries while a caller still waits
+    deadline: float  # time.monotonic() at which its call gives up
+    seconds: float  # its call's timeout
+    budget: Budget | None = None  # the latest request carrying it: what the stores said
 
 
 @dataclass(slots=True)
@@ -45,14 +53,16 @@ class GroupSender:
 
     pending: list[Pending] = field(default_factory=list)
     in_flight: int = 0
+    last: Budget | None = None  # the budget of the latest request sent
 
 
 def _ack(topic: str, queue: int, result: Any) -> Ack:
-    """``[offset, duplicate]`` or ``[None, duplicate, scheduled id]`` from the store."""
-    if len(result) == 3:
-        sid = int(result[2])
-        return Ack(topic, queue, None, bool(result[1]), f"{topic}/{queue}/{sid}")
-    return Ack(topic, queue, int(result[0]), bool(result[1]))
+    """The ack of ``[None, duplicate, scheduled id]`` from the store (a delayed message; the
+    common ``[offset, duplicate]`` is read where the reply is)."""
+    if len(result) != 3:
+        raise TypeError(f"an enqueue result of {len(result)} fields")
+    sid = int(result[2])
+    return Ack(topic, queue, None, bool(result[1]), f"{topic}/{queue}/{sid}")
 
 
 class BatchingMixin:
@@ -60,7 +70,23 @@ class BatchingMixin:
     _batching: bool
     _window: int
     _tasks: TaskScope
+    _map: ClusterMap | None
     _call_master: Callable[..., Awaitable[Any]]
+    _expired: Callable[[Budget], Unavailable]
+
+    def _time_out(self, p: Pending, delay: float) -> None:
+        """The expiry sweep's call for ``p``, still unacked at its deadline: its caller gets
+        ``Unavailable`` saying what the stores answered the request carrying it (or, still
+        queued, the latest request to its group)."""
+        told = p.budget
+        if told is None and self._map is not None:
+            sender = self._senders.get((p.topic, self._map.route(p.topic, p.queue)))
+            told = sender.last if sender is not None else None
+        budget = Budget(p.seconds, p.deadline, where=(p.topic, p.queue))
+        if told is not None:
+            budget.answers.update(told.answers)
+            budget.silent.update(told.silent)
+        p.future.set_exception(self._expired(budget))
 
     def _kick(self, topic: str, group: Route) -> None:
         sender = self._senders[(topic, group)]
@@ -71,7 +97,7 @@ class BatchingMixin:
                 del sender.pending[:1]
                 if batch[0].future.done():
                     continue  # its caller gave up (timeout) before it left
-                self._spawn(self._send_batch(topic, group, batch))
+                self._tasks.spawn(self._send_batch(topic, group, batch), name=_SEND)
             return
         if sender.pending and (
             sender.in_flight == 0
@@ -81,10 +107,7 @@ class BatchingMixin:
             )
         ):
             sender.in_flight += 1
-            self._spawn(self._send_loop(topic, group, sender))
-
-    def _spawn(self, coro: Any) -> None:
-        self._tasks.spawn(coro, name="phxq.Client send")
+            self._tasks.spawn(self._send_loop(topic, group, sender), name=_SEND)
 
     async def _send_loop(self, topic: str, group: Route, sender: GroupSender) -> None:
         try:
@@ -98,11 +121,9 @@ class BatchingMixin:
                         break
                     take += 1
                     size += nbytes
-                # Skip messages whose caller gave up (timeout) before they left.
-                batch = [p for p in pending[:take] if not p.future.done()]
+                batch = pending[:take]
                 del pending[:take]  # one slice, not a pop(0) per message
-                if batch:
-                    await self._send_batch(topic, group, batch)
+                await self._send_batch(topic, group, batch)
         finally:
             sender.in_flight -= 1
             if sender.pending:
@@ -111,19 +132,36 @@ class BatchingMixin:
     async def _send_batch(self, topic: str, group: Route, batch: list[Pending]) -> None:
         if trace.ON:
             trace.mark("client.batch")
+        # One budget for the request: it lasts as long as the longest call waiting on it, and
+        # what the stores answer reaches each message's timeout error (``p.budget``).
+        last = batch[-1]
+        budget = Budget(last.seconds, last.deadline)
         by_queue: dict[int, list[Pending]] = {}
         for p in batch:
-            by_queue.setdefault(p.queue, []).append(p)
+            if p.future.done():
+                continue  # its caller gave up (timeout) before it left: not sent
+            p.budget = budget
+            if p.deadline > budget.deadline:
+                budget.seconds, budget.deadline = p.seconds, p.deadline
+            ps = by_queue.get(p.queue)
+            if ps is None:
+                by_queue[p.queue] = [p]
+            else:
+                ps.append(p)
+        if not by_queue:
+            return
+        sender = self._senders.get((topic, group))
+        if sender is not None:
+            sender.last = budget
         params = {
             "topic": topic,
             "batches": [[q, [p.wire for p in ps]] for q, ps in by_queue.items()],
         }
         try:
-            budget = Budget.joint([p.budget for p in batch])
             try:
                 reply = await self._call_master(
                     topic,
-                    batch[0].queue,
+                    next(iter(by_queue)),
                     "enqueue",
                     params,
                     budget=budget,
@@ -138,7 +176,11 @@ class BatchingMixin:
                 return
             for (q, ps), results in zip(by_queue.items(), reply, strict=True):
                 for p, result in zip(ps, results, strict=True):
-                    if not p.future.done():
+                    if p.future.done():
+                        continue
+                    if len(result) == 2:  # [offset, duplicate]
+                        p.future.set_result(Ack(topic, q, int(result[0]), bool(result[1])))
+                    else:
                         p.future.set_result(_ack(topic, q, result))
             if trace.ON:
                 trace.mark("client.acked")

@@ -27,12 +27,13 @@ import itertools
 import logging
 import os
 import ssl
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import EllipsisType
 from typing import Any, final
 
 from phxq import otel, validate
-from phxq.budget import Budget, await_within, check_timeout
+from phxq.budget import Budget, check_timeout
 from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
 from phxq.client.moves import MovesMixin
 from phxq.client.routing import MAP_RECHECK, RoutingMixin
@@ -43,15 +44,21 @@ from phxq.client.schedule import _parse_scheduled_id, _when
 from phxq.client.schedule import parse_when as parse_when
 from phxq.client.stream import StreamRegistry
 from phxq.client.streaming import StreamingMixin
+from phxq.client.sweep import InFlight, Sweep
 from phxq.client.txn import DEFAULT_TIMEOUT as DEFAULT_TXN_TIMEOUT
 from phxq.client.txn import Transaction
 from phxq.client.types import Ack, ClusterMap, Message, Route
-from phxq.errors import BadArgument
+from phxq.errors import BadArgument, Unavailable
 from phxq.net.rpc import RpcPool
 from phxq.net.transport import client_transport
+from phxq.routing import queue_for_key
 from phxq.tasks import TaskScope
 
 log = logging.getLogger("phxq.client")
+
+# An enqueue as the client queues it: (payload, key, queue, dedup_id, headers, when), ``when``
+# the wire form of delay= / deliver_at= or None.
+Item = tuple[Any, str | None, int | None, str | None, Mapping[str, str] | None, list[Any] | None]
 
 
 @final
@@ -115,6 +122,9 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         self._dedup_prefix = os.urandom(12).hex() + "-"
         self._dedup_seq = itertools.count()
         self._tasks = TaskScope("phxq.Client", log)  # the batch senders
+        self._closed = False
+        self._expiry: Sweep[Pending] = Sweep(self._time_out)  # enqueue deadlines
+        self._inflight = InFlight(self._hedge)  # requests in flight, for the failover watch
         self._streams = StreamRegistry()  # open tail / consume iterators
 
     async def __aenter__(self) -> Client:
@@ -128,7 +138,12 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         """Close open streams, cancel requests in flight (their callers get ``Unavailable``
         or ``CancelledError``) and close the connections. Idempotent."""
         await self._streams.aclose()
+        self._closed = True  # no enqueue is queued from here on
         await self._tasks.aclose()
+        for p in self._expiry.entries():  # queued, never sent: they must not wait forever
+            p.future.set_exception(Unavailable("the client was closed"))
+        self._expiry.close()
+        self._inflight.close()
         await self._pool.close()
 
     # --------------------------------------------------------------------------- enqueue
@@ -155,35 +170,33 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         ``BadArgument`` for both, or a negative, non-finite or too distant time.
         ``timeout``: ``Unavailable`` after that many seconds (default ``retry_timeout``); the
         message may still be stored then: retry with the same ``dedup_id``."""
-        when = _when(delay, deliver_at)
-        budget = self._within(timeout)
-        if not otel.enabled():  # the common case: no span, no context manager
-            return await self._enqueue_one(
-                topic, (payload, key, queue, dedup_id, headers), when, budget
-            )
-        with otel.send_span(topic, headers) as headers:  # a traceparent with phxq[otel]
-            return await self._enqueue_one(
-                topic, (payload, key, queue, dedup_id, headers), when, budget
-            )
-
-    async def _enqueue_one(
-        self, topic: str, item: tuple[Any, ...], when: list[Any] | None, budget: Budget
-    ) -> Ack:
-        queue = item[2]
-        if when is not None:
-            item = (*item, when)
+        when = None if delay is None and deliver_at is None else _when(delay, deliver_at)
+        # (check_timeout answers a positive number of seconds for anything but None)
+        seconds = self._retry_timeout if timeout is None else check_timeout(timeout) or 0.0
+        item = (payload, key, queue, dedup_id, headers, when)
         cmap = self._map
         queues = cmap.topics.get(topic) if cmap is not None and type(topic) is str else None
         if (
-            cmap is None or queues is None or (type(queue) is int and queue >= queues)
-        ):  # the map must be fetched or refreshed first: the general bound around it all
-            async with self._bounded(budget, topic, queue):
-                futures = await self._submit(topic, [item], budget)
-                return await futures[0]
-        # Nothing to await before the ack: bound the wait for it alone (same outcome).
-        budget.where = (topic, queue if type(queue) is int else None)
-        future = self._queue_items(cmap, topic, [item], budget)[0]
-        return await await_within(future, budget, lambda: self._expired(budget))
+            cmap is None
+            or queues is None
+            or (type(queue) is int and queue >= queues)
+            or otel.enabled()
+        ):
+            return await self._enqueue_later(topic, item, seconds)
+        # The common case: the message is queued at once and its future awaited (the expiry
+        # sweep fails it at the deadline); no span, no context manager, no other coroutine.
+        deadline = time.monotonic() + seconds
+        return await self._queue_items(cmap, topic, [item], seconds, deadline, seconds)[0]
+
+    async def _enqueue_later(self, topic: str, item: Item, seconds: float) -> Ack:
+        """An enqueue off the common path: the map must be fetched or refreshed first (the
+        general bound around that), or a span is traced around it (phxq[otel])."""
+        with otel.send_span(topic, item[4]) as headers:  # a traceparent with phxq[otel]
+            item = (*item[:4], headers, item[5])
+            budget = Budget(seconds, time.monotonic() + seconds)
+            async with self._bounded(budget, topic, item[2]):
+                future = (await self._submit(topic, [item], budget))[0]
+            return await future
 
     def transaction(
         self, producer_group: str | None = None, *, timeout: float = DEFAULT_TXN_TIMEOUT
@@ -222,49 +235,66 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         """Enqueue ``(payload, key)`` or ``(payload, key, dedup_id)`` tuples; one ack each, in
         order. ``queue``, ``headers``, ``delay``, ``deliver_at`` and ``timeout`` apply to every
         message, as in :meth:`enqueue`. ``BadArgument`` for a malformed tuple or argument."""
-        when = _when(delay, deliver_at)
+        when = None if delay is None and deliver_at is None else _when(delay, deliver_at)
         budget = self._within(timeout)
         messages = list(messages)
         with otel.send_span(topic, headers, len(messages)) as headers:
-            items: list[tuple[Any, ...]] = []
+            items: list[Item] = []
             for m in messages:
                 if not isinstance(m, tuple) or len(m) not in (2, 3):
                     raise BadArgument(
                         "enqueue_many takes (payload, key) or (payload, key, dedup_id) tuples"
                     )
-                item = (m[0], m[1], queue, m[2] if len(m) == 3 else None, headers)
-                items.append(item if when is None else (*item, when))
+                items.append((m[0], m[1], queue, m[2] if len(m) == 3 else None, headers, when))
             async with self._bounded(budget, topic, queue):
                 futures = await self._submit(topic, items, budget)
-                return list(await asyncio.gather(*futures))
+            # Each ack is bounded by the expiry sweep (its error says what the stores said).
+            return list(await asyncio.gather(*futures))
 
     async def _submit(
-        self, topic: str, items: list[Any], budget: Budget
+        self, topic: str, items: list[Item], budget: Budget
     ) -> list[asyncio.Future[Ack]]:
+        """Fetch the map if needed, then queue ``items`` (:meth:`_queue_items`) within
+        ``budget``: each message's call gives up at the budget's deadline."""
         if not isinstance(topic, str):
             raise BadArgument("topic must be a str")
-        if self._tasks.closed:
+        if self._closed:
             raise BadArgument("the client is closed")
         cmap = self._map if self._map is not None else await self._map_within(budget)
         queues = cmap.topics.get(topic)
         if queues is None or any(type(it[2]) is int and it[2] >= queues for it in items):
             explicit = [it[2] for it in items if type(it[2]) is int]
             cmap = await self._known(cmap, topic, max(explicit) if explicit else None)
-        return self._queue_items(cmap, topic, items, budget)
+        delay = budget.remaining()
+        return self._queue_items(cmap, topic, items, budget.seconds, budget.deadline, delay)
 
     def _queue_items(
-        self, cmap: ClusterMap, topic: str, items: list[Any], budget: Budget
+        self,
+        cmap: ClusterMap,
+        topic: str,
+        items: list[Item],
+        seconds: float,
+        deadline: float,
+        delay: float,
     ) -> list[asyncio.Future[Ack]]:
         """Check ``items`` and queue them on their groups' senders (``_submit`` without the
-        map fetch); one future each, in order."""
-        if self._tasks.closed:
+        map fetch); one future each, in order, failed with ``Unavailable`` by the expiry sweep
+        if still unacked in ``delay`` seconds (at ``deadline``, ``time.monotonic()``, of a call
+        of ``seconds``)."""
+        if self._closed:
             raise BadArgument("the client is closed")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, Route]] = set()
         senders = self._senders
-        for payload, key, queue, dedup_id, headers, *when in items:
-            if not isinstance(payload, (bytes, bytearray, memoryview)):
+        expiry = self._expiry
+        # Deadlines go straight into the sweep's lane for ``delay`` (Sweep.add inlined: this
+        # is the hot path); a first one of its delay goes through add(), which makes the lane.
+        due = loop.time() + delay
+        lane = expiry.lanes.get(delay)
+        queues = cmap.topics.get(topic)
+        for payload, key, queue, dedup_id, headers, when in items:
+            if type(payload) is not bytes and not isinstance(payload, (bytearray, memoryview)):
                 raise BadArgument("payload must be bytes")
             if key is not None and not isinstance(key, str):
                 raise BadArgument("key must be a str or None")
@@ -275,18 +305,31 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
                 and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
             ):
                 raise BadArgument("headers must be a dict of str to str")
-            q = self._queue_of(cmap, topic, key, queue)
-            if budget.where is None:
-                budget.where = (topic, q)  # for the error if the call runs out of time
+            if queue is None and type(key) is str and queues is not None:
+                q = queue_for_key(key, queues)  # (the common case of _queue_of)
+            else:
+                q = self._queue_of(cmap, topic, key, queue)
             route = cmap.route(topic, q)
             fut: asyncio.Future[Ack] = loop.create_future()
             if dedup_id is None:
                 dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
-            wire = [bytes(payload), key, dict(headers) if headers else {}, dedup_id, *when]
+            wire: list[Any] = [bytes(payload), key, dict(headers) if headers else {}, dedup_id]
+            if when is not None:
+                wire.append(when)
             sender = senders.get((topic, route))
             if sender is None:
                 sender = senders[(topic, route)] = GroupSender()
-            sender.pending.append(Pending(q, wire, fut, budget))
+            p = Pending(topic, q, wire, fut, deadline, seconds)
+            sender.pending.append(p)
+            if lane is None:
+                expiry.add(loop, delay, fut, p)
+                lane = expiry.lanes.get(delay)
+            else:
+                while lane and lane[0][1].done():
+                    lane.popleft()
+                lane.append((due, fut, p))
+                if due < expiry.at:
+                    expiry.arm(loop, due)
             touched.add((topic, route))
             futures.append(fut)
         for topic_group in touched:

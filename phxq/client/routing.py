@@ -37,6 +37,7 @@ from typing import Any
 
 from phxq.budget import Budget, bounded, describe
 from phxq.client.avoid import Avoid
+from phxq.client.sweep import InFlight
 from phxq.client.types import ClusterMap, Route
 from phxq.errors import (
     BadArgument,
@@ -71,6 +72,7 @@ class RoutingMixin:
     _request_timeout: float
     _retry_timeout: float
     _tasks: TaskScope
+    _inflight: InFlight
 
     async def cluster_map(
         self, *, refresh: bool = False, timeout: float | None = None
@@ -203,7 +205,7 @@ class RoutingMixin:
         if budget is None:
             budget = Budget.start(None, self._retry_timeout, extra_time)
         backoff = 0.02
-        avoid = Avoid()
+        avoid: Avoid | None = None  # made at the first failure (none on the common path)
         moved_to = to_set  # the set a QueueMoved named (the map may lag behind)
         while True:
             cmap = self._map if self._map is not None else await self._map_within(budget)
@@ -216,7 +218,7 @@ class RoutingMixin:
             if cmap.version and isinstance(params, dict):
                 params["map"] = cmap.version  # a store with a newer map answers StaleMap
             addr = self._master_addr(cmap, route, avoid)
-            timeout = min(self._request_timeout + extra_time, budget.remaining())
+            timeout = min(self._request_timeout + extra_time, budget.deadline - time.monotonic())
             if timeout <= 0:
                 raise self._no_master(cmap, route, budget)
             try:
@@ -251,9 +253,11 @@ class RoutingMixin:
                 backoff = min(backoff * 2, 0.5)
             except _Moved:
                 budget.no_answer(addr, "silent while another store became master")
+                avoid = avoid or Avoid()
                 avoid.failed(addr)
             except NotMaster as exc:
                 budget.answered(addr, f"not master, {_master_said(cmap, exc.hint)}")
+                avoid = avoid or Avoid()
                 if exc.hint is None or exc.hint in avoid:
                     # Knows no master, or names one that just failed: ask every store.
                     if exc.hint is None:
@@ -267,6 +271,7 @@ class RoutingMixin:
                     budget.no_answer(addr, describe(exc))
                 else:  # the store answered that it could not do it (e.g. nothing chosen)
                     budget.answered(addr, describe(exc))
+                avoid = avoid or Avoid()
                 avoid.failed(addr)
                 cmap.masters.pop(route, None)
                 if budget.remaining() <= 0:
@@ -298,34 +303,43 @@ class RoutingMixin:
         ``HEDGE_AFTER`` s, another store of the set says it is master now (asked every
         ``HEDGE_EVERY`` s): a paused or cut-off master is left once the others elected a new
         one, not after ``request_timeout``. Its answer, if it ever comes, is dropped: safe, as
-        the retry re-sends the same dedup ids. Costs one timer while answers come in time."""
+        the retry re-sends the same dedup ids. While answers come in time this costs two dict
+        operations (:class:`~phxq.client.sweep.InFlight`: one timer for every request in
+        flight), no timer or cancel scope of its own."""
         loop = asyncio.get_running_loop()
-        watch: list[asyncio.Task[None]] = []
-        moved: list[int] = []
+        task = asyncio.current_task(loop)
+        assert task is not None  # called from a task (the sender's or the caller's)
+        inflight = self._inflight
+        due = loop.time() + HEDGE_AFTER
+        inflight.due[task] = (due, (cmap, route, addr))
+        if due < inflight.at:
+            inflight.arm(loop, due)
+        cancelling = task.cancelling()  # cancels already pending when it started
         try:
-            async with asyncio.timeout(None) as scope:
-
-                def hedge() -> None:
-                    coro = self._watch(cmap, route, addr, scope, moved)
-                    watch.append(self._tasks.spawn(coro, name="phxq.Client failover watch"))
-
-                timer = loop.call_later(HEDGE_AFTER, hedge)
-                try:
-                    return await self._pool.call(addr, method, params, timeout=timeout)
-                finally:
-                    timer.cancel()
-                    for task in watch:
-                        task.cancel()
-        except TimeoutError:
-            if moved:
+            return await self._pool.call(addr, method, params, timeout=timeout)
+        except asyncio.CancelledError:
+            # Our own cancel (the watch saw another master) unless someone else's is pending.
+            if task in inflight.moved and task.uncancel() <= cancelling:
                 raise _Moved from None
             raise
+        finally:
+            del inflight.due[task]
+            if inflight.watches or inflight.moved:
+                inflight.ended(task)
+
+    def _hedge(self, task: asyncio.Task[Any], info: tuple[ClusterMap, Route, str]) -> None:
+        """``task``'s request is unanswered after ``HEDGE_AFTER`` s: watch it."""
+        if not self._tasks.closed:
+            coro = self._watch(task, *info)
+            watch = self._tasks.spawn(coro, name="phxq.Client failover watch")
+            self._inflight.watches[task] = watch
 
     async def _watch(
-        self, cmap: ClusterMap, route: Route, addr: str, scope: asyncio.Timeout, moved: list[int]
+        self, task: asyncio.Task[Any], cmap: ClusterMap, route: Route, addr: str
     ) -> None:
-        """Every ``HEDGE_EVERY`` s ask the stores of ``route``'s set but ``addr`` who is master;
-        once one says it is itself, make it the master and end ``scope`` (the attempt)."""
+        """Every ``HEDGE_EVERY`` s ask the stores of ``route``'s set but ``addr`` who is
+        master; once one says it is itself, make it the master and end ``task``'s request to
+        ``addr`` (cancel it: ``_attempt`` raises ``_Moved``)."""
         ids = [n for n in cmap.set_nodes(route[0]) or sorted(cmap.nodes) if cmap.nodes[n] != addr]
         group = str(route[1])
 
@@ -342,8 +356,10 @@ class RoutingMixin:
             claimant = next((n for n, yes in zip(ids, said, strict=True) if yes), None)
             if claimant is not None:
                 cmap.masters[route] = claimant
-                moved.append(claimant)
-                scope.reschedule(asyncio.get_running_loop().time())
+                # (the request's end cancels this watch: a request still registered is its)
+                if task in self._inflight.due:
+                    self._inflight.moved.add(task)
+                    task.cancel()
                 return
             await asyncio.sleep(HEDGE_EVERY)
 

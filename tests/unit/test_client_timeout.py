@@ -12,7 +12,7 @@ import pytest
 
 import phxq
 from phxq.budget import Budget
-from phxq.errors import BadArgument, Unavailable
+from phxq.errors import BadArgument, NotMaster, Unavailable
 
 MEMBERS = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
 NAMES = {a: f"store {i}" for i, a in enumerate(MEMBERS, 1)}
@@ -41,12 +41,39 @@ def test_a_majority_without_master_is_an_election_not_no_majority() -> None:
     assert error.data == {"answered": MEMBERS[:2], "silent": MEMBERS[2:], "timeout": 3.0}
 
 
-def test_a_joint_budget_tells_every_caller() -> None:
-    a, b = Budget.start(1.0, 15.0), Budget.start(5.0, 15.0)
-    joint = Budget.joint([a, b, a])
-    assert joint.deadline == b.deadline
-    joint.no_answer(MEMBERS[2], "connection refused")
-    assert a.silent == b.silent == {MEMBERS[2]: "connection refused"}
+async def test_batched_enqueues_give_up_at_their_own_deadlines_saying_what_stores_said() -> None:
+    """Enqueues batched into one request keep their own timeouts (one expiry sweep, no timer
+    each); each error tells what the stores answered the request that carried it."""
+
+    async def call(addr: str, method: str, params: object, *, timeout: float) -> object:
+        if method == "meta":
+            nodes = {str(i): a for i, a in enumerate(MEMBERS, 1)}
+            return {"groups": 1, "nodes": nodes, "topics": {"orders": 1}, "masters": {}}
+        raise NotMaster(hint=None)  # every store: an election that never ends
+
+    client = phxq.Client(MEMBERS)
+    try:
+        client._pool.call = call  # type: ignore[method-assign,assignment]
+        await client.cluster_map()
+        calls: list[asyncio.Future[phxq.Ack]] = []
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        calls += [
+            asyncio.ensure_future(client.enqueue("orders", b"x", timeout=t)) for t in (0.6, 0.3)
+        ]
+        for timeout in (0.3, 0.6):
+            done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+            (first,) = done
+            calls.remove(first)
+            assert timeout <= loop.time() - started < timeout + 0.25
+            with pytest.raises(Unavailable) as info:
+                first.result()
+            assert f"no master within {timeout:g}s" in info.value.message
+            assert "none is master" in info.value.message
+            assert "answered: store 1 (127.0.0.1:1): knows no master" in info.value.message
+    finally:
+        await client.close()
+        await asyncio.gather(*calls, return_exceptions=True)
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1", True])
