@@ -46,6 +46,28 @@ class Pending:
     budget: Budget | None = None  # the latest request carrying it: what the stores said
 
 
+class Calls:
+    """The messages of one multi-message call (``enqueue_many``), bounded by one timer for
+    the call (not a sweep entry per message: a call's remaining time is its own, and entries
+    kept until their due time would keep every message of a bulk load alive for
+    ``retry_timeout``). :meth:`done` once every future is (checked in order, so each is
+    looked at about once)."""
+
+    __slots__ = ("_next", "pending")
+
+    def __init__(self, pending: list[Pending]) -> None:
+        self.pending = pending
+        self._next = 0
+
+    def done(self) -> bool:
+        pending = self.pending
+        i = self._next
+        while i < len(pending) and pending[i].future.done():
+            i += 1
+        self._next = i
+        return i == len(pending)
+
+
 @dataclass(slots=True)
 class GroupSender:
     """The adaptive batcher of one (topic, group): up to ``window`` requests in flight, the
@@ -74,10 +96,17 @@ class BatchingMixin:
     _call_master: Callable[..., Awaitable[Any]]
     _expired: Callable[[Budget], Unavailable]
 
-    def _time_out(self, p: Pending, delay: float) -> None:
-        """The expiry sweep's call for ``p``, still unacked at its deadline: its caller gets
-        ``Unavailable`` saying what the stores answered the request carrying it (or, still
-        queued, the latest request to its group)."""
+    def _time_out(self, entry: Pending | Calls, delay: float) -> None:
+        """The expiry sweep's call for ``entry`` (a message, or a call's messages), still
+        unacked at its deadline: each caller gets ``Unavailable`` saying what the stores
+        answered the request carrying its message (or, still queued, the latest request to
+        its group)."""
+        if isinstance(entry, Calls):
+            for p in entry.pending:
+                if not p.future.done():
+                    self._time_out(p, delay)
+            return
+        p = entry
         told = p.budget
         if told is None and self._map is not None:
             sender = self._senders.get((p.topic, self._map.route(p.topic, p.queue)))

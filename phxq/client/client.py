@@ -34,7 +34,7 @@ from typing import Any, final
 
 from phxq import otel, validate
 from phxq.budget import Budget, check_timeout
-from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, GroupSender, Pending
+from phxq.client.batching import DEFAULT_WINDOW, BatchingMixin, Calls, GroupSender, Pending
 from phxq.client.moves import MovesMixin
 from phxq.client.routing import MAP_RECHECK, RoutingMixin
 from phxq.client.schedule import (  # re-exported with parse_when: callers import them here
@@ -140,8 +140,11 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         await self._streams.aclose()
         self._closed = True  # no enqueue is queued from here on
         await self._tasks.aclose()
-        for p in self._expiry.entries():  # queued, never sent: they must not wait forever
-            p.future.set_exception(Unavailable("the client was closed"))
+        for sender in self._senders.values():  # queued, never sent: they must not wait forever
+            for p in sender.pending:
+                if not p.future.done():
+                    p.future.set_exception(Unavailable("the client was closed"))
+            sender.pending.clear()
         self._expiry.close()
         self._inflight.close()
         await self._pool.close()
@@ -186,7 +189,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         # The common case: the message is queued at once and its future awaited (the expiry
         # sweep fails it at the deadline); no span, no context manager, no other coroutine.
         deadline = time.monotonic() + seconds
-        return await self._queue_items(cmap, topic, [item], seconds, deadline, seconds)[0]
+        return await self._queue_items(cmap, topic, [item], seconds, deadline, seconds)[0].future
 
     async def _enqueue_later(self, topic: str, item: Item, seconds: float) -> Ack:
         """An enqueue off the common path: the map must be fetched or refreshed first (the
@@ -195,7 +198,7 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
             item = (*item[:4], headers, item[5])
             budget = Budget(seconds, time.monotonic() + seconds)
             async with self._bounded(budget, topic, item[2]):
-                future = (await self._submit(topic, [item], budget))[0]
+                future = (await self._submit(topic, [item], budget))[0].future
             return await future
 
     def transaction(
@@ -247,13 +250,24 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
                     )
                 items.append((m[0], m[1], queue, m[2] if len(m) == 3 else None, headers, when))
             async with self._bounded(budget, topic, queue):
-                futures = await self._submit(topic, items, budget)
-            # Each ack is bounded by the expiry sweep (its error says what the stores said).
-            return list(await asyncio.gather(*futures))
+                queued = await self._submit(topic, items, budget)
+            if len(queued) == 1:  # bounded by the expiry sweep
+                return [await queued[0].future]
+            return await self._acked(queued, budget.remaining())
 
-    async def _submit(
-        self, topic: str, items: list[Item], budget: Budget
-    ) -> list[asyncio.Future[Ack]]:
+    async def _acked(self, queued: list[Pending], delay: float) -> list[Ack]:
+        """The acks of one call's messages, in order. One timer for the call fails those
+        still unacked in ``delay`` seconds (each error says what the stores answered); it is
+        cancelled, dropping its references, once every message has its outcome."""
+        calls = Calls(queued)
+        timer = asyncio.get_running_loop().call_later(delay, self._time_out, calls, delay)
+        try:
+            return list(await asyncio.gather(*(p.future for p in queued)))
+        finally:
+            if calls.done():
+                timer.cancel()
+
+    async def _submit(self, topic: str, items: list[Item], budget: Budget) -> list[Pending]:
         """Fetch the map if needed, then queue ``items`` (:meth:`_queue_items`) within
         ``budget``: each message's call gives up at the budget's deadline."""
         if not isinstance(topic, str):
@@ -276,65 +290,76 @@ class Client(RoutingMixin, MovesMixin, BatchingMixin, StreamingMixin):
         seconds: float,
         deadline: float,
         delay: float,
-    ) -> list[asyncio.Future[Ack]]:
+    ) -> list[Pending]:
         """Check ``items`` and queue them on their groups' senders (``_submit`` without the
-        map fetch); one future each, in order, failed with ``Unavailable`` by the expiry sweep
-        if still unacked in ``delay`` seconds (at ``deadline``, ``time.monotonic()``, of a call
-        of ``seconds``)."""
+        map fetch); one :class:`Pending` each, in order. A single message is failed with
+        ``Unavailable`` by the expiry sweep if still unacked in ``delay`` seconds (at
+        ``deadline``, ``time.monotonic()``, of a call of ``seconds``); several are the
+        caller's to bound (:meth:`_acked`: one timer per call)."""
         if self._closed:
             raise BadArgument("the client is closed")
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Ack]] = []
         touched: set[tuple[str, Route]] = set()
         senders = self._senders
-        expiry = self._expiry
-        # Deadlines go straight into the sweep's lane for ``delay`` (Sweep.add inlined: this
-        # is the hot path); a first one of its delay goes through add(), which makes the lane.
-        due = loop.time() + delay
-        lane = expiry.lanes.get(delay)
         queues = cmap.topics.get(topic)
-        for payload, key, queue, dedup_id, headers, when in items:
-            if type(payload) is not bytes and not isinstance(payload, (bytearray, memoryview)):
-                raise BadArgument("payload must be bytes")
-            if key is not None and not isinstance(key, str):
-                raise BadArgument("key must be a str or None")
-            if dedup_id is not None and not isinstance(dedup_id, str):
-                raise BadArgument("dedup_id must be a str or None")
-            if headers is not None and not (
-                isinstance(headers, Mapping)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-            ):
-                raise BadArgument("headers must be a dict of str to str")
-            if queue is None and type(key) is str and queues is not None:
-                q = queue_for_key(key, queues)  # (the common case of _queue_of)
-            else:
-                q = self._queue_of(cmap, topic, key, queue)
-            route = cmap.route(topic, q)
-            fut: asyncio.Future[Ack] = loop.create_future()
-            if dedup_id is None:
-                dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
-            wire: list[Any] = [bytes(payload), key, dict(headers) if headers else {}, dedup_id]
-            if when is not None:
-                wire.append(when)
-            sender = senders.get((topic, route))
-            if sender is None:
-                sender = senders[(topic, route)] = GroupSender()
-            p = Pending(topic, q, wire, fut, deadline, seconds)
-            sender.pending.append(p)
-            if lane is None:
-                expiry.add(loop, delay, fut, p)
-                lane = expiry.lanes.get(delay)
-            else:
-                while lane and lane[0][1].done():
-                    lane.popleft()
-                lane.append((due, fut, p))
-                if due < expiry.at:
-                    expiry.arm(loop, due)
-            touched.add((topic, route))
-            futures.append(fut)
+        queued: list[Pending] = []
+        try:
+            for payload, key, queue, dedup_id, headers, when in items:
+                if type(payload) is not bytes and not isinstance(payload, (bytearray, memoryview)):
+                    raise BadArgument("payload must be bytes")
+                if key is not None and not isinstance(key, str):
+                    raise BadArgument("key must be a str or None")
+                if dedup_id is not None and not isinstance(dedup_id, str):
+                    raise BadArgument("dedup_id must be a str or None")
+                if headers is not None and not (
+                    isinstance(headers, Mapping)
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+                ):
+                    raise BadArgument("headers must be a dict of str to str")
+                if queue is None and type(key) is str and queues is not None:
+                    q = queue_for_key(key, queues)  # (the common case of _queue_of)
+                else:
+                    q = self._queue_of(cmap, topic, key, queue)
+                route = cmap.route(topic, q)
+                fut: asyncio.Future[Ack] = loop.create_future()
+                if dedup_id is None:
+                    dedup_id = f"{self._dedup_prefix}{next(self._dedup_seq):x}"
+                wire: list[Any] = [bytes(payload), key, dict(headers) if headers else {}, dedup_id]
+                if when is not None:
+                    wire.append(when)
+                sender = senders.get((topic, route))
+                if sender is None:
+                    sender = senders[(topic, route)] = GroupSender()
+                p = Pending(topic, q, wire, fut, deadline, seconds)
+                sender.pending.append(p)
+                queued.append(p)
+                touched.add((topic, route))
+        except BaseException:
+            # Nothing of a call with a bad message leaves: the ones queued before it are
+            # marked done, which every sender skips (never sent).
+            for p in queued:
+                p.future.cancel()
+            raise
+        if len(queued) == 1:
+            self._expire(loop, delay, queued[0])
         for topic_group in touched:
             self._kick(*topic_group)
-        return futures
+        return queued
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, delay: float, p: Pending) -> None:
+        """Fail ``p`` if still unacked in ``delay`` seconds: straight into the expiry sweep's
+        lane for ``delay`` (:meth:`Sweep.add` inlined: the hot path of ``enqueue``)."""
+        expiry = self._expiry
+        lane = expiry.lanes.get(delay)
+        if lane is None:
+            expiry.add(loop, delay, p.future, p)
+            return
+        while lane and lane[0][1].done():
+            lane.popleft()
+        due = loop.time() + delay
+        lane.append((due, p.future, p))
+        if due < expiry.at:
+            expiry.arm(loop, due)
 
     async def dequeue(
         self,

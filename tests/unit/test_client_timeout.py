@@ -166,3 +166,28 @@ async def test_a_failed_attempt_asks_every_store_who_is_master() -> None:
         assert cmap.masters[(1, 0)] == 2
     finally:
         await client.close()
+
+
+async def test_enqueue_many_gives_up_at_its_deadline_saying_what_stores_said() -> None:
+    """A multi-message call is bounded by one timer for the call; every message's error says
+    what the stores answered."""
+
+    async def call(addr: str, method: str, params: object, *, timeout: float) -> object:
+        if method == "meta":
+            nodes = {str(i): a for i, a in enumerate(MEMBERS, 1)}
+            return {"groups": 2, "nodes": nodes, "topics": {"orders": 4}, "masters": {}}
+        raise NotMaster(hint=None)
+
+    client = phxq.Client(MEMBERS)
+    try:
+        client._pool.call = call  # type: ignore[method-assign,assignment]
+        await client.cluster_map()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Unavailable) as info:
+            await client.enqueue_many("orders", [(b"x", f"k{i}") for i in range(50)], timeout=0.3)
+        assert 0.3 <= loop.time() - started < 2.0  # (the default retry_timeout is longer)
+        assert "no master within 0.3s" in info.value.message
+        assert "answered: store 1 (127.0.0.1:1): knows no master" in info.value.message
+    finally:
+        await client.close()
