@@ -47,8 +47,9 @@ def queue_for_key(key: str, queues: int) -> int:
 
 def group_for_queue(queue: int, groups: int) -> int:
     """The Paxos group that stores ``queue`` (of any topic): ``queue % groups``."""
-    validate.integer(groups, "groups", minimum=1, maximum=None)
-    validate.integer(queue, "queue", maximum=None)
+    if type(queue) is not int or type(groups) is not int or queue < 0 or groups < 1:
+        validate.integer(groups, "groups", minimum=1, maximum=None)  # (one test when valid)
+        validate.integer(queue, "queue", maximum=None)
     return queue % groups
 
 

@@ -56,12 +56,13 @@ class TaskScope:
             raise RuntimeError(f"{self.name}: closed, cannot start {name or coro!r}")
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        if not watched:
-            task.add_done_callback(self._report)
+        # One done callback (each is a loop callback of its own): a task per request is common.
+        task.add_done_callback(self._tasks.discard if watched else self._ended)
         return task
 
-    def _report(self, task: asyncio.Task[Any]) -> None:
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        """An unwatched task ended: forget it and log its failure (nobody else reads it)."""
+        self._tasks.discard(task)
         if task.cancelled():
             return
         exc = task.exception()

@@ -101,8 +101,9 @@ class _Peer:
         self.backoff = BACKOFF_MIN
 
 
-def _expire(fut: asyncio.Future[Any], error: Unavailable) -> None:
+def _expire(fut: asyncio.Future[Any], method: str, addr: str, timeout: float) -> None:
     if not fut.done():
+        error = Unavailable(f"{method} to {addr} timed out after {timeout}s", {"addr": addr})
         fut.set_exception(error)
 
 
@@ -146,12 +147,7 @@ class RpcPool:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         conn.pending[request_id] = fut
-        timer = loop.call_later(
-            timeout,
-            _expire,
-            fut,
-            Unavailable(f"{method} to {addr} timed out after {timeout}s", {"addr": addr}),
-        )
+        timer = loop.call_later(timeout, _expire, fut, method, addr, timeout)  # (error made then)
         try:
             if trace.ON:
                 trace.mark("rpc.send")

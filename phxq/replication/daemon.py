@@ -39,10 +39,6 @@ log = logging.getLogger("phxq.daemon")
 Handler = Callable[[Any, dict[str, Any]], Awaitable[Any]]  # (daemon, params) -> result
 
 
-def _ignore(replica: Any) -> None:
-    pass
-
-
 class ReplicatedDaemon(Generic[M]):
     """One node of a replicated service (see the module docstring); ``kind`` names it in logs
     (``"store"``, ``"lock"``)."""
@@ -59,7 +55,7 @@ class ReplicatedDaemon(Generic[M]):
         handlers: Mapping[str, Handler],
         rules: Mapping[str, Rule],
         host: str | None = None,
-        on_input: Callable[[GroupReplica[M]], None] = _ignore,
+        on_input: Callable[[GroupReplica[M]], None] | None = None,
     ) -> None:
         self.kind = kind
         self.cluster = cluster

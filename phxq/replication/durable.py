@@ -46,6 +46,8 @@ class Durability:
             self._report(token, future)
 
     def _later(self, future: asyncio.Future[None]) -> None:
+        if not self._waiting:
+            return  # (the common case: the host's drain reported it already)
         self.drain()
         if any(f is future for f, _ in self._waiting):  # resolved out of order: not held up
             done = [entry for entry in self._waiting if entry[0].done()]

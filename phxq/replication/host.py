@@ -58,10 +58,6 @@ TICK_MAX_SLEEP = 0.05
 BUNDLE_BYTES = 256 << 10  # encoded messages waiting for one peer before they leave at once
 
 
-def _ignore(replica: Any) -> None:
-    pass
-
-
 class PaxosHost(Generic[M]):
     """Every group's replica on one node, their storage, peer traffic and tick loop."""
 
@@ -75,7 +71,7 @@ class PaxosHost(Generic[M]):
         groups: int,
         machines: Machines[M],
         name: str,
-        on_input: Callable[[GroupReplica[M]], None] = _ignore,
+        on_input: Callable[[GroupReplica[M]], None] | None = None,
         transport_factory: TransportFactory | None = None,
     ) -> PaxosHost[M]:
         """The host of a daemon's ``node`` (a store or a lock node; ``addresses``: every node of
@@ -117,7 +113,7 @@ class PaxosHost(Generic[M]):
         storage: Storage | None = None,
         peers: Peers | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_input: Callable[[GroupReplica[M]], None] = _ignore,
+        on_input: Callable[[GroupReplica[M]], None] | None = None,
         replica_type: type[GroupReplica[M]] = GroupReplica,
     ) -> None:
         """``storage``/``peers``/``clock`` default to the PLog in ``data``, RPC to
@@ -154,6 +150,7 @@ class PaxosHost(Generic[M]):
         # their bytes (see ``send``).
         self._outgoing: dict[int, tuple[list[bytes], list[bytes]]] = {}
         self._outgoing_bytes: dict[int, int] = {}
+        self._queued = False  # something waits in _outgoing
         self._collecting = False  # inside bundling(): sends wait for its end
 
     async def start(self) -> None:
@@ -218,15 +215,21 @@ class PaxosHost(Generic[M]):
         deadline = replica.next_deadline()
         if deadline is not None and deadline < self._next_tick:
             self._wake.set()
-        self._on_input(replica)
+        if self._on_input is not None:
+            self._on_input(replica)
 
     def _on_durable(self) -> None:
         """Appends became durable: every replica tells its core in this loop callback (no
         turn through future callbacks), and the replies that causes leave bundled, one ``px``
         per peer for every group the storage batch covered."""
-        with self.bundling():
+        outer, self._collecting = self._collecting, True  # bundling() inline: per fdatasync
+        try:
             for replica in self.replicas.values():
                 replica.durable.drain()
+        finally:
+            self._collecting = outer
+            if not outer:
+                self.flush()
 
     # --------------------------------------------------------------------- paxos plumbing
 
@@ -248,6 +251,7 @@ class PaxosHost(Generic[M]):
             size = len(payload)
         waiting[1 if lazy else 0].append(payload)
         self._outgoing_bytes[to] = size
+        self._queued = True
 
     @contextlib.contextmanager
     def bundling(self) -> Iterator[None]:
@@ -262,6 +266,9 @@ class PaxosHost(Generic[M]):
 
     def flush(self) -> None:
         """Send every peer's waiting messages now (one notification per peer)."""
+        if not self._queued:
+            return
+        self._queued = False
         for to, waiting in self._outgoing.items():
             if waiting[0] or waiting[1]:
                 self._flush_peer(to, waiting)

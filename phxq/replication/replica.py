@@ -282,10 +282,7 @@ class GroupReplica(Generic[M]):
     # --------------------------------------------------------------------------- effects
 
     def execute(self, effects: list[Effect]) -> None:
-        self._execute(effects)
-        self.after_input(self)
-
-    def _execute(self, effects: list[Effect]) -> None:
+        """Carry out the core's ``effects`` in order, then tell the host (``after_input``)."""
         sent: Any = None
         payload = b""
         for effect in effects:
@@ -324,6 +321,7 @@ class GroupReplica(Generic[M]):
                     effect.peer,
                     effect.remote_checksum,
                 )
+        self.after_input(self)
 
     def _persist(self, effect: Persist) -> None:
         if trace.ON:

@@ -226,6 +226,8 @@ def encode_enqueue_v1(entry: EnqueueEntry) -> bytes:
 
 
 def _text(value: Any, what: str) -> str:
+    if type(value) is str and value:  # (one test when valid)
+        return value
     return validate.name(value, what, max_chars=None, error=ProtocolError)
 
 
@@ -234,6 +236,8 @@ def _opt_text(value: Any, what: str) -> str | None:
 
 
 def _uint(value: Any, what: str) -> int:
+    if type(value) is int and 0 <= value <= validate.MAX_U64:  # (one test when valid)
+        return value
     return validate.integer(value, what, error=ProtocolError)
 
 

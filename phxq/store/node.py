@@ -217,11 +217,13 @@ class StoreNode(ReplicatedDaemon[StoreState]):
         return [q for q, s in enumerate(placement) if s == self.set]
 
     def replica_for(self, topic: str, queue: Any) -> GroupReplica[StoreState]:
-        spec = self.topology.topics.get(topic) if isinstance(topic, str) else None
+        topology = self.maps.topology
+        spec = topology.topics.get(topic) if type(topic) is str else None
         if spec is None:
             raise UnknownTopic(f"unknown topic {shown(topic)}")
-        validate.integer(queue, "queue", maximum=spec.queues - 1)
-        home = self.topology.placement[topic][queue]
+        if type(queue) is not int or not 0 <= queue < spec.queues:  # (one test when valid)
+            validate.integer(queue, "queue", maximum=spec.queues - 1)
+        home = topology.placement[topic][queue]
         group = group_for_queue(queue, self.cluster.cluster.groups)
         if home != self.set and (topic, queue) not in self.replicas[group].state.moves.tenures:
             # (A queue sealed here by a move stays readable up to its seal; one adopted here

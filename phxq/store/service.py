@@ -42,6 +42,8 @@ MAX_NAME_CHARS = 256  # topic and consumer group names (they are stored in curso
 
 def _str(params: dict[str, Any], name: str, *, optional: bool = False) -> str | None:
     value = params.get(name)
+    if type(value) is str and 0 < len(value) <= MAX_NAME_CHARS:  # (one test when valid)
+        return value
     if value is None and optional:
         return None
     return validate.name(value, name, max_chars=MAX_NAME_CHARS)
@@ -148,13 +150,16 @@ async def enqueue(node: StoreNode, params: dict[str, Any]) -> list[list[list[Any
     # each taking a free slot of the window, and one future (no task, no gather) has them all.
     if trace.ON:
         trace.mark("enqueue.propose")
-    spans = otel.store_spans(topic, node.node_id, (m for b in batches for m in b[1]))
-    try:
+    if otel.enabled():
+        spans = otel.store_spans(topic, node.node_id, (m for b in batches for m in b[1]))
+        try:
+            results = await replica.propose(entries)
+        except BaseException as exc:
+            otel.end_spans(spans, exc)
+            raise
+        otel.end_spans(spans)
+    else:
         results = await replica.propose(entries)
-    except BaseException as exc:
-        otel.end_spans(spans, exc)
-        raise
-    otel.end_spans(spans)
     if trace.ON:
         trace.mark("enqueue.applied")
     metrics.ENQUEUE_LATENCY.observe(time.perf_counter() - started)
