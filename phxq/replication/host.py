@@ -279,8 +279,10 @@ class PaxosHost(Generic[M]):
         self._outgoing_bytes[to] = 0
         if payloads:
             self.peers.notify(to, "px", bundle(payloads), lazy=not urgent)
-            urgent.clear()
-            lazy.clear()
+            if urgent:
+                urgent.clear()
+            if lazy:
+                lazy.clear()
 
     def send_snapshot(self, to: int, group: int, data: bytes) -> None:
         if to != self.node_id:

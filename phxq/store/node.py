@@ -62,8 +62,9 @@ def _map_checked(handler: Handler) -> Handler:
     """``handler`` behind the map-version check of a request naming one (param ``map``)."""
 
     async def checked(node: Any, params: dict[str, Any]) -> Any:
-        if "map" in params:
-            await node.maps.check(params["map"])
+        wanted = params.get("map")
+        if wanted is not None and (type(wanted) is not int or wanted != node.maps.version):
+            await node.maps.check(wanted)  # (not awaited at all when the versions agree)
         return await handler(node, params)
 
     return checked
