@@ -225,7 +225,35 @@ class RoutingMixin:
                 if extra_time:  # a long poll: silence is normal, no hedging
                     reply = await self._pool.call(addr, method, params, timeout=timeout)
                 else:
-                    reply = await self._attempt(cmap, route, addr, method, params, timeout)
+                    # The failover hedge (see _hedge): a request unanswered after HEDGE_AFTER s
+                    # is watched; if, meanwhile, another store of the set says it is master,
+                    # the watch cancels this task (``moved``) and the request is left as
+                    # ``_Moved``: a paused or cut-off master is left once the others elected a
+                    # new one, not after ``request_timeout``. Its answer, if it ever comes, is
+                    # dropped: safe, as the retry re-sends the same dedup ids. While answers
+                    # come in time this costs two dict operations (``sweep.InFlight``: one
+                    # timer for every request in flight), no timer or coroutine of its own.
+                    loop = asyncio.get_running_loop()
+                    task = asyncio.current_task(loop)
+                    assert task is not None  # called from a task (the sender's or the caller's)
+                    inflight = self._inflight
+                    due = loop.time() + HEDGE_AFTER
+                    inflight.due[task] = (due, (cmap, route, addr))
+                    if due < inflight.at:
+                        inflight.arm(loop, due)
+                    cancelling = task.cancelling()  # cancels already pending when it started
+                    try:
+                        reply = await self._pool.call(addr, method, params, timeout=timeout)
+                    except asyncio.CancelledError:
+                        # Our own cancel (the watch saw another master) unless someone else's
+                        # is pending.
+                        if task in inflight.moved and task.uncancel() <= cancelling:
+                            raise _Moved from None
+                        raise
+                    finally:
+                        del inflight.due[task]
+                        if inflight.watches or inflight.moved:
+                            inflight.ended(task)
                 if route not in cmap.masters:
                     # Only the master answers: ask it first next time (else every call asked a
                     # node that knew no master first, e.g. a preferred node cut off from its peers).
@@ -251,7 +279,7 @@ class RoutingMixin:
                 await self._refresh_after_stale(cmap, addr)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
-            except _Moved:
+            except _Moved:  # (raised above, by the hedge)
                 budget.no_answer(addr, "silent while another store became master")
                 avoid = avoid or Avoid()
                 avoid.failed(addr)
@@ -296,37 +324,6 @@ class RoutingMixin:
         await asyncio.sleep(max(0.0, pause))
         return min(backoff * 2, RETRY_BACKOFF_MAX)
 
-    async def _attempt(
-        self, cmap: ClusterMap, route: Route, addr: str, method: str, params: Any, timeout: float
-    ) -> Any:
-        """``method`` on ``addr``; ``_Moved`` when, while it is unanswered after
-        ``HEDGE_AFTER`` s, another store of the set says it is master now (asked every
-        ``HEDGE_EVERY`` s): a paused or cut-off master is left once the others elected a new
-        one, not after ``request_timeout``. Its answer, if it ever comes, is dropped: safe, as
-        the retry re-sends the same dedup ids. While answers come in time this costs two dict
-        operations (:class:`~phxq.client.sweep.InFlight`: one timer for every request in
-        flight), no timer or cancel scope of its own."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        assert task is not None  # called from a task (the sender's or the caller's)
-        inflight = self._inflight
-        due = loop.time() + HEDGE_AFTER
-        inflight.due[task] = (due, (cmap, route, addr))
-        if due < inflight.at:
-            inflight.arm(loop, due)
-        cancelling = task.cancelling()  # cancels already pending when it started
-        try:
-            return await self._pool.call(addr, method, params, timeout=timeout)
-        except asyncio.CancelledError:
-            # Our own cancel (the watch saw another master) unless someone else's is pending.
-            if task in inflight.moved and task.uncancel() <= cancelling:
-                raise _Moved from None
-            raise
-        finally:
-            del inflight.due[task]
-            if inflight.watches or inflight.moved:
-                inflight.ended(task)
-
     def _hedge(self, task: asyncio.Task[Any], info: tuple[ClusterMap, Route, str]) -> None:
         """``task``'s request is unanswered after ``HEDGE_AFTER`` s: watch it."""
         if not self._tasks.closed:
@@ -339,7 +336,7 @@ class RoutingMixin:
     ) -> None:
         """Every ``HEDGE_EVERY`` s ask the stores of ``route``'s set but ``addr`` who is
         master; once one says it is itself, make it the master and end ``task``'s request to
-        ``addr`` (cancel it: ``_attempt`` raises ``_Moved``)."""
+        ``addr`` (cancel it: ``_call_master`` raises ``_Moved``)."""
         ids = [n for n in cmap.set_nodes(route[0]) or sorted(cmap.nodes) if cmap.nodes[n] != addr]
         group = str(route[1])
 

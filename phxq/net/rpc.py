@@ -143,7 +143,10 @@ class RpcPool:
         except (TypeError, ValueError, OverflowError) as exc:
             raise BadArgument(f"{method}: params are not msgpack-able: {exc}") from None
         check_size(body, self.max_frame)
-        conn = await self._connection(addr)
+        peer = self._peers.get(addr)
+        conn = peer.conn if peer is not None and not self._closed else None
+        if conn is None or conn.transport.closed:  # (no coroutine on the common path)
+            conn = await self._connection(addr)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         conn.pending[request_id] = fut
