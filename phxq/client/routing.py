@@ -4,7 +4,9 @@
   of each queue, the map version, the masters that store knows) from any reachable store and
   caches it; a map older than the one held is ignored, masters of other sets are kept.
 - ``_call_master(topic, queue, ...)`` sends to the master of ``queue``'s (set, group):
-  ``NotMaster(hint)`` updates the master cache and re-sends at once; ``StaleMap`` (the request
+  ``NotMaster(hint)`` updates the master cache and re-sends at once (a hint naming the store
+  asked -- a new master still applying what its predecessor chose -- re-sends to it after the
+  jittered backoff instead); ``StaleMap`` (the request
   named an older map version than the store's, or the queue lives on another set) refetches the
   map, first from the store that refused, and re-sends; ``Unavailable`` is retried with
   exponential backoff (at most ``RETRY_BACKOFF_MAX``) until ``retry_timeout``. Requests carry
@@ -17,6 +19,8 @@
   s (a paused or cut-off master: its sockets stay silent) asks the other stores every
   ``HEDGE_EVERY`` s, and is given up as soon as one of them says it is master now, instead of
   after ``request_timeout`` (the retry re-sends the same dedup ids: nothing is stored twice).
+  Long polls too, once their master stops answering (:mod:`phxq.client.hedge`); a long poll
+  re-sent waits only what is left of its wait.
 - A topic or queue the map does not have refetches it once (at most every ``MAP_RECHECK`` s):
   topics are created and grown online.
 - A moved queue (``phxq admin queue move``): reads and commits name an offset and go to the
@@ -37,6 +41,7 @@ from typing import Any
 
 from phxq.budget import Budget, bounded, describe
 from phxq.client.avoid import Avoid
+from phxq.client.hedge import HEDGE_AFTER, META_TIMEOUT, HedgeMixin
 from phxq.client.sweep import InFlight
 from phxq.client.types import ClusterMap, Route
 from phxq.errors import (
@@ -54,14 +59,11 @@ from phxq.net.rpc import RpcPool
 from phxq.routing import queue_for_key
 from phxq.tasks import TaskScope
 
-META_TIMEOUT = 0.5
 RETRY_BACKOFF_MAX = 0.1  # between attempts while no master is known (an election takes ~0.1 s)
-HEDGE_AFTER = 0.2  # an attempt unanswered this long: ask the other stores who is master now
-HEDGE_EVERY = 0.1
 MAP_RECHECK = 1.0  # an unknown topic or queue refetches the map at most this often
 
 
-class RoutingMixin:
+class RoutingMixin(HedgeMixin):
     """The routing half of :class:`phxq.Client` (see the module docstring)."""
 
     _seeds: list[str]
@@ -201,7 +203,8 @@ class RoutingMixin:
         ``retry_timeout`` plus ``extra_time``); then ``Unavailable`` saying which stores of the
         set answered what ("no majority" when fewer than a majority answered at all). After a
         failed attempt every store of the set is asked at once who the master is (``meta``).
-        ``extra_time`` is added to each call's timeout (for a long poll)."""
+        ``extra_time`` is added to each call's timeout (for a long poll: ``params['wait']``,
+        which a retry shortens to what is left of it)."""
         if budget is None:
             budget = Budget.start(None, self._retry_timeout, extra_time)
         backoff = 0.02
@@ -222,38 +225,35 @@ class RoutingMixin:
             if timeout <= 0:
                 raise self._no_master(cmap, route, budget)
             try:
-                if extra_time:  # a long poll: silence is normal, no hedging
+                # The failover hedge (phxq.client.hedge): a request unanswered after
+                # HEDGE_AFTER s is watched; if, meanwhile, another store of the set says it is
+                # master, the watch cancels this task (``moved``) and the request is left as
+                # ``_Moved``: a paused or cut-off master is left once the others elected a new
+                # one, not after ``request_timeout``. Its answer, if it ever comes, is dropped:
+                # safe, as the retry re-sends the same dedup ids (a long poll is a read). While
+                # answers come in time this costs two dict operations (``sweep.InFlight``: one
+                # timer for every request in flight), no timer or coroutine of its own.
+                loop = asyncio.get_running_loop()
+                task = asyncio.current_task(loop)
+                assert task is not None  # called from a task (the sender's or the caller's)
+                inflight = self._inflight
+                due = loop.time() + HEDGE_AFTER
+                inflight.due[task] = (due, (cmap, route, addr, extra_time))
+                if due < inflight.at:
+                    inflight.arm(loop, due)
+                cancelling = task.cancelling()  # cancels already pending when it started
+                try:
                     reply = await self._pool.call(addr, method, params, timeout=timeout)
-                else:
-                    # The failover hedge (see _hedge): a request unanswered after HEDGE_AFTER s
-                    # is watched; if, meanwhile, another store of the set says it is master,
-                    # the watch cancels this task (``moved``) and the request is left as
-                    # ``_Moved``: a paused or cut-off master is left once the others elected a
-                    # new one, not after ``request_timeout``. Its answer, if it ever comes, is
-                    # dropped: safe, as the retry re-sends the same dedup ids. While answers
-                    # come in time this costs two dict operations (``sweep.InFlight``: one
-                    # timer for every request in flight), no timer or coroutine of its own.
-                    loop = asyncio.get_running_loop()
-                    task = asyncio.current_task(loop)
-                    assert task is not None  # called from a task (the sender's or the caller's)
-                    inflight = self._inflight
-                    due = loop.time() + HEDGE_AFTER
-                    inflight.due[task] = (due, (cmap, route, addr))
-                    if due < inflight.at:
-                        inflight.arm(loop, due)
-                    cancelling = task.cancelling()  # cancels already pending when it started
-                    try:
-                        reply = await self._pool.call(addr, method, params, timeout=timeout)
-                    except asyncio.CancelledError:
-                        # Our own cancel (the watch saw another master) unless someone else's
-                        # is pending.
-                        if task in inflight.moved and task.uncancel() <= cancelling:
-                            raise _Moved from None
-                        raise
-                    finally:
-                        del inflight.due[task]
-                        if inflight.watches or inflight.moved:
-                            inflight.ended(task)
+                except asyncio.CancelledError:
+                    # Our own cancel (the watch saw another master) unless someone else's
+                    # is pending.
+                    if task in inflight.moved and task.uncancel() <= cancelling:
+                        raise _Moved from None
+                    raise
+                finally:
+                    del inflight.due[task]
+                    if inflight.watches or inflight.moved:
+                        inflight.ended(task)
                 if route not in cmap.masters:
                     # Only the master answers: ask it first next time (else every call asked a
                     # node that knew no master first, e.g. a preferred node cut off from its peers).
@@ -286,7 +286,14 @@ class RoutingMixin:
             except NotMaster as exc:
                 budget.answered(addr, f"not master, {_master_said(cmap, exc.hint)}")
                 avoid = avoid or Avoid()
-                if exc.hint is None or exc.hint in avoid:
+                if exc.hint == addr:
+                    # Master, but not serving yet (still applying what its predecessor chose):
+                    # ask it again after a pause, not in a busy loop while it catches up.
+                    self._learn_hint(cmap, route, exc)
+                    pause = min(backoff * (0.5 + random.random()), budget.remaining())
+                    await asyncio.sleep(max(0.0, pause))
+                    backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+                elif exc.hint is None or exc.hint in avoid:
                     # Knows no master, or names one that just failed: ask every store.
                     if exc.hint is None:
                         avoid.knows_no_master(addr)
@@ -311,6 +318,11 @@ class RoutingMixin:
                         await self._map_within(budget, refresh=True, last_ask=avoid.down())
             if budget.expired():
                 raise self._no_master(cmap, route, budget)
+            if extra_time and isinstance(params, dict) and "wait" in params:
+                # (only after a failed attempt) A long poll re-sent waits what is left of its
+                # wait, so that the call still ends when the wait it was given has passed.
+                start = budget.deadline - budget.seconds
+                params["wait"] = max(0.0, start + extra_time - time.monotonic())
 
     async def _regroup(
         self, cmap: ClusterMap, route: Route, budget: Budget, avoid: Container[str], backoff: float
@@ -323,42 +335,6 @@ class RoutingMixin:
         pause = min(backoff * (0.5 + random.random()), budget.remaining())
         await asyncio.sleep(max(0.0, pause))
         return min(backoff * 2, RETRY_BACKOFF_MAX)
-
-    def _hedge(self, task: asyncio.Task[Any], info: tuple[ClusterMap, Route, str]) -> None:
-        """``task``'s request is unanswered after ``HEDGE_AFTER`` s: watch it."""
-        if not self._tasks.closed:
-            coro = self._watch(task, *info)
-            watch = self._tasks.spawn(coro, name="phxq.Client failover watch")
-            self._inflight.watches[task] = watch
-
-    async def _watch(
-        self, task: asyncio.Task[Any], cmap: ClusterMap, route: Route, addr: str
-    ) -> None:
-        """Every ``HEDGE_EVERY`` s ask the stores of ``route``'s set but ``addr`` who is
-        master; once one says it is itself, make it the master and end ``task``'s request to
-        ``addr`` (cancel it: ``_call_master`` raises ``_Moved``)."""
-        ids = [n for n in cmap.set_nodes(route[0]) or sorted(cmap.nodes) if cmap.nodes[n] != addr]
-        group = str(route[1])
-
-        async def claims(node: int) -> bool:
-            try:
-                async with asyncio.timeout(META_TIMEOUT):  # connecting included
-                    data = await self._pool.call(cmap.nodes[node], "meta", {}, timeout=META_TIMEOUT)
-                return bool(data.get("masters", {}).get(group) == node)
-            except (PhxqError, TimeoutError, AttributeError, TypeError):
-                return False  # silent or malformed: it does not claim the group
-
-        while True:
-            said = await asyncio.gather(*(claims(n) for n in ids))
-            claimant = next((n for n, yes in zip(ids, said, strict=True) if yes), None)
-            if claimant is not None:
-                cmap.masters[route] = claimant
-                # (the request's end cancels this watch: a request still registered is its)
-                if task in self._inflight.due:
-                    self._inflight.moved.add(task)
-                    task.cancel()
-                return
-            await asyncio.sleep(HEDGE_EVERY)
 
     async def _probe(
         self, cmap: ClusterMap, route: Route, budget: Budget, avoid: Container[str]

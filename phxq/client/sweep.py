@@ -135,15 +135,18 @@ class InFlight:
     with a dict store (``due[task] = (loop.time() + delay, info)``, then :meth:`arm`) and
     leaves with a dict delete: no object, timer or call of its own on the common path.
     ``watches`` holds the watch each due request got (``on_due`` puts it there; cancel it when
-    the request ends); ``moved`` the tasks a watch cancelled to end their request."""
+    the request ends); ``moved`` the tasks a watch cancelled to end their request; ``checks``
+    the latest liveness check of each store a long poll waits on, by address (its start time
+    and task: ``phxq.client.hedge``)."""
 
-    __slots__ = ("_on_due", "_timer", "at", "due", "moved", "watches")
+    __slots__ = ("_on_due", "_timer", "at", "checks", "due", "moved", "watches")
 
     def __init__(self, on_due: Callable[[asyncio.Task[Any], Any], None]) -> None:
         self._on_due = on_due
         self.due: dict[asyncio.Task[Any], Hedge] = {}
         self.watches: dict[asyncio.Task[Any], asyncio.Task[None]] = {}
         self.moved: set[asyncio.Task[Any]] = set()
+        self.checks: dict[str, tuple[float, asyncio.Task[Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.at = math.inf  # when the timer fires
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import phxq
-from phxq.client import avoid, routing
+from phxq.client import avoid, hedge, routing
 from phxq.errors import NotMaster
 from phxq.net import RpcPool, RpcServer
 from phxq.paxos import GroupConfig
@@ -30,18 +30,27 @@ from tests.sim.runtime_sim_world import VirtualLoop
 DEFAULTS = GroupConfig(group=0, node_id=2, members=(1, 2, 3))
 ELECTION = DEFAULTS.lease + DEFAULTS.heartbeat_interval + 0.03
 # the slowest of: a paused master's next hedge, a killed one's jittered retry; plus rounds
-CLIENT_LAG = max(routing.HEDGE_EVERY, 1.5 * routing.RETRY_BACKOFF_MAX) + 0.03
+CLIENT_LAG = max(hedge.HEDGE_EVERY, 1.5 * routing.RETRY_BACKOFF_MAX) + 0.03
 ADDRS = {i: f"store{i}:7000" for i in (1, 2, 3)}
 
 
 class ScriptedStores:
     """Three stores of one group, as the client sees them: ``views[n]`` is who store ``n``
-    says is master; ``paused`` stores accept requests and never answer."""
+    says is master; ``paused`` stores accept requests and never answer (nor finish the ones
+    they hold); a master ``catching_up`` answers ``NotMaster`` naming itself (elected, not
+    serving yet), at most ``MAX_NOT_READY`` times (then it serves: a busy client ends)."""
+
+    MAX_NOT_READY = 1000
 
     def __init__(self, net: MemoryNetwork) -> None:
         self.net = net
         self.views: dict[int, int | None] = dict.fromkeys(ADDRS, 1)
         self.paused: set[int] = set()
+        self.catching_up: set[int] = set()
+        self.not_ready = 0  # NotMaster answers naming the store itself
+        self.metas = dict.fromkeys(ADDRS, 0)
+        self.polls = dict.fromkeys(ADDRS, 0)  # dequeue requests served (not refused)
+        self.messages: list[tuple[int, bytes]] = []  # what a dequeue reads (offset, payload)
         self.servers = {n: RpcServer(self._handler(n)) for n in ADDRS}
         self.offset = 0
         for n, server in self.servers.items():
@@ -52,6 +61,7 @@ class ScriptedStores:
             if node in self.paused:
                 await asyncio.Event().wait()  # silent forever
             if method == "meta":
+                self.metas[node] += 1
                 return {
                     "groups": 1,
                     "nodes": {str(n): a for n, a in ADDRS.items()},
@@ -59,10 +69,20 @@ class ScriptedStores:
                     "topics": {"t": 1},
                     "masters": {"0": self.views[node]},
                 }
-            assert method == "enqueue", method
+            assert method in ("enqueue", "dequeue"), method
             master = self.views[node]
             if master != node:
                 raise NotMaster(hint=None if master is None else ADDRS[master])
+            if node in self.catching_up and self.not_ready < self.MAX_NOT_READY:
+                self.not_ready += 1
+                raise NotMaster(hint=ADDRS[node])
+            if method == "dequeue":
+                self.polls[node] += 1
+                if not self.messages and params.get("wait"):
+                    await asyncio.sleep(params["wait"])  # long poll: nothing arrives here
+                if node in self.paused:
+                    await asyncio.Event().wait()  # paused while polling: silent forever
+                return [[o, p, None, {}, 0.0] for o, p in self.messages]
             replies = []
             for _queue, messages in params["batches"]:
                 replies.append([[self.offset + i, False] for i in range(len(messages))])
@@ -86,7 +106,10 @@ class ScriptedStores:
                 self.views[n] = node
 
 
-async def longest_pause(fault: str) -> float:
+CATCH_UP = 0.3  # how long a new master answers NotMaster naming itself ("kill-catchup")
+
+
+async def longest_pause(fault: str) -> tuple[float, ScriptedStores]:
     net = MemoryNetwork()
     stores = ScriptedStores(net)
     client = phxq.Client(list(ADDRS.values()))
@@ -121,13 +144,17 @@ async def longest_pause(fault: str) -> float:
             stores.elect(1)
         else:
             stores.elect(2)
+        if fault == "kill-catchup":
+            # Elected, but applying what store 1 chose before it serves.
+            stores.catching_up.add(2)
+            loop.call_later(CATCH_UP, stores.catching_up.discard, 2)
         await asyncio.sleep(1.0)
         stop.set()
         await producer
     for server in stores.servers.values():
         await server.close()
     assert acks and acks[-1] > 1.5 + ELECTION - 0.1, "the producer never got going again"
-    return max(b - a for a, b in itertools.pairwise(acks))
+    return max(b - a for a, b in itertools.pairwise(acks)), stores
 
 
 @pytest.mark.parametrize("fault", ["kill", "pause", "kill-split"])
@@ -135,7 +162,7 @@ def test_a_producer_reaches_the_new_master_soon_after_the_election(fault: str) -
     loop = VirtualLoop()
     started = time.monotonic()
     try:
-        pause = loop.run_until_complete(longest_pause(fault))
+        pause, _ = loop.run_until_complete(longest_pause(fault))
     finally:
         loop.close()
     assert ELECTION - 0.01 <= pause <= ELECTION + CLIENT_LAG, pause
@@ -149,7 +176,7 @@ def test_a_failed_store_that_comes_back_as_master_is_reached_again() -> None:
     loop = VirtualLoop()
     started = time.monotonic()
     try:
-        pause = loop.run_until_complete(longest_pause("kill-return"))
+        pause, _ = loop.run_until_complete(longest_pause("kill-return"))
     finally:
         loop.close()
     assert ELECTION - 0.01 <= pause <= max(ELECTION, avoid.DOWN_HOLD) + CLIENT_LAG, pause
@@ -187,3 +214,84 @@ def test_a_down_store_is_skipped_for_a_while_and_a_clueless_one_still_counts() -
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+def test_a_new_master_catching_up_is_asked_again_after_a_pause_not_in_a_busy_loop() -> None:
+    """A new master answers ``NotMaster`` naming itself until it has applied what its
+    predecessor chose: the client asks it again after the jittered backoff (doubling up to
+    ``RETRY_BACKOFF_MAX``), a handful of times, and reaches it soon after it serves."""
+    loop = VirtualLoop()
+    started = time.monotonic()
+    try:
+        pause, stores = loop.run_until_complete(longest_pause("kill-catchup"))
+    finally:
+        loop.close()
+    # jittered pauses of 0.5..1.5 x 0.02, 0.04, 0.08, then 0.1 fill CATCH_UP: at most ~9 asks
+    assert 1 <= stores.not_ready <= 12, stores.not_ready
+    assert ELECTION - 0.01 <= pause <= ELECTION + CATCH_UP + CLIENT_LAG, pause
+    assert time.monotonic() - started < 10  # virtual time: no real waiting
+
+
+async def long_poll(fault: str, wait: float, polls: int = 1) -> tuple[list[Any], ScriptedStores]:
+    """``polls`` concurrent ``dequeue(wait=...)`` of queue 0, store 1 the master; with
+    ``fault="pause"`` store 1 is paused 0.5 s in and store 2 elected ``ELECTION`` s later, with
+    a message to read. Each poll's (virtual seconds it took, messages)."""
+    net = MemoryNetwork()
+    stores = ScriptedStores(net)
+    client = phxq.Client(list(ADDRS.values()))
+    await client._pool.close()
+    client._pool = RpcPool(transport_factory=net.connect)
+    loop = asyncio.get_running_loop()
+
+    async def poll() -> tuple[float, list[int]]:
+        start = loop.time()
+        got = await client.dequeue(None, "t", queue=0, wait=wait)
+        return loop.time() - start, [m.offset for m in got]
+
+    async with client:
+        await client.cluster_map()
+        stores.metas = dict.fromkeys(ADDRS, 0)
+        running = [asyncio.ensure_future(poll()) for _ in range(polls)]
+        if fault == "pause":
+            await asyncio.sleep(0.5)
+            stores.paused.add(1)  # the poll it holds never ends
+            await asyncio.sleep(ELECTION)
+            stores.elect(2)
+            stores.messages = [(7, b"m")]
+        results = await asyncio.gather(*running)
+    for server in stores.servers.values():
+        await server.close()
+    return list(results), stores
+
+
+def test_a_long_poll_to_a_paused_master_fails_over_soon_after_the_election() -> None:
+    """A dequeue long-polling (``wait=30``) a master that is then paused is left once another
+    store says it is master, not after ``wait + request_timeout``, and redone there."""
+    loop = VirtualLoop()
+    started = time.monotonic()
+    try:
+        results, stores = loop.run_until_complete(long_poll("pause", wait=30.0))
+    finally:
+        loop.close()
+    [(took, offsets)] = results
+    assert offsets == [7] and stores.polls[2] == 1
+    # noticed within a check and its timeout of the pause; then the others' next answer
+    noticed = max(ELECTION, hedge.LONG_POLL_CHECK + hedge.META_TIMEOUT)
+    assert 0.5 + ELECTION <= took <= 0.5 + noticed + hedge.HEDGE_EVERY + 0.03, took
+    assert time.monotonic() - started < 10  # virtual time: no real waiting
+
+
+def test_a_long_poll_to_a_healthy_master_is_neither_cancelled_nor_probing_the_others() -> None:
+    """Long polls to a healthy master with nothing to read run their whole wait, once each;
+    their watch only asks the polled store itself (one ``meta`` per ``LONG_POLL_CHECK`` s,
+    shared by the polls in flight), never the other stores."""
+    loop = VirtualLoop()
+    try:
+        results, stores = loop.run_until_complete(long_poll("none", wait=5.0, polls=3))
+    finally:
+        loop.close()
+    for took, offsets in results:
+        assert offsets == [] and 5.0 <= took <= 5.01, (took, offsets)
+    assert stores.polls == {1: 3, 2: 0, 3: 0}
+    assert stores.metas[2] == stores.metas[3] == 0
+    assert stores.metas[1] <= 5.0 / hedge.LONG_POLL_CHECK + 1, stores.metas
