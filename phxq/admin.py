@@ -16,6 +16,7 @@ returns. The CLI only parses arguments, calls one of these and prints the result
     await topic_create|topic_alter|topic_list|topic_describe(cfg, ...)  # phxq.topics: online
     await queue_move(cfg, topic, queue, to_set, wait=True) / queue_move_cancel(...)  # phxq.moves
     await group_create(cfg, name, topic=, handler=, ...);  await group_list(cfg)  # phxq.groupadmin
+    await group_delete(cfg, name) -> dict          # cursors kept; config groups refused
 
 Errors are the ``phxq.errors`` tree: ``ConfigError`` for a name the config does not have,
 ``BadArgument`` for a bad combination, ``Unavailable`` when the cluster cannot answer. A store
@@ -36,7 +37,7 @@ from phxq.config import ClusterConfig
 from phxq.consumer import admin as consumer_admin
 from phxq.consumer.admin import KEEP, LagRow, parse_since
 from phxq.errors import BadArgument, NotMaster, PhxqError, Unavailable
-from phxq.groupadmin import group_create, group_list, with_map_groups
+from phxq.groupadmin import group_create, group_delete, group_list, with_map_groups
 from phxq.moves import queue_move, queue_move_cancel
 from phxq.security.daemon import client_options, tool_pool
 from phxq.store.reconcile import Report
@@ -49,6 +50,7 @@ __all__ = [
     "LagRow",
     "Report",
     "group_create",
+    "group_delete",
     "group_list",
     "lag",
     "parse_since",

@@ -10,6 +10,7 @@ on the client (see :func:`from_wire`).
     ├── ProtocolError          malformed frame or message (the peer's fault)
     ├── ClientError            bad request from a caller
     │   ├── UnknownTopic
+    │   ├── NotFound           a named thing (e.g. a consumer group) does not exist
     │   ├── MessageTooLarge
     │   ├── BadArgument
     │   ├── Unauthenticated    no credentials, or credentials the cluster does not accept
@@ -63,6 +64,13 @@ class UnknownTopic(ClientError):
     """The topic is not in the cluster map (or the queue number is out of its range)."""
 
     code = "unknown_topic"
+
+
+class NotFound(ClientError):
+    """A named thing the request is about does not exist (e.g. ``phxq admin group delete`` of
+    a consumer group the cluster map lacks); ``data`` names it (``{"group": name}``)."""
+
+    code = "not_found"
 
 
 class MessageTooLarge(ClientError):

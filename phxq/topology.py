@@ -19,8 +19,14 @@ of an existing queue never changes except by a queue move, so it is stored expli
 
 **Consumer groups** (``groups``: name -> ``ConsumerGroupConfig``) are part of the map: the
 config's ``[[consumer_group]]`` tables seed it, ``with_group`` adds one online (``phxq admin
-group create``). Wire key ``consumer_groups`` (:mod:`phxq.groupspecs`); a map written before
-groups were in it reads as having none.
+group create``), ``without_group`` removes one (``phxq admin group delete``). Wire key
+``consumer_groups`` (:mod:`phxq.groupspecs`); a map written before groups were in it reads as
+having none.
+
+**Keys from newer versions.** ``from_wire`` keeps the top-level keys it does not know in
+``extra`` and ``to_wire`` writes them back unchanged, so a map a newer version wrote (with a
+part this version does not understand) survives this version's rewrites (a topic created, a
+queue moved) instead of losing that part.
 
 **Versions.** Every change makes a new value with ``version + 1``. The map derived from the
 config alone is version 0; the lock service's copy (:mod:`phxq.mapstore`) starts at 1.
@@ -49,7 +55,7 @@ from typing import Any
 
 from phxq import validate
 from phxq.config import ClusterConfig, ConsumerGroupConfig, TopicConfig
-from phxq.errors import BadArgument, ProtocolError, UnknownTopic
+from phxq.errors import BadArgument, NotFound, ProtocolError, UnknownTopic
 from phxq.groupspecs import group_from_wire, group_to_wire
 
 __all__ = ["QueueMove", "Topology", "deal", "least_loaded"]
@@ -57,6 +63,9 @@ __all__ = ["QueueMove", "Topology", "deal", "least_loaded"]
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
 _NO_GROUPS: Mapping[str, ConsumerGroupConfig] = MappingProxyType({})
+
+# The top-level keys to_wire writes; from_wire keeps any other in Topology.extra.
+_WIRE_KEYS = frozenset({"version", "sets", "topics", "consumer_groups", "moves", "history"})
 
 
 def deal(queues: int, sets: Iterable[int]) -> tuple[int, ...]:
@@ -94,6 +103,7 @@ class Topology:
     history: Mapping[str, Mapping[int, tuple[tuple[int, int], ...]]] = field(
         default_factory=lambda: _EMPTY
     )
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)  # keys of newer versions
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig) -> Topology:
@@ -176,6 +186,14 @@ class Topology:
                 {"topic": spec.dead_letter},
             )
         groups = MappingProxyType({**self.groups, spec.name: spec})
+        return replace(self, version=self.version + 1, groups=groups)
+
+    def without_group(self, name: str) -> Topology:
+        """Consumer group ``name`` removed (``NotFound`` if the map lacks it). Its topic and
+        dead-letter topic stay: topics outlive the groups that read them."""
+        if name not in self.groups:
+            raise NotFound(f"no consumer group {name!r} in the cluster map", {"group": name})
+        groups = MappingProxyType({n: g for n, g in self.groups.items() if n != name})
         return replace(self, version=self.version + 1, groups=groups)
 
     def _allowed(self, sets: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -286,6 +304,7 @@ class Topology:
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            **self.extra,
             "version": self.version,
             "sets": list(self.sets),
             "topics": {
@@ -353,6 +372,7 @@ class Topology:
                         raise ValueError(f"bad segments of {name}/{q}: {segs!r}")
                     per_queue[int(q)] = segments
                 history[str(name)] = MappingProxyType(per_queue)
+            extra = {str(k): v for k, v in data.items() if k not in _WIRE_KEYS}
             return cls(
                 int(data["version"]),
                 sets,
@@ -361,6 +381,7 @@ class Topology:
                 MappingProxyType(groups),
                 MappingProxyType(moves),
                 MappingProxyType(history),
+                MappingProxyType(extra),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"malformed cluster map: {exc!r}") from None

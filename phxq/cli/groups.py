@@ -1,4 +1,4 @@
-"""``phxq admin group create|list``: :mod:`phxq.groupadmin`, parsed and printed."""
+"""``phxq admin group create|list|delete``: :mod:`phxq.groupadmin`, parsed and printed."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from phxq.cli.common import (
 
 @admin.group(cls=PhxqGroup)
 def group() -> None:
-    """Create and list consumer groups online (the cluster map; no restart)."""
+    """Create, list and delete consumer groups online (the cluster map; no restart)."""
 
 
 def _print(row: dict[str, Any]) -> None:
@@ -73,3 +73,29 @@ def list_(config_path: Path | None, as_json: bool) -> None:
         return
     for row in rows:
         _print(row)
+
+
+@group.command()
+@config_option
+@auth_options
+@click.argument("name")
+@json_option
+def delete(config_path: Path | None, name: str, as_json: bool) -> None:
+    """Delete consumer group NAME (one created online); running consumer daemons stop serving
+    it and release its queues.
+
+    \b
+    Its runtime settings (limit, pause) go with it. Its committed cursors stay in the
+    stores: a group created again under NAME resumes at them (phxq admin replay moves them).
+    A group of the config file is refused: remove its [[consumer_group]] table first (every
+    start re-seeds the config's groups). Its topics stay."""
+    from phxq import admin as ops
+
+    row = _run(ops.group_delete(_load(config_path), name))
+    if as_json:
+        _echo_json(row)
+        return
+    click.echo(
+        f"{row['name']}: deleted (topic {row['topic']}; map version {row['map_version']}; "
+        "its cursors are kept)"
+    )

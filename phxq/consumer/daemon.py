@@ -12,7 +12,10 @@ and the lock service (``phxq.lock.LockClient``, or the ``locks`` given), builds 
   ``MAP_SYNC`` s) until a store serves that map version, so its workers route the new queues,
   builds the new groups' handlers and hands the member the new pair list: the next rebalance
   assigns the new pairs, no restart. A group both in the config and in the map runs with the
-  config's settings (the map's copy was seeded from a config);
+  config's settings (the map's copy was seeded from a config). A group created online and
+  deleted online (``phxq admin group delete``) is no longer served: the member hands its pairs
+  over (drained like a rebalance: in-flight messages finish, cursors committed, locks
+  released). A group of this daemon's config is served whatever the map says;
 - **lag**: every ``lag_interval`` s it asks the stores for each queue's cursor and lag (the
   ``status`` RPC, answered by each queue's master) and sets ``phxq_consumer_lag_messages`` for
   the pairs it owns.
@@ -253,6 +256,12 @@ class ConsumerDaemon:
                 log.info(
                     "consumer %s: serving consumer group %s (created online)", self.name, group.name
                 )
+        kept = set(topo.groups) | {g.name for g in self.cluster.consumer_groups}
+        gone = [g.name for g in self._groups if g.name not in kept]
+        for name in gone:
+            self._groups = [g for g in self._groups if g.name != name]
+            self.member.remove_group(name)
+            log.info("consumer %s: consumer group %s deleted: handing it over", self.name, name)
         pairs = self._pairs_in({name: t.queues for name, t in topo.topics.items()})
         if pairs != self._pairs:
             fresh = len(set(pairs) - set(self._pairs))

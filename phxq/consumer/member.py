@@ -12,6 +12,7 @@ config) and ``Client.consume`` (the messages go to the caller's ``async for``) a
     member.set_pairs(pairs)      # the pairs grew (queues added online): the next rebalance
                                  # assigns them
     member.add_group(runtime)    # a consumer group created online (its pairs: set_pairs)
+    member.remove_group(name)    # one deleted online: its pairs are handed over
 
 While it runs (one ``asyncio.TaskGroup`` owns every task):
 
@@ -150,6 +151,14 @@ class GroupMember:
     def add_group(self, runtime: GroupRuntime) -> None:
         """Serve one more consumer group (announced with the next heartbeat)."""
         self.runtimes[runtime.name] = runtime
+
+    def remove_group(self, name: str) -> None:
+        """Stop serving consumer group ``name`` (deleted online): from the next rebalance its
+        pairs are assigned to nobody, so each worker of it is drained like a pair assigned
+        elsewhere (in-flight messages finish, the cursor is committed, the lock released),
+        and the next heartbeat no longer announces it. No-op if it is not served."""
+        self.runtimes.pop(name, None)
+        self.pairs = [p for p in self.pairs if p[0] != name]
 
     @property
     def leaving(self) -> bool:

@@ -1,7 +1,8 @@
 """The consumer tier follows the cluster map online, with real processes: a topic altered to
 more queues and a consumer group created (``phxq admin group create``) while a consumer daemon
 (``python -m phxq consumer``) runs; the new queues and the new group are delivered without
-restarting anything."""
+restarting anything, and the group deleted online (``phxq admin group delete``) is no longer
+served (its queue locks released)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 from phxq import admin
 from phxq.client import Client
 from phxq.config import ClusterConfig
+from phxq.consumer.assign import pair_lock_name
 from phxq.devcluster import ProcessCluster
+from phxq.lock import LockClient
 from tests.integration import test_consumer_delivery as delivery
 from tests.integration.conftest import phxq_admin, wait_until
 from tests.integration.test_consumer_delivery import TOPIC, Recorder, consumer_cluster
@@ -95,7 +98,38 @@ async def test_a_running_consumer_delivers_queues_added_online(
             await admin.topic_alter(cfg, TOPIC, queues=12)
             await client.enqueue(TOPIC, b"after-alter", queue=11)
             await asyncio.wait_for(reading, 15)
+
+        # Deleted online (the CLI): the daemon hands audit's queues over (their locks released
+        # by the handoff, not left to expire) and delivers new messages to billing only.
+        out = await phxq_admin(cluster, "group", "delete", "audit")
+        assert out.startswith("audit: deleted (topic")
+        assert [r["name"] for r in await admin.group_list(cfg)] == ["billing"]
+        async with LockClient(locks) as lock_client:
+            names = [pair_lock_name(("audit", TOPIC, q)) for q in range(12)]
+            await wait_until(
+                lambda: _released(lock_client, names), 10, "audit's queue locks released"
+            )
+            await client.enqueue(TOPIC, b"after-delete", queue=2)
+            await wait_until(
+                lambda: _true(b"after-delete" in recorder.acked_payloads()), 15, "billing"
+            )
+            assert await _released(lock_client, names)  # nobody took audit's queues back
+            # ... and its membership no longer announces audit (others do not count on it).
+            await wait_until(
+                lambda: _announces(lock_client, "c1", ["billing"]), 10, "c1's heartbeat"
+            )
+        assert recorder.acked_payloads()[b"after-delete"] == 1
+        assert "consumer group audit deleted" in cluster.logs("consumer", "c1", tail=2000)
     assert {h.consumer for h in recorder.hits} == {"c1"}
+
+
+async def _released(locks: LockClient, names: list[str]) -> bool:
+    return all([await locks.get(name) is None for name in names])
+
+
+async def _announces(locks: LockClient, consumer: str, groups: list[str]) -> bool:
+    value, _ = await locks.kv_get(f"consumers/{consumer}")
+    return value is not None and value["groups"] == groups
 
 
 async def _settled(cfg: ClusterConfig, group: str) -> list[admin.LagRow] | None:

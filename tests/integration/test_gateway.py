@@ -398,6 +398,22 @@ async def test_a_topic_and_group_created_online_are_served_without_a_restart(htt
     status, data, resp = await call(http, "GET", f"{url}/lag", params={"group": "nobody"})
     assert_problem(status, data, resp, 404, "not_found")
 
+    # Deleted online: no longer listed at once, and 404 once the gateway's cached view of the
+    # map is older than VIEW_MAX_AGE (1 s); the cursor it committed stays in the stores.
+    row = await admin.group_delete(gw.config, "web")
+    assert (row["name"], row["settings_removed"]) == ("web", 0)
+    status, clicks, _ = await call(http, "GET", f"{url}/topics/clicks")
+    assert (status, clicks["consumer_groups"]) == (200, []), clicks
+    deadline = time.monotonic() + 5
+    while True:
+        status, data, resp = await call(http, "GET", f"{url}/lag", params={"group": "web"})
+        if status == 404 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert_problem(status, data, resp, 404, "not_found")
+    status, cursor, _ = await call(http, "GET", f"{q}/cursor", params={"group": "web"})
+    assert (status, cursor["cursor"]) == (200, ack["offset"]), cursor
+
 
 # ---------------------------------------------------------------------------- stream
 

@@ -12,7 +12,7 @@ import pytest
 from phxq.config import ClusterConfig, load_config
 from phxq.devconfig import write_dev_config
 from phxq.errors import Unavailable
-from phxq.gateway.groups import MAP_READ_TIMEOUT, KnownGroups
+from phxq.gateway.groups import MAP_READ_TIMEOUT, VIEW_MAX_AGE, KnownGroups
 from phxq.gateway.problems import Problem
 from phxq.groupspecs import group_from_table
 from phxq.mapstore import MAP_KEY
@@ -100,3 +100,29 @@ async def test_map_home_down_keeps_the_last_view_and_is_503_for_an_unknown_group
     assert names == ["billing", "web"]  # the last view, not an error
     with pytest.raises(Unavailable):  # cannot tell that "ghost" does not exist
         await known.require("ghost")
+
+
+async def test_a_group_deleted_online_is_404_once_the_view_is_older_than_its_max_age(
+    cfg: ClusterConfig,
+) -> None:
+    now = [100.0]
+    kv = FakeKV()
+    kv.value = with_online_group(cfg, "web")
+    known = KnownGroups(cfg, lambda: kv, clock=lambda: now[0])
+    assert (await known.require("web")).name == "web" and kv.reads == 1
+    kv.value = Topology.from_wire(kv.value).without_group("web").to_wire()  # group delete
+    now[0] += VIEW_MAX_AGE / 2
+    assert (await known.require("web")).name == "web" and kv.reads == 1  # the cached view
+    assert (await known.require("billing")).name == "billing" and kv.reads == 1  # config's
+    now[0] += VIEW_MAX_AGE
+    with pytest.raises(Problem) as info:
+        await known.require("web")
+    assert info.value.status == 404 and kv.reads == 2
+    names = [g.name for g in (await known.config(refresh=True)).consumer_groups]
+    assert names == ["billing"]
+    # The map's home down: a group of the last view is still served (cannot tell otherwise).
+    kv.value = with_online_group(cfg, "web")
+    await known.config(refresh=True)
+    kv.error = Unavailable("no lock node answered")
+    now[0] += 2 * VIEW_MAX_AGE
+    assert (await known.require("web")).name == "web" and kv.reads == 5
