@@ -39,7 +39,43 @@ class Token(Protocol):
 E = TypeVar("E")
 
 
-class Sweep(Generic[E]):
+class _OneTimer:
+    """One loop timer, armed at the earliest due time its subclass knows (``at``); the
+    subclass's ``_run`` starts with :meth:`_fired`."""
+
+    __slots__ = ("_timer", "at")
+
+    def __init__(self) -> None:
+        self._timer: asyncio.TimerHandle | None = None
+        self.at = math.inf  # when the timer fires
+
+    def arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        """Make the timer fire by ``when`` (``loop``: the running loop)."""
+        if when < self.at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.at = when
+            self._timer = loop.call_at(when, self._run)
+
+    def close(self) -> None:
+        """Stop the timer (nothing fires after this)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.at = math.inf
+
+    def _fired(self) -> tuple[asyncio.AbstractEventLoop, float]:
+        """The timer fired: no timer is armed now. Returns the loop and its time."""
+        self._timer = None
+        self.at = math.inf
+        loop = asyncio.get_running_loop()
+        return loop, loop.time()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Sweep(_OneTimer, Generic[E]):
     """Entries ``(token, entry)`` due after a delay; ``fire(entry, delay)`` at the due time of
     each whose ``token.done()`` is still False then (see the module docstring).
 
@@ -47,13 +83,12 @@ class Sweep(Generic[E]):
     done front entries, append ``(due, token, entry)`` with ``due = loop.time() + delay``, then
     ``arm(loop, due)`` if ``due < sweep.at`` (what :meth:`add` does)."""
 
-    __slots__ = ("_fire", "_timer", "at", "lanes")
+    __slots__ = ("_fire", "lanes")
 
     def __init__(self, fire: Callable[[E, float], None]) -> None:
+        super().__init__()
         self._fire = fire
         self.lanes: dict[float, deque[tuple[float, Token, E]]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self.at = math.inf  # when the timer fires
 
     def add(self, loop: asyncio.AbstractEventLoop, delay: float, token: Token, entry: E) -> None:
         """Call ``fire(entry, delay)`` in ``delay`` seconds unless ``token`` is done by then
@@ -78,18 +113,8 @@ class Sweep(Generic[E]):
 
     def close(self) -> None:
         """Forget every entry and stop the timer (nothing fires after this)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.at = math.inf
+        super().close()
         self.lanes.clear()
-
-    def arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
-        """Fire at ``due`` (earlier than ``at``, the time the timer fires now)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self.at = due
-        self._timer = loop.call_at(due, self._run)
 
     def _one(self, delay: float, token: Token, entry: E) -> None:
         if not token.done():
@@ -102,10 +127,7 @@ class Sweep(Generic[E]):
             log.exception("phxq.Client: a deadline callback failed")
 
     def _run(self) -> None:
-        self._timer = None
-        self.at = math.inf
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        loop, now = self._fired()
         first = math.inf
         for delay, lane in list(self.lanes.items()):
             while lane:
@@ -128,7 +150,7 @@ class Sweep(Generic[E]):
 Hedge = tuple[float, Any]  # (due time, what ``on_due`` needs to watch the request)
 
 
-class InFlight:
+class InFlight(_OneTimer):
     """Requests in flight by task (a task has at most one at a time) with their hedge due
     times, for the client's failover watch: one loop timer, armed at the earliest due time,
     calls ``on_due(task, info)`` for each request still unanswered then. A request registers
@@ -139,24 +161,15 @@ class InFlight:
     the latest liveness check of each store a long poll waits on, by address (its start time
     and task: ``phxq.client.hedge``)."""
 
-    __slots__ = ("_on_due", "_timer", "at", "checks", "due", "moved", "watches")
+    __slots__ = ("_on_due", "checks", "due", "moved", "watches")
 
     def __init__(self, on_due: Callable[[asyncio.Task[Any], Any], None]) -> None:
+        super().__init__()
         self._on_due = on_due
         self.due: dict[asyncio.Task[Any], Hedge] = {}
         self.watches: dict[asyncio.Task[Any], asyncio.Task[None]] = {}
         self.moved: set[asyncio.Task[Any]] = set()
         self.checks: dict[str, tuple[float, asyncio.Task[Any]]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self.at = math.inf  # when the timer fires
-
-    def arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        """Make the timer fire by ``when`` (call it after registering a request due then)."""
-        if when < self.at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self.at = when
-            self._timer = loop.call_at(when, self._run)
 
     def ended(self, task: asyncio.Task[Any]) -> None:
         """``task``'s request ended while it had a watch (or was moved): stop the watch."""
@@ -165,17 +178,8 @@ class InFlight:
         if watch is not None:
             watch.cancel()
 
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.at = math.inf
-
     def _run(self) -> None:
-        self._timer = None
-        self.at = math.inf
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        loop, now = self._fired()
         first = math.inf
         for task, (due, info) in list(self.due.items()):
             if task in self.watches:
