@@ -11,7 +11,9 @@ a dequeue is a read).
 
 A long poll (``long_poll``: a dequeue's ``wait``, up to 60 s) is silent for its whole wait on a
 healthy master with nothing to read, and asking the other stores twice each ``HEDGE_EVERY`` s
-for every poll in flight would load them with ``meta`` calls for nothing. So its watch first
+for every poll in flight would load them with ``meta`` calls for nothing. So a long poll is
+watched only from ``HEDGE_AFTER`` s past ``min(wait, LONG_POLL_CHECK)`` (a consumer daemon's
+polls of 0.5 s, answered in time by a healthy master, start no watch at all), and its watch first
 only checks that the polled store is alive and still master (:meth:`HedgeMixin._still_master`,
 every ``LONG_POLL_CHECK`` s; one ``meta`` per store per check, shared by every long poll the
 client has in flight to that store). Only when that store does not answer within

@@ -41,7 +41,7 @@ from typing import Any
 
 from phxq.budget import Budget, bounded, describe
 from phxq.client.avoid import Avoid
-from phxq.client.hedge import HEDGE_AFTER, META_TIMEOUT, HedgeMixin
+from phxq.client.hedge import HEDGE_AFTER, LONG_POLL_CHECK, META_TIMEOUT, HedgeMixin
 from phxq.client.sweep import InFlight
 from phxq.client.types import ClusterMap, Route
 from phxq.errors import (
@@ -237,7 +237,9 @@ class RoutingMixin(HedgeMixin):
                 task = asyncio.current_task(loop)
                 assert task is not None  # called from a task (the sender's or the caller's)
                 inflight = self._inflight
-                due = loop.time() + HEDGE_AFTER
+                # A long poll is silent for its wait on a healthy master: overdue only past it
+                # (a short one, like the consumer's 0.5 s, then never starts a watch at all).
+                due = loop.time() + HEDGE_AFTER + min(extra_time, LONG_POLL_CHECK)
                 inflight.due[task] = (due, (cmap, route, addr, extra_time))
                 if due < inflight.at:
                     inflight.arm(loop, due)

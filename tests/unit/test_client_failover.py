@@ -277,3 +277,19 @@ def test_a_long_poll_to_a_healthy_master_is_neither_cancelled_nor_probing_the_ot
     assert stores.polls == {1: 3, 2: 0, 3: 0}
     assert stores.metas[2] == stores.metas[3] == 0
     assert stores.metas[1] <= 5.0 / hedge.LONG_POLL_CHECK + 1, stores.metas
+
+
+def test_a_short_long_poll_answered_in_time_starts_no_watch() -> None:
+    """A consumer daemon's polls (0.5 s) answered in time by a healthy master are not watched
+    at all: no ``meta`` to any store, however many polls run (the idle cost of consumers)."""
+
+    async def repeated() -> ScriptedStores:
+        stores = None
+        for _ in range(4):
+            _, stores = await long_poll("none", wait=0.5, polls=8)
+            assert stores.metas == dict.fromkeys(ADDRS, 0), stores.metas
+        assert stores is not None
+        return stores
+
+    stores = virtually(repeated())
+    assert stores.polls == {1: 8, 2: 0, 3: 0}
