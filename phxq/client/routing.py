@@ -239,7 +239,9 @@ class RoutingMixin(HedgeMixin):
                 inflight = self._inflight
                 # A long poll is silent for its wait on a healthy master: overdue only past it
                 # (a short one, like the consumer's 0.5 s, then never starts a watch at all).
-                due = loop.time() + HEDGE_AFTER + min(extra_time, LONG_POLL_CHECK)
+                due = loop.time() + HEDGE_AFTER
+                if extra_time:
+                    due += min(extra_time, LONG_POLL_CHECK)
                 inflight.due[task] = (due, (cmap, route, addr, extra_time))
                 if due < inflight.at:
                     inflight.arm(loop, due)
