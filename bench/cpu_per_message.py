@@ -2,7 +2,7 @@
 wall-clock msgs/s noise; CPU seconds and instructions spent per message barely move).
 
     .venv/bin/python -m bench.cpu_per_message [--count 20000] [--outstanding 64] [--groups 16]
-        [--size 100] [--rounds 3] [--perf] [--syscalls] [--idle 5] [--profile DIR]
+        [--size 100] [--rounds 3] [--no-batching] [--perf] [--syscalls] [--idle 5] [--profile DIR]
 
 Starts a fresh 3-store cluster (``phxq.devcluster``, fdatasync on, the bench topic of
 ``bench/run_all.py``), then per round drives ``--count`` enqueues with ``--outstanding`` in flight
@@ -228,7 +228,10 @@ async def measure(cluster: ProcessCluster, args: argparse.Namespace) -> list[dic
         }
         print("idle", json.dumps(idle), flush=True)
         rows.append({"idle": idle})
-    async with Client(cluster.store_addresses, **client_kwargs(cluster)) as client:
+    options = client_kwargs(cluster)
+    if args.no_batching:
+        options["batching"] = False
+    async with Client(cluster.store_addresses, **options) as client:
         requests = count_requests(client)
         await drive(client, args.warmup, args.outstanding, args.size)
         if args.profile:
@@ -307,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", type=int, default=16)
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-batching", action="store_true", help="one request per message")
     p.add_argument("--perf", action="store_true", help="perf stat instructions per store")
     p.add_argument("--syscalls", action="store_true", help="strace -c system calls per message")
     p.add_argument("--idle", type=float, default=0.0, help="seconds of idle measurement first")
