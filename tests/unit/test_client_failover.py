@@ -112,12 +112,18 @@ class ScriptedStores:
 CATCH_UP = 0.3  # how long a new master answers NotMaster naming itself ("kill-catchup")
 
 
-async def longest_pause(fault: str) -> tuple[float, ScriptedStores]:
+async def scripted() -> tuple[ScriptedStores, phxq.Client]:
+    """The scripted stores on a memory network, and a client that reaches them over it."""
     net = MemoryNetwork()
     stores = ScriptedStores(net)
     client = phxq.Client(list(ADDRS.values()))
     await client._pool.close()
     client._pool = RpcPool(transport_factory=net.connect)
+    return stores, client
+
+
+async def longest_pause(fault: str) -> tuple[float, ScriptedStores]:
+    stores, client = await scripted()
     loop = asyncio.get_running_loop()
     acks: list[float] = []
     stop = asyncio.Event()
@@ -228,11 +234,7 @@ async def long_poll(fault: str, wait: float, polls: int = 1) -> tuple[list[Any],
     """``polls`` concurrent ``dequeue(wait=...)`` of queue 0, store 1 the master; with
     ``fault="pause"`` store 1 is paused 0.5 s in and store 2 elected ``ELECTION`` s later, with
     a message to read. Each poll's (virtual seconds it took, messages)."""
-    net = MemoryNetwork()
-    stores = ScriptedStores(net)
-    client = phxq.Client(list(ADDRS.values()))
-    await client._pool.close()
-    client._pool = RpcPool(transport_factory=net.connect)
+    stores, client = await scripted()
     loop = asyncio.get_running_loop()
 
     async def poll() -> tuple[float, list[int]]:
