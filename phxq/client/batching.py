@@ -34,7 +34,8 @@ _SEND = "phxq.Client send"
 @dataclass(slots=True)
 class Pending:
     """One enqueued message until its ack. Its deadline is kept by the client's expiry
-    :class:`~phxq.client.sweep.Sweep` (no timer and no :class:`Budget` of its own); the
+    :class:`~phxq.client.sweep.Sweep` (a single ``enqueue``) or by its call's one timer
+    (:class:`Calls`, ``enqueue_many``): no timer and no :class:`Budget` of its own; the
     request carrying it retries until the latest deadline of its messages."""
 
     topic: str
